@@ -1,0 +1,1 @@
+"""The control process: config store, health checks, reconcile, API."""
