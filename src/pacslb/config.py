@@ -1,0 +1,381 @@
+"""The config models: one set for the YAML file, the REST bodies and docs/schema.json.
+
+Field-level rules (types, ranges, AE title characters) live here; rules that relate several
+fields or services (port translation in DR, VIP:port clashes, ...) live in core/validate.py so
+that every problem can be reported at once with its path.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+
+def _ip(value: Any) -> Any:
+    """Parse here so a bad address gets one clear message instead of one per union member."""
+    if isinstance(value, str):
+        try:
+            return ipaddress.ip_address(value.strip())
+        except ValueError:
+            raise ValueError(f"{value!r} is not a valid IPv4 or IPv6 address") from None
+    if isinstance(value, int | float):  # pydantic would take 5 as 0.0.0.5: never what was meant
+        raise ValueError(f"{value!r} is not a valid IPv4 or IPv6 address (write it as text)")
+    return value
+
+
+IPAddress = Annotated[ipaddress.IPv4Address | ipaddress.IPv6Address, BeforeValidator(_ip)]
+LABEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+Label = Annotated[
+    str,
+    Field(
+        pattern=LABEL_PATTERN,
+        description="1-64 letters, digits, '_', '-', '.'; starting with a letter or digit",
+    ),
+]
+Port = Annotated[int, Field(ge=1, le=65535)]
+Seconds = Annotated[float, Field(gt=0, le=86400)]
+
+
+class Model(BaseModel):
+    """Base: unknown keys are an error, values are immutable once validated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
+
+
+class Mode(StrEnum):
+    L4_DR = "l4-dr"
+    L4_NAT = "l4-nat"
+    L4_SNAT = "l4-snat"
+    L7_TCP = "l7-tcp"
+    L7_HTTP = "l7-http"
+
+    @property
+    def is_kernel(self) -> bool:
+        return self in (Mode.L4_DR, Mode.L4_NAT, Mode.L4_SNAT)
+
+    @property
+    def layer(self) -> int:
+        return 4 if self.is_kernel else 7
+
+
+class SchedulerName(StrEnum):
+    WLC = "wlc"
+    WRR = "wrr"
+    LC = "lc"
+    RR = "rr"
+    SH = "sh"
+
+
+# --- persistence -------------------------------------------------------------------------
+
+
+class NoPersistence(Model):
+    type: Literal["none"] = "none"
+
+
+class SourceIPPersistence(Model):
+    """IPVS-style persistence: a client (masked by granularity) sticks to one real server."""
+
+    type: Literal["source-ip"] = "source-ip"
+    timeout: int = Field(
+        300, ge=1, le=7 * 86400, description="seconds an entry outlives its last connection"
+    )
+    granularity: int = Field(
+        32,
+        ge=0,
+        le=32,
+        description="IPv4 prefix length (or netmask such as 255.255.255.0) clients are grouped by",
+    )
+    granularity_v6: int = Field(128, ge=0, le=128, description="IPv6 prefix length")
+
+    @field_validator("granularity", mode="before")
+    @classmethod
+    def _netmask_to_prefix(cls, value: Any) -> Any:
+        """Accept `255.255.255.0` and `/24` as well as 24, as ipvsadm and the appliance do."""
+        if isinstance(value, str):
+            text = value.strip().lstrip("/")
+            if text.isdigit():
+                return int(text)
+            try:
+                return ipaddress.IPv4Network(f"0.0.0.0/{text}").prefixlen
+            except ValueError as exc:
+                raise ValueError(f"{value!r} is not a netmask or prefix length") from exc
+        return value
+
+
+TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 §5.6.2
+
+
+class CookiePersistence(Model):
+    """HTTP cookie insertion (l7-http): the proxy names the real server in a cookie."""
+
+    type: Literal["http-cookie"] = "http-cookie"
+    cookie: str = Field("PACSLB_SERVER", description="cookie name (an RFC 9110 token)")
+    max_age: int | None = Field(
+        None, ge=1, description="seconds; unset = a session cookie that ends with the browser"
+    )
+
+    @field_validator("cookie")
+    @classmethod
+    def _token(cls, value: str) -> str:
+        if not TOKEN.match(value):
+            raise ValueError(f"{value!r} is not a valid cookie name (RFC 6265 token)")
+        return value
+
+
+Persistence = Annotated[
+    NoPersistence | SourceIPPersistence | CookiePersistence, Field(discriminator="type")
+]
+
+
+# --- health checks -----------------------------------------------------------------------
+
+
+class _CheckCommon(Model):
+    port: Port | None = Field(
+        None, description="port to check; defaults to the real server's port, else the VIP's"
+    )
+    interval: Seconds = Field(5.0, description="seconds between checks")
+    timeout: Seconds = Field(3.0, description="seconds one check may take")
+    rise: int = Field(2, ge=1, le=100, description="successes that bring a server back up")
+    fall: int = Field(3, ge=1, le=100, description="failures that take a server down")
+
+
+class ConnectCheck(_CheckCommon):
+    """A TCP connect to the check port."""
+
+    type: Literal["connect"] = "connect"
+
+
+class HttpCheck(_CheckCommon):
+    """GET or HEAD a path; healthy on an expected status and, if given, expected body text."""
+
+    type: Literal["http"] = "http"
+    method: Literal["GET", "HEAD"] = "GET"
+    path: str = Field("/", pattern=r"^/[^\s]*$", description="absolute path, no spaces")
+    host: str | None = Field(None, description="Host header; defaults to the real server address")
+    expect: str | None = Field(None, description="text that must appear in the body")
+    expect_regex: str | None = Field(None, description="regular expression the body must match")
+    expect_status: list[Annotated[int, Field(ge=100, le=599)]] | None = Field(
+        None, description="acceptable status codes; unset = any 2xx or 3xx"
+    )
+    tls: bool = Field(False, description="check over HTTPS")
+    tls_verify: bool = Field(
+        False, description="verify the server certificate (internal servers often self-sign)"
+    )
+
+    @field_validator("expect_regex")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _head_has_no_body(self) -> HttpCheck:
+        if self.method == "HEAD" and (self.expect or self.expect_regex):
+            raise ValueError("a HEAD response has no body: expect/expect_regex need method GET")
+        return self
+
+
+def _ae_title(value: str) -> str:
+    """DICOM PS3.5 §6.2 AE: 1-16 characters of the default repertoire, no backslash or controls."""
+    if not value.strip():
+        raise ValueError("an AE title cannot be empty or only spaces")
+    if len(value) > 16:
+        raise ValueError(f"AE title {value!r} is {len(value)} characters; DICOM allows at most 16")
+    if any(ch == "\\" or not (0x20 <= ord(ch) < 0x7F) for ch in value):
+        raise ValueError(f"AE title {value!r} may hold only printable ASCII without backslash")
+    return value
+
+
+AETitle = Annotated[str, Field(min_length=1, max_length=64)]  # length checked with a clear message
+
+
+class DicomEchoCheck(_CheckCommon):
+    """A DICOM association with the Verification SOP class and a C-ECHO (PS3.7 §9.1.5)."""
+
+    type: Literal["dicom-echo"] = "dicom-echo"
+    called_ae: AETitle = Field("ANY-SCP", description="the archive's AE title")
+    calling_ae: AETitle = Field("PACSLB_CHECK", description="the AE title pacslb presents")
+
+    @field_validator("called_ae", "calling_ae")
+    @classmethod
+    def _ae(cls, value: str) -> str:
+        return _ae_title(value)
+
+
+class ExternalCheck(_CheckCommon):
+    """Run a program with VIP, VIP port, real server and its port (as ldirectord does)."""
+
+    type: Literal["external"] = "external"
+    command: str = Field(min_length=1, description="path of the program; exit 0 means healthy")
+
+
+class NoCheck(Model):
+    """Always up."""
+
+    type: Literal["none"] = "none"
+
+
+SubCheck = Annotated[
+    ConnectCheck | HttpCheck | DicomEchoCheck | ExternalCheck, Field(discriminator="type")
+]
+
+
+class AllChecks(_CheckCommon):
+    """Every listed check must pass (e.g. McKesson's three checks for Radiology Web 12.0)."""
+
+    type: Literal["all"] = "all"
+    checks: list[SubCheck] = Field(min_length=1)
+
+
+HealthCheck = Annotated[
+    ConnectCheck | HttpCheck | DicomEchoCheck | ExternalCheck | AllChecks | NoCheck,
+    Field(discriminator="type"),
+]
+
+
+# --- services ----------------------------------------------------------------------------
+
+
+class RealServer(Model):
+    label: Label
+    address: IPAddress
+    port: Port | None = Field(None, description="unset = the port the client connected to")
+    weight: int = Field(100, ge=0, le=65535, description="0 = takes no new connections")
+    min_connections: int = Field(
+        0, ge=0, description="after max_connections, take new ones again below this (0 = 3/4 max)"
+    )
+    max_connections: int = Field(0, ge=0, description="0 = unlimited")
+    reencrypt: bool = Field(False, description="l7-http: TLS to the real server")
+
+
+class Fallback(Model):
+    """The 'sorry' server used when no real server is available."""
+
+    address: IPAddress
+    port: Port | None = None
+
+
+class Timeouts(Model):
+    connect: Seconds = Field(5.0, description="seconds to connect to a real server")
+    idle: Seconds = Field(
+        1800.0, description="seconds a quiet connection is kept (DICOM associations idle for long)"
+    )
+    http_request: Seconds = Field(
+        10.0, description="l7-http: seconds to receive request headers (slowloris)"
+    )
+    http_keepalive: Seconds = Field(
+        60.0, description="l7-http: seconds an idle client keep-alive connection is kept"
+    )
+
+
+class CertificatePair(Model):
+    certificate: Path = Field(description="PEM certificate chain")
+    key: Path | None = Field(None, description="PEM private key; unset = inside the certificate")
+
+
+class TlsTermination(Model):
+    """l7-http: terminate TLS on the VIP; the first certificate is the default, others by SNI."""
+
+    certificates: list[CertificatePair] = Field(min_length=1)
+    ports: list[Port] | None = Field(None, description="VIP ports that speak TLS; unset = all")
+
+
+def parse_ports(value: Any) -> Any:
+    """Accept `[4000, 5000]`, `"4000,5000"`, `"8000-8010"` and mixtures, as the appliance does."""
+    items: list[Any]
+    if isinstance(value, int | str):
+        items = [value]
+    elif isinstance(value, list | tuple):
+        items = list(value)
+    else:
+        return value
+    ports: list[Any] = []
+    for item in items:
+        if not isinstance(item, str):
+            ports.append(item)
+            continue
+        for part in filter(None, (p.strip() for p in item.split(","))):
+            low, dash, high = part.partition("-")
+            if not (low.isdigit() and (not dash or high.isdigit())):
+                raise ValueError(f"{part!r} is not a port or a range such as 8000-8010")
+            first, last = int(low), int(high) if dash else int(low)
+            if last < first:
+                raise ValueError(f"range {part!r} runs backwards")
+            if last - first >= 1024:
+                raise ValueError(f"range {part!r} holds more than 1024 ports")
+            ports.extend(range(first, last + 1))
+    return ports
+
+
+class VirtualService(Model):
+    label: Label
+    vip: IPAddress
+    ports: list[Port] = Field(
+        min_length=1, description="e.g. [4000, 5000], '4000,5000', '8000-8010'"
+    )
+    protocol: Literal["tcp", "udp"] = Field("tcp", description="udp only for layer 4 modes")
+    mode: Mode
+    scheduler: SchedulerName = SchedulerName.WLC
+    persistence: Persistence = Field(default_factory=NoPersistence)
+    health_check: HealthCheck = Field(default_factory=ConnectCheck)
+    fallback: Fallback | None = None
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+    tls: TlsTermination | None = None
+    real_servers: list[RealServer] = Field(default_factory=list)
+
+    @field_validator("ports", mode="before")
+    @classmethod
+    def _ports(cls, value: Any) -> Any:
+        return parse_ports(value)
+
+
+class WebUI(Model):
+    listen: str = Field("0.0.0.0:9443", pattern=r"^(\[[0-9A-Fa-f:.]+\]|[0-9.]+|[\w.-]+):\d{1,5}$")
+    certificate: Path | None = Field(None, description="PEM; unset = a generated self-signed one")
+    key: Path | None = None
+
+
+class HASettings(Model):
+    """Reserved for the HA pair (keepalived VRRP); not active in this release."""
+
+    enabled: bool = False
+    peer: IPAddress | None = None
+    interface: str | None = None
+    virtual_router_id: int = Field(51, ge=1, le=255)
+    priority: int = Field(100, ge=1, le=254)
+
+
+class Node(Model):
+    """Settings of this node, never replicated to an HA peer."""
+
+    webui: WebUI = Field(default_factory=WebUI)
+    state_dir: Path = Path("/var/lib/pacslb")
+    ha: HASettings | None = None
+
+
+class Config(Model):
+    version: Literal[1] = 1
+    node: Node = Field(default_factory=Node)
+    virtual_services: list[VirtualService] = Field(default_factory=list)
+
+    def service(self, label: str) -> VirtualService | None:
+        return next((s for s in self.virtual_services if s.label == label), None)
+
+
+def config_json_schema() -> dict[str, Any]:
+    """The JSON Schema written to docs/schema.json (also what the REST API publishes)."""
+    schema = Config.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "pacslb configuration"
+    return schema

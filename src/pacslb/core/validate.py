@@ -1,0 +1,487 @@
+"""Config validation: every problem at once, each with its path and a plain message.
+
+Pure: YAML text or a parsed mapping in, a Config or a ConfigError out. The one question that
+needs the file system (does a TLS file exist?) is answered by a callable the caller passes in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import difflib
+import ipaddress
+import re
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from pacslb import config as c
+from pacslb.errors import ConfigError, Problem
+
+FileExists = Callable[[Path], bool]
+
+# Field name (or tagged-union tag) in an error location -> the model found there; used to list
+# the settings allowed where an unknown one was written.
+_CHECK_TAGS: dict[str, type[BaseModel]] = {
+    "connect": c.ConnectCheck,
+    "http": c.HttpCheck,
+    "dicom-echo": c.DicomEchoCheck,
+    "external": c.ExternalCheck,
+    "all": c.AllChecks,
+    "none": c.NoCheck,
+}
+_PERSISTENCE_TAGS: dict[str, type[BaseModel]] = {
+    "none": c.NoPersistence,
+    "source-ip": c.SourceIPPersistence,
+    "http-cookie": c.CookiePersistence,
+}
+_MODEL_AT: dict[str, type[BaseModel]] = {
+    "node": c.Node,
+    "webui": c.WebUI,
+    "ha": c.HASettings,
+    "virtual_services": c.VirtualService,
+    "real_servers": c.RealServer,
+    "fallback": c.Fallback,
+    "timeouts": c.Timeouts,
+    "tls": c.TlsTermination,
+    "certificates": c.CertificatePair,
+}
+_UNION_FIELDS = {
+    "health_check": _CHECK_TAGS,
+    "checks": _CHECK_TAGS,
+    "persistence": _PERSISTENCE_TAGS,
+}
+
+
+# --- YAML --------------------------------------------------------------------------------
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys: PyYAML would silently keep the last one, and a
+    doubled `real_servers:` block that quietly replaces the first is an outage waiting to happen."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    mapping: dict[Any, Any] = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in mapping:
+            mark = key_node.start_mark
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (line {mark.line + 1})", mark
+            )
+        mapping[key] = loader.construct_object(value_node, deep=True)
+    return mapping
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def parse_yaml(text: str, source: str = "") -> Any:
+    """YAML text -> plain data, or ConfigError naming the line and column."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
+        raise ConfigError([Problem(where, str(exc.problem or exc))], source) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([Problem("", f"not valid YAML: {exc}")], source) from None
+
+
+def load_text(text: str, source: str = "", file_exists: FileExists | None = None) -> c.Config:
+    """YAML text -> a valid Config, or ConfigError listing every problem."""
+    return load_data(parse_yaml(text, source), source, file_exists)
+
+
+# --- structure ---------------------------------------------------------------------------
+
+
+def format_path(loc: Sequence[int | str]) -> str:
+    """('virtual_services', 2, 'real_servers', 0) -> virtual_services[2].real_servers[0]"""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out
+
+
+def _strip_tags(loc: Sequence[int | str]) -> tuple[list[int | str], type[BaseModel] | None]:
+    """Drop the tag pydantic inserts after a tagged-union field; return the model at the parent."""
+    out: list[int | str] = []
+    model: type[BaseModel] | None = c.Config
+    union: dict[str, type[BaseModel]] | None = None
+    for part in loc:
+        if union is not None and isinstance(part, str) and part in union:
+            model, union = union[part], None
+            continue
+        if isinstance(part, str):
+            union = _UNION_FIELDS.get(part)
+            model = _MODEL_AT.get(part, model) if union is None else None
+        out.append(part)
+    return out, model
+
+
+def _message(error: Any, loc: Sequence[int | str]) -> tuple[list[int | str], str]:
+    kind = error["type"]
+    clean = _strip_tags(loc)[0]
+    if kind == "extra_forbidden" and clean:
+        name = str(clean[-1])
+        parent_model = _strip_tags(loc[:-1])[1]
+        allowed = sorted(parent_model.model_fields) if parent_model else []
+        close = difflib.get_close_matches(name, allowed, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        listing = f" (allowed here: {', '.join(allowed)})" if allowed else ""
+        return clean, f"unknown setting {name!r}{hint}{listing}"
+    if kind == "missing":
+        return clean, "required setting is missing"
+    if kind == "union_tag_invalid":
+        tags = error.get("ctx", {}).get("expected_tags", "")
+        return clean, f"unknown type {error['input'].get('type')!r} (choose one of {tags})"
+    if kind == "union_tag_not_found":
+        return clean, "a 'type' is required here"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if kind != "value_error" and "input" in error and not isinstance(error["input"], dict | list):
+        message = f"{message} (got {error['input']!r})"
+    return clean, message
+
+
+def _structure_problems(
+    exc: ValidationError, prefix: Sequence[int | str] = ()
+) -> tuple[list[Problem], list[list[int | str]]]:
+    """Problems with paths, and the tag-free locations (relative to prefix) for patching."""
+    problems: list[Problem] = []
+    locs: list[list[int | str]] = []
+    for error in exc.errors(include_url=False):
+        loc = [p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
+        clean, message = _message(error, loc)
+        problems.append(Problem(format_path([*prefix, *clean]), message))
+        locs.append(clean if error["type"] != "missing" else clean[:-1])
+    return problems, locs
+
+
+_PLACEHOLDER_VIP = {4: "192.0.2.1", 6: "2001:db8::1"}  # documentation ranges, never bound
+
+
+def _patched_service(
+    raw: Any, locs: list[list[int | str]]
+) -> tuple[dict[str, Any], set[str]] | None:
+    """A copy of a service with each invalid part removed (defaults apply) or neutralised, so that
+    its remaining rules can still be checked; None when too little is left to judge.
+
+    Returns the copy and the names of top-level fields that hold placeholders (excluded from the
+    cross-service rules)."""
+    if not isinstance(raw, dict):
+        return None
+    service: dict[str, Any] = copy.deepcopy(raw)
+    placeholders: set[str] = set()
+    dropped: dict[str, set[int]] = {}
+    for loc in locs:
+        if not loc or loc[0] == "mode":
+            return None
+        if loc[0] == "label":
+            service["label"] = "unnamed"
+            placeholders.add("label")
+        elif loc[0] == "vip":
+            family = (
+                6
+                if any(":" in str(rs.get("address", "")) for rs in _dicts(raw, "real_servers"))
+                else 4
+            )
+            service["vip"] = _PLACEHOLDER_VIP[family]
+            placeholders.add("vip")
+        elif len(loc) >= 2 and loc[0] in ("real_servers", "ports") and isinstance(loc[1], int):
+            if len(loc) == 2 or loc[2] in ("label", "address"):
+                dropped.setdefault(str(loc[0]), set()).add(loc[1])
+            else:
+                _delete(service, loc)
+        else:
+            _delete(service, loc)
+    for key, indexes in dropped.items():
+        if isinstance(service.get(key), list):
+            service[key] = [v for i, v in enumerate(service[key]) if i not in indexes]
+    return service, placeholders
+
+
+def _dicts(raw: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    value = raw.get(key)
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def _delete(data: Any, loc: Sequence[int | str]) -> None:
+    """Remove the deepest existing key along loc (a list item's field, a setting)."""
+    parent, last = None, None
+    node = data
+    for part in loc:
+        if (isinstance(node, dict) and part in node) or (
+            isinstance(node, list) and (isinstance(part, int) and 0 <= part < len(node))
+        ):
+            parent, last, node = node, part, node[part]  # type: ignore[index]
+        else:
+            break
+    if isinstance(parent, dict) and last in parent:
+        del parent[last]
+    elif isinstance(parent, list) and isinstance(last, int):
+        parent[last] = None
+
+
+def load_data(data: Any, source: str = "", file_exists: FileExists | None = None) -> c.Config:
+    """Plain data -> a valid Config, or ConfigError listing every structural and rule problem.
+
+    Services are parsed one by one, and a service with a structural mistake is checked again with
+    that part removed, so that one typo does not hide the other mistakes: the operator sees the
+    whole list in one go.
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([Problem("", "the config must be a mapping of settings")], source)
+    problems: list[Problem] = []
+    root = {k: v for k, v in data.items() if k != "virtual_services"}
+    try:
+        problems += node_problems(c.Config.model_validate(root).node, file_exists)
+    except ValidationError as exc:
+        problems += _structure_problems(exc)[0]
+
+    raw_services = data.get("virtual_services") or []
+    if not isinstance(raw_services, list):
+        problems.append(Problem("virtual_services", "must be a list of virtual services"))
+        raw_services = []
+    checked: list[tuple[int, c.VirtualService, set[str]]] = []
+    for index, raw in enumerate(raw_services):
+        try:
+            checked.append((index, c.VirtualService.model_validate(raw), set()))
+            continue
+        except ValidationError as exc:
+            found, locs = _structure_problems(exc, ("virtual_services", index))
+            problems += found
+        patched = _patched_service(raw, locs)
+        if patched is not None:
+            # Too broken to judge further when this fails: its structural problems are listed.
+            with contextlib.suppress(ValidationError):
+                checked.append((index, c.VirtualService.model_validate(patched[0]), patched[1]))
+
+    for index, service, _ in checked:
+        problems += service_problems(index, service, file_exists)
+    problems += cross_service_problems(checked)
+    if problems:
+        raise ConfigError(sorted(problems, key=_order), source)
+    return c.Config.model_validate(data)
+
+
+def _order(problem: Problem) -> tuple[Any, ...]:
+    """Node settings first, then service by service (a stable sort keeps the order found)."""
+    match = re.match(r"virtual_services\[(\d+)\]", problem.path)
+    return (int(match.group(1)) + 1 if match else 0,)
+
+
+# --- rules -------------------------------------------------------------------------------
+
+
+def _ports_text(ports: Iterable[int]) -> str:
+    return ", ".join(str(p) for p in ports)
+
+
+def _check_port_problems(
+    path: str, service: c.VirtualService, check: c.HealthCheck, outer_port: int | None = None
+) -> list[Problem]:
+    """A check needs one port per real server: its own, the server's, or the single VIP port."""
+    if isinstance(check, c.NoCheck):
+        return []
+    if isinstance(check, c.AllChecks):
+        out: list[Problem] = []
+        for j, sub in enumerate(check.checks):
+            out += _check_port_problems(f"{path}.checks[{j}]", service, sub, check.port)
+        return out
+    if check.port or outer_port or len(service.ports) == 1:
+        return []
+    portless = [rs.label for rs in service.real_servers if rs.port is None]
+    if not portless:
+        return []
+    return [
+        Problem(
+            f"{path}.port",
+            f"the virtual service listens on several ports ({_ports_text(service.ports)}) and "
+            f"real server {portless[0]} sets none: say which port the {check.type} check uses",
+        )
+    ]
+
+
+def service_problems(
+    index: int, vs: c.VirtualService, file_exists: FileExists | None = None
+) -> list[Problem]:
+    """Rules inside one virtual service."""
+    base = f"virtual_services[{index}]"
+    mode = vs.mode
+    out: list[Problem] = []
+
+    if len(set(vs.ports)) != len(vs.ports):
+        dup = sorted({p for p in vs.ports if vs.ports.count(p) > 1})
+        out.append(Problem(f"{base}.ports", f"port {_ports_text(dup)} is listed twice"))
+    if vs.protocol == "udp" and not mode.is_kernel:
+        out.append(Problem(f"{base}.protocol", f"udp needs a layer 4 mode, not {mode}"))
+    if mode.is_kernel and (vs.vip.is_unspecified or vs.vip.is_multicast):
+        out.append(Problem(f"{base}.vip", f"{vs.vip} cannot be a layer 4 virtual IP"))
+    if isinstance(vs.persistence, c.CookiePersistence) and mode is not c.Mode.L7_HTTP:
+        out.append(
+            Problem(f"{base}.persistence.type", f"http-cookie needs mode l7-http, not {mode}")
+        )
+    if vs.tls is not None:
+        if mode is not c.Mode.L7_HTTP:
+            out.append(Problem(f"{base}.tls", f"TLS termination needs mode l7-http, not {mode}"))
+        for port in vs.tls.ports or []:
+            if port not in vs.ports:
+                out.append(
+                    Problem(f"{base}.tls.ports", f"port {port} is not one of the VIP's ports")
+                )
+        for j, pair in enumerate(vs.tls.certificates):
+            for field in ("certificate", "key"):
+                path = getattr(pair, field)
+                if path is not None and file_exists is not None and not file_exists(path):
+                    out.append(
+                        Problem(f"{base}.tls.certificates[{j}].{field}", f"no such file: {path}")
+                    )
+
+    check = vs.health_check
+    if not isinstance(check, c.NoCheck):
+        if check.timeout > check.interval:
+            out.append(
+                Problem(
+                    f"{base}.health_check.timeout",
+                    f"{check.timeout:g} s is longer than the interval ({check.interval:g} s): "
+                    "checks would overlap",
+                )
+            )
+        commands = [check] if isinstance(check, c.ExternalCheck) else []
+        if isinstance(check, c.AllChecks):
+            commands = [s for s in check.checks if isinstance(s, c.ExternalCheck)]
+        for cmd in commands:
+            if file_exists is not None and not file_exists(Path(cmd.command)):
+                out.append(
+                    Problem(f"{base}.health_check", f"external check: no such file {cmd.command}")
+                )
+    out += _check_port_problems(f"{base}.health_check", vs, check)
+
+    labels: dict[str, int] = {}
+    endpoints: dict[tuple[str, int | None], int] = {}
+    for j, rs in enumerate(vs.real_servers):
+        path = f"{base}.real_servers[{j}]"
+        if rs.label in labels:
+            out.append(
+                Problem(
+                    f"{path}.label",
+                    f"{rs.label!r} is already used by real_servers[{labels[rs.label]}]",
+                )
+            )
+        labels.setdefault(rs.label, j)
+        endpoint = (str(rs.address), rs.port)
+        if endpoint in endpoints:
+            where = f"{rs.address}" + (f":{rs.port}" if rs.port else "")
+            out.append(
+                Problem(
+                    f"{path}.address", f"{where} is already real_servers[{endpoints[endpoint]}]"
+                )
+            )
+        endpoints.setdefault(endpoint, j)
+        if mode is c.Mode.L4_DR and rs.port is not None and vs.ports != [rs.port]:
+            out.append(
+                Problem(
+                    f"{path}.port",
+                    f"l4-dr cannot translate ports (VIP port{'s' if len(vs.ports) > 1 else ''} "
+                    f"{_ports_text(vs.ports)}, real server port {rs.port}); leave it unset",
+                )
+            )
+        if mode.is_kernel and rs.address.version != vs.vip.version:
+            out.append(
+                Problem(
+                    f"{path}.address",
+                    f"{mode} cannot mix IPv4 and IPv6 (VIP {vs.vip}, real server {rs.address})",
+                )
+            )
+        if rs.reencrypt and mode is not c.Mode.L7_HTTP:
+            out.append(
+                Problem(f"{path}.reencrypt", f"re-encryption needs mode l7-http, not {mode}")
+            )
+        if rs.min_connections and not rs.max_connections:
+            out.append(
+                Problem(f"{path}.min_connections", "needs max_connections (the upper threshold)")
+            )
+        elif rs.max_connections and rs.min_connections > rs.max_connections:
+            out.append(
+                Problem(
+                    f"{path}.min_connections",
+                    f"{rs.min_connections} is above max_connections ({rs.max_connections})",
+                )
+            )
+
+    fb = vs.fallback
+    if fb is not None:
+        if mode is c.Mode.L4_DR and fb.port is not None and vs.ports != [fb.port]:
+            out.append(Problem(f"{base}.fallback.port", "l4-dr cannot translate ports"))
+        if mode.is_kernel and fb.address.version != vs.vip.version:
+            out.append(Problem(f"{base}.fallback.address", f"{mode} cannot mix IPv4 and IPv6"))
+    return out
+
+
+def _overlaps(a: c.VirtualService, b: c.VirtualService) -> bool:
+    """Same address, or a wildcard proxy listener that would take the other's traffic."""
+    if a.vip == b.vip:
+        return True
+    wild = (not a.mode.is_kernel and a.vip.is_unspecified) or (
+        not b.mode.is_kernel and b.vip.is_unspecified
+    )
+    return wild and a.vip.version == b.vip.version
+
+
+def cross_service_problems(
+    services: Sequence[tuple[int, c.VirtualService, set[str]]],
+) -> list[Problem]:
+    """Rules across services: unique labels, one service per VIP:port/protocol.
+
+    The third item of each entry names fields that hold placeholders (skipped here)."""
+    out: list[Problem] = []
+    labels: dict[str, int] = {}
+    for index, vs, placeholders in services:
+        if "label" in placeholders:
+            continue
+        if vs.label in labels:
+            out.append(
+                Problem(
+                    f"virtual_services[{index}].label",
+                    f"{vs.label!r} is already used by virtual_services[{labels[vs.label]}]",
+                )
+            )
+        labels.setdefault(vs.label, index)
+    real = [(i, vs) for i, vs, placeholders in services if "vip" not in placeholders]
+    for pos, (index, vs) in enumerate(real):
+        for other_index, other in real[:pos]:
+            if vs.protocol != other.protocol or not _overlaps(vs, other):
+                continue
+            shared = [p for p in vs.ports if p in other.ports]
+            if shared:
+                addr = ipaddress.ip_address(vs.vip)
+                out.append(
+                    Problem(
+                        f"virtual_services[{index}].ports",
+                        f"{addr} port {_ports_text(shared)}/{vs.protocol} is already used by "
+                        f"virtual_services[{other_index}] ({other.label})",
+                    )
+                )
+                break
+    return out
+
+
+def node_problems(node: c.Node, file_exists: FileExists | None = None) -> list[Problem]:
+    out: list[Problem] = []
+    if node.ha is not None and node.ha.enabled:
+        out.append(Problem("node.ha.enabled", "the HA pair is not available in this release yet"))
+    webui = node.webui
+    if webui.key is not None and webui.certificate is None:
+        out.append(Problem("node.webui.key", "a key needs its certificate"))
+    for field in ("certificate", "key"):
+        path = getattr(webui, field)
+        if path is not None and file_exists is not None and not file_exists(path):
+            out.append(Problem(f"node.webui.{field}", f"no such file: {path}"))
+    return out
