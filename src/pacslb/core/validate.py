@@ -192,6 +192,9 @@ def _patched_service(
             )
             service["vip"] = _PLACEHOLDER_VIP[family]
             placeholders.add("vip")
+        elif loc[0] in ("health_check", "persistence"):
+            # Neutral rather than the default, whose own rules would add noise (e.g. a check port).
+            service[str(loc[0])] = {"type": "none"}
         elif len(loc) >= 2 and loc[0] in ("real_servers", "ports") and isinstance(loc[1], int):
             if len(loc) == 2 or loc[2] in ("label", "address"):
                 dropped.setdefault(str(loc[0]), set()).add(loc[1])

@@ -1,0 +1,247 @@
+"""The `pacslb` command line: a thin shell that parses arguments and calls the modules."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from pacslb import __version__
+from pacslb.config import Config, config_json_schema
+from pacslb.errors import ConfigError, PacslbError, Problem
+
+EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+DEFAULT_STATE_DIR = Path(os.environ.get("PACSLB_STATE_DIR", "/var/lib/pacslb"))
+
+
+def _file_exists(base: Path) -> Callable[[Path], bool]:
+    """Relative paths in a config are relative to the config file's folder."""
+    return lambda p: (p if p.is_absolute() else base / p).is_file()
+
+
+def load_config_file(path: Path) -> Config:
+    """Read and validate a config file; ConfigError lists every problem."""
+    from pacslb.core.validate import load_text
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([Problem("", f"cannot read: {exc.strerror}")], str(path)) from None
+    return load_text(text, str(path), _file_exists(path.resolve().parent))
+
+
+# --- commands ----------------------------------------------------------------------------
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        config = load_config_file(args.file)
+    except ConfigError as exc:
+        if args.json:
+            problems = [{"path": p.path, "message": p.message} for p in exc.problems]
+            print(json.dumps({"valid": False, "source": exc.source, "problems": problems}))
+        else:
+            print(exc, file=sys.stderr)
+        return EXIT_INVALID
+    servers = sum(len(vs.real_servers) for vs in config.virtual_services)
+    if args.json:
+        print(json.dumps({"valid": True, "source": str(args.file), "problems": []}))
+    else:
+        print(
+            f"{args.file}: OK: {len(config.virtual_services)} virtual services, "
+            f"{servers} real servers"
+        )
+    return EXIT_OK
+
+
+def _pairs(items: Sequence[str], option: str) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key or not value:
+            raise SystemExit(f"pacslb: {option} {item!r}: expected KEY=ADDRESS[,ADDRESS...]")
+        out[key.strip()] = [v.strip() for v in value.split(",") if v.strip()]
+    return out
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from pacslb.profiles import mckesson
+
+    vips = {k: v[0] for k, v in _pairs(args.vip, "--vip").items()}
+    rips = _pairs(args.rip, "--rip")
+    try:
+        data, examples = mckesson.build(
+            args.variant,
+            vips,
+            rips,
+            dicom_check=args.dicom_check,
+            called_ae=args.called_ae,
+            state_dir=args.state_dir,
+            webui_listen=args.webui_listen,
+        )
+    except (ValueError, ConfigError) as exc:
+        print(f"pacslb profile: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    text = mckesson.render(data, args.variant, examples, args.dicom_check)
+    if args.output:
+        from pacslb.control.store import write_atomic
+
+        write_atomic(Path(args.output), text.encode())
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    if examples:
+        print(
+            "note: example addresses used for " + ", ".join(examples) + ": replace them",
+            file=sys.stderr,
+        )
+    return EXIT_OK
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from pacslb.control.store import AdminStateStore
+    from pacslb.core.plan import build_plan
+
+    try:
+        config = load_config_file(args.file)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_INVALID
+    admin = AdminStateStore(args.state_dir / "admin-state.json").all() if args.state_dir else {}
+    plan = build_plan(config, admin=admin)
+    if args.json:
+        sys.stdout.write(plan.to_json().decode() + "\n")
+        return EXIT_OK
+    for svc in plan.services:
+        ports = ",".join(str(p) for p in svc.ports)
+        print(
+            f"{svc.label}  {svc.vip}:{ports}/{svc.protocol}  {svc.mode}  {svc.scheduler}  "
+            f"persistence={svc.persistence.kind}"
+        )
+        for rs in svc.real_servers:
+            port = f":{rs.port}" if rs.port else ""
+            print(
+                f"  {rs.label:<32} {rs.address}{port:<6} weight={rs.weight:<5} "
+                f"effective={rs.effective_weight:<5} {rs.admin} {rs.health}"
+            )
+    return EXIT_OK
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from pacslb.control.store import ConfigStore
+
+    store = ConfigStore(args.state_dir)
+    if args.action == "list":
+        for rev in store.revisions():
+            print(f"{rev.number:>6}  {rev.created}  {rev.author or '-':<12} {rev.comment}")
+    elif args.action == "show":
+        sys.stdout.write(store.text(args.a))
+    elif args.action == "diff":
+        sys.stdout.write(store.diff(args.a, args.b))
+    elif args.action == "rollback":
+        rev = store.rollback(args.a, author=os.environ.get("USER", ""))
+        print(f"revision {rev.number}: {rev.comment}")
+    elif args.action == "save":
+        text = Path(args.file).read_text(encoding="utf-8")
+        rev = store.save(text, comment=args.comment, author=os.environ.get("USER", ""))
+        print(f"revision {rev.number}")
+    return EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    print(json.dumps(config_json_schema(), indent=2, sort_keys=True))
+    return EXIT_OK
+
+
+# --- parser ------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pacslb", description="Load balancer for clinical imaging (PACS, DICOM, web)."
+    )
+    parser.add_argument("--version", action="version", version=f"pacslb {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("check", help="validate a config file; print every problem")
+    p.add_argument("file", type=Path)
+    p.add_argument("--json", action="store_true", help="one JSON document, for scripts")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("profile", help="write a ready deployment (McKesson)")
+    p.add_argument("name", choices=["mckesson"])
+    p.add_argument("--variant", choices=["dr", "nat-l7", "proxy"], default="dr")
+    p.add_argument(
+        "--vip",
+        action="append",
+        default=[],
+        metavar="KEY=ADDR",
+        help="service key (dicom, web, manager, crv, cardiology) and its VIP",
+    )
+    p.add_argument(
+        "--rip", action="append", default=[], metavar="KEY=ADDR,ADDR", help="real servers"
+    )
+    p.add_argument(
+        "--dicom-check",
+        choices=["connect", "echo"],
+        default="connect",
+        help="check the DICOM service by TCP connect (the guide) or a DICOM C-ECHO",
+    )
+    p.add_argument("--called-ae", default="ANY-SCP", help="the archive's AE title (C-ECHO)")
+    p.add_argument("--state-dir", help="node.state_dir to write into the config")
+    p.add_argument("--webui-listen", help="node.webui.listen, e.g. 127.0.0.1:9443")
+    p.add_argument("--output", "-o", help="write here (atomically) instead of stdout")
+    p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser("plan", help="show the Plan a config gives (effective weights)")
+    p.add_argument("file", type=Path)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--state-dir", type=Path, help="apply the admin states stored here")
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("config", help="config revisions: list, show, diff, rollback, save")
+    p.add_argument("action", choices=["list", "show", "diff", "rollback", "save"])
+    p.add_argument("a", nargs="?", type=int, help="revision (show, diff, rollback)")
+    p.add_argument("b", nargs="?", type=int, help="second revision (diff)")
+    p.add_argument("--file", help="config file to save as a new revision")
+    p.add_argument("--comment", default="", help="what the revision changes")
+    p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("schema", help="print the config's JSON Schema")
+    p.set_defaults(func=cmd_schema)
+    return parser
+
+
+def _config_args_ok(args: argparse.Namespace) -> str | None:
+    if args.command != "config":
+        return None
+    needs = {"show": ("a",), "rollback": ("a",), "diff": ("a", "b"), "save": ("file",)}
+    missing = [n for n in needs.get(args.action, ()) if getattr(args, n) is None]
+    if missing:
+        return f"config {args.action} needs {' and '.join(missing)}"
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    problem = _config_args_ok(args)
+    if problem:
+        parser.error(problem)
+    try:
+        result: int = args.func(args)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_INVALID
+    except (PacslbError, LookupError, OSError) as exc:
+        print(f"pacslb {args.command}: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,266 @@
+"""The Plan: the one contract between the control plane and the data planes (DESIGN §3).
+
+An immutable value built from the config, the health checker's view and the operators' admin
+states. Engines see Plans, never the config file, the API or the health checker. It has a JSON
+form for the proxy process, and two Plans can be diffed for logs and incremental updates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from functools import cache
+from typing import Any
+
+from pydantic import TypeAdapter
+
+from pacslb import config as c
+from pacslb.core.state import AdminState, Health
+
+ServerKey = tuple[str, str]  # (virtual service label, real server label)
+
+
+@dataclass(frozen=True, slots=True)
+class PlanRealServer:
+    label: str
+    address: str
+    port: int | None  # None: the port the client connected to
+    weight: int  # as configured
+    effective_weight: int  # what schedulers use: 0 when drained, halted or down
+    admin: AdminState = AdminState.ONLINE
+    health: Health = Health.UNKNOWN
+    min_connections: int = 0
+    max_connections: int = 0
+    reencrypt: bool = False
+
+    @property
+    def takes_new_connections(self) -> bool:
+        return self.effective_weight > 0
+
+    @property
+    def keeps_existing(self) -> bool:
+        """Drained servers keep their connections and persistent clients; halted or down do not."""
+        return self.admin is not AdminState.HALT and self.health is not Health.DOWN
+
+
+@dataclass(frozen=True, slots=True)
+class PlanPersistence:
+    kind: str = "none"  # none | source-ip | http-cookie
+    timeout: int = 0
+    granularity: int = 32
+    granularity_v6: int = 128
+    cookie: str = ""
+    cookie_max_age: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PlanTimeouts:
+    connect: float
+    idle: float
+    http_request: float
+    http_keepalive: float
+
+
+@dataclass(frozen=True, slots=True)
+class PlanEndpoint:
+    address: str
+    port: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class PlanCertificate:
+    certificate: str
+    key: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PlanTls:
+    certificates: tuple[PlanCertificate, ...]
+    ports: tuple[int, ...]  # the VIP ports that speak TLS
+
+
+@dataclass(frozen=True, slots=True)
+class PlanService:
+    label: str
+    vip: str
+    ports: tuple[int, ...]
+    protocol: str
+    mode: c.Mode
+    scheduler: c.SchedulerName
+    persistence: PlanPersistence
+    timeouts: PlanTimeouts
+    real_servers: tuple[PlanRealServer, ...]
+    fallback: PlanEndpoint | None = None
+    tls: PlanTls | None = None
+
+    def server(self, label: str) -> PlanRealServer | None:
+        return next((rs for rs in self.real_servers if rs.label == label), None)
+
+    @property
+    def available(self) -> tuple[PlanRealServer, ...]:
+        return tuple(rs for rs in self.real_servers if rs.takes_new_connections)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    revision: int
+    services: tuple[PlanService, ...]
+
+    def service(self, label: str) -> PlanService | None:
+        return next((s for s in self.services if s.label == label), None)
+
+    def to_json(self) -> bytes:
+        return _adapter().dump_json(self)
+
+    @staticmethod
+    def from_json(data: bytes | str) -> Plan:
+        return _adapter().validate_json(data)
+
+
+@cache
+def _adapter() -> TypeAdapter[Plan]:
+    return TypeAdapter(Plan)
+
+
+def effective_weight(weight: int, admin: AdminState, health: Health) -> int:
+    """The weight schedulers see: drain, halt and a failed health check all mean 0."""
+    if admin is not AdminState.ONLINE or health is Health.DOWN:
+        return 0
+    return weight
+
+
+def _persistence(p: c.Persistence) -> PlanPersistence:
+    if isinstance(p, c.SourceIPPersistence):
+        return PlanPersistence("source-ip", p.timeout, p.granularity, p.granularity_v6)
+    if isinstance(p, c.CookiePersistence):
+        return PlanPersistence("http-cookie", cookie=p.cookie, cookie_max_age=p.max_age)
+    return PlanPersistence()
+
+
+def build_service(
+    vs: c.VirtualService,
+    health: Mapping[ServerKey, Health],
+    admin: Mapping[ServerKey, AdminState],
+) -> PlanService:
+    servers = []
+    for rs in vs.real_servers:
+        key = (vs.label, rs.label)
+        state = admin.get(key, AdminState.ONLINE)
+        seen = health.get(key, Health.UNKNOWN)
+        if isinstance(vs.health_check, c.NoCheck):
+            seen = Health.UP  # "none": always up
+        servers.append(
+            PlanRealServer(
+                label=rs.label,
+                address=str(rs.address),
+                port=rs.port,
+                weight=rs.weight,
+                effective_weight=effective_weight(rs.weight, state, seen),
+                admin=state,
+                health=seen,
+                min_connections=rs.min_connections,
+                max_connections=rs.max_connections,
+                reencrypt=rs.reencrypt,
+            )
+        )
+    t = vs.timeouts
+    tls = None
+    if vs.tls is not None:
+        tls = PlanTls(
+            tuple(
+                PlanCertificate(str(p.certificate), str(p.key) if p.key else None)
+                for p in vs.tls.certificates
+            ),
+            tuple(vs.tls.ports or vs.ports),
+        )
+    return PlanService(
+        label=vs.label,
+        vip=str(vs.vip),
+        ports=tuple(vs.ports),
+        protocol=vs.protocol,
+        mode=vs.mode,
+        scheduler=vs.scheduler,
+        persistence=_persistence(vs.persistence),
+        timeouts=PlanTimeouts(t.connect, t.idle, t.http_request, t.http_keepalive),
+        real_servers=tuple(servers),
+        fallback=PlanEndpoint(str(vs.fallback.address), vs.fallback.port) if vs.fallback else None,
+        tls=tls,
+    )
+
+
+def build_plan(
+    config: c.Config,
+    health: Mapping[ServerKey, Health] | None = None,
+    admin: Mapping[ServerKey, AdminState] | None = None,
+    revision: int = 0,
+) -> Plan:
+    """Config + health + admin state -> Plan. Unknown health counts as usable (see Health)."""
+    return Plan(
+        revision,
+        tuple(build_service(vs, health or {}, admin or {}) for vs in config.virtual_services),
+    )
+
+
+# --- diff --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PlanChange:
+    """One difference between two Plans, e.g. ('server-changed', 'Web', 'Srv1', 'admin ...')."""
+
+    kind: str  # service-added | service-removed | service-changed | server-added | ...
+    service: str
+    server: str = ""
+    detail: str = ""
+
+    def __str__(self) -> str:
+        where = f"{self.service}/{self.server}" if self.server else self.service
+        return f"{self.kind} {where}" + (f": {self.detail}" if self.detail else "")
+
+
+def _field_changes(old: Any, new: Any, skip: tuple[str, ...] = ()) -> str:
+    parts = []
+    for f in fields(old):
+        if f.name in skip:
+            continue
+        a, b = getattr(old, f.name), getattr(new, f.name)
+        if a != b:
+            parts.append(f"{f.name} {_show(a)} -> {_show(b)}")
+    return ", ".join(parts)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple) and all(isinstance(v, int) for v in value):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def diff_plans(old: Plan, new: Plan) -> tuple[PlanChange, ...]:
+    """What changed from `old` to `new`, service by service and server by server."""
+    changes: list[PlanChange] = []
+    before = {s.label: s for s in old.services}
+    after = {s.label: s for s in new.services}
+    for label in before.keys() - after.keys():
+        changes.append(PlanChange("service-removed", label))
+    for label, svc in after.items():
+        prev = before.get(label)
+        if prev is None:
+            changes.append(PlanChange("service-added", label))
+            continue
+        detail = _field_changes(prev, svc, skip=("real_servers",))
+        if detail:
+            changes.append(PlanChange("service-changed", label, detail=detail))
+        old_rs = {rs.label: rs for rs in prev.real_servers}
+        new_rs = {rs.label: rs for rs in svc.real_servers}
+        for name in old_rs.keys() - new_rs.keys():
+            changes.append(PlanChange("server-removed", label, name))
+        for name, rs in new_rs.items():
+            was = old_rs.get(name)
+            if was is None:
+                changes.append(PlanChange("server-added", label, name))
+            elif was != rs:
+                changes.append(PlanChange("server-changed", label, name, _field_changes(was, rs)))
+    order: dict[str, int] = {}
+    for s in (*new.services, *old.services):
+        order.setdefault(s.label, len(order))
+    return tuple(sorted(changes, key=lambda ch: (order.get(ch.service, 0), ch.server, ch.kind)))

@@ -1,0 +1,246 @@
+"""Validation: every problem at once, each with its path and a plain message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pacslb.core.validate import format_path, load_data, load_text, parse_yaml
+from pacslb.errors import ConfigError
+
+DATA = Path(__file__).parent.parent / "data"
+
+
+def svc(**overrides: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "label": "Web",
+        "vip": "127.0.0.30",
+        "ports": [80],
+        "mode": "l7-http",
+        "real_servers": [{"label": "Srv1", "address": "127.0.1.1"}],
+    }
+    base.update(overrides)
+    return base
+
+
+def problems(*services: dict[str, Any], **root: Any) -> dict[str, str]:
+    """path -> message of every problem found (fails if the config is valid)."""
+    with pytest.raises(ConfigError) as info:
+        load_data({"version": 1, **root, "virtual_services": list(services)})
+    return {p.path: p.message for p in info.value.problems}
+
+
+def test_a_valid_config_loads() -> None:
+    config = load_data({"version": 1, "virtual_services": [svc()]})
+    assert config.virtual_services[0].label == "Web"
+
+
+def test_ten_mistakes_give_ten_messages_with_paths() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_text((DATA / "ten-mistakes.yaml").read_text(), "ten-mistakes.yaml")
+    found = {p.path: p.message for p in info.value.problems}
+    assert len(info.value.problems) == 10, str(info.value)
+    expected = {
+        "node.statedir": "did you mean 'state_dir'",
+        "virtual_services[0].vip": "'192.168.85.300' is not a valid IPv4 or IPv6 address",
+        "virtual_services[0].health_check.port": "several ports (4000, 5000)",
+        "virtual_services[0].real_servers[0].port": (
+            "l4-dr cannot translate ports (VIP ports 4000, 5000, real server port 104)"
+        ),
+        "virtual_services[0].real_servers[1].label": "'Srv1' is already used by real_servers[0]",
+        "virtual_services[1].persistence.type": "http-cookie needs mode l7-http, not l4-nat",
+        "virtual_services[1].health_check.timeout": "longer than the interval",
+        "virtual_services[1].real_servers[0].weight": "less than or equal to 65535",
+        "virtual_services[2].ports": "port 80/tcp is already used by virtual_services[1]",
+        "virtual_services[2].health_check.called_ae": "DICOM allows at most 16",
+    }
+    for path, text in expected.items():
+        assert text in found[path], (path, found.get(path))
+    assert str(info.value).startswith("ten-mistakes.yaml: 10 problems")
+
+
+def test_dr_refuses_port_translation_with_the_example_message() -> None:
+    found = problems(
+        svc(mode="l4-dr", real_servers=[{"label": "A", "address": "10.0.0.1", "port": 8080}])
+    )
+    assert found["virtual_services[0].real_servers[0].port"].startswith(
+        "l4-dr cannot translate ports (VIP port 80, real server port 8080)"
+    )
+
+
+def test_dr_allows_the_same_port_and_nat_allows_translation() -> None:
+    rs = [{"label": "A", "address": "10.0.0.1", "port": 80}]
+    load_data({"virtual_services": [svc(mode="l4-dr", real_servers=rs)]})
+    rs = [{"label": "A", "address": "10.0.0.1", "port": 8080}]
+    load_data({"virtual_services": [svc(mode="l4-nat", real_servers=rs)]})
+
+
+def test_cookie_persistence_only_in_l7_http() -> None:
+    found = problems(svc(mode="l7-tcp", persistence={"type": "http-cookie"}))
+    assert "http-cookie needs mode l7-http" in found["virtual_services[0].persistence.type"]
+    load_data({"virtual_services": [svc(persistence={"type": "http-cookie"})]})
+
+
+def test_one_vip_port_for_one_service_but_other_protocols_and_ports_are_fine() -> None:
+    found = problems(svc(), svc(label="Other", ports=[80, 443]))
+    assert "already used by virtual_services[0] (Web)" in found["virtual_services[1].ports"]
+    load_data({"virtual_services": [svc(), svc(label="Other", ports=[443])]})
+    load_data(
+        {
+            "virtual_services": [
+                svc(mode="l4-nat"),
+                svc(label="Udp", mode="l4-nat", protocol="udp"),
+            ]
+        }
+    )
+
+
+def test_a_wildcard_proxy_listener_clashes_with_a_specific_vip() -> None:
+    found = problems(svc(), svc(label="Any", vip="0.0.0.0"))
+    assert "already used" in found["virtual_services[1].ports"]
+
+
+def test_labels_are_unique() -> None:
+    found = problems(svc(), svc(ports=[8080]))
+    assert found["virtual_services[1].label"] == "'Web' is already used by virtual_services[0]"
+    dup = [{"label": "A", "address": "10.0.0.1"}, {"label": "A", "address": "10.0.0.2"}]
+    found = problems(svc(real_servers=dup))
+    assert "already used by real_servers[0]" in found["virtual_services[0].real_servers[1].label"]
+
+
+def test_the_same_real_server_twice_is_refused() -> None:
+    dup = [{"label": "A", "address": "10.0.0.1"}, {"label": "B", "address": "10.0.0.1"}]
+    found = problems(svc(real_servers=dup))
+    assert "already real_servers[0]" in found["virtual_services[0].real_servers[1].address"]
+
+
+def test_check_port_needed_with_several_ports() -> None:
+    found = problems(svc(mode="l7-tcp", ports=[4000, 5000]))
+    assert "say which port" in found["virtual_services[0].health_check.port"]
+    # a check port, or real servers that each name a port, settle it
+    load_data(
+        {
+            "virtual_services": [
+                svc(
+                    mode="l7-tcp",
+                    ports=[4000, 5000],
+                    health_check={"type": "connect", "port": 5000},
+                )
+            ]
+        }
+    )
+    rs = [{"label": "A", "address": "10.0.0.1", "port": 104}]
+    load_data({"virtual_services": [svc(mode="l7-tcp", ports=[4000, 5000], real_servers=rs)]})
+    load_data(
+        {
+            "virtual_services": [
+                svc(mode="l7-tcp", ports=[4000, 5000], health_check={"type": "none"})
+            ]
+        }
+    )
+
+
+def test_check_port_is_needed_by_each_check_of_an_all_check() -> None:
+    check = {
+        "type": "all",
+        "checks": [{"type": "connect", "port": 4000}, {"type": "http", "path": "/"}],
+    }
+    found = problems(svc(mode="l7-tcp", ports=[4000, 5000], health_check=check))
+    assert "http check" in found["virtual_services[0].health_check.checks[1].port"]
+
+
+def test_tls_files_must_exist(tmp_path: Path) -> None:
+    cert = tmp_path / "vip.pem"
+    cert.write_text("not checked here")
+    tls = {"certificates": [{"certificate": str(cert), "key": str(tmp_path / "missing.key")}]}
+    with pytest.raises(ConfigError) as info:
+        load_data({"virtual_services": [svc(tls=tls)]}, file_exists=Path.is_file)
+    (problem,) = info.value.problems
+    assert problem.path == "virtual_services[0].tls.certificates[0].key"
+    assert "no such file" in problem.message
+
+
+def test_tls_and_reencrypt_need_l7_http() -> None:
+    tls = {"certificates": [{"certificate": "/x.pem"}], "ports": [443]}
+    rs = [{"label": "A", "address": "10.0.0.1", "reencrypt": True}]
+    found = problems(svc(mode="l7-tcp", tls=tls, real_servers=rs))
+    assert "TLS termination needs mode l7-http" in found["virtual_services[0].tls"]
+    assert "not one of the VIP's ports" in found["virtual_services[0].tls.ports"]
+    assert "re-encryption needs" in found["virtual_services[0].real_servers[0].reencrypt"]
+
+
+def test_kernel_modes_cannot_mix_families_or_use_udp_in_l7() -> None:
+    rs = [{"label": "A", "address": "2001:db8::5"}]
+    found = problems(
+        svc(mode="l4-nat", real_servers=rs), svc(label="U", ports=[81], protocol="udp")
+    )
+    assert "cannot mix IPv4 and IPv6" in found["virtual_services[0].real_servers[0].address"]
+    assert "udp needs a layer 4 mode" in found["virtual_services[1].protocol"]
+    load_data({"virtual_services": [svc(mode="l7-tcp", real_servers=rs)]})  # a proxy can
+
+
+def test_connection_thresholds() -> None:
+    rs = [
+        {"label": "A", "address": "10.0.0.1", "min_connections": 5},
+        {"label": "B", "address": "10.0.0.2", "min_connections": 50, "max_connections": 10},
+    ]
+    found = problems(svc(real_servers=rs))
+    assert "needs max_connections" in found["virtual_services[0].real_servers[0].min_connections"]
+    assert "above max_connections" in found["virtual_services[0].real_servers[1].min_connections"]
+
+
+def test_duplicate_ports_in_one_service() -> None:
+    assert "listed twice" in problems(svc(ports="80,80"))["virtual_services[0].ports"]
+
+
+def test_ha_is_reserved_and_refused_when_enabled() -> None:
+    found = problems(svc(), node={"ha": {"enabled": True}})
+    assert "not available" in found["node.ha.enabled"]
+
+
+def test_unknown_check_type_lists_the_choices() -> None:
+    found = problems(svc(health_check={"type": "ping"}))
+    message = found["virtual_services[0].health_check"]
+    assert "'ping'" in message and "dicom-echo" in message
+
+
+def test_a_broken_service_still_gets_its_rules_checked() -> None:
+    rs = [{"label": "A", "address": "10.0.0.1", "port": 8080, "weight": -1}]
+    found = problems(svc(vip="nope", mode="l4-dr", real_servers=rs))
+    assert "virtual_services[0].vip" in found
+    assert "virtual_services[0].real_servers[0].weight" in found
+    assert "l4-dr cannot translate" in found["virtual_services[0].real_servers[0].port"]
+
+
+def test_a_bad_check_does_not_add_derived_noise() -> None:
+    found = problems(svc(mode="l7-tcp", ports=[4000, 5000], health_check={"port": 5000}))
+    assert found == {"virtual_services[0].health_check": "a 'type' is required here"}
+
+
+def test_missing_required_settings_are_named() -> None:
+    found = problems({"label": "X", "ports": [80]})
+    assert found["virtual_services[0].vip"] == "required setting is missing"
+    assert found["virtual_services[0].mode"] == "required setting is missing"
+
+
+def test_yaml_errors_name_the_line_and_duplicate_keys_are_refused() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_yaml("version: 1\nvirtual_services: [\n", "x.yaml")
+    assert info.value.problems[0].path.startswith("line ")
+    text = "virtual_services:\n- label: a\n  label: b\n"
+    with pytest.raises(ConfigError, match="duplicate key 'label'"):
+        parse_yaml(text)
+
+
+def test_non_mapping_and_empty_configs() -> None:
+    with pytest.raises(ConfigError, match="mapping"):
+        load_data([1, 2])
+    assert load_data(None).virtual_services == []
+
+
+def test_format_path() -> None:
+    assert format_path(["virtual_services", 2, "real_servers", 0, "port"]) == (
+        "virtual_services[2].real_servers[0].port"
+    )

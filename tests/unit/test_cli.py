@@ -1,0 +1,110 @@
+"""The command line, run in-process as a user would type it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pacslb.cli import main
+from pacslb.config import config_json_schema
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("variant", ["dr", "nat-l7", "proxy"])
+def test_profile_then_check_exits_zero(
+    variant: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["profile", "mckesson", "--variant", variant]) == 0
+    out = capsys.readouterr()
+    assert "replace them" in out.err  # example addresses are flagged
+    path = tmp_path / "m.yaml"
+    path.write_text(out.out)
+    assert main(["check", str(path)]) == 0
+    assert "OK: 5 virtual services, 10 real servers" in capsys.readouterr().out
+
+
+def test_check_lists_every_problem_and_exits_non_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", str(ROOT / "tests/unit/data/ten-mistakes.yaml")]) == 1
+    err = capsys.readouterr().err
+    assert "10 problems" in err
+    assert "virtual_services[0].real_servers[0].port: l4-dr cannot translate ports" in err
+
+
+def test_check_json_for_scripts(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "--json", str(ROOT / "tests/unit/data/ten-mistakes.yaml")]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["valid"] is False and len(report["problems"]) == 10
+
+
+def test_check_of_a_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", str(tmp_path / "nope.yaml")]) == 1
+    assert "cannot read" in capsys.readouterr().err
+
+
+def test_profile_refuses_unknown_service_keys(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["profile", "mckesson", "--vip", "pacs=10.0.0.1"]) == 1
+    assert "unknown service 'pacs'" in capsys.readouterr().err
+
+
+def test_profile_writes_a_file_and_plan_shows_effective_weights(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "m.yaml"
+    argv = ["profile", "mckesson", "--variant", "proxy", "--dicom-check", "echo", "-o", str(path)]
+    assert main([*argv, "--vip", "dicom=127.0.0.30", "--rip", "dicom=127.0.1.1,127.0.1.2"]) == 0
+    text = path.read_text()
+    assert "dicom-echo" in text and "127.0.0.30" in text
+    capsys.readouterr()
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "admin-state.json").write_text(
+        json.dumps(
+            {"version": 1, "servers": {"McK-Radiology_DICOM": {"Radiology_DICOM_Srv2": "drain"}}}
+        )
+    )
+    assert main(["plan", str(path), "--state-dir", str(state)]) == 0
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if "Radiology_DICOM_Srv2" in ln)
+    assert "effective=0" in line and "drain" in line
+    assert main(["plan", "--json", str(path)]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["services"][0]["vip"] == "127.0.0.30"
+
+
+def test_config_revisions_by_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    state = tmp_path / "state"
+    first = tmp_path / "a.yaml"
+    second = tmp_path / "b.yaml"
+    main(["profile", "mckesson", "--variant", "proxy", "-o", str(first)])
+    text = first.read_text().replace("scheduler: wlc", "scheduler: rr", 1)
+    second.write_text(text)
+    base = ["config", "--state-dir", str(state)]
+    assert main([*base, "save", "--file", str(first), "--comment", "first"]) == 0
+    assert main([*base, "save", "--file", str(second), "--comment", "round robin"]) == 0
+    capsys.readouterr()
+    assert main([*base, "diff", "1", "2"]) == 0
+    diff = capsys.readouterr().out
+    assert "-    scheduler: wlc" in diff and "+    scheduler: rr" in diff
+    assert main([*base, "rollback", "1"]) == 0
+    assert "revision 3" in capsys.readouterr().out
+    assert main([*base, "list"]) == 0
+    listing = capsys.readouterr().out
+    assert "round robin" in listing and "rollback to revision 1" in listing
+    assert main([*base, "show", "3"]) == 0
+    assert capsys.readouterr().out == first.read_text()
+    assert main([*base, "show", "9"]) == 1
+    assert "9" in capsys.readouterr().err
+
+
+def test_config_command_needs_its_arguments() -> None:
+    with pytest.raises(SystemExit):
+        main(["config", "diff", "1"])
+
+
+def test_docs_schema_is_current() -> None:
+    """docs/schema.json is generated (`make schema`); it must match the models."""
+    written = json.loads((ROOT / "docs/schema.json").read_text())
+    assert written == config_json_schema()
