@@ -1,0 +1,311 @@
+"""Durable state on disk: numbered config revisions and the per-real-server admin state.
+
+A thin I/O shell. Every write goes through `write_atomic` (temp file, fsync, rename, fsync the
+directory), so a crash or power loss leaves either the old file or the new one, never half of
+each. Anything that cannot be read back is an error naming the file: silently starting from
+empty would, for the admin state, bring halted servers back into rotation.
+
+Revisions layout (`state_dir/revisions/`):
+    000001.yaml ...  the operator's text, byte for byte (comments and layout survive)
+    index.json       metadata of every committed revision (number, created, comment, author, sha256)
+    .lock            flock target that serialises savers across processes
+
+Replacing index.json is the commit point: a revision exists iff the index lists it. A crash after
+the YAML file is written but before the index is replaced leaves an orphan file that the next
+save overwrites under the same number, so numbers stay consecutive and nothing committed is ever
+rewritten. Metadata lives in one index rather than a header inside each YAML file because a
+header would change the operator's bytes, and the index gives `revisions()` in one read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pacslb.config import Config
+from pacslb.core.state import AdminState
+from pacslb.core.validate import load_text
+from pacslb.errors import PacslbError
+
+INDEX_VERSION = 1
+STATE_VERSION = 1
+# Configs can name key files and check scripts; keep the history readable by its owner only.
+_REVISION_MODE = 0o600
+
+
+class RevisionNotFound(LookupError):
+    """No committed revision has this number."""
+
+
+class StateFileError(PacslbError):
+    """A state file exists but cannot be read or parsed; the message names the file."""
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Replace `path` with `data` so readers and crashes see the old file or the new, never a mix.
+
+    The temp file sits in the same directory because rename is atomic only within a file system;
+    the directory fsync makes the rename itself durable (ext4/xfs may otherwise lose it).
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)  # mkstemp creates 0600; fchmod ignores the umask
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _locked(lock_path: Path) -> Iterator[None]:
+    """Exclusive flock; a fresh open per call, so threads of one process exclude each other too."""
+    with open(lock_path, "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _read_json(path: Path) -> Any | None:
+    """Parsed JSON, None when the file does not exist, StateFileError for anything else."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise StateFileError(f"{path}: cannot read: {e.strerror or e}") from e
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise StateFileError(f"{path}: not valid JSON: {e}") from e
+
+
+def _dump_json(data: Any) -> bytes:
+    return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# --- config revisions ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Revision:
+    number: int
+    created: datetime  # timezone-aware UTC
+    comment: str
+    author: str
+    sha256: str  # of the UTF-8 text
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "number": self.number,
+            "created": self.created.isoformat(),
+            "comment": self.comment,
+            "author": self.author,
+            "sha256": self.sha256,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> Revision:
+        return cls(
+            number=int(data["number"]),
+            created=datetime.fromisoformat(data["created"]),
+            comment=str(data["comment"]),
+            author=str(data["author"]),
+            sha256=str(data["sha256"]),
+        )
+
+
+def unified_diff(old: str, new: str, old_name: str, new_name: str) -> str:
+    """Unified diff of two texts; a last line without a newline still gets its own line."""
+
+    def lines(text: str) -> list[str]:
+        return [ln if ln.endswith("\n") else ln + "\n" for ln in text.splitlines(keepends=True)]
+
+    return "".join(difflib.unified_diff(lines(old), lines(new), old_name, new_name))
+
+
+class ConfigStore:
+    """Append-only history of validated config texts under `state_dir/revisions/`."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.dir = Path(state_dir) / "revisions"
+        self._index = self.dir / "index.json"
+        self._lock = self.dir / ".lock"
+
+    def _file(self, number: int) -> Path:
+        return self.dir / f"{number:06d}.yaml"
+
+    def revisions(self) -> list[Revision]:
+        """Every committed revision, oldest first."""
+        data = _read_json(self._index)
+        if data is None:
+            return []
+        try:
+            if data["version"] != INDEX_VERSION:
+                raise ValueError(f"unsupported version {data['version']!r}")
+            revs = [Revision.from_json(item) for item in data["revisions"]]
+        except (KeyError, TypeError, ValueError) as e:
+            raise StateFileError(f"{self._index}: malformed revision index: {e!r}") from e
+        return sorted(revs, key=lambda r: r.number)
+
+    def latest(self) -> Revision | None:
+        revs = self.revisions()
+        return revs[-1] if revs else None
+
+    def get(self, number: int) -> Revision:
+        for rev in self.revisions():
+            if rev.number == number:
+                return rev
+        raise RevisionNotFound(f"config revision {number} does not exist")
+
+    def text(self, number: int) -> str:
+        """The exact text saved as `number`; checked against its sha256 so bit rot is loud."""
+        rev = self.get(number)
+        path = self._file(number)
+        try:
+            text = path.read_bytes().decode()
+        except (OSError, UnicodeDecodeError) as e:
+            raise StateFileError(f"{path}: cannot read revision {number}: {e}") from e
+        if _sha256(text) != rev.sha256:
+            raise StateFileError(f"{path}: content does not match the sha256 in {self._index}")
+        return text
+
+    def config(self, number: int) -> Config:
+        return load_text(self.text(number), f"revision {number}", lambda p: p.exists())
+
+    def diff(self, a: int, b: int) -> str:
+        return unified_diff(self.text(a), self.text(b), f"revision {a}", f"revision {b}")
+
+    def save(self, text: str, comment: str = "", author: str = "") -> Revision:
+        """Validate, then commit `text` as the next revision (or return the latest if identical).
+
+        Raises ConfigError, having written nothing, when the text is not a valid config.
+        """
+        load_text(text, "new revision", lambda p: p.exists())
+        sha = _sha256(text)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        # The lock spans read-latest .. replace-index so two savers cannot take one number.
+        with _locked(self._lock):
+            revs = self.revisions()
+            if revs and revs[-1].sha256 == sha:
+                return revs[-1]
+            rev = Revision(
+                number=revs[-1].number + 1 if revs else 1,
+                created=datetime.now(UTC),
+                comment=comment,
+                author=author,
+                sha256=sha,
+            )
+            write_atomic(self._file(rev.number), text.encode(), _REVISION_MODE)
+            index = {
+                "version": INDEX_VERSION,
+                "revisions": [r.to_json() for r in [*revs, rev]],
+            }
+            write_atomic(self._index, _dump_json(index), _REVISION_MODE)  # the commit point
+            return rev
+
+    def rollback(self, number: int, author: str = "") -> Revision:
+        """Save revision `number`'s text as a new revision; history is never rewritten.
+
+        When that text is already the latest, the latest is returned (nothing to roll back).
+        """
+        return self.save(self.text(number), f"rollback to revision {number}", author)
+
+
+# --- admin state ---------------------------------------------------------------------------
+
+ServerKey = tuple[str, str]  # (virtual service label, real server label)
+
+
+class AdminStateStore:
+    """Per-real-server admin state (drain/halt) kept apart from the config.
+
+    Only exceptions are stored: a server absent from the file is ONLINE. The file is read on
+    every call so that a CLI and the control process never act on stale copies.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._lock = self.path.with_name(self.path.name + ".lock")
+
+    def all(self) -> dict[ServerKey, AdminState]:
+        data = _read_json(self.path)
+        if data is None:
+            return {}
+        out: dict[ServerKey, AdminState] = {}
+        try:
+            if data["version"] != STATE_VERSION:
+                raise ValueError(f"unsupported version {data['version']!r}")
+            for service, servers in data["servers"].items():
+                for server, state in servers.items():
+                    out[(str(service), str(server))] = AdminState(state)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise StateFileError(f"{self.path}: malformed admin state file: {e!r}") from e
+        return out
+
+    def get(self, service: str, server: str) -> AdminState:
+        return self.all().get((service, server), AdminState.ONLINE)
+
+    def set(self, service: str, server: str, state: AdminState) -> None:
+        state = AdminState(state)
+        with self._locked():
+            states = self.all()
+            before = dict(states)
+            if state is AdminState.ONLINE:
+                states.pop((service, server), None)
+            else:
+                states[(service, server)] = state
+            if states != before:
+                self._write(states)
+
+    def prune(self, valid: AbstractSet[ServerKey]) -> list[ServerKey]:
+        """Drop entries for servers no longer in the config; return them, sorted."""
+        with self._locked():
+            states = self.all()
+            gone = sorted(key for key in states if key not in valid)
+            if gone:
+                self._write({k: v for k, v in states.items() if k in valid})
+            return gone
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        # Read-modify-write: without the lock two writers could each drop the other's change.
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with _locked(self._lock):
+            yield
+
+    def _write(self, states: dict[ServerKey, AdminState]) -> None:
+        servers: dict[str, dict[str, str]] = {}
+        for (service, server), state in sorted(states.items()):
+            servers.setdefault(service, {})[server] = state.value
+        write_atomic(self.path, _dump_json({"version": STATE_VERSION, "servers": servers}))
