@@ -1,0 +1,166 @@
+"""Source-IP persistence with IPVS *template* semantics.
+
+IPVS (net/netfilter/ipvs/ip_vs_core.c, ip_vs_sched_persist) keeps one template connection per
+masked client address; the real connections it places are "controlled" by the template, and
+the template's timer only starts once the last controlled connection is gone
+(ip_vs_conn_expire keeps a template alive while cp->n_control > 0). So a DICOM association
+that stays open for hours keeps its client on the same archive node however short the
+persistence timeout is, and the client comes back to that node for `timeout` seconds after its
+last connection closed. `StickyTable` is that table, without clocks: time comes in as `now`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import ipaddress
+import math
+from dataclasses import dataclass
+
+__all__ = ["StickyEntry", "StickyTable"]
+
+
+@dataclass(frozen=True, slots=True)
+class StickyEntry:
+    """One persistence entry, for status views."""
+
+    key: str  # masked client address, e.g. "10.0.0.0" for /24
+    server: str
+    connections: int
+    expires_at: float | None  # None while connections are open
+
+
+@dataclass(slots=True)
+class _Entry:
+    server: str
+    connections: int
+    expires_at: float | None
+
+    def alive(self, now: float) -> bool:
+        # Dead at exactly expires_at, like an IPVS timer that fires at its deadline.
+        return self.connections > 0 or (self.expires_at is not None and now < self.expires_at)
+
+
+class StickyTable:
+    """Masked client address -> real server, alive while connected and `timeout` s after.
+
+    Entries are keyed by the client address masked to the granularity prefix (ipvsadm
+    --netmask), so that clients behind a pool of proxies or NAT addresses stay together.
+    `detach()` must be called once for every `attach()`; `expire(now)` should be called
+    periodically to purge dead entries (lookups ignore them either way).
+    """
+
+    def __init__(self, timeout: float, granularity_v4: int = 32, granularity_v6: int = 128) -> None:
+        if not (math.isfinite(timeout) and timeout > 0):
+            raise ValueError(f"persistence timeout must be a positive number, got {timeout!r}")
+        if not 0 <= granularity_v4 <= 32:
+            raise ValueError(f"IPv4 granularity must be 0..32, got {granularity_v4}")
+        if not 0 <= granularity_v6 <= 128:
+            raise ValueError(f"IPv6 granularity must be 0..128, got {granularity_v6}")
+        self.timeout = float(timeout)
+        self._mask4 = ((1 << granularity_v4) - 1) << (32 - granularity_v4)
+        self._mask6 = ((1 << granularity_v6) - 1) << (128 - granularity_v6)
+        self._entries: dict[str, _Entry] = {}
+        # (expires_at, seq, key) pushed whenever an entry's last connection closes. Revived or
+        # forgotten entries leave stale items; they are skipped when popped.
+        self._heap: list[tuple[float, int, str]] = []
+        self._seq = 0
+
+    def mask(self, client_ip: str) -> str:
+        """The client address masked to the granularity prefix (ValueError if not an address)."""
+        addr = ipaddress.ip_address(client_ip)
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            # A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d; they are IPv4 clients
+            # and must share entries with the same client seen on an IPv4 socket.
+            addr = addr.ipv4_mapped
+        # Integer masking also drops an IPv6 zone id (fe80::1%eth0), which ip_network rejects.
+        if isinstance(addr, ipaddress.IPv4Address):
+            return str(ipaddress.IPv4Address(int(addr) & self._mask4))
+        return str(ipaddress.IPv6Address(int(addr) & self._mask6))
+
+    def lookup(self, client_ip: str, now: float) -> str | None:
+        """The server of the client's live entry, or None."""
+        key = self.mask(client_ip)
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if not entry.alive(now):
+            del self._entries[key]
+            return None
+        return entry.server
+
+    def attach(self, client_ip: str, server_key: str, now: float) -> None:
+        """A connection of this client was placed on `server_key`."""
+        key = self.mask(client_ip)
+        entry = self._entries.get(key)
+        if entry is None or not entry.alive(now) or entry.server != server_key:
+            # New, dead, or re-pointed: connections still open to an older server are no longer
+            # this entry's (their detach names that server and is ignored), so count from 1.
+            self._entries[key] = _Entry(server_key, 1, None)
+            return
+        entry.connections += 1
+        entry.expires_at = None
+
+    def detach(self, client_ip: str, now: float, server_key: str | None = None) -> None:
+        """A connection of this client closed; the last one starts the `timeout` countdown.
+
+        With `server_key`, a close of a connection placed on another server than the entry's
+        (it was forgotten or re-pointed meanwhile) does not count against the entry.
+        """
+        key = self.mask(client_ip)
+        entry = self._entries.get(key)
+        if entry is None or entry.connections == 0:
+            return
+        if server_key is not None and server_key != entry.server:
+            return
+        entry.connections -= 1
+        if entry.connections == 0:
+            entry.expires_at = now + self.timeout
+            self._seq += 1
+            heapq.heappush(self._heap, (entry.expires_at, self._seq, key))
+            if len(self._heap) > 2 * len(self._entries) + 1024:
+                self._compact()
+
+    def forget(self, client_ip: str) -> bool:
+        """Drop the client's entry (its server is gone); True if there was one."""
+        return self._entries.pop(self.mask(client_ip), None) is not None
+
+    def forget_server(self, server_key: str) -> int:
+        """Drop every entry of `server_key` (halted or down); returns how many."""
+        doomed = [k for k, e in self._entries.items() if e.server == server_key]
+        for k in doomed:
+            del self._entries[k]
+        return len(doomed)
+
+    def expire(self, now: float) -> int:
+        """Purge entries dead at `now`; returns how many were removed."""
+        removed = 0
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            expires_at, _, key = heapq.heappop(heap)
+            entry = self._entries.get(key)
+            if entry is not None and entry.connections == 0 and entry.expires_at == expires_at:
+                del self._entries[key]
+                removed += 1
+        return removed
+
+    def entries(self, now: float | None = None) -> list[StickyEntry]:
+        """All stored entries, or with `now` only those alive at `now`."""
+        return [
+            StickyEntry(k, e.server, e.connections, e.expires_at)
+            for k, e in self._entries.items()
+            if now is None or e.alive(now)
+        ]
+
+    def __len__(self) -> int:
+        """Stored entries, including dead ones not purged by `expire()` yet."""
+        return len(self._entries)
+
+    def _compact(self) -> None:
+        # Without regular expire() calls, revive/close churn would grow the heap without bound.
+        self._heap = [
+            (e.expires_at, i, k)
+            for i, (k, e) in enumerate(self._entries.items())
+            if e.connections == 0 and e.expires_at is not None
+        ]
+        heapq.heapify(self._heap)
+        self._seq = len(self._heap)

@@ -1,0 +1,298 @@
+"""Schedulers: pick the real server for a new connection of one virtual service.
+
+Each scheduler is a small object with per-virtual-service state (overload flags, round-robin
+position, smooth-WRR current weights). It sees the real servers as `Candidate` values taken at
+decision time and returns the chosen key, or None when nothing is eligible -- "no server" is an
+expected outcome for the caller (fallback server, RST, 503), never an exception.
+
+The semantics follow the Linux IPVS schedulers (net/netfilter/ipvs/ip_vs_{wlc,lc,rr}.c) so that
+the built-in proxy and the kernel engine balance the same way, and nginx's smooth weighted
+round-robin (src/http/ngx_http_upstream_round_robin.c, ngx_http_upstream_get_peer) for `wrr`.
+Server keys must be unique within one call (the plan guarantees it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from pacslb.core.state import AdminState, Health
+
+__all__ = [
+    "SCHEDULER_NAMES",
+    "Candidate",
+    "LeastConnection",
+    "RoundRobin",
+    "Scheduler",
+    "SmoothWeightedRoundRobin",
+    "SourceHash",
+    "WeightedLeastConnection",
+    "make_scheduler",
+]
+
+MAX_WEIGHT = 65535  # IPVS keeps weights in an int, ipvsadm accepts 0..65535
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """What a scheduler sees of one real server at decision time."""
+
+    key: str  # stable identity (the real server label)
+    weight: int  # effective weight 0..65535 (0 = takes no new connections)
+    admin: AdminState = AdminState.ONLINE
+    health: Health = Health.UNKNOWN
+    active: int = 0  # established connections now
+    inactive: int = 0  # other (e.g. half-open/closing) connections now
+    max_connections: int = 0  # 0 = unlimited (IPVS u_threshold)
+    min_connections: int = 0  # 0 = unset (IPVS l_threshold)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.weight <= MAX_WEIGHT:
+            raise ValueError(f"{self.key}: weight {self.weight} outside 0..{MAX_WEIGHT}")
+        for name in ("active", "inactive", "max_connections", "min_connections"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{self.key}: {name} must be >= 0")
+
+    @property
+    def overhead(self) -> int:
+        # ip_vs_dest_conn_overhead(): an active connection costs 256 inactive ones, because
+        # inactive (FIN_WAIT/SYN_RECV) entries cost the server next to nothing.
+        return (self.active << 8) + self.inactive
+
+
+class Scheduler(Protocol):
+    def choose(self, candidates: Sequence[Candidate], flow_key: bytes = b"") -> str | None: ...
+
+
+class _Base:
+    """Eligibility and IPVS overload hysteresis, shared by every scheduler."""
+
+    name = ""
+
+    def __init__(self) -> None:
+        # key -> (overloaded, u_threshold the flag was computed with)
+        self._overload: dict[str, tuple[bool, int]] = {}
+
+    def overloaded(self, key: str) -> bool:
+        """Whether `key` was overloaded at the last decision (for status views)."""
+        return self._overload.get(key, (False, 0))[0]
+
+    def choose(self, candidates: Sequence[Candidate], flow_key: bytes = b"") -> str | None:
+        eligible = self._eligible(candidates)
+        if not any(eligible):
+            return None
+        return self._pick(candidates, eligible, flow_key)
+
+    def _pick(
+        self, candidates: Sequence[Candidate], eligible: list[bool], flow_key: bytes
+    ) -> str | None:
+        raise NotImplementedError
+
+    def _eligible(self, candidates: Sequence[Candidate]) -> list[bool]:
+        # Rebuilt every call so that servers that left the list leave no stale state behind.
+        previous = self._overload
+        current: dict[str, tuple[bool, int]] = {}
+        eligible: list[bool] = []
+        for c in candidates:
+            over = _update_overload(c, previous.get(c.key))
+            current[c.key] = (over, c.max_connections)
+            eligible.append(
+                c.admin is AdminState.ONLINE
+                and c.health is not Health.DOWN
+                and c.weight > 0
+                and not over
+            )
+        self._overload = current
+        return eligible
+
+
+def _update_overload(c: Candidate, previous: tuple[bool, int] | None) -> bool:
+    """IPVS IP_VS_DEST_F_OVERLOAD, evaluated from the counts at decision time.
+
+    ip_vs_bind_dest() sets the flag once active+inactive >= u_threshold; ip_vs_unbind_dest()
+    clears it only below l_threshold when that is set, else below 3/4 of u_threshold, so that a
+    server at its limit does not flap in and out of the rotation with every closed connection.
+    __ip_vs_update_dest() clears the flag when u_threshold is removed or raised.
+    """
+    if c.max_connections == 0:
+        return False
+    over, old_max = previous if previous is not None else (False, c.max_connections)
+    if c.max_connections > old_max:
+        over = False
+    total = c.active + c.inactive
+    if total >= c.max_connections:
+        return True
+    if over:
+        if c.min_connections:
+            return total >= c.min_connections
+        return total * 4 >= c.max_connections * 3
+    return False
+
+
+class WeightedLeastConnection(_Base):
+    """ip_vs_wlc: least overhead/weight; compared by cross-multiplication, ties to the first."""
+
+    name = "wlc"
+
+    def _pick(
+        self, candidates: Sequence[Candidate], eligible: list[bool], flow_key: bytes
+    ) -> str | None:
+        least: Candidate | None = None
+        for c, ok in zip(candidates, eligible, strict=True):
+            if not ok:
+                continue
+            # loh/lw > doh/dw  <=>  loh*dw > doh*lw (weights > 0). Integers, so equal ratios
+            # really are equal and the first server found keeps the tie, as in IPVS.
+            if least is None or least.overhead * c.weight > c.overhead * least.weight:
+                least = c
+        return None if least is None else least.key
+
+
+class LeastConnection(_Base):
+    """ip_vs_lc: least overhead; weight only decides eligibility; ties to the first."""
+
+    name = "lc"
+
+    def _pick(
+        self, candidates: Sequence[Candidate], eligible: list[bool], flow_key: bytes
+    ) -> str | None:
+        least: Candidate | None = None
+        for c, ok in zip(candidates, eligible, strict=True):
+            if ok and (least is None or c.overhead < least.overhead):
+                least = c
+        return None if least is None else least.key
+
+
+class RoundRobin(_Base):
+    """ip_vs_rr: the next eligible server after the last one chosen, in list order."""
+
+    name = "rr"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last_key: str | None = None
+        self._last_index = -1
+
+    def _pick(
+        self, candidates: Sequence[Candidate], eligible: list[bool], flow_key: bytes
+    ) -> str | None:
+        n = len(candidates)
+        start = 0
+        if self._last_key is not None:
+            for i, c in enumerate(candidates):
+                if c.key == self._last_key:
+                    start = i + 1
+                    break
+            else:
+                # The last server left: the one that took its index is the one that followed
+                # it, like ip_vs_rr_del_dest() stepping the cursor back one entry.
+                start = self._last_index
+        for step in range(n):
+            i = (start + step) % n
+            if eligible[i]:
+                self._last_key = candidates[i].key
+                self._last_index = i
+                return candidates[i].key
+        return None
+
+
+class SmoothWeightedRoundRobin(_Base):
+    """nginx smooth weighted round-robin.
+
+    Every eligible server adds its weight to its current weight, the largest current weight
+    wins (first on ties) and pays back the total. Over sum(weights) picks with a stable set
+    each server is chosen exactly `weight` times, interleaved (5,1,1 -> a a b a c a a) instead
+    of in bursts as IPVS wrr does. Like nginx, a server that is temporarily ineligible keeps its
+    current weight; one that leaves the list is forgotten and comes back at 0 like a new peer.
+    """
+
+    name = "wrr"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._current: dict[str, int] = {}
+
+    def _pick(
+        self, candidates: Sequence[Candidate], eligible: list[bool], flow_key: bytes
+    ) -> str | None:
+        current = {c.key: self._current.get(c.key, 0) for c in candidates}
+        best: str | None = None
+        total = 0
+        for c, ok in zip(candidates, eligible, strict=True):
+            if not ok:
+                continue
+            current[c.key] += c.weight
+            total += c.weight
+            if best is None or current[c.key] > current[best]:
+                best = c.key
+        if best is not None:
+            current[best] -= total
+        self._current = current
+        return best
+
+
+class SourceHash(_Base):
+    """Consistent source hashing: weighted rendezvous (highest random weight) hashing.
+
+    Each eligible server scores -weight / ln(u) with u in (0, 1) drawn from blake2b(server,
+    flow); the highest score wins. A server taking part or not changes only the keys whose
+    winner it is: when one of N servers leaves, exactly its ~1/N of the flows move, and the
+    weighted score gives each server a share proportional to its weight (Schindelhauer &
+    Schomaker, "Weighted distributed hash tables", 2005). Rendezvous rather than Maglev or a
+    ring: no table to build or rebuild, no virtual nodes to tune, and O(N) per decision is
+    nothing for the handful of servers behind one VIP. blake2b, never hash(), so that both nodes
+    of an HA pair and every restart map each client to the same server.
+    """
+
+    name = "sh"
+
+    def _pick(
+        self, candidates: Sequence[Candidate], eligible: list[bool], flow_key: bytes
+    ) -> str | None:
+        best: str | None = None
+        best_score = -1.0
+        for c, ok in zip(candidates, eligible, strict=True):
+            if not ok:
+                continue
+            score = -c.weight / math.log(_unit(c.key, flow_key))
+            if score > best_score:
+                best, best_score = c.key, score
+        return best
+
+
+def _unit(key: str, flow_key: bytes) -> float:
+    """A uniform float in the open interval (0, 1), stable across processes and hosts."""
+    raw = key.encode()
+    h = hashlib.blake2b(digest_size=8, person=b"pacslb-sh")
+    # Length prefix so that ("ab", b"c") and ("a", b"bc") hash differently.
+    h.update(len(raw).to_bytes(4, "big"))
+    h.update(raw)
+    h.update(flow_key)
+    # 52 bits keep (n + 0.5) / 2**52 exact in a double: never 0 and never 1, so ln(u) < 0.
+    n = int.from_bytes(h.digest(), "big") >> 12
+    return (n + 0.5) / (1 << 52)
+
+
+_SCHEDULERS: dict[str, type[_Base]] = {
+    "wlc": WeightedLeastConnection,
+    "wrr": SmoothWeightedRoundRobin,
+    "lc": LeastConnection,
+    "rr": RoundRobin,
+    "sh": SourceHash,
+}
+
+SCHEDULER_NAMES: tuple[str, ...] = tuple(_SCHEDULERS)
+
+
+def make_scheduler(name: str) -> Scheduler:
+    """A fresh scheduler (with its own state) for one virtual service."""
+    try:
+        cls = _SCHEDULERS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown scheduler {name!r}; expected one of {', '.join(SCHEDULER_NAMES)}"
+        ) from None
+    return cls()
