@@ -68,7 +68,7 @@ SERVICES = (
     ServiceSpec(
         "crv",
         "McK-ClinicalReferenceViewer",
-        "Clinical Reference Viewer: persistence 300 s, GET /McKessonEmiCRV/Ping.aspx expecting 'OK'",
+        "Clinical Reference Viewer: persistence 300 s, GET /McKessonEmiCRV/Ping.aspx for 'OK'",
         (80,),
         300,
         {"type": "http", "port": 80, "path": "/McKessonEmiCRV/Ping.aspx", "expect": "OK"},
