@@ -162,9 +162,7 @@ def build(
     vips, rips = vips or {}, rips or {}
     unknown = sorted((set(vips) | set(rips)) - set(SERVICE_KEYS))
     if unknown:
-        raise ValueError(
-            f"unknown service {unknown[0]!r} (choose {', '.join(SERVICE_KEYS)})"
-        )
+        raise ValueError(f"unknown service {unknown[0]!r} (choose {', '.join(SERVICE_KEYS)})")
     examples = []
     services = []
     for spec in SERVICES:
