@@ -6,31 +6,22 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from pacslb import __version__
 from pacslb.config import Config, config_json_schema
-from pacslb.errors import ConfigError, PacslbError, Problem
+from pacslb.errors import ConfigError, PacslbError
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 DEFAULT_STATE_DIR = Path(os.environ.get("PACSLB_STATE_DIR", "/var/lib/pacslb"))
 
 
-def _file_exists(base: Path) -> Callable[[Path], bool]:
-    """Relative paths in a config are relative to the config file's folder."""
-    return lambda p: (p if p.is_absolute() else base / p).is_file()
-
-
 def load_config_file(path: Path) -> Config:
     """Read and validate a config file; ConfigError lists every problem."""
-    from pacslb.core.validate import load_text
+    from pacslb.control.store import read_config
 
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([Problem("", f"cannot read: {exc.strerror}")], str(path)) from None
-    return load_text(text, str(path), _file_exists(path.resolve().parent))
+    return read_config(path)[1]
 
 
 # --- commands ----------------------------------------------------------------------------
@@ -151,6 +142,115 @@ def cmd_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _state_dir(args: argparse.Namespace) -> Path:
+    """--state-dir, else the config's node.state_dir (--config), else $PACSLB_STATE_DIR."""
+    if getattr(args, "state_dir", None):
+        return Path(args.state_dir)
+    if getattr(args, "config", None):
+        return load_config_file(Path(args.config)).node.state_dir
+    return DEFAULT_STATE_DIR
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from pacslb.control.app import ControlProcess, serve
+    from pacslb.control.store import read_config
+
+    try:
+        text, config = read_config(args.file)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        print("nothing was started", file=sys.stderr)
+        return EXIT_INVALID
+    state_dir = Path(args.state_dir) if args.state_dir else None
+
+    async def main() -> None:
+        process = ControlProcess(args.file, config, text, engines=[], state_dir=state_dir)
+        await serve(process)
+
+    try:
+        import uvloop
+
+        uvloop.run(main())
+    except ImportError:  # pragma: no cover - uvloop is a dependency; this is for odd platforms
+        asyncio.run(main())
+    return EXIT_OK
+
+
+def _ago(iso: str | None) -> str:
+    from datetime import UTC, datetime
+
+    if not iso:
+        return ""
+    seconds = (datetime.now(UTC) - datetime.fromisoformat(iso)).total_seconds()
+    return f"{seconds:.0f}s ago"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from pacslb.control.local import request
+
+    status = request(_state_dir(args), {"cmd": "status"})
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return EXIT_OK
+    print(
+        f"pacslb {status['pacslb']} pid {status['pid']}  config revision {status['revision']}  "
+        f"up {status['uptime_s']:.0f}s  engines: {', '.join(status['engines']) or 'none'}"
+    )
+    for svc in status["services"]:
+        ports = ",".join(str(p) for p in svc["ports"])
+        print(
+            f"\n{svc['label']}  {svc['vip']}:{ports}/{svc['protocol']}  {svc['mode']}  "
+            f"{svc['scheduler']}  persistence={svc['persistence']}"
+        )
+        for rs in svc["real_servers"]:
+            port = f":{rs['port']}" if rs["port"] else ""
+            conns = rs["connections"]
+            count = f"{conns['active']}/{conns['total']}" if conns else "-"
+            last = rs["last_check"]
+            check = f"{last['reason']} ({_ago(last['at'])})" if last else "not checked yet"
+            print(
+                f"  {rs['label']:<28} {rs['address'] + port:<22} {rs['health']:<7} "
+                f"{rs['admin']:<6} w={rs['effective_weight']}/{rs['weight']:<5} "
+                f"conns={count:<9} {check}"
+            )
+    return EXIT_OK
+
+
+def cmd_admin(args: argparse.Namespace) -> int:
+    from pacslb.control.local import request
+
+    payload = {
+        "cmd": "set-admin",
+        "service": args.service,
+        "server": args.server,
+        "state": args.command,
+        "by": os.environ.get("SUDO_USER") or os.environ.get("USER", "cli"),
+    }
+    result = request(_state_dir(args), payload)
+    print(f"{result['service']}/{result['server']}: {result['previous']} -> {result['state']}")
+    return EXIT_OK
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    from pacslb.control.events import Event
+    from pacslb.control.local import request
+
+    payload = {"cmd": "events", "kind": args.kind, "service": args.service, "limit": args.limit}
+    for raw in request(_state_dir(args), payload):
+        print(Event(**raw))
+    return EXIT_OK
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    from pacslb.control.local import request
+
+    result = request(_state_dir(args), {"cmd": "reload"})
+    print(f"applied revision {result['revision']}")
+    return EXIT_OK
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     print(json.dumps(config_json_schema(), indent=2, sort_keys=True))
     return EXIT_OK
@@ -210,6 +310,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--comment", default="", help="what the revision changes")
     p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("run", help="run the load balancer on a config file")
+    p.add_argument("file", type=Path)
+    p.add_argument("--state-dir", help="override node.state_dir")
+    p.set_defaults(func=cmd_run)
+
+    def locate(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--state-dir", help="state directory of the running pacslb")
+        p.add_argument("--config", "-c", help="find the state directory from this config")
+
+    p = sub.add_parser("status", help="every VIP and real server: health, admin state, checks")
+    p.add_argument("--json", action="store_true", help="one JSON document, for scripts")
+    locate(p)
+    p.set_defaults(func=cmd_status)
+
+    for name, text in (
+        ("drain", "no new connections; existing ones and persistent clients finish"),
+        ("halt", "no traffic at all; existing connections are closed"),
+        ("online", "back into rotation"),
+    ):
+        p = sub.add_parser(name, help=f"{name} a real server: {text}")
+        p.add_argument("service", help="virtual service label")
+        p.add_argument("server", help="real server label")
+        locate(p)
+        p.set_defaults(func=cmd_admin)
+
+    p = sub.add_parser("events", help="the event log: health, admin, config, plan")
+    p.add_argument("--kind", choices=["health", "admin", "config", "plan", "engine", "process"])
+    p.add_argument("--service")
+    p.add_argument("--limit", type=int, default=50)
+    locate(p)
+    p.set_defaults(func=cmd_events)
+
+    p = sub.add_parser("reload", help="re-read the config file of the running pacslb")
+    locate(p)
+    p.set_defaults(func=cmd_reload)
 
     p = sub.add_parser("schema", help="print the config's JSON Schema")
     p.set_defaults(func=cmd_schema)

@@ -36,7 +36,7 @@ from typing import Any
 from pacslb.config import Config
 from pacslb.core.state import AdminState
 from pacslb.core.validate import load_text
-from pacslb.errors import PacslbError
+from pacslb.errors import ConfigError, PacslbError, Problem
 
 INDEX_VERSION = 1
 STATE_VERSION = 1
@@ -152,6 +152,21 @@ def unified_diff(old: str, new: str, old_name: str, new_name: str) -> str:
         return [ln if ln.endswith("\n") else ln + "\n" for ln in text.splitlines(keepends=True)]
 
     return "".join(difflib.unified_diff(lines(old), lines(new), old_name, new_name))
+
+
+def read_config(path: Path) -> tuple[str, Config]:
+    """A config file's text and its validated Config; ConfigError lists every problem.
+
+    Relative paths inside the config (TLS files, check scripts) are relative to its folder."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        problem = Problem("", f"cannot read: {exc.strerror}")
+        raise ConfigError([problem], str(path)) from None
+    base = path.resolve().parent
+    return text, load_text(
+        text, str(path), lambda p: (p if p.is_absolute() else base / p).is_file()
+    )
 
 
 class ConfigStore:

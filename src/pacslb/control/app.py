@@ -1,0 +1,271 @@
+"""The control process (`pacslb run CONFIG`): config, health, admin state -> Plans -> engines.
+
+It loads and validates the config (a config with any problem is never applied), records it as
+a revision, probes every real server, and whenever health, admin state or the config changes it
+builds a new Plan and hands it to every engine in the same loop turn. Operators and the CLI talk
+to it over a local control socket (control/local.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pacslb import __version__
+from pacslb import config as c
+from pacslb.control.checker import HealthChecker
+from pacslb.control.events import Event, EventLog
+from pacslb.control.probes import ProbeResult
+from pacslb.control.store import AdminStateStore, ConfigStore, read_config
+from pacslb.core.health import Transition
+from pacslb.core.plan import Plan, ServerKey, build_plan, diff_plans
+from pacslb.core.state import AdminState
+from pacslb.engines.base import Counters, Engine
+from pacslb.errors import ConfigError, EngineError, PacslbError
+
+
+class UnknownTarget(PacslbError):
+    """A command named a virtual service or real server the config does not have."""
+
+
+class ControlProcess:
+    def __init__(
+        self,
+        config_path: Path,
+        config: c.Config,
+        text: str,
+        engines: Sequence[Engine] = (),
+        state_dir: Path | None = None,
+    ) -> None:
+        self.config_path = config_path
+        self.config = config
+        self.state_dir = state_dir or config.node.state_dir
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.store = ConfigStore(self.state_dir)
+        self.admin = AdminStateStore(self.state_dir / "admin-state.json")
+        self.events = EventLog(self.state_dir / "events.jsonl")
+        self.engines = list(engines)
+        self.checker = HealthChecker(self._on_transition)
+        self.plan: Plan | None = None
+        self.started = datetime.now(UTC)
+        self.revision = 0
+        self._text = text
+        self._publish_pending = False
+        self._stopping = asyncio.Event()
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        rev = self.store.save(self._text, comment=f"pacslb run {self.config_path}")
+        self.revision = rev.number
+        self._record("process", f"pacslb {__version__} started (pid {os.getpid()})")
+        self._record("config", f"applying revision {rev.number} from {self.config_path}")
+        self._prune_admin()
+        self.checker.configure(self.config)
+        await self.publish()
+
+    async def stop(self) -> None:
+        await self.checker.close()
+        for engine in self.engines:
+            with contextlib.suppress(Exception):
+                await engine.close()
+        self._record("process", "pacslb stopped")
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopping.wait()
+
+    # --- plans ---------------------------------------------------------------------------
+
+    def current_plan(self) -> Plan:
+        return build_plan(self.config, self.checker.health(), self.admin.all(), self.revision)
+
+    async def publish(self) -> Plan:
+        """Build the Plan and apply it to every engine; an engine that fails keeps its old state."""
+        self._publish_pending = False
+        plan = self.current_plan()
+        previous, self.plan = self.plan, plan
+        if previous is not None:
+            changes = diff_plans(previous, plan)
+            if not changes:
+                return plan
+            summary = "; ".join(str(ch) for ch in changes[:10])
+            self._record("plan", f"plan updated: {summary}", data={"changes": len(changes)})
+        for engine in self.engines:
+            try:
+                await engine.apply(plan)
+            except EngineError as exc:
+                self._record("engine", f"{engine.name}: apply failed: {exc}")
+        return plan
+
+    def _schedule_publish(self) -> None:
+        """Coalesce the changes of one loop turn into one Plan, applied at once."""
+        if not self._publish_pending:
+            self._publish_pending = True
+            asyncio.get_running_loop().create_task(self.publish())
+
+    def _on_transition(self, key: ServerKey, t: Transition, result: ProbeResult) -> None:
+        self._record(
+            "health",
+            f"{t.previous} -> {t.current}: {t.reason}",
+            key,
+            data={"previous": str(t.previous), "current": str(t.current), "ok": result.ok},
+        )
+        self._schedule_publish()
+
+    # --- operator commands ---------------------------------------------------------------
+
+    def _check_target(self, service: str, server: str) -> None:
+        vs = self.config.service(service)
+        if vs is None:
+            known = ", ".join(s.label for s in self.config.virtual_services)
+            raise UnknownTarget(f"no virtual service {service!r} (known: {known})")
+        if not any(rs.label == server for rs in vs.real_servers):
+            known = ", ".join(rs.label for rs in vs.real_servers)
+            raise UnknownTarget(f"{service} has no real server {server!r} (known: {known})")
+
+    async def set_admin(
+        self, service: str, server: str, state: AdminState, by: str = ""
+    ) -> dict[str, Any]:
+        self._check_target(service, server)
+        previous = self.admin.get(service, server)
+        self.admin.set(service, server, state)
+        if previous is not state:
+            who = f" by {by}" if by else ""
+            self._record("admin", f"{previous} -> {state}{who}", (service, server))
+        await self.publish()
+        return {
+            "service": service,
+            "server": server,
+            "previous": str(previous),
+            "state": str(state),
+        }
+
+    async def reload(self) -> dict[str, Any]:
+        """Re-read the config file; a config with problems is refused and nothing changes."""
+        try:
+            text, config = read_config(self.config_path)
+        except ConfigError as exc:
+            self._record("config", f"reload refused: {len(exc.problems)} problems")
+            raise
+        rev = self.store.save(text, comment=f"reload {self.config_path}")
+        self.config, self._text, self.revision = config, text, rev.number
+        self._record("config", f"applying revision {rev.number} from {self.config_path}")
+        self._prune_admin()
+        self.checker.configure(config)
+        await self.publish()
+        return {"revision": rev.number}
+
+    def _prune_admin(self) -> None:
+        valid = {
+            (vs.label, rs.label) for vs in self.config.virtual_services for rs in vs.real_servers
+        }
+        for service, server in self.admin.prune(valid):
+            self._record("admin", "admin state dropped: no longer in the config", (service, server))
+
+    # --- views ---------------------------------------------------------------------------
+
+    def counters(self) -> dict[ServerKey, Counters]:
+        merged: dict[ServerKey, Counters] = {}
+        for engine in self.engines:
+            merged.update(engine.counters())
+        return merged
+
+    def status(self) -> dict[str, Any]:
+        plan = self.plan or self.current_plan()
+        counters = self.counters()
+        services = []
+        for svc in plan.services:
+            servers = []
+            for rs in svc.real_servers:
+                key = (svc.label, rs.label)
+                target = self.checker.target(key)
+                last = None
+                if target is not None and target.last is not None:
+                    last = {
+                        "ok": target.last.ok,
+                        "reason": target.last.reason,
+                        "latency_ms": round(target.last.latency * 1000, 3),
+                        "at": datetime.fromtimestamp(target.last_at or 0, UTC).isoformat(),
+                        "checks": target.checks,
+                    }
+                count = counters.get(key)
+                servers.append(
+                    {
+                        "label": rs.label,
+                        "address": rs.address,
+                        "port": rs.port,
+                        "weight": rs.weight,
+                        "effective_weight": rs.effective_weight,
+                        "admin": str(rs.admin),
+                        "health": str(rs.health),
+                        "last_check": last,
+                        "connections": None
+                        if count is None
+                        else {"active": count.active, "total": count.total},
+                    }
+                )
+            services.append(
+                {
+                    "label": svc.label,
+                    "vip": svc.vip,
+                    "ports": list(svc.ports),
+                    "protocol": svc.protocol,
+                    "mode": str(svc.mode),
+                    "scheduler": str(svc.scheduler),
+                    "persistence": svc.persistence.kind,
+                    "real_servers": servers,
+                }
+            )
+        return {
+            "pacslb": __version__,
+            "pid": os.getpid(),
+            "config": str(self.config_path),
+            "revision": self.revision,
+            "started": self.started.isoformat(timespec="seconds"),
+            "uptime_s": round((datetime.now(UTC) - self.started).total_seconds(), 1),
+            "engines": [e.name for e in self.engines],
+            "services": services,
+        }
+
+    def _record(
+        self,
+        kind: str,
+        message: str,
+        key: ServerKey | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        service, server = key or ("", "")
+        event = self.events.record(Event(kind, message, service, server, data=data or {}))
+        print(event, flush=True)
+
+
+async def serve(process: ControlProcess) -> None:
+    """Run the control process until SIGTERM/SIGINT; SIGHUP reloads the config."""
+    from pacslb.control.local import ControlServer
+
+    loop = asyncio.get_running_loop()
+    await process.start()
+    server = ControlServer(process, process.state_dir / "control.sock")
+    await server.start()
+    loop.add_signal_handler(signal.SIGTERM, process.request_stop)
+    loop.add_signal_handler(signal.SIGINT, process.request_stop)
+    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload_quietly(process)))
+    try:
+        await process.wait_stopped()
+    finally:
+        await server.close()
+        await process.stop()
+
+
+async def _reload_quietly(process: ControlProcess) -> None:
+    with contextlib.suppress(ConfigError):
+        await process.reload()

@@ -1,0 +1,138 @@
+"""The health checker: probes every real server on its interval and reports transitions.
+
+Each target runs its own small loop on a fixed-rate schedule, offset by a stable hash of its name
+so that a thousand servers with the same interval are spread across it instead of all being
+probed at once (no thundering herd). A semaphore bounds how many probes run at once; each probe
+bounds itself with its timeout, so a hanging server delays nobody else. Decisions (rise/fall)
+are the sans-I/O HealthTracker's; this module only does the timing and the I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pacslb import config as c
+from pacslb.control.probes import ProbeResult, run_check, target_for
+from pacslb.core.health import HealthTracker, Transition
+from pacslb.core.plan import ServerKey
+from pacslb.core.state import Health
+
+OnTransition = Callable[[ServerKey, Transition, ProbeResult], None]
+
+
+@dataclass
+class TargetState:
+    """What the checker knows of one real server (mutable: the loop updates it)."""
+
+    key: ServerKey
+    tracker: HealthTracker
+    signature: str
+    last: ProbeResult | None = None
+    last_at: float | None = None  # wall clock of the last result
+    checks: int = 0
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+def spread(key: ServerKey, interval: float) -> float:
+    """A stable offset in [0, interval): the same server keeps its slot across restarts."""
+    digest = hashlib.blake2b("/".join(key).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64 * interval
+
+
+def _signature(vs: c.VirtualService, rs: c.RealServer) -> str:
+    """What, if changed, makes a server's health history meaningless (a new check or address)."""
+    return "|".join(
+        (vs.health_check.model_dump_json(), str(vs.vip), str(vs.ports), rs.model_dump_json())
+    )
+
+
+class HealthChecker:
+    def __init__(self, on_transition: OnTransition, concurrency: int = 256) -> None:
+        self._on_transition = on_transition
+        self._semaphore = asyncio.Semaphore(concurrency)
+        self._targets: dict[ServerKey, TargetState] = {}
+        # Lateness of each probe start against its slot, in seconds: the jitter figure.
+        self.lateness: deque[float] = deque(maxlen=10000)
+
+    def configure(self, config: c.Config) -> None:
+        """Start loops for new servers, restart changed ones, stop removed ones.
+
+        A server whose check and address are unchanged keeps its tracker and its loop, so a
+        config edit elsewhere does not reset its health."""
+        wanted: dict[ServerKey, tuple[c.VirtualService, c.RealServer]] = {
+            (vs.label, rs.label): (vs, rs)
+            for vs in config.virtual_services
+            for rs in vs.real_servers
+        }
+        for key in list(self._targets):
+            state = self._targets[key]
+            pair = wanted.get(key)
+            if pair is None or _signature(*pair) != state.signature:
+                self._stop(key)
+        for key, (vs, rs) in wanted.items():
+            if key in self._targets:
+                continue
+            check = vs.health_check
+            rise, fall = (1, 1) if isinstance(check, c.NoCheck) else (check.rise, check.fall)
+            state = TargetState(key, HealthTracker(rise, fall), _signature(vs, rs))
+            self._targets[key] = state
+            state.task = asyncio.get_running_loop().create_task(
+                self._loop(state, vs, rs), name=f"check {key[0]}/{key[1]}"
+            )
+
+    def _stop(self, key: ServerKey) -> None:
+        state = self._targets.pop(key)
+        if state.task is not None:
+            state.task.cancel()
+
+    async def close(self) -> None:
+        tasks = [s.task for s in self._targets.values() if s.task is not None]
+        for key in list(self._targets):
+            self._stop(key)
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def health(self) -> dict[ServerKey, Health]:
+        return {key: state.tracker.state for key, state in self._targets.items()}
+
+    def target(self, key: ServerKey) -> TargetState | None:
+        return self._targets.get(key)
+
+    def __len__(self) -> int:
+        return len(self._targets)
+
+    async def _loop(self, state: TargetState, vs: c.VirtualService, rs: c.RealServer) -> None:
+        check = vs.health_check
+        if isinstance(check, c.NoCheck):
+            self._observe(state, ProbeResult(True, "none: always up", 0.0))
+            return
+        loop = asyncio.get_running_loop()
+        interval = check.interval
+        target = target_for(vs, rs, check)
+        slot = loop.time() + spread(state.key, interval)
+        while True:
+            await asyncio.sleep(max(0.0, slot - loop.time()))
+            async with self._semaphore:
+                self.lateness.append(loop.time() - slot)
+                result = await run_check(check, vs, rs, target)
+            self._observe(state, result)
+            # Fixed rate: the next slot is one interval after this one's, not after the end of
+            # the probe; slots missed by a long probe are skipped, never run in a burst.
+            slot += interval
+            behind = loop.time() - slot
+            if behind > 0:
+                slot += interval * (behind // interval + 1)
+
+    def _observe(self, state: TargetState, result: ProbeResult) -> None:
+        state.last, state.last_at = result, time.time()
+        state.checks += 1
+        transition = state.tracker.observe(result.ok, result.reason, time.monotonic())
+        if transition is not None:
+            self._on_transition(state.key, transition, result)

@@ -1,0 +1,138 @@
+"""The local control socket: how `pacslb status|drain|halt|online|reload` reach `pacslb run`.
+
+A Unix socket in the state directory, mode 0600 (only the user running pacslb, normally root,
+may change admin states through it). One JSON request per line, one JSON answer per line:
+`{"cmd": "status"}` -> `{"ok": true, "result": {...}}` or `{"ok": false, "error": "..."}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pacslb.core.state import AdminState
+from pacslb.errors import ConfigError, PacslbError
+
+if TYPE_CHECKING:
+    from pacslb.control.app import ControlProcess
+
+MAX_REQUEST = 64 * 1024
+
+
+class NotRunning(PacslbError):
+    """No control process answers on the socket."""
+
+
+class ControlServer:
+    def __init__(self, process: ControlProcess, path: Path) -> None:
+        self.process = process
+        self.path = path
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        if self.path.exists():
+            if _answers(self.path):
+                raise PacslbError(f"another pacslb is already running on {self.path}")
+            self.path.unlink()  # left behind by a process that died
+        old_umask = os.umask(0o177)
+        try:
+            self._server = await asyncio.start_unix_server(
+                self._client, path=str(self.path), limit=MAX_REQUEST
+            )
+        finally:
+            os.umask(old_umask)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), timeout=10)
+            try:
+                request = json.loads(line)
+                result = await self.handle(request)
+                answer: dict[str, Any] = {"ok": True, "result": result}
+            except ConfigError as exc:
+                answer = {
+                    "ok": False,
+                    "error": str(exc),
+                    "problems": [{"path": p.path, "message": p.message} for p in exc.problems],
+                }
+            except (PacslbError, ValueError, KeyError, TypeError) as exc:
+                answer = {"ok": False, "error": str(exc)}
+            writer.write(json.dumps(answer).encode() + b"\n")
+            await writer.drain()
+        except (OSError, TimeoutError, ValueError):
+            pass  # a client that went away or sent junk: nothing to answer
+        finally:
+            writer.close()
+
+    async def handle(self, request: dict[str, Any]) -> Any:
+        cmd = request.get("cmd")
+        process = self.process
+        if cmd == "status":
+            return process.status()
+        if cmd == "set-admin":
+            state = AdminState(request["state"])
+            return await process.set_admin(
+                str(request["service"]), str(request["server"]), state, str(request.get("by", ""))
+            )
+        if cmd == "events":
+            events = process.events.query(
+                request.get("kind"),
+                request.get("service"),
+                request.get("server"),
+                int(request.get("limit", 200)),
+            )
+            return [json.loads(e.to_json()) for e in events]
+        if cmd == "reload":
+            return await process.reload()
+        if cmd == "plan":
+            return json.loads(process.current_plan().to_json())
+        raise ValueError(f"unknown command {cmd!r}")
+
+
+def _answers(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1)
+        try:
+            sock.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+def request(state_dir: Path, payload: dict[str, Any], timeout: float = 10.0) -> Any:
+    """Send one command to the running control process; NotRunning when none answers."""
+    path = state_dir / "control.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise NotRunning(
+                f"pacslb is not running (no control socket at {path}); start it with "
+                "`pacslb run CONFIG`, or pass --state-dir / --config to find it"
+            ) from None
+        sock.sendall(json.dumps(payload).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                break
+            data += chunk
+    if not data:
+        raise NotRunning(f"pacslb at {path} closed the connection without answering")
+    answer = json.loads(data)
+    if not answer.get("ok"):
+        raise PacslbError(answer.get("error", "failed"))
+    return answer["result"]

@@ -1,0 +1,1 @@
+"""Data planes: the kernel engine (nftables) and the built-in proxy engine."""

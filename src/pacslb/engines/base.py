@@ -1,0 +1,33 @@
+"""What the control process needs of a data plane: apply a Plan, report counters, stop."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from pacslb.core.plan import Plan, ServerKey
+
+
+@dataclass(frozen=True, slots=True)
+class Counters:
+    """Per real server, as the data plane counts them."""
+
+    active: int = 0  # connections open now
+    total: int = 0  # connections since the engine started
+    bytes_in: int = 0  # client -> server
+    bytes_out: int = 0  # server -> client
+    connect_failures: int = 0
+
+
+class Engine(Protocol):
+    name: str
+
+    async def apply(self, plan: Plan) -> None:
+        """Make the data plane match the Plan; raise EngineError and keep the old state if not."""
+
+    def counters(self) -> Mapping[ServerKey, Counters]:
+        """The latest counters per (service, server); empty when the engine has none yet."""
+
+    async def close(self) -> None:
+        """Stop the engine's own processes."""
