@@ -1,0 +1,1 @@
+"""The built-in data plane: l7-tcp and l7-http listeners in their own process."""

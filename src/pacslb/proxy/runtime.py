@@ -1,0 +1,178 @@
+"""Per-virtual-service state inside the proxy process: the Plan's view, live counts, decisions.
+
+The listeners (tcp.py, http.py) ask a ServiceRuntime which real server takes a connection or a
+request, report when it ends, and register their connections so that a halt can close them.
+A new Plan swaps the service view in place: balancer state (persistence entries, round-robin
+position) and the counts of connections already open survive it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from pacslb.core.balancer import Balancer
+from pacslb.core.persistence import StickyTable
+from pacslb.core.plan import PlanEndpoint, PlanRealServer, PlanService
+from pacslb.core.schedule import Candidate, make_scheduler
+from pacslb.core.state import AdminState
+
+
+class Closable(Protocol):
+    def abort(self) -> None:
+        """Close the connection now (halt)."""
+
+
+@dataclass
+class ServerStats:
+    """Counters of one real server (or the fallback), as `pacslb status` and /metrics show."""
+
+    active: int = 0
+    total: int = 0
+    bytes_in: int = 0  # client -> server
+    bytes_out: int = 0  # server -> client
+    connect_failures: int = 0
+    requests: int = 0
+    responses: dict[str, int] = field(default_factory=dict)  # "2xx" -> count
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "active": self.active,
+            "total": self.total,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "connect_failures": self.connect_failures,
+            "requests": self.requests,
+            "responses": dict(self.responses),
+        }
+
+
+FALLBACK = "__fallback__"
+
+
+def cookie_id(service: str, server: str) -> str:
+    """The opaque value of the persistence cookie: stable across restarts and HA nodes, and no
+    internal address or name leaks to the browser."""
+    digest = hashlib.blake2b(server.encode(), digest_size=6, person=service.encode()[:16])
+    return digest.hexdigest()
+
+
+class ServiceRuntime:
+    def __init__(self, service: PlanService) -> None:
+        self.service = service
+        self.stats: dict[str, ServerStats] = {}
+        self.connections: dict[str, set[Closable]] = {}
+        self.balancer = self._balancer(service)
+        self._cookies: dict[str, str] = {}
+        self.update(service)
+
+    @staticmethod
+    def _balancer(service: PlanService) -> Balancer:
+        p = service.persistence
+        sticky = (
+            StickyTable(float(p.timeout), p.granularity, p.granularity_v6)
+            if p.kind == "source-ip"
+            else None
+        )
+        return Balancer(make_scheduler(str(service.scheduler)), sticky)
+
+    def update(self, service: PlanService) -> None:
+        """Take a new view of the service; halted servers lose their connections now."""
+        old = self.service
+        if (old.scheduler, old.persistence) != (service.scheduler, service.persistence):
+            self.balancer = self._balancer(service)
+        self.service = service
+        self._servers = {rs.label: rs for rs in service.real_servers}
+        self._cookies = {
+            cookie_id(service.label, rs.label): rs.label for rs in service.real_servers
+        }
+        for rs in service.real_servers:
+            self.stats.setdefault(rs.label, ServerStats())
+            if not rs.keeps_existing:
+                self.balancer.server_lost(rs.label)
+            if rs.admin is AdminState.HALT:
+                self.close_server(rs.label)
+        for label in [k for k in self.connections if k not in self._servers and k != FALLBACK]:
+            self.close_server(label)  # removed from the config: nothing more goes there
+
+    def close_server(self, label: str) -> int:
+        conns = self.connections.pop(label, set())
+        for conn in list(conns):
+            conn.abort()
+        return len(conns)
+
+    # --- decisions -----------------------------------------------------------------------
+
+    def candidates(self, exclude: Iterable[str] = ()) -> list[Candidate]:
+        skip = set(exclude)
+        out = []
+        for rs in self.service.real_servers:
+            if rs.label in skip:
+                continue
+            stats = self.stats[rs.label]
+            out.append(
+                Candidate(
+                    rs.label,
+                    rs.effective_weight,
+                    rs.admin,
+                    rs.health,
+                    stats.active,
+                    0,
+                    rs.max_connections,
+                    rs.min_connections,
+                )
+            )
+        return out
+
+    def pick(
+        self, client_ip: str, exclude: Iterable[str] = (), now: float | None = None
+    ) -> PlanRealServer | None:
+        """The real server for a new connection (persistence, then the scheduler), or None.
+
+        A returned server is a placed connection: call `release()` when it ends."""
+        label = self.balancer.pick(
+            self.candidates(exclude), client_ip, time.monotonic() if now is None else now
+        )
+        return None if label is None else self._servers[label]
+
+    def release(self, client_ip: str, server: str, now: float | None = None) -> None:
+        self.balancer.closed(client_ip, time.monotonic() if now is None else now, server)
+
+    def by_cookie(self, value: str) -> PlanRealServer | None:
+        """The server a persistence cookie names, if it may still serve that client: online or
+        drained (a drained server keeps its cookie clients), not halted or down."""
+        label = self._cookies.get(value)
+        if label is None:
+            return None
+        rs = self._servers[label]
+        return rs if rs.keeps_existing else None
+
+    def server(self, label: str) -> PlanRealServer | None:
+        return self._servers.get(label)
+
+    @property
+    def fallback(self) -> PlanEndpoint | None:
+        return self.service.fallback
+
+    # --- accounting ----------------------------------------------------------------------
+
+    def opened(self, label: str, conn: Closable | None = None) -> ServerStats:
+        stats = self.stats.setdefault(label, ServerStats())
+        stats.active += 1
+        stats.total += 1
+        if conn is not None:
+            self.connections.setdefault(label, set()).add(conn)
+        return stats
+
+    def closed(self, label: str, conn: Closable | None = None) -> None:
+        stats = self.stats.get(label)
+        if stats is not None and stats.active > 0:
+            stats.active -= 1
+        if conn is not None:
+            self.connections.get(label, set()).discard(conn)
+
+    def connect_failed(self, label: str) -> None:
+        self.stats.setdefault(label, ServerStats()).connect_failures += 1
