@@ -163,10 +163,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         print("nothing was started", file=sys.stderr)
         return EXIT_INVALID
-    state_dir = Path(args.state_dir) if args.state_dir else None
+    from pacslb.engines.proxy import ProxyEngine
+
+    state_dir = Path(args.state_dir) if args.state_dir else config.node.state_dir
 
     async def main() -> None:
-        process = ControlProcess(args.file, config, text, engines=[], state_dir=state_dir)
+        state_dir.mkdir(parents=True, exist_ok=True)
+        engines = [ProxyEngine(state_dir, config.node.proxy.workers)]
+        process = ControlProcess(args.file, config, text, engines=engines, state_dir=state_dir)
         await serve(process)
 
     try:
@@ -248,6 +252,13 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
     result = request(_state_dir(args), {"cmd": "reload"})
     print(f"applied revision {result['revision']}")
+    return EXIT_OK
+
+
+def cmd_proxy(args: argparse.Namespace) -> int:
+    from pacslb.proxy.server import main as proxy_main
+
+    proxy_main(Path(args.socket))
     return EXIT_OK
 
 
@@ -346,6 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reload", help="re-read the config file of the running pacslb")
     locate(p)
     p.set_defaults(func=cmd_reload)
+
+    p = sub.add_parser("proxy", help="the l7 data plane process (started by `pacslb run`)")
+    p.add_argument("--socket", required=True, help="control socket path")
+    p.set_defaults(func=cmd_proxy)
 
     p = sub.add_parser("schema", help="print the config's JSON Schema")
     p.set_defaults(func=cmd_schema)

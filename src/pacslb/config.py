@@ -356,11 +356,20 @@ class HASettings(Model):
     priority: int = Field(100, ge=1, le=254)
 
 
+class ProxySettings(Model):
+    """The built-in l7 proxy's processes on this node."""
+
+    workers: int = Field(
+        1, ge=1, le=64, description="proxy processes sharing every port (SO_REUSEPORT)"
+    )
+
+
 class Node(Model):
     """Settings of this node, never replicated to an HA peer."""
 
     webui: WebUI = Field(default_factory=WebUI)
     state_dir: Path = Path("/var/lib/pacslb")
+    proxy: ProxySettings = Field(default_factory=ProxySettings)
     ha: HASettings | None = None
 
 

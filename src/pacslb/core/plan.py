@@ -117,6 +117,11 @@ class Plan:
         return _adapter().validate_json(data)
 
 
+def plan_from_dict(data: Any) -> Plan:
+    """A Plan from its JSON form already parsed (e.g. nested in a control message)."""
+    return _adapter().validate_python(data)
+
+
 @cache
 def _adapter() -> TypeAdapter[Plan]:
     return TypeAdapter(Plan)

@@ -42,6 +42,7 @@ _MODEL_AT: dict[str, type[BaseModel]] = {
     "node": c.Node,
     "webui": c.WebUI,
     "ha": c.HASettings,
+    "proxy": c.ProxySettings,
     "virtual_services": c.VirtualService,
     "real_servers": c.RealServer,
     "fallback": c.Fallback,

@@ -1,0 +1,166 @@
+"""The control process's side of the built-in proxy: start or adopt `pacslb proxy` workers,
+hand them Plans, read their counters back.
+
+Each worker is its own process with its own control socket (`state_dir/proxy-N.sock`); with
+`workers: N` they share every listening port through SO_REUSEPORT and get the same Plan. A worker
+left running by a control process that died is adopted, not restarted, so its connections live.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pacslb.core.plan import Plan, ServerKey
+from pacslb.engines.base import Counters
+from pacslb.errors import EngineError
+
+START_TIMEOUT = 15.0
+POLL_INTERVAL = 1.0
+
+
+class Worker:
+    def __init__(self, path: Path, log: Path) -> None:
+        self.path = path
+        self.log = log
+        self.process: asyncio.subprocess.Process | None = None  # None when adopted
+        self._lock = asyncio.Lock()
+
+    async def call(self, payload: dict[str, Any], timeout: float = 10.0) -> Any:
+        """One request on a fresh connection (rare: a Plan, or the counters once a second)."""
+        async with self._lock, asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_unix_connection(str(self.path), limit=64 << 20)
+            try:
+                writer.write(json.dumps(payload).encode() + b"\n")
+                await writer.drain()
+                line = await reader.readline()
+            finally:
+                writer.close()
+        if not line:
+            raise EngineError(f"proxy worker at {self.path} closed the connection")
+        answer = json.loads(line)
+        if not answer.get("ok"):
+            raise EngineError(answer.get("error", "proxy worker refused the request"))
+        return answer.get("result")
+
+    async def alive(self) -> bool:
+        try:
+            await self.call({"cmd": "ping"}, timeout=2.0)
+        except (OSError, EngineError, TimeoutError, ValueError):
+            return False
+        return True
+
+    async def ensure(self) -> None:
+        if await self.alive():
+            return
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        out = open(self.log, "ab")  # noqa: SIM115 - handed to the child, closed below
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "pacslb.cli",
+                "proxy",
+                "--socket",
+                str(self.path),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,  # a Ctrl-C on `pacslb run` reaches us, not the data plane
+            )
+        finally:
+            out.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + START_TIMEOUT
+        while not await self.alive():
+            if self.process.returncode is not None:
+                raise EngineError(
+                    f"proxy worker exited with {self.process.returncode}; see {self.log}"
+                )
+            if loop.time() > deadline:
+                raise EngineError(f"proxy worker did not start within {START_TIMEOUT:g} s")
+            await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        with contextlib.suppress(OSError, EngineError, TimeoutError, ValueError):
+            await self.call({"cmd": "stop"}, timeout=5.0)
+        if self.process is not None:
+            try:
+                async with asyncio.timeout(10):
+                    await self.process.wait()
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
+
+
+class ProxyEngine:
+    name = "proxy"
+
+    def __init__(self, state_dir: Path, workers: int = 1) -> None:
+        self.workers = [
+            Worker(state_dir / f"proxy-{i}.sock", state_dir / f"proxy-{i}.log")
+            for i in range(workers)
+        ]
+        self._counters: dict[ServerKey, Counters] = {}
+        self._poller: asyncio.Task[None] | None = None
+        self._started = False
+
+    async def apply(self, plan: Plan) -> None:
+        if not self._started:
+            if all(s.mode.is_kernel for s in plan.services):
+                return  # nothing for the proxy: start no process
+            try:
+                for worker in self.workers:
+                    await worker.ensure()
+            except OSError as exc:
+                raise EngineError(f"cannot start the proxy: {exc}") from exc
+            self._started = True
+            self._poller = asyncio.get_running_loop().create_task(self._poll())
+        payload = {"cmd": "apply", "plan": json.loads(plan.to_json())}
+        errors = []
+        for worker in self.workers:
+            try:
+                await worker.call(payload)
+            except (OSError, TimeoutError) as exc:
+                errors.append(f"{worker.path.name}: {exc}")
+            except EngineError as exc:
+                errors.append(str(exc))
+        if errors:
+            raise EngineError("; ".join(errors))
+
+    def counters(self) -> Mapping[ServerKey, Counters]:
+        return self._counters
+
+    async def refresh(self) -> None:
+        merged: dict[ServerKey, list[int]] = {}
+        for worker in self.workers:
+            result = await worker.call({"cmd": "counters"})
+            for service, servers in result.items():
+                for server, c in servers.items():
+                    acc = merged.setdefault((service, server), [0, 0, 0, 0, 0])
+                    for i, name in enumerate(
+                        ("active", "total", "bytes_in", "bytes_out", "connect_failures")
+                    ):
+                        acc[i] += int(c[name])
+        self._counters = {key: Counters(*values) for key, values in merged.items()}
+
+    async def _poll(self) -> None:
+        while True:
+            with contextlib.suppress(OSError, EngineError, TimeoutError, ValueError):
+                await self.refresh()
+            await asyncio.sleep(POLL_INTERVAL)
+
+    async def close(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+        if self._started:
+            for worker in self.workers:
+                await worker.stop()

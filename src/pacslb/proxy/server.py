@@ -1,0 +1,236 @@
+"""`pacslb proxy`: the built-in data plane process (l7-tcp and l7-http listeners).
+
+It runs apart from the control process so that forwarding never stalls behind WebUI or health
+check work and survives a control-plane crash: it keeps serving its last Plan, and the next
+`pacslb run` adopts it through its control socket. It learns Plans and reports counters over a
+Unix socket (JSON lines):
+
+    {"cmd": "apply", "plan": {...}}  -> {"ok": true}  | {"ok": false, "error": "..."}
+    {"cmd": "counters"}              -> {"ok": true, "result": {service: {server: {...}}}}
+    {"cmd": "ping"} / {"cmd": "stop"}
+
+A Plan is applied all or nothing: every new listening socket is bound before any old one is
+closed; if one bind fails, the new ones are closed and the previous Plan stays in force.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from pacslb.config import Mode
+from pacslb.core.plan import Plan, plan_from_dict
+from pacslb.proxy.runtime import ServiceRuntime
+
+IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
+BACKLOG = 4096
+
+
+class Listener(Protocol):
+    runtime: ServiceRuntime
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerSpec:
+    """What a listening address serves; a change in any field means a new listener."""
+
+    service: str
+    mode: Mode
+    tls: tuple[tuple[str, str | None], ...]  # certificates when this port terminates TLS
+
+
+def listen_socket(address: str, port: int) -> socket.socket:
+    """A non-blocking listening socket. IP_FREEBIND lets an HA backup bind a VIP it does not
+    hold yet; SO_REUSEPORT lets worker processes share the port and a changed listener be
+    bound before the old one closes (no window without a listener)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.setsockopt(socket.IPPROTO_IPV6, 78, 1)  # IPV6_FREEBIND (Linux >= 4.15)
+        else:
+            sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+        sock.bind((address, port))
+        sock.listen(BACKLOG)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def wanted_listeners(plan: Plan) -> dict[tuple[str, int], ListenerSpec]:
+    out: dict[tuple[str, int], ListenerSpec] = {}
+    for svc in plan.services:
+        if svc.mode.is_kernel:
+            continue
+        for port in svc.ports:
+            tls: tuple[tuple[str, str | None], ...] = ()
+            if svc.tls is not None and port in svc.tls.ports:
+                tls = tuple((c.certificate, c.key) for c in svc.tls.certificates)
+            out[(svc.vip, port)] = ListenerSpec(svc.label, svc.mode, tls)
+    return out
+
+
+class ProxyProcess:
+    def __init__(self) -> None:
+        self.plan: Plan | None = None
+        self.runtimes: dict[str, ServiceRuntime] = {}
+        self.listeners: dict[tuple[str, int], tuple[ListenerSpec, Listener]] = {}
+        self.stopping = asyncio.Event()
+
+    async def apply(self, plan: Plan) -> None:
+        services = {s.label: s for s in plan.services if not s.mode.is_kernel}
+        wanted = wanted_listeners(plan)
+        # Existing runtimes are reused (their persistence entries and counts survive) but only
+        # updated once every bind has succeeded; new ones have no side effects until then.
+        runtimes = {
+            label: self.runtimes.get(label) or ServiceRuntime(svc)
+            for label, svc in services.items()
+        }
+
+        # Bind every new or changed listener first: all or nothing.
+        fresh: dict[tuple[str, int], tuple[ListenerSpec, Listener]] = {}
+        try:
+            for addr, spec in wanted.items():
+                current = self.listeners.get(addr)
+                if current is not None and current[0] == spec:
+                    continue
+                runtime = runtimes[spec.service]
+                fresh[addr] = (spec, await self._listen(addr, spec, runtime))
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            for _, listener in fresh.values():
+                listener.close()
+            vip, port = addr
+            raise OSError(f"cannot listen on {vip}:{port}: {exc}") from exc
+
+        for label, runtime in runtimes.items():
+            runtime.update(services[label])
+        for addr, (spec, listener) in list(self.listeners.items()):
+            if addr not in wanted or addr in fresh:
+                listener.close()  # stops accepting; its connections finish
+                del self.listeners[addr]
+            else:
+                listener.runtime = runtimes[spec.service]
+        self.listeners.update(fresh)
+        # A removed service's connections finish on their own (as a removed VIP should).
+        self.runtimes, self.plan = runtimes, plan
+
+    async def _listen(
+        self, addr: tuple[str, int], spec: ListenerSpec, runtime: ServiceRuntime
+    ) -> Listener:
+        sock = listen_socket(*addr)
+        try:
+            if spec.mode is Mode.L7_TCP:
+                from pacslb.proxy.tcp import TcpListener
+
+                tcp = TcpListener(sock, runtime, addr[1])
+                tcp.start()
+                return tcp
+            from pacslb.proxy.http import HttpListener, tls_context
+
+            context = tls_context(list(spec.tls)) if spec.tls else None
+            http = HttpListener(sock, runtime, addr[1], context)
+            await http.start()
+            return http
+        except BaseException:
+            sock.close()
+            raise
+
+    def counters(self) -> dict[str, dict[str, dict[str, object]]]:
+        return {
+            label: {server: stats.as_dict() for server, stats in runtime.stats.items()}
+            for label, runtime in self.runtimes.items()
+        }
+
+    def close(self) -> None:
+        for _, listener in self.listeners.values():
+            listener.close()
+        self.listeners.clear()
+        for runtime in self.runtimes.values():
+            for server in list(runtime.connections):
+                runtime.close_server(server)
+
+
+class ProxyControl:
+    """The proxy process's side of its control socket."""
+
+    def __init__(self, proxy: ProxyProcess, path: Path) -> None:
+        self.proxy = proxy
+        self.path = path
+
+    async def start(self) -> asyncio.AbstractServer:
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        old = os.umask(0o177)
+        try:
+            return await asyncio.start_unix_server(self._client, str(self.path), limit=64 << 20)
+        finally:
+            os.umask(old)
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while line := await reader.readline():
+                answer = await self.handle(json.loads(line))
+                writer.write(json.dumps(answer).encode() + b"\n")
+                await writer.drain()
+        except (OSError, ValueError):
+            pass
+        finally:
+            writer.close()
+
+    async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        cmd = request.get("cmd")
+        try:
+            if cmd == "apply":
+                await self.proxy.apply(plan_from_dict(request["plan"]))
+                return {"ok": True}
+            if cmd == "counters":
+                return {"ok": True, "result": self.proxy.counters()}
+            if cmd == "ping":
+                plan = self.proxy.plan
+                return {
+                    "ok": True,
+                    "result": {"pid": os.getpid(), "revision": plan and plan.revision},
+                }
+            if cmd == "stop":
+                self.proxy.stopping.set()
+                return {"ok": True}
+        except (OSError, ValueError, KeyError) as exc:
+            return {"ok": False, "error": str(exc)}
+        return {"ok": False, "error": f"unknown command {cmd!r}"}
+
+
+async def serve(path: Path) -> None:
+    proxy = ProxyProcess()
+    control = ProxyControl(proxy, path)
+    server = await control.start()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, proxy.stopping.set)
+    try:
+        await proxy.stopping.wait()
+    finally:
+        server.close()
+        proxy.close()
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def main(path: Path) -> None:
+    import uvloop
+
+    uvloop.run(serve(path))
