@@ -19,17 +19,7 @@ sysdeps:
 	@bash scripts/install-sysdeps.sh
 
 run: $(STAMP)
-	@mkdir -p $(RUN_DIR)
-	$(BIN)/pacslb profile mckesson --variant proxy --state-dir $(RUN_DIR) \
-	  --webui-listen 127.0.0.1:9443 \
-	  --vip dicom=127.0.0.30 --rip dicom=127.0.1.1,127.0.1.2 \
-	  --vip web=127.0.0.31 --rip web=127.0.1.3,127.0.1.4 \
-	  --vip manager=127.0.0.40 --rip manager=127.0.1.5,127.0.1.6 \
-	  --vip crv=127.0.0.41 --rip crv=127.0.1.7,127.0.1.8 \
-	  --vip cardiology=127.0.0.50 --rip cardiology=127.0.1.9,127.0.1.10 \
-	  -o $(RUN_DIR)/pacslb.yaml
-	$(BIN)/pacslb check $(RUN_DIR)/pacslb.yaml
-	$(BIN)/pacslb plan $(RUN_DIR)/pacslb.yaml --state-dir $(RUN_DIR)
+	$(BIN)/pacslb demo --state-dir $(RUN_DIR)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

@@ -1,0 +1,129 @@
+"""`pacslb demo`: the McKesson deployment (proxy variant) on loopback, with demo real servers.
+
+Ten small real servers on 127.0.1.1-10 answer the guide's health-check URLs with the expected
+text (`srvPACS OK`, `OK`) and a page naming themselves, so a browser or curl pointed at a VIP shows
+which server answered. The DICOM real servers accept TCP on 4000 and 5000 (the guide's check is a
+connect to 5000); the Cardiology ones answer HTTP on 80 and HTTPS on 443 with a self-signed
+demo certificate. Everything binds to 127.0.0.0/8 only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+from pacslb.profiles import mckesson
+
+VIPS = {
+    "dicom": "127.0.0.30",
+    "web": "127.0.0.31",
+    "manager": "127.0.0.40",
+    "crv": "127.0.0.41",
+    "cardiology": "127.0.0.50",
+}
+RIPS = {key: [f"127.0.1.{2 * i + 1}", f"127.0.1.{2 * i + 2}"] for i, key in enumerate(VIPS)}
+CHECK_TEXT = {
+    "/wpp/srvpacs.asp": "srvPACS OK",
+    "/cis/index.html": "OK",
+    "/McKessonEmiCRV/Ping.aspx": "OK",
+}
+
+
+def config_text(state_dir: Path, webui_listen: str = "127.0.0.1:9443") -> str:
+    data, examples = mckesson.build(
+        "proxy", VIPS, RIPS, state_dir=str(state_dir), webui_listen=webui_listen
+    )
+    return mckesson.render(data, "proxy", examples)
+
+
+@dataclass
+class DemoServer:
+    """One demo real server: a name, and the HTTP it answers."""
+
+    name: str
+
+    async def http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError, TimeoutError):
+            while True:
+                async with asyncio.timeout(30):
+                    head = await reader.readuntil(b"\r\n\r\n")
+                line = head.split(b"\r\n", 1)[0].decode("latin-1")
+                method, _, rest = line.partition(" ")
+                path = rest.split(" ", 1)[0].split("?", 1)[0]
+                body = CHECK_TEXT.get(path, f"<h1>{self.name}</h1><p>{path}</p>\n").encode()
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: %d\r\n"
+                    b"X-Served-By: %s\r\n\r\n" % (len(body), self.name.encode())
+                )
+                if method != "HEAD":
+                    writer.write(body)
+                await writer.drain()
+        writer.close()
+
+    async def accept_only(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """A DICOM port stand-in: accepts (the guide's connect check) and closes when told."""
+        with contextlib.suppress(OSError):
+            await reader.read()
+        writer.close()
+
+
+def self_signed(directory: Path) -> ssl.SSLContext:
+    """A throw-away certificate for the demo's HTTPS real servers."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    cert_path, key_path = directory / "demo-cert.pem", directory / "demo-key.pem"
+    if not cert_path.exists():
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pacslb demo real server")])
+        now = datetime.datetime.now(datetime.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=365))
+            .sign(key, hashes.SHA256())
+        )
+        key_path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        key_path.chmod(0o600)
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert_path, key_path)
+    return ctx
+
+
+async def start_real_servers(state_dir: Path) -> list[asyncio.AbstractServer]:
+    """Every demo real server, listening on its loopback address."""
+    servers: list[asyncio.AbstractServer] = []
+    tls = self_signed(state_dir)
+    for spec in mckesson.SERVICES:
+        for i, address in enumerate(RIPS[spec.key], start=1):
+            demo = DemoServer(f"{spec.label.removeprefix('McK-')}_Srv{i}")
+            for port in spec.ports:
+                if spec.key == "dicom":
+                    handler = demo.accept_only
+                    context = None
+                else:
+                    handler = demo.http
+                    context = tls if port == 443 else None
+                servers.append(
+                    await asyncio.start_server(
+                        handler, address, port, ssl=context, reuse_address=True
+                    )
+                )
+    return servers
