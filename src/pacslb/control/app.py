@@ -57,6 +57,7 @@ class ControlProcess:
         self.revision = 0
         self._text = text
         self._publish_pending = False
+        self._publish_lock = asyncio.Lock()
         self._stopping = asyncio.Event()
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -89,7 +90,14 @@ class ControlProcess:
         return build_plan(self.config, self.checker.health(), self.admin.all(), self.revision)
 
     async def publish(self) -> Plan:
-        """Build the Plan and apply it to every engine; an engine that fails keeps its old state."""
+        """Build the Plan and apply it to every engine; an engine that fails keeps its old state.
+
+        One publish at a time, so engines see Plans in order; the Plan is built after the lock
+        is taken, so it holds every change made while the previous one was being applied."""
+        async with self._publish_lock:
+            return await self._publish()
+
+    async def _publish(self) -> Plan:
         self._publish_pending = False
         plan = self.current_plan()
         previous, self.plan = self.plan, plan

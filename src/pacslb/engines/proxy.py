@@ -110,8 +110,13 @@ class ProxyEngine:
         self._counters: dict[ServerKey, Counters] = {}
         self._poller: asyncio.Task[None] | None = None
         self._started = False
+        self._lock = asyncio.Lock()
 
     async def apply(self, plan: Plan) -> None:
+        async with self._lock:  # one Plan at a time, and never two starts of a worker
+            await self._apply(plan)
+
+    async def _apply(self, plan: Plan) -> None:
         if not self._started:
             if all(s.mode.is_kernel for s in plan.services):
                 return  # nothing for the proxy: start no process
@@ -161,6 +166,7 @@ class ProxyEngine:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
-        if self._started:
+        async with self._lock:
             for worker in self.workers:
-                await worker.stop()
+                if self._started or worker.process is not None:
+                    await worker.stop()

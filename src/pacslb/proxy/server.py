@@ -173,7 +173,11 @@ class ProxyControl:
         self.path = path
 
     async def start(self) -> asyncio.AbstractServer:
-        with contextlib.suppress(FileNotFoundError):
+        # Listeners use SO_REUSEPORT, so a second proxy on the same state would silently share
+        # every port with the first and serve a different Plan: refuse to start instead.
+        if self.path.exists():
+            if _answers(self.path):
+                raise SystemExit(f"pacslb proxy: another proxy already answers on {self.path}")
             self.path.unlink()
         old = os.umask(0o177)
         try:
@@ -212,6 +216,16 @@ class ProxyControl:
         except (OSError, ValueError, KeyError) as exc:
             return {"ok": False, "error": str(exc)}
         return {"ok": False, "error": f"unknown command {cmd!r}"}
+
+
+def _answers(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1)
+        try:
+            sock.connect(str(path))
+        except OSError:
+            return False
+    return True
 
 
 async def serve(path: Path) -> None:

@@ -1,0 +1,216 @@
+"""`pacslb run` with the built-in proxy: traffic through VIPs, live admin state, counters, and a
+data plane that outlives a crashed control process and is adopted by the next one."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.peers.procs import free_port, http_peer, running
+
+HOST = "127.0.0.1"
+VIP = "127.0.0.77"
+
+
+def cli(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "pacslb.cli", *args, "--state-dir", str(state)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def status(state: Path) -> dict[str, Any]:
+    return json.loads(cli(state, "status", "--json").stdout)
+
+
+def server_status(state: Path, service: str, server: str) -> dict[str, Any]:
+    svc = next(s for s in status(state)["services"] if s["label"] == service)
+    return next(rs for rs in svc["real_servers"] if rs["label"] == server)
+
+
+def get(port: int, path: str = "/who") -> tuple[int, bytes]:
+    with socket.create_connection((VIP, port), timeout=5) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+def wait(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def backends() -> Iterator[list[int]]:
+    ports = [free_port(), free_port()]
+    with ExitStack() as stack:
+        for i, port in enumerate(ports, start=1):
+            stack.enter_context(http_peer(HOST, port, "/check=200:OK", f"/who=200:server{i}"))
+        yield ports
+
+
+def write_config(path: Path, http_port: int, tcp_port: int, backends: list[int]) -> None:
+    servers = "\n".join(
+        f"      - {{label: Srv{i}, address: {HOST}, port: {p}}}" for i, p in enumerate(backends, 1)
+    )
+    check = "{type: http, path: /check, expect: OK, interval: 0.5, timeout: 0.4, rise: 1, fall: 1}"
+    path.write_text(
+        f"""version: 1
+virtual_services:
+  - label: Web
+    vip: {VIP}
+    ports: [{http_port}]
+    mode: l7-http
+    scheduler: rr
+    health_check: {check}
+    real_servers:
+{servers}
+  - label: Tcp
+    vip: {VIP}
+    ports: [{tcp_port}]
+    mode: l7-tcp
+    scheduler: rr
+    health_check: {check}
+    real_servers:
+{servers}
+"""
+    )
+
+
+def test_traffic_admin_state_and_an_adopted_data_plane(tmp_path: Path, backends: list[int]) -> None:
+    http_port, tcp_port = free_port(), free_port()
+    config, state = tmp_path / "pacslb.yaml", tmp_path / "state"
+    write_config(config, http_port, tcp_port, backends)
+    argv = [sys.executable, "-m", "pacslb.cli", "run", str(config), "--state-dir", str(state)]
+    proxy_pid = None
+    try:
+        with ExitStack() as stack:
+            run = stack.enter_context(running(argv, VIP, http_port, log=tmp_path / "run1.log"))
+            wait(
+                lambda: all(
+                    server_status(state, "Web", s)["health"] == "up" for s in ("Srv1", "Srv2")
+                ),
+                10,
+                "health",
+            )
+            bodies = {get(http_port)[1] for _ in range(6)}
+            assert bodies == {b"server1", b"server2"}  # round robin over both
+
+            # a held TCP connection through the l7-tcp VIP, to Srv1 or Srv2
+            held = socket.create_connection((VIP, tcp_port), timeout=5)
+            held.sendall(b"GET /who HTTP/1.1\r\nHost: x\r\n\r\n")
+            first = held.recv(65536)
+            held_server = "Srv1" if first.endswith(b"server1") else "Srv2"
+            other = "Srv2" if held_server == "Srv1" else "Srv1"
+
+            cli(state, "drain", "Web", "Srv2")
+            assert {get(http_port)[1] for _ in range(6)} == {b"server1"}
+            wait(
+                lambda: server_status(state, "Web", "Srv1")["connections"]["total"] >= 4,
+                5,
+                "counters",
+            )
+
+            # The control process dies; the data plane keeps forwarding its last Plan.
+            proxy_pid = json.loads(
+                subprocess.run(
+                    [sys.executable, "-c", _PING, str(state / "proxy-0.sock")],
+                    capture_output=True,
+                    text=True,
+                    timeout=10,
+                    check=True,
+                ).stdout
+            )["pid"]
+            os.kill(run.pid, signal.SIGKILL)
+            run.wait(5)
+            assert get(http_port)[1] == b"server1"
+            held.sendall(b"GET /who HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert held.recv(65536).startswith(b"HTTP/1.1 200")
+
+        # A new control process adopts the running proxy (same pid) and the held connection.
+        with ExitStack() as stack:
+            stack.enter_context(running(argv, log=tmp_path / "run2.log"))
+            wait(lambda: (state / "control.sock").exists(), 10, "control socket")
+            wait(lambda: server_status(state, "Web", "Srv2")["admin"] == "drain", 10, "status")
+            assert (state / "proxy-0.sock").exists()
+            assert _alive(proxy_pid)
+            held.sendall(b"GET /who HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert held.recv(65536).startswith(b"HTTP/1.1 200")
+
+            # Halt cuts the held connection now; drain of the other kept it alive.
+            cli(state, "halt", "Tcp", held_server)
+            held.settimeout(5)
+            with contextlib.suppress(ConnectionResetError):  # a reset is a cut too
+                assert held.recv(65536) == b""
+            held.close()
+            with socket.create_connection((VIP, tcp_port), timeout=5) as again:
+                again.sendall(b"GET /who HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert again.recv(65536).endswith(f"server{other[-1]}".encode())
+            cli(state, "online", "Web", "Srv2")
+            assert {get(http_port)[1] for _ in range(6)} == {b"server1", b"server2"}
+        # stopping `pacslb run` stops the proxy it adopted
+        wait(lambda: not _alive(proxy_pid), 10, "proxy to stop")
+    finally:
+        if proxy_pid is not None and _alive(proxy_pid):
+            os.kill(proxy_pid, signal.SIGKILL)
+
+
+_PING = """
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])
+s.sendall(b'{"cmd": "ping"}\\n'); print(json.dumps(json.loads(s.makefile().readline())["result"]))
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_port_in_use_is_reported_and_nothing_changes(tmp_path: Path, backends: list[int]) -> None:
+    http_port, tcp_port = free_port(), free_port()
+    config, state = tmp_path / "pacslb.yaml", tmp_path / "state"
+    write_config(config, http_port, tcp_port, backends)
+    argv = [sys.executable, "-m", "pacslb.cli", "run", str(config), "--state-dir", str(state)]
+    with ExitStack() as stack:
+        stack.enter_context(running(argv, VIP, http_port, log=tmp_path / "run.log"))
+        blocker = socket.socket()
+        stack.callback(blocker.close)
+        blocker.bind((VIP, 0))
+        blocker.listen()
+        busy = blocker.getsockname()[1]
+        config.write_text(config.read_text().replace(f"[{tcp_port}]", f"[{busy}]"))
+        cli(state, "reload")
+        wait(
+            lambda: "cannot listen" in cli(state, "events", "--kind", "engine").stdout,
+            5,
+            "engine event",
+        )
+        # the previous listeners still serve
+        assert get(http_port)[0] == 200
