@@ -165,6 +165,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     from pacslb.engines.proxy import ProxyEngine
 
+    raise_fd_limit()
     state_dir = Path(args.state_dir) if args.state_dir else config.node.state_dir
 
     async def main() -> None:
@@ -180,6 +181,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ImportError:  # pragma: no cover - uvloop is a dependency; this is for odd platforms
         asyncio.run(main())
     return EXIT_OK
+
+
+def raise_fd_limit() -> None:
+    """Checks and proxied connections each hold descriptors: use all the hard limit allows."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _ago(iso: str | None) -> str:

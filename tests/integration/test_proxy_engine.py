@@ -34,6 +34,38 @@ def cli(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return result
 
 
+def answers(state: Path) -> bool:
+    result = subprocess.run(
+        [sys.executable, "-m", "pacslb.cli", "status", "--state-dir", str(state)],
+        capture_output=True,
+        timeout=30,
+    )
+    return result.returncode == 0
+
+
+def exchange(sock: socket.socket) -> bytes:
+    """One keep-alive request on a held connection; the whole response (Content-Length)."""
+    sock.sendall(b"GET /who HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed after {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(
+        next(
+            ln.split(b":")[1]
+            for ln in head.split(b"\r\n")
+            if ln.lower().startswith(b"content-length")
+        )
+    )
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "closed mid-body"
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
 def status(state: Path) -> dict[str, Any]:
     return json.loads(cli(state, "status", "--json").stdout)
 
@@ -118,8 +150,7 @@ def test_traffic_admin_state_and_an_adopted_data_plane(tmp_path: Path, backends:
 
             # a held TCP connection through the l7-tcp VIP, to Srv1 or Srv2
             held = socket.create_connection((VIP, tcp_port), timeout=5)
-            held.sendall(b"GET /who HTTP/1.1\r\nHost: x\r\n\r\n")
-            first = held.recv(65536)
+            first = exchange(held)
             held_server = "Srv1" if first.endswith(b"server1") else "Srv2"
             other = "Srv2" if held_server == "Srv1" else "Srv1"
 
@@ -144,18 +175,16 @@ def test_traffic_admin_state_and_an_adopted_data_plane(tmp_path: Path, backends:
             os.kill(run.pid, signal.SIGKILL)
             run.wait(5)
             assert get(http_port)[1] == b"server1"
-            held.sendall(b"GET /who HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert held.recv(65536).startswith(b"HTTP/1.1 200")
+            assert exchange(held).startswith(b"HTTP/1.1 200")
 
         # A new control process adopts the running proxy (same pid) and the held connection.
         with ExitStack() as stack:
             stack.enter_context(running(argv, log=tmp_path / "run2.log"))
-            wait(lambda: (state / "control.sock").exists(), 10, "control socket")
+            wait(lambda: answers(state), 10, "the new control process")
             wait(lambda: server_status(state, "Web", "Srv2")["admin"] == "drain", 10, "status")
             assert (state / "proxy-0.sock").exists()
             assert _alive(proxy_pid)
-            held.sendall(b"GET /who HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert held.recv(65536).startswith(b"HTTP/1.1 200")
+            assert exchange(held).startswith(b"HTTP/1.1 200")
 
             # Halt cuts the held connection now; drain of the other kept it alive.
             cli(state, "halt", "Tcp", held_server)
@@ -164,8 +193,7 @@ def test_traffic_admin_state_and_an_adopted_data_plane(tmp_path: Path, backends:
                 assert held.recv(65536) == b""
             held.close()
             with socket.create_connection((VIP, tcp_port), timeout=5) as again:
-                again.sendall(b"GET /who HTTP/1.1\r\nHost: x\r\n\r\n")
-                assert again.recv(65536).endswith(f"server{other[-1]}".encode())
+                assert exchange(again).endswith(f"server{other[-1]}".encode())
             cli(state, "online", "Web", "Srv2")
             assert {get(http_port)[1] for _ in range(6)} == {b"server1", b"server2"}
         # stopping `pacslb run` stops the proxy it adopted

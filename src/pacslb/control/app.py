@@ -261,9 +261,14 @@ async def serve(process: ControlProcess) -> None:
     from pacslb.control.local import ControlServer
 
     loop = asyncio.get_running_loop()
-    await process.start()
+    # The socket first: once the data plane answers on a VIP, `pacslb status` answers too.
     server = ControlServer(process, process.state_dir / "control.sock")
     await server.start()
+    try:
+        await process.start()
+    except BaseException:
+        await server.close()
+        raise
     loop.add_signal_handler(signal.SIGTERM, process.request_stop)
     loop.add_signal_handler(signal.SIGINT, process.request_stop)
     loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload_quietly(process)))
