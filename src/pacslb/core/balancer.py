@@ -10,7 +10,7 @@ import ipaddress
 from collections.abc import Sequence
 
 from pacslb.core.persistence import StickyTable
-from pacslb.core.schedule import Candidate, Scheduler
+from pacslb.core.schedule import Candidate, Scheduler, SourceHash
 from pacslb.core.state import AdminState, Health
 
 __all__ = ["Balancer"]
@@ -25,6 +25,7 @@ class Balancer:
     def __init__(self, scheduler: Scheduler, sticky: StickyTable | None) -> None:
         self.scheduler = scheduler
         self.sticky = sticky
+        self._hashes = isinstance(scheduler, SourceHash)
 
     def pick(self, candidates: Sequence[Candidate], client_ip: str, now: float) -> str | None:
         """The server for a new connection from `client_ip`, or None if none can take it.
@@ -33,7 +34,9 @@ class Balancer:
         """
         sticky = self.sticky
         if sticky is None:
-            return self.scheduler.choose(candidates, _flow_key(client_ip))
+            # Only source hashing reads the key; parsing the address costs ~5% of a connection.
+            key = _flow_key(client_ip) if self._hashes else b""
+            return self.scheduler.choose(candidates, key)
 
         server = sticky.lookup(client_ip, now)
         if server is not None:
