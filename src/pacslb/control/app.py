@@ -63,7 +63,11 @@ class ControlProcess:
     # --- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
-        rev = self.store.save(self._text, comment=f"pacslb run {self.config_path}")
+        rev = self.store.save(
+            self._text,
+            comment=f"pacslb run {self.config_path}",
+            base_dir=self.config_path.resolve().parent,
+        )
         self.revision = rev.number
         self._record("process", f"pacslb {__version__} started (pid {os.getpid()})")
         self._record("config", f"applying revision {rev.number} from {self.config_path}")
@@ -164,7 +168,9 @@ class ControlProcess:
         except ConfigError as exc:
             self._record("config", f"reload refused: {len(exc.problems)} problems")
             raise
-        rev = self.store.save(text, comment=f"reload {self.config_path}")
+        rev = self.store.save(
+            text, comment=f"reload {self.config_path}", base_dir=self.config_path.resolve().parent
+        )
         self.config, self._text, self.revision = config, text, rev.number
         self._record("config", f"applying revision {rev.number} from {self.config_path}")
         self._prune_admin()

@@ -221,12 +221,17 @@ class ConfigStore:
     def diff(self, a: int, b: int) -> str:
         return unified_diff(self.text(a), self.text(b), f"revision {a}", f"revision {b}")
 
-    def save(self, text: str, comment: str = "", author: str = "") -> Revision:
+    def save(
+        self, text: str, comment: str = "", author: str = "", base_dir: Path | None = None
+    ) -> Revision:
         """Validate, then commit `text` as the next revision (or return the latest if identical).
 
-        Raises ConfigError, having written nothing, when the text is not a valid config.
+        Relative paths in the config (TLS files, check scripts) are resolved against `base_dir`
+        (the config file's folder), else the current directory. Raises ConfigError, having
+        written nothing, when the text is not a valid config.
         """
-        load_text(text, "new revision", lambda p: p.exists())
+        base = base_dir or Path.cwd()
+        load_text(text, "new revision", lambda p: (p if p.is_absolute() else base / p).exists())
         sha = _sha256(text)
         self.dir.mkdir(parents=True, exist_ok=True)
         # The lock spans read-latest .. replace-index so two savers cannot take one number.
