@@ -58,6 +58,8 @@ class ControlProcess:
         self._text = text
         self._publish_pending = False
         self._publish_lock = asyncio.Lock()
+        self._failed_engines: set[str] = set()  # retried on the next publish even if unchanged
+        self._tasks: set[asyncio.Task[Any]] = set()  # strong refs: the loop keeps only weak ones
         self._stopping = asyncio.Event()
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -107,22 +109,30 @@ class ControlProcess:
         previous, self.plan = self.plan, plan
         if previous is not None:
             changes = diff_plans(previous, plan)
-            if not changes:
+            if not changes and not self._failed_engines:
                 return plan
-            summary = "; ".join(str(ch) for ch in changes[:10])
-            self._record("plan", f"plan updated: {summary}", data={"changes": len(changes)})
+            if changes:
+                summary = "; ".join(str(ch) for ch in changes[:10])
+                self._record("plan", f"plan updated: {summary}", data={"changes": len(changes)})
         for engine in self.engines:
             try:
                 await engine.apply(plan)
             except EngineError as exc:
+                self._failed_engines.add(engine.name)
                 self._record("engine", f"{engine.name}: apply failed: {exc}")
+            else:
+                if engine.name in self._failed_engines:
+                    self._failed_engines.discard(engine.name)
+                    self._record("engine", f"{engine.name}: plan applied again")
         return plan
 
     def _schedule_publish(self) -> None:
         """Coalesce the changes of one loop turn into one Plan, applied at once."""
         if not self._publish_pending:
             self._publish_pending = True
-            asyncio.get_running_loop().create_task(self.publish())
+            task = asyncio.get_running_loop().create_task(self.publish())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     def _on_transition(self, key: ServerKey, t: Transition, result: ProbeResult) -> None:
         self._record(
