@@ -277,6 +277,10 @@ class Timeouts(Model):
     http_keepalive: Seconds = Field(
         60.0, description="l7-http: seconds an idle client keep-alive connection is kept"
     )
+    http_response: Seconds = Field(
+        120.0,
+        description="l7-http: seconds a real server may stay silent mid-request (then 504)",
+    )
 
 
 class CertificatePair(Model):

@@ -59,6 +59,7 @@ class PlanTimeouts:
     idle: float
     http_request: float
     http_keepalive: float
+    http_response: float = 120.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +187,7 @@ def build_service(
         mode=vs.mode,
         scheduler=vs.scheduler,
         persistence=_persistence(vs.persistence),
-        timeouts=PlanTimeouts(t.connect, t.idle, t.http_request, t.http_keepalive),
+        timeouts=PlanTimeouts(t.connect, t.idle, t.http_request, t.http_keepalive, t.http_response),
         real_servers=tuple(servers),
         fallback=PlanEndpoint(str(vs.fallback.address), vs.fallback.port) if vs.fallback else None,
         tls=tls,
