@@ -242,3 +242,57 @@ def test_a_port_in_use_is_reported_and_nothing_changes(tmp_path: Path, backends:
         )
         # the previous listeners still serve
         assert get(http_port)[0] == 200
+
+
+def test_a_real_server_killed_under_load_fails_no_request(
+    tmp_path: Path, backends: list[int]
+) -> None:
+    """New connections keep succeeding while a real server dies: the proxy retries the refused
+    connect on the other server until the health check takes the dead one out of the Plan."""
+    http_port, tcp_port = free_port(), free_port()
+    config, state = tmp_path / "pacslb.yaml", tmp_path / "state"
+    third = free_port()
+    write_config(config, http_port, tcp_port, [*backends, third])
+    argv = [sys.executable, "-m", "pacslb.cli", "run", str(config), "--state-dir", str(state)]
+    with ExitStack() as stack:
+        victim = stack.enter_context(http_peer(HOST, third, "/check=200:OK", "/who=200:server3"))
+        stack.enter_context(running(argv, VIP, http_port, log=tmp_path / "run.log"))
+        wait(lambda: server_status(state, "Web", "Srv3")["health"] == "up", 10, "Srv3 up")
+        statuses: list[int] = []
+        seen: set[bytes] = set()
+        deadline = time.monotonic() + 20
+        for i in range(600):  # bounded in count and in time
+            if i == 150:
+                victim.kill()  # the real server dies mid-loop
+                victim.wait(5)
+            status_code, body = get(http_port)
+            statuses.append(status_code)
+            seen.add(body)
+            if time.monotonic() > deadline:
+                break
+        assert len(statuses) >= 300
+        assert set(statuses) == {200}, f"{statuses.count(200)} of {len(statuses)} succeeded"
+        assert b"server3" in seen
+        wait(lambda: server_status(state, "Web", "Srv3")["health"] == "down", 10, "Srv3 down")
+        assert server_status(state, "Web", "Srv3")["effective_weight"] == 0
+
+
+def test_a_slow_client_does_not_hold_up_others(tmp_path: Path, backends: list[int]) -> None:
+    http_port, tcp_port = free_port(), free_port()
+    config, state = tmp_path / "pacslb.yaml", tmp_path / "state"
+    write_config(config, http_port, tcp_port, backends)
+    argv = [sys.executable, "-m", "pacslb.cli", "run", str(config), "--state-dir", str(state)]
+    with ExitStack() as stack:
+        stack.enter_context(running(argv, VIP, http_port, log=tmp_path / "run.log"))
+        slow = socket.create_connection((VIP, http_port), timeout=5)
+        stack.callback(slow.close)
+        request = b"GET /who HTTP/1.1\r\nHost: slow\r\nConnection: close\r\n\r\n"
+        for i, byte in enumerate(request):  # one byte at a time, well inside the header timeout
+            slow.sendall(bytes([byte]))
+            if i % 8 == 0:
+                assert get(http_port)[0] == 200  # others are served meanwhile
+                time.sleep(0.01)
+        data = b""
+        while chunk := slow.recv(65536):
+            data += chunk
+        assert data.startswith(b"HTTP/1.1 200") and data.endswith((b"server1", b"server2"))
