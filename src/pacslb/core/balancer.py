@@ -10,7 +10,7 @@ import ipaddress
 from collections.abc import Sequence
 
 from pacslb.core.persistence import StickyTable
-from pacslb.core.schedule import Candidate, Scheduler, SourceHash
+from pacslb.core.schedule import Scheduler, ServerView, SourceHash
 from pacslb.core.state import AdminState, Health
 
 __all__ = ["Balancer"]
@@ -27,7 +27,7 @@ class Balancer:
         self.sticky = sticky
         self._hashes = isinstance(scheduler, SourceHash)
 
-    def pick(self, candidates: Sequence[Candidate], client_ip: str, now: float) -> str | None:
+    def pick(self, candidates: Sequence[ServerView], client_ip: str, now: float) -> str | None:
         """The server for a new connection from `client_ip`, or None if none can take it.
 
         A successful pick is a placed connection: call `closed()` when it ends.

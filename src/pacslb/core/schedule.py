@@ -27,6 +27,7 @@ __all__ = [
     "LeastConnection",
     "RoundRobin",
     "Scheduler",
+    "ServerView",
     "SmoothWeightedRoundRobin",
     "SourceHash",
     "WeightedLeastConnection",
@@ -34,6 +35,30 @@ __all__ = [
 ]
 
 MAX_WEIGHT = 65535  # IPVS keeps weights in an int, ipvsadm accepts 0..65535
+
+
+class ServerView(Protocol):
+    """What schedulers read of a real server: a Candidate, or the proxy's live per-server
+    record (updated in place, so that no object is built per decision on the hot path)."""
+
+    @property
+    def key(self) -> str: ...
+    @property
+    def weight(self) -> int: ...
+    @property
+    def admin(self) -> AdminState: ...
+    @property
+    def health(self) -> Health: ...
+    @property
+    def active(self) -> int: ...
+    @property
+    def inactive(self) -> int: ...
+    @property
+    def max_connections(self) -> int: ...
+    @property
+    def min_connections(self) -> int: ...
+    @property
+    def overhead(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +89,7 @@ class Candidate:
 
 
 class Scheduler(Protocol):
-    def choose(self, candidates: Sequence[Candidate], flow_key: bytes = b"") -> str | None: ...
+    def choose(self, candidates: Sequence[ServerView], flow_key: bytes = b"") -> str | None: ...
 
 
 class _Base:
@@ -80,18 +105,18 @@ class _Base:
         """Whether `key` was overloaded at the last decision (for status views)."""
         return self._overload.get(key, (False, 0))[0]
 
-    def choose(self, candidates: Sequence[Candidate], flow_key: bytes = b"") -> str | None:
+    def choose(self, candidates: Sequence[ServerView], flow_key: bytes = b"") -> str | None:
         eligible = self._eligible(candidates)
         if not any(eligible):
             return None
         return self._pick(candidates, eligible, flow_key)
 
     def _pick(
-        self, candidates: Sequence[Candidate], eligible: list[bool], flow_key: bytes
+        self, candidates: Sequence[ServerView], eligible: list[bool], flow_key: bytes
     ) -> str | None:
         raise NotImplementedError
 
-    def _eligible(self, candidates: Sequence[Candidate]) -> list[bool]:
+    def _eligible(self, candidates: Sequence[ServerView]) -> list[bool]:
         # Rebuilt every call so that servers that left the list leave no stale state behind.
         previous = self._overload
         current: dict[str, tuple[bool, int]] = {}
@@ -109,7 +134,7 @@ class _Base:
         return eligible
 
 
-def _update_overload(c: Candidate, previous: tuple[bool, int] | None) -> bool:
+def _update_overload(c: ServerView, previous: tuple[bool, int] | None) -> bool:
     """IPVS IP_VS_DEST_F_OVERLOAD, evaluated from the counts at decision time.
 
     ip_vs_bind_dest() sets the flag once active+inactive >= u_threshold; ip_vs_unbind_dest()
@@ -138,9 +163,9 @@ class WeightedLeastConnection(_Base):
     name = "wlc"
 
     def _pick(
-        self, candidates: Sequence[Candidate], eligible: list[bool], flow_key: bytes
+        self, candidates: Sequence[ServerView], eligible: list[bool], flow_key: bytes
     ) -> str | None:
-        least: Candidate | None = None
+        least: ServerView | None = None
         for c, ok in zip(candidates, eligible, strict=True):
             if not ok:
                 continue
@@ -157,9 +182,9 @@ class LeastConnection(_Base):
     name = "lc"
 
     def _pick(
-        self, candidates: Sequence[Candidate], eligible: list[bool], flow_key: bytes
+        self, candidates: Sequence[ServerView], eligible: list[bool], flow_key: bytes
     ) -> str | None:
-        least: Candidate | None = None
+        least: ServerView | None = None
         for c, ok in zip(candidates, eligible, strict=True):
             if ok and (least is None or c.overhead < least.overhead):
                 least = c
@@ -177,7 +202,7 @@ class RoundRobin(_Base):
         self._last_index = -1
 
     def _pick(
-        self, candidates: Sequence[Candidate], eligible: list[bool], flow_key: bytes
+        self, candidates: Sequence[ServerView], eligible: list[bool], flow_key: bytes
     ) -> str | None:
         n = len(candidates)
         start = 0
@@ -216,7 +241,7 @@ class SmoothWeightedRoundRobin(_Base):
         self._current: dict[str, int] = {}
 
     def _pick(
-        self, candidates: Sequence[Candidate], eligible: list[bool], flow_key: bytes
+        self, candidates: Sequence[ServerView], eligible: list[bool], flow_key: bytes
     ) -> str | None:
         current = {c.key: self._current.get(c.key, 0) for c in candidates}
         best: str | None = None
@@ -250,7 +275,7 @@ class SourceHash(_Base):
     name = "sh"
 
     def _pick(
-        self, candidates: Sequence[Candidate], eligible: list[bool], flow_key: bytes
+        self, candidates: Sequence[ServerView], eligible: list[bool], flow_key: bytes
     ) -> str | None:
         best: str | None = None
         best_score = -1.0

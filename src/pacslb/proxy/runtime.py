@@ -17,7 +17,7 @@ from typing import Protocol
 from pacslb.core.balancer import Balancer
 from pacslb.core.persistence import StickyTable
 from pacslb.core.plan import PlanEndpoint, PlanRealServer, PlanService
-from pacslb.core.schedule import Candidate, make_scheduler
+from pacslb.core.schedule import make_scheduler
 from pacslb.core.state import AdminState
 
 
@@ -53,6 +53,37 @@ class ServerStats:
 FALLBACK = "__fallback__"
 
 
+class LiveServer:
+    """A real server as schedulers see it (schedule.ServerView), kept up to date in place:
+    the Plan's view on update(), the active count on opened()/closed(). Building frozen
+    Candidates per request cost ~4 of the ~5 us a pick took."""
+
+    __slots__ = (
+        "active",
+        "admin",
+        "health",
+        "inactive",
+        "key",
+        "max_connections",
+        "min_connections",
+        "weight",
+    )
+
+    def __init__(self, rs: PlanRealServer, active: int = 0) -> None:
+        self.key = rs.label
+        self.weight = rs.effective_weight
+        self.admin = rs.admin
+        self.health = rs.health
+        self.active = active
+        self.inactive = 0
+        self.max_connections = rs.max_connections
+        self.min_connections = rs.min_connections
+
+    @property
+    def overhead(self) -> int:
+        return self.active * 256 + self.inactive
+
+
 def cookie_id(service: str, server: str) -> str:
     """The opaque value of the persistence cookie: stable across restarts and HA nodes, and no
     internal address or name leaks to the browser."""
@@ -67,6 +98,9 @@ class ServiceRuntime:
         self.connections: dict[str, set[Closable]] = {}
         self.balancer = self._balancer(service)
         self._cookies: dict[str, str] = {}
+        self._servers: dict[str, PlanRealServer] = {}
+        self._live: list[LiveServer] = []
+        self._live_by_label: dict[str, LiveServer] = {}
         self.update(service)
 
     @staticmethod
@@ -89,8 +123,12 @@ class ServiceRuntime:
         self._cookies = {
             cookie_id(service.label, rs.label): rs.label for rs in service.real_servers
         }
+        self._live = [
+            LiveServer(rs, self.stats.setdefault(rs.label, ServerStats()).active)
+            for rs in service.real_servers
+        ]
+        self._live_by_label = {live.key: live for live in self._live}
         for rs in service.real_servers:
-            self.stats.setdefault(rs.label, ServerStats())
             if not rs.keeps_existing:
                 self.balancer.server_lost(rs.label)
             if rs.admin is AdminState.HALT:
@@ -106,26 +144,11 @@ class ServiceRuntime:
 
     # --- decisions -----------------------------------------------------------------------
 
-    def candidates(self, exclude: Iterable[str] = ()) -> list[Candidate]:
+    def candidates(self, exclude: Iterable[str] = ()) -> list[LiveServer]:
+        if not exclude:
+            return self._live
         skip = set(exclude)
-        out = []
-        for rs in self.service.real_servers:
-            if rs.label in skip:
-                continue
-            stats = self.stats[rs.label]
-            out.append(
-                Candidate(
-                    rs.label,
-                    rs.effective_weight,
-                    rs.admin,
-                    rs.health,
-                    stats.active,
-                    0,
-                    rs.max_connections,
-                    rs.min_connections,
-                )
-            )
-        return out
+        return [live for live in self._live if live.key not in skip]
 
     def pick(
         self, client_ip: str, exclude: Iterable[str] = (), now: float | None = None
@@ -163,6 +186,9 @@ class ServiceRuntime:
         stats = self.stats.setdefault(label, ServerStats())
         stats.active += 1
         stats.total += 1
+        live = self._live_by_label.get(label)
+        if live is not None:
+            live.active = stats.active
         if conn is not None:
             self.connections.setdefault(label, set()).add(conn)
         return stats
@@ -171,6 +197,9 @@ class ServiceRuntime:
         stats = self.stats.get(label)
         if stats is not None and stats.active > 0:
             stats.active -= 1
+            live = self._live_by_label.get(label)
+            if live is not None:
+                live.active = stats.active
         if conn is not None:
             self.connections.get(label, set()).discard(conn)
 
