@@ -29,7 +29,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP)
-	$(BIN)/pytest -q tests/unit tests/golden
+	$(BIN)/pytest -q tests/unit
 
 test: $(STAMP) sysdeps lint typecheck
 	$(BIN)/pytest tests

@@ -29,7 +29,12 @@ def load_config_file(path: Path) -> Config:
 
 def cmd_check(args: argparse.Namespace) -> int:
     try:
-        config = load_config_file(args.file)
+        if str(args.file) == "-":  # `pacslb profile ... | pacslb check -`
+            from pacslb.core.validate import load_text
+
+            config = load_text(sys.stdin.read(), "<stdin>", lambda p: p.is_file())
+        else:
+            config = load_config_file(args.file)
     except ConfigError as exc:
         if args.json:
             problems = [{"path": p.path, "message": p.message} for p in exc.problems]
@@ -211,6 +216,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(
         f"pacslb {status['pacslb']} pid {status['pid']}  config revision {status['revision']}  "
         f"up {status['uptime_s']:.0f}s  engines: {', '.join(status['engines']) or 'none'}"
+        + ("" if status["ready"] else "  (starting)")
     )
     for svc in status["services"]:
         ports = ",".join(str(p) for p in svc["ports"])
@@ -327,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("check", help="validate a config file; print every problem")
-    p.add_argument("file", type=Path)
+    p.add_argument("file", type=Path, help="the config file, or - for standard input")
     p.add_argument("--json", action="store_true", help="one JSON document, for scripts")
     p.set_defaults(func=cmd_check)
 

@@ -108,3 +108,15 @@ def test_docs_schema_is_current() -> None:
     """docs/schema.json is generated (`make schema`); it must match the models."""
     written = json.loads((ROOT / "docs/schema.json").read_text())
     assert written == config_json_schema()
+
+
+def test_check_reads_standard_input(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import io
+
+    assert main(["profile", "mckesson", "--variant", "nat-l7"]) == 0
+    text = capsys.readouterr().out
+    monkeypatch.setattr("sys.stdin", io.StringIO(text))
+    assert main(["check", "-"]) == 0
+    assert "-: OK: 5 virtual services" in capsys.readouterr().out

@@ -61,6 +61,7 @@ class ControlProcess:
         self._failed_engines: set[str] = set()  # retried on the next publish even if unchanged
         self._tasks: set[asyncio.Task[Any]] = set()  # strong refs: the loop keeps only weak ones
         self._stopping = asyncio.Event()
+        self.ready = False  # start() has finished: every engine has its first Plan
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -76,6 +77,7 @@ class ControlProcess:
         self._prune_admin()
         self.checker.configure(self.config)
         await self.publish()
+        self.ready = True
 
     async def stop(self) -> None:
         await self.checker.close()
@@ -254,6 +256,7 @@ class ControlProcess:
             "pid": os.getpid(),
             "config": str(self.config_path),
             "revision": self.revision,
+            "ready": self.ready,
             "started": self.started.isoformat(timespec="seconds"),
             "uptime_s": round((datetime.now(UTC) - self.started).total_seconds(), 1),
             "engines": [e.name for e in self.engines],
@@ -277,18 +280,17 @@ async def serve(process: ControlProcess) -> None:
     from pacslb.control.local import ControlServer
 
     loop = asyncio.get_running_loop()
-    # The socket first: once the data plane answers on a VIP, `pacslb status` answers too.
+    # Handlers first: a stop asked for during start-up waits for start() to finish and then
+    # stops everything it started (else a proxy worker in its own session would be orphaned).
+    loop.add_signal_handler(signal.SIGTERM, process.request_stop)
+    loop.add_signal_handler(signal.SIGINT, process.request_stop)
+    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload_quietly(process)))
+    # The socket next: once the data plane answers on a VIP, `pacslb status` answers too
+    # (its "ready" says whether start-up has finished).
     server = ControlServer(process, process.state_dir / "control.sock")
     await server.start()
     try:
         await process.start()
-    except BaseException:
-        await server.close()
-        raise
-    loop.add_signal_handler(signal.SIGTERM, process.request_stop)
-    loop.add_signal_handler(signal.SIGINT, process.request_stop)
-    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload_quietly(process)))
-    try:
         await process.wait_stopped()
     finally:
         await server.close()

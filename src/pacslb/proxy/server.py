@@ -193,6 +193,10 @@ class ProxyControl:
                 await writer.drain()
         except (OSError, ValueError):
             pass
+        except asyncio.CancelledError:
+            # Shutting down. Not re-raised: on 3.11 the streams callback would log the
+            # cancelled task's exception as an error on every stop.
+            pass
         finally:
             writer.close()
 
