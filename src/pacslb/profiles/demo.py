@@ -2,8 +2,9 @@
 
 Ten small real servers on 127.0.1.1-10 answer the guide's health-check URLs with the expected
 text (`srvPACS OK`, `OK`) and a page naming themselves, so a browser or curl pointed at a VIP shows
-which server answered. The DICOM real servers accept TCP on 4000 and 5000 (the guide's check is a
-connect to 5000); the Cardiology ones answer HTTP on 80 and HTTPS on 443 with a self-signed
+which server answered. The DICOM real servers answer DICOM C-ECHO on 4000 and 5000 (a
+Verification SCP: `echoscu` works through the VIP; they store nothing); the Cardiology ones
+answer HTTP on 80 and HTTPS on 443 with a self-signed
 demo certificate. Everything binds to 127.0.0.0/8 only.
 """
 
@@ -16,6 +17,7 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
+from pacslb.core.dicom_scp import VerificationResponder
 from pacslb.profiles import mckesson
 
 VIPS = {
@@ -64,10 +66,17 @@ class DemoServer:
                 await writer.drain()
         writer.close()
 
-    async def accept_only(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """A DICOM port stand-in: accepts (the guide's connect check) and closes when told."""
-        with contextlib.suppress(OSError):
-            await reader.read()
+    async def dicom(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """A Verification SCP: answers C-ECHO (echoscu, dicom-echo checks); not a store."""
+        responder = VerificationResponder()
+        with contextlib.suppress(OSError, TimeoutError):
+            while not responder.done:
+                async with asyncio.timeout(60):
+                    data = await reader.read(65536)
+                if not data:
+                    break
+                writer.write(responder.receive_data(data))
+                await writer.drain()
         writer.close()
 
 
@@ -116,7 +125,7 @@ async def start_real_servers(state_dir: Path) -> list[asyncio.AbstractServer]:
             demo = DemoServer(f"{spec.label.removeprefix('McK-')}_Srv{i}")
             for port in spec.ports:
                 if spec.key == "dicom":
-                    handler = demo.accept_only
+                    handler = demo.dicom
                     context = None
                 else:
                     handler = demo.http
