@@ -100,6 +100,7 @@ _REQUEST_FIELDS: Final = {
     b"cookie": _COOKIE,
     b"expect": _EXPECT,
 }
+_FRAMING_FIELDS = frozenset({b"content-length", b"transfer-encoding", b"host"})
 _CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive", b"upgrade"})
 
 
@@ -285,6 +286,10 @@ def parse_request(head: bytes, cookie_name: bytes | None = None) -> Request | Re
         framing = NO_BODY  # RFC 9112 §6.3 rule 6
     keep_alive = (b"close" not in conn) if version == 11 else (b"keep-alive" in conn)
     if conn and not _CONNECTION_OPTIONS.issuperset(conn):
+        if not _FRAMING_FIELDS.isdisjoint(conn):
+            # `Connection: content-length` would make us drop the field that frames the body
+            # we forward: the body would reach the server as a second, smuggled request.
+            return Reject(400, "Connection names a framing field")
         kept = _drop_named(kept, conn)
         changed = True
     if upgrade is None or version == 10 or b"upgrade" not in conn:
@@ -490,7 +495,9 @@ def parse_response(
         framing = UNTIL_CLOSE  # RFC 9112 §6.3 rule 8: never reuse that connection
         keep_alive = False
     if conn and not _CONNECTION_OPTIONS.issuperset(conn):
-        drop = drop | frozenset(conn)  # the fields Connection names are hop-by-hop too
+        # The fields Connection names are hop-by-hop too, except the ones that frame this
+        # response: dropping those would leave a kept-alive response with no length.
+        drop = drop | (frozenset(conn) - _FRAMING_FIELDS)
         slow = True
     if status != 101:
         upgrade = None

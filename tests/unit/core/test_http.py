@@ -253,6 +253,17 @@ def test_response_hop_by_hop_fields_are_removed() -> None:
     assert response(b"HTTP/1.1 200\r\nContent-Length: 0").reason == b"200"
 
 
+def test_connection_cannot_remove_framing_fields() -> None:
+    """`Connection: content-length` must not strip the length: in a request the body would
+    reach the server as a smuggled second request; in a response the client would be left with
+    a kept-alive response of no length."""
+    for field in (b"content-length", b"Content-Length, x-foo", b"host", b"transfer-encoding"):
+        smuggle = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\nConnection: " + field
+        assert parse_request(smuggle, b"C") == Reject(400, "Connection names a framing field")
+    resp = response(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: content-length")
+    assert resp.framing == LENGTH and b"Content-Length: 6" in resp.headers
+
+
 def test_response_framing() -> None:
     assert response(NGINX, head_request=True).framing == NO_BODY
     for status in (b"100 Continue", b"103 Early Hints", b"204 No Content", b"304 Not Modified"):
