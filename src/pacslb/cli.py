@@ -223,6 +223,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(
             f"\n{svc['label']}  {svc['vip']}:{ports}/{svc['protocol']}  {svc['mode']}  "
             f"{svc['scheduler']}  persistence={svc['persistence']}"
+            + ("" if svc["forwarded_by"] else "  NOT FORWARDED (no kernel engine yet)")
         )
         for rs in svc["real_servers"]:
             port = f":{rs['port']}" if rs["port"] else ""

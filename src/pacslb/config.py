@@ -157,8 +157,14 @@ class HttpCheck(_CheckCommon):
 
     type: Literal["http"] = "http"
     method: Literal["GET", "HEAD"] = "GET"
-    path: str = Field("/", pattern=r"^/[^\s]*$", description="absolute path, no spaces")
-    host: str | None = Field(None, description="Host header; defaults to the real server address")
+    path: str = Field(
+        "/", pattern=r"^/[\x21-\x7e]*$", description="absolute path: visible ASCII, no spaces"
+    )
+    host: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9.\-:\[\]]+$",
+        description="Host header; defaults to the real server address",
+    )
     expect: str | None = Field(None, description="text that must appear in the body")
     expect_regex: str | None = Field(None, description="regular expression the body must match")
     expect_status: list[Annotated[int, Field(ge=100, le=599)]] | None = Field(

@@ -240,8 +240,10 @@ def test_a_port_in_use_is_reported_and_nothing_changes(tmp_path: Path, backends:
             5,
             "engine event",
         )
-        # the previous listeners still serve
+        # the previous listeners still serve, and admin states still reach the data plane
         assert get(http_port)[0] == 200
+        cli(state, "drain", "Web", "Srv2")
+        assert {get(http_port)[1] for _ in range(6)} == {b"server1"}
 
 
 def test_a_real_server_killed_under_load_fails_no_request(

@@ -75,6 +75,7 @@ class ControlProcess:
         self._record("process", f"pacslb {__version__} started (pid {os.getpid()})")
         self._record("config", f"applying revision {rev.number} from {self.config_path}")
         self._prune_admin()
+        self._warn_unforwarded()
         self.checker.configure(self.config)
         await self.publish()
         self.ready = True
@@ -132,9 +133,17 @@ class ControlProcess:
         """Coalesce the changes of one loop turn into one Plan, applied at once."""
         if not self._publish_pending:
             self._publish_pending = True
-            task = asyncio.get_running_loop().create_task(self.publish())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._background(self.publish())
+
+    def _background(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self._record("process", f"background task failed: {task.exception()!r}")
 
     def _on_transition(self, key: ServerKey, t: Transition, result: ProbeResult) -> None:
         self._record(
@@ -186,9 +195,22 @@ class ControlProcess:
         self.config, self._text, self.revision = config, text, rev.number
         self._record("config", f"applying revision {rev.number} from {self.config_path}")
         self._prune_admin()
+        self._warn_unforwarded()
         self.checker.configure(config)
         await self.publish()
         return {"revision": rev.number}
+
+    def _warn_unforwarded(self) -> None:
+        """Say plainly which services no engine of this release forwards (layer 4 needs the
+        kernel engine, still to come): they are checked and shown, but carry no traffic."""
+        for vs in self.config.virtual_services:
+            if vs.mode.is_kernel:
+                self._record(
+                    "engine",
+                    f"{vs.mode} needs the kernel engine (nftables), which this release does not "
+                    "have yet: this service is health-checked but NOT forwarded",
+                    (vs.label, ""),
+                )
 
     def _prune_admin(self) -> None:
         valid = {
@@ -248,6 +270,7 @@ class ControlProcess:
                     "mode": str(svc.mode),
                     "scheduler": str(svc.scheduler),
                     "persistence": svc.persistence.kind,
+                    "forwarded_by": None if svc.mode.is_kernel else "proxy",
                     "real_servers": servers,
                 }
             )
@@ -272,7 +295,8 @@ class ControlProcess:
     ) -> None:
         service, server = key or ("", "")
         event = self.events.record(Event(kind, message, service, server, data=data or {}))
-        print(event, flush=True)
+        with contextlib.suppress(OSError, ValueError):  # stdout gone (EPIPE) must not stop us
+            print(event, flush=True)
 
 
 async def serve(process: ControlProcess) -> None:
@@ -284,7 +308,7 @@ async def serve(process: ControlProcess) -> None:
     # stops everything it started (else a proxy worker in its own session would be orphaned).
     loop.add_signal_handler(signal.SIGTERM, process.request_stop)
     loop.add_signal_handler(signal.SIGINT, process.request_stop)
-    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload_quietly(process)))
+    loop.add_signal_handler(signal.SIGHUP, lambda: process._background(_reload_quietly(process)))
     # The socket next: once the data plane answers on a VIP, `pacslb status` answers too
     # (its "ready" says whether start-up has finished).
     server = ControlServer(process, process.state_dir / "control.sock")

@@ -55,10 +55,10 @@ def spread(key: ServerKey, interval: float) -> float:
 
 
 def _signature(vs: c.VirtualService, rs: c.RealServer) -> str:
-    """What, if changed, makes a server's health history meaningless (a new check or address)."""
-    return "|".join(
-        (vs.health_check.model_dump_json(), str(vs.vip), str(vs.ports), rs.model_dump_json())
-    )
+    """What the probe itself depends on: the check and where it goes. A weight or threshold
+    edit keeps the tracker, so a down server does not come back as 'unknown' (usable)."""
+    target = target_for(vs, rs, vs.health_check)
+    return "|".join((vs.health_check.model_dump_json(), repr(target)))
 
 
 class HealthChecker:
@@ -145,7 +145,10 @@ class HealthChecker:
             await asyncio.sleep(max(0.0, slot - loop.time()))
             async with self._semaphore:
                 self.lateness.append(loop.time() - slot)
-                result = await run_check(check, vs, rs, target)
+                try:
+                    result = await run_check(check, vs, rs, target)
+                except Exception as exc:  # a probe bug must not end this server's checks
+                    result = ProbeResult(False, f"{check.type}: probe error: {exc!r}", 0.0)
             self._observe(state, result)
             # Fixed rate: the next slot is one interval after this one's, not after the end of
             # the probe; slots missed by a long probe are skipped, never run in a burst.

@@ -7,8 +7,10 @@ status views. The file is rotated once it passes a size limit, keeping one previ
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -54,16 +56,22 @@ class EventLog:
             self.recent.append(event)
 
     def record(self, event: Event) -> Event:
+        """Keep the event; a full or read-only disk loses its line on disk (said on stderr),
+        never the state change being recorded."""
         self.recent.append(event)
         line = (event.to_json() + "\n").encode()
-        if self.path.exists() and self.path.stat().st_size + len(line) > self.max_bytes:
-            os.replace(self.path, self.path.with_suffix(".jsonl.1"))
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         try:
-            os.write(fd, line)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            if self.path.exists() and self.path.stat().st_size + len(line) > self.max_bytes:
+                os.replace(self.path, self.path.with_suffix(".jsonl.1"))
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            try:
+                os.write(fd, line)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError, ValueError):
+                print(f"pacslb: cannot write {self.path}: {exc}", file=sys.stderr)
         return event
 
     def query(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -58,8 +59,20 @@ class Worker:
     async def ensure(self) -> None:
         if await self.alive():
             return
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        if self.path.exists():
+            # Unlink only a dead worker's socket: one that is merely slow still serves its
+            # ports (SO_REUSEPORT), and a second worker beside it would orphan it.
+            try:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                    probe.settimeout(1)
+                    probe.connect(str(self.path))
+            except (ConnectionRefusedError, FileNotFoundError):
+                with contextlib.suppress(FileNotFoundError):
+                    self.path.unlink()
+            except OSError as exc:
+                raise EngineError(f"proxy worker at {self.path} does not answer: {exc}") from exc
+            else:
+                raise EngineError(f"proxy worker at {self.path} is alive but does not answer")
         out = open(self.log, "ab")  # noqa: SIM115 - handed to the child, closed below
         try:
             self.process = await asyncio.create_subprocess_exec(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,14 +103,14 @@ def self_signed(directory: Path) -> ssl.SSLContext:
             .not_valid_after(now + datetime.timedelta(days=365))
             .sign(key, hashes.SHA256())
         )
-        key_path.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
         )
-        key_path.chmod(0o600)
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # never readable
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(cert_path, key_path)

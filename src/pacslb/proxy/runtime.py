@@ -101,6 +101,7 @@ class ServiceRuntime:
         self._servers: dict[str, PlanRealServer] = {}
         self._live: list[LiveServer] = []
         self._live_by_label: dict[str, LiveServer] = {}
+        self._expired_at = 0.0
         self.update(service)
 
     @staticmethod
@@ -156,9 +157,12 @@ class ServiceRuntime:
         """The real server for a new connection (persistence, then the scheduler), or None.
 
         A returned server is a placed connection: call `release()` when it ends."""
-        label = self.balancer.pick(
-            self.candidates(exclude), client_ip, time.monotonic() if now is None else now
-        )
+        now = time.monotonic() if now is None else now
+        sticky = self.balancer.sticky
+        if sticky is not None and now - self._expired_at > 1.0:
+            sticky.expire(now)  # bounded memory: drop entries of clients long gone
+            self._expired_at = now
+        label = self.balancer.pick(self.candidates(exclude), client_ip, now)
         return None if label is None else self._servers[label]
 
     def release(self, client_ip: str, server: str, now: float | None = None) -> None:

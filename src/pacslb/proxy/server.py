@@ -9,8 +9,9 @@ Unix socket (JSON lines):
     {"cmd": "counters"}              -> {"ok": true, "result": {service: {server: {...}}}}
     {"cmd": "ping"} / {"cmd": "stop"}
 
-A Plan is applied all or nothing: every new listening socket is bound before any old one is
-closed; if one bind fails, the new ones are closed and the previous Plan stays in force.
+Server states in a Plan always take effect; listeners change address by address, each new
+one bound before the old one closes, and an address that cannot be bound keeps its previous
+listener and is reported (one bad VIP never freezes the others).
 """
 
 from __future__ import annotations
@@ -93,41 +94,42 @@ class ProxyProcess:
         self.stopping = asyncio.Event()
 
     async def apply(self, plan: Plan) -> None:
+        """Apply a Plan; raise OSError naming every listener that could not be opened.
+
+        Server states (drain, halt, health, weights) always take effect. Listeners are changed
+        address by address, each new one bound before its old one is closed: an address that
+        cannot be bound (port in use, bad certificate) keeps its previous listener, if any, and
+        is reported, so one bad VIP never freezes the others."""
         services = {s.label: s for s in plan.services if not s.mode.is_kernel}
         wanted = wanted_listeners(plan)
-        # Existing runtimes are reused (their persistence entries and counts survive) but only
-        # updated once every bind has succeeded; new ones have no side effects until then.
         runtimes = {
             label: self.runtimes.get(label) or ServiceRuntime(svc)
             for label, svc in services.items()
         }
-
-        # Bind every new or changed listener first: all or nothing.
-        fresh: dict[tuple[str, int], tuple[ListenerSpec, Listener]] = {}
-        try:
-            for addr, spec in wanted.items():
-                current = self.listeners.get(addr)
-                if current is not None and current[0] == spec:
-                    continue
-                runtime = runtimes[spec.service]
-                fresh[addr] = (spec, await self._listen(addr, spec, runtime))
-        except (OSError, ssl.SSLError, ValueError) as exc:
-            for _, listener in fresh.values():
-                listener.close()
-            vip, port = addr
-            raise OSError(f"cannot listen on {vip}:{port}: {exc}") from exc
-
         for label, runtime in runtimes.items():
             runtime.update(services[label])
-        for addr, (spec, listener) in list(self.listeners.items()):
-            if addr not in wanted or addr in fresh:
-                listener.close()  # stops accepting; its connections finish
-                del self.listeners[addr]
-            else:
-                listener.runtime = runtimes[spec.service]
-        self.listeners.update(fresh)
-        # A removed service's connections finish on their own (as a removed VIP should).
+
+        errors: list[str] = []
+        for addr, spec in wanted.items():
+            current = self.listeners.get(addr)
+            if current is not None and current[0] == spec:
+                current[1].runtime = runtimes[spec.service]
+                continue
+            try:
+                listener = await self._listen(addr, spec, runtimes[spec.service])
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                errors.append(f"cannot listen on {addr[0]}:{addr[1]}: {exc}")
+                if current is not None and current[0].service in runtimes:
+                    current[1].runtime = runtimes[current[0].service]
+                continue
+            if current is not None:
+                current[1].close()  # stops accepting; its connections finish
+            self.listeners[addr] = (spec, listener)
+        for addr in [a for a in self.listeners if a not in wanted]:
+            self.listeners.pop(addr)[1].close()  # a removed VIP: its connections finish
         self.runtimes, self.plan = runtimes, plan
+        if errors:
+            raise OSError("; ".join(errors))
 
     async def _listen(
         self, addr: tuple[str, int], spec: ListenerSpec, runtime: ServiceRuntime
