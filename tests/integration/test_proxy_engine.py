@@ -298,3 +298,26 @@ def test_a_slow_client_does_not_hold_up_others(tmp_path: Path, backends: list[in
         while chunk := slow.recv(65536):
             data += chunk
         assert data.startswith(b"HTTP/1.1 200") and data.endswith((b"server1", b"server2"))
+
+
+def test_a_killed_proxy_worker_is_restarted(tmp_path: Path, backends: list[int]) -> None:
+    http_port, tcp_port = free_port(), free_port()
+    config, state = tmp_path / "pacslb.yaml", tmp_path / "state"
+    write_config(config, http_port, tcp_port, backends)
+    argv = [sys.executable, "-m", "pacslb.cli", "run", str(config), "--state-dir", str(state)]
+    with ExitStack() as stack:
+        stack.enter_context(running(argv, VIP, http_port, log=tmp_path / "run.log"))
+        ping = [sys.executable, "-c", _PING, str(state / "proxy-0.sock")]
+        first = json.loads(subprocess.run(ping, capture_output=True, text=True, timeout=10).stdout)
+        os.kill(first["pid"], signal.SIGKILL)  # as the OOM killer would
+
+        def serves() -> bool:
+            try:
+                return get(http_port)[0] == 200
+            except OSError:
+                return False
+
+        wait(serves, 15, "the VIP to serve again")
+        again = json.loads(subprocess.run(ping, capture_output=True, text=True, timeout=10).stdout)
+        assert again["pid"] != first["pid"] and again["revision"] is not None
+        assert "is gone; restarting it" in (tmp_path / "run.log").read_text()

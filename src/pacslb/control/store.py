@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pacslb import config as c
 from pacslb.config import Config
 from pacslb.core.state import AdminState
 from pacslb.core.validate import load_text
@@ -164,9 +165,39 @@ def read_config(path: Path) -> tuple[str, Config]:
         problem = Problem("", f"cannot read: {exc.strerror}")
         raise ConfigError([problem], str(path)) from None
     base = path.resolve().parent
-    return text, load_text(
-        text, str(path), lambda p: (p if p.is_absolute() else base / p).is_file()
-    )
+    config = load_text(text, str(path), lambda p: (p if p.is_absolute() else base / p).is_file())
+    return text, absolute_paths(config, base)
+
+
+def absolute_paths(config: Config, base: Path) -> Config:
+    """The config with its relative file paths (TLS files, external check programs) made
+    absolute against `base`, as validation resolved them: what was checked is what is used,
+    whatever the current directory of the process that uses it."""
+
+    def fix(p: Path | None) -> Path | None:
+        return p if p is None or p.is_absolute() else base / p
+
+    def fix_check(check: Any) -> Any:
+        if isinstance(check, c.ExternalCheck) and not Path(check.command).is_absolute():
+            return check.model_copy(update={"command": str(base / check.command)})
+        if isinstance(check, c.AllChecks):
+            return check.model_copy(update={"checks": [fix_check(x) for x in check.checks]})
+        return check
+
+    services = []
+    for vs in config.virtual_services:
+        update: dict[str, Any] = {"health_check": fix_check(vs.health_check)}
+        if vs.tls is not None:
+            pairs = [
+                pair.model_copy(update={"certificate": fix(pair.certificate), "key": fix(pair.key)})
+                for pair in vs.tls.certificates
+            ]
+            update["tls"] = vs.tls.model_copy(update={"certificates": pairs})
+        services.append(vs.model_copy(update=update))
+    ui = config.node.webui
+    webui = ui.model_copy(update={"certificate": fix(ui.certificate), "key": fix(ui.key)})
+    node = config.node.model_copy(update={"webui": webui})
+    return config.model_copy(update={"virtual_services": services, "node": node})
 
 
 class ConfigStore:

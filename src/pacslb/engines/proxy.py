@@ -124,6 +124,7 @@ class ProxyEngine:
         self._poller: asyncio.Task[None] | None = None
         self._started = False
         self._lock = asyncio.Lock()
+        self._last_plan: Plan | None = None
 
     async def apply(self, plan: Plan) -> None:
         async with self._lock:  # one Plan at a time, and never two starts of a worker
@@ -140,6 +141,7 @@ class ProxyEngine:
                 raise EngineError(f"cannot start the proxy: {exc}") from exc
             self._started = True
             self._poller = asyncio.get_running_loop().create_task(self._poll())
+        self._last_plan = plan
         payload = {"cmd": "apply", "plan": json.loads(plan.to_json())}
         errors = []
         for worker in self.workers:
@@ -169,10 +171,28 @@ class ProxyEngine:
         self._counters = {key: Counters(*values) for key, values in merged.items()}
 
     async def _poll(self) -> None:
+        """Read counters each second; a worker that stopped answering (killed, OOM) is
+        restarted and given the last Plan, so its VIPs are back within a few seconds."""
         while True:
-            with contextlib.suppress(OSError, EngineError, TimeoutError, ValueError):
+            try:
                 await self.refresh()
+            except (OSError, EngineError, TimeoutError, ValueError):
+                with contextlib.suppress(OSError, EngineError, TimeoutError, ValueError):
+                    await self._recover()
             await asyncio.sleep(POLL_INTERVAL)
+
+    async def _recover(self) -> None:
+        async with self._lock:
+            if self._last_plan is None:
+                return
+            payload = {"cmd": "apply", "plan": json.loads(self._last_plan.to_json())}
+            for worker in self.workers:
+                if await worker.alive():
+                    continue
+                print(f"pacslb: proxy worker {worker.path.name} is gone; restarting it", flush=True)
+                await worker.ensure()
+                with contextlib.suppress(EngineError):  # a listener error is reported by apply
+                    await worker.call(payload)
 
     async def close(self) -> None:
         if self._poller is not None:
