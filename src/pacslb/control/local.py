@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from pacslb.core.state import AdminState
 from pacslb.errors import ConfigError, PacslbError
+from pacslb.proxy.server import socket_answers
 
 if TYPE_CHECKING:
     from pacslb.control.app import ControlProcess
@@ -36,7 +37,7 @@ class ControlServer:
 
     async def start(self) -> None:
         if self.path.exists():
-            if _answers(self.path):
+            if socket_answers(self.path):
                 raise PacslbError(f"another pacslb is already running on {self.path}")
             self.path.unlink()  # left behind by a process that died
         old_umask = os.umask(0o177)
@@ -99,16 +100,6 @@ class ControlServer:
         if cmd == "plan":
             return json.loads(process.current_plan().to_json())
         raise ValueError(f"unknown command {cmd!r}")
-
-
-def _answers(path: Path) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(1)
-        try:
-            sock.connect(str(path))
-        except OSError:
-            return False
-    return True
 
 
 def request(state_dir: Path, payload: dict[str, Any], timeout: float = 10.0) -> Any:

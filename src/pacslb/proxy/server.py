@@ -178,7 +178,7 @@ class ProxyControl:
         # Listeners use SO_REUSEPORT, so a second proxy on the same state would silently share
         # every port with the first and serve a different Plan: refuse to start instead.
         if self.path.exists():
-            if _answers(self.path):
+            if socket_answers(self.path):
                 raise SystemExit(f"pacslb proxy: another proxy already answers on {self.path}")
             self.path.unlink()
         old = os.umask(0o177)
@@ -224,7 +224,8 @@ class ProxyControl:
         return {"ok": False, "error": f"unknown command {cmd!r}"}
 
 
-def _answers(path: Path) -> bool:
+def socket_answers(path: Path) -> bool:
+    """Whether a live process listens on this Unix socket (a stale file after a crash: no)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(1)
         try:
