@@ -148,6 +148,7 @@ class HttpListener:
         self._server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._cookies: dict[tuple[str, str, int | None, str], bytes] = {}
+        self._pending: set[asyncio.Task[Any]] = set()  # queued clients taken while closing
 
     async def start(self) -> None:
         loop = self.loop = asyncio.get_running_loop()
@@ -161,14 +162,46 @@ class HttpListener:
         self._sweeper = loop.call_later(self._interval(), self._sweep)
 
     def close(self) -> None:
-        """Stop accepting; open connections finish their current exchange, then close."""
+        """Stop accepting; open connections finish their current exchange, then close.
+
+        Clients already in the kernel's accept queue are still taken (each gets one exchange),
+        so that a listener replaced under SO_REUSEPORT resets nobody."""
         self.closing = True
+        drained = self._drain_accept_queue()
         if self._server is not None:
             self._server.close()
         for client in list(self.clients):
             client.listener_closing()
-        if not self.clients:
+        if not self.clients and not drained:
             self._shutdown()
+
+    def _drain_accept_queue(self) -> int:
+        loop = self.loop
+        if self._server is None or loop is None:
+            return 0
+        taken = 0
+        for _ in range(BACKLOG):
+            try:
+                conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                break
+            conn.setblocking(False)
+            task = loop.create_task(
+                loop.connect_accepted_socket(
+                    lambda: ClientConnection(self),
+                    conn,
+                    ssl=self.tls,
+                    ssl_handshake_timeout=(
+                        self.runtime.service.timeouts.http_request if self.tls else None
+                    ),
+                )
+            )
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+            taken += 1
+        return taken
 
     def _shutdown(self) -> None:
         if self._sweeper is not None:
@@ -193,7 +226,7 @@ class HttpListener:
         for up in self.pool.expire(now, lambda key: _gone(runtime, key[0])):
             up.pooled = False
             up.close()
-        if self.closing and not self.clients:
+        if self.closing and not self.clients and not self._pending:
             self._shutdown()
             return
         self._sweeper = self.loop.call_later(self._interval(), self._sweep)
@@ -269,8 +302,8 @@ class ClientConnection(asyncio.Protocol):
         self.forwarded = forwarded_fields(self.ip, listener.tls is not None)
         listener.clients.add(self)
         self.deadline = self.loop.time() + listener.runtime.service.timeouts.http_request
-        if listener.closing:
-            self.close()
+        # A client taken from the accept queue of a closing listener gets its one exchange:
+        # the response of a closing listener always ends the connection (see final_head).
 
     def data_received(self, data: bytes) -> None:
         state = self.state
