@@ -19,7 +19,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -73,6 +72,7 @@ if __name__ == "__main__":
 
 import pytest  # noqa: E402
 import uvloop  # noqa: E402
+from bench.dicom_files import ct_file, new_uid  # noqa: E402
 from tests.peers.procs import ROOT, free_port, running, stop  # noqa: E402
 
 from pacslb.core.plan import build_plan  # noqa: E402
@@ -340,62 +340,14 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-# --- minimal DICOM Part-10 writer (PS3.10 §7.1, PS3.5 §7.1.2 explicit VR little endian) ------
-
-_LONG_VRS = {b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN"}
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
-EXPLICIT_LE = "1.2.840.10008.1.2.1"
-
-
-def _element(group: int, elem: int, vr: bytes, value: bytes) -> bytes:
-    if len(value) % 2:
-        value += b"\0" if vr in (b"UI", b"OB") else b" "
-    if vr in _LONG_VRS:
-        return struct.pack("<HH2sHI", group, elem, vr, 0, len(value)) + value
-    return struct.pack("<HH2sH", group, elem, vr, len(value)) + value
-
-
-def _us(value: int) -> bytes:
-    return struct.pack("<H", value)
+# --- synthetic CT files: the bench's Part-10 writer (PS3.10 §7.1, explicit VR little endian) ---
 
 
 def dicom_ct(
     uid: str, patient: str, study: str, series: str, number: int, pixels: bytes, size: int = 64
 ) -> bytes:
     """A size×size 16-bit CT image: preamble, 'DICM', meta group 0002, then the data set."""
-    assert len(pixels) == size * size * 2
-    meta_body = b"".join(
-        [
-            _element(0x0002, 0x0001, b"OB", b"\0\1"),
-            _element(0x0002, 0x0002, b"UI", CT_IMAGE_STORAGE.encode()),
-            _element(0x0002, 0x0003, b"UI", uid.encode()),
-            _element(0x0002, 0x0010, b"UI", EXPLICIT_LE.encode()),
-            _element(0x0002, 0x0012, b"UI", b"1.2.826.0.1.3680043.10.1111"),
-        ]
-    )
-    meta = _element(0x0002, 0x0000, b"UL", struct.pack("<I", len(meta_body))) + meta_body
-    dataset = b"".join(
-        [
-            _element(0x0008, 0x0016, b"UI", CT_IMAGE_STORAGE.encode()),
-            _element(0x0008, 0x0018, b"UI", uid.encode()),
-            _element(0x0008, 0x0060, b"CS", b"CT"),
-            _element(0x0010, 0x0010, b"PN", b"TEST^PACSLB"),
-            _element(0x0010, 0x0020, b"LO", patient.encode()),
-            _element(0x0020, 0x000D, b"UI", study.encode()),
-            _element(0x0020, 0x000E, b"UI", series.encode()),
-            _element(0x0020, 0x0013, b"IS", str(number).encode()),
-            _element(0x0028, 0x0002, b"US", _us(1)),
-            _element(0x0028, 0x0004, b"CS", b"MONOCHROME2"),
-            _element(0x0028, 0x0010, b"US", _us(size)),
-            _element(0x0028, 0x0011, b"US", _us(size)),
-            _element(0x0028, 0x0100, b"US", _us(16)),
-            _element(0x0028, 0x0101, b"US", _us(16)),
-            _element(0x0028, 0x0102, b"US", _us(15)),
-            _element(0x0028, 0x0103, b"US", _us(0)),
-            _element(0x7FE0, 0x0010, b"OW", pixels),
-        ]
-    )
-    return b"\0" * 128 + b"DICM" + meta + dataset
+    return ct_file(uid, study, series, number, pixels, size, patient)
 
 
 def dataset_part(data: bytes) -> bytes:
@@ -405,10 +357,6 @@ def dataset_part(data: bytes) -> bytes:
     assert (group, elem, vr) == (2, 0, b"UL")
     meta_length = struct.unpack_from("<I", data, 140)[0]
     return data[144 + meta_length :]
-
-
-def new_uid() -> str:
-    return f"2.25.{uuid.uuid4().int}"
 
 
 # --- tests -----------------------------------------------------------------------------------
