@@ -23,13 +23,17 @@ every target (TCP-mode targets relay HTTP as bytes); bulk TCP and C-STORE on TCP
 Workloads: iperf3 -P1 and -P4 (Gbit/s, receiver side); wrk -t1 -c50 1 KiB keep-alive and
 100 KiB keep-alive (req/s, p99 latency from --latency); wrk with `Connection: close` (a new
 connection per request, conn/s); storescu sending the CT series in one association (img/s and
-wall time; storescu's own start-up, reading 200 files, is inside the wall time for every target).
+wall time, the median of --cstore-repeat transfers; storescu's own start-up, reading 200 files,
+is inside the wall time for every target).
 
 Each round runs every workload once on every target (target order rotated per round); the
-table gives the median of the rounds, the median p99, the ratio to HAProxy of the same mode
-(`mode http` for L7 HTTP targets, `mode tcp` for the rest) and to `direct`, and the proxy's
-CPU (its processes' user+sys time over the run, % of one core). The machine is shared: only
-ratios from one run mean anything. Timing only: nothing here passes or fails (DESIGN §6).
+table gives the median of the rounds, the median p99, the ratio of the medians to HAProxy of
+the same mode (`mode http` for L7 HTTP targets, `mode tcp` for the rest) and to `direct`, the
+median of the round-by-round ratios to HAProxy ("paired"), the proxy's CPU (its processes'
+user+sys time over the run from /proc, % of one core, with the sys part) and that CPU per
+request, connection, GB or image. The machine is shared: only ratios from one run mean
+anything. Timing only: nothing here passes or fails (DESIGN §6). --profile then runs each
+workload once more on pacslb under `py-spy record --native` and summarises where it spends.
 
 Only 127.0.0.0/8 is bound or contacted. Every process started is stopped by PID (its
 descendants too, and the pacslb proxy workers by the PID they report), on errors and Ctrl-C
