@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import signal
@@ -235,7 +236,20 @@ def socket_answers(path: Path) -> bool:
     return True
 
 
+def tune_gc() -> None:
+    """Fewer, later garbage collections in the data plane. Every connection allocates a few
+    objects that refer to each other, and with CPython's default threshold (700) the cyclic
+    collector ran so often that py-spy found it in 44 % of the user time of new l7-tcp
+    connections. What start-up created is frozen out of every future collection; young
+    objects are collected after 50,000 allocations instead of 700 (memory stays bounded:
+    the cycles are still collected, only in bigger batches)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+
+
 async def serve(path: Path) -> None:
+    tune_gc()
     proxy = ProxyProcess()
     control = ProxyControl(proxy, path)
     server = await control.start()
