@@ -35,8 +35,9 @@ import uvloop
 
 from pacslb.core.plan import build_plan
 from pacslb.core.validate import load_data
-from pacslb.proxy.http import HttpListener, tls_context
+from pacslb.proxy.http import HttpListener
 from pacslb.proxy.runtime import ServiceRuntime
+from pacslb.proxy.tls import tls_context
 
 
 def service(

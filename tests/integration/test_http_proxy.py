@@ -37,8 +37,8 @@ from tests.peers.procs import ROOT, free_port, running, stop, wait_port
 from pacslb.core.plan import build_plan
 from pacslb.core.state import AdminState
 from pacslb.core.validate import load_data
-from pacslb.proxy.http import tls_context
 from pacslb.proxy.runtime import FALLBACK, cookie_id
+from pacslb.proxy.tls import tls_context
 
 pytestmark = pytest.mark.timeout(60)
 GET = b"GET %s HTTP/1.1\r\nHost: vip\r\n%s\r\n"

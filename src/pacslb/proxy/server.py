@@ -143,7 +143,8 @@ class ProxyProcess:
                 tcp = TcpListener(sock, runtime, addr[1])
                 tcp.start()
                 return tcp
-            from pacslb.proxy.http import HttpListener, tls_context
+            from pacslb.proxy.http import HttpListener
+            from pacslb.proxy.tls import tls_context
 
             context = tls_context(list(spec.tls)) if spec.tls else None
             http = HttpListener(sock, runtime, addr[1], context)

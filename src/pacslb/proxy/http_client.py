@@ -1,0 +1,532 @@
+"""One client connection of the l7-http proxy: parses its requests, routes each one to a real
+server (proxy/http_upstream.py carries it there), relays the response back."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from pacslb.core.http import (
+    IDEMPOTENT,
+    NO_BODY,
+    Reject,
+    Request,
+    Response,
+    forwarded_fields,
+    parse_request,
+    upstream_request_head,
+)
+from pacslb.core.http_body import BodyReader, head_overflow
+from pacslb.core.http_response import client_response_head, short_response
+from pacslb.proxy.http_states import (
+    C_BODY,
+    C_CLOSED,
+    C_CONNECT,
+    C_HEAD,
+    C_IDLE,
+    C_LINGER,
+    C_TUNNEL,
+    C_WAIT,
+    HOLD,
+    HOLD_LIMIT,
+    INF,
+    LINGER,
+    REPLAY_LIMIT,
+    STATUS_CLASS,
+    U_HEAD,
+    U_IDLE,
+    UPSTREAM_FULL,
+    Key,
+)
+from pacslb.proxy.http_upstream import Upstream
+from pacslb.proxy.runtime import FALLBACK, ServerStats
+from pacslb.proxy.tls import upstream_tls
+
+if TYPE_CHECKING:
+    from pacslb.proxy.http import HttpListener
+
+_NO_STATS = ServerStats()  # stands in until a connection's first request is routed
+
+
+class ClientConnection(asyncio.Protocol):
+    """One client connection: parses its requests, routes each one, relays the responses."""
+
+    # Defaults at class level keep the per-connection setup short (new connections per second
+    # are the weakest figure of a Python proxy); instances assign what changes.
+    transport: Any = None
+    state = C_IDLE
+    buf = b""
+    deadline = INF
+    fresh = True  # no byte received yet: the first request's clock started at accept
+    eof = False
+    read_block = 0
+    write_paused = False
+    keep = True  # the connection is kept after the current response
+    cookie_name: bytes | None = None  # the persistence cookie of the current service
+    # the exchange in progress
+    req: Request | None = None
+    body: BodyReader | None = None  # the request body still to come
+    label: str | None = None
+    stats: ServerStats = _NO_STATS
+    picked = False  # placed by runtime.pick(): release() it when the exchange ends
+    set_cookie = b""
+    key: Key | None = None
+    up: Upstream | None = None
+    tried: set[str] | None = None  # servers whose connect failed for this request
+    replayable = False
+    sent_body: list[bytes] | None = None  # raw body bytes kept for a close-race replay
+    retried = False
+    responded = False  # a byte of the response went to the client
+    connecting: asyncio.Task[None] | None = None
+
+    def __init__(self, listener: HttpListener) -> None:
+        self.listener = listener
+        assert listener.loop is not None
+        self.loop = listener.loop
+        self.runtime = listener.runtime
+        self.ip = ""
+        self.forwarded = b""
+
+    # --- asyncio.Protocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.ip = peer[0] if peer else "0.0.0.0"
+        listener = self.listener
+        self.forwarded = forwarded_fields(self.ip, listener.tls is not None)
+        listener.clients.add(self)
+        self.deadline = self.loop.time() + listener.runtime.service.timeouts.http_request
+        # A client taken from the accept queue of a closing listener gets its one exchange:
+        # the response of a closing listener always ends the connection (see final_head).
+
+    def data_received(self, data: bytes) -> None:
+        state = self.state
+        if state == C_BODY:
+            self._body(data)
+        elif state <= C_HEAD:
+            self._head(data)
+        elif state == C_TUNNEL:
+            assert self.up is not None
+            self.up.transport.write(data)
+            self.stats.bytes_in += len(data)
+            self.deadline = self.loop.time() + self.runtime.service.timeouts.idle
+        elif state in (C_WAIT, C_CONNECT):
+            self.buf += data  # the next request: it waits for this response (RFC 9112 §9.3.2)
+            if len(self.buf) > HOLD_LIMIT:
+                self._block(HOLD)
+        # C_LINGER, C_CLOSED: discarded
+
+    def eof_received(self) -> bool | None:
+        self.eof = True
+        state = self.state
+        if state == C_TUNNEL:
+            self._end_tunnel()
+        elif state <= C_HEAD or state == C_LINGER:
+            self.close()
+        elif state == C_BODY or self.listener.tls is not None:
+            self.abort()  # a body cut short; or TLS, which cannot stay half-open
+        else:
+            return True  # half-closed: the response still goes out, then the connection closes
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state = C_CLOSED
+        listener = self.listener
+        listener.clients.discard(self)
+        if self.connecting is not None:
+            self.connecting.cancel()
+            self.connecting = None
+        self._drop_upstream()
+        self._end_exchange()
+        if listener.closing and not listener.clients:
+            listener._shutdown()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.up is not None:
+            self.up.pause()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.up is not None:
+            self.up.resume()
+
+    # --- closing and timeouts ----------------------------------------------------------------
+
+    def abort(self) -> None:
+        """Close now: the server was halted, or the exchange broke mid-response."""
+        if self.state != C_CLOSED:
+            self.state = C_CLOSED
+            self.transport.abort()
+        self._drop_upstream()
+
+    def close(self) -> None:
+        if self.state != C_CLOSED:
+            self.state = C_CLOSED
+            self.transport.close()
+
+    def _drop_upstream(self) -> None:
+        up = self.up
+        if up is not None:
+            self.up = None
+            up.abort()
+
+    def _fail(self, status: int) -> None:
+        """Answer a short error and close: after a framing error nothing more is read."""
+        self._drop_upstream()
+        self._end_exchange()
+        if self.state != C_CLOSED:
+            self.transport.write(short_response(status))
+            self.close()
+
+    def listener_closing(self) -> None:
+        if self.state == C_IDLE and not self.buf:
+            self.close()
+        else:
+            self.keep = False
+
+    def timed_out(self) -> None:
+        state = self.state
+        if state == C_IDLE:
+            self.close()  # keep-alive timeout, or a connection that never sent a byte
+        elif state == C_HEAD:
+            self._fail(408)  # slowloris: the header timeout (HAProxy `timeout http-request`)
+        elif state == C_TUNNEL:
+            self._end_tunnel()
+        elif state in (C_WAIT, C_BODY) and not self.responded:
+            up = self.up
+            self._fail(504 if state == C_WAIT and up is not None and up.state == U_HEAD else 408)
+        else:
+            self.abort()
+
+    def _block(self, why: int) -> None:
+        if not self.read_block and self.state != C_CLOSED:
+            self.transport.pause_reading()
+        self.read_block |= why
+
+    def _unblock(self, why: int) -> None:
+        if self.read_block & why:
+            self.read_block &= ~why
+            if not self.read_block and self.state != C_CLOSED:
+                self.transport.resume_reading()
+
+    # --- request side ----------------------------------------------------------------------
+
+    def _head(self, data: bytes) -> None:
+        if self.buf:
+            data = self.buf + data
+            self.buf = b""
+        if self.state == C_IDLE and data[:1] in (b"\r", b"\n"):
+            data = data.lstrip(b"\r\n")  # empty lines before a request (RFC 9112 §2.2)
+            if not data:
+                return
+        end = data.find(b"\r\n\r\n")
+        if end < 0:
+            if self.state == C_IDLE:
+                # The header timeout runs from the first byte (from the accept for the first
+                # request); a complete head never needs it.
+                self.state = C_HEAD
+                if not self.fresh:
+                    timeouts = self.listener.runtime.service.timeouts
+                    self.deadline = self.loop.time() + timeouts.http_request
+            status = head_overflow(data)
+            if status:
+                self._fail(status)
+            else:
+                self.buf = data
+            return
+        runtime = self.runtime = self.listener.runtime
+        persistence = runtime.service.persistence
+        cookie = self.cookie_name = (
+            persistence.cookie.encode() if persistence.kind == "http-cookie" else None
+        )
+        req = parse_request(data[:end], cookie)
+        if isinstance(req, Reject):
+            self._fail(req.status)
+            return
+        if len(data) > end + 4:
+            self.buf = data[end + 4 :]
+        self.req = req
+        self.retried = self.responded = False
+        self.tried = None
+        self.body = None if req.framing == NO_BODY else BodyReader(req.framing, req.length)
+        self.replayable = req.method in IDEMPOTENT
+        if not req.keep_alive:
+            self.keep = False
+        self._route(req)
+
+    def _route(self, req: Request) -> None:
+        """Choose the server for this request (again after a failed connect) and send it."""
+        runtime = self.runtime
+        rs = None
+        self.set_cookie = b""
+        self.picked = False
+        tried = self.tried
+        kind = runtime.service.persistence.kind
+        if kind == "http-cookie" and req.cookie is not None:
+            rs = runtime.by_cookie(req.cookie)  # None: unknown, halted or down server
+            if rs is not None and tried is not None and rs.label in tried:
+                rs = None
+        if rs is None:
+            rs = runtime.pick(self.ip, tried or ())
+            if rs is not None:
+                self.picked = True
+                if kind == "http-cookie":
+                    self.set_cookie = self.listener.cookie_fields(runtime, rs.label)
+        if rs is not None:
+            key: Key = (rs.label, rs.address, rs.port or self.listener.vip_port, rs.reencrypt)
+        else:
+            fallback = runtime.fallback
+            if fallback is None or (tried is not None and FALLBACK in tried):
+                self._fail(503)
+                return
+            key = (FALLBACK, fallback.address, fallback.port or self.listener.vip_port, False)
+        self.label = key[0]
+        self.key = key
+        self.stats = runtime.opened(key[0], self)
+        pool = self.listener.pool
+        while (up := pool.get(key)) is not None:
+            up.pooled = False
+            if up.state == U_IDLE and not up.transport.is_closing():
+                self._attach(up, True)
+                return
+            up.close()
+        self._start_connect(key)
+
+    def _start_connect(self, key: Key) -> None:
+        self.state = C_CONNECT
+        self.deadline = INF  # the connect timeout applies
+        self.connecting = self.loop.create_task(self._connect(key))
+
+    async def _connect(self, key: Key) -> None:
+        label, address, port, tls = key
+        runtime = self.runtime
+        pool = self.listener.pool
+        try:
+            async with asyncio.timeout(runtime.service.timeouts.connect):
+                _, up = await self.loop.create_connection(
+                    lambda: Upstream(pool, key), address, port, ssl=upstream_tls() if tls else None
+                )
+        except (OSError, TimeoutError, ValueError):  # ssl.SSLError is an OSError
+            self.connecting = None
+            if self.state != C_CONNECT or self.req is None:
+                return
+            # Nothing was sent: always safe to try the next server (DESIGN §8).
+            if label != FALLBACK:
+                runtime.connect_failed(label)
+            self._end_exchange()
+            self.tried = (self.tried or set()) | {label}
+            self._route(self.req)
+            return
+        self.connecting = None
+        if self.state != C_CONNECT:
+            up.close()
+        else:
+            self._attach(up, False)
+
+    def _attach(self, up: Upstream, reused: bool) -> None:
+        """Send the request on `up`, with whatever part of its body is here already."""
+        req = self.req
+        assert req is not None
+        self.up = up
+        up.client = self
+        up.reused = reused
+        up.got_bytes = False
+        up.head_request = req.method == b"HEAD"
+        up.cookie_name = self.cookie_name
+        up.state = U_HEAD
+        if self.write_paused:
+            up.pause()
+        head = upstream_request_head(req, self.forwarded)
+        up.transport.write(head)
+        stats = self.stats
+        stats.requests += 1
+        stats.bytes_in += len(head)
+        self.deadline = self.loop.time() + self.runtime.service.timeouts.http_response
+        if self.body is None:
+            self.state = C_WAIT
+            if self.read_block & HOLD and len(self.buf) <= HOLD_LIMIT:
+                self._unblock(HOLD)
+            return
+        self.state = C_BODY
+        self.sent_body = [] if self.replayable else None
+        rest = self.buf
+        self.buf = b""
+        self._unblock(HOLD)
+        if rest:
+            self._body(rest)
+        if self.eof and self.state == C_BODY:
+            self.abort()  # the client half-closed before its body was complete
+
+    def _body(self, data: bytes) -> None:
+        body = self.body
+        up = self.up
+        assert body is not None and up is not None
+        self.deadline = self.loop.time() + self.runtime.service.timeouts.http_response
+        out, used = body.feed(data)
+        if used < 0:
+            # A broken chunked body: the remainder is never forwarded (research/http-proxy.md).
+            if self.responded:
+                self.abort()
+            else:
+                self._fail(400)
+            return
+        if out:
+            up.transport.write(out)
+            self.stats.bytes_in += len(out)
+        kept = self.sent_body
+        if kept is not None:
+            if sum(map(len, kept)) + used > REPLAY_LIMIT:
+                self.sent_body = None
+            else:
+                kept.append(data if used == len(data) else data[:used])
+        if body.done:
+            self.body = None
+            if self.state == C_BODY:
+                self.state = C_WAIT
+            if used < len(data):
+                self.buf += data[used:]
+                if len(self.buf) > HOLD_LIMIT:
+                    self._block(HOLD)
+
+    # --- response side (called by Upstream) --------------------------------------------------
+
+    def interim(self, resp: Response) -> None:
+        """Relay a 1xx (100 Continue, 103 Early Hints), never to an HTTP/1.0 client."""
+        req = self.req
+        assert req is not None
+        if req.version == 11 and self.state != C_CLOSED:
+            head = client_response_head(resp, 11, True)[0]
+            self.responded = True
+            self.transport.write(head)
+            self.stats.bytes_out += len(head)
+
+    def final_head(self, resp: Response) -> tuple[bytes, bool] | None:
+        """The head of the final response -> (head, re-chunk the body); None refuses a 101
+        the client did not ask for. Decides whether the client connection is kept."""
+        req = self.req
+        assert req is not None
+        status = resp.status
+        if status == 101:
+            if req.upgrade is None or resp.upgrade is None:
+                return None
+            keep = True
+        else:
+            # Answered before the request body was complete: close after (lingering).
+            keep = self.keep and self.state != C_BODY and not self.listener.closing
+        head, rechunk_out, keep = client_response_head(resp, req.version, keep, self.set_cookie)
+        self.keep = keep
+        responses = self.stats.responses
+        cls = STATUS_CLASS.get(status // 100, "5xx")
+        responses[cls] = responses.get(cls, 0) + 1
+        self.responded = True
+        return head, rechunk_out
+
+    def start_tunnel(self) -> None:
+        self.state = C_TUNNEL
+        self.deadline = self.loop.time() + self.runtime.service.timeouts.idle
+        rest = self.buf
+        self.buf = b""
+        self._unblock(HOLD)
+        if rest and self.up is not None:
+            self.up.transport.write(rest)
+            self.stats.bytes_in += len(rest)
+
+    def _end_tunnel(self) -> None:
+        up = self.up
+        if up is not None:
+            self.up = None
+            up.close()
+        self._end_exchange()
+        self.close()
+
+    def upstream_failed(self, up: Upstream, status: int) -> None:
+        """The upstream broke the exchange: closed before any response byte, a bad response
+        head (502), a truncated body. A pooled connection that closed just as it was reused
+        gets the request once more on a fresh connection."""
+        self.up = None
+        up.abort()
+        if self.state == C_CLOSED:
+            return
+        req = self.req
+        if (
+            req is not None
+            and self.key is not None
+            and up.reused
+            and not up.got_bytes
+            and not self.responded
+            and not self.retried
+            and self.replayable
+            and self.state == C_WAIT
+            and (req.framing == NO_BODY or self.sent_body is not None)
+        ):
+            # The close race: the server's keep-alive timeout closed the connection as it was
+            # reused. No response byte came and the method is idempotent, so sending it again
+            # is safe (RFC 9110 §9.2.2, research/http-proxy.md). The raw body goes back in
+            # front of the buffer and is framed again.
+            self.retried = True
+            self.stats.requests -= 1
+            if self.sent_body:
+                self.buf = b"".join(self.sent_body) + self.buf
+            if req.framing != NO_BODY:
+                self.body = BodyReader(req.framing, req.length)
+            self._start_connect(self.key)
+        elif self.responded:
+            self._end_exchange()
+            self.abort()
+        else:
+            self._fail(status)
+
+    def response_done(self, up: Upstream, reusable: bool) -> None:
+        """The response is complete: pool the upstream, then the next request (or close)."""
+        self.up = None
+        up.client = None
+        up.state = U_IDLE
+        if up.paused:
+            up.resume()
+        state = self.state
+        now = self.loop.time()
+        if reusable and state == C_WAIT and self.listener.pool.put(up.key, up, now):
+            up.pooled = True
+        else:
+            up.close()
+        self._end_exchange()
+        if state == C_CLOSED:
+            return
+        if state == C_BODY:
+            # Answered before the client finished its body (an early 4xx, a refused
+            # 100-continue): read and discard for a moment, then close, so that a reset does
+            # not destroy the response on its way (a lingering close).
+            self.state = C_LINGER
+            self.deadline = now + LINGER
+            self._unblock(HOLD | UPSTREAM_FULL)
+            if self.listener.tls is None:
+                self.transport.write_eof()
+            return
+        if not self.keep:
+            self.close()
+            return
+        self.state = C_IDLE
+        self.fresh = False
+        self.req = None
+        self.sent_body = None
+        self.deadline = now + self.runtime.service.timeouts.http_keepalive
+        if self.read_block:
+            self._unblock(HOLD | UPSTREAM_FULL)
+        if self.buf:
+            self._head(b"")
+            if self.eof and self.state == C_HEAD:
+                self.close()  # half a request, and the client will send no more
+        elif self.eof:
+            self.close()
+
+    def _end_exchange(self) -> None:
+        """Stop counting the exchange on its server (active count, persistence hold)."""
+        label = self.label
+        if label is not None:
+            self.label = None
+            self.runtime.closed(label, self)
+            if self.picked:
+                self.picked = False
+                self.runtime.release(self.ip, label)
