@@ -13,7 +13,7 @@ from pacslb import __version__
 from pacslb.config import Config, config_json_schema
 from pacslb.errors import ConfigError, PacslbError
 
-EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_INVALID = 0, 1
 DEFAULT_STATE_DIR = Path(os.environ.get("PACSLB_STATE_DIR", "/var/lib/pacslb"))
 
 

@@ -368,18 +368,12 @@ def service_problems(
                 )
     out += _check_port_problems(f"{base}.health_check", vs, check)
 
-    labels: dict[str, int] = {}
+    out += _duplicate_labels(
+        ((j, rs.label) for j, rs in enumerate(vs.real_servers)), f"{base}.real_servers"
+    )
     endpoints: dict[tuple[str, int | None], int] = {}
     for j, rs in enumerate(vs.real_servers):
         path = f"{base}.real_servers[{j}]"
-        if rs.label in labels:
-            out.append(
-                Problem(
-                    f"{path}.label",
-                    f"{rs.label!r} is already used by real_servers[{labels[rs.label]}]",
-                )
-            )
-        labels.setdefault(rs.label, j)
         endpoint = (str(rs.address), rs.port)
         if endpoint in endpoints:
             where = f"{rs.address}" + (f":{rs.port}" if rs.port else "")
@@ -439,25 +433,32 @@ def _overlaps(a: c.VirtualService, b: c.VirtualService) -> bool:
     return wild and a.vip.version == b.vip.version
 
 
+def _duplicate_labels(items: Iterable[tuple[int, str]], list_path: str) -> list[Problem]:
+    """A label used twice in one list: the later entry is named, with the first one's index."""
+    first: dict[str, int] = {}
+    out = []
+    for index, label in items:
+        if label in first:
+            out.append(
+                Problem(
+                    f"{list_path}[{index}].label",
+                    f"{label!r} is already used by {list_path.rsplit('.', 1)[-1]}[{first[label]}]",
+                )
+            )
+        first.setdefault(label, index)
+    return out
+
+
 def cross_service_problems(
     services: Sequence[tuple[int, c.VirtualService, set[str]]],
 ) -> list[Problem]:
     """Rules across services: unique labels, one service per VIP:port/protocol.
 
     The third item of each entry names fields that hold placeholders (skipped here)."""
-    out: list[Problem] = []
-    labels: dict[str, int] = {}
-    for index, vs, placeholders in services:
-        if "label" in placeholders:
-            continue
-        if vs.label in labels:
-            out.append(
-                Problem(
-                    f"virtual_services[{index}].label",
-                    f"{vs.label!r} is already used by virtual_services[{labels[vs.label]}]",
-                )
-            )
-        labels.setdefault(vs.label, index)
+    out = _duplicate_labels(
+        ((i, vs.label) for i, vs, placeholders in services if "label" not in placeholders),
+        "virtual_services",
+    )
     real = [(i, vs) for i, vs, placeholders in services if "vip" not in placeholders]
     for pos, (index, vs) in enumerate(real):
         for other_index, other in real[:pos]:
