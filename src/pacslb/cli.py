@@ -8,10 +8,14 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pacslb import __version__
 from pacslb.config import Config, config_json_schema
 from pacslb.errors import ConfigError, PacslbError
+
+if TYPE_CHECKING:
+    from pacslb.engines.base import Engine
 
 EXIT_OK, EXIT_INVALID = 0, 1
 DEFAULT_STATE_DIR = Path(os.environ.get("PACSLB_STATE_DIR", "/var/lib/pacslb"))
@@ -156,6 +160,15 @@ def _state_dir(args: argparse.Namespace) -> Path:
     return DEFAULT_STATE_DIR
 
 
+def data_planes(state_dir: Path, config: Config) -> list[Engine]:
+    """The kernel engine (layer 4; idle, needing no root, while no service uses it) and the
+    built-in proxy (layer 7; starts its processes only when a service needs them)."""
+    from pacslb.engines.kernel import KernelEngine
+    from pacslb.engines.proxy import ProxyEngine
+
+    return [KernelEngine(state_dir), ProxyEngine(state_dir, config.node.proxy.workers)]
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -168,14 +181,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         print("nothing was started", file=sys.stderr)
         return EXIT_INVALID
-    from pacslb.engines.proxy import ProxyEngine
-
     raise_fd_limit()
     state_dir = Path(args.state_dir) if args.state_dir else config.node.state_dir
 
     async def main() -> None:
         state_dir.mkdir(parents=True, exist_ok=True)
-        engines = [ProxyEngine(state_dir, config.node.proxy.workers)]
+        engines = data_planes(state_dir, config)
         process = ControlProcess(args.file, config, text, engines=engines, state_dir=state_dir)
         await serve(process)
 
@@ -222,8 +233,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         ports = ",".join(str(p) for p in svc["ports"])
         print(
             f"\n{svc['label']}  {svc['vip']}:{ports}/{svc['protocol']}  {svc['mode']}  "
-            f"{svc['scheduler']}  persistence={svc['persistence']}"
-            + ("" if svc["forwarded_by"] else "  NOT FORWARDED (no kernel engine yet)")
+            f"{svc['scheduler']}  persistence={svc['persistence']}  ({svc['forwarded_by']})"
         )
         for rs in svc["real_servers"]:
             port = f":{rs['port']}" if rs["port"] else ""
@@ -275,7 +285,6 @@ def cmd_reload(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from pacslb.control.app import ControlProcess, serve
     from pacslb.control.store import read_config, write_atomic
-    from pacslb.engines.proxy import ProxyEngine
     from pacslb.profiles import demo
 
     state_dir = Path(args.state_dir).resolve()
@@ -298,7 +307,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"--state-dir {state_dir}",
             flush=True,
         )
-        engines = [ProxyEngine(state_dir, config.node.proxy.workers)]
+        engines = data_planes(state_dir, config)
         try:
             await serve(ControlProcess(config_path, config, text, engines, state_dir))
         finally:

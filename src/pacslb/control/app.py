@@ -51,6 +51,9 @@ class ControlProcess:
         self.admin = AdminStateStore(self.state_dir / "admin-state.json")
         self.events = EventLog(self.state_dir / "events.jsonl")
         self.engines = list(engines)
+        for engine in self.engines:  # engines that report what they did to the host (VIPs added)
+            if hasattr(engine, "notify"):
+                engine.notify = self._engine_note(engine.name)
         self.checker = HealthChecker(self._on_transition)
         self.plan: Plan | None = None
         self.started = datetime.now(UTC)
@@ -75,7 +78,6 @@ class ControlProcess:
         self._record("process", f"pacslb {__version__} started (pid {os.getpid()})")
         self._record("config", f"applying revision {rev.number} from {self.config_path}")
         self._prune_admin()
-        self._warn_unforwarded()
         self.checker.configure(self.config)
         await self.publish()
         self.ready = True
@@ -195,22 +197,15 @@ class ControlProcess:
         self.config, self._text, self.revision = config, text, rev.number
         self._record("config", f"applying revision {rev.number} from {self.config_path}")
         self._prune_admin()
-        self._warn_unforwarded()
         self.checker.configure(config)
         await self.publish()
         return {"revision": rev.number}
 
-    def _warn_unforwarded(self) -> None:
-        """Say plainly which services no engine of this release forwards (layer 4 needs the
-        kernel engine, still to come): they are checked and shown, but carry no traffic."""
-        for vs in self.config.virtual_services:
-            if vs.mode.is_kernel:
-                self._record(
-                    "engine",
-                    f"{vs.mode} needs the kernel engine (nftables), which this release does not "
-                    "have yet: this service is health-checked but NOT forwarded",
-                    (vs.label, ""),
-                )
+    def _engine_note(self, name: str) -> Any:
+        def note(message: str) -> None:
+            self._record("engine", f"{name}: {message}")
+
+        return note
 
     def _prune_admin(self) -> None:
         valid = {
@@ -270,7 +265,7 @@ class ControlProcess:
                     "mode": str(svc.mode),
                     "scheduler": str(svc.scheduler),
                     "persistence": svc.persistence.kind,
-                    "forwarded_by": None if svc.mode.is_kernel else "proxy",
+                    "forwarded_by": "kernel" if svc.mode.is_kernel else "proxy",
                     "real_servers": servers,
                 }
             )

@@ -1,0 +1,337 @@
+"""The kernel engine: layer 4 services (l4-dr, l4-nat, l4-snat) as nftables tables `pacslb`.
+
+`apply(plan)` gathers what the render needs from the host (the DR interface and MACs), deals
+each service's slots (core/slots.py), renders (core/nft.py) and runs the script as one
+libnftables transaction. When only weights, admin states or health changed, the structure is
+the same and only the static sets and maps are refilled. Once a second a loop reads the live
+connection counts and counters, and re-deals the slots of `wlc`/`lc` services.
+
+The tables stay when pacslb stops: forwarding goes on, and the next `pacslb run` adopts them
+(their dynamic maps, i.e. DR flows and persistence, are kept; only the chains are refilled).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from pacslb import config as c
+from pacslb.core import nft
+from pacslb.core.plan import Plan, PlanService, ServerKey
+from pacslb.core.slots import service_slots
+from pacslb.engines.base import Counters
+from pacslb.engines.host import Host
+from pacslb.engines.nftables import Nft
+from pacslb.errors import EngineError
+
+POLL_INTERVAL = 1.0
+FAMILIES = ("netdev", "ip", "ip6")
+
+
+class KernelEngine:
+    name = "kernel"
+
+    def __init__(
+        self,
+        state_dir: Path,
+        nft_runner: Nft | None = None,
+        host: Host | None = None,
+        notify: Callable[[str], None] | None = None,
+    ) -> None:
+        self.state_dir = state_dir
+        self._nft = nft_runner
+        self.host = host or Host()
+        self.notify = notify or (lambda message: None)
+        self._plan: Plan | None = None
+        self._facts = nft.KernelFacts()
+        self._live: nft.LiveObjects | None = None  # None: not read from the kernel yet
+        self._shape = ""
+        self._slots: dict[str, tuple[str, ...]] = {}
+        self._active: dict[ServerKey, int] = {}
+        self._totals: dict[ServerKey, int] = {}
+        self._new_flows: dict[ServerKey, int] = {}  # per server, in the last poll interval
+        self._counters: dict[ServerKey, Counters] = {}
+        self._lock = asyncio.Lock()
+        self._poller: asyncio.Task[None] | None = None
+        self._addresses_file = state_dir / "kernel-addresses.json"
+        self.last_update_ms = 0.0  # how long the last nftables transaction took
+
+    @property
+    def nftables(self) -> Nft:
+        if self._nft is None:
+            self._nft = Nft()
+        return self._nft
+
+    # --- applying ------------------------------------------------------------------------
+
+    async def apply(self, plan: Plan) -> None:
+        async with self._lock:
+            await self._apply(plan)
+
+    async def _apply(self, plan: Plan) -> None:
+        services = nft.kernel_services(plan)
+        if not services and self._live is None and not self._addresses():
+            self._plan = plan  # no layer 4 service: leave nftables alone (no root needed)
+            return
+        live = self._live
+        if live is None:
+            live = await asyncio.to_thread(self._read_live)
+        facts = await asyncio.to_thread(self._gather_facts, plan)
+        slots = {svc.label: self._deal(svc) for svc in services}
+        ruleset = nft.render(plan, facts, slots, live)
+        script = ruleset.script if ruleset.shape != self._shape else ruleset.elements
+        self._run(script)
+        self._plan, self._facts, self._slots = plan, facts, slots
+        self._live, self._shape = ruleset.live, ruleset.shape
+        await asyncio.to_thread(self._place_addresses, services)
+        if services and self._poller is None:
+            self._poller = asyncio.get_running_loop().create_task(self._poll())
+
+    def _run(self, script: str) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        self.nftables.run(script)
+        self.last_update_ms = (loop.time() - started) * 1000
+
+    def _deal(self, svc: PlanService) -> tuple[str, ...]:
+        if svc.scheduler not in (c.SchedulerName.WLC, c.SchedulerName.LC) or not self._active:
+            return service_slots(svc)
+        active = {rs.label: self._active.get((svc.label, rs.label), 0) for rs in svc.real_servers}
+        new = sum(self._new_flows.get((svc.label, rs.label), 0) for rs in svc.real_servers)
+        return service_slots(svc, active, new)
+
+    def _read_live(self) -> nft.LiveObjects:
+        """What our tables hold now (a restarted pacslb adopts them, keeping their flows)."""
+        tables: set[str] = set()
+        kinds: dict[str, set[tuple[str, str]]] = {
+            k: set() for k in ("chain", "set", "map", "counter", "ct timeout")
+        }
+        for family in FAMILIES:
+            try:
+                listing = self.nftables.json(f"list table {family} {nft.TABLE}")
+            except EngineError:
+                continue  # no such table
+            tables.add(family)
+            for item in listing.get("nftables", []):
+                for kind in kinds:
+                    obj = item.get(kind.replace(" ", "_"))
+                    if obj is not None and obj.get("table") == nft.TABLE:
+                        kinds[kind].add((family, obj["name"]))
+        return nft.LiveObjects(
+            frozenset(tables),
+            frozenset(kinds["chain"]),
+            frozenset(kinds["set"]),
+            frozenset(kinds["map"]),
+            frozenset(kinds["counter"]),
+            frozenset(kinds["ct timeout"]),
+        )
+
+    def _gather_facts(self, plan: Plan) -> nft.KernelFacts:
+        """DR needs, per service, the LB interface on the real servers' segment and the MAC
+        of every real server (asked by ARP when the neighbour table lacks it)."""
+        links: dict[str, nft.DrLink] = {}
+        wanted: list[str] = []
+        for svc in nft.kernel_services(plan):
+            if svc.mode is not c.Mode.L4_DR:
+                continue
+            endpoints = [(rs.label, rs.address) for rs in svc.real_servers]
+            if svc.fallback is not None:
+                endpoints.append(("fallback", svc.fallback.address))
+            devices: dict[str, str] = {}
+            for label, address in endpoints:
+                route = self.host.route(address)
+                if route.gateway or route.local:
+                    raise EngineError(
+                        f"{svc.label}/{label}: {address} is not on a segment this host is "
+                        f"attached to (route via {route.gateway or 'local'}); Direct Routing "
+                        "needs the load balancer on the real servers' segment"
+                    )
+                devices[label] = route.device
+                wanted.append(address)
+            if len(set(devices.values())) > 1:
+                where = ", ".join(f"{k} on {v}" for k, v in devices.items())
+                raise EngineError(f"{svc.label}: real servers on different interfaces ({where})")
+            if devices:
+                device = next(iter(devices.values()))
+                links[svc.label] = nft.DrLink(device, self.host.link_mac(device))
+        macs = self.host.resolve(sorted(set(wanted))) if wanted else {}
+        missing = sorted(set(wanted) - macs.keys())
+        if missing:
+            raise EngineError(
+                f"no ARP answer from {', '.join(missing)}: Direct Routing needs each real "
+                "server's MAC address (is it up, on this segment?)"
+            )
+        return nft.KernelFacts(links, macs)
+
+    # --- VIP addresses -------------------------------------------------------------------
+
+    def _addresses(self) -> dict[str, str]:
+        """VIPs this engine added to an interface (address -> device), from the state dir."""
+        try:
+            return dict(json.loads(self._addresses_file.read_text()))
+        except (OSError, ValueError):
+            return {}
+
+    def _place_addresses(self, services: tuple[PlanService, ...]) -> None:
+        """Put each VIP on the interface of its subnet so the LB answers ARP for it, when the
+        host does not have it already; take away the ones we added that no service uses.
+
+        A VIP routed to this host by a router (not in any attached subnet) needs no address.
+        Forwarding is switched on for NAT and SNAT."""
+        added = self._addresses()
+        wanted = {svc.vip for svc in services}
+        for address, device in list(added.items()):
+            if address not in wanted:
+                self.host.del_address(address, device)
+                del added[address]
+                self.notify(f"removed VIP {address} from {device}")
+        for svc in services:
+            if svc.vip in added:
+                continue
+            route = self.host.route(svc.vip)
+            if route.local or route.gateway:
+                continue
+            self.host.add_address(svc.vip, route.device)
+            added[svc.vip] = route.device
+            self.notify(f"added VIP {svc.vip} to {route.device}")
+        for version in sorted(
+            {ipaddress.ip_address(s.vip).version for s in services if s.mode is not c.Mode.L4_DR}
+        ):
+            if self.host.enable_forwarding(version):
+                self.notify(f"enabled IPv{version} forwarding (needed by NAT)")
+        tmp = self._addresses_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(added, indent=1))
+        tmp.replace(self._addresses_file)
+
+    # --- counting ------------------------------------------------------------------------
+
+    def counters(self) -> Mapping[ServerKey, Counters]:
+        return self._counters
+
+    async def refresh(self) -> None:
+        """Read counts and counters; re-deal `wlc`/`lc` slots when they moved."""
+        plan = self._plan
+        if plan is None:
+            return
+        services = nft.kernel_services(plan)
+        active = await asyncio.to_thread(self._count_active, services)
+        objects = await asyncio.to_thread(self._read_counters)
+        counters: dict[ServerKey, Counters] = {}
+        new_flows: dict[ServerKey, int] = {}
+        for svc in services:
+            for rs in svc.real_servers:
+                key = (svc.label, rs.label)
+                total = objects.get(nft.flow_counter(*key), (0, 0))[0]
+                new_flows[key] = max(0, total - self._totals.get(key, total))
+                self._totals[key] = total
+                counters[key] = Counters(
+                    active=active.get(key, 0),
+                    total=total,
+                    bytes_in=objects.get(nft.traffic_counter(*key), (0, 0))[1],
+                    bytes_out=objects.get(nft.reply_counter(*key), (0, 0))[1],
+                )
+        self._active, self._new_flows, self._counters = active, new_flows, counters
+        async with self._lock:
+            if self._plan is not plan:
+                return  # a new Plan was applied meanwhile; it dealt its own slots
+            slots = {svc.label: self._deal(svc) for svc in services}
+            if slots != self._slots:
+                ruleset = nft.render(plan, self._facts, slots, self._live or nft.LiveObjects())
+                self._run(ruleset.elements)
+                self._slots = slots
+
+    def _count_active(self, services: tuple[PlanService, ...]) -> dict[ServerKey, int]:
+        out: dict[ServerKey, int] = {}
+        by_mark: dict[int, ServerKey] = {}
+        for svc in services:
+            if svc.mode is c.Mode.L4_DR:
+                out.update(self._dr_flows(svc))
+            else:
+                for rs in svc.real_servers:
+                    by_mark[nft.server_id(svc.label, rs.label)] = (svc.label, rs.label)
+        if by_mark:
+            for mark, n in self.host.conntrack_marks(set(by_mark)).items():
+                out[by_mark[mark]] = n
+        return out
+
+    def _dr_flows(self, svc: PlanService) -> dict[ServerKey, int]:
+        """Live flows per server: the flow map's entries that are not closing."""
+        by_mac = {
+            mac: (svc.label, rs.label)
+            for rs in svc.real_servers
+            if (mac := self._facts.macs.get(rs.address)) is not None
+        }
+        flows = self._elements(f"map netdev {nft.TABLE} {nft.flows_map(svc.label)}")
+        closing = {
+            json.dumps(e)
+            for e in self._elements(f"set netdev {nft.TABLE} {nft.closing_set(svc.label)}")
+        }
+        out = dict.fromkeys(by_mac.values(), 0)
+        for elem in flows:
+            key, mac = elem if isinstance(elem, list) else (elem, None)
+            if json.dumps(_plain(key)) in closing or mac not in by_mac:
+                continue
+            out[by_mac[mac]] += 1
+        return out
+
+    def _elements(self, what: str) -> list[Any]:
+        try:
+            listing = self.nftables.json(f"list {what}")
+        except EngineError:
+            return []
+        for item in listing.get("nftables", []):
+            obj = item.get("map") or item.get("set")
+            if obj is not None:
+                return [_plain(e) for e in obj.get("elem", [])]
+        return []
+
+    def _read_counters(self) -> dict[str, tuple[int, int]]:
+        out: dict[str, tuple[int, int]] = {}
+        for family in self._live.tables if self._live else ():
+            with contextlib.suppress(EngineError):
+                listing = self.nftables.json(f"list counters table {family} {nft.TABLE}")
+                for item in listing.get("nftables", []):
+                    counter = item.get("counter")
+                    if counter is not None:
+                        out[counter["name"]] = (counter["packets"], counter["bytes"])
+        return out
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(POLL_INTERVAL)
+            with contextlib.suppress(EngineError, OSError, ValueError):
+                await self.refresh()
+
+    # --- views and stop ------------------------------------------------------------------
+
+    def ruleset_text(self) -> str:
+        """The live `pacslb` tables as nft prints them (for the WebUI and `pacslb status`)."""
+        parts = []
+        for family in sorted(self._live.tables if self._live else ()):
+            with contextlib.suppress(EngineError):
+                parts.append(self.nftables.run(f"list table {family} {nft.TABLE}"))
+        return "".join(parts)
+
+    async def close(self) -> None:
+        """Stop counting; the tables stay, so forwarding goes on while pacslb is stopped."""
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+            self._poller = None
+
+
+def _plain(value: Any) -> Any:
+    """A set element as listed in JSON: `{"elem": {"val": X, "expires": ...}}` -> X."""
+    if isinstance(value, dict) and "elem" in value:
+        return _plain(value["elem"].get("val"))
+    if isinstance(value, dict) and "concat" in value:
+        return [_plain(v) for v in value["concat"]]
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,152 @@
+"""Both ends of the layer 4 tests, run inside a namespace with `ip netns exec`.
+
+peer.py serve NAME PORT...      greet each connection with NAME, then echo lines;
+                                `bulk N` sends N bytes back (for throughput and counters)
+peer.py wait HOST PORT          return once HOST:PORT accepts (10 s at most)
+peer.py client VIP PORT         a driver: JSON commands on stdin, one JSON answer a line:
+    {"op": "open", "n": 3}        -> names of 3 new held connections
+    {"op": "once", "n": 10}       -> names of 10 connections opened and closed
+    {"op": "ping"}                -> "ok" | "reset" | "closed" | "timeout" per held one
+    {"op": "bulk", "bytes": N}    -> bytes received on a new connection
+    {"op": "close"}               -> closes the held connections
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import threading
+import time
+
+TIMEOUT = 5.0
+
+
+def serve(name: str, ports: list[int]) -> None:
+    def handle(conn: socket.socket) -> None:
+        with conn:
+            try:
+                conn.sendall(f"{name}\n".encode())
+                f = conn.makefile("rb")
+                for line in f:
+                    if line.startswith(b"bulk "):
+                        left = int(line.split()[1])
+                        chunk = b"x" * 65536
+                        while left > 0:
+                            conn.sendall(chunk[: min(left, len(chunk))])
+                            left -= len(chunk)
+                    else:
+                        conn.sendall(line)
+            except OSError:
+                pass
+
+    def listen(port: int) -> None:
+        srv = socket.create_server(("0.0.0.0", port), backlog=512, reuse_port=True)
+        while True:
+            conn, _ = srv.accept()
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+    for port in ports[1:]:
+        threading.Thread(target=listen, args=(port,), daemon=True).start()
+    listen(ports[0])
+
+
+def wait(host: str, port: int) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((host, port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"nothing listens on {host}:{port}")
+
+
+def greet(sock: socket.socket) -> str:
+    data = b""
+    while not data.endswith(b"\n"):
+        part = sock.recv(256)
+        if not part:
+            raise ConnectionError("closed before greeting")
+        data += part
+    return data.decode().strip()
+
+
+def client(vip: str, port: int) -> None:
+    held: list[socket.socket] = []
+
+    def connect() -> tuple[socket.socket | None, str]:
+        s = socket.socket()
+        s.settimeout(TIMEOUT)
+        try:
+            s.connect((vip, port))
+            return s, greet(s)
+        except OSError as exc:
+            s.close()
+            return None, f"error: {exc.__class__.__name__}"
+
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        op = cmd["op"]
+        answer: object
+        if op == "open":
+            names = []
+            for _ in range(cmd["n"]):
+                s, name = connect()
+                if s is not None:
+                    held.append(s)
+                names.append(name)
+            answer = names
+        elif op == "once":
+            names = []
+            for _ in range(cmd["n"]):
+                s, name = connect()
+                if s is not None:
+                    s.close()
+                names.append(name)
+            answer = names
+        elif op == "ping":
+            answer = [ping(s) for s in held]
+        elif op == "bulk":
+            s, _name = connect()
+            got = 0
+            if s is not None:
+                s.sendall(f"bulk {cmd['bytes']}\n".encode())
+                while got < cmd["bytes"]:
+                    part = s.recv(1 << 20)
+                    if not part:
+                        break
+                    got += len(part)
+                s.close()
+            answer = got
+        elif op == "close":
+            for s in held:
+                s.close()
+            held.clear()
+            answer = "closed"
+        else:
+            answer = f"unknown op {op}"
+        print(json.dumps(answer), flush=True)
+
+
+def ping(s: socket.socket) -> str:
+    try:
+        s.sendall(b"ping\n")
+        data = s.recv(64)
+    except ConnectionResetError:
+        return "reset"
+    except TimeoutError:
+        return "timeout"
+    except OSError as exc:
+        return f"error: {exc}"
+    return "ok" if data == b"ping\n" else ("closed" if not data else f"odd: {data!r}")
+
+
+if __name__ == "__main__":
+    what = sys.argv[1]
+    if what == "serve":
+        serve(sys.argv[2], [int(p) for p in sys.argv[3:]])
+    elif what == "wait":
+        wait(sys.argv[2], int(sys.argv[3]))
+    elif what == "client":
+        client(sys.argv[2], int(sys.argv[3]))

@@ -1,0 +1,206 @@
+"""Hosts in network namespaces for the layer 4 tests: a client, a load balancer and real
+servers on bridges, addressed from 198.18.0.0/15 (the benchmarking range), never routed off
+the machine. Every namespace made here is deleted by `close()`, even when a test fails.
+
+Two shapes, as the deployment guide draws them:
+- `one_arm()`: one segment 198.18.0.0/24 (client .10, LB .2, real servers .11-.13) — Direct
+  Routing, the guide's recommendation; the real servers hold the VIP on `lo` with the ARP
+  problem solved (arp_ignore=1, arp_announce=2), as `pacslb realserver` prints.
+- `two_arm()`: clients on 198.18.1.0/24 (client .10, LB .2), real servers on 198.18.2.0/24
+  (LB .1 is their gateway for NAT; with `gateway=False` they have none, for SNAT).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+_serial = itertools.count()
+
+
+def require_root_and_nft() -> None:
+    """Skip (with the reason) where these tests cannot run: CI is root and has nftables."""
+    if os.geteuid() != 0:
+        pytest.skip("network-namespace tests need root (CI runs them as root)")
+    for tool in ("ip", "nft"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed (make test installs it as root)")
+
+
+def sh(*argv: str, check: bool = True) -> str:
+    done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=30)
+    if check and done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)}: {done.stderr.strip()}")
+    return done.stdout
+
+
+@dataclass
+class Host:
+    ns: str
+    address: str  # its main address (first interface)
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def run(self, *argv: str, check: bool = True) -> str:
+        return sh("ip", "netns", "exec", self.ns, *argv, check=check)
+
+    def popen(self, argv: Sequence[str], **kw: object) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(["ip", "netns", "exec", self.ns, *argv], **kw)  # type: ignore[call-overload]
+        self.procs.append(proc)
+        return proc
+
+    def sysctl(self, key: str, value: str) -> None:
+        self.run("sysctl", "-qw", f"{key}={value}")
+
+    def mac(self, dev: str = "eth0") -> str:
+        return str(json.loads(self.run("ip", "-j", "link", "show", "dev", dev))[0]["address"])
+
+    def link_stats(self, dev: str = "eth0") -> dict[str, int]:
+        info = json.loads(self.run("ip", "-j", "-s", "link", "show", "dev", dev))[0]
+        return {
+            "rx_packets": info["stats64"]["rx"]["packets"],
+            "rx_bytes": info["stats64"]["rx"]["bytes"],
+            "tx_packets": info["stats64"]["tx"]["packets"],
+        }
+
+
+class Topology:
+    def __init__(self) -> None:
+        self.tag = f"plb{os.getpid() % 100000}x{next(_serial)}"
+        self.switch = f"{self.tag}-sw"
+        self.hosts: dict[str, Host] = {}
+        self._namespaces: list[str] = []
+        self._ns(self.switch)
+
+    def _ns(self, name: str) -> None:
+        sh("ip", "netns", "add", name)
+        self._namespaces.append(name)
+        sh("ip", "-n", name, "link", "set", "lo", "up")
+
+    def bridge(self, name: str) -> None:
+        sh("ip", "-n", self.switch, "link", "add", name, "type", "bridge")
+        sh("ip", "-n", self.switch, "link", "set", name, "up")
+
+    def host(self, name: str, *links: tuple[str, str]) -> Host:
+        """A namespace with one interface per (bridge, address/prefix): eth0, eth1, ..."""
+        ns = f"{self.tag}-{name}"
+        self._ns(ns)
+        for i, (bridge, cidr) in enumerate(links):
+            port = f"{name}{i}"
+            sh("ip", "link", "add", port, "netns", self.switch, "type", "veth",
+               "peer", "name", f"eth{i}", "netns", ns)  # fmt: skip
+            sh("ip", "-n", self.switch, "link", "set", port, "master", bridge, "up")
+            sh("ip", "-n", ns, "addr", "add", cidr, "dev", f"eth{i}")
+            sh("ip", "-n", ns, "link", "set", f"eth{i}", "up")
+        host = Host(ns, links[0][1].split("/")[0])
+        self.hosts[name] = host
+        return host
+
+    def close(self) -> None:
+        for host in self.hosts.values():
+            for proc in host.procs:
+                if proc.poll() is None:
+                    proc.terminate()
+                    try:
+                        proc.wait(5)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        proc.wait(5)
+        for name in reversed(self._namespaces):
+            sh("ip", "netns", "pids", name, check=False)
+            sh("ip", "netns", "del", name, check=False)
+
+
+def real_server_setup(host: Host, vip: str) -> None:
+    """What `pacslb realserver --vip VIP --os linux` tells an operator to do, for DR."""
+    host.run("ip", "addr", "add", f"{vip}/32", "dev", "lo")
+    host.sysctl("net.ipv4.conf.all.arp_ignore", "1")
+    host.sysctl("net.ipv4.conf.all.arp_announce", "2")
+
+
+@contextlib.contextmanager
+def one_arm(servers: int = 2, vip: str = "198.18.0.100", dr: bool = True) -> Iterator[Topology]:
+    require_root_and_nft()
+    topo = Topology()
+    try:
+        topo.bridge("br0")
+        topo.host("client", ("br0", "198.18.0.10/24"))
+        topo.host("lb", ("br0", "198.18.0.2/24"))
+        for i in range(1, servers + 1):
+            rs = topo.host(f"rs{i}", ("br0", f"198.18.0.{10 + i}/24"))
+            if dr:
+                real_server_setup(rs, vip)
+        yield topo
+    finally:
+        topo.close()
+
+
+@contextlib.contextmanager
+def two_arm(servers: int = 2, gateway: bool = True) -> Iterator[Topology]:
+    require_root_and_nft()
+    topo = Topology()
+    try:
+        topo.bridge("br0")
+        topo.bridge("br1")
+        topo.host("client", ("br0", "198.18.1.10/24"))
+        topo.host("lb", ("br0", "198.18.1.2/24"), ("br1", "198.18.2.1/24"))
+        for i in range(1, servers + 1):
+            rs = topo.host(f"rs{i}", ("br1", f"198.18.2.{10 + i}/24"))
+            if gateway:
+                rs.run("ip", "route", "add", "default", "via", "198.18.2.1")
+        # The client reaches the real servers' subnet only through the LB's VIP.
+        yield topo
+    finally:
+        topo.close()
+
+
+def named_servers(topo: Topology, ports: Sequence[int]) -> None:
+    """On every rs*: a server on `ports` that greets with its name and echoes (netns/peer.py)."""
+    for name, host in topo.hosts.items():
+        if name.startswith("rs"):
+            argv = [sys.executable, str(ROOT / "tests/netns/peer.py"), "serve", name]
+            host.popen([*argv, *map(str, ports)], stdout=subprocess.DEVNULL)
+    for name, host in topo.hosts.items():
+        if name.startswith("rs"):
+            for port in ports:
+                host.run(sys.executable, str(ROOT / "tests/netns/peer.py"), "wait", "127.0.0.1",
+                         str(port))  # fmt: skip
+
+
+class Client:
+    """Drives `peer.py client` in the client's namespace (see its docstring)."""
+
+    def __init__(self, host: Host, vip: str, port: int) -> None:
+        argv = [sys.executable, str(ROOT / "tests/netns/peer.py"), "client", vip, str(port)]
+        self.proc = host.popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def ask(self, **cmd: object) -> object:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the client driver exited")
+        return json.loads(line)
+
+    def open(self, n: int) -> list[str]:
+        return list(self.ask(op="open", n=n))  # type: ignore[call-overload]
+
+    def once(self, n: int) -> list[str]:
+        return list(self.ask(op="once", n=n))  # type: ignore[call-overload]
+
+    def ping(self) -> list[str]:
+        return list(self.ask(op="ping"))  # type: ignore[call-overload]
+
+    def bulk(self, nbytes: int) -> int:
+        return int(self.ask(op="bulk", bytes=nbytes))  # type: ignore[call-overload]
