@@ -80,6 +80,11 @@ class Pacslb:
                         return dict(rs)
         raise KeyError((service, server))
 
+    def connections(self, service: str, server: str, kind: str = "active") -> int:
+        """The engine's count for a server; 0 before its first reading."""
+        counts = self.server(service, server)["connections"]
+        return int(counts[kind]) if counts else 0
+
     def wait_for(self, what: str, ok: Callable[[], bool], timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

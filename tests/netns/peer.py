@@ -23,13 +23,15 @@ TIMEOUT = 5.0
 
 
 def serve(name: str, ports: list[int]) -> None:
-    def handle(conn: socket.socket) -> None:
+    def handle(conn: socket.socket, peer: str) -> None:
         with conn:
             try:
                 conn.sendall(f"{name}\n".encode())
                 f = conn.makefile("rb")
                 for line in f:
-                    if line.startswith(b"bulk "):
+                    if line == b"peer\n":
+                        conn.sendall(f"{peer}\n".encode())
+                    elif line.startswith(b"bulk "):
                         left = int(line.split()[1])
                         chunk = b"x" * 65536
                         while left > 0:
@@ -43,8 +45,8 @@ def serve(name: str, ports: list[int]) -> None:
     def listen(port: int) -> None:
         srv = socket.create_server(("0.0.0.0", port), backlog=512, reuse_port=True)
         while True:
-            conn, _ = srv.accept()
-            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+            conn, addr = srv.accept()
+            threading.Thread(target=handle, args=(conn, addr[0]), daemon=True).start()
 
     for port in ports[1:]:
         threading.Thread(target=listen, args=(port,), daemon=True).start()
@@ -119,6 +121,13 @@ def client(vip: str, port: int) -> None:
                     got += len(part)
                 s.close()
             answer = got
+        elif op == "peer":  # the client address the server sees
+            s, _name = connect()
+            answer = None
+            if s is not None:
+                s.sendall(b"peer\n")
+                answer = greet(s)
+                s.close()
         elif op == "close":
             for s in held:
                 s.close()

@@ -204,3 +204,9 @@ class Client:
 
     def bulk(self, nbytes: int) -> int:
         return int(self.ask(op="bulk", bytes=nbytes))  # type: ignore[call-overload]
+
+    def peer(self) -> str:
+        return str(self.ask(op="peer"))
+
+    def close(self) -> None:
+        self.ask(op="close")
