@@ -50,7 +50,7 @@ def service(**kw: Any) -> dict[str, Any]:
             "timeout": 0.5,
             "rise": 1,
             "fall": 1,
-        },  # fmt: skip
+        },
         "real_servers": [
             {"label": "rs1", "address": "198.18.0.11"},
             {"label": "rs2", "address": "198.18.0.12"},
@@ -112,8 +112,9 @@ def test_held_connections_survive_weight_drain_and_restart_and_halt_cuts(
     # A weight change through the config file and `pacslb reload`.
     cfg = service()
     cfg["virtual_services"][0]["real_servers"][1]["weight"] = 10
-    run.config_path.write_text(__import__("yaml").safe_dump({**cfg, "node": {
-        "state_dir": str(run.state_dir)}}))  # fmt: skip
+    run.config_path.write_text(
+        __import__("yaml").safe_dump({**cfg, "node": {"state_dir": str(run.state_dir)}})
+    )
     run.cli("reload")
     assert c.ping() == ["ok"] * 6
 
@@ -145,8 +146,24 @@ def test_a_failing_health_check_removes_the_server(fresh: Topology, pacslb_in: S
     # Block the health check port on rs2 with its own firewall (its server keeps running).
     rs2.run("nft", "add", "table", "inet", "t")
     rs2.run("nft", "add", "chain", "inet", "t", "in", "{ type filter hook input priority 0; }")
-    rs2.run("nft", "add", "rule", "inet", "t", "in", "tcp", "dport", "4000", "ip", "saddr",
-            "198.18.0.2", "reject", "with", "tcp", "reset")  # fmt: skip
+    rs2.run(
+        "nft",
+        "add",
+        "rule",
+        "inet",
+        "t",
+        "in",
+        "tcp",
+        "dport",
+        "4000",
+        "ip",
+        "saddr",
+        "198.18.0.2",
+        "reject",
+        "with",
+        "tcp",
+        "reset",
+    )
     try:
         run.wait_for("rs2 down", lambda: run.server("DICOM", "rs2")["health"] == "down")
         assert set(c.once(6)) == {"rs1"}
@@ -159,8 +176,9 @@ def test_a_failing_health_check_removes_the_server(fresh: Topology, pacslb_in: S
 def test_dicom_c_store_through_the_dr_vip_on_4000_and_5000(
     pacslb_in: Start, tmp_path: Path
 ) -> None:
-    from tests.integration.test_tcp_proxy import DCMTK_ENV, STORESCU, dataset_part, dicom_ct
     from bench.dicom_files import new_uid
+
+    from tests.integration.test_tcp_proxy import DCMTK_ENV, STORESCU, dataset_part, dicom_ct
 
     with one_arm(servers=2, vip=VIP) as t:
         rx = {}
@@ -174,8 +192,19 @@ def test_dicom_c_store_through_the_dr_vip_on_4000_and_5000(
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )
-        pacslb_in(t.hosts["lb"], service(health_check={"type": "connect", "port": 4000,
-                  "interval": 0.5, "timeout": 0.5, "rise": 1, "fall": 1}))  # fmt: skip
+        pacslb_in(
+            t.hosts["lb"],
+            service(
+                health_check={
+                    "type": "connect",
+                    "port": 4000,
+                    "interval": 0.5,
+                    "timeout": 0.5,
+                    "rise": 1,
+                    "fall": 1,
+                }
+            ),
+        )
         src = tmp_path / "src"
         src.mkdir()
         sent: dict[str, bytes] = {}
@@ -187,15 +216,26 @@ def test_dicom_c_store_through_the_dr_vip_on_4000_and_5000(
             sent[uid] = dataset_part(data)
         files = sorted(str(p) for p in src.iterdir())
         for port in PORTS:  # TCP_NODELAY=1 for dcmtk, as everywhere (research/dicom.md)
-            t.hosts["client"].run("env", "TCP_NODELAY=1", STORESCU, "-aet", "MODALITY",
-                                  "-aec", "PACS", VIP, str(port), *files)  # fmt: skip
+            t.hosts["client"].run(
+                "env",
+                "TCP_NODELAY=1",
+                STORESCU,
+                "-aet",
+                "MODALITY",
+                "-aec",
+                "PACS",
+                VIP,
+                str(port),
+                *files,
+            )
         # storescp names each file <modality>.<SOP instance UID> and wrote what it received.
         received = {
             p.name.split(".", 1)[1]: dataset_part(p.read_bytes())
             for d in rx.values()
             for p in d.iterdir()
         }
-        per_port = {port: sum(len(list(rx[(n, port)].iterdir())) for n in ("rs1", "rs2"))
-                    for port in PORTS}  # fmt: skip
+        per_port = {
+            port: sum(len(list(rx[(n, port)].iterdir())) for n in ("rs1", "rs2")) for port in PORTS
+        }
         assert per_port == {4000: 10, 5000: 10}
         assert received == sent

@@ -97,8 +97,21 @@ class Topology:
         self._ns(ns)
         for i, (bridge, cidr) in enumerate(links):
             port = f"{name}{i}"
-            sh("ip", "link", "add", port, "netns", self.switch, "type", "veth",
-               "peer", "name", f"eth{i}", "netns", ns)  # fmt: skip
+            sh(
+                "ip",
+                "link",
+                "add",
+                port,
+                "netns",
+                self.switch,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                f"eth{i}",
+                "netns",
+                ns,
+            )
             sh("ip", "-n", self.switch, "link", "set", port, "master", bridge, "up")
             sh("ip", "-n", ns, "addr", "add", cidr, "dev", f"eth{i}")
             sh("ip", "-n", ns, "link", "set", f"eth{i}", "up")
@@ -173,8 +186,13 @@ def named_servers(topo: Topology, ports: Sequence[int]) -> None:
     for name, host in topo.hosts.items():
         if name.startswith("rs"):
             for port in ports:
-                host.run(sys.executable, str(ROOT / "tests/netns/peer.py"), "wait", "127.0.0.1",
-                         str(port))  # fmt: skip
+                host.run(
+                    sys.executable,
+                    str(ROOT / "tests/netns/peer.py"),
+                    "wait",
+                    "127.0.0.1",
+                    str(port),
+                )
 
 
 class Client:
