@@ -354,7 +354,7 @@ def _nat_service(t: _Table, svc: PlanService, slots: tuple[str, ...]) -> None:
     ]
     t.chain(sid, *rules)
     t.chain("nat_in", f"{_match(svc)} jump {sid}")
-    t.chain("raw_in", f'{_match(svc)} ct timeout set "{_ct_timeout(svc)}"')
+    t.chain("ct_in", f'ct state new {_match(svc)} ct timeout set "{_ct_timeout(svc)}"')
     idle = int(svc.timeouts.idle)
     if svc.protocol == "tcp":
         policy = f"established: {idle}, close_wait: 60, close: 10"
@@ -390,7 +390,9 @@ def _nat_table(
     flows: list[str] = []
     traffic: list[str] = []
     replies: list[str] = []
-    t.chain("raw_in", "type filter hook prerouting priority raw; policy accept;")
+    # Just after conntrack (-200): the timeout policy attaches to the new, unconfirmed entry
+    # (measured here: at `raw`, before conntrack, it is silently ignored).
+    t.chain("ct_in", "type filter hook prerouting priority -199; policy accept;")
     t.chain("nat_in", "type nat hook prerouting priority dstnat; policy accept;")
     for svc in services:
         _nat_service(t, svc, slots.get(svc.label, ()))
