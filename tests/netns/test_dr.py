@@ -239,3 +239,18 @@ def test_dicom_c_store_through_the_dr_vip_on_4000_and_5000(
         }
         assert per_port == {4000: 10, 5000: 10}
         assert received == sent
+
+
+def test_wlc_sends_new_flows_to_the_least_loaded_server(fresh: Topology, pacslb_in: Start) -> None:
+    run = pacslb_in(fresh.hosts["lb"], service(scheduler="wlc"))
+    run.cli("drain", "DICOM", "rs2")
+    c = Client(fresh.hosts["client"], VIP, 4000)
+    assert set(c.open(6)) == {"rs1"}  # a backlog of 6 on rs1
+    run.cli("online", "DICOM", "rs2")
+    # The engine re-deals the slots from the live flow counts about once a second.
+    run.wait_for("counts", lambda: run.connections("DICOM", "rs1") == 6)
+    time.sleep(1.5)
+    assert set(c.open(4)) == {"rs2"}, "WLC fills the idle server first"
+    time.sleep(1.5)
+    # 6 against 4: the next ones still go to rs2 until the two are even.
+    assert set(c.open(2)) == {"rs2"}
