@@ -30,6 +30,7 @@ from pacslb.engines.nftables import Nft
 from pacslb.errors import EngineError
 
 POLL_INTERVAL = 1.0
+FACTS_EVERY = 10  # polls between re-reading the real servers' MACs
 FAMILIES = ("netdev", "ip", "ip6")
 
 
@@ -60,6 +61,7 @@ class KernelEngine:
         self._poller: asyncio.Task[None] | None = None
         self._addresses_file = state_dir / "kernel-addresses.json"
         self.last_update_ms = 0.0  # how long the last nftables transaction took
+        self._where: tuple[Any, ...] | None = None  # the addresses the facts were read for
 
     @property
     def nftables(self) -> Nft:
@@ -81,14 +83,21 @@ class KernelEngine:
         live = self._live
         if live is None:
             live = await asyncio.to_thread(self._read_live)
-        facts = await asyncio.to_thread(self._gather_facts, plan)
+        # The host is asked (routes, MACs: a few `ip` processes) only when the addresses
+        # change; a drain or a health change is then just the nftables transaction.
+        where = _endpoints(plan)
+        facts = self._facts
+        if where != self._where:
+            facts = await asyncio.to_thread(self._gather_facts, plan)
         slots = {svc.label: self._deal(svc) for svc in services}
         ruleset = nft.render(plan, facts, slots, live)
         script = ruleset.script if ruleset.shape != self._shape else ruleset.elements
         self._run(script)
         self._plan, self._facts, self._slots = plan, facts, slots
         self._live, self._shape = ruleset.live, ruleset.shape
-        await asyncio.to_thread(self._place_addresses, services)
+        if where != self._where:
+            await asyncio.to_thread(self._place_addresses, services)
+            self._where = where
         if services and self._poller is None:
             self._poller = asyncio.get_running_loop().create_task(self._poll())
 
@@ -302,10 +311,26 @@ class KernelEngine:
         return out
 
     async def _poll(self) -> None:
+        ticks = 0
         while True:
             await asyncio.sleep(POLL_INTERVAL)
+            ticks += 1
             with contextlib.suppress(EngineError, OSError, ValueError):
                 await self.refresh()
+                if ticks % FACTS_EVERY == 0:
+                    await self._recheck_facts()
+
+    async def _recheck_facts(self) -> None:
+        """A real server replaced (new MAC) or moved: re-render with what the host says now."""
+        plan = self._plan
+        if plan is None or not any(s.mode is c.Mode.L4_DR for s in nft.kernel_services(plan)):
+            return
+        facts = await asyncio.to_thread(self._gather_facts, plan)
+        async with self._lock:
+            if facts != self._facts and self._plan is plan:
+                ruleset = nft.render(plan, facts, self._slots, self._live or nft.LiveObjects())
+                self._run(ruleset.script)
+                self._facts, self._live, self._shape = facts, ruleset.live, ruleset.shape
 
     # --- views and stop ------------------------------------------------------------------
 
@@ -324,6 +349,14 @@ class KernelEngine:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
             self._poller = None
+
+
+def _endpoints(plan: Plan) -> tuple[Any, ...]:
+    """What the host facts and VIP addresses depend on: modes, VIPs and server addresses."""
+    return tuple(
+        (s.label, s.mode, s.vip, tuple(rs.address for rs in s.real_servers), s.fallback)
+        for s in nft.kernel_services(plan)
+    )
 
 
 def _plain(value: Any) -> Any:
