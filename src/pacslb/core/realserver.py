@@ -81,7 +81,7 @@ def linux(vips: Sequence[str], interface: str = "eth0") -> str:
     if v4:
         out += [f"# {SYSCTL_FILE}:"]
         out += [f"#   {s.replace('=', ' = ')}" for s in sysctls]
-    out += ["# ifupdown (Debian/Ubuntu), in /etc/network/interfaces:"]
+    out += ["# ifupdown (Debian/Ubuntu): the `up` lines in /etc/network/interfaces' lo stanza:"]
     out += ["#   auto lo", "#   iface lo inet loopback"]
     out += [f"#     up ip addr add {a} dev lo" for a in _prefixed(v4, v6)]
     out += ["# or systemd-networkd, /etc/systemd/network/90-pacslb-dr.network:"]
