@@ -327,6 +327,38 @@ def cmd_proxy(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_realserver(args: argparse.Namespace) -> int:
+    from pacslb.core import realserver
+
+    if args.config:
+        servers = realserver.dr_servers(load_config_file(Path(args.config)))
+        text = realserver.for_config(
+            servers, args.os, args.interface, args.lan_adapter, args.loopback_adapter
+        )
+    elif not args.vip:
+        print("pacslb realserver: give --vip ADDR (one or more) or --config FILE", file=sys.stderr)
+        return EXIT_INVALID
+    elif args.os == "linux":
+        text = realserver.linux(args.vip, args.interface)
+    else:
+        text = realserver.windows(args.vip, args.lan_adapter, args.loopback_adapter)
+    sys.stdout.write(text)
+    return EXIT_OK
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from pacslb.control import doctor
+    from pacslb.core import doctor as report
+
+    config = load_config_file(args.file) if args.file else None
+    findings = doctor.run(config)
+    if args.json:
+        print(json.dumps(report.to_json(findings), indent=2))
+    else:
+        sys.stdout.write(report.table(findings))
+    return report.exit_code(findings)
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     print(json.dumps(config_json_schema(), indent=2, sort_keys=True))
     return EXIT_OK
@@ -431,6 +463,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("proxy", help="the l7 data plane process (started by `pacslb run`)")
     p.add_argument("--socket", required=True, help="control socket path")
     p.set_defaults(func=cmd_proxy)
+
+    p = sub.add_parser("realserver", help="print a real server's Direct Routing setup (ARP)")
+    p.add_argument("--vip", action="append", default=[], metavar="ADDR", help="a DR VIP")
+    p.add_argument("--config", "-c", help="every l4-dr VIP of this config, per real server")
+    p.add_argument("--os", choices=["linux", "windows"], default="linux")
+    p.add_argument("--interface", default="eth0", help="linux: the server's LAN interface")
+    p.add_argument("--lan-adapter", default="net", help="windows: the LAN adapter's name")
+    p.add_argument("--loopback-adapter", default="loopback", help="windows: the loopback's")
+    p.set_defaults(func=cmd_realserver)
+
+    p = sub.add_parser("doctor", help="check this host (and a config's real servers)")
+    p.add_argument("file", type=Path, nargs="?", help="the config whose services to probe")
+    p.add_argument("--json", action="store_true", help="one JSON document, for scripts")
+    p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("schema", help="print the config's JSON Schema")
     p.set_defaults(func=cmd_schema)

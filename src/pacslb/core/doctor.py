@@ -1,0 +1,208 @@
+"""`pacslb doctor`'s pure half: what the probes found -> findings in plain words, each with
+what to do, and the report (a table or JSON) with its exit code.
+
+The probes themselves (nft dry runs, routes, ARP and a TCP SYN on a raw socket) are in
+control/doctor.py; this module only turns their answers into words, so that it is tested
+without root.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from typing import Any
+
+from pacslb import config as c
+from pacslb.core.realserver import fix_command
+
+HOST = "this host"
+
+
+class Level(StrEnum):
+    OK = "ok"
+    WARNING = "warning"  # works, but worth knowing; does not fail the run
+    PROBLEM = "problem"  # something will not work until fixed: exit 1
+    SKIPPED = "skipped"  # could not be checked here (say why)
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    check: str  # short and stable, for scripts: nftables, root, forwarding, dr-arp, ...
+    level: Level
+    subject: str  # HOST, or "service/server (address)"
+    message: str
+    fix: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DrProbe:
+    """What to probe for one l4-dr service: its VIP, a port, its real servers."""
+
+    service: str
+    vip: str
+    port: int
+    servers: tuple[tuple[str, str], ...]  # (label, address)
+
+    @property
+    def ipv4(self) -> bool:
+        return ipaddress.ip_address(self.vip).version == 4
+
+    def subject(self, label: str, address: str) -> str:
+        return f"{self.service}/{label} ({address})"
+
+
+def dr_probes(config: c.Config) -> list[DrProbe]:
+    return [
+        DrProbe(
+            svc.label,
+            str(svc.vip),
+            svc.ports[0],
+            tuple((rs.label, str(rs.address)) for rs in svc.real_servers),
+        )
+        for svc in config.virtual_services
+        if svc.mode is c.Mode.L4_DR
+    ]
+
+
+def needs_forwarding(config: c.Config) -> bool:
+    return any(s.mode in (c.Mode.L4_NAT, c.Mode.L4_SNAT) for s in config.virtual_services)
+
+
+def needs_root(config: c.Config) -> bool:
+    return any(s.mode.is_kernel for s in config.virtual_services)
+
+
+# --- findings from probe answers ---------------------------------------------------------
+
+
+def route_finding(
+    probe: DrProbe, label: str, address: str, device: str, gateway: str | None, local: bool
+) -> Finding:
+    subject = probe.subject(label, address)
+    if local:
+        return Finding(
+            "dr-route",
+            Level.PROBLEM,
+            subject,
+            f"{address} is an address of this host, not a real server",
+            "give the real server's own address in the config",
+        )
+    if gateway:
+        return Finding(
+            "dr-route",
+            Level.PROBLEM,
+            subject,
+            f"reached via the router {gateway}: Direct Routing needs the load balancer on the "
+            "real server's own segment (it only rewrites the destination MAC)",
+            f"give this host an interface in {address}'s subnet, or use l4-nat / l4-snat",
+        )
+    return Finding("dr-route", Level.OK, subject, f"on this host's segment via {device}")
+
+
+def unresolved_finding(probe: DrProbe, label: str, address: str, device: str) -> Finding:
+    return Finding(
+        "dr-mac",
+        Level.PROBLEM,
+        probe.subject(label, address),
+        f"no ARP answer for its own address on {device}: its MAC is unknown, so Direct "
+        "Routing cannot send it anything",
+        "check that the server is up and on this segment",
+    )
+
+
+def arp_findings(
+    probe: DrProbe, answering: Iterable[str], lb_mac: str, macs: Mapping[str, str]
+) -> list[Finding]:
+    """Every MAC other than the LB's that answered ARP for the VIP, by real server.
+
+    `macs` maps real server addresses to their MACs (from the neighbour table)."""
+    owners: dict[str, list[tuple[str, str]]] = {}
+    for label, address in probe.servers:
+        if address in macs:
+            owners.setdefault(macs[address].lower(), []).append((label, address))
+    found: list[Finding] = []
+    stealing = sorted({m.lower() for m in answering} - {lb_mac.lower()})
+    for mac in stealing:
+        for label, address in owners.get(mac, []):
+            found.append(
+                Finding(
+                    "dr-arp",
+                    Level.PROBLEM,
+                    probe.subject(label, address),
+                    f"answers ARP for the VIP {probe.vip} (MAC {mac}): the ARP problem is not "
+                    "solved, so clients can reach it directly and bypass the load balancer",
+                    f"on {label}: {fix_command([probe.vip])} (arp_ignore=1, arp_announce=2)",
+                )
+            )
+        if mac not in owners:
+            found.append(
+                Finding(
+                    "dr-arp",
+                    Level.PROBLEM,
+                    f"{probe.service} (MAC {mac})",
+                    f"a host that is not one of this service's real servers answers ARP for "
+                    f"the VIP {probe.vip}: an address conflict",
+                    "find the host by its MAC and take the VIP off its LAN interface",
+                )
+            )
+    if not stealing:
+        found.append(
+            Finding(
+                "dr-arp",
+                Level.OK,
+                probe.service,
+                f"no real server answers ARP for the VIP {probe.vip}",
+            )
+        )
+    return found
+
+
+def vip_finding(probe: DrProbe, label: str, address: str, answered: bool) -> Finding:
+    """The answer to a SYN for VIP:port sent to the real server's MAC."""
+    subject = probe.subject(label, address)
+    if answered:
+        return Finding(
+            "dr-vip", Level.OK, subject, f"accepts packets for the VIP {probe.vip}:{probe.port}"
+        )
+    return Finding(
+        "dr-vip",
+        Level.PROBLEM,
+        subject,
+        f"does not accept a packet for the VIP {probe.vip}:{probe.port} sent to its MAC (no "
+        "SYN-ACK or RST): the VIP is not on its loopback, or a firewall drops the port",
+        f"on {label}: {fix_command([probe.vip])}",
+    )
+
+
+# --- the report --------------------------------------------------------------------------
+
+
+def exit_code(findings: Sequence[Finding]) -> int:
+    return 1 if any(f.level is Level.PROBLEM for f in findings) else 0
+
+
+def to_json(findings: Sequence[Finding]) -> dict[str, Any]:
+    return {
+        "ok": exit_code(findings) == 0,
+        "problems": sum(f.level is Level.PROBLEM for f in findings),
+        "warnings": sum(f.level is Level.WARNING for f in findings),
+        "findings": [{**asdict(f), "level": f.level.value} for f in findings],
+    }
+
+
+def table(findings: Sequence[Finding]) -> str:
+    width = max([len(f.subject) for f in findings] + [7])
+    lines = [f"{'STATUS':<8} {'CHECK':<10} {'WHERE':<{width}}  FINDING"]
+    for f in findings:
+        lines.append(f"{f.level.value:<8} {f.check:<10} {f.subject:<{width}}  {f.message}")
+        if f.fix and f.level in (Level.PROBLEM, Level.WARNING):
+            lines.append(f"{'':<8} {'':<10} {'':<{width}}  fix: {f.fix}")
+    problems = sum(f.level is Level.PROBLEM for f in findings)
+    warnings = sum(f.level is Level.WARNING for f in findings)
+    if problems:
+        lines.append(f"\n{problems} problem(s), {warnings} warning(s): see the fixes above")
+    else:
+        lines.append(f"\nall is well ({warnings} warning(s))")
+    return "\n".join(lines) + "\n"

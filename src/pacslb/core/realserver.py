@@ -1,0 +1,147 @@
+"""What a real server needs for Direct Routing, as commands an operator can paste.
+
+In DR the load balancer hands a client's packet to the real server unchanged but for the
+destination MAC, so the packet is still addressed to the VIP: the real server must own the
+VIP, and must not answer ARP for it (the "ARP problem"), or clients' routers learn the real
+server's MAC for the VIP and bypass the load balancer. Linux: the VIP on `lo`, with
+arp_ignore=1 (answer only for addresses on the interface asked) and arp_announce=2 (never use
+the VIP as the source of an ARP request). Windows: the VIP on the Microsoft KM-TEST Loopback
+Adapter with the weak host model enabled, as the Loadbalancer.org appliance guide's appendix
+does for Windows Server 2012 and later.
+
+Pure text: no I/O; `pacslb realserver` prints it and `pacslb doctor` points at it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pacslb import config as c
+
+SYSCTL_FILE = "/etc/sysctl.d/90-pacslb-dr.conf"
+
+
+@dataclass(frozen=True, slots=True)
+class DrServer:
+    """One real server address and every l4-dr VIP it must hold (from a config)."""
+
+    address: str
+    labels: tuple[str, ...]  # its labels, in the order the config names them
+    vips: tuple[str, ...]
+
+
+def dr_servers(config: c.Config) -> list[DrServer]:
+    """Real servers of the config's l4-dr services, grouped by address (one server can serve
+    several VIPs), in config order."""
+    labels: dict[str, list[str]] = {}
+    vips: dict[str, list[str]] = {}
+    for svc in config.virtual_services:
+        if svc.mode is not c.Mode.L4_DR:
+            continue
+        for rs in svc.real_servers:
+            address = str(rs.address)
+            for items, value in ((labels, rs.label), (vips, str(svc.vip))):
+                seen = items.setdefault(address, [])
+                if value not in seen:
+                    seen.append(value)
+    return [DrServer(a, tuple(labels[a]), tuple(vips[a])) for a in labels]
+
+
+def _split(vips: Sequence[str]) -> tuple[list[str], list[str]]:
+    v4 = [v for v in vips if ipaddress.ip_address(v).version == 4]
+    v6 = [v for v in vips if ipaddress.ip_address(v).version == 6]
+    return v4, v6
+
+
+def linux(vips: Sequence[str], interface: str = "eth0") -> str:
+    """Shell commands for a Linux real server (run as root), then what keeps them on reboot
+    (as comments: pasting the whole text changes nothing on disk)."""
+    v4, v6 = _split(vips)
+    sysctls = [
+        f"net.ipv4.conf.{scope}.{key}={value}"
+        for scope in ("all", interface)
+        for key, value in (("arp_ignore", 1), ("arp_announce", 2))
+    ]
+    out = [
+        f"# Direct Routing on a Linux real server: VIP {', '.join(vips)} (run as root)",
+        "# Answer ARP only for addresses on the interface asked (arp_ignore=1) and never",
+        "# announce the VIP as an ARP source (arp_announce=2): the VIP stays the load",
+        f"# balancer's on the LAN. `{interface}` is the server's LAN interface (--interface).",
+    ]
+    out += [f"sysctl -w {s}" for s in sysctls] if v4 else []
+    out += ["# The VIP on the loopback interface: the server accepts packets addressed to it."]
+    out += [f"ip addr add {v}/32 dev lo" for v in v4]
+    if v6:
+        out += ["# IPv6: neighbour discovery answers only for addresses on the interface asked,"]
+        out += ["# so an address on lo needs no sysctl."]
+        out += [f"ip -6 addr add {v}/128 dev lo" for v in v6]
+    out += ["", "# To keep this across reboots:"]
+    if v4:
+        out += [f"# {SYSCTL_FILE}:"]
+        out += [f"#   {s.replace('=', ' = ')}" for s in sysctls]
+    out += ["# ifupdown (Debian/Ubuntu): the `up` lines in /etc/network/interfaces' lo stanza:"]
+    out += ["#   auto lo", "#   iface lo inet loopback"]
+    out += [f"#     up ip addr add {a} dev lo" for a in _prefixed(v4, v6)]
+    out += ["# or systemd-networkd, /etc/systemd/network/90-pacslb-dr.network:"]
+    out += ["#   [Match]", "#   Name=lo", "#   [Network]"]
+    out += [f"#   Address={a}" for a in _prefixed(v4, v6)]
+    return "\n".join(out) + "\n"
+
+
+def _prefixed(v4: Sequence[str], v6: Sequence[str]) -> list[str]:
+    return [f"{v}/32" for v in v4] + [f"{v}/128" for v in v6]
+
+
+def windows(vips: Sequence[str], lan: str = "net", loopback: str = "loopback") -> str:
+    """Commands for an elevated Command Prompt on Windows Server 2012/2016/2019/2022; netsh
+    keeps its settings across reboots."""
+    v4, v6 = _split(vips)
+    out = [
+        f"REM Direct Routing on a Windows real server: VIP {', '.join(vips)}",
+        "REM 1. Install the Microsoft KM-TEST Loopback Adapter: Device Manager > Action > Add",
+        "REM    legacy hardware > install manually > Network adapters > Microsoft > Microsoft",
+        "REM    KM-TEST Loopback Adapter (or run hdwwiz.exe).",
+        f'REM 2. Name the LAN adapter "{lan}" and the loopback adapter "{loopback}" in Network',
+        "REM    Connections, or pass their names with --lan-adapter / --loopback-adapter: the",
+        "REM    names below must match the adapters' names exactly.",
+        "REM 3. The loopback adapter gets no default gateway and must not register its",
+        "REM    address in DNS (IPv4 properties > Advanced > DNS > untick 'Register this",
+        "REM    connection's addresses in DNS'), or clients would find the server by the VIP:",
+        f"powershell -Command \"Set-DnsClient -InterfaceAlias '{loopback}' "
+        '-RegisterThisConnectionsAddress $false"',
+        "REM 4. The VIP on the loopback adapter, with a host mask so it routes nothing:",
+    ]
+    out += [f'netsh interface ipv4 add address "{loopback}" {v} 255.255.255.255' for v in v4]
+    out += [f'netsh interface ipv6 add address "{loopback}" {v}/128' for v in v6]
+    out += [
+        "REM 5. The weak host model: the LAN adapter accepts packets for the VIP, and the",
+        "REM    loopback adapter's address may be the source of replies sent out of the LAN.",
+    ]
+    for family in (["ipv4"] if v4 else []) + (["ipv6"] if v6 else []):
+        out += [
+            f'netsh interface {family} set interface "{lan}" weakhostreceive=enabled',
+            f'netsh interface {family} set interface "{loopback}" weakhostreceive=enabled',
+            f'netsh interface {family} set interface "{loopback}" weakhostsend=enabled',
+        ]
+    return "\n".join(out) + "\n"
+
+
+def for_config(
+    servers: Sequence[DrServer], os: str, interface: str, lan: str, loopback: str
+) -> str:
+    """Every DR real server of a config, each with its own block."""
+    if not servers:
+        return "# no l4-dr virtual service in this config: real servers need no change\n"
+    blocks = []
+    for s in servers:
+        head = f"{'REM' if os == 'windows' else '#'} === {', '.join(s.labels)} ({s.address})"
+        body = linux(s.vips, interface) if os == "linux" else windows(s.vips, lan, loopback)
+        blocks.append(head + "\n" + body)
+    return "\n".join(blocks)
+
+
+def fix_command(vips: Sequence[str]) -> str:
+    """The command `pacslb doctor` suggests for a real server that is not set up."""
+    return "pacslb realserver " + " ".join(f"--vip {v}" for v in vips) + " --os linux"
