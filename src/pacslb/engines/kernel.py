@@ -104,7 +104,14 @@ class KernelEngine:
     def _run(self, script: str) -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
-        self.nftables.run(script)
+        try:
+            self.nftables.run(script)
+        except EngineError as exc:
+            if "not permitted" in str(exc):
+                raise EngineError(
+                    f"{exc}: layer 4 services need root (CAP_NET_ADMIN) for nftables"
+                ) from exc
+            raise
         self.last_update_ms = (loop.time() - started) * 1000
 
     def _deal(self, svc: PlanService) -> tuple[str, ...]:
