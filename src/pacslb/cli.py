@@ -404,7 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=cmd_admin)
 
     p = sub.add_parser("events", help="the event log: health, admin, config, plan")
-    p.add_argument("--kind", choices=["health", "admin", "config", "plan", "engine", "process"])
+    kinds = ["health", "admin", "config", "plan", "engine", "process", "auth", "webui"]
+    p.add_argument("--kind", choices=kinds)
     p.add_argument("--service")
     p.add_argument("--limit", type=int, default=50)
     locate(p)
