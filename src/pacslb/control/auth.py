@@ -115,6 +115,12 @@ class AuthStore:
         ok = a.verify_password(password, entry["hash"] if entry else _DUMMY_HASH)
         return a.Role(entry["role"]) if ok and entry else None
 
+    def stamp(self, user: str) -> tuple[str, a.Role] | None:
+        """The user's current password hash and role, to check sessions against: `pacslb
+        passwd` (another process) ends the sessions of the user whose password it changes."""
+        entry = _read(self.users_path, "users").get(user)
+        return None if entry is None else (str(entry["hash"]), a.Role(entry["role"]))
+
     def tokens(self) -> list[TokenInfo]:
         return [
             TokenInfo(tid, t["name"], a.Role(t["role"]), t["created"], t.get("by", ""))
@@ -178,10 +184,11 @@ class Security:
         if self.limiter.blocked(client, now):
             raise RateLimited(self.limiter.retry_after(client, now))
         role = self.store.check_password(user, password)
-        if role is None:
+        stamp = self.store.stamp(user)
+        if role is None or stamp is None:
             self.limiter.failure(client, now)
             raise LoginRefused("wrong user name or password")
-        return self.sessions.create(user, role, now)
+        return self.sessions.create(user, role, now, stamp[0])
 
     def csrf(self, session: a.Session) -> str:
         return a.csrf_token(self.secret, session.id)
@@ -193,7 +200,13 @@ class Security:
             info = self.store.check_token(credentials.strip())
             return None if info is None else Principal(f"token:{info.name}", info.role)
         session = self.sessions.get(request.cookies.get(SESSION_COOKIE), time.monotonic())
-        return None if session is None else Principal(session.user, session.role, session)
+        if session is None:
+            return None
+        current = self.store.stamp(session.user)
+        if current is None or current[0] != session.stamp:
+            self.sessions.end(session.id)  # password changed or user removed since login
+            return None
+        return Principal(session.user, current[1], session)
 
     def anonymous_metrics(self, request: Request) -> bool:
         if not self.metrics_allow or request.client is None:

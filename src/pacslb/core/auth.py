@@ -119,6 +119,7 @@ class Session:
     user: str
     role: Role
     expires: float
+    stamp: str = ""  # the user's password hash at login: a changed password ends the session
 
 
 class SessionTable:
@@ -128,9 +129,9 @@ class SessionTable:
         self.lifetime = lifetime
         self._sessions: dict[str, Session] = {}
 
-    def create(self, user: str, role: Role, now: float) -> Session:
+    def create(self, user: str, role: Role, now: float, stamp: str = "") -> Session:
         self._expire(now)
-        session = Session(secrets.token_urlsafe(32), user, role, now + self.lifetime)
+        session = Session(secrets.token_urlsafe(32), user, role, now + self.lifetime, stamp)
         self._sessions[session.id] = session
         return session
 
@@ -145,11 +146,6 @@ class SessionTable:
 
     def end(self, session_id: str) -> None:
         self._sessions.pop(session_id, None)
-
-    def end_user(self, user: str) -> None:
-        """A changed password ends that user's sessions."""
-        for sid in [s.id for s in self._sessions.values() if s.user == user]:
-            del self._sessions[sid]
 
     def _expire(self, now: float) -> None:
         for sid in [s.id for s in self._sessions.values() if s.expires <= now]:
