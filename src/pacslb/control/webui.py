@@ -69,7 +69,8 @@ async def form_of(request: Request) -> dict[str, str]:
 
 def _safe_next(target: str | None) -> str:
     """Only a path on this server (never //elsewhere): no open redirect after login."""
-    return target if target and re.fullmatch(r"/[\w\-./]*", target) else "/"
+    ok = target and re.fullmatch(r"/[\w\-./]*", target) and not target.startswith("//")
+    return target if ok and target else "/"
 
 
 @router.get("/login")
@@ -203,14 +204,16 @@ def service_from_form(old: dict[str, Any], form: dict[str, str]) -> dict[str, An
     kind = form.get("persistence.type", "none")
     persistence = dict(old.get("persistence", {}))
     if persistence.get("type", "none") != kind:
-        persistence = {"type": kind}
+        persistence = {}
+    persistence["type"] = kind
     if kind == "source-ip":
         _put(persistence, "timeout", form.get("persistence.timeout"))
     svc["persistence"] = persistence
     kind = form.get("health_check.type", "connect")
     check = dict(old.get("health_check", {}))
     if check.get("type", "connect") != kind:
-        check = {"type": kind}
+        check = {}
+    check["type"] = kind
     if kind != "none":
         for key in CHECK_FIELDS:
             if key in ("path", "expect") and kind != "http":
@@ -227,7 +230,9 @@ def server_from_form(old: dict[str, Any], form: dict[str, str]) -> dict[str, Any
     return rs
 
 
-def field_errors(problems: tuple[Problem, ...], prefix: str) -> tuple[dict[str, str], list[str]]:
+def field_errors(
+    problems: tuple[Problem, ...], prefix: str, known: set[str]
+) -> tuple[dict[str, str], list[str]]:
     """Problems under `prefix` by form field (`health_check.path`, `ports`), the rest as a list.
 
     `virtual_services[2].ports[1]` -> field `ports`; a list index inside a field is dropped."""
@@ -236,7 +241,7 @@ def field_errors(problems: tuple[Problem, ...], prefix: str) -> tuple[dict[str, 
     for p in problems:
         if p.path.startswith(prefix + ".") or p.path == prefix:
             name = re.sub(r"\[\d+\]$", "", p.path[len(prefix) + 1 :])
-            if name and "[" not in name:
+            if name in known:
                 fields[name] = f"{fields[name]}; {p.message}" if name in fields else p.message
                 continue
         other.append(str(p))
@@ -293,7 +298,7 @@ async def _apply_form(
     try:
         await process_of(request).apply_config(dump_text(data), comment, by=who.name)
     except ConfigError as exc:
-        errors, other = field_errors(exc.problems, prefix)
+        errors, other = field_errors(exc.problems, prefix, set(await form_of(request)))
         return page(request, who, template, 422, errors=errors, other=other, **context)
     return back(done)
 
