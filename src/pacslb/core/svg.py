@@ -82,8 +82,9 @@ def line_chart(
     for i in range(5):  # time labels
         t = start + span * i / 4
         label = datetime.fromtimestamp(t, UTC).strftime("%H:%M")
+        anchor = ("start", "middle", "middle", "middle", "end")[i]  # the ends stay inside
         out.append(
-            f'<text x="{x(t):.1f}" y="{height - 6}" text-anchor="middle" class="axis">'
+            f'<text x="{x(t):.1f}" y="{height - 6}" text-anchor="{anchor}" class="axis">'
             f"{label}</text>"
         )
     for n, ln in enumerate(lines):
