@@ -376,7 +376,12 @@ async def _start_web(process: ControlProcess) -> Any:
     from pacslb.control.web import WebServer
 
     web = WebServer(process)
-    await web.start()
+    try:
+        await web.start()
+    except Exception as exc:  # no WebUI is bad; no load balancer would be worse
+        process._record("webui", f"WebUI not started: {exc!r}")
+        await web.close()
+        return None
     return web
 
 
