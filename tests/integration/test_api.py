@@ -6,6 +6,7 @@ no data-plane engine, except where a test brings a small one to see engine bookk
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -230,6 +231,7 @@ class KernelLike:
     def __init__(self) -> None:
         self.fail = False
         self.applied = 0
+        self.count = Counters(active=3, total=40, bytes_in=1000, bytes_out=5000)
 
     async def apply(self, plan: Plan) -> None:
         if self.fail:
@@ -237,7 +239,7 @@ class KernelLike:
         self.applied += 1
 
     def counters(self) -> dict[ServerKey, Counters]:
-        return {("Web", "Srv1"): Counters(active=3, total=40, bytes_in=1000, bytes_out=5000)}
+        return {("Web", "Srv1"): self.count}
 
     def ruleset_text(self) -> str:
         return "table inet pacslb {\n}\n"
@@ -268,6 +270,25 @@ def test_engine_reapply_records_and_metrics(tmp_path: Path) -> None:
             'pacslb_real_server_admin_state{server="Srv2",service="Web",state="online"} 1.0' in text
         )
         assert "pacslb_config_revision 1.0" in text
+
+
+def test_reports_draw_the_sampled_counters(tmp_path: Path) -> None:
+    with web_client(tmp_path) as (client, process):
+        engine = KernelLike()
+        process.engines.append(engine)  # type: ignore[arg-type]
+        login(client)
+        sampler = client.app.state.sampler  # type: ignore[attr-defined]
+        now = time.time()
+        sampler.sample(now - 20)
+        engine.count = Counters(active=5, total=100, bytes_in=11_000, bytes_out=55_000)
+        sampler.sample(now - 10)
+        page = client.get("/reports").text
+        assert page.count("<svg") == 8  # per VIP: connections and throughput, VIP and servers
+        web = page[page.index('data-service="Web"') : page.index('data-service="DICOM"')]
+        assert "Web: throughput (last hour)" in web and "<polyline" in web
+        assert "Web open: latest 5" in web and "Web new/s: latest 6" in web
+        assert "Web: latest 6.0kB/s" in web  # 60,000 bytes in 10 s
+        assert "<svg" in client.get("/reports?span=day").text
 
 
 def test_tokens_create_use_revoke(tmp_path: Path) -> None:
