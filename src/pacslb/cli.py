@@ -282,6 +282,32 @@ def cmd_reload(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_passwd(args: argparse.Namespace) -> int:
+    """Set a WebUI/API user's password (stored as a scrypt hash); ends that user's sessions."""
+    import getpass
+
+    from pacslb.control.auth import AuthStore
+    from pacslb.core.auth import Role, password_problem
+
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass(f"new password for {args.user}: ")
+        if getpass.getpass("again: ") != password:
+            print("pacslb passwd: the passwords differ; nothing changed", file=sys.stderr)
+            return EXIT_INVALID
+    problem = password_problem(password)
+    if problem:
+        print(f"pacslb passwd: {problem}; nothing changed", file=sys.stderr)
+        return EXIT_INVALID
+    state_dir = _state_dir(args)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    role = Role(args.role) if args.role else None
+    AuthStore(state_dir).set_password(args.user, password, role)
+    print(f"password of {args.user} changed in {state_dir}")
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from pacslb.control.app import ControlProcess, serve
     from pacslb.control.store import read_config, write_atomic
@@ -445,7 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=cmd_admin)
 
     p = sub.add_parser("events", help="the event log: health, admin, config, plan")
-    p.add_argument("--kind", choices=["health", "admin", "config", "plan", "engine", "process"])
+    kinds = ["health", "admin", "config", "plan", "engine", "process", "auth", "webui"]
+    p.add_argument("--kind", choices=kinds)
     p.add_argument("--service")
     p.add_argument("--limit", type=int, default=50)
     locate(p)
@@ -454,6 +481,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reload", help="re-read the config file of the running pacslb")
     locate(p)
     p.set_defaults(func=cmd_reload)
+
+    p = sub.add_parser("passwd", help="set the password of a WebUI/REST API user")
+    p.add_argument("--user", default="admin", help="user name (default admin)")
+    p.add_argument(
+        "--role", choices=["admin", "readonly"], help="role (a new user: admin; else unchanged)"
+    )
+    p.add_argument("--password-stdin", action="store_true", help="read it from standard input")
+    locate(p)
+    p.set_defaults(func=cmd_passwd)
 
     p = sub.add_parser("demo", help="the McKesson deployment on loopback with demo servers")
     p.add_argument("--state-dir", default="state/demo", help="where the demo keeps its state")

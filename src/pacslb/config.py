@@ -350,10 +350,44 @@ class VirtualService(Model):
         return parse_ports(value)
 
 
+def _network(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return ipaddress.ip_network(value.strip(), strict=False)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an address or network (10.0.0.0/24)") from None
+    return value
+
+
+IPNetwork = Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, BeforeValidator(_network)]
+
+
 class WebUI(Model):
-    listen: str = Field("0.0.0.0:9443", pattern=r"^(\[[0-9A-Fa-f:.]+\]|[0-9.]+|[\w.-]+):\d{1,5}$")
+    """The WebUI, REST API and /metrics (HTTPS), served by the control process."""
+
+    enabled: bool = Field(True, description="serve the WebUI and REST API")
+    listen: str = Field(
+        "0.0.0.0:9443",
+        pattern=r"^(\[[0-9A-Fa-f:.]+\]|[0-9.]+|[\w.-]+):\d{1,5}$",
+        description="address:port, e.g. 0.0.0.0:9443 or [::]:9443",
+    )
     certificate: Path | None = Field(None, description="PEM; unset = a generated self-signed one")
     key: Path | None = None
+    session_lifetime: int = Field(
+        8 * 3600, ge=60, le=7 * 86400, description="seconds a login lasts (default: one shift)"
+    )
+    metrics_allow: list[IPNetwork] = Field(
+        default_factory=list,
+        description="networks that may read /metrics without a token (e.g. the Prometheus host)",
+    )
+    sample_interval: float = Field(
+        10.0, ge=1, le=300, description="seconds between samples for the Reports graphs"
+    )
+
+    def address(self) -> tuple[str, int]:
+        """(host, port) of `listen`; brackets of an IPv6 address removed."""
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
 
 
 class HASettings(Model):

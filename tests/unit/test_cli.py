@@ -120,3 +120,20 @@ def test_check_reads_standard_input(
     monkeypatch.setattr("sys.stdin", io.StringIO(text))
     assert main(["check", "-"]) == 0
     assert "-: OK: 5 virtual services" in capsys.readouterr().out
+
+
+def test_passwd_sets_a_hashed_password_and_refuses_a_short_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import io
+
+    from pacslb.control.auth import AuthStore
+    from pacslb.core.auth import Role
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))
+    assert main(["passwd", "--password-stdin", "--state-dir", str(tmp_path)]) == 1
+    assert "at least 8" in capsys.readouterr().err
+    monkeypatch.setattr("sys.stdin", io.StringIO("a long password\n"))
+    argv = ["passwd", "--user", "ro", "--role", "readonly", "--password-stdin"]
+    assert main([*argv, "--state-dir", str(tmp_path)]) == 0
+    assert AuthStore(tmp_path).check_password("ro", "a long password") is Role.READONLY

@@ -12,7 +12,9 @@ import asyncio
 import contextlib
 import os
 import signal
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,16 +24,32 @@ from pacslb import config as c
 from pacslb.control.checker import HealthChecker
 from pacslb.control.events import Event, EventLog
 from pacslb.control.probes import ProbeResult
-from pacslb.control.store import AdminStateStore, ConfigStore, read_config
+from pacslb.control.store import (
+    AdminStateStore,
+    ConfigStore,
+    absolute_paths,
+    read_config,
+    write_atomic,
+)
 from pacslb.core.health import Transition
 from pacslb.core.plan import Plan, ServerKey, build_plan, diff_plans
 from pacslb.core.state import AdminState
+from pacslb.core.validate import dump_text, load_text
 from pacslb.engines.base import Counters, Engine
 from pacslb.errors import ConfigError, EngineError, PacslbError
 
 
 class UnknownTarget(PacslbError):
     """A command named a virtual service or real server the config does not have."""
+
+
+@dataclass(frozen=True, slots=True)
+class EngineRecord:
+    """The last Plan an engine took, and its last failure (for /metrics and the WebUI)."""
+
+    applied_at: float | None = None  # unix time of the last successful apply
+    error: str | None = None  # the last apply's error; None once an apply succeeds
+    error_at: float | None = None
 
 
 class ControlProcess:
@@ -62,6 +80,7 @@ class ControlProcess:
         self._publish_pending = False
         self._publish_lock = asyncio.Lock()
         self._failed_engines: set[str] = set()  # retried on the next publish even if unchanged
+        self.engine_records: dict[str, EngineRecord] = {}
         self._tasks: set[asyncio.Task[Any]] = set()  # strong refs: the loop keeps only weak ones
         self._stopping = asyncio.Event()
         self.ready = False  # start() has finished: every engine has its first Plan
@@ -100,21 +119,22 @@ class ControlProcess:
     def current_plan(self) -> Plan:
         return build_plan(self.config, self.checker.health(), self.admin.all(), self.revision)
 
-    async def publish(self) -> Plan:
+    async def publish(self, force: bool = False) -> Plan:
         """Build the Plan and apply it to every engine; an engine that fails keeps its old state.
 
         One publish at a time, so engines see Plans in order; the Plan is built after the lock
-        is taken, so it holds every change made while the previous one was being applied."""
+        is taken, so it holds every change made while the previous one was being applied.
+        `force` applies it even when nothing changed (an operator's "re-apply")."""
         async with self._publish_lock:
-            return await self._publish()
+            return await self._publish(force)
 
-    async def _publish(self) -> Plan:
+    async def _publish(self, force: bool = False) -> Plan:
         self._publish_pending = False
         plan = self.current_plan()
         previous, self.plan = self.plan, plan
         if previous is not None:
             changes = diff_plans(previous, plan)
-            if not changes and not self._failed_engines:
+            if not changes and not self._failed_engines and not force:
                 return plan
             if changes:
                 summary = "; ".join(str(ch) for ch in changes[:10])
@@ -124,8 +144,13 @@ class ControlProcess:
                 await engine.apply(plan)
             except EngineError as exc:
                 self._failed_engines.add(engine.name)
+                before = self.engine_records.get(engine.name, EngineRecord())
+                self.engine_records[engine.name] = EngineRecord(
+                    before.applied_at, str(exc), time.time()
+                )
                 self._record("engine", f"{engine.name}: apply failed: {exc}")
             else:
+                self.engine_records[engine.name] = EngineRecord(time.time())
                 if engine.name in self._failed_engines:
                     self._failed_engines.discard(engine.name)
                     self._record("engine", f"{engine.name}: plan applied again")
@@ -191,11 +216,31 @@ class ControlProcess:
         except ConfigError as exc:
             self._record("config", f"reload refused: {len(exc.problems)} problems")
             raise
+        return await self._apply(text, config, f"reload {self.config_path}")
+
+    async def apply_config(
+        self, new: c.Config | str, comment: str = "", by: str = ""
+    ) -> dict[str, Any]:
+        """Apply a new config (a model, or YAML text) from the API or WebUI: validate it, record
+        it as a revision, replace the config file (so a restart keeps it) and publish.
+
+        A config with any problem raises ConfigError and changes nothing."""
+        text = new if isinstance(new, str) else dump_text(new)
+        base = self.config_path.resolve().parent
+        source = f"{by or 'api'} change"
+        config = load_text(text, source, lambda p: (p if p.is_absolute() else base / p).is_file())
+        mode = self.config_path.stat().st_mode & 0o777 if self.config_path.exists() else 0o600
+        write_atomic(self.config_path, text.encode(), mode)
+        return await self._apply(text, absolute_paths(config, base), comment or source, by)
+
+    async def _apply(
+        self, text: str, config: c.Config, comment: str, by: str = ""
+    ) -> dict[str, Any]:
         rev = self.store.save(
-            text, comment=f"reload {self.config_path}", base_dir=self.config_path.resolve().parent
+            text, comment=comment, author=by, base_dir=self.config_path.resolve().parent
         )
         self.config, self._text, self.revision = config, text, rev.number
-        self._record("config", f"applying revision {rev.number} from {self.config_path}")
+        self._record("config", f"applying revision {rev.number}: {comment}")
         self._prune_admin()
         self.checker.configure(config)
         await self.publish()
@@ -308,12 +353,31 @@ async def serve(process: ControlProcess) -> None:
     # (its "ready" says whether start-up has finished).
     server = ControlServer(process, process.state_dir / "control.sock")
     await server.start()
+    web = await _start_web(process)
     try:
         await process.start()
         await process.wait_stopped()
     finally:
+        if web is not None:
+            await web.close()
         await server.close()
         await process.stop()
+
+
+async def _start_web(process: ControlProcess) -> Any:
+    """The WebUI, REST API and /metrics (control/web.py); None when node.webui is disabled."""
+    if not process.config.node.webui.enabled:
+        return None
+    from pacslb.control.web import WebServer
+
+    web = WebServer(process)
+    try:
+        await web.start()
+    except Exception as exc:  # no WebUI is bad; no load balancer would be worse
+        process._record("webui", f"WebUI not started: {exc!r}")
+        await web.close()
+        return None
+    return web
 
 
 async def _reload_quietly(process: ControlProcess) -> None:

@@ -98,6 +98,57 @@ def load_text(text: str, source: str = "", file_exists: FileExists | None = None
     return load_data(parse_yaml(text, source), source, file_exists)
 
 
+def dump_data(config: c.Config) -> dict[str, Any]:
+    """The config as plain data holding only what differs from the defaults (what an operator
+    would have written), each health check and persistence keeping its `type` tag."""
+    data: dict[str, Any] = {"version": config.version}
+    data.update(config.model_dump(mode="json", exclude_defaults=True))
+    for vs, raw in zip(config.virtual_services, data.get("virtual_services", []), strict=True):
+        for name in ("health_check", "persistence"):
+            if name in raw:
+                raw[name] = {"type": getattr(vs, name).type, **raw[name]}
+        check = vs.health_check
+        if isinstance(check, c.AllChecks) and "checks" in raw.get("health_check", {}):
+            raw["health_check"]["checks"] = [
+                {"type": sub.type, **dumped}
+                for sub, dumped in zip(check.checks, raw["health_check"]["checks"], strict=True)
+            ]
+    return data
+
+
+class _Dumper(yaml.SafeDumper):
+    """Lays YAML out as DESIGN.md's examples do: nested lists indented, short lists and
+    mappings of plain values on one line (`ports: [4000, 5000]`, `- {label: Srv1, ...}`)."""
+
+    def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
+        super().increase_indent(flow, False)
+
+
+def _scalar(value: Any) -> bool:
+    return value is None or isinstance(value, str | int | float | bool)
+
+
+def _represent_list(dumper: _Dumper, data: list[Any]) -> Any:
+    flow = all(_scalar(v) for v in data) and len(str(data)) < 80
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+
+def _represent_dict(dumper: _Dumper, data: dict[str, Any]) -> Any:
+    flow = all(_scalar(v) for v in data.values()) and len(str(data)) < 80
+    return dumper.represent_mapping("tag:yaml.org,2002:map", data.items(), flow_style=flow)
+
+
+_Dumper.add_representer(list, _represent_list)
+_Dumper.add_representer(dict, _represent_dict)
+
+
+def dump_text(data: dict[str, Any] | c.Config) -> str:
+    """YAML text for a config (or its plain data) in the order of the models."""
+    if isinstance(data, c.Config):
+        data = dump_data(data)
+    return str(yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100))
+
+
 # --- structure ---------------------------------------------------------------------------
 
 
@@ -483,6 +534,8 @@ def node_problems(node: c.Node, file_exists: FileExists | None = None) -> list[P
     if node.ha is not None and node.ha.enabled:
         out.append(Problem("node.ha.enabled", "the HA pair is not available in this release yet"))
     webui = node.webui
+    if not 1 <= webui.address()[1] <= 65535:
+        out.append(Problem("node.webui.listen", "the port must be 1-65535"))
     if webui.key is not None and webui.certificate is None:
         out.append(Problem("node.webui.key", "a key needs its certificate"))
     for field in ("certificate", "key"):

@@ -18,6 +18,7 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
+from pacslb.core import certs
 from pacslb.core.dicom_scp import VerificationResponder
 from pacslb.profiles import mckesson
 
@@ -83,35 +84,14 @@ class DemoServer:
 
 def self_signed(directory: Path) -> ssl.SSLContext:
     """A throw-away certificate for the demo's HTTPS real servers."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
     cert_path, key_path = directory / "demo-cert.pem", directory / "demo-key.pem"
     if not cert_path.exists():
-        key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pacslb demo real server")])
         now = datetime.datetime.now(datetime.UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=365))
-            .sign(key, hashes.SHA256())
-        )
-        pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+        cert, key = certs.self_signed("pacslb demo real server", now, days=365)
         fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # never readable
         with os.fdopen(fd, "wb") as f:
-            f.write(pem)
-        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+            f.write(key)
+        cert_path.write_bytes(cert)
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(cert_path, key_path)
     return ctx

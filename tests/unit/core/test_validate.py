@@ -244,3 +244,15 @@ def test_format_path() -> None:
     assert format_path(["virtual_services", 2, "real_servers", 0, "port"]) == (
         "virtual_services[2].real_servers[0].port"
     )
+
+
+def test_dump_text_round_trips_the_profiles() -> None:
+    from pacslb.core.validate import dump_text
+    from pacslb.profiles import mckesson
+
+    for variant in ("dr", "nat-l7", "proxy"):
+        data, examples = mckesson.build(variant, {}, {})
+        config = load_text(mckesson.render(data, variant, examples))
+        text = dump_text(config)
+        assert load_text(text) == config
+        assert "ports: [4000, 5000]" in text

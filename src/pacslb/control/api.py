@@ -1,0 +1,412 @@
+"""The REST API (`/api/v1`): the config models of config.py are the request bodies.
+
+Every change goes through `ControlProcess.apply_config`: validated as a whole (every problem
+with its path, 422), recorded as a revision, written to the config file, applied. A refused
+change changes nothing. `?dry_run=true` on a change only validates it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, Response
+from fastapi.responses import PlainTextResponse
+from pydantic import BaseModel, Field
+
+from pacslb import config as c
+from pacslb.control.auth import SESSION_COOKIE, Principal, RateLimited, admin, reader, security
+from pacslb.control.auth import LoginRefused as _LoginRefused
+from pacslb.core.auth import Role
+from pacslb.core.state import AdminState
+from pacslb.core.validate import dump_text, load_data, load_text
+from pacslb.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pacslb.control.app import ControlProcess
+
+router = APIRouter(prefix="/api/v1")
+Reader = Annotated[Principal, Depends(reader)]
+Admin = Annotated[Principal, Depends(admin)]
+DryRun = Annotated[bool, Query(description="only validate; change nothing")]
+
+
+def process_of(request: Request) -> ControlProcess:
+    proc: ControlProcess = request.app.state.process
+    return proc
+
+
+def _exists(path: Any) -> bool:
+    return bool(path.exists())
+
+
+async def change(
+    request: Request, who: Principal, new: c.Config, comment: str, dry_run: bool
+) -> dict[str, Any]:
+    """Apply a whole new config (or, dry run, only validate it); ConfigError -> 422."""
+    process = process_of(request)
+    if dry_run:
+        load_text(dump_text(new), "dry run", _exists)
+        return {"valid": True, "problems": [], "applied": False}
+    result = await process.apply_config(new, comment, by=who.name)
+    return {"valid": True, "problems": [], "applied": True, **result}
+
+
+def _service(process: ControlProcess, label: str) -> tuple[int, c.VirtualService]:
+    for i, vs in enumerate(process.config.virtual_services):
+        if vs.label == label:
+            return i, vs
+    raise HTTPException(404, f"no virtual service {label!r}")
+
+
+def _server(vs: c.VirtualService, label: str) -> int:
+    for i, rs in enumerate(vs.real_servers):
+        if rs.label == label:
+            return i
+    raise HTTPException(404, f"{vs.label} has no real server {label!r}")
+
+
+def _with_services(config: c.Config, services: list[c.VirtualService]) -> c.Config:
+    return config.model_copy(update={"virtual_services": services})
+
+
+def _with_servers(vs: c.VirtualService, servers: list[c.RealServer]) -> c.VirtualService:
+    return vs.model_copy(update={"real_servers": servers})
+
+
+def dump(model: BaseModel) -> dict[str, Any]:
+    data: dict[str, Any] = model.model_dump(mode="json")
+    return data
+
+
+# --- session --------------------------------------------------------------------------------
+
+
+class Login(BaseModel):
+    username: str = Field(max_length=64)
+    password: str = Field(max_length=1024)
+
+
+@router.post("/session", tags=["session"])
+async def login(request: Request, body: Login, response: Response) -> dict[str, Any]:
+    """Log in; sets the session cookie and returns the CSRF token for changing requests."""
+    from pacslb.control.auth import client_address
+
+    sec = security(request)
+    try:
+        session = sec.login(body.username, body.password, client_address(request))
+    except RateLimited as exc:
+        raise HTTPException(429, str(exc), {"Retry-After": str(int(exc.retry_after) + 1)}) from None
+    except _LoginRefused as exc:
+        raise HTTPException(401, str(exc)) from None
+    set_session_cookie(response, session.id, sec.sessions.lifetime)
+    return {"user": session.user, "role": str(session.role), "csrf_token": sec.csrf(session)}
+
+
+def set_session_cookie(response: Response, session_id: str, lifetime: float) -> None:
+    response.set_cookie(
+        SESSION_COOKIE,
+        session_id,
+        max_age=int(lifetime),
+        secure=True,
+        httponly=True,
+        samesite="strict",
+        path="/",
+    )
+
+
+@router.get("/session", tags=["session"])
+async def whoami(request: Request, who: Reader) -> dict[str, Any]:
+    csrf = security(request).csrf(who.session) if who.session else None
+    return {"user": who.name, "role": str(who.role), "csrf_token": csrf}
+
+
+@router.delete("/session", tags=["session"])
+async def logout(request: Request, who: Reader, response: Response) -> dict[str, Any]:
+    if who.session is not None:
+        security(request).sessions.end(who.session.id)
+    response.delete_cookie(SESSION_COOKIE, path="/", secure=True, httponly=True, samesite="strict")
+    return {"logged_out": True}
+
+
+# --- status and admin state -----------------------------------------------------------------
+
+
+@router.get("/status", tags=["status"])
+async def status(request: Request, who: Reader) -> dict[str, Any]:
+    """Every VIP and real server: health, admin state, connections, last check and reason."""
+    return process_of(request).status()
+
+
+@router.post("/virtual_services/{service}/real_servers/{server}/{action}", tags=["admin state"])
+async def set_admin_state(
+    request: Request,
+    service: str,
+    server: str,
+    action: Literal["drain", "halt", "online"],
+    who: Admin,
+) -> dict[str, Any]:
+    """Drain (no new connections), halt (no traffic at all) or bring a real server online."""
+    return await process_of(request).set_admin(service, server, AdminState(action), by=who.name)
+
+
+# --- virtual services and real servers ------------------------------------------------------
+
+
+@router.get("/virtual_services", tags=["virtual services"])
+async def list_services(request: Request, who: Reader) -> list[dict[str, Any]]:
+    return [dump(vs) for vs in process_of(request).config.virtual_services]
+
+
+@router.post("/virtual_services", status_code=201, tags=["virtual services"])
+async def create_service(
+    request: Request, body: c.VirtualService, who: Admin, dry_run: DryRun = False
+) -> dict[str, Any]:
+    config = process_of(request).config
+    if config.service(body.label) is not None:
+        raise HTTPException(409, f"virtual service {body.label!r} exists already")
+    new = _with_services(config, [*config.virtual_services, body])
+    return await change(request, who, new, f"add virtual service {body.label}", dry_run)
+
+
+@router.get("/virtual_services/{service}", tags=["virtual services"])
+async def get_service(request: Request, service: str, who: Reader) -> dict[str, Any]:
+    return dump(_service(process_of(request), service)[1])
+
+
+@router.put("/virtual_services/{service}", tags=["virtual services"])
+async def update_service(
+    request: Request, service: str, body: c.VirtualService, who: Admin, dry_run: DryRun = False
+) -> dict[str, Any]:
+    config = process_of(request).config
+    index, _ = _service(process_of(request), service)
+    services = list(config.virtual_services)
+    services[index] = body
+    new = _with_services(config, services)
+    return await change(request, who, new, f"change virtual service {service}", dry_run)
+
+
+@router.delete("/virtual_services/{service}", tags=["virtual services"])
+async def delete_service(
+    request: Request, service: str, who: Admin, dry_run: DryRun = False
+) -> dict[str, Any]:
+    config = process_of(request).config
+    index, _ = _service(process_of(request), service)
+    services = [vs for i, vs in enumerate(config.virtual_services) if i != index]
+    new = _with_services(config, services)
+    return await change(request, who, new, f"delete virtual service {service}", dry_run)
+
+
+@router.get("/virtual_services/{service}/real_servers", tags=["real servers"])
+async def list_servers(request: Request, service: str, who: Reader) -> list[dict[str, Any]]:
+    return [dump(rs) for rs in _service(process_of(request), service)[1].real_servers]
+
+
+@router.post("/virtual_services/{service}/real_servers", status_code=201, tags=["real servers"])
+async def create_server(
+    request: Request, service: str, body: c.RealServer, who: Admin, dry_run: DryRun = False
+) -> dict[str, Any]:
+    config = process_of(request).config
+    index, vs = _service(process_of(request), service)
+    if any(rs.label == body.label for rs in vs.real_servers):
+        raise HTTPException(409, f"{service} has a real server {body.label!r} already")
+    services = list(config.virtual_services)
+    services[index] = _with_servers(vs, [*vs.real_servers, body])
+    new = _with_services(config, services)
+    return await change(request, who, new, f"add real server {service}/{body.label}", dry_run)
+
+
+@router.get("/virtual_services/{service}/real_servers/{server}", tags=["real servers"])
+async def get_server(request: Request, service: str, server: str, who: Reader) -> dict[str, Any]:
+    _, vs = _service(process_of(request), service)
+    return dump(vs.real_servers[_server(vs, server)])
+
+
+@router.put("/virtual_services/{service}/real_servers/{server}", tags=["real servers"])
+async def update_server(
+    request: Request,
+    service: str,
+    server: str,
+    body: c.RealServer,
+    who: Admin,
+    dry_run: DryRun = False,
+) -> dict[str, Any]:
+    config = process_of(request).config
+    index, vs = _service(process_of(request), service)
+    servers = list(vs.real_servers)
+    servers[_server(vs, server)] = body
+    services = list(config.virtual_services)
+    services[index] = _with_servers(vs, servers)
+    new = _with_services(config, services)
+    return await change(request, who, new, f"change real server {service}/{server}", dry_run)
+
+
+@router.delete("/virtual_services/{service}/real_servers/{server}", tags=["real servers"])
+async def delete_server(
+    request: Request, service: str, server: str, who: Admin, dry_run: DryRun = False
+) -> dict[str, Any]:
+    config = process_of(request).config
+    index, vs = _service(process_of(request), service)
+    gone = _server(vs, server)
+    services = list(config.virtual_services)
+    services[index] = _with_servers(vs, [rs for i, rs in enumerate(vs.real_servers) if i != gone])
+    new = _with_services(config, services)
+    return await change(request, who, new, f"delete real server {service}/{server}", dry_run)
+
+
+# --- the whole config and its revisions -----------------------------------------------------
+
+
+@router.get("/config", tags=["config"])
+async def get_config(request: Request, who: Reader) -> dict[str, Any]:
+    return dump(process_of(request).config)
+
+
+@router.put("/config", tags=["config"])
+async def put_config(
+    request: Request, body: c.Config, who: Admin, dry_run: DryRun = False
+) -> dict[str, Any]:
+    return await change(request, who, body, "replace the config", dry_run)
+
+
+@router.post("/config/validate", tags=["config"])
+async def validate(
+    request: Request,
+    who: Reader,
+    body: Annotated[dict[str, Any], Body(description="a config as JSON (any shape)")],
+) -> dict[str, Any]:
+    """Validate without applying: every problem, each with its path."""
+    try:
+        load_data(json.loads(json.dumps(body)), "request", _exists)
+    except ConfigError as exc:
+        problems = [{"path": p.path, "message": p.message} for p in exc.problems]
+        return {"valid": False, "problems": problems}
+    return {"valid": True, "problems": []}
+
+
+@router.get("/config/text", tags=["config"], response_class=PlainTextResponse)
+async def config_text(request: Request, who: Reader) -> str:
+    """The YAML text of the revision in force."""
+    process = process_of(request)
+    return process.store.text(process.revision)
+
+
+@router.get("/config/revisions", tags=["config"])
+async def revisions(request: Request, who: Reader) -> list[dict[str, Any]]:
+    process = process_of(request)
+    return [
+        {**rev.to_json(), "current": rev.number == process.revision}
+        for rev in process.store.revisions()
+    ]
+
+
+@router.get("/config/revisions/{number}", tags=["config"], response_class=PlainTextResponse)
+async def revision_text(request: Request, number: int, who: Reader) -> str:
+    return process_of(request).store.text(number)
+
+
+@router.get("/config/diff", tags=["config"], response_class=PlainTextResponse)
+async def diff(request: Request, a: int, b: int, who: Reader) -> str:
+    """Unified diff between two revisions."""
+    return process_of(request).store.diff(a, b)
+
+
+@router.post("/config/rollback/{number}", tags=["config"])
+async def rollback(request: Request, number: int, who: Admin) -> dict[str, Any]:
+    """Apply revision `number` again, as a new revision (history is append-only)."""
+    process = process_of(request)
+    text = process.store.text(number)
+    result = await process.apply_config(text, f"rollback to revision {number}", by=who.name)
+    return {"applied": True, **result}
+
+
+# --- events and engines ---------------------------------------------------------------------
+
+
+@router.get("/events", tags=["events"])
+async def events(
+    request: Request,
+    who: Reader,
+    kind: str | None = None,
+    service: str | None = None,
+    server: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=2000)] = 200,
+) -> list[dict[str, Any]]:
+    found = process_of(request).events.query(kind or None, service or None, server or None, limit)
+    return [json.loads(e.to_json()) for e in found]
+
+
+def engines_json(process: ControlProcess) -> list[dict[str, Any]]:
+    out = []
+    for engine in process.engines:
+        record = process.engine_records.get(engine.name)
+        out.append(
+            {
+                "name": engine.name,
+                "applied_at": record.applied_at if record else None,
+                "error": record.error if record else None,
+                "error_at": record.error_at if record else None,
+                "has_ruleset": callable(getattr(engine, "ruleset_text", None)),
+            }
+        )
+    return out
+
+
+@router.get("/engines", tags=["engines"])
+async def engines(request: Request, who: Reader) -> list[dict[str, Any]]:
+    return engines_json(process_of(request))
+
+
+@router.post("/engines/apply", tags=["engines"])
+async def reapply(request: Request, who: Admin) -> list[dict[str, Any]]:
+    """Hand the current Plan to every engine again, even if nothing changed."""
+    process = process_of(request)
+    await process.publish(force=True)
+    return engines_json(process)
+
+
+# --- API tokens -----------------------------------------------------------------------------
+
+
+class NewToken(BaseModel):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[\w .@-]+$")
+    role: Role = Role.READONLY
+
+
+@router.get("/tokens", tags=["tokens"])
+async def list_tokens(request: Request, who: Admin) -> list[dict[str, str]]:
+    return [t.to_json() for t in security(request).store.tokens()]
+
+
+@router.post("/tokens", status_code=201, tags=["tokens"])
+async def create_token(request: Request, body: NewToken, who: Admin) -> dict[str, str]:
+    """A new API token; the token itself is in this answer only (only its hash is kept)."""
+    info, token = security(request).store.create_token(body.name, body.role, who.name)
+    process_of(request)._record("auth", f"API token {info.id} ({info.name}, {info.role}) created")
+    return {**info.to_json(), "token": token}
+
+
+@router.delete("/tokens/{token_id}", tags=["tokens"])
+async def revoke_token(request: Request, token_id: str, who: Admin) -> dict[str, Any]:
+    if not security(request).store.revoke(token_id):
+        raise HTTPException(404, f"no token {token_id!r}")
+    process_of(request)._record("auth", f"API token {token_id} revoked by {who.name}")
+    return {"revoked": token_id, "at": time.time()}
+
+
+# --- metrics --------------------------------------------------------------------------------
+
+metrics_router = APIRouter()
+
+
+@metrics_router.get("/metrics", tags=["metrics"], response_class=PlainTextResponse)
+async def metrics(request: Request) -> Response:
+    """Prometheus text format; a token or session, or a client in node.webui.metrics_allow."""
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    from pacslb.control.metrics import exposition
+
+    if not security(request).anonymous_metrics(request):
+        await reader(request)
+    return Response(exposition(request.app.state.metrics), media_type=CONTENT_TYPE_LATEST)

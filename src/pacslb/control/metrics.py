@@ -1,0 +1,134 @@
+"""/metrics in the Prometheus text format, read from the control process at scrape time.
+
+A custom collector on a registry of its own (not the library's global one): every scrape asks
+`status()` and the engines' counters, so nothing is double-counted and nothing goes stale.
+
+Who may scrape: any logged-in user or API token, readonly included (`Authorization: Bearer`),
+or anyone from a network listed in `node.webui.metrics_allow` (for a Prometheus server that is
+set up once and should not hold a token).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from pacslb.core.state import AdminState, Health
+
+if TYPE_CHECKING:
+    from pacslb.control.app import ControlProcess
+
+RS = ["service", "server"]
+
+
+class PacslbCollector(Collector):
+    def __init__(self, process: ControlProcess) -> None:
+        self.process = process
+
+    def collect(self) -> Iterator[Metric]:
+        status = self.process.status()
+        counters = self.process.counters()
+        up = GaugeMetricFamily(
+            "pacslb_real_server_up", "1 unless the health checks say down", labels=RS
+        )
+        health = GaugeMetricFamily(
+            "pacslb_real_server_health", "1 for the server's health state", labels=[*RS, "state"]
+        )
+        admin = GaugeMetricFamily(
+            "pacslb_real_server_admin_state", "1 for the admin state", labels=[*RS, "state"]
+        )
+        weight = GaugeMetricFamily(
+            "pacslb_real_server_effective_weight", "weight the scheduler uses now", labels=RS
+        )
+        active = GaugeMetricFamily(
+            "pacslb_real_server_active_connections", "connections open now", labels=RS
+        )
+        total = CounterMetricFamily(
+            "pacslb_real_server_connections", "connections since the engine started", labels=RS
+        )
+        bytes_in = CounterMetricFamily(
+            "pacslb_real_server_bytes_in", "bytes client -> server", labels=RS
+        )
+        bytes_out = CounterMetricFamily(
+            "pacslb_real_server_bytes_out", "bytes server -> client", labels=RS
+        )
+        latency = GaugeMetricFamily(
+            "pacslb_real_server_check_latency_seconds", "duration of the last check", labels=RS
+        )
+        vs_up = GaugeMetricFamily(
+            "pacslb_virtual_service_available",
+            "1 if at least one real server takes new connections",
+            labels=["service", "vip"],
+        )
+        vs_active = GaugeMetricFamily(
+            "pacslb_virtual_service_active_connections", "connections open now", labels=["service"]
+        )
+        for svc in status["services"]:
+            service = svc["label"]
+            available = 0
+            open_now = 0
+            for rs in svc["real_servers"]:
+                labels = [service, rs["label"]]
+                up.add_metric(labels, 0.0 if rs["health"] == Health.DOWN else 1.0)
+                for state in Health:
+                    health.add_metric([*labels, state.value], float(rs["health"] == state))
+                for adm in AdminState:
+                    admin.add_metric([*labels, adm.value], float(rs["admin"] == adm))
+                weight.add_metric(labels, float(rs["effective_weight"]))
+                available |= rs["effective_weight"] > 0
+                count = counters.get((service, rs["label"]))
+                if count is not None:
+                    active.add_metric(labels, float(count.active))
+                    total.add_metric(labels, float(count.total))
+                    bytes_in.add_metric(labels, float(count.bytes_in))
+                    bytes_out.add_metric(labels, float(count.bytes_out))
+                    open_now += count.active
+                if rs["last_check"] is not None:
+                    latency.add_metric(labels, rs["last_check"]["latency_ms"] / 1000)
+            vs_up.add_metric([service, svc["vip"]], float(available))
+            vs_active.add_metric([service], float(open_now))
+        yield from (up, health, admin, weight, active, total, bytes_in, bytes_out, latency)
+        yield from (vs_up, vs_active)
+        yield from self._engines()
+        revision = GaugeMetricFamily("pacslb_config_revision", "config revision in force")
+        revision.add_metric([], float(status["revision"]))
+        yield revision
+
+    def _engines(self) -> Iterator[Metric]:
+        applied = GaugeMetricFamily(
+            "pacslb_engine_last_apply_timestamp_seconds",
+            "unix time of the engine's last successful apply",
+            labels=["engine"],
+        )
+        failing = GaugeMetricFamily(
+            "pacslb_engine_failing", "1 if the engine's last apply failed", labels=["engine"]
+        )
+        error = GaugeMetricFamily(
+            "pacslb_engine_last_error_info",
+            "the engine's last apply error (value: unix time of the error)",
+            labels=["engine", "error"],
+        )
+        for engine in self.process.engines:
+            record = self.process.engine_records.get(engine.name)
+            if record is None:
+                continue
+            if record.applied_at is not None:
+                applied.add_metric([engine.name], record.applied_at)
+            failing.add_metric([engine.name], float(record.error is not None))
+            if record.error is not None and record.error_at is not None:
+                error.add_metric([engine.name, record.error[:200]], record.error_at)
+        yield from (applied, failing, error)
+
+
+def registry(process: ControlProcess) -> CollectorRegistry:
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(PacslbCollector(process))
+    return reg
+
+
+def exposition(reg: CollectorRegistry) -> bytes:
+    return generate_latest(reg)

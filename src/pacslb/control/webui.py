@@ -1,0 +1,509 @@
+"""The WebUI: server-rendered pages (Jinja2) over the same ControlProcess calls as the REST API.
+
+Pages work without JavaScript (plain forms with a CSRF field, redirects after POST); app.js only
+adds the live System Overview and in-place Drain/Halt/Online. Nothing is fetched from elsewhere.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from typing import TYPE_CHECKING, Any
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from pacslb.control.api import Admin, Reader, engines_json, process_of, set_session_cookie
+from pacslb.control.auth import (
+    LOGIN_COOKIE,
+    SESSION_COOKIE,
+    LoginRefused,
+    Principal,
+    RateLimited,
+    client_address,
+    security,
+)
+from pacslb.control.web import WEBUI_DIR
+from pacslb.core.auth import Role
+from pacslb.core.state import AdminState
+from pacslb.core.validate import dump_data, dump_text
+from pacslb.errors import ConfigError, Problem
+
+if TYPE_CHECKING:
+    from pacslb.control.app import ControlProcess
+
+router = APIRouter(include_in_schema=False)
+templates = Jinja2Templates(directory=str(WEBUI_DIR / "templates"))
+MODES = ["l7-http", "l7-tcp", "l4-dr", "l4-nat", "l4-snat"]
+SCHEDULERS = ["wlc", "wrr", "lc", "rr", "sh"]
+PERSISTENCE = ["none", "source-ip", "http-cookie"]
+CHECKS = ["connect", "http", "dicom-echo", "external", "none"]
+EVENT_KINDS = ["health", "admin", "config", "plan", "engine", "process", "auth", "webui"]
+
+
+def page(
+    request: Request, who: Principal, name: str, status: int = 200, **context: Any
+) -> Response:
+    sec = security(request)
+    csrf = sec.csrf(who.session) if who.session else ""
+    return templates.TemplateResponse(
+        request,
+        name,
+        {"who": who, "csrf": csrf, "is_admin": who.is_admin, **context},
+        status_code=status,
+    )
+
+
+def back(url: str) -> RedirectResponse:
+    return RedirectResponse(url, status_code=303)
+
+
+async def form_of(request: Request) -> dict[str, str]:
+    return {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
+
+
+# --- login ----------------------------------------------------------------------------------
+
+
+def _safe_next(target: str | None) -> str:
+    """Only a path on this server (never //elsewhere): no open redirect after login."""
+    ok = target and re.fullmatch(r"/[\w\-./]*", target) and not target.startswith("//")
+    return target if ok and target else "/"
+
+
+@router.get("/login")
+async def login_page(request: Request, next: str = "/") -> Response:
+    token = secrets.token_urlsafe(24)
+    response = templates.TemplateResponse(
+        request, "login.html", {"login_csrf": token, "next": _safe_next(next), "error": ""}
+    )
+    response.set_cookie(LOGIN_COOKIE, token, secure=True, httponly=True, samesite="strict")
+    return response
+
+
+@router.post("/login")
+async def login_submit(request: Request) -> Response:
+    form = await form_of(request)
+    sec = security(request)
+    cookie = request.cookies.get(LOGIN_COOKIE, "")
+    error, status = "", 200
+    if not cookie or not secrets.compare_digest(cookie, form.get("csrf_token", "")):
+        error, status = "The login form expired; please try again.", 403
+    else:
+        try:
+            session = sec.login(
+                form.get("username", ""), form.get("password", ""), client_address(request)
+            )
+        except RateLimited as exc:
+            error, status = str(exc), 429
+        except LoginRefused as exc:
+            error, status = str(exc), 401
+        else:
+            done = back(_safe_next(form.get("next")))
+            set_session_cookie(done, session.id, sec.sessions.lifetime)
+            done.delete_cookie(LOGIN_COOKIE)
+            return done
+    token = secrets.token_urlsafe(24)
+    response = templates.TemplateResponse(
+        request,
+        "login.html",
+        {"login_csrf": token, "next": _safe_next(form.get("next")), "error": error},
+        status_code=status,
+    )
+    response.set_cookie(LOGIN_COOKIE, token, secure=True, httponly=True, samesite="strict")
+    return response
+
+
+@router.post("/logout")
+async def logout(request: Request, who: Reader) -> Response:
+    if who.session is not None:
+        security(request).sessions.end(who.session.id)
+    response = back("/login")
+    response.delete_cookie(SESSION_COOKIE, path="/", secure=True, httponly=True, samesite="strict")
+    return response
+
+
+# --- System Overview ------------------------------------------------------------------------
+
+
+def colour(rs: dict[str, Any]) -> str:
+    """The appliance's colours: green up, red down, blue drain, grey halt, amber not checked."""
+    if rs["admin"] == AdminState.HALT:
+        return "halt"
+    if rs["health"] == "down":
+        return "down"
+    if rs["admin"] == AdminState.DRAIN:
+        return "drain"
+    return "up" if rs["health"] == "up" else "unknown"
+
+
+def service_colour(servers: list[dict[str, Any]]) -> str:
+    """Green when every real server is up, amber when some are not, red when none takes traffic."""
+    colours = [colour(rs) for rs in servers]
+    if not colours or all(c in ("down", "halt") for c in colours):
+        return "down"
+    return "up" if all(c == "up" for c in colours) else "partial"
+
+
+@router.get("/", response_class=HTMLResponse)
+async def overview(request: Request, who: Reader) -> Response:
+    status = process_of(request).status()
+    for svc in status["services"]:
+        svc["colour"] = service_colour(svc["real_servers"])
+        servers = svc["real_servers"]
+        svc["active"] = sum((rs["connections"] or {}).get("active", 0) for rs in servers)
+        for rs in svc["real_servers"]:
+            rs["colour"] = colour(rs)
+    return page(request, who, "overview.html", status=200, nav="overview", data=status)
+
+
+@router.post("/admin-state")
+async def admin_state(request: Request, who: Admin) -> Response:
+    form = await form_of(request)
+    await process_of(request).set_admin(
+        form.get("service", ""), form.get("server", ""), AdminState(form["action"]), by=who.name
+    )
+    return back("/")
+
+
+# --- virtual services and real servers ------------------------------------------------------
+
+_NUMERIC = re.compile(r"^-?\d+(\.\d+)?$")
+
+
+def _value(text: str) -> Any:
+    """Form text as the YAML an operator would write: numbers as numbers."""
+    text = text.strip()
+    if _NUMERIC.match(text):
+        return float(text) if "." in text else int(text)
+    return text
+
+
+def _put(target: dict[str, Any], key: str, text: str | None) -> None:
+    if text is None:
+        return
+    if text.strip() == "":
+        target.pop(key, None)  # empty: the default
+    else:
+        target[key] = _value(text)
+
+
+SERVICE_FIELDS = ["label", "vip", "ports", "mode", "scheduler"]
+CHECK_FIELDS = ["port", "path", "expect", "interval", "timeout", "rise", "fall"]
+SERVER_FIELDS = ["label", "address", "port", "weight", "min_connections", "max_connections"]
+
+
+def service_from_form(old: dict[str, Any], form: dict[str, str]) -> dict[str, Any]:
+    svc = dict(old)
+    for key in SERVICE_FIELDS:
+        _put(svc, key, form.get(key))
+    if isinstance(svc.get("ports"), int):
+        svc["ports"] = [svc["ports"]]
+    kind = form.get("persistence.type", "none")
+    persistence = dict(old.get("persistence", {}))
+    if persistence.get("type", "none") != kind:
+        persistence = {}
+    persistence["type"] = kind
+    if kind == "source-ip":
+        _put(persistence, "timeout", form.get("persistence.timeout"))
+    svc["persistence"] = persistence
+    kind = form.get("health_check.type", "connect")
+    check = dict(old.get("health_check", {}))
+    if check.get("type", "connect") != kind:
+        check = {}
+    check["type"] = kind
+    if kind != "none":
+        for key in CHECK_FIELDS:
+            if key in ("path", "expect") and kind != "http":
+                continue
+            _put(check, key, form.get(f"health_check.{key}"))
+    svc["health_check"] = check
+    return svc
+
+
+def server_from_form(old: dict[str, Any], form: dict[str, str]) -> dict[str, Any]:
+    rs = dict(old)
+    for key in SERVER_FIELDS:
+        _put(rs, key, form.get(key))
+    return rs
+
+
+def field_errors(
+    problems: tuple[Problem, ...], prefix: str, known: set[str]
+) -> tuple[dict[str, str], list[str]]:
+    """Problems under `prefix` by form field (`health_check.path`, `ports`), the rest as a list.
+
+    `virtual_services[2].ports[1]` -> field `ports`; a list index inside a field is dropped."""
+    fields: dict[str, str] = {}
+    other: list[str] = []
+    for p in problems:
+        if p.path.startswith(prefix + ".") or p.path == prefix:
+            name = re.sub(r"\[\d+\]$", "", p.path[len(prefix) + 1 :])
+            if name in known:
+                fields[name] = f"{fields[name]}; {p.message}" if name in fields else p.message
+                continue
+        other.append(str(p))
+    return fields, other
+
+
+def _service_index(process: ControlProcess, label: str) -> int:
+    for i, vs in enumerate(process.config.virtual_services):
+        if vs.label == label:
+            return i
+    raise HTTPException(404, f"no virtual service {label!r}")
+
+
+def _form_context(svc: dict[str, Any]) -> dict[str, Any]:
+    ports = svc.get("ports", [])
+    return {
+        "svc": svc,
+        "ports_text": ",".join(str(p) for p in ports) if isinstance(ports, list) else ports,
+        "modes": MODES,
+        "schedulers": SCHEDULERS,
+        "persistences": PERSISTENCE,
+        "checks": CHECKS,
+    }
+
+
+@router.get("/services/new", response_class=HTMLResponse)
+async def new_service(request: Request, who: Reader) -> Response:
+    blank = {"mode": "l7-http", "health_check": {"type": "connect"}}
+    return page(request, who, "service.html", nav="services", new=True, **_form_context(blank))
+
+
+@router.get("/services/{label}", response_class=HTMLResponse)
+async def edit_service(request: Request, label: str, who: Reader) -> Response:
+    process = process_of(request)
+    index = _service_index(process, label)
+    svc = dump_data(process.config)["virtual_services"][index]
+    return page(
+        request, who, "service.html", nav="services", new=False, label=label, **_form_context(svc)
+    )
+
+
+async def _apply_form(
+    request: Request,
+    who: Principal,
+    data: dict[str, Any],
+    comment: str,
+    prefix: str,
+    template: str,
+    context: dict[str, Any],
+    done: str,
+) -> Response:
+    """Apply a whole config built from a form; on problems show the form again with each
+    message beside its field (422) and nothing changed."""
+    try:
+        await process_of(request).apply_config(dump_text(data), comment, by=who.name)
+    except ConfigError as exc:
+        errors, other = field_errors(exc.problems, prefix, set(await form_of(request)))
+        return page(request, who, template, 422, errors=errors, other=other, **context)
+    return back(done)
+
+
+@router.post("/services/new")
+async def create_service(request: Request, who: Admin) -> Response:
+    form = await form_of(request)
+    data = dump_data(process_of(request).config)
+    services = data.setdefault("virtual_services", [])
+    svc = service_from_form({}, form)
+    services.append(svc)
+    prefix = f"virtual_services[{len(services) - 1}]"
+    comment = f"add virtual service {svc.get('label', '')}"
+    context = {"nav": "services", "new": True, **_form_context(svc)}
+    return await _apply_form(request, who, data, comment, prefix, "service.html", context, "/")
+
+
+@router.post("/services/{label}")
+async def update_service(request: Request, label: str, who: Admin) -> Response:
+    form = await form_of(request)
+    process = process_of(request)
+    index = _service_index(process, label)
+    data = dump_data(process.config)
+    svc = service_from_form(data["virtual_services"][index], form)
+    data["virtual_services"][index] = svc
+    context = {"nav": "services", "new": False, "label": label, **_form_context(svc)}
+    return await _apply_form(
+        request,
+        who,
+        data,
+        f"change virtual service {label}",
+        f"virtual_services[{index}]",
+        "service.html",
+        context,
+        f"/services/{svc.get('label', label)}",
+    )
+
+
+@router.post("/services/{label}/delete")
+async def delete_service(request: Request, label: str, who: Admin) -> Response:
+    process = process_of(request)
+    index = _service_index(process, label)
+    data = dump_data(process.config)
+    del data["virtual_services"][index]
+    await process.apply_config(dump_text(data), f"delete virtual service {label}", by=who.name)
+    return back("/")
+
+
+@router.get("/services/{label}/servers/{server}", response_class=HTMLResponse)
+async def edit_server(request: Request, label: str, server: str, who: Reader) -> Response:
+    process = process_of(request)
+    svc = dump_data(process.config)["virtual_services"][_service_index(process, label)]
+    rs = next((r for r in svc.get("real_servers", []) if r["label"] == server), None)
+    if rs is None and server != "new":
+        raise HTTPException(404, f"{label} has no real server {server!r}")
+    return page(
+        request, who, "server.html", nav="services", label=label, rs=rs or {}, new=rs is None
+    )
+
+
+@router.post("/services/{label}/servers/{server}")
+async def save_server(request: Request, label: str, server: str, who: Admin) -> Response:
+    form = await form_of(request)
+    process = process_of(request)
+    index = _service_index(process, label)
+    data = dump_data(process.config)
+    servers = data["virtual_services"][index].setdefault("real_servers", [])
+    at = next((i for i, r in enumerate(servers) if r["label"] == server), None)
+    if at is None and server != "new":
+        raise HTTPException(404, f"{label} has no real server {server!r}")
+    if form.get("delete"):
+        del servers[at or 0]
+        await process.apply_config(dump_text(data), f"delete {label}/{server}", by=who.name)
+        return back(f"/services/{label}")
+    rs = server_from_form(servers[at] if at is not None else {}, form)
+    if at is None:
+        servers.append(rs)
+        at = len(servers) - 1
+    else:
+        servers[at] = rs
+    context = {"nav": "services", "label": label, "rs": rs, "new": server == "new"}
+    prefix = f"virtual_services[{index}].real_servers[{at}]"
+    comment = f"{'add' if server == 'new' else 'change'} real server {label}/{rs.get('label')}"
+    return await _apply_form(
+        request, who, data, comment, prefix, "server.html", context, f"/services/{label}"
+    )
+
+
+# --- configuration, revisions, logs, reports, tokens ----------------------------------------
+
+
+@router.get("/config", response_class=HTMLResponse)
+async def view_config(request: Request, who: Reader) -> Response:
+    process = process_of(request)
+    rulesets = []
+    for engine in process.engines:
+        render = getattr(engine, "ruleset_text", None)  # the kernel engine offers its nftables
+        if callable(render):
+            try:
+                rulesets.append((engine.name, str(render())))
+            except Exception as exc:  # a view must not fail because an engine could not render
+                rulesets.append((engine.name, f"(cannot render: {exc})"))
+    return page(
+        request,
+        who,
+        "config.html",
+        nav="config",
+        text=process.store.text(process.revision),
+        revision=process.revision,
+        rulesets=rulesets,
+        engines=engines_json(process),
+    )
+
+
+@router.post("/engines/apply")
+async def reapply(request: Request, who: Admin) -> Response:
+    await process_of(request).publish(force=True)
+    return back("/config")
+
+
+@router.get("/revisions", response_class=HTMLResponse)
+async def revisions(
+    request: Request, who: Reader, a: int | None = None, b: int | None = None
+) -> Response:
+    process = process_of(request)
+    revs = list(reversed(process.store.revisions()))
+    diff = process.store.diff(a, b) if a is not None and b is not None else None
+    return page(
+        request,
+        who,
+        "revisions.html",
+        nav="revisions",
+        revs=revs,
+        current=process.revision,
+        diff=diff,
+        a=a,
+        b=b,
+    )
+
+
+@router.post("/revisions/{number}/rollback")
+async def rollback(request: Request, number: int, who: Admin) -> Response:
+    process = process_of(request)
+    text = process.store.text(number)
+    await process.apply_config(text, f"rollback to revision {number}", by=who.name)
+    return back("/revisions")
+
+
+@router.get("/logs", response_class=HTMLResponse)
+async def logs(
+    request: Request,
+    who: Reader,
+    service: str = "",
+    server: str = "",
+    kind: str = "",
+) -> Response:
+    process = process_of(request)
+    found = process.events.query(kind or None, service or None, server or None, 500)
+    return page(
+        request,
+        who,
+        "logs.html",
+        nav="logs",
+        events=list(reversed(found)),
+        service=service,
+        server=server,
+        kind=kind,
+        kinds=EVENT_KINDS,
+        services=process.config.virtual_services,
+    )
+
+
+@router.get("/reports", response_class=HTMLResponse)
+async def reports(request: Request, who: Reader, span: str = "hour") -> Response:
+    process = process_of(request)
+    sampler = request.app.state.sampler
+    span = span if span in ("hour", "day") else "hour"
+    now = time.time()
+    charts = []
+    for vs in process.config.virtual_services:
+        vip = sampler.charts(vs.label, [""], span, now)
+        servers = sampler.charts(vs.label, [rs.label for rs in vs.real_servers], span, now)
+        charts.append({"label": vs.label, "vip": vip, "servers": servers})
+    return page(request, who, "reports.html", nav="reports", charts=charts, span=span)
+
+
+@router.get("/tokens", response_class=HTMLResponse)
+async def tokens(request: Request, who: Admin) -> Response:
+    listing = security(request).store.tokens()
+    return page(request, who, "tokens.html", nav="tokens", tokens=listing, new=None)
+
+
+@router.post("/tokens")
+async def create_token(request: Request, who: Admin) -> Response:
+    form = await form_of(request)
+    name = form.get("name", "").strip()[:64] or "token"
+    role = Role(form.get("role", "readonly"))
+    store = security(request).store
+    info, token = store.create_token(name, role, who.name)
+    process_of(request)._record("auth", f"API token {info.id} ({info.name}, {info.role}) created")
+    return page(request, who, "tokens.html", nav="tokens", tokens=store.tokens(), new=token)
+
+
+@router.post("/tokens/{token_id}/revoke")
+async def revoke_token(request: Request, token_id: str, who: Admin) -> Response:
+    if security(request).store.revoke(token_id):
+        process_of(request)._record("auth", f"API token {token_id} revoked by {who.name}")
+    return back("/tokens")

@@ -1,0 +1,193 @@
+"""The pure parts of WebUI/API security: password hashes, CSRF tokens, sessions, rate limits.
+
+Sans-I/O: no files, no clock (time comes in as `now`); the control process keeps the state on
+disk (control/auth.py). Secrets come from `secrets`, comparisons are constant-time.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+from collections import deque
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+# scrypt cost: n=2**14, r=8 is the interactive-login setting of the scrypt paper (~16 MiB and
+# some 50 ms here): slow for an attacker with a stolen hash, fast enough for a login form.
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
+MIN_PASSWORD = 8
+
+
+class Role(StrEnum):
+    ADMIN = "admin"  # may change anything
+    READONLY = "readonly"  # may look at everything; every changing request is refused (403)
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def hash_password(password: str, salt: bytes | None = None) -> str:
+    """`scrypt$n$r$p$salt$hash`: the parameters travel with the hash so they can be raised later."""
+    salt = salt if salt is not None else secrets.token_bytes(16)
+    digest = hashlib.scrypt(
+        password.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, dklen=32
+    )
+    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${_b64(salt)}${_b64(digest)}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    try:
+        scheme, n, r, p, salt, digest = stored.split("$")
+        if scheme != "scrypt":
+            return False
+        want = _unb64(digest)
+        got = hashlib.scrypt(
+            password.encode(), salt=_unb64(salt), n=int(n), r=int(r), p=int(p), dklen=len(want)
+        )
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(got, want)
+
+
+def generate_password() -> str:
+    """18 random characters (~107 bits) from an alphabet without look-alikes (0/O, 1/l/I)."""
+    alphabet = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789"
+    return "".join(secrets.choice(alphabet) for _ in range(18))
+
+
+def password_problem(password: str) -> str | None:
+    if len(password) < MIN_PASSWORD:
+        return f"a password needs at least {MIN_PASSWORD} characters"
+    return None
+
+
+# --- API tokens -----------------------------------------------------------------------------
+
+TOKEN_PREFIX = "pacslb_"
+
+
+def new_token() -> tuple[str, str]:
+    """(token id, the secret token). The token is shown once; only its hash is kept."""
+    token_id = secrets.token_hex(4)
+    return token_id, f"{TOKEN_PREFIX}{token_id}_{secrets.token_urlsafe(32)}"
+
+
+def token_id(token: str) -> str | None:
+    """The id inside a token, so the store finds its hash without trying every one."""
+    if not token.startswith(TOKEN_PREFIX):
+        return None
+    ident, sep, _ = token.removeprefix(TOKEN_PREFIX).partition("_")
+    return ident if sep and ident else None
+
+
+def hash_token(token: str) -> str:
+    """SHA-256 suffices: a token holds 256 random bits, so there is nothing to brute-force and a
+    slow hash would only slow every API call."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def token_matches(token: str, stored_hash: str) -> bool:
+    return hmac.compare_digest(hash_token(token), stored_hash)
+
+
+# --- CSRF -----------------------------------------------------------------------------------
+
+
+def csrf_token(secret: bytes, session_id: str) -> str:
+    """A token bound to one session: a page from another site cannot read it, so it cannot send
+    it (OWASP's synchronizer-token pattern, derived rather than stored)."""
+    return hmac.new(secret, b"csrf:" + session_id.encode(), hashlib.sha256).hexdigest()
+
+
+def csrf_ok(secret: bytes, session_id: str, token: str | None) -> bool:
+    return token is not None and hmac.compare_digest(csrf_token(secret, session_id), token)
+
+
+# --- sessions -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    id: str
+    user: str
+    role: Role
+    expires: float
+    stamp: str = ""  # the user's password hash at login: a changed password ends the session
+
+
+class SessionTable:
+    """Logged-in browsers, in memory: a restart of the control process logs everyone out."""
+
+    def __init__(self, lifetime: float) -> None:
+        self.lifetime = lifetime
+        self._sessions: dict[str, Session] = {}
+
+    def create(self, user: str, role: Role, now: float, stamp: str = "") -> Session:
+        self._expire(now)
+        session = Session(secrets.token_urlsafe(32), user, role, now + self.lifetime, stamp)
+        self._sessions[session.id] = session
+        return session
+
+    def get(self, session_id: str | None, now: float) -> Session | None:
+        session = self._sessions.get(session_id or "")
+        if session is None:
+            return None
+        if session.expires <= now:
+            del self._sessions[session.id]
+            return None
+        return session
+
+    def end(self, session_id: str) -> None:
+        self._sessions.pop(session_id, None)
+
+    def _expire(self, now: float) -> None:
+        for sid in [s.id for s in self._sessions.values() if s.expires <= now]:
+            del self._sessions[sid]
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+
+# --- login rate limit -----------------------------------------------------------------------
+
+
+@dataclass
+class RateLimiter:
+    """At most `limit` failed logins per source address in `window` seconds (sliding)."""
+
+    limit: int = 5
+    window: float = 60.0
+    _failures: dict[str, deque[float]] = field(default_factory=dict)
+
+    def blocked(self, key: str, now: float) -> bool:
+        times = self._trim(key, now)
+        return times is not None and len(times) >= self.limit
+
+    def failure(self, key: str, now: float) -> None:
+        self._failures.setdefault(key, deque()).append(now)
+        self._trim(key, now)
+        if len(self._failures) > 10000:  # an address sweep must not grow memory without bound
+            for k in list(self._failures):
+                self._trim(k, now)
+
+    def retry_after(self, key: str, now: float) -> float:
+        times = self._trim(key, now)
+        return 0.0 if not times else max(0.0, times[0] + self.window - now)
+
+    def _trim(self, key: str, now: float) -> deque[float] | None:
+        times = self._failures.get(key)
+        if times is None:
+            return None
+        while times and times[0] <= now - self.window:
+            times.popleft()
+        if not times:
+            del self._failures[key]
+            return None
+        return times

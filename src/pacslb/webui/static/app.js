@@ -1,0 +1,86 @@
+// pacslb WebUI: live System Overview (polls /api/v1/status every 2 s) and in-place admin buttons.
+// No libraries: hospital networks are often offline, and this is all the page needs.
+"use strict";
+(function () {
+  const csrf = () => (document.querySelector('meta[name="csrf-token"]') || {}).content || "";
+
+  function colour(rs) {
+    if (rs.admin === "halt") return "halt";
+    if (rs.health === "down") return "down";
+    if (rs.admin === "drain") return "drain";
+    return rs.health === "up" ? "up" : "unknown";
+  }
+
+  function serviceColour(colours) {
+    if (!colours.length || colours.every((c) => c === "down" || c === "halt")) return "down";
+    return colours.every((c) => c === "up") ? "up" : "partial";
+  }
+
+  function paint(row, value) {
+    const dot = row.querySelector('[data-role="colour"]');
+    if (!dot) return;
+    dot.className = "dot h-" + value;
+    dot.title = value;
+    row.querySelector('[data-role="colour-text"]').textContent = value;
+    row.dataset.colour = value;
+  }
+
+  function set(row, role, text) {
+    const cell = row.querySelector('[data-role="' + role + '"]');
+    if (cell && cell.textContent !== String(text)) cell.textContent = text;
+  }
+
+  function update(status) {
+    for (const svc of status.services) {
+      const body = document.querySelector('tbody.service[data-service="' + CSS.escape(svc.label) + '"]');
+      if (!body) { location.reload(); return; }  // the config changed elsewhere: redraw
+      const colours = [];
+      let active = 0;
+      for (const rs of svc.real_servers) {
+        const row = body.querySelector('tr.rip[data-server="' + CSS.escape(rs.label) + '"]');
+        if (!row) { location.reload(); return; }
+        const c = colour(rs);
+        colours.push(c);
+        const conns = rs.connections ? rs.connections.active : 0;
+        active += conns;
+        paint(row, c);
+        set(row, "conns", conns);
+        set(row, "weight", rs.effective_weight + "/" + rs.weight);
+        set(row, "check", rs.last_check ? rs.last_check.reason : "not checked yet");
+      }
+      const vip = body.querySelector("tr.vip");
+      paint(vip, serviceColour(colours));
+      set(vip, "conns", active);
+    }
+    const rev = document.getElementById("revision");
+    if (rev) rev.textContent = status.revision;
+    const updated = document.getElementById("updated");
+    if (updated) updated.textContent = "updated " + new Date().toLocaleTimeString();
+  }
+
+  async function poll() {
+    try {
+      const r = await fetch("/api/v1/status", { credentials: "same-origin", cache: "no-store" });
+      if (r.status === 401) { location.href = "/login?next=/"; return; }
+      if (r.ok) update(await r.json());
+    } catch (e) { /* the next poll tries again */ }
+  }
+
+  async function adminAction(event) {
+    event.preventDefault();
+    const f = event.target;
+    const url = "/api/v1/virtual_services/" + encodeURIComponent(f.service.value) +
+      "/real_servers/" + encodeURIComponent(f.server.value) + "/" + f.action.value;
+    const r = await fetch(url, { method: "POST", credentials: "same-origin",
+      headers: { "X-CSRF-Token": csrf() } });
+    if (!r.ok) alert("Refused: " + r.status + " " + (await r.text()));
+    poll();
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    if (document.getElementById("overview")) {
+      for (const f of document.querySelectorAll("form.admin-form")) f.addEventListener("submit", adminAction);
+      setInterval(poll, 2000);
+    }
+  });
+})();
