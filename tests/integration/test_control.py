@@ -36,6 +36,7 @@ def write_config(path: Path, ports: list[int], extra_service: str = "") -> None:
     )
     path.write_text(
         f"""version: 1
+node: {{webui: {{enabled: false}}}}  # these tests are about the data plane
 virtual_services:
   - label: Web
     vip: 127.0.0.30

@@ -108,6 +108,7 @@ def write_config(path: Path, http_port: int, tcp_port: int, backends: list[int])
     check = "{type: http, path: /check, expect: OK, interval: 0.5, timeout: 0.4, rise: 1, fall: 1}"
     path.write_text(
         f"""version: 1
+node: {{webui: {{enabled: false}}}}  # these tests are about the data plane
 virtual_services:
   - label: Web
     vip: {VIP}

@@ -23,9 +23,15 @@ class Pacslb:
         self.lb = lb
         self.state_dir = state_dir
         self.config_path = state_dir / "pacslb.yaml"
-        config.setdefault("node", {})["state_dir"] = str(state_dir)
-        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        self.write(config)
         self.proc: subprocess.Popen[bytes] | None = None
+
+    def write(self, config: dict[str, Any]) -> None:
+        """Write the config file (then `cli("reload")` applies it, as an operator would)."""
+        node = config.setdefault("node", {})
+        node["state_dir"] = str(self.state_dir)
+        node.setdefault("webui", {"enabled": False})  # the data plane is what these test
+        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
 
     def start(self) -> None:
         log = open(self.state_dir / "run.log", "ab")  # noqa: SIM115 - closed with the process

@@ -112,9 +112,7 @@ def test_held_connections_survive_weight_drain_and_restart_and_halt_cuts(
     # A weight change through the config file and `pacslb reload`.
     cfg = service()
     cfg["virtual_services"][0]["real_servers"][1]["weight"] = 10
-    run.config_path.write_text(
-        __import__("yaml").safe_dump({**cfg, "node": {"state_dir": str(run.state_dir)}})
-    )
+    run.write(cfg)
     run.cli("reload")
     assert c.ping() == ["ok"] * 6
 
