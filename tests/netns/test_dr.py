@@ -84,6 +84,9 @@ def test_weights_split_new_flows_and_replies_bypass_the_lb(
         lambda: sum(run.connections("DICOM", rs, "total") for rs in ("rs1", "rs2")) == 41,
     )
     assert run.connections("DICOM", "rs1", "total") in (30, 31, 32)
+    # The LB counts what it forwards: the client's side only; replies never pass it.
+    counted = [run.server("DICOM", rs)["connections"] for rs in ("rs1", "rs2")]
+    assert all(c["packets_in"] > 0 and c["bytes_out"] == 0 for c in counted), counted
 
 
 def test_source_ip_persistence_holds_within_its_timeout(fresh: Topology, pacslb_in: Start) -> None:

@@ -71,6 +71,12 @@ def test_nat_translates_the_port_keeps_the_client_address_and_splits_by_weight(
         lambda: sum(run.connections("Web", rs, "total") for rs in ("rs1", "rs2")) == 42,
     )
     assert run.connections("Web", "rs1", "total") in (30, 31, 32, 33)
+    # Both directions cross the LB in NAT, and it counts both: the 5 MB went server -> client.
+    run.wait_for(
+        "reply bytes",
+        lambda: sum(run.connections("Web", rs, "bytes_out") for rs in ("rs1", "rs2")) > 5_000_000,
+    )
+    assert run.connections("Web", "rs1", "packets_in") > 0
 
 
 def test_nat_persistence_drain_restart_and_halt(fresh: Topology, pacslb_in: Start) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import time
@@ -296,9 +297,7 @@ class ControlProcess:
                         "admin": str(rs.admin),
                         "health": str(rs.health),
                         "last_check": last,
-                        "connections": None
-                        if count is None
-                        else {"active": count.active, "total": count.total},
+                        "connections": None if count is None else dataclasses.asdict(count),
                     }
                 )
             services.append(

@@ -56,6 +56,12 @@ class PacslbCollector(Collector):
         bytes_out = CounterMetricFamily(
             "pacslb_real_server_bytes_out", "bytes server -> client", labels=RS
         )
+        packets_in = CounterMetricFamily(
+            "pacslb_real_server_packets_in", "packets client -> server (layer 4)", labels=RS
+        )
+        packets_out = CounterMetricFamily(
+            "pacslb_real_server_packets_out", "packets server -> client (NAT, SNAT)", labels=RS
+        )
         latency = GaugeMetricFamily(
             "pacslb_real_server_check_latency_seconds", "duration of the last check", labels=RS
         )
@@ -86,12 +92,15 @@ class PacslbCollector(Collector):
                     total.add_metric(labels, float(count.total))
                     bytes_in.add_metric(labels, float(count.bytes_in))
                     bytes_out.add_metric(labels, float(count.bytes_out))
+                    packets_in.add_metric(labels, float(count.packets_in))
+                    packets_out.add_metric(labels, float(count.packets_out))
                     open_now += count.active
                 if rs["last_check"] is not None:
                     latency.add_metric(labels, rs["last_check"]["latency_ms"] / 1000)
             vs_up.add_metric([service, svc["vip"]], float(available))
             vs_active.add_metric([service], float(open_now))
-        yield from (up, health, admin, weight, active, total, bytes_in, bytes_out, latency)
+        yield from (up, health, admin, weight, active, total, bytes_in, bytes_out)
+        yield from (packets_in, packets_out, latency)
         yield from (vs_up, vs_active)
         yield from self._engines()
         revision = GaugeMetricFamily("pacslb_config_revision", "config revision in force")

@@ -18,6 +18,8 @@ class Counters:
     bytes_in: int = 0  # client -> server
     bytes_out: int = 0  # server -> client
     connect_failures: int = 0
+    packets_in: int = 0  # kernel engine: packets client -> server
+    packets_out: int = 0  # kernel engine, NAT/SNAT: packets server -> client (DR never sees them)
 
 
 class Engine(Protocol):

@@ -245,11 +245,15 @@ class KernelEngine:
                 total = objects.get(nft.flow_counter(*key), (0, 0))[0]
                 new_flows[key] = max(0, total - self._totals.get(key, total))
                 self._totals[key] = total
+                packets_in, bytes_in = objects.get(nft.traffic_counter(*key), (0, 0))
+                packets_out, bytes_out = objects.get(nft.reply_counter(*key), (0, 0))
                 counters[key] = Counters(
                     active=active.get(key, 0),
                     total=total,
-                    bytes_in=objects.get(nft.traffic_counter(*key), (0, 0))[1],
-                    bytes_out=objects.get(nft.reply_counter(*key), (0, 0))[1],
+                    bytes_in=bytes_in,
+                    bytes_out=bytes_out,
+                    packets_in=packets_in,
+                    packets_out=packets_out,
                 )
         self._active, self._new_flows, self._counters = active, new_flows, counters
         async with self._lock:
