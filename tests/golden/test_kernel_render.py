@@ -5,9 +5,13 @@ diff like code. Each script is also checked by nft itself (`nft -c`) when nft is
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import shutil
 import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -44,11 +48,9 @@ def check(name: str, text: str) -> None:
     assert text == path.read_text(), f"{path} differs: UPDATE_GOLDEN=1 and review the diff"
 
 
-def nft_accepts(text: str) -> None:
-    """nft's own parser and the kernel's checks, without changing anything (`-c`)."""
-    if shutil.which("nft") is None or os.geteuid() != 0:
-        return
-    # The DR chain names a device: check in a namespace that has one called eth1.
+@contextlib.contextmanager
+def scratch_namespace() -> Iterator[str]:
+    """A namespace with a device called eth1 (the DR chain names it); deleted afterwards."""
     ns = f"plbgold{os.getpid()}"
     subprocess.run(["ip", "netns", "add", ns], check=True)
     try:
@@ -56,6 +58,16 @@ def nft_accepts(text: str) -> None:
             ["ip", "-n", ns, "link", "add", "eth1", "type", "veth", "peer", "name", "eth2"],
             check=True,
         )
+        yield ns
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+def nft_accepts(text: str) -> None:
+    """nft's own parser and the kernel's checks, without changing anything (`-c`)."""
+    if shutil.which("nft") is None or os.geteuid() != 0:
+        return
+    with scratch_namespace() as ns:
         done = subprocess.run(
             ["ip", "netns", "exec", ns, "nft", "-c", "-f", "-"],
             input=text,
@@ -64,8 +76,6 @@ def nft_accepts(text: str) -> None:
             check=False,
         )
         assert done.returncode == 0, done.stderr
-    finally:
-        subprocess.run(["ip", "netns", "del", ns], check=False)
 
 
 def test_every_kernel_mode_renders_as_reviewed() -> None:
@@ -117,3 +127,29 @@ def test_the_mckesson_profile_renders_and_nft_accepts_it(variant: str, tmp_path:
     script = nft.render(plan, facts(plan), slots).script
     assert script.count(" jump s") == len(nft.kernel_services(plan))
     nft_accepts(script)
+
+
+def test_what_the_engine_reads_back_from_the_kernel_is_what_it_rendered() -> None:
+    """The adoption path (a restarted pacslb) sees exactly the objects a render made."""
+    if shutil.which("nft") is None or os.geteuid() != 0:
+        pytest.skip("needs root and nft (CI has both)")
+    ruleset = rendered("mixed")
+    with scratch_namespace() as ns:
+        subprocess.run(
+            ["ip", "netns", "exec", ns, "nft", "-f", "-"],
+            input=ruleset.script,
+            text=True,
+            check=True,
+        )
+        code = (
+            "from pathlib import Path; from dataclasses import astuple;"
+            "from pacslb.engines.kernel import KernelEngine;"
+            "print([sorted(x) for x in astuple(KernelEngine(Path('/nonexistent'))._read_live())])"
+        )
+        done = subprocess.run(
+            ["ip", "netns", "exec", ns, sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    assert done.stdout.strip() == str([sorted(x) for x in dataclasses.astuple(ruleset.live)])

@@ -255,3 +255,26 @@ def test_wlc_sends_new_flows_to_the_least_loaded_server(fresh: Topology, pacslb_
     time.sleep(1.5)
     # 6 against 4: the next ones still go to rs2 until the two are even.
     assert set(c.open(2)) == {"rs2"}
+
+
+def test_a_connection_the_server_refused_is_not_counted_as_open(
+    fresh: Topology, pacslb_in: Start
+) -> None:
+    run = pacslb_in(fresh.hosts["lb"], service(scheduler="wlc"))
+    rs2 = fresh.hosts["rs2"]
+    # rs2 refuses port 5000 itself: its RST goes straight to the client, past the LB.
+    rs2.run("nft", "add", "table", "inet", "t")
+    rs2.run("nft", "add", "chain", "inet", "t", "in", "{ type filter hook input priority 0; }")
+    rs2.run("nft", "add", "rule", "inet", "t", "in", "tcp", "dport", "5000", "reject", "with",
+            "tcp", "reset")  # fmt: skip
+    try:
+        results = Client(fresh.hosts["client"], VIP, 5000).once(4)
+    finally:
+        rs2.run("nft", "delete", "table", "inet", "t")
+    assert results.count("error: ConnectionRefusedError") == 2, results
+    held = Client(fresh.hosts["client"], VIP, 4000)
+    held.open(2)
+    # Once counted, the refused flows are not open connections (they wait out a 30 s
+    # handshake timeout in the flow map, not the 30-minute idle timeout).
+    time.sleep(1.5)
+    assert run.connections("DICOM", "rs1") + run.connections("DICOM", "rs2") == 2

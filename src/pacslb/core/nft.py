@@ -32,6 +32,10 @@ from pacslb.errors import EngineError
 TABLE = "pacslb"
 FLOW_SIZE = 262144
 CLOSING_TIMEOUT = 10  # seconds a DR flow is kept after FIN/RST (late retransmits still land)
+# Seconds a new DR flow is kept until the client's second packet shows the server accepted it.
+# A refused connection is answered by the server straight to the client (the LB never sees
+# the RST), so without this it would hold its flow entry, and count as open, for `idle`.
+HANDSHAKE_TIMEOUT = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,10 +235,11 @@ def _dr_service(t: _Table, svc: PlanService, facts: KernelFacts, slots: tuple[st
     ]
     t.chain(sid, *pick)
     remember = [f"update @{persist} {{ {source} : ether daddr }}"] if persist else []
+    first = f" timeout {HANDSHAKE_TIMEOUT}s" if svc.protocol == "tcp" else ""
     t.chain(
         f"{sid}_new",
         *remember,
-        f"add @{sid}_flows {{ {key} : ether daddr }}",
+        f"add @{sid}_flows {{ {key}{first} : ether daddr }}",
         f"counter name ether daddr map @{sid}_fc",
         f"goto {sid}_out",
     )
@@ -245,6 +250,8 @@ def _dr_service(t: _Table, svc: PlanService, facts: KernelFacts, slots: tuple[st
             f"tcp flags & (fin | rst) != 0 add @{sid}_closing {{ {key} }}",
             f"{key} @{sid}_closing update @{sid}_flows "
             f"{{ {key} timeout {CLOSING_TIMEOUT}s : ether daddr }} goto {sid}_out",
+            # A retransmitted SYN: the server has not answered yet; keep the short timeout.
+            f"tcp flags & (syn | ack) == syn goto {sid}_out",
         ]
     known.append(f"update @{sid}_flows {{ {key} timeout {idle}s : ether daddr }} goto {sid}_out")
     t.chain(f"{sid}_known", *known)

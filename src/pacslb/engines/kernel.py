@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import ipaddress
 import json
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from pacslb.errors import EngineError
 
 POLL_INTERVAL = 1.0
 FACTS_EVERY = 10  # polls between re-reading the real servers' MACs
-FAMILIES = ("netdev", "ip", "ip6")
+_DECLARATION = re.compile(r"^\t(chain|set|map|counter|ct timeout) (\S+) \{$", re.MULTILINE)
 
 
 class KernelEngine:
@@ -122,29 +123,26 @@ class KernelEngine:
         return service_slots(svc, active, new)
 
     def _read_live(self) -> nft.LiveObjects:
-        """What our tables hold now (a restarted pacslb adopts them, keeping their flows)."""
-        tables: set[str] = set()
-        kinds: dict[str, set[tuple[str, str]]] = {
+        """What our tables hold now (a restarted pacslb adopts them, keeping their flows).
+
+        Read from the text listing: nft 1.0.6 warns on stderr that `counter name ... map` has
+        no JSON form when a whole table is listed as JSON, and `list ct timeout` crashes it."""
+        listing = self.nftables.json("list tables")
+        tables = {
+            t["table"]["family"]
+            for t in listing.get("nftables", [])
+            if "table" in t and t["table"]["name"] == nft.TABLE
+        }
+        found: dict[str, set[tuple[str, str]]] = {
             k: set() for k in ("chain", "set", "map", "counter", "ct timeout")
         }
-        for family in FAMILIES:
-            try:
-                listing = self.nftables.json(f"list table {family} {nft.TABLE}")
-            except EngineError:
-                continue  # no such table
-            tables.add(family)
-            for item in listing.get("nftables", []):
-                for kind in kinds:
-                    obj = item.get(kind.replace(" ", "_"))
-                    if obj is not None and obj.get("table") == nft.TABLE:
-                        kinds[kind].add((family, obj["name"]))
+        for family in sorted(tables):
+            text = self.nftables.run(f"list table {family} {nft.TABLE}")
+            for kind, name in _DECLARATION.findall(text):
+                found[kind].add((family, name))
         return nft.LiveObjects(
             frozenset(tables),
-            frozenset(kinds["chain"]),
-            frozenset(kinds["set"]),
-            frozenset(kinds["map"]),
-            frozenset(kinds["counter"]),
-            frozenset(kinds["ct timeout"]),
+            *(frozenset(found[k]) for k in ("chain", "set", "map", "counter", "ct timeout")),
         )
 
     def _gather_facts(self, plan: Plan) -> nft.KernelFacts:
@@ -280,7 +278,8 @@ class KernelEngine:
         return out
 
     def _dr_flows(self, svc: PlanService) -> dict[ServerKey, int]:
-        """Live flows per server: the flow map's entries that are not closing."""
+        """Open flows per server: the flow map's entries past the handshake and not closing
+        (as IPVS counts active connections)."""
         by_mac = {
             mac: (svc.label, rs.label)
             for rs in svc.real_servers
@@ -288,18 +287,26 @@ class KernelEngine:
         }
         flows = self._elements(f"map netdev {nft.TABLE} {nft.flows_map(svc.label)}")
         closing = {
-            json.dumps(e)
+            json.dumps(_plain(e))
             for e in self._elements(f"set netdev {nft.TABLE} {nft.closing_set(svc.label)}")
         }
         out = dict.fromkeys(by_mac.values(), 0)
+        idle = int(svc.timeouts.idle)
         for elem in flows:
-            key, mac = elem if isinstance(elem, list) else (elem, None)
-            if json.dumps(_plain(key)) in closing or mac not in by_mac:
+            if not isinstance(elem, list) or len(elem) != 2:
+                continue
+            key, mac = elem
+            # An entry keeps the timeout it was added with; `update` only moves its expiry.
+            # So a flow past its handshake is one whose expiry lies beyond the handshake's.
+            expires = key.get("elem", {}).get("expires", 0) if isinstance(key, dict) else 0
+            opening = idle > nft.HANDSHAKE_TIMEOUT and expires <= nft.HANDSHAKE_TIMEOUT
+            if opening or mac not in by_mac or json.dumps(_plain(key)) in closing:
                 continue
             out[by_mac[mac]] += 1
         return out
 
     def _elements(self, what: str) -> list[Any]:
+        """A set's or map's elements as listed (JSON), timeouts included."""
         try:
             listing = self.nftables.json(f"list {what}")
         except EngineError:
@@ -307,7 +314,7 @@ class KernelEngine:
         for item in listing.get("nftables", []):
             obj = item.get("map") or item.get("set")
             if obj is not None:
-                return [_plain(e) for e in obj.get("elem", [])]
+                return list(obj.get("elem", []))
         return []
 
     def _read_counters(self) -> dict[str, tuple[int, int]]:
