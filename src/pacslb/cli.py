@@ -93,6 +93,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
         print(f"wrote {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(text)
+        sys.stdout.flush()  # before the note on stderr, so a terminal shows them in order
     if examples:
         print(
             "note: example addresses used for " + ", ".join(examples) + ": replace them",
@@ -265,12 +266,38 @@ def cmd_admin(args: argparse.Namespace) -> int:
 
 
 def cmd_events(args: argparse.Namespace) -> int:
-    from pacslb.control.events import Event
-    from pacslb.control.local import request
+    from pacslb.control.events import Event, EventLog
+    from pacslb.control.local import NotRunning, request
 
     payload = {"cmd": "events", "kind": args.kind, "service": args.service, "limit": args.limit}
-    for raw in request(_state_dir(args), payload):
-        print(Event(**raw))
+    state_dir = _state_dir(args)
+    try:
+        events = [Event(**raw) for raw in request(state_dir, payload)]
+    except NotRunning:
+        # Stopped: the log is on disk (how it stopped is often the question).
+        if not (state_dir / "events.jsonl").exists():
+            raise
+        log = EventLog(state_dir / "events.jsonl")
+        events = log.query(args.kind, args.service, None, args.limit)
+    for event in events:
+        print(event)
+    return EXIT_OK
+
+
+def cmd_teardown(args: argparse.Namespace) -> int:
+    """Layer 4 forwarding outlives `pacslb run` on purpose; this ends it for good."""
+    from pacslb.control.local import NotRunning, request
+    from pacslb.engines.kernel import KernelEngine
+
+    state_dir = _state_dir(args)
+    try:
+        request(state_dir, {"cmd": "status"}, timeout=2.0)
+    except NotRunning:
+        pass
+    else:
+        raise PacslbError(f"pacslb is running with {state_dir}: stop it first")
+    done = KernelEngine(state_dir).teardown()
+    print("\n".join(done) if done else "nothing to remove: no pacslb tables on this host")
     return EXIT_OK
 
 
@@ -316,7 +343,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     state_dir = Path(args.state_dir).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     config_path = state_dir / "pacslb.yaml"
-    write_atomic(config_path, demo.config_text(state_dir, args.webui_listen).encode())
+    if config_path.exists():  # changes made through the WebUI or API are kept
+        print(f"demo: using the existing {config_path} (delete it to start afresh)")
+    else:
+        write_atomic(config_path, demo.config_text(state_dir, args.webui_listen).encode())
     text, config = read_config(config_path)
 
     async def main() -> None:
@@ -482,6 +512,14 @@ def build_parser() -> argparse.ArgumentParser:
     locate(p)
     p.set_defaults(func=cmd_reload)
 
+    p = sub.add_parser(
+        "teardown",
+        help="stopped pacslb: delete its nftables tables and the VIPs it added (layer 4 "
+        "forwarding, which outlives `pacslb run`, ends)",
+    )
+    locate(p)
+    p.set_defaults(func=cmd_teardown)
+
     p = sub.add_parser("passwd", help="set the password of a WebUI/REST API user")
     p.add_argument("--user", default="admin", help="user name (default admin)")
     p.add_argument(
@@ -537,6 +575,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(problem)
     try:
         result: int = args.func(args)
+    except BrokenPipeError:  # `pacslb status | head -1`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_INVALID

@@ -173,7 +173,7 @@ def test_dry_run_and_validate_change_nothing(tmp_path: Path) -> None:
     with web_client(tmp_path) as (client, process):
         h = headers(login(client))
         r = client.post("/api/v1/virtual_services?dry_run=true", json=NEW_SERVICE, headers=h)
-        assert r.status_code == 201 and r.json() == {
+        assert r.status_code == 200 and r.json() == {
             "valid": True,
             "problems": [],
             "applied": False,

@@ -214,7 +214,7 @@ def test_reload_applies_a_good_config_and_refuses_a_bad_one(
 def test_cli_without_a_running_process(tmp_path: Path) -> None:
     result = pacslb("status", "--state-dir", str(tmp_path), check=False)
     assert result.returncode == 1
-    assert "pacslb is not running (no control socket at" in result.stderr
+    assert "no pacslb answers at" in result.stderr
 
 
 def test_run_refuses_an_invalid_config_and_starts_nothing(tmp_path: Path) -> None:
@@ -226,3 +226,12 @@ def test_run_refuses_an_invalid_config_and_starts_nothing(tmp_path: Path) -> Non
     assert result.returncode == 1
     assert "virtual_services[0].vip" in result.stderr and "nothing was started" in result.stderr
     assert not (tmp_path / "state").exists()
+
+
+def test_events_are_read_from_the_log_when_pacslb_is_stopped(tmp_path: Path) -> None:
+    from pacslb.control.events import Event, EventLog
+
+    EventLog(tmp_path / "events.jsonl").record(Event("health", "up -> down: refused", "Web", "S1"))
+    result = pacslb("events", "--state-dir", str(tmp_path), check=False)
+    assert result.returncode == 0, result.stderr
+    assert "Web/S1: up -> down: refused" in result.stdout

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.netns.conftest import Pacslb
+from tests.netns.conftest import PACSLB, Pacslb
 from tests.netns.topology import Client, Topology, named_servers, one_arm
 
 VIP = "198.18.0.100"
@@ -278,3 +278,19 @@ def test_a_connection_the_server_refused_is_not_counted_as_open(
     # handshake timeout in the flow map, not the 30-minute idle timeout).
     time.sleep(1.5)
     assert run.connections("DICOM", "rs1") + run.connections("DICOM", "rs2") == 2
+
+
+def test_teardown_ends_layer4_forwarding_for_good(fresh: Topology, pacslb_in: Start) -> None:
+    run = pacslb_in(fresh.hosts["lb"], service())
+    lb = fresh.hosts["lb"]
+    teardown = [*PACSLB, "teardown", "--state-dir", str(run.state_dir)]
+    refused = subprocess.run(
+        ["ip", "netns", "exec", lb.ns, *teardown], capture_output=True, text=True, check=False
+    )
+    assert refused.returncode != 0 and "stop it first" in refused.stderr
+    run.stop()
+    assert set(Client(fresh.hosts["client"], VIP, 4000).once(2)) == {"rs1", "rs2"}  # still on
+    out = lb.run(*teardown)
+    assert "deleted table netdev pacslb" in out and f"removed VIP {VIP} from eth0" in out
+    assert "pacslb" not in lb.run("nft", "list", "tables")
+    assert VIP not in lb.run("ip", "-4", "addr", "show", "dev", "eth0")

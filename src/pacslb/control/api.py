@@ -161,8 +161,14 @@ async def list_services(request: Request, who: Reader) -> list[dict[str, Any]]:
 
 @router.post("/virtual_services", status_code=201, tags=["virtual services"])
 async def create_service(
-    request: Request, body: c.VirtualService, who: Admin, dry_run: DryRun = False
+    request: Request,
+    response: Response,
+    body: c.VirtualService,
+    who: Admin,
+    dry_run: DryRun = False,
 ) -> dict[str, Any]:
+    if dry_run:
+        response.status_code = 200  # validated only: nothing was created
     config = process_of(request).config
     if config.service(body.label) is not None:
         raise HTTPException(409, f"virtual service {body.label!r} exists already")
@@ -205,8 +211,15 @@ async def list_servers(request: Request, service: str, who: Reader) -> list[dict
 
 @router.post("/virtual_services/{service}/real_servers", status_code=201, tags=["real servers"])
 async def create_server(
-    request: Request, service: str, body: c.RealServer, who: Admin, dry_run: DryRun = False
+    request: Request,
+    response: Response,
+    service: str,
+    body: c.RealServer,
+    who: Admin,
+    dry_run: DryRun = False,
 ) -> dict[str, Any]:
+    if dry_run:
+        response.status_code = 200  # validated only: nothing was created
     config = process_of(request).config
     index, vs = _service(process_of(request), service)
     if any(rs.label == body.label for rs in vs.real_servers):

@@ -321,7 +321,8 @@ class ControlProcess:
             "ready": self.ready,
             "started": self.started.isoformat(timespec="seconds"),
             "uptime_s": round((datetime.now(UTC) - self.started).total_seconds(), 1),
-            "engines": [e.name for e in self.engines],
+            # The data planes this config uses (the others are idle and hold nothing).
+            "engines": sorted({svc["forwarded_by"] for svc in services}),
             "services": services,
         }
 

@@ -111,8 +111,8 @@ def request(state_dir: Path, payload: dict[str, Any], timeout: float = 10.0) -> 
             sock.connect(str(path))
         except (FileNotFoundError, ConnectionRefusedError):
             raise NotRunning(
-                f"pacslb is not running (no control socket at {path}); start it with "
-                "`pacslb run CONFIG`, or pass --state-dir / --config to find it"
+                f"no pacslb answers at {state_dir} (no control socket at {path}): start it "
+                "with `pacslb run CONFIG`, or pass the --state-dir (or --config) it runs with"
             ) from None
         sock.sendall(json.dumps(payload).encode() + b"\n")
         data = b""

@@ -207,6 +207,12 @@ class WebServer:
                 flush=True,
             )
             process._record("auth", "first start: a password for user admin was generated")
+        else:
+            print(
+                f"WebUI {self.url}: log in with your user; a forgotten password is reset with "
+                f"`pacslb passwd --state-dir {process.state_dir}`",
+                flush=True,
+            )
 
     def _ended(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:

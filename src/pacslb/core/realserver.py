@@ -72,11 +72,11 @@ def linux(vips: Sequence[str], interface: str = "eth0") -> str:
     ]
     out += [f"sysctl -w {s}" for s in sysctls] if v4 else []
     out += ["# The VIP on the loopback interface: the server accepts packets addressed to it."]
-    out += [f"ip addr add {v}/32 dev lo" for v in v4]
+    out += [f"ip addr replace {v}/32 dev lo" for v in v4]
     if v6:
         out += ["# IPv6: neighbour discovery answers only for addresses on the interface asked,"]
         out += ["# so an address on lo needs no sysctl."]
-        out += [f"ip -6 addr add {v}/128 dev lo" for v in v6]
+        out += [f"ip -6 addr replace {v}/128 dev lo" for v in v6]
     out += ["", "# To keep this across reboots:"]
     if v4:
         out += [f"# {SYSCTL_FILE}:"]

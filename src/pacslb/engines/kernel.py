@@ -360,6 +360,19 @@ class KernelEngine:
                 parts.append(self.nftables.run(f"list table {family} {nft.TABLE}"))
         return "".join(parts)
 
+    def teardown(self) -> list[str]:
+        """Remove what the engine left on the host for good: its tables (all layer 4
+        forwarding stops) and the VIP addresses it added. For `pacslb teardown`."""
+        done = []
+        for family in sorted(self._read_live().tables):
+            self.nftables.run(f"delete table {family} {nft.TABLE}")
+            done.append(f"deleted table {family} {nft.TABLE}")
+        for address, device in sorted(self._addresses().items()):
+            self.host.del_address(address, device)
+            done.append(f"removed VIP {address} from {device}")
+        self._addresses_file.unlink(missing_ok=True)
+        return done
+
     async def close(self) -> None:
         """Stop counting; the tables stay, so forwarding goes on while pacslb is stopped."""
         if self._poller is not None:

@@ -23,7 +23,7 @@ def test_linux_commands_solve_the_arp_problem_and_put_the_vip_on_lo() -> None:
         "sysctl -w net.ipv4.conf.all.arp_announce=2",
         "sysctl -w net.ipv4.conf.eth0.arp_ignore=1",
         "sysctl -w net.ipv4.conf.eth0.arp_announce=2",
-        f"ip addr add {VIP}/32 dev lo",
+        f"ip addr replace {VIP}/32 dev lo",
     ]
 
 
@@ -38,7 +38,7 @@ def test_linux_persistence_is_shown_as_comments_only() -> None:
 
 def test_linux_ipv6_vip_gets_a_128_on_lo_and_no_arp_sysctls() -> None:
     assert commands(realserver.linux(["2001:db8::30"])) == [
-        "ip -6 addr add 2001:db8::30/128 dev lo"
+        "ip -6 addr replace 2001:db8::30/128 dev lo"
     ]
 
 
@@ -100,7 +100,7 @@ def test_config_groups_dr_vips_by_real_server_and_skips_other_modes() -> None:
     ]
     text = realserver.for_config(servers, "linux", "eth0", "net", "loopback")
     assert "# === Srv1, Srv1-web (192.168.85.200)" in text
-    assert commands(text).count("ip addr add 192.168.85.31/32 dev lo") == 1
+    assert commands(text).count("ip addr replace 192.168.85.31/32 dev lo") == 1
     assert "192.168.85.40" not in text
 
 
@@ -117,7 +117,7 @@ def test_cli_prints_for_a_config_and_needs_a_vip_otherwise(
     assert main(["realserver"]) == 1
     assert "--vip" in capsys.readouterr().err
     assert main(["realserver", "--vip", VIP]) == 0
-    assert f"ip addr add {VIP}/32 dev lo" in capsys.readouterr().out
+    assert f"ip addr replace {VIP}/32 dev lo" in capsys.readouterr().out
 
 
 def test_the_fix_doctor_suggests() -> None:
