@@ -34,6 +34,7 @@ def fresh(topo: Topology) -> Iterator[Topology]:
     yield topo
     # Our table outlives `pacslb run` on purpose; the next test starts from a clean host.
     topo.hosts["lb"].run("nft", "delete", "table", "netdev", "pacslb", check=False)
+    topo.hosts["lb"].run("ip", "addr", "del", f"{VIP}/32", "dev", "eth0", check=False)
 
 
 def service(**kw: Any) -> dict[str, Any]:

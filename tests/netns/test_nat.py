@@ -53,6 +53,7 @@ def fresh(nat: Topology) -> Iterator[Topology]:
     yield nat
     nat.hosts["lb"].run("nft", "delete", "table", "ip", "pacslb", check=False)
     nat.hosts["lb"].run("conntrack", "-F", check=False)
+    nat.hosts["lb"].run("ip", "addr", "del", f"{VIP}/32", "dev", "eth0", check=False)
 
 
 def test_nat_translates_the_port_keeps_the_client_address_and_splits_by_weight(

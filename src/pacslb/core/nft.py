@@ -233,7 +233,7 @@ def _dr_service(t: _Table, svc: PlanService, facts: KernelFacts, slots: tuple[st
         f"ether daddr set meta mark map @{sid}_slots meta mark set 0 goto {sid}_new",
         "meta mark set 0 counter drop  # no real server and no fallback",
     ]
-    t.chain(sid, *pick)
+    t.chain(sid, _about(svc), *pick)
     remember = [f"update @{persist} {{ {source} : ether daddr }}"] if persist else []
     first = f" timeout {HANDSHAKE_TIMEOUT}s" if svc.protocol == "tcp" else ""
     t.chain(
@@ -266,12 +266,27 @@ def _dr_service(t: _Table, svc: PlanService, facts: KernelFacts, slots: tuple[st
         f'ether saddr set {link.lb_mac} fwd to "{link.device}"',
     )
     for rs in svc.real_servers:
-        t.declare("counter", flow_counter(svc.label, rs.label), "")
-        t.declare("counter", traffic_counter(svc.label, rs.label), "")
+        _counters(t, svc, rs.label, reply=False)
     hook = f"in_{_device_id(link.device)}"
     if hook not in t.chains:
         t.chain(hook, f'type filter hook ingress device "{link.device}" priority 0; policy accept;')
     t.chain(hook, f"{_match(svc)} jump {sid}")
+
+
+def _about(svc: PlanService) -> str:
+    """The service chain's comment: the hashed names are stable, this says whose they are."""
+    ports = ",".join(str(p) for p in svc.ports)
+    return f'comment "virtual service {svc.label}: {svc.vip}:{ports}/{svc.protocol} {svc.mode}"'
+
+
+def _counters(t: _Table, svc: PlanService, server: str, reply: bool) -> None:
+    who = f"{svc.label}/{server}"
+    t.declare("counter", flow_counter(svc.label, server), f'comment "{who}: new flows";')
+    t.declare("counter", traffic_counter(svc.label, server), f'comment "{who}: client to server";')
+    if reply:
+        t.declare(
+            "counter", reply_counter(svc.label, server), f'comment "{who}: server to client";'
+        )
 
 
 def _device_id(device: str) -> str:
@@ -359,7 +374,7 @@ def _nat_service(t: _Table, svc: PlanService, slots: tuple[str, ...]) -> None:
         f"to ct mark map @{sid}_to_port",
         f"dnat {l3} to ct mark map @{sid}_to_addr",
     ]
-    t.chain(sid, *rules)
+    t.chain(sid, _about(svc), *rules)
     t.chain("nat_in", f"{_match(svc)} jump {sid}")
     t.chain("ct_in", f'ct state new {_match(svc)} ct timeout set "{_ct_timeout(svc)}"')
     idle = int(svc.timeouts.idle)
@@ -374,9 +389,7 @@ def _nat_service(t: _Table, svc: PlanService, slots: tuple[str, ...]) -> None:
     )
     for label, _, _ in servers:
         if label != FALLBACK:
-            t.declare("counter", flow_counter(svc.label, label), "")
-            t.declare("counter", traffic_counter(svc.label, label), "")
-            t.declare("counter", reply_counter(svc.label, label), "")
+            _counters(t, svc, label, reply=True)
 
 
 def reply_counter(service: str, server: str) -> str:
