@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import json
 import re
@@ -49,7 +50,9 @@ class KernelEngine:
         self._nft = nft_runner
         self.host = host or Host()
         self.notify = notify or (lambda message: None)
-        self._plan: Plan | None = None
+        self._plan: Plan | None = None  # the last Plan applied
+        self._view: Plan | None = None  # what was rendered: without DR servers lacking a MAC
+        self._unresolved: set[tuple[str, str]] = set()  # those servers (service, label)
         self._facts = nft.KernelFacts()
         self._live: nft.LiveObjects | None = None  # None: not read from the kernel yet
         self._shape = ""
@@ -76,31 +79,57 @@ class KernelEngine:
         async with self._lock:
             await self._apply(plan)
 
-    async def _apply(self, plan: Plan) -> None:
+    async def _apply(self, plan: Plan, refresh_facts: bool = False) -> None:
         services = nft.kernel_services(plan)
         if not services and self._live is None and not self._addresses():
-            self._plan = plan  # no layer 4 service: leave nftables alone (no root needed)
+            self._plan = self._view = plan  # no layer 4 service: no nftables (nor root) needed
             return
         live = self._live
         if live is None:
             live = await asyncio.to_thread(self._read_live)
         # The host is asked (routes, MACs: a few `ip` processes) only when the addresses
-        # change; a drain or a health change is then just the nftables transaction.
+        # change or a MAC is still missing; a drain or a health change is then just the
+        # nftables transaction.
         where = _endpoints(plan)
         facts = self._facts
-        if where != self._where:
+        if refresh_facts or where != self._where or self._unresolved:
             facts = await asyncio.to_thread(self._gather_facts, plan)
-        slots = {svc.label: self._deal(svc) for svc in services}
-        ruleset = nft.render(plan, facts, slots, live)
+        view = self._reachable(plan, facts)
+        slots = {svc.label: self._deal(svc) for svc in nft.kernel_services(view)}
+        ruleset = nft.render(view, facts, slots, live)
         script = ruleset.script if ruleset.shape != self._shape else ruleset.elements
         self._run(script)
-        self._plan, self._facts, self._slots = plan, facts, slots
+        self._plan, self._view, self._facts, self._slots = plan, view, facts, slots
         self._live, self._shape = ruleset.live, ruleset.shape
         if where != self._where:
             await asyncio.to_thread(self._place_addresses, services)
             self._where = where
         if services and self._poller is None:
             self._poller = asyncio.get_running_loop().create_task(self._poll())
+
+    def _reachable(self, plan: Plan, facts: nft.KernelFacts) -> Plan:
+        """The Plan without the DR real servers whose MAC is unknown (down, or not on the
+        segment): they get no flows until they answer ARP, and the rest still forward."""
+        unresolved: set[tuple[str, str]] = set()
+        services = []
+        for svc in plan.services:
+            if svc.mode is not c.Mode.L4_DR:
+                services.append(svc)
+                continue
+            known = tuple(rs for rs in svc.real_servers if rs.address in facts.macs)
+            unresolved |= {(svc.label, rs.label) for rs in svc.real_servers if rs not in known}
+            fallback = svc.fallback
+            if fallback is not None and fallback.address not in facts.macs:
+                unresolved.add((svc.label, "fallback"))
+                fallback = None
+            services.append(dataclasses.replace(svc, real_servers=known, fallback=fallback))
+        for service, server in sorted(unresolved - self._unresolved):
+            self.notify(
+                f"{service}/{server}: no ARP answer, so no MAC address: not forwarded to "
+                "until it answers (is it up, on this segment?)"
+            )
+        self._unresolved = unresolved
+        return dataclasses.replace(plan, services=tuple(services))
 
     def _run(self, script: str) -> None:
         loop = asyncio.get_running_loop()
@@ -174,13 +203,7 @@ class KernelEngine:
                 device = next(iter(devices.values()))
                 links[svc.label] = nft.DrLink(device, self.host.link_mac(device))
         macs = self.host.resolve(sorted(set(wanted))) if wanted else {}
-        missing = sorted(set(wanted) - macs.keys())
-        if missing:
-            raise EngineError(
-                f"no ARP answer from {', '.join(missing)}: Direct Routing needs each real "
-                "server's MAC address (is it up, on this segment?)"
-            )
-        return nft.KernelFacts(links, macs)
+        return nft.KernelFacts(links, macs)  # a missing MAC: see _reachable
 
     # --- VIP addresses -------------------------------------------------------------------
 
@@ -255,11 +278,12 @@ class KernelEngine:
                 )
         self._active, self._new_flows, self._counters = active, new_flows, counters
         async with self._lock:
-            if self._plan is not plan:
+            view = self._view
+            if self._plan is not plan or view is None:
                 return  # a new Plan was applied meanwhile; it dealt its own slots
-            slots = {svc.label: self._deal(svc) for svc in services}
+            slots = {svc.label: self._deal(svc) for svc in nft.kernel_services(view)}
             if slots != self._slots:
-                ruleset = nft.render(plan, self._facts, slots, self._live or nft.LiveObjects())
+                ruleset = nft.render(view, self._facts, slots, self._live or nft.LiveObjects())
                 self._run(ruleset.elements)
                 self._slots = slots
 
@@ -343,12 +367,9 @@ class KernelEngine:
         plan = self._plan
         if plan is None or not any(s.mode is c.Mode.L4_DR for s in nft.kernel_services(plan)):
             return
-        facts = await asyncio.to_thread(self._gather_facts, plan)
         async with self._lock:
-            if facts != self._facts and self._plan is plan:
-                ruleset = nft.render(plan, facts, self._slots, self._live or nft.LiveObjects())
-                self._run(ruleset.script)
-                self._facts, self._live, self._shape = facts, ruleset.live, ruleset.shape
+            if self._plan is plan:
+                await self._apply(plan, refresh_facts=True)
 
     # --- views and stop ------------------------------------------------------------------
 

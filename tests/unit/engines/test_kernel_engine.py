@@ -120,3 +120,32 @@ def test_a_refused_transaction_keeps_the_old_state_and_says_why(tmp_path: Path) 
 
     asyncio.run(scenario())
     assert kernel._plan is plan  # what the kernel holds is still the first Plan
+
+
+def test_a_dr_server_without_a_mac_is_left_out_and_the_others_forward(tmp_path: Path) -> None:
+    nft, host = FakeNft(), FakeHost()
+    answering = ["198.18.0.11"]
+    host.resolve = (
+        lambda addresses: {  # type: ignore[method-assign]
+            a: f"02:00:00:00:01:{a[-2:]}" for a in addresses if a in answering
+        }
+    )
+    notes: list[str] = []
+    kernel = KernelEngine(tmp_path, nft_runner=nft, host=host, notify=notes.append)  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        await kernel.apply(build_plan(config()))
+        answering.append("198.18.0.12")  # b answers ARP now: the next apply takes it in
+        await kernel.apply(build_plan(config()))
+        await kernel.close()
+
+    asyncio.run(scenario())
+    first, second = nft.scripts
+    assert "02:00:00:00:01:11" in first and "jump" in first  # a forwards from the start
+    assert "02:00:00:00:01:12" not in first and "02:00:00:00:01:12" in second
+    assert notes == [
+        "DICOM/b: no ARP answer, so no MAC address: not forwarded to until it answers "
+        "(is it up, on this segment?)",
+        "added VIP 198.18.0.100 to eth1",
+    ]
+    assert kernel._unresolved == set()
