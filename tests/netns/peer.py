@@ -43,10 +43,14 @@ def serve(name: str, ports: list[int]) -> None:
                 pass
 
     def listen(port: int) -> None:
-        srv = socket.create_server(("0.0.0.0", port), backlog=512, reuse_port=True)
+        # Both families: IPv4 and IPv6 VIPs reach the same server.
+        srv = socket.create_server(
+            ("::", port), family=socket.AF_INET6, backlog=512, reuse_port=True, dualstack_ipv6=True
+        )
         while True:
             conn, addr = srv.accept()
-            threading.Thread(target=handle, args=(conn, addr[0]), daemon=True).start()
+            peer = addr[0].removeprefix("::ffff:")  # an IPv4 client, as the dual stack shows it
+            threading.Thread(target=handle, args=(conn, peer), daemon=True).start()
 
     for port in ports[1:]:
         threading.Thread(target=listen, args=(port,), daemon=True).start()
@@ -77,8 +81,10 @@ def greet(sock: socket.socket) -> str:
 def client(vip: str, port: int) -> None:
     held: list[socket.socket] = []
 
+    family = socket.AF_INET6 if ":" in vip else socket.AF_INET
+
     def connect() -> tuple[socket.socket | None, str]:
-        s = socket.socket()
+        s = socket.socket(family)
         s.settimeout(TIMEOUT)
         try:
             s.connect((vip, port))

@@ -125,3 +125,26 @@ def test_snat_needs_no_change_on_the_real_servers(pacslb_in: Start) -> None:
         assert Counter(c.once(10)) == {"rs1": 5, "rs2": 5}
         assert c.peer() == "198.18.2.1"  # the servers answer the LB, which answers the client
         run.wait_for("counters", lambda: run.connections("Web", "rs1", "total") >= 5)
+
+
+def test_ipv6_nat_translates_and_halts(pacslb_in: Start) -> None:
+    from tests.netns.topology import add_ipv6, v6
+
+    vip6 = v6("198.18.1.100")
+    with two_arm(servers=2, gateway=False) as t:
+        add_ipv6(t, gateway=v6("198.18.2.1"))
+        named_servers(t, [8080])
+        cfg = service(
+            vip=vip6,
+            real_servers=[
+                {"label": "rs1", "address": v6("198.18.2.11"), "port": 8080},
+                {"label": "rs2", "address": v6("198.18.2.12"), "port": 8080},
+            ],
+        )
+        run = pacslb_in(t.hosts["lb"], cfg)
+        c = Client(t.hosts["client"], vip6, 80)
+        assert Counter(c.once(6)) == {"rs1": 3, "rs2": 3}
+        assert c.peer() == v6("198.18.1.10")  # NAT keeps the client's own address
+        held = c.open(2)
+        run.cli("halt", "Web", held[0])
+        assert Counter(zip(held, c.ping(), strict=True))[(held[1], "ok")] == 1

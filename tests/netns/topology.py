@@ -136,9 +136,34 @@ class Topology:
 
 def real_server_setup(host: Host, vip: str) -> None:
     """What `pacslb realserver --vip VIP --os linux` tells an operator to do, for DR."""
+    if ":" in vip:  # IPv6: neighbour discovery answers only for the interface's own addresses
+        host.run("ip", "-6", "addr", "add", f"{vip}/128", "dev", "lo")
+        return
     host.run("ip", "addr", "add", f"{vip}/32", "dev", "lo")
     host.sysctl("net.ipv4.conf.all.arp_ignore", "1")
     host.sysctl("net.ipv4.conf.all.arp_announce", "2")
+
+
+V6_PREFIX = "2001:2::"  # the IPv6 benchmarking range (RFC 5180), as 198.18.0.0/15 is for IPv4
+
+
+def v6(address: str) -> str:
+    """198.18.X.Y -> 2001:2:X::Y: the same host in the IPv6 benchmarking range."""
+    _, _, x, y = address.split(".")
+    return f"2001:2:{x}::{y}" if x != "0" else f"{V6_PREFIX}{y}"
+
+
+def add_ipv6(topo: Topology, gateway: str | None = None) -> None:
+    """Mirror every IPv4 address of the topology in IPv6 (see v6()); real servers get a
+    default route via `gateway` when given (two-arm NAT)."""
+    for name, host in topo.hosts.items():
+        for link in json.loads(host.run("ip", "-j", "-4", "addr", "show")):
+            for a in link.get("addr_info", []):
+                if a["local"].startswith("198.18."):
+                    cidr = f"{v6(a['local'])}/64"
+                    host.run("ip", "-6", "addr", "add", cidr, "dev", link["ifname"], "nodad")
+        if gateway and name.startswith("rs"):
+            host.run("ip", "-6", "route", "add", "default", "via", gateway)
 
 
 @contextlib.contextmanager

@@ -120,8 +120,10 @@ def _source_key(svc: PlanService) -> str:
 
 
 def _flow_key(svc: PlanService) -> str:
-    l3 = _l3(svc)
-    return f"{l3} saddr . th sport . {l3} daddr . th dport"
+    """A DR flow within its service (one VIP, so no destination address). Ports first: nft
+    1.0.6 aborts (an assertion in netlink_linearize.c) on a dynamic-map update whose key
+    starts with an IPv6 address followed by more fields."""
+    return f"th sport . th dport . {_l3(svc)} saddr"
 
 
 def _match(svc: PlanService) -> str:

@@ -379,6 +379,16 @@ def service_problems(
         out.append(Problem(f"{base}.protocol", f"udp needs a layer 4 mode, not {mode}"))
     if mode.is_kernel and (vs.vip.is_unspecified or vs.vip.is_multicast):
         out.append(Problem(f"{base}.vip", f"{vs.vip} cannot be a layer 4 virtual IP"))
+    if mode is c.Mode.L4_DR and vs.vip.version == 6:
+        # nftables 1.0.6 mis-assembles a per-flow map key that holds an IPv6 address next to
+        # other fields (the key takes bytes of the MAC value; measured): no DR flow table.
+        out.append(
+            Problem(
+                f"{base}.vip",
+                "l4-dr over IPv6 is not supported with this nftables (1.0.6); use l4-nat, "
+                "l4-snat or l7-tcp for an IPv6 VIP",
+            )
+        )
     if isinstance(vs.persistence, c.CookiePersistence) and mode is not c.Mode.L7_HTTP:
         out.append(
             Problem(f"{base}.persistence.type", f"http-cookie needs mode l7-http, not {mode}")
