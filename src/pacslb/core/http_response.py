@@ -186,8 +186,10 @@ def parse_response(
         headers = rest[line_end + 2 :] + b"\r\n" if len(rest) > line_end else b""
     else:
         headers = head[line_end + 2 :] + b"\r\n" if line_end < len(head) else b""
-    return Response(
-        status, head[9:line_end], version, headers, framing, max(length, 0), keep_alive, upgrade
+    # tuple.__new__ rather than Response(...), as in parse_request (the order is Response's)
+    return tuple.__new__(
+        Response,
+        (status, head[9:line_end], version, headers, framing, max(length, 0), keep_alive, upgrade),
     )
 
 
