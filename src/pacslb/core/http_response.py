@@ -36,7 +36,7 @@ _HOP_NAMES = frozenset(
 )
 # What parse_response does with a field the scan found, by its name as sent (servers send the
 # usual capitalisation, which spares a lower()) and in lower case.
-_LENGTH, _SET_COOKIE, _TE, _CONN, _UPGRADE, _HOP = range(6)
+_LENGTH, _SET_COOKIE, _TE, _CONN, _UPGRADE, _HOP = range(1, 7)
 _KINDS: Final = {
     b"content-length": _LENGTH,
     b"set-cookie": _SET_COOKIE,
@@ -48,6 +48,13 @@ _KINDS: Final = {
 _KINDS.update({name.title(): kind for name, kind in _KINDS.items()})
 _VERSIONS: Final = {b"HTTP/1.1 ": 11, b"HTTP/1.0 ": 10}
 _AFTER_CODE: Final = (b"", b" ", b"\r")
+# The usual status line starts `HTTP/1.1 200 ` (a reason follows): version and status in one
+# lookup; anything else takes the checks below.
+_STATUS_LINES: Final = {
+    b"HTTP/1.%d %d " % (minor, status): (10 + minor, status)
+    for minor in (0, 1)
+    for status in range(100, 1000)
+}
 
 
 def _rebuild(head: bytes, start: int, drop: frozenset[bytes], cookie: bytes | None) -> bytes:
@@ -90,14 +97,19 @@ def parse_response(
     """
     if len(head.translate(None, VISIBLE)) != 2 * head.count(b"\r\n"):
         return Reject(502, "bare CR or LF, or a control character in the response")
-    version = _VERSIONS.get(head[:9])
-    if version is None:
-        return Reject(502, "malformed status line")
-    code = head[9:12]
-    # 3 digits, the first not 0 (no status below 100), then the end, SP or the line's end
-    if not (code.isdigit() and len(code) == 3 and code[0] != 48 and head[12:13] in _AFTER_CODE):
-        return Reject(502, "malformed status code")
-    status = int(code)
+    known = _STATUS_LINES.get(head[:13])
+    if known is not None:
+        version, status = known
+    else:
+        parsed = _VERSIONS.get(head[:9])
+        if parsed is None:
+            return Reject(502, "malformed status line")
+        version = parsed
+        code = head[9:12]
+        # 3 digits, the first not 0 (no status below 100), then the end, SP or the line's end
+        if not (code.isdigit() and len(code) == 3 and code[0] != 48 and head[12:13] in _AFTER_CODE):
+            return Reject(502, "malformed status code")
+        status = int(code)
     line_end = head.find(b"\r\n", 12)
     if line_end < 0:
         line_end = len(head)
@@ -115,9 +127,7 @@ def parse_response(
     for fold, line, name, raw in _RESPONSE_SCAN.findall(head, line_end):
         if fold:
             return Reject(502, "obs-fold in the response")
-        kind = kinds.get(name)
-        if kind is None:
-            kind = kinds[name.lower()]
+        kind = kinds.get(name) or kinds[name.lower()]
         if kind == _LENGTH:
             # 1*DIGIT, as parse_length; a server may pad it with whitespace: harmless here
             value_text = raw.strip(OWS)

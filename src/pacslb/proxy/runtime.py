@@ -102,6 +102,7 @@ class ServiceRuntime:
         self._live: list[LiveServer] = []
         self._live_by_label: dict[str, LiveServer] = {}
         self._expired_at = 0.0
+        self.cookie_name: bytes | None = None
         self.update(service)
 
     @staticmethod
@@ -120,6 +121,9 @@ class ServiceRuntime:
         if (old.scheduler, old.persistence) != (service.scheduler, service.persistence):
             self.balancer = self._balancer(service)
         self.service = service
+        p = service.persistence
+        # the persistence cookie's name as the HTTP code reads it (None: no cookie persistence)
+        self.cookie_name = p.cookie.encode() if p.kind == "http-cookie" else None
         self._servers = {rs.label: rs for rs in service.real_servers}
         self._cookies = {
             cookie_id(service.label, rs.label): rs.label for rs in service.real_servers
