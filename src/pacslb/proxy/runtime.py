@@ -162,12 +162,15 @@ class ServiceRuntime:
 
         A returned server is a placed connection: call `release()` when it ends."""
         sticky = self.balancer.sticky
-        if sticky is not None:
+        if sticky is None:
+            now = 0.0  # only persistence reads the clock
+        else:
             now = time.monotonic() if now is None else now
             if now - self._expired_at > 1.0:
                 self._expired_at = now
                 sticky.expire(now)  # bounded memory: drop entries of clients long gone
-        label = self.balancer.pick(self.candidates(exclude), client_ip, now or 0.0)
+        candidates = self._live if not exclude else self.candidates(exclude)
+        label = self.balancer.pick(candidates, client_ip, now)
         return None if label is None else self._servers[label]
 
     def release(self, client_ip: str, server: str, now: float | None = None) -> None:
