@@ -18,18 +18,43 @@ from pacslb.core.http import (
     VISIBLE,
     Reject,
     Response,
-    parse_length,
     tokens,
 )
 
+# The response fields the proxy acts on, and obs-fold (a line starting with SP or HTAB): one
+# C-level pass over the head instead of a Python loop over its lines. Groups: the fold; the
+# whole field line (what removing a hop-by-hop field cuts out, with the CRLF before it); its
+# name; its value. A value ends at CR: a CR anywhere but before LF was rejected before.
+# (The CRLF outside the alternation keeps the scan fast: sre looks for it first.)
 _RESPONSE_SCAN = re.compile(
-    rb"\r\n(?:([ \t])|(content-length|transfer-encoding|connection|keep-alive|proxy-connection"
-    rb"|te|trailer|upgrade|set-cookie)([ \t]*):([^\r]*))",
+    rb"\r\n(?:([ \t])|((content-length|transfer-encoding|connection|keep-alive"
+    rb"|proxy-connection|te|trailer|upgrade|set-cookie)[ \t]*:([^\r]*)))",
     re.IGNORECASE,
 )
 _HOP_NAMES = frozenset(
     b"connection keep-alive proxy-connection te trailer upgrade transfer-encoding".split()
 )
+# What parse_response does with a field the scan found, by its name as sent (servers send the
+# usual capitalisation, which spares a lower()) and in lower case.
+_LENGTH, _SET_COOKIE, _TE, _CONN, _UPGRADE, _HOP = range(1, 7)
+_KINDS: Final = {
+    b"content-length": _LENGTH,
+    b"set-cookie": _SET_COOKIE,
+    b"transfer-encoding": _TE,
+    b"connection": _CONN,
+    b"upgrade": _UPGRADE,
+    **{name: _HOP for name in (b"keep-alive", b"proxy-connection", b"te", b"trailer")},
+}
+_KINDS.update({name.title(): kind for name, kind in _KINDS.items()})
+_VERSIONS: Final = {b"HTTP/1.1 ": 11, b"HTTP/1.0 ": 10}
+_AFTER_CODE: Final = (b"", b" ", b"\r")
+# The usual status line starts `HTTP/1.1 200 ` (a reason follows): version and status in one
+# lookup; anything else takes the checks below.
+_STATUS_LINES: Final = {
+    b"HTTP/1.%d %d " % (minor, status): (10 + minor, status)
+    for minor in (0, 1)
+    for status in range(100, 1000)
+}
 
 
 def _rebuild(head: bytes, start: int, drop: frozenset[bytes], cookie: bytes | None) -> bytes:
@@ -70,59 +95,75 @@ def parse_response(
     chunked. Whitespace before a colon is removed (§5.1). Other malformed field names are
     passed through: no client reads them as framing.
     """
-    n = head.count(b"\r\n")
-    if len(head.translate(None, VISIBLE)) != 2 * n:
+    if len(head.translate(None, VISIBLE)) != 2 * head.count(b"\r\n"):
         return Reject(502, "bare CR or LF, or a control character in the response")
-    proto = head[:9]
-    if proto == b"HTTP/1.1 ":
-        version = 11
-    elif proto == b"HTTP/1.0 ":
-        version = 10
+    known = _STATUS_LINES.get(head[:13])
+    if known is not None:
+        version, status = known
     else:
-        return Reject(502, "malformed status line")
-    code = head[9:12]
-    if not (code.isdigit() and len(code) == 3 and head[12:13] in (b"", b" ", b"\r")):
-        return Reject(502, "malformed status code")
-    status = int(code)
-    if status < 100:
-        return Reject(502, "malformed status code")
-    line_end = head.find(b"\r\n")
+        parsed = _VERSIONS.get(head[:9])
+        if parsed is None:
+            return Reject(502, "malformed status line")
+        version = parsed
+        code = head[9:12]
+        # 3 digits, the first not 0 (no status below 100), then the end, SP or the line's end
+        if not (code.isdigit() and len(code) == 3 and code[0] != 48 and head[12:13] in _AFTER_CODE):
+            return Reject(502, "malformed status code")
+        status = int(code)
+    line_end = head.find(b"\r\n", 12)
     if line_end < 0:
         line_end = len(head)
 
+    # The common response (a length, `Connection: keep-alive`, nothing else to change) takes
+    # the fewest steps: no list or set is built unless a field needs one.
     length = -1
-    te: list[bytes] = []
-    conn: list[bytes] = []
+    te: list[bytes] | None = None
+    conn: list[bytes] | None = None
     upgrade: bytes | None = None
-    hop: list[bytes] = []  # the hop-by-hop lines to remove, each with the CRLF before it
-    slow = b" :" in head or b"\t:" in head  # other lines to change: the general path
-    for fold, name, space, raw in _RESPONSE_SCAN.findall(head):
+    hop: list[bytes] | None = None  # the hop-by-hop lines to remove
+    # other lines to change: the general path (a one-byte search first: memchr is quicker)
+    slow = head.find(b" :") >= 0 or (b"\t" in head and b"\t:" in head)
+    kinds = _KINDS
+    for fold, line, name, raw in _RESPONSE_SCAN.findall(head, line_end):
         if fold:
             return Reject(502, "obs-fold in the response")
-        lname = name.lower()
-        if lname == b"content-length":
-            value = parse_length(raw.strip(OWS))  # a server may pad it: harmless here
-            if value < 0 or (length >= 0 and value != length):
+        kind = kinds.get(name) or kinds[name.lower()]
+        if kind == _LENGTH:
+            # 1*DIGIT, as parse_length; a server may pad it with whitespace: harmless here
+            value_text = raw.strip(OWS)
+            if not value_text.isdigit() or len(value_text) > 18:
                 return Reject(502, "invalid Content-Length in the response")
-            slow = slow or length >= 0  # a duplicate is forwarded once
+            value = int(value_text)
+            if length >= 0:
+                if value != length:
+                    return Reject(502, "invalid Content-Length in the response")
+                slow = True  # a duplicate is forwarded once
             length = value
-        elif lname == b"set-cookie":
+        elif kind == _SET_COOKIE:
             if cookie_name is not None and raw.lstrip(OWS).startswith(cookie_name + b"="):
                 slow = True  # `insert` mode: the proxy's cookie replaces the server's
         else:
-            hop.append(b"\r\n" + name + space + b":" + raw)
-            if lname == b"transfer-encoding":
-                te += tokens(raw)
-            elif lname == b"connection":
-                conn += tokens(raw)
-            elif lname == b"upgrade":
+            if hop is None:
+                hop = [line]
+            else:
+                hop.append(line)
+            if kind == _CONN:
+                # one option (`keep-alive`, `close`) is the usual value: no split
+                found = tokens(raw) if b"," in raw else [raw.strip(OWS).lower()]
+                conn = found if conn is None else conn + found
+            elif kind == _TE:
+                te = tokens(raw) if te is None else te + tokens(raw)
+            elif kind == _UPGRADE:
                 upgrade = raw.strip(OWS)
 
-    keep_alive = (b"close" not in conn) if version == 11 else (b"keep-alive" in conn)
+    if conn is None:
+        keep_alive = version == 11
+    else:
+        keep_alive = (b"close" not in conn) if version == 11 else (b"keep-alive" in conn)
     drop = _HOP_NAMES
     if head_request or status < 200 or status == 204 or status == 304:
         framing = NO_BODY  # RFC 9112 §6.3 rule 1, whatever the fields say
-    elif te:
+    elif te is not None:
         # Only plain `chunked` can be re-framed for the client; anything else would reach it
         # without its Transfer-Encoding (a hop-by-hop field), i.e. undecodable.
         if te != [b"chunked"]:
@@ -138,7 +179,7 @@ def parse_response(
     else:
         framing = UNTIL_CLOSE  # RFC 9112 §6.3 rule 8: never reuse that connection
         keep_alive = False
-    if conn and not CONNECTION_OPTIONS.issuperset(conn):
+    if conn is not None and not CONNECTION_OPTIONS.issuperset(conn):
         # The fields Connection names are hop-by-hop too, except the ones that frame this
         # response: dropping those would leave a kept-alive response with no length.
         drop = drop | (frozenset(conn) - FRAMING_FIELDS)
@@ -148,15 +189,17 @@ def parse_response(
     if slow:
         rest = _rebuild(head, line_end + 2, drop, cookie_name) if line_end < len(head) else b""
         headers = rest + b"\r\n" if rest else b""
-    elif hop:
-        rest = head[line_end:]
-        for line in hop:  # a value ends at CR: each line is removed whole
-            rest = rest.replace(line, b"", 1)
-        headers = rest[2:] + b"\r\n" if rest else b""
+    elif hop is not None:
+        rest = head
+        for line in hop:  # a value ends at CR: each line is removed whole, with its CRLF
+            rest = rest.replace(b"\r\n" + line, b"", 1)
+        headers = rest[line_end + 2 :] + b"\r\n" if len(rest) > line_end else b""
     else:
         headers = head[line_end + 2 :] + b"\r\n" if line_end < len(head) else b""
-    return Response(
-        status, head[9:line_end], version, headers, framing, max(length, 0), keep_alive, upgrade
+    # tuple.__new__ rather than Response(...), as in parse_request (the order is Response's)
+    return tuple.__new__(
+        Response,
+        (status, head[9:line_end], version, headers, framing, max(length, 0), keep_alive, upgrade),
     )
 
 

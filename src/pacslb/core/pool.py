@@ -24,8 +24,10 @@ class IdlePool(Generic[K, T]):
         return idle.pop()[1] if idle else None
 
     def put(self, key: K, item: T, now: float) -> bool:
-        idle = self._idle.setdefault(key, [])
-        if len(idle) >= self.max_idle:
+        idle = self._idle.get(key)
+        if idle is None:
+            idle = self._idle[key] = []
+        elif len(idle) >= self.max_idle:
             return False
         idle.append((now, item))
         return True

@@ -118,18 +118,21 @@ class _Base:
 
     def _eligible(self, candidates: Sequence[ServerView]) -> list[bool]:
         # Rebuilt every call so that servers that left the list leave no stale state behind.
+        # A server without a connection limit is never overloaded and keeps no flag (absent
+        # reads as "not overloaded" everywhere): the usual decision builds no dict entry.
         previous = self._overload
         current: dict[str, tuple[bool, int]] = {}
         eligible: list[bool] = []
+        online = AdminState.ONLINE
+        down = Health.DOWN
         for c in candidates:
-            over = _update_overload(c, previous.get(c.key))
-            current[c.key] = (over, c.max_connections)
-            eligible.append(
-                c.admin is AdminState.ONLINE
-                and c.health is not Health.DOWN
-                and c.weight > 0
-                and not over
-            )
+            ok = c.admin is online and c.health is not down and c.weight > 0
+            limit = c.max_connections
+            if limit:
+                over = _update_overload(c, previous.get(c.key))
+                current[c.key] = (over, limit)
+                ok = ok and not over
+            eligible.append(ok)
         self._overload = current
         return eligible
 
@@ -206,7 +209,10 @@ class RoundRobin(_Base):
     ) -> str | None:
         n = len(candidates)
         start = 0
-        if self._last_key is not None:
+        last = self._last_index
+        if 0 <= last < n and candidates[last].key == self._last_key:
+            start = last + 1  # the usual case: the list did not change since the last pick
+        elif self._last_key is not None:
             for i, c in enumerate(candidates):
                 if c.key == self._last_key:
                     start = i + 1

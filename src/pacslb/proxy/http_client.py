@@ -237,17 +237,14 @@ class ClientConnection(asyncio.Protocol):
                 self.buf = data
             return
         runtime = self.runtime = self.listener.runtime
-        persistence = runtime.service.persistence
-        cookie = self.cookie_name = (
-            persistence.cookie.encode() if persistence.kind == "http-cookie" else None
-        )
-        req = parse_request(data[:end], cookie)
+        req = parse_request(data[:end], runtime.cookie_name)
         if isinstance(req, Reject):
             self._fail(req.status)
             return
         if len(data) > end + 4:
             self.buf = data[end + 4 :]
         self.req = req
+        self.cookie_name = runtime.cookie_name
         self.retried = self.responded = False
         self.tried = None
         self.body = None if req.framing == NO_BODY else BodyReader(req.framing, req.length)
@@ -263,8 +260,8 @@ class ClientConnection(asyncio.Protocol):
         self.set_cookie = b""
         self.picked = False
         tried = self.tried
-        kind = runtime.service.persistence.kind
-        if kind == "http-cookie" and req.cookie is not None:
+        cookies = self.cookie_name is not None  # http-cookie persistence
+        if cookies and req.cookie is not None:
             rs = runtime.by_cookie(req.cookie)  # None: unknown, halted or down server
             if rs is not None and tried is not None and rs.label in tried:
                 rs = None
@@ -272,7 +269,7 @@ class ClientConnection(asyncio.Protocol):
             rs = runtime.pick(self.ip, tried or ())
             if rs is not None:
                 self.picked = True
-                if kind == "http-cookie":
+                if cookies:
                     self.set_cookie = self.listener.cookie_fields(runtime, rs.label)
         if rs is not None:
             key: Key = (rs.label, rs.address, rs.port or self.listener.vip_port, rs.reencrypt)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from pacslb.core.http import MAX_RESPONSE_HEAD, NO_BODY, UNTIL_CLOSE, Reject
+from pacslb.core.http import LENGTH, MAX_RESPONSE_HEAD, NO_BODY, UNTIL_CLOSE, Reject
 from pacslb.core.http_body import BodyReader
 from pacslb.core.http_response import parse_response
 from pacslb.core.pool import IdlePool
@@ -122,20 +122,30 @@ class Upstream(asyncio.Protocol):
             client.upstream_failed(self, 502)
             return
         head, rechunk_out = final
-        self.keep_alive = resp.keep_alive
-        if resp.status == 101:
+        keep_alive = self.keep_alive = resp.keep_alive
+        framing = resp.framing
+        if framing == LENGTH and len(data) == resp.length:
+            # The usual small response: its whole body came with the head. One write, and no
+            # body reader (what BodyReader would decide for this case, in fewer steps).
+            if len(data) <= 16384:
+                client.transport.write(head + data)
+            else:
+                client.transport.writelines((head, data))  # no copy of a large first read
+            client.stats.bytes_out += len(head) + len(data)
+            client.response_done(self, keep_alive)
+        elif resp.status == 101:
             self.state = U_TUNNEL
             client.transport.write(head + data)
             client.stats.bytes_out += len(head) + len(data)
             client.start_tunnel()
-        elif resp.framing == NO_BODY:
+        elif framing == NO_BODY:
             client.transport.write(head)
             client.stats.bytes_out += len(head)
-            client.response_done(self, self.keep_alive and not data)
+            client.response_done(self, keep_alive and not data)
         else:
             self.state = U_BODY
-            self.until_close = resp.framing == UNTIL_CLOSE
-            self.body = BodyReader(resp.framing, resp.length, rechunk_out)
+            self.until_close = framing == UNTIL_CLOSE
+            self.body = BodyReader(framing, resp.length, rechunk_out)
             self._body(client, data, head)
 
     def _body(self, client: ClientConnection, data: bytes, head: bytes) -> None:

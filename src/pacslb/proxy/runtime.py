@@ -102,6 +102,7 @@ class ServiceRuntime:
         self._live: list[LiveServer] = []
         self._live_by_label: dict[str, LiveServer] = {}
         self._expired_at = 0.0
+        self.cookie_name: bytes | None = None
         self.update(service)
 
     @staticmethod
@@ -120,6 +121,9 @@ class ServiceRuntime:
         if (old.scheduler, old.persistence) != (service.scheduler, service.persistence):
             self.balancer = self._balancer(service)
         self.service = service
+        p = service.persistence
+        # the persistence cookie's name as the HTTP code reads it (None: no cookie persistence)
+        self.cookie_name = p.cookie.encode() if p.kind == "http-cookie" else None
         self._servers = {rs.label: rs for rs in service.real_servers}
         self._cookies = {
             cookie_id(service.label, rs.label): rs.label for rs in service.real_servers
@@ -157,16 +161,21 @@ class ServiceRuntime:
         """The real server for a new connection (persistence, then the scheduler), or None.
 
         A returned server is a placed connection: call `release()` when it ends."""
-        now = time.monotonic() if now is None else now
         sticky = self.balancer.sticky
-        if sticky is not None and now - self._expired_at > 1.0:
-            sticky.expire(now)  # bounded memory: drop entries of clients long gone
-            self._expired_at = now
-        label = self.balancer.pick(self.candidates(exclude), client_ip, now)
+        if sticky is None:
+            now = 0.0  # only persistence reads the clock
+        else:
+            now = time.monotonic() if now is None else now
+            if now - self._expired_at > 1.0:
+                self._expired_at = now
+                sticky.expire(now)  # bounded memory: drop entries of clients long gone
+        candidates = self._live if not exclude else self.candidates(exclude)
+        label = self.balancer.pick(candidates, client_ip, now)
         return None if label is None else self._servers[label]
 
     def release(self, client_ip: str, server: str, now: float | None = None) -> None:
-        self.balancer.closed(client_ip, time.monotonic() if now is None else now, server)
+        if self.balancer.sticky is not None:  # only persistence keeps per-client state
+            self.balancer.closed(client_ip, time.monotonic() if now is None else now, server)
 
     def by_cookie(self, value: str) -> PlanRealServer | None:
         """The server a persistence cookie names, if it may still serve that client: online or
@@ -187,14 +196,19 @@ class ServiceRuntime:
     # --- accounting ----------------------------------------------------------------------
 
     def opened(self, label: str, conn: Closable | None = None) -> ServerStats:
-        stats = self.stats.setdefault(label, ServerStats())
+        stats = self.stats.get(label)
+        if stats is None:
+            stats = self.stats[label] = ServerStats()
         stats.active += 1
         stats.total += 1
         live = self._live_by_label.get(label)
         if live is not None:
             live.active = stats.active
         if conn is not None:
-            self.connections.setdefault(label, set()).add(conn)
+            conns = self.connections.get(label)
+            if conns is None:
+                conns = self.connections[label] = set()
+            conns.add(conn)
         return stats
 
     def closed(self, label: str, conn: Closable | None = None) -> None:
@@ -205,7 +219,9 @@ class ServiceRuntime:
             if live is not None:
                 live.active = stats.active
         if conn is not None:
-            self.connections.get(label, set()).discard(conn)
+            conns = self.connections.get(label)
+            if conns is not None:
+                conns.discard(conn)
 
     def connect_failed(self, label: str) -> None:
         self.stats.setdefault(label, ServerStats()).connect_failures += 1
