@@ -97,8 +97,17 @@ class KernelEngine:
         view = self._reachable(plan, facts)
         slots = {svc.label: self._deal(svc) for svc in nft.kernel_services(view)}
         ruleset = nft.render(view, facts, slots, live)
-        script = ruleset.script if ruleset.shape != self._shape else ruleset.elements
-        self._run(script)
+        if ruleset.shape != self._shape:
+            self._run(ruleset.script)
+        else:
+            try:
+                self._run(ruleset.elements)
+            except EngineError:
+                # The tables were changed behind our back (deleted by hand?): read what is
+                # there and send the whole script instead.
+                live = await asyncio.to_thread(self._read_live)
+                ruleset = nft.render(view, facts, slots, live)
+                self._run(ruleset.script)
         self._plan, self._view, self._facts, self._slots = plan, view, facts, slots
         self._live, self._shape = ruleset.live, ruleset.shape
         if where != self._where:

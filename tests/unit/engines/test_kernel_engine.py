@@ -149,3 +149,26 @@ def test_a_dr_server_without_a_mac_is_left_out_and_the_others_forward(tmp_path: 
         "added VIP 198.18.0.100 to eth1",
     ]
     assert kernel._unresolved == set()
+
+
+def test_a_table_deleted_by_hand_is_rebuilt_on_the_next_update(tmp_path: Path) -> None:
+    nft, host = FakeNft(), FakeHost()
+    kernel = engine(tmp_path, nft, host)
+    refused = []
+    run = nft.run
+
+    def run_once_refusing(script: str) -> str:
+        if script.startswith("flush map") and not refused:
+            refused.append(script)
+            raise EngineError("nftables: Error: No such file or directory")
+        return run(script)
+
+    nft.run = run_once_refusing  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        await kernel.apply(build_plan(config()))
+        await kernel.apply(build_plan(config(), admin={("DICOM", "a"): AdminState.DRAIN}))
+        await kernel.close()
+
+    asyncio.run(scenario())
+    assert refused and nft.scripts[-1].startswith("add table netdev pacslb")
