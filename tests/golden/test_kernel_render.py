@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from pacslb import config as c
 from pacslb.control.store import read_config
 from pacslb.core import nft
 from pacslb.core.plan import build_plan
@@ -153,3 +154,39 @@ def test_what_the_engine_reads_back_from_the_kernel_is_what_it_rendered() -> Non
             check=True,
         )
     assert done.stdout.strip() == str([sorted(x) for x in dataclasses.astuple(ruleset.live)])
+
+
+def test_updates_of_a_live_table_are_accepted_by_the_kernel() -> None:
+    """Each kind of change, applied to the tables the previous step left (as the engine does):
+    servers and services removed and added back, a persistence timeout changed."""
+    if shutil.which("nft") is None or os.geteuid() != 0:
+        pytest.skip("needs root and nft (CI has both)")
+    _, config = read_config(HERE / "mixed.yaml")
+    dr, web, viewer = config.virtual_services
+
+    def without(vs: c.VirtualService, n: int) -> c.VirtualService:
+        return vs.model_copy(update={"real_servers": vs.real_servers[:n]})
+
+    steps = [
+        [dr, web, viewer],
+        [without(dr, 1), web, viewer],  # a DR server removed (its counters go)
+        [without(dr, 1), without(web, 1), viewer],  # a NAT server removed
+        [without(dr, 1), without(web, 1)],  # an ip6 service (and its table) removed
+        [dr.model_copy(update={"persistence": c.SourceIPPersistence(timeout=60)}), web],
+        [dr, web, viewer],  # and everything back
+    ]
+    live = nft.LiveObjects()
+    with scratch_namespace() as ns:
+        for i, services in enumerate(steps):
+            plan = build_plan(config.model_copy(update={"virtual_services": services}))
+            slots = {svc.label: service_slots(svc) for svc in nft.kernel_services(plan)}
+            ruleset = nft.render(plan, facts(plan), slots, live)
+            done = subprocess.run(
+                ["ip", "netns", "exec", ns, "nft", "-f", "-"],
+                input=ruleset.script,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            assert done.returncode == 0, f"step {i}: {done.stderr}"
+            live = ruleset.live

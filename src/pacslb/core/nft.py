@@ -27,11 +27,12 @@ from dataclasses import dataclass, field
 from pacslb import config as c
 from pacslb.core.plan import Plan, PlanService
 from pacslb.core.slots import FALLBACK, SLOTS
+from pacslb.core.state import AdminState
 from pacslb.errors import EngineError
 
 TABLE = "pacslb"
 FLOW_SIZE = 262144
-CLOSING_TIMEOUT = 10  # seconds a DR flow is kept after FIN/RST (late retransmits still land)
+CLOSING_TIMEOUT = 60  # seconds a closing DR flow is kept after its last packet (as FIN_WAIT)
 # Seconds a new DR flow is kept until the client's second packet shows the server accepted it.
 # A refused connection is answered by the server straight to the client (the LB never sees
 # the RST), so without this it would hold its flow entry, and count as open, for `idle`.
@@ -148,9 +149,17 @@ def _elements(items: Iterable[str]) -> str:
     return f" elements = {{ {', '.join(listed)} }};" if listed else ""
 
 
-def _gone(svc: PlanService) -> list[str]:
-    """Servers whose flows are cut: halted, or failing their health check (PlanRealServer)."""
-    return [rs.label for rs in svc.real_servers if not rs.keeps_existing]
+def _halted(svc: PlanService) -> list[str]:
+    """Servers whose flows are cut: halted by an operator. A failed health check only takes a
+    server out of rotation (no new flows, no persistent clients): one slow C-ECHO must not
+    reset every transfer in flight, as IPVS's quiescent servers do not."""
+    return [rs.label for rs in svc.real_servers if rs.admin is AdminState.HALT]
+
+
+def _alive(svc: PlanService) -> list[str]:
+    """Servers a persistent client may go back to: drained ones too, not halted or down ones
+    (PlanRealServer.keeps_existing), and never the fallback."""
+    return [rs.label for rs in svc.real_servers if rs.keeps_existing]
 
 
 def _persist_map(svc: PlanService) -> str | None:
@@ -195,6 +204,7 @@ def _dr_service(t: _Table, svc: PlanService, facts: KernelFacts, slots: tuple[st
     key = _flow_key(svc)
     l3 = _l3(svc)
     idle = int(svc.timeouts.idle)
+    tcp = svc.protocol == "tcp"
     t.declare(
         "map",
         f"{sid}_flows",
@@ -211,7 +221,8 @@ def _dr_service(t: _Table, svc: PlanService, facts: KernelFacts, slots: tuple[st
         "typeof meta mark : ether daddr; flags interval;",
         _ranges(slots, mac),
     )
-    t.refill("set", f"{sid}_gone", "typeof ether daddr;", sorted({mac[rs] for rs in _gone(svc)}))
+    t.refill("set", f"{sid}_halted", "typeof ether daddr;", sorted({mac[s] for s in _halted(svc)}))
+    t.refill("set", f"{sid}_alive", "typeof ether daddr;", sorted({mac[s] for s in _alive(svc)}))
     fc = [f'{mac[rs.label]} : "{flow_counter(svc.label, rs.label)}"' for rs in svc.real_servers]
     pc = [f'{mac[rs.label]} : "{traffic_counter(svc.label, rs.label)}"' for rs in svc.real_servers]
     t.refill("map", f"{sid}_fc", "type ether_addr : counter;", fc)
@@ -219,6 +230,14 @@ def _dr_service(t: _Table, svc: PlanService, facts: KernelFacts, slots: tuple[st
     persist = _persist_map(svc)
     source = _source_key(svc)
     pick = [f"ether daddr set {key} map @{sid}_flows goto {sid}_known"]
+    if tcp:
+        # A packet of a connection we hold no entry for (lost with a table, or from before an
+        # HA takeover): a hash of the client keeps it on one server, it is not a new flow.
+        pick.append(
+            f"tcp flags & (syn | ack) != syn meta mark set jhash {l3} saddr . th sport "
+            f"mod {SLOTS} seed 0x4b50 ether daddr set meta mark map @{sid}_slots "
+            f"meta mark set 0 goto {sid}_new"
+        )
     if persist:
         t.declare(
             "map",
@@ -226,9 +245,9 @@ def _dr_service(t: _Table, svc: PlanService, facts: KernelFacts, slots: tuple[st
             f"typeof {l3} saddr : ether daddr; flags dynamic,timeout; "
             f"timeout {svc.persistence.timeout}s; size {FLOW_SIZE};",
         )
-        # A persistent client goes back to its server, drained or not, unless it is gone.
+        # A persistent client goes back to its server, drained or not, while it is alive.
         pick.append(
-            f"ether daddr set {source} map @{persist} ether daddr != @{sid}_gone goto {sid}_new"
+            f"ether daddr set {source} map @{persist} ether daddr @{sid}_alive goto {sid}_new"
         )
     pick += [
         f"meta mark set {_slot_picker(svc)}",
@@ -236,8 +255,12 @@ def _dr_service(t: _Table, svc: PlanService, facts: KernelFacts, slots: tuple[st
         "meta mark set 0 counter drop  # no real server and no fallback",
     ]
     t.chain(sid, _about(svc), *pick)
-    remember = [f"update @{persist} {{ {source} : ether daddr }}"] if persist else []
-    first = f" timeout {HANDSHAKE_TIMEOUT}s" if svc.protocol == "tcp" else ""
+    remember = (
+        [f"ether daddr @{sid}_alive update @{persist} {{ {source} : ether daddr }}"]
+        if persist
+        else []
+    )
+    first = f" timeout {HANDSHAKE_TIMEOUT}s" if tcp else ""
     t.chain(
         f"{sid}_new",
         *remember,
@@ -246,24 +269,32 @@ def _dr_service(t: _Table, svc: PlanService, facts: KernelFacts, slots: tuple[st
         f"goto {sid}_out",
     )
     known = []
-    if svc.protocol == "tcp":
-        # After FIN or RST keep the flow only briefly: the 4-tuple may be reused soon.
+    if tcp:
+        closing = [
+            # Closing: the persistence template lives on from the connection's end (as
+            # IPVS's does), and the flow stays while packets come, then goes after a quiet
+            # CLOSING_TIMEOUT (a late ACK of a half-closed connection still finds it).
+            *remember,
+            f"update @{sid}_closing {{ {key} }}",
+            f"update @{sid}_flows {{ {key} timeout {CLOSING_TIMEOUT}s : ether daddr }}",
+            f"goto {sid}_out",
+        ]
+        t.chain(f"{sid}_ending", *closing)
         known += [
-            f"tcp flags & (fin | rst) != 0 add @{sid}_closing {{ {key} }}",
-            f"{key} @{sid}_closing update @{sid}_flows "
-            f"{{ {key} timeout {CLOSING_TIMEOUT}s : ether daddr }} goto {sid}_out",
+            f"tcp flags & (fin | rst) != 0 goto {sid}_ending",
+            f"{key} @{sid}_closing goto {sid}_ending",
             # A retransmitted SYN: the server has not answered yet; keep the short timeout.
             f"tcp flags & (syn | ack) == syn goto {sid}_out",
         ]
     known.append(f"update @{sid}_flows {{ {key} timeout {idle}s : ether daddr }} goto {sid}_out")
     t.chain(f"{sid}_known", *known)
-    if svc.protocol == "tcp":
-        cut = f"ether daddr @{sid}_gone ether daddr set {link.lb_mac} reject with tcp reset"
+    if tcp:
+        cut = f"ether daddr @{sid}_halted ether daddr set {link.lb_mac} reject with tcp reset"
     else:
-        cut = f"ether daddr @{sid}_gone drop"
+        cut = f"ether daddr @{sid}_halted drop"
     t.chain(
         f"{sid}_out",
-        cut + "  # halted or down: cut the flow",
+        cut + "  # halted: cut the flow",
         f"counter name ether daddr map @{sid}_pc",
         f'ether saddr set {link.lb_mac} fwd to "{link.device}"',
     )
@@ -347,6 +378,7 @@ def _nat_service(t: _Table, svc: PlanService, slots: tuple[str, ...]) -> None:
         f"typeof ct mark : {l3} daddr;",
         (f"{m} : {to}" for m, to in without_port),
     )
+    t.refill("set", f"{sid}_alive", "typeof ct mark;", (mark[lb] for lb in _alive(svc)))
     persist = _persist_map(svc)
     source = _source_key(svc)
     rules = []
@@ -357,9 +389,11 @@ def _nat_service(t: _Table, svc: PlanService, slots: tuple[str, ...]) -> None:
             f"typeof {l3} saddr : ct mark; flags dynamic,timeout; "
             f"timeout {svc.persistence.timeout}s; size {FLOW_SIZE};",
         )
+        # A persistent client goes back to its server while it is alive (drained too); the
+        # packet mark holds the answer until it is checked.
         rules += [
-            f"ct mark set {source} map @{persist}",
-            "ct mark @nat_gone ct mark set 0  # its server is halted or down: choose again",
+            f"meta mark set {source} map @{persist}",
+            f"meta mark @{sid}_alive ct mark set meta mark",
         ]
     rules += [
         f"ct mark 0 meta mark set {_slot_picker(svc)}",
@@ -368,7 +402,13 @@ def _nat_service(t: _Table, svc: PlanService, slots: tuple[str, ...]) -> None:
         "ct mark 0 counter drop  # no real server and no fallback",
     ]
     if persist:
-        rules.append(f"update @{persist} {{ {source} : ct mark }}")
+        rules.append(f"ct mark @{sid}_alive update @{persist} {{ {source} : ct mark }}")
+        # The template lives on from a connection's end, as IPVS's does.
+        t.chain(
+            "forward",
+            f"ct direction original tcp flags & (fin | rst) != 0 ct mark @{sid}_alive "
+            f"update @{persist} {{ {source} : ct mark }}",
+        )
     rules += [
         "counter name ct mark map @nat_flows",
         # Port translation needs the protocol named before `addr . port` (nft's rule).
@@ -407,7 +447,7 @@ def _ct_timeout(svc: PlanService) -> str:
 def _nat_table(
     t: _Table, services: list[PlanService], slots: Mapping[str, tuple[str, ...]]
 ) -> None:
-    gone: list[str] = []
+    halted: list[str] = []
     snat: list[str] = []
     flows: list[str] = []
     traffic: list[str] = []
@@ -416,6 +456,13 @@ def _nat_table(
     # (measured here: at `raw`, before conntrack, it is silently ignored).
     t.chain("ct_in", "type filter hook prerouting priority -199; policy accept;")
     t.chain("nat_in", "type nat hook prerouting priority dstnat; policy accept;")
+    t.chain(
+        "forward",
+        "type filter hook forward priority 0; policy accept;",
+        "ct mark 0 accept  # not a flow of ours: spare it the lookups below",
+        "ct mark @nat_halted meta l4proto tcp reject with tcp reset  # halted: cut the flow",
+        "ct mark @nat_halted drop",
+    )
     for svc in services:
         _nat_service(t, svc, slots.get(svc.label, ()))
         for rs in svc.real_servers:
@@ -423,22 +470,19 @@ def _nat_table(
             flows.append(f'{m} : "{flow_counter(svc.label, rs.label)}"')
             traffic.append(f'{m} : "{traffic_counter(svc.label, rs.label)}"')
             replies.append(f'{m} : "{reply_counter(svc.label, rs.label)}"')
-            if not rs.keeps_existing:
-                gone.append(str(m))
+            if rs.admin is AdminState.HALT:
+                halted.append(str(m))
             if svc.mode is c.Mode.L4_SNAT:
                 snat.append(str(m))
         if svc.mode is c.Mode.L4_SNAT and svc.fallback is not None:
             snat.append(str(server_id(svc.label, FALLBACK)))
-    t.refill("set", "nat_gone", "typeof ct mark;", gone)
+    t.refill("set", "nat_halted", "typeof ct mark;", halted)
     t.refill("set", "nat_snat", "typeof ct mark;", snat)
     t.refill("map", "nat_flows", "type mark : counter;", flows)
     t.refill("map", "nat_traffic", "type mark : counter;", traffic)
     t.refill("map", "nat_replies", "type mark : counter;", replies)
     t.chain(
         "forward",
-        "type filter hook forward priority 0; policy accept;",
-        "ct mark @nat_gone meta l4proto tcp reject with tcp reset  # halted or down: cut the flow",
-        "ct mark @nat_gone drop",
         "ct direction original counter name ct mark map @nat_traffic",
         "ct direction reply counter name ct mark map @nat_replies",
     )
@@ -476,8 +520,14 @@ def render(
     is deleted in the same transaction."""
     tables: dict[str, _Table] = {}
     by_family: dict[str, list[PlanService]] = {}
+    ids: dict[int, str] = {}
     for svc in kernel_services(plan):
         by_family.setdefault(family_of(svc), []).append(svc)
+        for label in [rs.label for rs in svc.real_servers] + [FALLBACK]:
+            who = f"{svc.label}/{label.strip(chr(0))}"
+            other = ids.setdefault(server_id(svc.label, label), who)
+            if other != who:  # 31-bit hashes: about one chance in a million at 50 servers
+                raise EngineError(f"{other} and {who} hash to one id: rename one of them")
     for family in sorted(by_family):
         t = tables[family] = _Table(family)
         if family == "netdev":
@@ -497,29 +547,31 @@ def _script(tables: Mapping[str, _Table], live: LiveObjects) -> str:
         if family not in live.tables:
             continue
         mine = [name for fam, name in sorted(live.chains) if fam == family]
-        # Flush every chain first: nothing then refers to the sets we may delete.
+        # Flush every chain, and every static set and map (the counter maps refer to the
+        # counters), first: then nothing refers to what we may delete.
         lines += [f"flush chain {family} {TABLE} {name}" for name in mine]
+        lines += [
+            f"flush {kind} {family} {TABLE} {name}"
+            for kind, name, _ in t.static
+            if (family, name) in live.sets | live.maps
+        ]
         lines += [
             f"delete chain {family} {TABLE} {name}"
             for name in mine
             if ("chain", name) not in t.names
         ]
+        # Not ct timeouts: deleting one hands its live connections back to the kernel's
+        # defaults (5 days established). An unused one costs a few bytes until a teardown.
         for kind, names in (
             ("set", live.sets),
             ("map", live.maps),
             ("counter", live.counters),
-            ("ct timeout", live.timeouts),
         ):
             lines += [
                 f"delete {kind} {family} {TABLE} {name}"
                 for fam, name in sorted(names)
                 if fam == family and (kind, name) not in t.names
             ]
-        lines += [
-            f"flush {kind} {family} {TABLE} {name}"
-            for kind, name, _ in t.static
-            if (family, name) in live.sets | live.maps
-        ]
     for family, t in tables.items():
         lines.append(f"table {family} {TABLE} {{")
         lines += [f"  {obj}" for obj in t.objects]

@@ -26,6 +26,7 @@ from pacslb import config as c
 from pacslb.core import nft
 from pacslb.core.plan import Plan, PlanService, ServerKey
 from pacslb.core.slots import service_slots
+from pacslb.core.state import Health
 from pacslb.engines.base import Counters
 from pacslb.engines.host import Host
 from pacslb.engines.nftables import Nft
@@ -53,7 +54,8 @@ class KernelEngine:
         self._plan: Plan | None = None  # the last Plan applied
         self._view: Plan | None = None  # what was rendered: without DR servers lacking a MAC
         self._unresolved: set[tuple[str, str]] = set()  # those servers (service, label)
-        self._facts = nft.KernelFacts()
+        self._facts = nft.KernelFacts()  # as the host told them
+        self._seen = nft.KernelFacts()  # as rendered: stand-in MACs for the unresolved
         self._live: nft.LiveObjects | None = None  # None: not read from the kernel yet
         self._shape = ""
         self._slots: dict[str, tuple[str, ...]] = {}
@@ -81,7 +83,8 @@ class KernelEngine:
 
     async def _apply(self, plan: Plan, refresh_facts: bool = False) -> None:
         services = nft.kernel_services(plan)
-        if not services and self._live is None and not self._addresses():
+        idle = not services and self._live is None and not self._addresses()
+        if idle and not await asyncio.to_thread(self._tables_left):
             self._plan = self._view = plan  # no layer 4 service: no nftables (nor root) needed
             return
         live = self._live
@@ -94,9 +97,9 @@ class KernelEngine:
         facts = self._facts
         if refresh_facts or where != self._where or self._unresolved:
             facts = await asyncio.to_thread(self._gather_facts, plan)
-        view = self._reachable(plan, facts)
+        view, seen = self._reachable(plan, facts)
         slots = {svc.label: self._deal(svc) for svc in nft.kernel_services(view)}
-        ruleset = nft.render(view, facts, slots, live)
+        ruleset = nft.render(view, seen, slots, live)
         if ruleset.shape != self._shape:
             self._run(ruleset.script)
         else:
@@ -106,9 +109,10 @@ class KernelEngine:
                 # The tables were changed behind our back (deleted by hand?): read what is
                 # there and send the whole script instead.
                 live = await asyncio.to_thread(self._read_live)
-                ruleset = nft.render(view, facts, slots, live)
+                ruleset = nft.render(view, seen, slots, live)
                 self._run(ruleset.script)
-        self._plan, self._view, self._facts, self._slots = plan, view, facts, slots
+        self._plan, self._view, self._slots = plan, view, slots
+        self._facts, self._seen = facts, seen
         self._live, self._shape = ruleset.live, ruleset.shape
         if where != self._where:
             await asyncio.to_thread(self._place_addresses, services)
@@ -116,29 +120,50 @@ class KernelEngine:
         if services and self._poller is None:
             self._poller = asyncio.get_running_loop().create_task(self._poll())
 
-    def _reachable(self, plan: Plan, facts: nft.KernelFacts) -> Plan:
-        """The Plan without the DR real servers whose MAC is unknown (down, or not on the
-        segment): they get no flows until they answer ARP, and the rest still forward."""
+    def _tables_left(self) -> bool:
+        """Tables of an earlier run whose services are gone from the config (they would
+        still forward): True when there are, so that the update deletes them."""
+        try:
+            listing = self.nftables.json("list tables")
+        except EngineError:  # no nftables, or not root: nothing of ours can be there
+            return False
+        return any(t.get("table", {}).get("name") == nft.TABLE for t in listing.get("nftables", []))
+
+    def _reachable(self, plan: Plan, facts: nft.KernelFacts) -> tuple[Plan, nft.KernelFacts]:
+        """DR real servers whose MAC is unknown (down, or not on the segment) get no new
+        flows and no persistent clients until they answer ARP, and the rest forward as
+        usual. They keep their place in the tables under a stand-in MAC (02:00 + their id),
+        so that losing and finding a MAC is an element update, never a structure change."""
         unresolved: set[tuple[str, str]] = set()
+        macs = dict(facts.macs)
         services = []
         for svc in plan.services:
             if svc.mode is not c.Mode.L4_DR:
                 services.append(svc)
                 continue
-            known = tuple(rs for rs in svc.real_servers if rs.address in facts.macs)
-            unresolved |= {(svc.label, rs.label) for rs in svc.real_servers if rs not in known}
+            servers = []
+            for rs in svc.real_servers:
+                if rs.address in facts.macs:
+                    servers.append(rs)
+                    continue
+                unresolved.add((svc.label, rs.label))
+                macs.setdefault(rs.address, _stand_in_mac(nft.server_id(svc.label, rs.label)))
+                servers.append(dataclasses.replace(rs, effective_weight=0, health=Health.DOWN))
             fallback = svc.fallback
             if fallback is not None and fallback.address not in facts.macs:
                 unresolved.add((svc.label, "fallback"))
-                fallback = None
-            services.append(dataclasses.replace(svc, real_servers=known, fallback=fallback))
+                fallback = None  # only ever in the slot table: an element update as well
+            services.append(
+                dataclasses.replace(svc, real_servers=tuple(servers), fallback=fallback)
+            )
         for service, server in sorted(unresolved - self._unresolved):
             self.notify(
                 f"{service}/{server}: no ARP answer, so no MAC address: not forwarded to "
                 "until it answers (is it up, on this segment?)"
             )
         self._unresolved = unresolved
-        return dataclasses.replace(plan, services=tuple(services))
+        view = dataclasses.replace(plan, services=tuple(services))
+        return view, dataclasses.replace(facts, macs=macs)
 
     def _run(self, script: str) -> None:
         loop = asyncio.get_running_loop()
@@ -154,7 +179,9 @@ class KernelEngine:
         self.last_update_ms = (loop.time() - started) * 1000
 
     def _deal(self, svc: PlanService) -> tuple[str, ...]:
-        if svc.scheduler not in (c.SchedulerName.WLC, c.SchedulerName.LC) or not self._active:
+        """The slot table; with live counts once known (`wlc`/`lc` deal by them, and every
+        scheduler skips a server at its max_connections)."""
+        if not self._active:
             return service_slots(svc)
         active = {rs.label: self._active.get((svc.label, rs.label), 0) for rs in svc.real_servers}
         new = sum(self._new_flows.get((svc.label, rs.label), 0) for rs in svc.real_servers)
@@ -292,7 +319,7 @@ class KernelEngine:
                 return  # a new Plan was applied meanwhile; it dealt its own slots
             slots = {svc.label: self._deal(svc) for svc in nft.kernel_services(view)}
             if slots != self._slots:
-                ruleset = nft.render(view, self._facts, slots, self._live or nft.LiveObjects())
+                ruleset = nft.render(view, self._seen, slots, self._live or nft.LiveObjects())
                 self._run(ruleset.elements)
                 self._slots = slots
 
@@ -363,13 +390,20 @@ class KernelEngine:
 
     async def _poll(self) -> None:
         ticks = 0
+        said = ""
         while True:
             await asyncio.sleep(POLL_INTERVAL)
             ticks += 1
-            with contextlib.suppress(EngineError, OSError, ValueError):
+            try:
                 await self.refresh()
                 if ticks % FACTS_EVERY == 0:
                     await self._recheck_facts()
+            except (EngineError, OSError, ValueError) as exc:
+                if str(exc) != said:  # once per distinct trouble, not once a second
+                    said = str(exc)
+                    self.notify(f"counting or re-dealing failed: {exc}")
+            else:
+                said = ""
 
     async def _recheck_facts(self) -> None:
         """A real server replaced (new MAC) or moved: re-render with what the host says now."""
@@ -410,6 +444,11 @@ class KernelEngine:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
             self._poller = None
+
+
+def _stand_in_mac(server_id: int) -> str:
+    """A locally administered unicast MAC no real NIC has: 02:00 and the server's id."""
+    return "02:00:" + ":".join(f"{b:02x}" for b in server_id.to_bytes(4, "big"))
 
 
 def _endpoints(plan: Plan) -> tuple[Any, ...]:

@@ -13,6 +13,7 @@ import ctypes.util
 import json
 import shutil
 import subprocess
+import threading
 from typing import Any
 
 from pacslb.errors import EngineError
@@ -25,6 +26,7 @@ class Nft:
 
     def __init__(self) -> None:
         self._lib: Any = None
+        self._lock = threading.Lock()
         self._text: Any = None
         self._json: Any = None
         self.via = "libnftables"
@@ -77,9 +79,12 @@ class Nft:
                 raise EngineError(f"nft: {_first_error(done.stderr)}")
             return done.stdout
         ctx = self._json if json_output else self._text
-        rc = self._lib.nft_run_cmd_from_buffer(ctx, script.encode())
-        out = (self._lib.nft_ctx_get_output_buffer(ctx) or b"").decode()
-        err = (self._lib.nft_ctx_get_error_buffer(ctx) or b"").decode()
+        # A context's buffers are not thread-safe, and the engine reads counters on a
+        # worker thread while the loop may apply a Plan: one call at a time.
+        with self._lock:
+            rc = self._lib.nft_run_cmd_from_buffer(ctx, script.encode())
+            out = (self._lib.nft_ctx_get_output_buffer(ctx) or b"").decode()
+            err = (self._lib.nft_ctx_get_error_buffer(ctx) or b"").decode()
         if rc != 0:
             raise EngineError(f"nftables: {_first_error(err)}")
         return out
