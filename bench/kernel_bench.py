@@ -279,15 +279,20 @@ class Sample:
     error: str = ""
 
 
-def run_iperf(client: Host, address: str, seconds: float) -> Sample:
-    argv = ["iperf3", "-c", address, "-p", str(IPERF_PORT), "-t", f"{seconds:g}", "-P", "1", "-J"]
-    done = subprocess.run(
+def in_namespace(client: Host, argv: list[str], seconds: float) -> subprocess.CompletedProcess[str]:
+    """A load generator in the client's namespace, bounded a little past its own duration."""
+    return subprocess.run(
         ["ip", "netns", "exec", client.ns, *argv],
         capture_output=True,
         text=True,
         timeout=seconds + 30,
         check=False,
     )
+
+
+def run_iperf(client: Host, address: str, seconds: float) -> Sample:
+    argv = ["iperf3", "-c", address, "-p", str(IPERF_PORT), "-t", f"{seconds:g}", "-P", "1", "-J"]
+    done = in_namespace(client, argv, seconds)
     try:
         data = json.loads(done.stdout)
     except ValueError:
@@ -303,13 +308,7 @@ UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 def run_wrk(client: Host, address: str, seconds: float) -> Sample:
     url = f"http://{address}:{WEB_PORT}/{FILE_100K}"
     argv = ["wrk", "-c16", "-t1", f"-d{seconds:g}s", "--latency", url]
-    done = subprocess.run(
-        ["ip", "netns", "exec", client.ns, *argv],
-        capture_output=True,
-        text=True,
-        timeout=seconds + 30,
-        check=False,
-    )
+    done = in_namespace(client, argv, seconds)
     out = done.stdout
     rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
     p99 = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)

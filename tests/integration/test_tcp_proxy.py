@@ -74,6 +74,7 @@ import pytest  # noqa: E402
 import uvloop  # noqa: E402
 from bench.dicom_files import ct_file, new_uid  # noqa: E402
 from tests.peers.procs import ROOT, free_port, running, stop  # noqa: E402
+from tests.peers.procs import wait_until as wait_for  # noqa: E402
 
 from pacslb.core.plan import build_plan  # noqa: E402
 from pacslb.core.state import AdminState  # noqa: E402
@@ -248,15 +249,6 @@ def serving(loop: ProxyLoop, vip: str, servers: list[dict[str, Any]], **kw: Any)
         yield v
     finally:
         v.close()
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # --- clients -------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from tests.netns.topology import ROOT, Host
+from tests.peers.procs import wait_until
 
 PACSLB = [sys.executable, "-m", "pacslb.cli"]
 
@@ -92,15 +93,10 @@ class Pacslb:
         return int(counts[kind]) if counts else 0
 
     def wait_for(self, what: str, ok: Callable[[], bool], timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if ok():
-                return
-            time.sleep(0.1)
-        raise TimeoutError(f"{what} within {timeout} s; log: {self.log()}")
-
-    def nft(self) -> str:
-        return self.lb.run("nft", "list", "ruleset")
+        try:
+            wait_until(ok, timeout, what, step=0.1)
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}; log: {self.log()}") from None
 
 
 @pytest.fixture

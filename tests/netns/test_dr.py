@@ -197,19 +197,7 @@ def test_dicom_c_store_through_the_dr_vip_on_4000_and_5000(
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )
-        pacslb_in(
-            t.hosts["lb"],
-            service(
-                health_check={
-                    "type": "connect",
-                    "port": 4000,
-                    "interval": 0.5,
-                    "timeout": 0.5,
-                    "rise": 1,
-                    "fall": 1,
-                }
-            ),
-        )
+        pacslb_in(t.hosts["lb"], service())
         src = tmp_path / "src"
         src.mkdir()
         sent: dict[str, bytes] = {}

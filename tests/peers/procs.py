@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,6 +35,18 @@ def wait_port(
                 return
         time.sleep(0.02)
     raise TimeoutError(f"nothing listens on {host}:{port} after {timeout} s")
+
+
+def wait_until(
+    predicate: Callable[[], bool], timeout: float, what: str, step: float = 0.01
+) -> None:
+    """Poll until `predicate()` holds (bounded); TimeoutError naming `what` otherwise."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(step)
+    raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:

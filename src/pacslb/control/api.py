@@ -42,11 +42,21 @@ def _exists(path: Any) -> bool:
 
 
 async def change(
-    request: Request, who: Principal, new: c.Config, comment: str, dry_run: bool
+    request: Request,
+    who: Principal,
+    new: c.Config,
+    comment: str,
+    dry_run: bool,
+    created: Response | None = None,
 ) -> dict[str, Any]:
-    """Apply a whole new config (or, dry run, only validate it); ConfigError -> 422."""
+    """Apply a whole new config (or, dry run, only validate it); ConfigError -> 422.
+
+    `created`: the response of an endpoint that answers 201, which a dry run turns into 200
+    (nothing was created)."""
     process = process_of(request)
     if dry_run:
+        if created is not None:
+            created.status_code = 200
         load_text(dump_text(new), "dry run", _exists)
         return {"valid": True, "problems": [], "applied": False}
     result = await process.apply_config(new, comment, by=who.name)
@@ -167,13 +177,12 @@ async def create_service(
     who: Admin,
     dry_run: DryRun = False,
 ) -> dict[str, Any]:
-    if dry_run:
-        response.status_code = 200  # validated only: nothing was created
     config = process_of(request).config
     if config.service(body.label) is not None:
         raise HTTPException(409, f"virtual service {body.label!r} exists already")
     new = _with_services(config, [*config.virtual_services, body])
-    return await change(request, who, new, f"add virtual service {body.label}", dry_run)
+    comment = f"add virtual service {body.label}"
+    return await change(request, who, new, comment, dry_run, created=response)
 
 
 @router.get("/virtual_services/{service}", tags=["virtual services"])
@@ -218,8 +227,6 @@ async def create_server(
     who: Admin,
     dry_run: DryRun = False,
 ) -> dict[str, Any]:
-    if dry_run:
-        response.status_code = 200  # validated only: nothing was created
     config = process_of(request).config
     index, vs = _service(process_of(request), service)
     if any(rs.label == body.label for rs in vs.real_servers):
@@ -227,7 +234,8 @@ async def create_server(
     services = list(config.virtual_services)
     services[index] = _with_servers(vs, [*vs.real_servers, body])
     new = _with_services(config, services)
-    return await change(request, who, new, f"add real server {service}/{body.label}", dry_run)
+    comment = f"add real server {service}/{body.label}"
+    return await change(request, who, new, comment, dry_run, created=response)
 
 
 @router.get("/virtual_services/{service}/real_servers/{server}", tags=["real servers"])

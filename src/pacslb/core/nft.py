@@ -180,14 +180,16 @@ class _Table:
     # (kind, name, elements); an update flushes them and adds these in the same transaction.
     static: list[tuple[str, str, list[str]]] = field(default_factory=list)
     names: set[tuple[str, str]] = field(default_factory=set)  # (kind, name) declared
+    layout: list[str] = field(default_factory=list)  # declarations without their elements
 
-    def declare(self, kind: str, name: str, body: str) -> None:
+    def declare(self, kind: str, name: str, body: str, elements: str = "") -> None:
         self.names.add((kind, name))
-        self.objects.append(f"{kind} {name} {{ {body} }}")
+        self.objects.append(f"{kind} {name} {{ {body}{elements} }}")
+        self.layout.append(f"{kind} {name} {{ {body} }}")
 
     def refill(self, kind: str, name: str, body: str, elements: Iterable[str]) -> None:
         items = list(elements)
-        self.declare(kind, name, body + _elements(items))
+        self.declare(kind, name, body, _elements(items))
         self.static.append((kind, name, items))
 
     def chain(self, name: str, *lines: str) -> None:
@@ -596,9 +598,7 @@ def _refills(tables: Mapping[str, _Table]) -> str:
 def _shape(tables: Mapping[str, _Table]) -> str:
     parts: list[str] = []
     for family, t in tables.items():
-        parts.append(family)
-        parts += [obj for obj in t.objects if not any(f" {n} " in obj for _, n, _ in t.static)]
-        parts += [f"{kind} {name}" for kind, name, _ in t.static]
+        parts += [family, *t.layout]
         for name, body in t.chains.items():
             parts += [name, *body]
     return "\n".join(parts)
