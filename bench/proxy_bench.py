@@ -1025,18 +1025,16 @@ def summarise(samples: list[Sample]) -> Summary:
 
 
 def cost(sample: Sample, unit: str) -> float | None:
-    """The proxy's CPU per unit of work: µs a request or connection, ms a GB or an image."""
+    """The proxy's CPU per unit of work: µs a request, connection or image, ms a GB."""
     if sample.cpu is None or not sample.value:
         return None
     seconds_per_second = sample.cpu / 100.0
     if unit == "Gbit/s":
         return 1e3 * seconds_per_second / (sample.value / 8)
-    if unit == "img/s":
-        return 1e3 * seconds_per_second / sample.value
     return 1e6 * seconds_per_second / sample.value
 
 
-COST_UNITS = {"Gbit/s": "ms/GB", "img/s": "ms/img", "req/s": "µs/req", "conn/s": "µs/conn"}
+COST_UNITS = {"Gbit/s": "ms/GB", "img/s": "µs/img", "req/s": "µs/req", "conn/s": "µs/conn"}
 
 
 def ratio(a: float | None, b: float | None) -> str:

@@ -5,6 +5,8 @@ read costs a third of the throughput). The message rules live in pacslb.core.htt
 moves bytes and keeps state, one job per module:
 
 - `HttpListener` (here): accepts, holds the upstream pool, sweeps the deadlines;
+- plain (not TLS) clients on their raw sockets (proxy/plain.py: fewer system calls per
+  connection than uvloop's transports); TLS clients on uvloop's;
 - a `ClientConnection` (http_client.py) per accepted connection: keep-alive, one request at a
   time (pipelined requests wait in its buffer until the previous response is finished,
   RFC 9112 §9.3.2);
@@ -21,6 +23,9 @@ moves bytes and keeps state, one job per module:
 from __future__ import annotations
 
 import asyncio
+import errno
+import logging
+import select
 import socket
 import ssl
 from typing import Any
@@ -30,11 +35,18 @@ from pacslb.core.pool import IdlePool
 from pacslb.proxy.http_client import ClientConnection
 from pacslb.proxy.http_states import Key
 from pacslb.proxy.http_upstream import Upstream
+from pacslb.proxy.plain import Poller, accept_plain
 from pacslb.proxy.runtime import FALLBACK, ServiceRuntime, cookie_id
 
 __all__ = ["HttpListener"]
 
+log = logging.getLogger(__name__)
+
 BACKLOG = 4096
+ACCEPT_BATCH = 128  # accepts per readiness event, so one busy listener cannot starve the rest
+ACCEPT_RETRY = 0.1  # seconds to pause accepting when out of fds or memory
+_ACCEPT_PAUSE = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+PLAIN_SOCKETS = hasattr(select, "epoll") and hasattr(socket, "MSG_DONTWAIT")
 POOL_IDLE_TIMEOUT = 30.0  # seconds an idle upstream connection is kept (IIS closes at 120 s)
 POOL_MAX_IDLE = 128  # idle upstream connections kept per real server
 
@@ -57,20 +69,32 @@ class HttpListener:
         self.clients: set[ClientConnection] = set()
         self.closing = False
         self.loop: asyncio.AbstractEventLoop | None = None
-        self._server: asyncio.AbstractServer | None = None
+        self._server: asyncio.AbstractServer | None = None  # TLS: uvloop's transports
+        self._poller: Poller | None = None  # plain: our own accept and sockets
+        self._accepting = False
+        self._retry: asyncio.TimerHandle | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._cookies: dict[tuple[str, str, int | None, str], bytes] = {}
         self._pending: set[asyncio.Task[Any]] = set()  # queued clients taken while closing
 
     async def start(self) -> None:
         loop = self.loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: ClientConnection(self),
-            sock=self.sock,
-            ssl=self.tls,
-            backlog=BACKLOG,
-            ssl_handshake_timeout=self.runtime.service.timeouts.http_request if self.tls else None,
-        )
+        if self.tls is None and PLAIN_SOCKETS:
+            sock = self.sock
+            # Inherited by every accepted socket (Linux), so nothing is set per connection.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._poller = Poller(loop)
+            self._resume()
+        else:
+            self._server = await loop.create_server(
+                lambda: ClientConnection(self),
+                sock=self.sock,
+                ssl=self.tls,
+                backlog=BACKLOG,
+                ssl_handshake_timeout=(
+                    self.runtime.service.timeouts.http_request if self.tls else None
+                ),
+            )
         self._sweeper = loop.call_later(self._interval(), self._sweep)
 
     def close(self) -> None:
@@ -78,20 +102,61 @@ class HttpListener:
 
         Clients already in the kernel's accept queue are still taken (each gets one exchange),
         so that a listener replaced under SO_REUSEPORT resets nobody."""
+        if self.closing:
+            return
         self.closing = True
-        drained = self._drain_accept_queue()
-        if self._server is not None:
-            self._server.close()
         for client in list(self.clients):
             client.listener_closing()
-        if not self.clients and not drained:
+        self._drain_accept_queue()
+        if self._server is not None:
+            self._server.close()
+        else:
+            self._pause()
+            if self._retry is not None:
+                self._retry.cancel()
+                self._retry = None
+            self.sock.close()
+        if not self.clients and not self._pending:
             self._shutdown()
 
-    def _drain_accept_queue(self) -> int:
+    # --- accepting plain clients -------------------------------------------------------------
+
+    def _resume(self) -> None:
+        self._retry = None
+        if not self.closing and not self._accepting and self.loop is not None:
+            self.loop.add_reader(self.sock.fileno(), self._accept)
+            self._accepting = True
+
+    def _pause(self) -> None:
+        if self._accepting and self.loop is not None:
+            self.loop.remove_reader(self.sock.fileno())
+            self._accepting = False
+
+    def _accept(self, limit: int = ACCEPT_BATCH) -> None:
+        assert self._poller is not None and self.loop is not None
+        try:
+            accept_plain(self.sock, self._poller, lambda: ClientConnection(self), limit)
+        except OSError as exc:
+            if exc.errno in _ACCEPT_PAUSE:
+                # The socket stays readable: pause rather than spin (as asyncio does).
+                log.warning(
+                    "accept on port %s: %s; pausing %.1f s", self.vip_port, exc, ACCEPT_RETRY
+                )
+                self._pause()
+                self._retry = self.loop.call_later(ACCEPT_RETRY, self._resume)
+            else:
+                log.error("accept on port %s: %s", self.vip_port, exc)
+
+    def _drain_accept_queue(self) -> None:
         loop = self.loop
-        if self._server is None or loop is None:
-            return 0
-        taken = 0
+        if loop is None:
+            return
+        if self._poller is not None:
+            if self._accepting:
+                self._accept(BACKLOG)
+            return
+        if self._server is None:
+            return
         for _ in range(BACKLOG):
             try:
                 conn, _ = self.sock.accept()
@@ -112,8 +177,6 @@ class HttpListener:
             )
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
-            taken += 1
-        return taken
 
     def _shutdown(self) -> None:
         if self._sweeper is not None:
@@ -121,6 +184,8 @@ class HttpListener:
             self._sweeper = None
         for up in self.pool.clear():
             up.close()
+        if self._poller is not None:
+            self._poller.close()
 
     def _interval(self) -> float:
         t = self.runtime.service.timeouts

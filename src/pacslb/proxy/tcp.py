@@ -44,6 +44,10 @@ HAVE_SPLICE = hasattr(os, "splice") and hasattr(os, "pipe2")
 CHUNK = 1 << 20  # bytes per splice call: the kernel stops earlier when the socket runs dry
 PIPE_SIZE = 1 << 20  # F_SETPIPE_SZ; unprivileged users past pipe-user-pages-soft keep 64 KiB
 COPY_CHUNK = 1 << 16  # the recv/send path (no splice): one buffer per direction
+# A read shorter than this emptied the socket (as HAProxy's raw_sock reads it). Half of a
+# 64 KiB pipe, so that a read cut short by a full pipe is rarely taken for it (which would
+# only cost a return to the loop, which reports the socket readable again at once).
+DRY_READ = 1 << 15
 ACCEPT_BATCH = 128  # accepts per readiness event, so one busy listener cannot starve the rest
 ACCEPT_RETRY = 0.1  # seconds to pause accepting when out of fds/memory
 BACKLOG_DRAIN = 65536  # accepts at most when closing: whatever the accept queue still holds
@@ -351,6 +355,7 @@ class _Pump:
         splice = os.splice
         n = self.pending
         moved = 0
+        dry = False
         try:
             while True:
                 if n:
@@ -360,11 +365,20 @@ class _Pump:
                     continue
                 if self.eof:
                     break
+                if dry:
+                    # The last read took less than the socket could give: it is empty, and
+                    # the next readiness event says when more comes. Reading again would only
+                    # fail (a system call and an exception for every DICOM PDU).
+                    self.pending = 0
+                    self.account(moved)
+                    self.wait_source()
+                    return
                 k = splice(self.src_fd, self.pipe_w, CHUNK, None, None, _SPLICE_FLAGS)
                 if not k:
                     self.eof = True
                     continue
                 n = k
+                dry = k < DRY_READ
         except BlockingIOError:
             self.pending = n
             self.account(moved)
@@ -423,6 +437,7 @@ class _CopyPump(_Pump):
         n = self.pending
         off = self.offset
         moved = 0
+        dry = False
         try:
             while True:
                 if n:
@@ -433,11 +448,17 @@ class _CopyPump(_Pump):
                     continue
                 if self.eof:
                     break
+                if dry:
+                    self.pending, self.offset = 0, 0
+                    self.account(moved)
+                    self.wait_source()
+                    return
                 k = self.src.recv_into(self.buf)
                 if not k:
                     self.eof = True
                     continue
                 n, off = k, 0
+                dry = k < COPY_CHUNK
         except BlockingIOError:
             self.pending, self.offset = n, off
             self.account(moved)
