@@ -6,13 +6,14 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pacslb import __version__
 from pacslb.config import Config, config_json_schema
-from pacslb.errors import ConfigError, PacslbError
+from pacslb.errors import ConfigError, EngineError, PacslbError
 
 if TYPE_CHECKING:
     from pacslb.engines.base import Engine
@@ -285,9 +286,11 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 
 def cmd_teardown(args: argparse.Namespace) -> int:
-    """Layer 4 forwarding outlives `pacslb run` on purpose; this ends it for good."""
+    """Layer 4 forwarding outlives `pacslb run` on purpose (and proxy workers outlive
+    `pacslb stop --keep-data-plane`); this ends both for good."""
     from pacslb.control.local import NotRunning, request
     from pacslb.engines.kernel import KernelEngine
+    from pacslb.engines.proxy import stop_workers
 
     state_dir = _state_dir(args)
     try:
@@ -296,8 +299,38 @@ def cmd_teardown(args: argparse.Namespace) -> int:
         pass
     else:
         raise PacslbError(f"pacslb is running with {state_dir}: stop it first")
-    done = KernelEngine(state_dir).teardown()
-    print("\n".join(done) if done else "nothing to remove: no pacslb tables on this host")
+    done = stop_workers(state_dir)
+    try:
+        done += KernelEngine(state_dir).teardown()
+    except EngineError:
+        if os.geteuid() == 0:
+            raise
+        done.append("nftables not checked: only root can read or delete the pacslb tables")
+    print("\n".join(done) if done else "nothing to remove: no pacslb tables or workers here")
+    return EXIT_OK
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    """Stop the running pacslb and wait until its process has exited."""
+    from pacslb.control.local import NotRunning, request
+
+    state_dir = _state_dir(args)
+    result = request(state_dir, {"cmd": "stop", "keep_data_plane": args.keep_data_plane})
+    for _ in range(300):  # up to 30 s: engines are closed, workers stopped, then the exit
+        try:
+            request(state_dir, {"cmd": "status"}, timeout=1.0)
+        except (NotRunning, OSError):
+            break
+        time.sleep(0.1)
+    else:
+        raise PacslbError(f"pacslb (pid {result['pid']}) is still running after 30 s")
+    if result["data_plane"] == "kept":
+        print(
+            f"pacslb (pid {result['pid']}) stopped; its data plane goes on forwarding. "
+            "`pacslb run` adopts it; `pacslb teardown` stops it."
+        )
+    else:
+        print(f"pacslb (pid {result['pid']}) stopped")
     return EXIT_OK
 
 
@@ -507,6 +540,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=50)
     locate(p)
     p.set_defaults(func=cmd_events)
+
+    p = sub.add_parser("stop", help="stop the running pacslb (as SIGTERM does)")
+    p.add_argument(
+        "--keep-data-plane",
+        action="store_true",
+        help="leave the proxy workers (and the kernel tables, which always stay) forwarding "
+        "for the next `pacslb run` to adopt: a restart or upgrade that drops no connection",
+    )
+    locate(p)
+    p.set_defaults(func=cmd_stop)
 
     p = sub.add_parser("reload", help="re-read the config file of the running pacslb")
     locate(p)

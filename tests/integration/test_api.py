@@ -244,7 +244,7 @@ class KernelLike:
     def ruleset_text(self) -> str:
         return "table inet pacslb {\n}\n"
 
-    async def close(self) -> None:
+    async def close(self, keep_running: bool = False) -> None:
         pass
 
 

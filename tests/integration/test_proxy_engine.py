@@ -322,3 +322,63 @@ def test_a_killed_proxy_worker_is_restarted(tmp_path: Path, backends: list[int])
         again = json.loads(subprocess.run(ping, capture_output=True, text=True, timeout=10).stdout)
         assert again["pid"] != first["pid"] and again["revision"] is not None
         assert "is gone; restarting it" in (tmp_path / "run.log").read_text()
+
+
+def test_a_restart_that_keeps_the_data_plane(tmp_path: Path, backends: list[int]) -> None:
+    """`pacslb stop --keep-data-plane`, then `pacslb run`: a held connection lives through the
+    control plane's restart (an upgrade); a plain `pacslb stop` then stops the workers, and
+    `pacslb teardown` stops those a kept stop left."""
+    http_port, tcp_port = free_port(), free_port()
+    config, state = tmp_path / "pacslb.yaml", tmp_path / "state"
+    write_config(config, http_port, tcp_port, backends)
+    argv = [sys.executable, "-m", "pacslb.cli", "run", str(config), "--state-dir", str(state)]
+    ping = [sys.executable, "-c", _PING, str(state / "proxy-0.sock")]
+    proxy_pid = None
+    try:
+        with ExitStack() as stack:
+            run = stack.enter_context(running(argv, VIP, tcp_port, log=tmp_path / "run1.log"))
+            wait(lambda: server_status(state, "Tcp", "Srv1")["health"] == "up", 10, "health")
+            held = socket.create_connection((VIP, tcp_port), timeout=5)
+            stack.callback(held.close)
+            assert exchange(held).startswith(b"HTTP/1.1 200")
+            proxy_pid = json.loads(subprocess.run(ping, capture_output=True, timeout=10).stdout)[
+                "pid"
+            ]
+            out = cli(state, "stop", "--keep-data-plane").stdout
+            assert "goes on forwarding" in out
+            assert run.wait(10) == 0
+            assert _alive(proxy_pid)
+            assert exchange(held).startswith(b"HTTP/1.1 200")  # nobody controls it; it serves
+            assert get(http_port)[0] == 200
+
+            with ExitStack() as again:
+                again.enter_context(running(argv, log=tmp_path / "run2.log"))
+                wait(lambda: answers(state), 10, "the new control process")
+                wait(lambda: server_status(state, "Tcp", "Srv1")["health"] == "up", 10, "health")
+                assert exchange(held).startswith(b"HTTP/1.1 200")
+                adopted = json.loads(subprocess.run(ping, capture_output=True, timeout=10).stdout)
+                assert adopted["pid"] == proxy_pid
+                assert "stopped" in cli(state, "stop").stdout
+            wait(lambda: not _alive(proxy_pid), 10, "the proxy to stop with `pacslb stop`")
+
+            # a kept stop, then teardown: the workers go too
+            with ExitStack() as third:
+                third.enter_context(running(argv, VIP, tcp_port, log=tmp_path / "run3.log"))
+                proxy_pid = json.loads(
+                    subprocess.run(ping, capture_output=True, timeout=10).stdout
+                )["pid"]
+                cli(state, "stop", "--keep-data-plane")
+            assert _alive(proxy_pid)
+            # As root, teardown would also delete this host's pacslb tables: it runs in a
+            # network namespace of its own (the workers' control sockets are files).
+            isolate = ["unshare", "--net"] if os.geteuid() == 0 else []
+            teardown = [sys.executable, "-m", "pacslb.cli", "teardown", "--state-dir", str(state)]
+            result = subprocess.run(isolate + teardown, capture_output=True, text=True, timeout=30)
+            assert result.returncode == 0, result.stderr
+            assert f"stopped proxy worker {proxy_pid}" in result.stdout
+            assert not _alive(proxy_pid)
+            with pytest.raises(OSError):
+                socket.create_connection((VIP, tcp_port), timeout=2).close()
+    finally:
+        if proxy_pid is not None and _alive(proxy_pid):
+            os.kill(proxy_pid, signal.SIGKILL)

@@ -84,6 +84,7 @@ class ControlProcess:
         self.engine_records: dict[str, EngineRecord] = {}
         self._tasks: set[asyncio.Task[Any]] = set()  # strong refs: the loop keeps only weak ones
         self._stopping = asyncio.Event()
+        self.keep_data_plane = False
         self.ready = False  # start() has finished: every engine has its first Plan
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -104,12 +105,22 @@ class ControlProcess:
 
     async def stop(self) -> None:
         await self.checker.close()
+        keep = self.keep_data_plane
         for engine in self.engines:
             with contextlib.suppress(Exception):
-                await engine.close()
-        self._record("process", "pacslb stopped")
+                await engine.close(keep_running=keep)
+        self._record(
+            "process",
+            "pacslb stopped; the data plane goes on serving its last Plan"
+            if keep
+            else "pacslb stopped",
+        )
 
-    def request_stop(self) -> None:
+    def request_stop(self, keep_data_plane: bool = False) -> None:
+        """Stop (SIGTERM, SIGINT, `pacslb stop`). `keep_data_plane`: the proxy workers go
+        on serving the last Plan, as after a crash, for the next `pacslb run` to adopt: a
+        restart or an upgrade that drops no connection (`pacslb stop --keep-data-plane`)."""
+        self.keep_data_plane = keep_data_plane
         self._stopping.set()
 
     async def wait_stopped(self) -> None:

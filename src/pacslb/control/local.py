@@ -99,6 +99,10 @@ class ControlServer:
             return await process.reload()
         if cmd == "plan":
             return json.loads(process.current_plan().to_json())
+        if cmd == "stop":
+            keep = bool(request.get("keep_data_plane", False))
+            process.request_stop(keep_data_plane=keep)
+            return {"pid": os.getpid(), "data_plane": "kept" if keep else "stopped"}
         raise ValueError(f"unknown command {cmd!r}")
 
 

@@ -31,5 +31,6 @@ class Engine(Protocol):
     def counters(self) -> Mapping[ServerKey, Counters]:
         """The latest counters per (service, server); empty when the engine has none yet."""
 
-    async def close(self) -> None:
-        """Stop the engine's own processes."""
+    async def close(self, keep_running: bool = False) -> None:
+        """Stop the engine's own processes; with `keep_running`, leave the data plane
+        forwarding for the next `pacslb run` to adopt (a restart or an upgrade)."""

@@ -437,8 +437,9 @@ class KernelEngine:
         self._addresses_file.unlink(missing_ok=True)
         return done
 
-    async def close(self) -> None:
-        """Stop counting; the tables stay, so forwarding goes on while pacslb is stopped."""
+    async def close(self, keep_running: bool = False) -> None:
+        """Stop counting; the tables stay either way, so forwarding goes on while pacslb is
+        stopped (`pacslb teardown` removes them)."""
         if self._poller is not None:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import socket
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,51 @@ from pacslb.errors import EngineError
 
 START_TIMEOUT = 15.0
 POLL_INTERVAL = 1.0
+
+
+def stop_workers(state_dir: Path, timeout: float = 10.0) -> list[str]:
+    """Stop the proxy workers still serving from `state_dir` (left by `pacslb stop
+    --keep-data-plane` or a crash) and wait for them to exit; returns what was done."""
+    done = []
+    for path in sorted(state_dir.glob("proxy-*.sock")):
+        try:
+            pid = _ask(path, {"cmd": "ping"})["pid"]
+            _ask(path, {"cmd": "stop"})
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # a stale socket file: nobody answers there
+        for _ in range(int(timeout / 0.05)):
+            if not _pid_alive(pid):
+                break
+            time.sleep(0.05)
+        else:
+            raise EngineError(f"proxy worker {pid} ({path.name}) did not stop in {timeout:g} s")
+        done.append(f"stopped proxy worker {pid} ({path.name})")
+    return done
+
+
+def _ask(path: Path, payload: dict[str, Any]) -> Any:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(2.0)
+        sock.connect(str(path))
+        sock.sendall(json.dumps(payload).encode() + b"\n")
+        answer = json.loads(sock.makefile("rb").readline())
+    if not answer.get("ok"):
+        raise ValueError(answer.get("error"))
+    return answer.get("result")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (a child of this process, not yet reaped) counts as gone.
+    with contextlib.suppress(OSError):
+        if Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z"):
+            return False
+    return True
 
 
 class Worker:
@@ -194,11 +241,13 @@ class ProxyEngine:
                 with contextlib.suppress(EngineError):  # a listener error is reported by apply
                     await worker.call(payload)
 
-    async def close(self) -> None:
+    async def close(self, keep_running: bool = False) -> None:
         if self._poller is not None:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
+        if keep_running:
+            return  # the workers serve their last Plan; the next `pacslb run` adopts them
         async with self._lock:
             for worker in self.workers:
                 if self._started or worker.process is not None:
