@@ -115,6 +115,35 @@ def test_keep_alive_pooling_and_counters(
     assert stats["active"] == 0 and stats["total"] == 6
 
 
+def test_a_keep_alive_client_goes_to_uvloop_and_a_one_exchange_client_stays_plain(
+    loop: ProxyThread, backends: tuple[EchoBackend, EchoBackend]
+) -> None:
+    """The transport is chosen by the first request (HttpListener._hand_over); both serve
+    every rule alike (test_http_rules.py runs on both), and pipelined requests that came in
+    the first read keep their order across the hand-over."""
+    a, _ = backends
+    proxy = loop.listen(service([("A", "127.0.0.1", a.port)]), host="127.0.0.41")
+
+    def transports() -> set[str]:
+        return proxy.call(lambda: {type(c.transport).__name__ for c in proxy.listener.clients})
+
+    # The proxy's loop sleeps while the client connects and sends, so that the bytes are
+    # there at the accept (a keep-alive client whose bytes come later stays plain: no guess).
+    loop.loop.call_soon_threadsafe(time.sleep, 0.3)
+    with Client(proxy.host, proxy.port) as client:
+        client.send(get("/1") + get("/2"))  # one read, two requests, then the hand-over
+        assert [conn_of(client.response()), conn_of(client.response())] == ["A conn=1"] * 2
+        assert [r.head.split(b" ")[1] for r in a.received[-2:]] == [b"/1", b"/2"]
+        assert transports() == {"TCPTransport"}
+    with Client(proxy.host, proxy.port) as client:
+        client.send(get("/slow/0.3", "Connection: close\r\n"))
+        time.sleep(0.1)  # the backend answers after 0.3 s: the client waits meanwhile
+        kinds = transports()
+        resp = client.response()
+        assert resp is not None and resp.status == 200
+        assert kinds == {"PlainTransport"}
+
+
 def test_requests_are_scheduled_one_by_one(
     loop: ProxyThread, backends: tuple[EchoBackend, EchoBackend]
 ) -> None:

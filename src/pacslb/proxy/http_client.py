@@ -78,6 +78,7 @@ class ClientConnection(asyncio.Protocol):
     retried = False
     responded = False  # a byte of the response went to the client
     connecting: asyncio.Task[None] | None = None
+    first = b""  # bytes read before uvloop's transport took over (HttpListener._hand_over)
 
     def __init__(self, listener: HttpListener) -> None:
         self.listener = listener
@@ -99,6 +100,9 @@ class ClientConnection(asyncio.Protocol):
         self.deadline = self.loop.time() + listener.runtime.service.timeouts.http_request
         # A client taken from the accept queue of a closing listener gets its one exchange:
         # the response of a closing listener always ends the connection (see final_head).
+        if self.first:
+            first, self.first = self.first, b""
+            self.data_received(first)  # before any byte uvloop reads: the order is kept
 
     def data_received(self, data: bytes) -> None:
         state = self.state
