@@ -118,23 +118,27 @@ def test_keep_alive_pooling_and_counters(
 def test_a_keep_alive_client_goes_to_uvloop_and_a_one_exchange_client_stays_plain(
     loop: ProxyThread, backends: tuple[EchoBackend, EchoBackend]
 ) -> None:
-    """The transport is chosen by the first request (HttpListener._hand_over); both serve
-    every rule alike (test_http_rules.py runs on both), and pipelined requests that came in
-    the first read keep their order across the hand-over."""
+    """The transport is chosen by the first request (HttpListener._hand_over), whenever it
+    comes; both serve every rule alike (test_http_rules.py runs on both), and pipelined
+    requests that came in the first read keep their order across the hand-over."""
     a, _ = backends
     proxy = loop.listen(service([("A", "127.0.0.1", a.port)]), host="127.0.0.41")
 
     def transports() -> set[str]:
         return proxy.call(lambda: {type(c.transport).__name__ for c in proxy.listener.clients})
 
-    # The proxy's loop sleeps while the client connects and sends, so that the bytes are
-    # there at the accept (a keep-alive client whose bytes come later stays plain: no guess).
-    loop.loop.call_soon_threadsafe(time.sleep, 0.3)
-    with Client(proxy.host, proxy.port) as client:
-        client.send(get("/1") + get("/2"))  # one read, two requests, then the hand-over
-        assert [conn_of(client.response()), conn_of(client.response())] == ["A conn=1"] * 2
-        assert [r.head.split(b" ")[1] for r in a.received[-2:]] == [b"/1", b"/2"]
-        assert transports() == {"TCPTransport"}
+    for late in (False, True):  # bytes there at the accept, or only later
+        with Client(proxy.host, proxy.port) as client:
+            if late:
+                for _ in range(200):  # until accepted (bounded: 2 s)
+                    if transports():
+                        break
+                    time.sleep(0.01)
+                assert transports() == {"PlainTransport"}  # nothing read yet: no choice
+            client.send(get("/1") + get("/2"))  # one read, two requests, then the hand-over
+            assert [conn_of(client.response()), conn_of(client.response())] == ["A conn=1"] * 2
+            assert [r.head.split(b" ")[1] for r in a.received[-2:]] == [b"/1", b"/2"]
+            assert transports() == {"TCPTransport"}
     with Client(proxy.host, proxy.port) as client:
         client.send(get("/slow/0.3", "Connection: close\r\n"))
         time.sleep(0.1)  # the backend answers after 0.3 s: the client waits meanwhile

@@ -35,7 +35,7 @@ from pacslb.core.pool import IdlePool
 from pacslb.proxy.http_client import ClientConnection
 from pacslb.proxy.http_states import Key
 from pacslb.proxy.http_upstream import Upstream
-from pacslb.proxy.plain import Poller, accept_plain
+from pacslb.proxy.plain import PlainTransport, Poller, accept_plain
 from pacslb.proxy.runtime import FALLBACK, ServiceRuntime, cookie_id
 
 __all__ = ["HttpListener"]
@@ -150,27 +150,23 @@ class HttpListener:
             else:
                 log.error("accept on port %s: %s", self.vip_port, exc)
 
-    def _hand_over(self, sock: Any, first: bytes) -> bool:
+    def _hand_over(self, plain: PlainTransport, first: bytes) -> bool:
         """A client whose first request keeps the connection goes to uvloop's transports:
         per request they cost a few µs less than ours (C instead of Python, no second epoll),
         while ours save more than that on a connection that carries one exchange. A wrong
         guess costs speed only: both serve every client alike."""
-        if _one_exchange(first) or self.loop is None:
+        client = plain._protocol
+        if _one_exchange(first) or self.loop is None or not isinstance(client, ClientConnection):
             return False
-        family = sock.family
+        sock = plain.detach()
         # A `socket.socket`, which uvloop detaches when the transport closes the fd (it would
         # close a bare _socket.socket again, and with it whatever reused the number).
-        handed = socket.socket(family, socket.SOCK_STREAM, 0, sock.detach())
-
-        def protocol() -> ClientConnection:
-            client = ClientConnection(self)
-            client.first = first  # read here already: handled in connection_made
-            return client
-
-        task = self.loop.create_task(self.loop.connect_accepted_socket(protocol, handed))
+        handed = socket.socket(sock.family, socket.SOCK_STREAM, 0, sock.detach())
+        client.first = first  # read here already: handled when uvloop's transport is made
+        task = self.loop.create_task(self.loop.connect_accepted_socket(lambda: client, handed))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
-        task.add_done_callback(_handed_over)
+        task.add_done_callback(lambda t: _handed_over(t, client))
         return True
 
     def _drain_accept_queue(self) -> None:
@@ -255,9 +251,11 @@ def _one_exchange(first: bytes) -> bool:
     return b"\nconnection: close" in head or b" http/1.0\r\n" in head
 
 
-def _handed_over(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.info("client lost while handed to uvloop: %s", task.exception())
+def _handed_over(task: asyncio.Task[Any], client: ClientConnection) -> None:
+    exc = None if task.cancelled() else task.exception()
+    if task.cancelled() or exc is not None:
+        log.info("client lost while handed to uvloop: %r", exc)
+        client.connection_lost(exc if isinstance(exc, Exception) else None)
 
 
 def _gone(runtime: ServiceRuntime, label: str) -> bool:

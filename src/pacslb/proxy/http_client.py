@@ -91,6 +91,9 @@ class ClientConnection(asyncio.Protocol):
     # --- asyncio.Protocol ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.transport is not None:
+            self._transport_changed(transport)
+            return
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.ip = peer[0] if peer else "0.0.0.0"
@@ -100,9 +103,16 @@ class ClientConnection(asyncio.Protocol):
         self.deadline = self.loop.time() + listener.runtime.service.timeouts.http_request
         # A client taken from the accept queue of a closing listener gets its one exchange:
         # the response of a closing listener always ends the connection (see final_head).
-        if self.first:
-            first, self.first = self.first, b""
-            self.data_received(first)  # before any byte uvloop reads: the order is kept
+
+    def _transport_changed(self, transport: asyncio.BaseTransport) -> None:
+        """Handed from our plain socket to uvloop's transport (HttpListener._hand_over),
+        with the first bytes, read already: they go first, before anything uvloop reads."""
+        self.transport = transport
+        first, self.first = self.first, b""
+        if self.state == C_CLOSED:
+            transport.close()  # timed out or halted while on its way
+        elif first:
+            self.data_received(first)
 
     def data_received(self, data: bytes) -> None:
         state = self.state

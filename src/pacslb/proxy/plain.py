@@ -26,7 +26,7 @@ Per request on a kept-alive connection, though, uvloop's C is a few µs cheaper 
 Python and its second epoll (bench/proxy_bench.py, interleaved: 33-35 against 35-36 µs a
 request). So the first bytes decide: a client whose first request is its last (`Connection:
 close`, HTTP/1.0) stays here; one that keeps the connection is handed to uvloop's transports
-(`HttpListener._hand_over`), as is nothing else. A client whose bytes had not come yet stays.
+(`HttpListener._hand_over`), whenever its first bytes come.
 
 `PlainTransport` keeps the part of asyncio's transport contract that `ClientConnection` uses:
 write/writelines buffering with pause_writing/resume_writing at the high and low water marks,
@@ -58,6 +58,9 @@ _DONTWAIT = socket.MSG_DONTWAIT
 _IN = select.EPOLLIN
 _OUT = select.EPOLLOUT
 _BAD = select.EPOLLERR | select.EPOLLHUP
+
+
+HandOver = Callable[["PlainTransport", bytes], bool]
 
 
 class _Closed(asyncio.Protocol):
@@ -107,6 +110,7 @@ class PlainTransport:
         "_eof",
         "_eof_pending",
         "_fd",
+        "_hand_over",
         "_mask",
         "_paused",
         "_poller",
@@ -117,9 +121,15 @@ class PlainTransport:
     )
 
     def __init__(
-        self, poller: Poller, sock: _socket.socket, peer: Any, protocol: asyncio.Protocol
+        self,
+        poller: Poller,
+        sock: _socket.socket,
+        peer: Any,
+        protocol: asyncio.Protocol,
+        hand_over: HandOver | None = None,
     ) -> None:
         self._poller = poller
+        self._hand_over = hand_over
         self._sock = sock
         self._fd = sock.fileno()
         self.peer = peer
@@ -234,6 +244,10 @@ class PlainTransport:
         self._received(data)
 
     def _received(self, data: bytes) -> None:
+        if data and self._hand_over is not None:
+            hand_over, self._hand_over = self._hand_over, None
+            if hand_over(self, data):
+                return  # this transport is detached; the protocol has its bytes
         if data:
             self._protocol.data_received(data)
             return
@@ -271,6 +285,19 @@ class PlainTransport:
             self._sock.shutdown(socket.SHUT_WR)
         except OSError as exc:
             self._fatal(exc)
+
+    def detach(self) -> _socket.socket:
+        """Give the socket up, to another transport of the same protocol: out of epoll and
+        of the poller, and no connection_lost (the connection goes on)."""
+        if self._mask:
+            self._poller.epoll.unregister(self._fd)
+            self._mask = 0
+        if self._poller.transports.get(self._fd) is self:
+            del self._poller.transports[self._fd]
+        self._closed = self._closing = True
+        self._reading = False
+        self._protocol = _CLOSED
+        return self._sock
 
     def _fatal(self, exc: BaseException) -> None:
         self._closing = True
@@ -311,9 +338,6 @@ class PlainTransport:
         self._poller.loop.call_soon(protocol.connection_lost, exc)
 
 
-HandOver = Callable[[_socket.socket, bytes], bool]
-
-
 def accept_plain(
     listening: socket.socket,
     poller: Poller,
@@ -323,8 +347,9 @@ def accept_plain(
 ) -> int:
     """Accept up to `limit` clients from `listening`, read each one's first bytes at once and
     start it; returns how many. Errors other than an empty queue (EMFILE, ENOBUFS, ...) are
-    raised to the caller. `hand_over(sock, first)` may take a client that sent bytes instead
-    (it returns True): the l7-http listener gives keep-alive clients to uvloop.
+    raised to the caller. `hand_over(transport, first)` is offered each client's first bytes,
+    whenever they come, and may take the client elsewhere (it returns True, having detached
+    the transport): the l7-http listener gives keep-alive clients to uvloop.
 
     `socket._accept` gives the fd and address without a Python-level socket object; the
     C-level socket built from them is told its family, type and protocol, so the kernel is
@@ -349,9 +374,7 @@ def accept_plain(
         except OSError:
             sock.close()  # reset before it was served: nothing to tell anyone
             continue
-        if first and hand_over is not None and hand_over(sock, first):
-            continue
-        transport = PlainTransport(poller, sock, peer, protocol_factory())
+        transport = PlainTransport(poller, sock, peer, protocol_factory(), hand_over)
         try:
             transport.start(first)
         except Exception as exc:  # this client's failure is its own, as in _dispatch
