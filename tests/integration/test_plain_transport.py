@@ -14,7 +14,7 @@ from typing import Any
 
 import uvloop
 
-from pacslb.proxy.plain import HIGH_WATER, PlainTransport, Poller, accept_plain
+from pacslb.proxy.plain import Poller, accept_plain
 
 BIG = 8 << 20  # far more than the socket buffers hold: the transport must buffer and pause
 
@@ -298,8 +298,3 @@ def test_many_clients_each_get_their_own_bytes() -> None:
 
     uvloop.run(main())
     assert len(protos) == count and all(len(p.lost) == 1 for p in protos)
-
-
-def test_high_water_mark_is_asyncios_default() -> None:
-    assert HIGH_WATER == 64 * 1024
-    assert PlainTransport.__slots__  # no per-instance dict: thousands of clients

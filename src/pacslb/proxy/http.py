@@ -23,7 +23,6 @@ moves bytes and keeps state, one job per module:
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import select
 import socket
@@ -37,15 +36,13 @@ from pacslb.proxy.http_states import Key
 from pacslb.proxy.http_upstream import Upstream
 from pacslb.proxy.plain import PlainTransport, Poller, accept_plain
 from pacslb.proxy.runtime import FALLBACK, ServiceRuntime, cookie_id
+from pacslb.proxy.tcp import ACCEPT_BATCH, ACCEPT_PAUSE, ACCEPT_RETRY
 
 __all__ = ["HttpListener"]
 
 log = logging.getLogger(__name__)
 
 BACKLOG = 4096
-ACCEPT_BATCH = 128  # accepts per readiness event, so one busy listener cannot starve the rest
-ACCEPT_RETRY = 0.1  # seconds to pause accepting when out of fds or memory
-_ACCEPT_PAUSE = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 PLAIN_SOCKETS = hasattr(select, "epoll") and hasattr(socket, "MSG_DONTWAIT")
 POOL_IDLE_TIMEOUT = 30.0  # seconds an idle upstream connection is kept (IIS closes at 120 s)
 POOL_MAX_IDLE = 128  # idle upstream connections kept per real server
@@ -140,7 +137,7 @@ class HttpListener:
                 self.sock, self._poller, lambda: ClientConnection(self), limit, self._hand_over
             )
         except OSError as exc:
-            if exc.errno in _ACCEPT_PAUSE:
+            if exc.errno in ACCEPT_PAUSE:
                 # The socket stays readable: pause rather than spin (as asyncio does).
                 log.warning(
                     "accept on port %s: %s; pausing %.1f s", self.vip_port, exc, ACCEPT_RETRY
@@ -155,7 +152,7 @@ class HttpListener:
         per request they cost a few µs less than ours (C instead of Python, no second epoll),
         while ours save more than that on a connection that carries one exchange. A wrong
         guess costs speed only: both serve every client alike."""
-        client = plain._protocol
+        client = plain.get_protocol()
         if _one_exchange(first) or self.loop is None or not isinstance(client, ClientConnection):
             return False
         sock = plain.detach()

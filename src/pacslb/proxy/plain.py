@@ -163,6 +163,9 @@ class PlainTransport:
             return self._sock.getsockname()
         return default
 
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._protocol
+
     def is_closing(self) -> bool:
         return self._closing
 

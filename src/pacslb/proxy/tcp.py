@@ -64,7 +64,7 @@ _LINGER_RST = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
 # Linux copies socket options from the listening socket to the accepted ones (sk_clone_lock),
 # which saves five setsockopt calls per client; elsewhere they are set per connection.
 _INHERITS_OPTIONS = sys.platform.startswith("linux")
-_ACCEPT_PAUSE = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+ACCEPT_PAUSE = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _SOCK_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
 
 
@@ -185,7 +185,7 @@ class TcpListener:
             except ConnectionAbortedError:
                 continue
             except OSError as exc:
-                if exc.errno in _ACCEPT_PAUSE and self._loop is not None:
+                if exc.errno in ACCEPT_PAUSE and self._loop is not None:
                     # The socket stays readable: pause rather than spin (as asyncio does).
                     log.warning(
                         "accept on port %s: %s; pausing %.1f s", self.vip_port, exc, ACCEPT_RETRY
