@@ -377,8 +377,3 @@ def upstream_request_head(req: Request, forwarded: bytes) -> bytes:
     else:
         conn = b""
     return b"".join((req.line, b"\r\n", req.headers, framing, conn, forwarded, b"\r\n"))
-
-
-# Response fields the proxy acts on, and obs-fold (a line starting with SP or HTAB): one C-level
-# pass over the head instead of a Python loop over its lines (measured: 3x faster). Values end
-# at CR: a CR anywhere but before LF was rejected before.

@@ -22,13 +22,16 @@ from pacslb.core.http import (
 )
 
 # The response fields the proxy acts on, and obs-fold (a line starting with SP or HTAB): one
-# C-level pass over the head instead of a Python loop over its lines. Groups: the fold; the
-# whole field line (what removing a hop-by-hop field cuts out, with the CRLF before it); its
-# name; its value. A value ends at CR: a CR anywhere but before LF was rejected before.
-# (The CRLF outside the alternation keeps the scan fast: sre looks for it first.)
+# C-level pass over the head instead of a Python loop over its lines. Groups: the whole field
+# line with the CRLF before it (what removing a hop-by-hop field cuts out); the fold; the
+# field's name; its value. A value ends at CR: a CR anywhere but before LF was rejected before.
+# (The CRLF outside the alternation keeps the scan fast: sre looks for it first. The lookahead
+# on the first byte skips the other lines before the ten names are tried, and the names that
+# share a first letter share their test: 0.8 instead of 1.1 us for a usual nginx head.)
 _RESPONSE_SCAN = re.compile(
-    rb"\r\n(?:([ \t])|((content-length|transfer-encoding|connection|keep-alive"
-    rb"|proxy-connection|te|trailer|upgrade|set-cookie)[ \t]*:([^\r]*)))",
+    rb"(\r\n(?=[CcTtKkPpUuSs \t])(?:([ \t])|(c(?:ontent-length|onnection)"
+    rb"|t(?:ransfer-encoding|e|railer)|keep-alive|proxy-connection|upgrade|set-cookie)"
+    rb"[ \t]*:([^\r]*)))",
     re.IGNORECASE,
 )
 _HOP_NAMES = frozenset(
@@ -48,6 +51,13 @@ _KINDS: Final = {
 _KINDS.update({name.title(): kind for name, kind in _KINDS.items()})
 _VERSIONS: Final = {b"HTTP/1.1 ": 11, b"HTTP/1.0 ": 10}
 _AFTER_CODE: Final = (b"", b" ", b"\r")
+# The Connection values servers send, as sent, and their options
+_USUAL_CONNECTION: Final = {
+    sp + value: (value.lower(),)
+    for value in (b"keep-alive", b"close", b"Keep-Alive", b"Close", b"upgrade", b"Upgrade")
+    for sp in (b"", b" ")
+}
+_BODILESS: Final = frozenset([*range(100, 200), 204, 304])  # RFC 9112 §6.3 rule 1
 # The usual status line starts `HTTP/1.1 200 ` (a reason follows): version and status in one
 # lookup; anything else takes the checks below.
 _STATUS_LINES: Final = {
@@ -118,13 +128,14 @@ def parse_response(
     # the fewest steps: no list or set is built unless a field needs one.
     length = -1
     te: list[bytes] | None = None
-    conn: list[bytes] | None = None
+    conn: tuple[bytes, ...] | None = None
     upgrade: bytes | None = None
     hop: list[bytes] | None = None  # the hop-by-hop lines to remove
+    named = False  # Connection names other fields (hop-by-hop too)
     # other lines to change: the general path (a one-byte search first: memchr is quicker)
     slow = head.find(b" :") >= 0 or (b"\t" in head and b"\t:" in head)
     kinds = _KINDS
-    for fold, line, name, raw in _RESPONSE_SCAN.findall(head, line_end):
+    for line, fold, name, raw in _RESPONSE_SCAN.findall(head, line_end):
         if fold:
             return Reject(502, "obs-fold in the response")
         kind = kinds.get(name) or kinds[name.lower()]
@@ -148,8 +159,10 @@ def parse_response(
             else:
                 hop.append(line)
             if kind == _CONN:
-                # one option (`keep-alive`, `close`) is the usual value: no split
-                found = tokens(raw) if b"," in raw else [raw.strip(OWS).lower()]
+                found = _USUAL_CONNECTION.get(raw)  # ` keep-alive`: no split, no lower()
+                if found is None:
+                    found = tuple(tokens(raw))
+                    named = named or not CONNECTION_OPTIONS.issuperset(found)
                 conn = found if conn is None else conn + found
             elif kind == _TE:
                 te = tokens(raw) if te is None else te + tokens(raw)
@@ -161,7 +174,7 @@ def parse_response(
     else:
         keep_alive = (b"close" not in conn) if version == 11 else (b"keep-alive" in conn)
     drop = _HOP_NAMES
-    if head_request or status < 200 or status == 204 or status == 304:
+    if head_request or status in _BODILESS:
         framing = NO_BODY  # RFC 9112 §6.3 rule 1, whatever the fields say
     elif te is not None:
         # Only plain `chunked` can be re-framed for the client; anything else would reach it
@@ -179,7 +192,8 @@ def parse_response(
     else:
         framing = UNTIL_CLOSE  # RFC 9112 §6.3 rule 8: never reuse that connection
         keep_alive = False
-    if conn is not None and not CONNECTION_OPTIONS.issuperset(conn):
+    if named:
+        assert conn is not None
         # The fields Connection names are hop-by-hop too, except the ones that frame this
         # response: dropping those would leave a kept-alive response with no length.
         drop = drop | (frozenset(conn) - FRAMING_FIELDS)
@@ -192,14 +206,23 @@ def parse_response(
     elif hop is not None:
         rest = head
         for line in hop:  # a value ends at CR: each line is removed whole, with its CRLF
-            rest = rest.replace(b"\r\n" + line, b"", 1)
+            rest = rest.replace(line, b"", 1)
         headers = rest[line_end + 2 :] + b"\r\n" if len(rest) > line_end else b""
     else:
         headers = head[line_end + 2 :] + b"\r\n" if line_end < len(head) else b""
     # tuple.__new__ rather than Response(...), as in parse_request (the order is Response's)
     return tuple.__new__(
         Response,
-        (status, head[9:line_end], version, headers, framing, max(length, 0), keep_alive, upgrade),
+        (
+            status,
+            head[9:line_end],
+            version,
+            headers,
+            framing,
+            length if length > 0 else 0,
+            keep_alive,
+            upgrade,
+        ),
     )
 
 

@@ -165,17 +165,33 @@ class WeightedLeastConnection(_Base):
 
     name = "wlc"
 
-    def _pick(
-        self, candidates: Sequence[ServerView], eligible: list[bool], flow_key: bytes
-    ) -> str | None:
+    def choose(self, candidates: Sequence[ServerView], flow_key: bytes = b"") -> str | None:
+        # Eligibility and the comparison in one pass: l7-http runs this for every request, and
+        # the two passes of _Base.choose cost twice as much (0.6 against 0.3 us for 2 servers).
+        previous = self._overload
+        current: dict[str, tuple[bool, int]] | None = None
+        online = AdminState.ONLINE
+        down = Health.DOWN
         least: ServerView | None = None
-        for c, ok in zip(candidates, eligible, strict=True):
-            if not ok:
+        least_overhead = least_weight = 0
+        for c in candidates:
+            limit = c.max_connections
+            if limit:
+                over = _update_overload(c, previous.get(c.key))
+                if current is None:
+                    current = {}
+                current[c.key] = (over, limit)
+                if over:
+                    continue
+            weight = c.weight
+            if c.admin is not online or c.health is down or weight <= 0:
                 continue
+            overhead = (c.active << 8) + c.inactive  # ServerView.overhead, without the call
             # loh/lw > doh/dw  <=>  loh*dw > doh*lw (weights > 0). Integers, so equal ratios
             # really are equal and the first server found keeps the tie, as in IPVS.
-            if least is None or least.overhead * c.weight > c.overhead * least.weight:
-                least = c
+            if least is None or least_overhead * weight > overhead * least_weight:
+                least, least_overhead, least_weight = c, overhead, weight
+        self._overload = current if current is not None else {}
         return None if least is None else least.key
 
 
