@@ -52,7 +52,7 @@ _KINDS.update({name.title(): kind for name, kind in _KINDS.items()})
 _VERSIONS: Final = {b"HTTP/1.1 ": 11, b"HTTP/1.0 ": 10}
 _AFTER_CODE: Final = (b"", b" ", b"\r")
 # The Connection values servers send, as sent, and their options
-_USUAL_CONNECTION: Final = {
+_USUAL_CONNECTION: Final[dict[bytes, tuple[bytes, ...]]] = {
     sp + value: (value.lower(),)
     for value in (b"keep-alive", b"close", b"Keep-Alive", b"Close", b"upgrade", b"Upgrade")
     for sp in (b"", b" ")
