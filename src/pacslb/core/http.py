@@ -97,6 +97,13 @@ _REQUEST_FIELDS: Final = {
 # (`User-Agent`): a field sent that way is classified by one lookup, without lower().
 _FIELD_KINDS: Final = {**dict.fromkeys(_KNOWN_NAMES, _PLAIN), **_REQUEST_FIELDS}
 _FIELD_KINDS.update({name.title(): kind for name, kind in _FIELD_KINDS.items()})
+# The Connection values clients and servers send, as sent, and their options: no split, no
+# lower() for `Connection: keep-alive`
+USUAL_CONNECTION: Final[dict[bytes, tuple[bytes, ...]]] = {
+    sp + value: (value.lower(),)
+    for value in (b"keep-alive", b"close", b"Keep-Alive", b"Close", b"upgrade", b"Upgrade")
+    for sp in (b"", b" ")
+}
 FRAMING_FIELDS = frozenset({b"content-length", b"transfer-encoding", b"host"})
 CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive", b"upgrade"})
 
@@ -200,7 +207,7 @@ def parse_request(head: bytes, cookie_name: bytes | None = None) -> Request | Re
     hosts = 0
     length = -1
     te: bytes | None = None
-    conn: list[bytes] = []
+    conn: tuple[bytes, ...] = ()
     upgrade: bytes | None = None
     expect = False
     cookie: str | None = None
@@ -224,11 +231,12 @@ def parse_request(head: bytes, cookie_name: bytes | None = None) -> Request | Re
         if kind == _PLAIN:
             kept.append(fl)
             continue
-        raw = fl[colon + 1 :]
         if kind == _HOST:
             hosts += 1
             kept.append(fl)
-        elif kind == _CL:
+            continue
+        raw = fl[colon + 1 :]
+        if kind == _CL:
             value = parse_length(raw)
             if value < 0:
                 return Reject(400, "invalid Content-Length")
@@ -248,7 +256,7 @@ def parse_request(head: bytes, cookie_name: bytes | None = None) -> Request | Re
             te = raw
             changed = True
         elif kind == _CONN:
-            conn += tokens(raw)
+            conn += USUAL_CONNECTION.get(raw) or tuple(tokens(raw))
             changed = True
         elif kind == _UPGRADE:
             upgrade = raw.strip(OWS)

@@ -15,6 +15,7 @@ from pacslb.core.http import (
     NO_BODY,
     OWS,
     UNTIL_CLOSE,
+    USUAL_CONNECTION,
     VISIBLE,
     Reject,
     Response,
@@ -51,12 +52,6 @@ _KINDS: Final = {
 _KINDS.update({name.title(): kind for name, kind in _KINDS.items()})
 _VERSIONS: Final = {b"HTTP/1.1 ": 11, b"HTTP/1.0 ": 10}
 _AFTER_CODE: Final = (b"", b" ", b"\r")
-# The Connection values servers send, as sent, and their options
-_USUAL_CONNECTION: Final[dict[bytes, tuple[bytes, ...]]] = {
-    sp + value: (value.lower(),)
-    for value in (b"keep-alive", b"close", b"Keep-Alive", b"Close", b"upgrade", b"Upgrade")
-    for sp in (b"", b" ")
-}
 _BODILESS: Final = frozenset([*range(100, 200), 204, 304])  # RFC 9112 §6.3 rule 1
 # The usual status line starts `HTTP/1.1 200 ` (a reason follows): version and status in one
 # lookup; anything else takes the checks below.
@@ -159,7 +154,7 @@ def parse_response(
             else:
                 hop.append(line)
             if kind == _CONN:
-                found = _USUAL_CONNECTION.get(raw)  # ` keep-alive`: no split, no lower()
+                found = USUAL_CONNECTION.get(raw)  # ` keep-alive`: no split, no lower()
                 if found is None:
                     found = tuple(tokens(raw))
                     named = named or not CONNECTION_OPTIONS.issuperset(found)
