@@ -32,7 +32,6 @@ from pacslb.proxy.http_states import (
     INF,
     LINGER,
     REPLAY_LIMIT,
-    STATUS_CLASS,
     U_HEAD,
     U_IDLE,
     UPSTREAM_FULL,
@@ -68,7 +67,7 @@ class ClientConnection(asyncio.Protocol):
     body: BodyReader | None = None  # the request body still to come
     label: str | None = None
     stats: ServerStats = _NO_STATS
-    picked = False  # placed by runtime.pick(): release() it when the exchange ends
+    picked = False  # placed by runtime.pick() with persistence: release() it at the end
     set_cookie = b""
     key: Key | None = None
     up: Upstream | None = None
@@ -282,7 +281,7 @@ class ClientConnection(asyncio.Protocol):
         if rs is None:
             rs = runtime.pick(self.ip, tried or ())
             if rs is not None:
-                self.picked = True
+                self.picked = runtime.persistent
                 if cookies:
                     self.set_cookie = self.listener.cookie_fields(runtime, rs.label)
         if rs is not None:
@@ -428,9 +427,7 @@ class ClientConnection(asyncio.Protocol):
             keep = self.keep and self.state != C_BODY and not self.listener.closing
         head, rechunk_out, keep = client_response_head(resp, req.version, keep, self.set_cookie)
         self.keep = keep
-        responses = self.stats.responses
-        cls = STATUS_CLASS.get(status // 100, "5xx")
-        responses[cls] = responses.get(cls, 0) + 1
+        self.stats.classes[status // 100 if status < 600 else 5] += 1  # ServerStats.classes
         self.responded = True
         return head, rechunk_out
 

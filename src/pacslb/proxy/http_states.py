@@ -30,6 +30,4 @@ U_CLOSED = 4
 HOLD = 1  # read ahead of the exchange in progress
 UPSTREAM_FULL = 2  # the upstream's write buffer is full
 
-STATUS_CLASS = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
-
 Key = tuple[str, str, int, bool]  # (server label, address, port, TLS)

@@ -36,7 +36,9 @@ class ServerStats:
     bytes_out: int = 0  # server -> client
     connect_failures: int = 0
     requests: int = 0
-    responses: dict[str, int] = field(default_factory=dict)  # "2xx" -> count
+    # responses by class, counted as classes[status // 100] (1xx..5xx, 6xx..9xx as 5xx; index 0
+    # unused): a list index is the cheapest count per request. as_dict() names them.
+    classes: list[int] = field(default_factory=lambda: [0] * 6)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -46,7 +48,7 @@ class ServerStats:
             "bytes_out": self.bytes_out,
             "connect_failures": self.connect_failures,
             "requests": self.requests,
-            "responses": dict(self.responses),
+            "responses": {f"{c}xx": n for c, n in enumerate(self.classes) if n},
         }
 
 
@@ -97,6 +99,7 @@ class ServiceRuntime:
         self.stats: dict[str, ServerStats] = {}
         self.connections: dict[str, set[Closable]] = {}
         self.balancer = self._balancer(service)
+        self.persistent = self.balancer.sticky is not None  # release() has work to do
         self._cookies: dict[str, str] = {}
         self._servers: dict[str, PlanRealServer] = {}
         self._live: list[LiveServer] = []
@@ -120,6 +123,7 @@ class ServiceRuntime:
         old = self.service
         if (old.scheduler, old.persistence) != (service.scheduler, service.persistence):
             self.balancer = self._balancer(service)
+            self.persistent = self.balancer.sticky is not None
         self.service = service
         p = service.persistence
         # the persistence cookie's name as the HTTP code reads it (None: no cookie persistence)
