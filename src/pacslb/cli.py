@@ -241,6 +241,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             port = f":{rs['port']}" if rs["port"] else ""
             conns = rs["connections"]
             count = f"{conns['active']}/{conns['total']}" if conns else "-"
+            if conns and svc["mode"] == "l7-http":
+                errors = conns["responses"].get("5xx", 0)
+                count += f" req={conns['requests']} 5xx={errors}"
             last = rs["last_check"]
             check = f"{last['reason']} ({_ago(last['at'])})" if last else "not checked yet"
             print(

@@ -231,7 +231,14 @@ class KernelLike:
     def __init__(self) -> None:
         self.fail = False
         self.applied = 0
-        self.count = Counters(active=3, total=40, bytes_in=1000, bytes_out=5000)
+        self.count = Counters(
+            active=3,
+            total=40,
+            bytes_in=1000,
+            bytes_out=5000,
+            requests=40,
+            responses={"2xx": 38, "5xx": 2},
+        )
 
     async def apply(self, plan: Plan) -> None:
         if self.fail:
@@ -264,6 +271,12 @@ def test_engine_reapply_records_and_metrics(tmp_path: Path) -> None:
         text = client.get("/metrics").text
         assert 'pacslb_real_server_active_connections{server="Srv1",service="Web"} 3.0' in text
         assert 'pacslb_real_server_bytes_out_total{server="Srv1",service="Web"} 5000.0' in text
+        assert 'pacslb_real_server_requests_total{server="Srv1",service="Web"} 40.0' in text
+        assert (
+            'pacslb_real_server_responses_total{class="5xx",server="Srv1",service="Web"} 2.0'
+            in text
+        )
+        assert 'pacslb_real_server_connect_failures_total{server="Srv1",service="Web"} 0.0' in text
         assert 'pacslb_engine_failing{engine="kernel"} 1.0' in text
         assert 'pacslb_engine_last_error_info{engine="kernel",error="nft: Operation' in text
         assert (

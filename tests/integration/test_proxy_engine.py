@@ -157,11 +157,15 @@ def test_traffic_admin_state_and_an_adopted_data_plane(tmp_path: Path, backends:
 
             cli(state, "drain", "Web", "Srv2")
             assert {get(http_port)[1] for _ in range(6)} == {b"server1"}
+            # 3 of the first 6 requests and these 6: counted by the worker, read by `status`
             wait(
-                lambda: server_status(state, "Web", "Srv1")["connections"]["total"] >= 4,
+                lambda: server_status(state, "Web", "Srv1")["connections"]["requests"] == 9,
                 5,
                 "counters",
             )
+            conns = server_status(state, "Web", "Srv1")["connections"]
+            assert conns["responses"] == {"2xx": 9} and conns["total"] == 9
+            assert "req=9 5xx=0" in cli(state, "status").stdout
 
             # The control process dies; the data plane keeps forwarding its last Plan.
             proxy_pid = json.loads(

@@ -62,6 +62,19 @@ class PacslbCollector(Collector):
         packets_out = CounterMetricFamily(
             "pacslb_real_server_packets_out", "packets server -> client (NAT, SNAT)", labels=RS
         )
+        failures = CounterMetricFamily(
+            "pacslb_real_server_connect_failures",
+            "connects to the server that failed (built-in proxy)",
+            labels=RS,
+        )
+        requests = CounterMetricFamily(
+            "pacslb_real_server_requests", "HTTP requests forwarded (l7-http)", labels=RS
+        )
+        responses = CounterMetricFamily(
+            "pacslb_real_server_responses",
+            "HTTP responses by status class (l7-http)",
+            labels=[*RS, "class"],
+        )
         latency = GaugeMetricFamily(
             "pacslb_real_server_check_latency_seconds", "duration of the last check", labels=RS
         )
@@ -94,13 +107,17 @@ class PacslbCollector(Collector):
                     bytes_out.add_metric(labels, float(count.bytes_out))
                     packets_in.add_metric(labels, float(count.packets_in))
                     packets_out.add_metric(labels, float(count.packets_out))
+                    failures.add_metric(labels, float(count.connect_failures))
+                    requests.add_metric(labels, float(count.requests))
+                    for cls, n in sorted(count.responses.items()):
+                        responses.add_metric([*labels, cls], float(n))
                     open_now += count.active
                 if rs["last_check"] is not None:
                     latency.add_metric(labels, rs["last_check"]["latency_ms"] / 1000)
             vs_up.add_metric([service, svc["vip"]], float(available))
             vs_active.add_metric([service], float(open_now))
         yield from (up, health, admin, weight, active, total, bytes_in, bytes_out)
-        yield from (packets_in, packets_out, latency)
+        yield from (packets_in, packets_out, failures, requests, responses, latency)
         yield from (vs_up, vs_active)
         yield from self._engines()
         revision = GaugeMetricFamily("pacslb_config_revision", "config revision in force")

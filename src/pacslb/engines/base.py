@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from pacslb.core.plan import Plan, ServerKey
@@ -20,6 +20,8 @@ class Counters:
     connect_failures: int = 0
     packets_in: int = 0  # kernel engine: packets client -> server
     packets_out: int = 0  # kernel engine, NAT/SNAT: packets server -> client (DR never sees them)
+    requests: int = 0  # l7-http: requests forwarded
+    responses: dict[str, int] = field(default_factory=dict)  # l7-http: "2xx" -> responses
 
 
 class Engine(Protocol):

@@ -27,6 +27,10 @@ START_TIMEOUT = 15.0
 POLL_INTERVAL = 1.0
 
 
+# the counters of each worker (ServerStats.as_dict) that add up across workers
+_SUMMED = ("active", "total", "bytes_in", "bytes_out", "connect_failures", "requests")
+
+
 def stop_workers(state_dir: Path, timeout: float = 10.0) -> list[str]:
     """Stop the proxy workers still serving from `state_dir` (left by `pacslb stop
     --keep-data-plane` or a crash) and wait for them to exit; returns what was done."""
@@ -205,17 +209,22 @@ class ProxyEngine:
         return self._counters
 
     async def refresh(self) -> None:
-        merged: dict[ServerKey, list[int]] = {}
+        merged: dict[ServerKey, dict[str, int]] = {}
+        classes: dict[ServerKey, dict[str, int]] = {}
         for worker in self.workers:
             result = await worker.call({"cmd": "counters"})
             for service, servers in result.items():
                 for server, c in servers.items():
-                    acc = merged.setdefault((service, server), [0, 0, 0, 0, 0])
-                    for i, name in enumerate(
-                        ("active", "total", "bytes_in", "bytes_out", "connect_failures")
-                    ):
-                        acc[i] += int(c[name])
-        self._counters = {key: Counters(*values) for key, values in merged.items()}
+                    key = (service, server)
+                    acc = merged.setdefault(key, dict.fromkeys(_SUMMED, 0))
+                    for name in _SUMMED:
+                        acc[name] += int(c[name])
+                    seen = classes.setdefault(key, {})
+                    for cls, n in c["responses"].items():
+                        seen[cls] = seen.get(cls, 0) + int(n)
+        self._counters = {
+            key: Counters(**values, responses=classes[key]) for key, values in merged.items()
+        }
 
     async def _poll(self) -> None:
         """Read counters each second; a worker that stopped answering (killed, OOM) is
