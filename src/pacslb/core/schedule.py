@@ -92,6 +92,9 @@ class Scheduler(Protocol):
     def choose(self, candidates: Sequence[ServerView], flow_key: bytes = b"") -> str | None: ...
 
 
+_NO_FLAGS: dict[str, tuple[bool, int]] = {}  # no server has a limit (never written to)
+
+
 class _Base:
     """Eligibility and IPVS overload hysteresis, shared by every scheduler."""
 
@@ -121,7 +124,7 @@ class _Base:
         # A server without a connection limit is never overloaded and keeps no flag (absent
         # reads as "not overloaded" everywhere): the usual decision builds no dict entry.
         previous = self._overload
-        current: dict[str, tuple[bool, int]] = {}
+        current: dict[str, tuple[bool, int]] | None = None
         eligible: list[bool] = []
         online = AdminState.ONLINE
         down = Health.DOWN
@@ -130,10 +133,12 @@ class _Base:
             limit = c.max_connections
             if limit:
                 over = _update_overload(c, previous.get(c.key))
+                if current is None:
+                    current = {}
                 current[c.key] = (over, limit)
                 ok = ok and not over
             eligible.append(ok)
-        self._overload = current
+        self._overload = current if current is not None else _NO_FLAGS
         return eligible
 
 
@@ -191,7 +196,7 @@ class WeightedLeastConnection(_Base):
             # really are equal and the first server found keeps the tie, as in IPVS.
             if least is None or least_overhead * weight > overhead * least_weight:
                 least, least_overhead, least_weight = c, overhead, weight
-        self._overload = current if current is not None else {}
+        self._overload = current if current is not None else _NO_FLAGS
         return None if least is None else least.key
 
 
@@ -219,6 +224,10 @@ class RoundRobin(_Base):
         super().__init__()
         self._last_key: str | None = None
         self._last_index = -1
+
+    def choose(self, candidates: Sequence[ServerView], flow_key: bytes = b"") -> str | None:
+        # _pick finds no eligible server by itself: no any() pass first (l7-http per request)
+        return self._pick(candidates, self._eligible(candidates), flow_key)
 
     def _pick(
         self, candidates: Sequence[ServerView], eligible: list[bool], flow_key: bytes
