@@ -18,8 +18,11 @@ Targets: `direct` (one backend, no proxy); HAProxy 2.6 with `nbthread 1` as `hap
 `splice-response`); nginx with one worker as `nginx-http` (upstream keep-alive) and
 `nginx-stream` (only when the stream module is found: see --nginx-stream-module); pacslb
 (`pacslb run`, `node.proxy.workers: 1`) as `pacslb-http` (l7-http) and `pacslb-tcp` (l7-tcp), and
-a second pacslb with `workers: 2` as `pacslb2-http` and `pacslb2-tcp`. HTTP workloads run on
-every target (TCP-mode targets relay HTTP as bytes); bulk TCP and C-STORE on TCP-mode targets.
+a second pacslb with `workers: 2` as `pacslb2-http` and `pacslb2-tcp`. The HTTP proxies do the
+same work per request: like pacslb's l7-http, HAProxy and nginx replace X-Forwarded-For and
+X-Forwarded-Proto (what a hospital's web applications behind them log and trust). HTTP workloads
+run on every target (TCP-mode targets relay HTTP as bytes); bulk TCP and C-STORE on TCP-mode
+targets.
 
 Workloads: iperf3 -P1 and -P4 (Gbit/s, receiver side); wrk -t1 -c50 1 KiB keep-alive and
 100 KiB keep-alive (req/s, p99 latency from --latency); wrk with `Connection: close` (a new
@@ -368,6 +371,8 @@ http {{
       proxy_pass http://web;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For $remote_addr;
+      proxy_set_header X-Forwarded-Proto $scheme;
       proxy_buffers 32 8k;  # a 100 KiB response stays in memory
     }}
   }}
@@ -396,6 +401,8 @@ listen web_http
   bind {h}:{ports.http}
   balance roundrobin
   http-reuse always
+  http-request set-header X-Forwarded-For %[src]
+  http-request set-header X-Forwarded-Proto http
 {web}
 listen web_tcp
   bind {t}:{ports.http}
