@@ -244,7 +244,11 @@ def test_wlc_sends_new_flows_to_the_least_loaded_server(fresh: Topology, pacslb_
     run.wait_for("counts", lambda: run.connections("DICOM", "rs1") == 6)
     time.sleep(1.5)
     assert set(c.open(4)) == {"rs2"}, "WLC fills the idle server first"
-    time.sleep(1.5)
+    # Slots are dealt for as many new flows as the last interval saw. The interval that saw
+    # these 4 expects 4 more and pours them to even at 7 (rs2 three, rs1 one); the one after,
+    # which saw none, expects one, and 6 against 4 sends it to rs2.
+    run.wait_for("counts", lambda: run.connections("DICOM", "rs2") == 4)
+    time.sleep(2.5)
     # 6 against 4: the next ones still go to rs2 until the two are even.
     assert set(c.open(2)) == {"rs2"}
 
