@@ -6,6 +6,7 @@ import asyncio
 import os
 import socket
 import stat
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -192,9 +193,20 @@ def test_none_is_always_up() -> None:
 
 
 def test_a_port_that_accepts_and_never_answers(tmp_path: Path) -> None:
+    # An address of its own: once in a full run, the probe of a port on 127.0.0.1 was answered
+    # 200 (not reproduced in 15 runs of this module); should it happen here, `ss` says by whom.
+    silent = "127.0.0.63"
     with socket.socket() as listener:
-        listener.bind((HOST, 0))
+        listener.bind((silent, 0))
         listener.listen(8)  # the kernel completes handshakes; nobody ever reads or writes
         port = listener.getsockname()[1]
-        result = check(http(path="/", timeout=0.3, interval=1), port)
-    assert result.reason == "http: timed out after 0.3 s"
+        vs, rs = vs_rs()
+        where = ProbeTarget("127.0.0.30", 80, silent, port)
+        result = asyncio.run(run_check(http(path="/", timeout=0.3, interval=1), vs, rs, where))
+        sockets = subprocess.run(
+            ["ss", "-Htanp", f"sport = :{port} or dport = :{port}"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout
+    assert result.reason == "http: timed out after 0.3 s", sockets
