@@ -400,8 +400,8 @@ class _Pump:
 
     def fill(self) -> int:
         """The destination is full: take what the source holds into the pipe's room meanwhile,
-        so the sender's window reopens while the destination drains (+4-6 % on one bulk
-        stream, bench/proxy_bench.py). One read: the bytes added, 0 on EOF (noted) or none."""
+        so the sender's window reopens while the destination drains (+6 % on one bulk
+        stream, bench/README.md). One read: the bytes added, 0 on EOF (noted) or none."""
         try:
             k = os.splice(self.src_fd, self.pipe_w, CHUNK, None, None, _SPLICE_FLAGS)
         except BlockingIOError:
