@@ -37,8 +37,8 @@ def web() -> Iterator[int]:
         yield port
 
 
-def target(port: int) -> ProbeTarget:
-    return ProbeTarget("127.0.0.30", 80, HOST, port)
+def target(port: int, address: str = HOST) -> ProbeTarget:
+    return ProbeTarget("127.0.0.30", 80, address, port)
 
 
 def vs_rs() -> tuple[c.VirtualService, c.RealServer]:
@@ -49,9 +49,9 @@ def vs_rs() -> tuple[c.VirtualService, c.RealServer]:
     return vs, rs
 
 
-def check(check: c.HealthCheck, port: int) -> ProbeResult:
+def check(check: c.HealthCheck, port: int, address: str = HOST) -> ProbeResult:
     vs, rs = vs_rs()
-    return asyncio.run(run_check(check, vs, rs, target(port)))
+    return asyncio.run(run_check(check, vs, rs, target(port, address)))
 
 
 def http(**kw: object) -> c.HttpCheck:
@@ -200,9 +200,7 @@ def test_a_port_that_accepts_and_never_answers(tmp_path: Path) -> None:
         listener.bind((silent, 0))
         listener.listen(8)  # the kernel completes handshakes; nobody ever reads or writes
         port = listener.getsockname()[1]
-        vs, rs = vs_rs()
-        where = ProbeTarget("127.0.0.30", 80, silent, port)
-        result = asyncio.run(run_check(http(path="/", timeout=0.3, interval=1), vs, rs, where))
+        result = check(http(path="/", timeout=0.3, interval=1), port, silent)
         sockets = subprocess.run(
             ["ss", "-Htanp", f"sport = :{port} or dport = :{port}"],
             capture_output=True,
