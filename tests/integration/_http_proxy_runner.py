@@ -195,10 +195,17 @@ class EchoBackend:
         self.sock = socket.create_server((self.host, 0), backlog=512)
         self.port = self.sock.getsockname()[1]
         self._closing = False
-        threading.Thread(target=self._accept, daemon=True).start()
+        self._acceptor = threading.Thread(target=self._accept, daemon=True)
+        self._acceptor.start()
 
     def close(self) -> None:
+        # Wake the accept thread before the fd is closed: a thread still blocked in accept()
+        # when its fd number is reused (a signal handler with SA_RESTART, such as uvloop's
+        # SIGCHLD, restarts the call on the same number) took a later test's connections.
         self._closing = True
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # accept() returns EINVAL
+        self._acceptor.join(timeout=5)
         self.sock.close()
 
     def _accept(self) -> None:

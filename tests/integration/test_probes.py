@@ -6,7 +6,6 @@ import asyncio
 import os
 import socket
 import stat
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,8 +36,8 @@ def web() -> Iterator[int]:
         yield port
 
 
-def target(port: int, address: str = HOST) -> ProbeTarget:
-    return ProbeTarget("127.0.0.30", 80, address, port)
+def target(port: int) -> ProbeTarget:
+    return ProbeTarget("127.0.0.30", 80, HOST, port)
 
 
 def vs_rs() -> tuple[c.VirtualService, c.RealServer]:
@@ -49,9 +48,9 @@ def vs_rs() -> tuple[c.VirtualService, c.RealServer]:
     return vs, rs
 
 
-def check(check: c.HealthCheck, port: int, address: str = HOST) -> ProbeResult:
+def check(check: c.HealthCheck, port: int) -> ProbeResult:
     vs, rs = vs_rs()
-    return asyncio.run(run_check(check, vs, rs, target(port, address)))
+    return asyncio.run(run_check(check, vs, rs, target(port)))
 
 
 def http(**kw: object) -> c.HttpCheck:
@@ -193,18 +192,9 @@ def test_none_is_always_up() -> None:
 
 
 def test_a_port_that_accepts_and_never_answers(tmp_path: Path) -> None:
-    # An address of its own: once in a full run, the probe of a port on 127.0.0.1 was answered
-    # 200 (not reproduced in 15 runs of this module); should it happen here, `ss` says by whom.
-    silent = "127.0.0.63"
     with socket.socket() as listener:
-        listener.bind((silent, 0))
+        listener.bind((HOST, 0))
         listener.listen(8)  # the kernel completes handshakes; nobody ever reads or writes
         port = listener.getsockname()[1]
-        result = check(http(path="/", timeout=0.3, interval=1), port, silent)
-        sockets = subprocess.run(
-            ["ss", "-Htanp", f"sport = :{port} or dport = :{port}"],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout
-    assert result.reason == "http: timed out after 0.3 s", sockets
+        result = check(http(path="/", timeout=0.3, interval=1), port)
+    assert result.reason == "http: timed out after 0.3 s"
