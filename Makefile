@@ -8,7 +8,8 @@ RUN_DIR ?= $(CURDIR)/state/run
 
 .PHONY: run test lint typecheck unit sysdeps schema clean
 
-$(STAMP): pyproject.toml
+# setup.py builds the one C module (the head parsers' fast path): a change to it reinstalls.
+$(STAMP): pyproject.toml setup.py src/pacslb/core/_headfast.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'

@@ -1,8 +1,9 @@
 """The `l7-http` data plane: an HTTP/1.1 reverse proxy for one listening socket.
 
 asyncio.Protocol callbacks on uvloop, never streams (research/peers.md: a coroutine switch per
-read costs a third of the throughput). The message rules live in pacslb.core.http*; the proxy
-moves bytes and keeps state, one job per module:
+read costs a third of the throughput). The message rules live in pacslb.core.http*, and the
+heads are parsed through pacslb.core.heads (a C fast path for the usual heads, the Python rules
+for the rest); the proxy moves bytes and keeps state, one job per module:
 
 - `HttpListener` (here): accepts, holds the upstream pool, sweeps the deadlines;
 - plain (not TLS) clients on their raw sockets (proxy/plain.py: fewer system calls per

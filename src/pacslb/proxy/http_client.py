@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+from pacslb.core.heads import parse_request
 from pacslb.core.http import (
     IDEMPOTENT,
     NO_BODY,
@@ -13,7 +14,6 @@ from pacslb.core.http import (
     Request,
     Response,
     forwarded_fields,
-    parse_request,
     upstream_request_head,
 )
 from pacslb.core.http_body import BodyReader, head_overflow

@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+from pacslb.core.heads import parse_response
 from pacslb.core.http import LENGTH, MAX_RESPONSE_HEAD, NO_BODY, UNTIL_CLOSE, Reject
 from pacslb.core.http_body import BodyReader
-from pacslb.core.http_response import parse_response
 from pacslb.core.pool import IdlePool
 from pacslb.proxy.http_states import (
     C_CLOSED,
