@@ -28,6 +28,7 @@ static const char *const method_names[8] = {"GET",  "HEAD",    "POST",  "PUT",
 #define MAX_REQUEST_LINE 8192
 #define MAX_HEADER_SECTION 32768
 #define MAX_FIELDS 100
+#define MAX_COOKIE_LINE 4096 /* a longer Cookie line with the persistence cookie: Python */
 
 /* Framing, as pacslb.core.http */
 enum { NO_BODY = 0, LENGTH = 1, CHUNKED = 2, UNTIL_CLOSE = 3 };
@@ -172,7 +173,8 @@ fail:
 
 /* The field lines of a head, one at a time, and the ones kept for forwarding. */
 typedef struct {
-    Py_ssize_t start, len;
+    const unsigned char *p; /* in the head, or a line rebuilt here (the Cookie line) */
+    Py_ssize_t len;
 } span;
 
 typedef struct {
@@ -222,7 +224,7 @@ static int next_field(fields *f) {
 }
 
 static inline void keep_field(fields *f) {
-    f->kept[f->nkept].start = f->start;
+    f->kept[f->nkept].p = f->s + f->start;
     f->kept[f->nkept].len = f->end - f->start;
     f->nkept++;
     f->total += f->end - f->start + 2;
@@ -235,12 +237,55 @@ static PyObject *kept_fields(const fields *f) {
     if (out == NULL) return NULL;
     char *w = PyBytes_AS_STRING(out);
     for (int i = 0; i < f->nkept; i++) {
-        memcpy(w, f->s + f->kept[i].start, f->kept[i].len);
+        memcpy(w, f->kept[i].p, f->kept[i].len);
         w += f->kept[i].len;
         *w++ = '\r';
         *w++ = '\n';
     }
     return out;
+}
+
+/* A Cookie value carrying the persistence cookie (pacslb.core.http.split_cookie: RFC 6265 §5.4,
+ * `a=1; NAME=v; b=2`): 1 if a pair names it (the first one's value, unquoted, in *value; every
+ * such pair taken out; the others joined by "; " into out, *out_len bytes, at most 2 * n);
+ * 0 if none does. */
+static int split_cookie(const unsigned char *v, Py_ssize_t n, const fields *f,
+                        const unsigned char **value, Py_ssize_t *value_len, unsigned char *out,
+                        Py_ssize_t *out_len) {
+    int found = 0;
+    Py_ssize_t w = 0, i = 0;
+    for (;;) {
+        Py_ssize_t j = i;
+        while (j < n && v[j] != ';') j++;
+        const unsigned char *pair = v + i;
+        Py_ssize_t pn = j - i;
+        strip_ows(&pair, &pn);
+        const unsigned char *eq = memchr(pair, '=', pn);
+        int ours = 0;
+        if (eq != NULL) {
+            Py_ssize_t kn = eq - pair;
+            while (kn && (pair[kn - 1] == ' ' || pair[kn - 1] == '\t')) kn--;
+            ours = kn == f->cookie_len && memcmp(pair, f->cookie, kn) == 0;
+        }
+        if (ours && !found) {
+            const unsigned char *val = eq + 1;
+            Py_ssize_t vn = pair + pn - val;
+            strip_ows(&val, &vn);
+            while (vn && val[0] == '"') val++, vn--;
+            while (vn && val[vn - 1] == '"') vn--;
+            *value = val;
+            *value_len = vn;
+            found = 1;
+        } else if (!ours && pn) {
+            if (w) out[w++] = ';', out[w++] = ' ';
+            memcpy(out + w, pair, pn);
+            w += pn;
+        }
+        if (j == n) break;
+        i = j + 1;
+    }
+    *out_len = w;
+    return found;
 }
 
 static char decline_mark;
@@ -281,6 +326,9 @@ static PyObject *request(PyObject *head, PyObject *cookie_name) {
     fields_init(&f, head, eol, cookie_name);
     int hosts = 0, conn = 0, expect = 0, more;
     long long length = -1;
+    const unsigned char *server_cookie = NULL; /* the persistence cookie's value */
+    Py_ssize_t server_cookie_len = 0;
+    unsigned char cookie_line[8 + 2 * MAX_COOKIE_LINE]; /* "Cookie: " and the other cookies */
     while ((more = next_field(&f)) > 0) {
         const unsigned char *v = f.v;
         Py_ssize_t vlen = f.vlen;
@@ -302,8 +350,22 @@ static PyObject *request(PyObject *head, PyObject *cookie_name) {
                 keep = 0;
                 break;
             }
-            case F_COOKIE: /* the persistence cookie is taken out by the Python parser */
-                if (f.cookie != NULL && memmem(v, vlen, f.cookie, f.cookie_len)) return DECLINE;
+            case F_COOKIE:
+                if (f.cookie == NULL || !memmem(v, vlen, f.cookie, f.cookie_len)) break;
+                /* One Cookie line of a usual size carries the name: taken out here. */
+                if (server_cookie != NULL || vlen > MAX_COOKIE_LINE) return DECLINE;
+                Py_ssize_t rest;
+                if (!split_cookie(v, vlen, &f, &server_cookie, &server_cookie_len, cookie_line + 8,
+                                  &rest))
+                    break; /* the name, but not as a cookie's: forwarded as is */
+                keep = 0;
+                if (rest) { /* the other cookies go on, in a line of their own */
+                    memcpy(cookie_line, "Cookie: ", 8);
+                    f.kept[f.nkept].p = cookie_line;
+                    f.kept[f.nkept].len = 8 + rest;
+                    f.nkept++;
+                    f.total += 8 + rest + 2;
+                }
                 break;
             case F_EXPECT:
                 strip_ows(&v, &vlen);
@@ -333,7 +395,9 @@ static PyObject *request(PyObject *head, PyObject *cookie_name) {
     items[6] = PyBool_FromLong(keep_alive);
     items[7] = Py_NewRef(Py_None);
     items[8] = PyBool_FromLong(expect);
-    items[9] = Py_NewRef(Py_None);
+    items[9] = server_cookie == NULL ? Py_NewRef(Py_None)
+                                     : PyUnicode_DecodeLatin1((const char *)server_cookie,
+                                                              server_cookie_len, NULL);
     return named_tuple(RequestType, items, 10);
 }
 

@@ -38,6 +38,10 @@ REQUESTS = [
     b"Accept-Encoding: gzip, deflate, br\r\nAccept-Language: en-GB,en;q=0.9\r\n"
     b"Cookie: ASP.NET_SessionId=abc; theme=dark",
     b"DELETE /a?b=c HTTP/1.1\r\nHost: a\r\nConnection: Keep-Alive, close",
+    # a browser with the persistence cookie (taken out), alone or among others
+    b"GET /wpp/a.js HTTP/1.1\r\nHost: pacs\r\nCookie: PACSLB_SERVER=rs1\r\nAccept: */*",
+    b'GET /wpp/a.js HTTP/1.1\r\nHost: pacs\r\nCookie: theme=dark; PACSLB_SERVER="rs2";'
+    b" ASP.NET_SessionId=abc\r\nAccept: */*",
     b"OPTIONS /x HTTP/1.1\r\nHost: a\r\nX-Custom: caf\xc3\xa9 \t value",
 ]
 
@@ -137,10 +141,13 @@ def test_every_one_byte_change_of_a_response(head: bytes) -> None:
 
 
 def test_declined_heads_go_to_the_python_parser() -> None:
-    # What the fast path leaves alone: the persistence cookie, chunked requests, upgrades,
-    # a Connection naming a field, whitespace before a colon, obs-fold, odd methods.
+    # What the fast path leaves alone: the persistence cookie in two lines, chunked requests,
+    # upgrades, a Connection naming a field, whitespace before a colon, obs-fold, odd methods.
     declined_requests = [
-        (b"GET / HTTP/1.1\r\nHost: a\r\nCookie: PACSLB_SERVER=rs1; a=b", COOKIE),
+        (
+            b"GET / HTTP/1.1\r\nHost: a\r\nCookie: PACSLB_SERVER=rs1\r\nCookie: PACSLB_SERVER=x",
+            COOKIE,
+        ),
         (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked", None),
         (b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket", None),
         (b"GET / HTTP/1.1\r\nHost: a\r\nConnection: x-secret\r\nX-Secret: 1", None),
@@ -189,6 +196,9 @@ VALUES = [
     "Close", "keep-alive, close", "upgrade", "x-custom", "host", "content-length", ",",
     "100-continue", " 100-Continue ", "PACSLB_SERVER=rs1", "a=1; PACSLB_SERVER=rs2",
     "PACSLB_SERVER", "websocket", "h2c", "caf\xe9", "a\tb", "a :b",
+    ' PACSLB_SERVER = "rs1" ; ;b=2;;', "PACSLB_SERVER=; a", "xPACSLB_SERVER=1; PACSLB_SERVERx=2",
+    "a=1;PACSLB_SERVER=rs1;PACSLB_SERVER=rs2", "PACSLB_SERVER=a=b", '""PACSLB_SERVER="""',
+    "PACSLB_SERVER=\xe9t\xe9; \t c=3", "PACSLB_SERVER", "a; PACSLB_SERVER",
 ]  # fmt: skip
 REQUEST_LINES = [
     "GET / HTTP/1.1", "GET /x?y HTTP/1.0", "POST /p HTTP/1.1", "HEAD / HTTP/1.1",
