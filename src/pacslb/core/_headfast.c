@@ -4,9 +4,9 @@
  *
  * The Python parsers stay the rule. This file answers only for heads it fully understands and
  * whose result it can build exactly as they would; for anything else (every head that would be
- * rejected, obs-fold, whitespace before a colon, Transfer-Encoding in a request, Upgrade, a
- * Connection that names other fields, a duplicate Content-Length, the persistence cookie...)
- * it declines, and the Python parser decides. Declining is always safe; answering differently
+ * rejected, obs-fold, whitespace before a colon, Transfer-Encoding in a request, an upgrade, a
+ * Connection that names other fields, a duplicate Content-Length, the persistence cookie in two
+ * Cookie lines or in a server's Set-Cookie...) it declines, and the Python parser decides. Declining is always safe; answering differently
  * from Python is the one bug this file can have, and tests/unit/core/test_headfast.py compares
  * both on generated heads.
  *
@@ -24,7 +24,7 @@ static PyObject *methods[8];
 static const char *const method_names[8] = {"GET",  "HEAD",    "POST",  "PUT",
                                             "DELETE", "OPTIONS", "PATCH", "TRACE"};
 
-/* Limits, as pacslb.core.http (checked against it by setup()'s caller) */
+/* Limits, as pacslb.core.http (module constants: pacslb.core.heads checks them at import) */
 #define MAX_REQUEST_LINE 8192
 #define MAX_HEADER_SECTION 32768
 #define MAX_FIELDS 100
@@ -190,9 +190,6 @@ typedef struct {
     const unsigned char *name, *v;
 } fields;
 
-/* The next field line into f: 1; 0 after the last one; -1 for a line the fast path leaves to
- * Python: a byte no head may hold, no name (obs-fold, a missing colon), a name that is not a
- * token (whitespace before the colon), more lines than MAX_FIELDS. */
 static void fields_init(fields *f, PyObject *head, Py_ssize_t first_line_end, PyObject *cookie) {
     f->s = (const unsigned char *)PyBytes_AS_STRING(head);
     f->len = PyBytes_GET_SIZE(head);
@@ -203,6 +200,9 @@ static void fields_init(fields *f, PyObject *head, Py_ssize_t first_line_end, Py
     f->cookie_len = cookie == Py_None ? 0 : PyBytes_GET_SIZE(cookie);
 }
 
+/* The next field line into f: 1; 0 after the last one; -1 for a line the fast path leaves to
+ * Python: a byte no head may hold, no name (obs-fold, a missing colon), a name that is not a
+ * token (whitespace before the colon), more lines than MAX_FIELDS. */
 static int next_field(fields *f) {
     if (f->pos >= f->len) return 0;
     Py_ssize_t start = f->pos + 2;
@@ -604,5 +604,12 @@ PyMODINIT_FUNC PyInit__headfast(void) {
         methods[i] = PyBytes_FromString(method_names[i]);
         if (methods[i] == NULL) return NULL;
     }
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL || PyModule_AddIntConstant(m, "MAX_REQUEST_LINE", MAX_REQUEST_LINE) < 0 ||
+        PyModule_AddIntConstant(m, "MAX_HEADER_SECTION", MAX_HEADER_SECTION) < 0 ||
+        PyModule_AddIntConstant(m, "MAX_FIELDS", MAX_FIELDS) < 0) {
+        Py_XDECREF(m);
+        return NULL;
+    }
+    return m;
 }

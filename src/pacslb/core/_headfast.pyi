@@ -2,6 +2,10 @@ from collections.abc import Callable
 
 from pacslb.core.http import Reject, Request, Response
 
+MAX_REQUEST_LINE: int
+MAX_HEADER_SECTION: int
+MAX_FIELDS: int
+
 def setup(
     request_type: type[Request],
     response_type: type[Response],

@@ -28,6 +28,10 @@ except ImportError:
     parse_response = http_response.parse_response
 else:
     COMPILED = True
+    _limits = (_headfast.MAX_REQUEST_LINE, _headfast.MAX_HEADER_SECTION, _headfast.MAX_FIELDS)
+    if _limits != (http.MAX_REQUEST_LINE, http.MAX_HEADER_SECTION, http.MAX_FIELDS):
+        # The C code would answer heads the Python rules reject: never run that way.
+        raise ImportError(f"pacslb.core._headfast was built with other limits: {_limits}")
     _headfast.setup(Request, Response, http.parse_request, http_response.parse_response)
     parse_request = _headfast.parse_request
     parse_response = _headfast.parse_response
