@@ -7,6 +7,7 @@ Unix socket (JSON lines):
 
     {"cmd": "apply", "plan": {...}}  -> {"ok": true}  | {"ok": false, "error": "..."}
     {"cmd": "counters"}              -> {"ok": true, "result": {service: {server: {...}}}}
+    {"cmd": "notices"}               -> {"ok": true, "result": [{message, service, server, at}]}
     {"cmd": "ping"} / {"cmd": "stop"}
 
 Server states in a Plan always take effect; listeners change address by address, each new
@@ -30,6 +31,7 @@ from typing import Any, Protocol
 
 from pacslb.config import Mode
 from pacslb.core.plan import Plan, plan_from_dict
+from pacslb.proxy import notices
 from pacslb.proxy.runtime import ServiceRuntime
 
 IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
@@ -212,6 +214,8 @@ class ProxyControl:
                 return {"ok": True}
             if cmd == "counters":
                 return {"ok": True, "result": self.proxy.counters()}
+            if cmd == "notices":
+                return {"ok": True, "result": notices.take()}
             if cmd == "ping":
                 plan = self.proxy.plan
                 return {
