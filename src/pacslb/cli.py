@@ -42,7 +42,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             config = load_config_file(args.file)
     except ConfigError as exc:
         if args.json:
-            problems = [{"path": p.path, "message": p.message} for p in exc.problems]
+            problems = [p.to_json() for p in exc.problems]
             print(json.dumps({"valid": False, "source": exc.source, "problems": problems}))
         else:
             print(exc, file=sys.stderr)
