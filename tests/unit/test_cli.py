@@ -70,9 +70,15 @@ def test_profile_writes_a_file_and_plan_shows_effective_weights(
     out = capsys.readouterr().out
     line = next(ln for ln in out.splitlines() if "Radiology_DICOM_Srv2" in ln)
     assert "effective=0" in line and "drain" in line
+    # the interface each VIP and real server is reached on (this host's routing table)
+    assert "  VIP on lo (this host's own address)" in out
+    assert line.endswith("on lo (this host's own address)")
     assert main(["plan", "--json", str(path)]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["services"][0]["vip"] == "127.0.0.30"
+    assert plan["interfaces"]["127.0.1.2"]["local"] is True
+    assert main(["plan", "--no-routes", str(path)]) == 0
+    assert "  VIP " not in capsys.readouterr().out
 
 
 def test_config_revisions_by_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
