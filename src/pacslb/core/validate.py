@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import difflib
 import ipaddress
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -199,28 +200,26 @@ _PLACES: dict[str, tuple[str, type[BaseModel]]] = {
     "timeouts": ("a service's timeouts", c.Timeouts),
     "tls": ("a service's tls", c.TlsTermination),
     "certificates": ("tls.certificates", c.CertificatePair),
-    **{f"check:{t}": (f"a {t} health check", m) for t, m in _CHECK_TAGS.items()},
+    **{f"check:{t}": ("a health check", m) for t, m in _CHECK_TAGS.items()},
     **{f"persistence:{t}": (f"{t} persistence", m) for t, m in _PERSISTENCE_TAGS.items()},
 }
 
 
 def _unknown_setting(name: str, model: type[BaseModel] | None) -> str:
-    """An unknown key, answered with the keys allowed where it was written and the closest
-    one: here if one is close, else a setting of that name (or a close one) elsewhere."""
+    """An unknown key, answered with the keys allowed where it was written and a hint: where a
+    setting of that very name belongs (a line indented at the wrong level), else the closest
+    key here, else the closest key anywhere."""
     allowed = sorted(model.model_fields) if model else []
     listing = f" (allowed here: {', '.join(allowed)})" if allowed else ""
-    hint = did_you_mean(name, allowed)
+    elsewhere = [(w, set(m.model_fields)) for w, m in _PLACES.values() if m is not model]
+    homes = list(dict.fromkeys(w for w, fields in elsewhere if name in fields))
+    hint = f"; {name!r} is a setting of {' or '.join(homes)}, not here" if homes else ""
+    hint = hint or did_you_mean(name, allowed)
     if not hint:
-        elsewhere = [(w, sorted(m.model_fields)) for w, m in _PLACES.values() if m is not model]
-        homes = [w for w, fields in elsewhere if name in fields]
-        if homes:
-            hint = f"; {name!r} is a setting of {' or '.join(dict.fromkeys(homes))}, not here"
-        else:
-            for where, fields in elsewhere:
-                close = did_you_mean(name, fields)
-                if close:
-                    hint = f"{close[:-1]} (a setting of {where}, not here)?"
-                    break
+        close = difflib.get_close_matches(name, {f for _, fs in elsewhere for f in fs}, n=1)
+        if close:
+            homes = list(dict.fromkeys(w for w, fields in elsewhere if close[0] in fields))
+            hint = f"; did you mean {close[0]!r} (a setting of {' or '.join(homes)}, not here)?"
     return f"unknown setting {name!r}{hint}{listing}"
 
 

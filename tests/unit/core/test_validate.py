@@ -365,10 +365,15 @@ def test_did_you_mean_at_every_level() -> None:
     assert "did you mean 'weight'?" in found_rs and "allowed here: address, label" in found_rs
     timeouts = problems(svc(timeouts={"idel": 5}))["virtual_services[0].timeouts.idel"]
     assert "did you mean 'idle'?" in timeouts
-    # a setting written at the wrong level is told where it belongs
+    # a setting written at the wrong level (indented wrongly) is told where it belongs
     with pytest.raises(ConfigError) as info:
         load_data({"scheduler": "wlc"})
-    assert "a setting of a virtual service" in info.value.problems[0].message
+    assert "'scheduler' is a setting of a virtual service, not here" in (
+        info.value.problems[0].message
+    )
+    rs = [{"label": "A", "address": "10.0.0.1", "interval": 5}]
+    found_rs = problems(svc(real_servers=rs))["virtual_services[0].real_servers[0].interval"]
+    assert "'interval' is a setting of a health check, not here" in found_rs
 
 
 def test_a_vip_port_clash_names_the_other_service_on_each_side() -> None:
