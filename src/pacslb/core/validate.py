@@ -604,8 +604,24 @@ def cross_service_problems(
     )
     real = [(i, vs) for i, vs, placeholders in services if "vip" not in placeholders]
     told: set[int] = set()
+    # Earlier services indexed by what they can clash on, so that a config of thousands of
+    # services is checked in linear time rather than pair by pair.
+    same_vip: dict[tuple[str, Any], list[int]] = {}  # (protocol, VIP) -> positions in `real`
+    family: dict[tuple[str, int], list[int]] = {}  # (protocol, IP version) -> positions
+    wild: dict[tuple[str, int], list[int]] = {}  # wildcard proxy listeners, by family
     for pos, (index, vs) in enumerate(real):
-        for other_index, other in real[:pos]:
+        fam = (vs.protocol, vs.vip.version)
+        wildcard = not vs.mode.is_kernel and vs.vip.is_unspecified
+        candidates = (
+            family.get(fam, [])
+            if wildcard
+            else sorted({*same_vip.get((vs.protocol, vs.vip), []), *wild.get(fam, [])})
+        )
+        same_vip.setdefault((vs.protocol, vs.vip), []).append(pos)
+        family.setdefault(fam, []).append(pos)
+        if wildcard:
+            wild.setdefault(fam, []).append(pos)
+        for other_index, other in (real[p] for p in candidates):
             if vs.protocol != other.protocol or not _overlaps(vs, other):
                 continue
             shared = [p for p in vs.ports if p in other.ports]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -161,31 +162,39 @@ def split_path(path: str) -> list[str | int]:
     return parts
 
 
-def _label(items: Any, noun: str, index: int) -> tuple[Any, str]:
+_Counts = dict[int, Counter[Any]]  # id(list) -> how often each label occurs in it
+
+
+def _label(items: Any, noun: str, index: int, counts: _Counts) -> tuple[Any, str]:
     """The entry at `index` of a list and its name: its label, its position when it has no
-    usable label (counted from 1, as a person counts), both when the label is used twice."""
+    usable label (counted from 1, as a person counts), both when the label is used twice.
+    `counts` keeps each list's label counts across calls: a huge config with many problems
+    must not cost a pass over the list per problem."""
     if not isinstance(items, list) or not 0 <= index < len(items):
         return {}, f"{noun} {index + 1}"
     item = items[index]
     label = item.get("label") if isinstance(item, dict) else None
     if not (isinstance(label, str) and label.strip() and len(label) <= 64):
         return item, f"{noun} {index + 1}"
-    same = sum(isinstance(i, dict) and i.get("label") == label for i in items)
+    if id(items) not in counts:
+        counts[id(items)] = Counter(i.get("label") for i in items if isinstance(i, dict))
+    same = counts[id(items)][label]
     return item, label if same == 1 else f"{label} ({noun} {index + 1})"
 
 
-def labelled(parts: Sequence[str | int], data: Any) -> str:
+def labelled(parts: Sequence[str | int], data: Any, counts: _Counts | None = None) -> str:
     """A path named by the labels in `data`: the service, then the real server, then the rest
     (`McK-Radiology_Web › McK-Radiology_Srv1 › port`); node settings keep their dotted path."""
     if len(parts) < 2 or parts[0] != "virtual_services" or not isinstance(parts[1], int):
         return format_path(parts)
     services = data.get("virtual_services") if isinstance(data, dict) else None
-    service, name = _label(services, "virtual service", parts[1])
+    counts = {} if counts is None else counts
+    service, name = _label(services, "virtual service", parts[1], counts)
     names = [name]
     rest = list(parts[2:])
     if len(rest) >= 2 and rest[0] == "real_servers" and isinstance(rest[1], int):
         servers = service.get("real_servers") if isinstance(service, dict) else None
-        names.append(_label(servers, "real server", rest[1])[1])
+        names.append(_label(servers, "real server", rest[1], counts)[1])
         rest = rest[2:]
     tail = format_path(rest)
     return ARROW.join([*names, tail] if tail else names)
@@ -221,11 +230,12 @@ def line_of(parts: Sequence[str | int], node: yaml.Node | None) -> int | None:
 def located(problems: Iterable[Problem], data: Any, node: yaml.Node | None) -> list[Problem]:
     """Problems with `where` (labels) and, when the config came from YAML text, `line`."""
     out = []
+    counts: _Counts = {}
     for p in problems:
         if not p.path or p.where:
             out.append(p)
             continue
         parts = split_path(p.path)
         line = line_of(parts, node) if node is not None else p.line
-        out.append(Problem(p.path, p.message, labelled(parts, data), line))
+        out.append(Problem(p.path, p.message, labelled(parts, data, counts), line))
     return out
