@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -16,6 +17,8 @@ from pacslb.config import Config, config_json_schema
 from pacslb.errors import ConfigError, EngineError, PacslbError
 
 if TYPE_CHECKING:
+    from pacslb.core.doctor import Reach
+    from pacslb.core.plan import Plan
     from pacslb.engines.base import Engine
 
 EXIT_OK, EXIT_INVALID = 0, 1
@@ -42,7 +45,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             config = load_config_file(args.file)
     except ConfigError as exc:
         if args.json:
-            problems = [{"path": p.path, "message": p.message} for p in exc.problems]
+            problems = [p.to_json() for p in exc.problems]
             print(json.dumps({"valid": False, "source": exc.source, "problems": problems}))
         else:
             print(exc, file=sys.stderr)
@@ -114,8 +117,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     admin = AdminStateStore(args.state_dir / "admin-state.json").all() if args.state_dir else {}
     plan = build_plan(config, admin=admin)
+    reach = _interfaces(plan) if args.routes else {}
     if args.json:
-        sys.stdout.write(plan.to_json().decode() + "\n")
+        data = json.loads(plan.to_json())
+        if args.routes:  # beside the Plan (the engines' contract), not inside it
+            data["interfaces"] = {a: dataclasses.asdict(r) for a, r in reach.items()}
+        sys.stdout.write(json.dumps(data) + "\n")
         return EXIT_OK
     for svc in plan.services:
         ports = ",".join(str(p) for p in svc.ports)
@@ -123,11 +130,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
             f"{svc.label}  {svc.vip}:{ports}/{svc.protocol}  {svc.mode}  {svc.scheduler}  "
             f"persistence={svc.persistence.kind}"
         )
+        if args.routes:
+            print(f"  VIP {reach[svc.vip].text(vip=True, kernel=svc.mode.is_kernel)}")
         for rs in svc.real_servers:
             port = f":{rs.port}" if rs.port else ""
+            where = f"  {reach[rs.address].text()}" if args.routes else ""
             print(
                 f"  {rs.label:<32} {rs.address}{port:<6} weight={rs.weight:<5} "
-                f"effective={rs.effective_weight:<5} {rs.admin} {rs.health}"
+                f"effective={rs.effective_weight:<5} {rs.admin} {rs.health}{where}"
             )
     return EXIT_OK
 
@@ -419,13 +429,40 @@ def cmd_proxy(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _interfaces(plan: Plan) -> dict[str, Reach]:
+    """How this host reaches each VIP and real server (its routing table, `ip route get`)."""
+    from pacslb.control.doctor import reach
+    from pacslb.engines.host import Host
+
+    host = Host()
+    addresses = [a for s in plan.services for a in (s.vip, *(r.address for r in s.real_servers))]
+    return {a: reach(a, host) for a in dict.fromkeys(addresses)}
+
+
 def cmd_realserver(args: argparse.Namespace) -> int:
     from pacslb.core import realserver
 
     if args.config:
-        servers = realserver.dr_servers(load_config_file(Path(args.config)))
+        config = load_config_file(Path(args.config))
+        nat = realserver.nat_servers(config)
+        gateways = {n.address: args.gateway for n in nat if args.gateway}
+        if nat and not args.gateway:  # the LB's own address on each server's segment
+            from pacslb.control.doctor import reach
+            from pacslb.engines.host import Host
+
+            for n in nat:
+                r = reach(n.address, Host())
+                if r.source and not (r.gateway or r.local or r.error):
+                    gateways[n.address] = r.source
         text = realserver.for_config(
-            servers, args.os, args.interface, args.lan_adapter, args.loopback_adapter
+            realserver.dr_servers(config),
+            args.os,
+            args.interface,
+            args.lan_adapter,
+            args.loopback_adapter,
+            nat=nat,
+            gateways=gateways,
+            snat=realserver.snat_services(config),
         )
     elif not args.vip:
         print("pacslb realserver: give --vip ADDR (one or more) or --config FILE", file=sys.stderr)
@@ -496,9 +533,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", help="write here (atomically) instead of stdout")
     p.set_defaults(func=cmd_profile)
 
-    p = sub.add_parser("plan", help="show the Plan a config gives (effective weights)")
+    p = sub.add_parser("plan", help="show the Plan a config gives (effective weights, interfaces)")
     p.add_argument("file", type=Path)
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--no-routes",
+        dest="routes",
+        action="store_false",
+        help="leave out the interface each VIP and real server is reached on",
+    )
     p.add_argument("--state-dir", type=Path, help="apply the admin states stored here")
     p.set_defaults(func=cmd_plan)
 
@@ -584,9 +627,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--socket", required=True, help="control socket path")
     p.set_defaults(func=cmd_proxy)
 
-    p = sub.add_parser("realserver", help="print a real server's Direct Routing setup (ARP)")
+    p = sub.add_parser(
+        "realserver", help="print a real server's setup: Direct Routing (ARP), NAT (gateway)"
+    )
     p.add_argument("--vip", action="append", default=[], metavar="ADDR", help="a DR VIP")
-    p.add_argument("--config", "-c", help="every l4-dr VIP of this config, per real server")
+    p.add_argument(
+        "--config", "-c", help="every l4-dr and l4-nat real server of this config, one by one"
+    )
+    p.add_argument(
+        "--gateway",
+        metavar="ADDR",
+        help="l4-nat: the real servers' gateway (default: this host's address on their "
+        "segment; in an HA pair the floating gateway address)",
+    )
     p.add_argument("--os", choices=["linux", "windows"], default="linux")
     p.add_argument("--interface", default="eth0", help="linux: the server's LAN interface")
     p.add_argument("--lan-adapter", default="net", help="windows: the LAN adapter's name")

@@ -11,17 +11,33 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
 class Problem:
-    """One thing wrong with a config, at a path like `virtual_services[2].real_servers[0].port`."""
+    """One thing wrong with a config.
+
+    `path` is the machine path (`virtual_services[2].real_servers[0].port`, what scripts and
+    the WebUI's fields match on); `where` names the same place by label for a person
+    (`McK-Radiology_Web › McK-Radiology_Srv1 › port`); `line` is the line of the file the
+    problem came from (1-based), when it came from YAML text."""
 
     path: str
     message: str
+    where: str = ""
+    line: int | None = None
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.message}" if self.path else self.message
+        head = self.where or self.path
+        if self.line is not None:
+            head = f"{head} (line {self.line})" if head else f"line {self.line}"
+        return f"{head}: {self.message}" if head else self.message
+
+    def to_json(self) -> dict[str, Any]:
+        """The API's and `check --json`'s form: `path` and `message` as before, plus `where`
+        and `line`."""
+        return {"path": self.path, "message": self.message, "where": self.where, "line": self.line}
 
 
 class PacslbError(Exception):

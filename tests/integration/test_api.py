@@ -184,8 +184,12 @@ def test_dry_run_and_validate_change_nothing(tmp_path: Path) -> None:
         r = client.post("/api/v1/config/validate", json=data, headers=h)
         assert r.status_code == 200 and r.json()["valid"] is False
         problems = r.json()["problems"]
-        assert len(problems) == 10
+        assert len(problems) == 11  # ten mistakes; a VIP:port clash is told to both services
         assert any(p["path"] == "node.statedir" for p in problems)
+        assert {p["where"] for p in problems} >= {
+            "node.statedir",
+            "McK-RadiologyManager › Mgr1 › weight",
+        }
         assert len(process.store.revisions()) == 1
 
 

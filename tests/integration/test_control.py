@@ -224,7 +224,7 @@ def test_run_refuses_an_invalid_config_and_starts_nothing(tmp_path: Path) -> Non
     )
     result = pacslb("run", str(config), "--state-dir", str(tmp_path / "state"), check=False)
     assert result.returncode == 1
-    assert "virtual_services[0].vip" in result.stderr and "nothing was started" in result.stderr
+    assert "X › vip (line 3)" in result.stderr and "nothing was started" in result.stderr
     assert not (tmp_path / "state").exists()
 
 

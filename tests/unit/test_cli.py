@@ -29,14 +29,15 @@ def test_profile_then_check_exits_zero(
 def test_check_lists_every_problem_and_exits_non_zero(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", str(ROOT / "tests/unit/data/ten-mistakes.yaml")]) == 1
     err = capsys.readouterr().err
-    assert "10 problems" in err
-    assert "virtual_services[0].real_servers[0].port: l4-dr cannot translate ports" in err
+    assert "11 problems" in err  # ten mistakes; the VIP:port clash is told to both services
+    where = "McK-Radiology_DICOM › Srv1 (real server 1) › port (line 14)"
+    assert f"{where}: l4-dr cannot translate ports" in err
 
 
 def test_check_json_for_scripts(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", "--json", str(ROOT / "tests/unit/data/ten-mistakes.yaml")]) == 1
     report = json.loads(capsys.readouterr().out)
-    assert report["valid"] is False and len(report["problems"]) == 10
+    assert report["valid"] is False and len(report["problems"]) == 11
 
 
 def test_check_of_a_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -69,9 +70,15 @@ def test_profile_writes_a_file_and_plan_shows_effective_weights(
     out = capsys.readouterr().out
     line = next(ln for ln in out.splitlines() if "Radiology_DICOM_Srv2" in ln)
     assert "effective=0" in line and "drain" in line
+    # the interface each VIP and real server is reached on (this host's routing table)
+    assert "  VIP on lo (this host's own address)" in out
+    assert line.endswith("on lo (this host's own address)")
     assert main(["plan", "--json", str(path)]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["services"][0]["vip"] == "127.0.0.30"
+    assert plan["interfaces"]["127.0.1.2"]["local"] is True
+    assert main(["plan", "--no-routes", str(path)]) == 0
+    assert "  VIP " not in capsys.readouterr().out
 
 
 def test_config_revisions_by_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

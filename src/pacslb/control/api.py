@@ -301,7 +301,7 @@ async def validate(
     try:
         load_data(json.loads(json.dumps(body)), "request", _exists)
     except ConfigError as exc:
-        problems = [{"path": p.path, "message": p.message} for p in exc.problems]
+        problems = [p.to_json() for p in exc.problems]
         return {"valid": False, "problems": problems}
     return {"valid": True, "problems": []}
 

@@ -18,8 +18,10 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from pacslb import config as c
 from pacslb.core import nft, packets
@@ -28,8 +30,12 @@ from pacslb.core.doctor import (
     DrProbe,
     Finding,
     Level,
+    NatProbe,
+    Reach,
     arp_findings,
     dr_probes,
+    nat_probes,
+    nat_route_finding,
     needs_forwarding,
     needs_root,
     route_finding,
@@ -45,6 +51,7 @@ from pacslb.errors import EngineError
 PROBE_WAIT = 1.0  # seconds to wait for ARP replies and SYN answers
 RESEND_AFTER = 0.3  # one more try for what has not answered by then (a lost frame)
 PACKET_OUTGOING = 4  # sll_pkttype of our own frames, seen on the same socket
+K = TypeVar("K")
 CHECK_TABLE = "pacslb_doctor"  # only ever in `nft -c` dry runs: never committed
 
 # The features the DR ruleset uses (core/nft.py): a netdev ingress chain, typeof maps with
@@ -92,6 +99,8 @@ def run(config: c.Config | None, host: Host | None = None) -> list[Finding]:
         findings += _forwarding(config)
         for probe in dr_probes(config):
             findings += _direct_routing(probe, host, root)
+        for nat in nat_probes(config):
+            findings += _nat_route_back(nat, host, root)
     return findings
 
 
@@ -369,34 +378,152 @@ def arp_who_has(device: str, lb_mac: str, lb_ip: str, vip: str) -> set[str]:
     return macs
 
 
-def syn_answers(
-    device: str, lb_mac: str, lb_ip: str, vip: str, port: int, targets: dict[str, str]
-) -> set[str]:
-    """Real server addresses whose MAC answered a SYN for vip:port with a SYN-ACK or RST.
+@dataclass(frozen=True, slots=True)
+class Syn:
+    """One hand-built SYN: to `dst_mac` (the next hop), from `src_ip` to `dst_ip`:`dport`;
+    its answer counts only from `from_mac` when that is given."""
 
-    This host's kernel resets the SYN-ACKs (it has no such socket), so nothing is left open."""
+    dst_mac: str
+    src_ip: str
+    dst_ip: str
+    dport: int
+    from_mac: str | None = None
+
+
+def syn_round(device: str, lb_mac: str, syns: Mapping[K, Syn]) -> set[K]:
+    """The keys of `syns` answered with a SYN-ACK or RST on `device` within PROBE_WAIT (one
+    resend for the silent ones). This host's kernel resets the SYN-ACKs it receives for an
+    address of its own (it has no such socket), so nothing is left open."""
     base = random.randrange(40000, 60000)
-    sport = {address: base + i for i, address in enumerate(sorted(targets))}
-    by_port = {p: a for a, p in sport.items()}
+    keys = list(syns)
+    sport = {key: base + i for i, key in enumerate(keys)}
+    by_port = {p: k for k, p in sport.items()}
     frames = {
-        a: packets.tcp_syn(lb_mac, targets[a], lb_ip, vip, sport[a], port, random.getrandbits(32))
-        for a in targets
-    }
-    answered: set[str] = set()
+        k: packets.tcp_syn(
+            lb_mac, syn.dst_mac, syn.src_ip, syn.dst_ip, sport[k], syn.dport,
+            random.getrandbits(32),
+        )
+        for k, syn in syns.items()
+    }  # fmt: skip
+    answered: set[K] = set()
     with _raw(device, packets.ETH_P_IP) as s:
         for frame in frames.values():
             s.send(frame)
         resend = time.monotonic() + RESEND_AFTER
         for now, raw in _frames(s, time.monotonic() + PROBE_WAIT):
             tcp = packets.parse_tcp(raw)
-            if tcp and tcp.src_ip == vip and tcp.sport == port and tcp.dport in by_port:
-                address = by_port[tcp.dport]
-                if tcp.src_mac == targets[address].lower() and tcp.answers_syn:
-                    answered.add(address)
-            if len(answered) == len(targets):
+            key = by_port.get(tcp.dport) if tcp else None
+            if tcp and key is not None and tcp.answers_syn:
+                syn = syns[key]
+                mac_ok = syn.from_mac is None or tcp.src_mac == syn.from_mac.lower()
+                if tcp.src_ip == syn.dst_ip and tcp.sport == syn.dport and mac_ok:
+                    answered.add(key)
+            if len(answered) == len(syns):
                 break
             if now >= resend:
-                for address in set(targets) - answered:
-                    s.send(frames[address])
+                for key in set(syns) - answered:
+                    s.send(frames[key])
                 resend = float("inf")
     return answered
+
+
+def syn_answers(
+    device: str, lb_mac: str, lb_ip: str, vip: str, port: int, targets: dict[str, str]
+) -> set[str]:
+    """Real server addresses whose MAC answered a SYN for vip:port with a SYN-ACK or RST."""
+    syns = {a: Syn(mac, lb_ip, vip, port, from_mac=mac) for a, mac in targets.items()}
+    return syn_round(device, lb_mac, syns)
+
+
+# --- NAT: the route back -------------------------------------------------------------------
+
+# A stand-in client (TEST-NET-3, RFC 5737) for when the VIP shares the real servers' segment:
+# the probe's source must be off that segment, as a client's is, so that the reply follows the
+# server's default route.
+CLIENT_STAND_IN = "203.0.113.1"
+
+
+def reach(address: str, host: Host) -> Reach:
+    """This host's routing table's answer for `address` (as `ip route get`)."""
+    try:
+        found = host.ip("route", "get", address)
+    except EngineError as exc:
+        return Reach(error=str(exc))
+    if not found:
+        return Reach(error=f"no route to {address}")
+    r = found[0]
+    local = r.get("type") == "local"
+    device = str(r.get("dev", ""))
+    if local:  # the kernel answers `lo`: name the interface that holds the address instead
+        try:
+            for link in host.ip("addr", "show"):
+                if any(a.get("local") == address for a in link.get("addr_info", [])):
+                    device = str(link.get("ifname", device))
+        except EngineError:
+            pass
+    return Reach(device, r.get("gateway"), local, r.get("prefsrc"))
+
+
+def _networks_on(host: Host, device: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    out = []
+    for link in host.ip("addr", "show", "dev", device):
+        for a in link.get("addr_info", []):
+            out.append(ipaddress.ip_network(f"{a['local']}/{a.get('prefixlen', 32)}", strict=False))
+    return out
+
+
+def _nat_route_back(probe: NatProbe, host: Host, root: bool) -> list[Finding]:
+    """Does each real server's reply to a client come back through this host?
+
+    The real server's own routes cannot be read from here, so the load balancer asks it: two
+    SYNs to the server's port on a raw socket, one from this host's address on the server's
+    segment (answered directly: the server is up) and one from the VIP (or a stand-in client
+    address when the VIP shares the segment), whose answer follows the server's route to
+    clients. If only the first is answered on the interface toward the server, that route does
+    not go through the load balancer, and NAT connections will hang: the server names itself."""
+    if not probe.ipv4:
+        return [Finding("nat-route", Level.SKIPPED, probe.service, "the NAT probe is IPv4 only")]
+    if not root:
+        return [Finding("nat-route", Level.SKIPPED, probe.service, "the NAT probe needs root")]
+    out: list[Finding] = []
+    hops: dict[str, tuple[str, str, Reach]] = {}  # address -> (label, next hop, reach)
+    for label, address, _ in probe.servers:
+        where = reach(address, host)
+        subject = probe.subject(label, address)
+        if where.error or where.local or not where.source:
+            what = where.error or "an address of this host, not a real server"
+            out.append(Finding("nat-route", Level.PROBLEM, subject, what))
+            continue
+        hops[address] = (label, where.gateway or address, where)
+    macs = host.resolve(sorted({hop for _, hop, _ in hops.values()}))
+    for device in sorted({r.device for _, _, r in hops.values()}):
+        here = {a: v for a, v in hops.items() if v[2].device == device}
+        vip = ipaddress.ip_address(probe.vip)
+        client = CLIENT_STAND_IN if any(vip in n for n in _networks_on(host, device)) else probe.vip
+        syns: dict[tuple[str, str], Syn] = {}
+        for address, (label, hop, where) in here.items():
+            if hop not in macs:
+                out.append(
+                    Finding(
+                        "nat-route",
+                        Level.WARNING,
+                        probe.subject(label, address),
+                        f"no ARP answer from {hop} on {device}: the server (or its router) is "
+                        "down or not on this segment, so its route back cannot be checked",
+                        "check that the server is up",
+                    )
+                )
+                continue
+            port = next(p for _, a, p in probe.servers if a == address)
+            assert where.source is not None
+            syns[(address, "direct")] = Syn(macs[hop], where.source, address, port)
+            syns[(address, "client")] = Syn(macs[hop], client, address, port)
+        if not syns:
+            continue
+        answered = syn_round(device, host.link_mac(device), syns)
+        for address, (label, _, where) in here.items():
+            if (address, "direct") in syns:
+                direct = (address, "direct") in answered
+                via_us = (address, "client") in answered
+                out.append(nat_route_finding(probe, label, address, where, direct, via_us, client))
+    return out

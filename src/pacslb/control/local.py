@@ -66,7 +66,7 @@ class ControlServer:
                 answer = {
                     "ok": False,
                     "error": str(exc),
-                    "problems": [{"path": p.path, "message": p.message} for p in exc.problems],
+                    "problems": [p.to_json() for p in exc.problems],
                 }
             except (PacslbError, ValueError, KeyError, TypeError) as exc:
                 answer = {"ok": False, "error": str(exc)}

@@ -31,6 +31,7 @@ from pacslb.control.reports import Sampler
 from pacslb.control.store import RevisionNotFound, write_atomic
 from pacslb.core import certs
 from pacslb.core.validate import format_path
+from pacslb.core.wording import plain
 from pacslb.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ WEBUI_DIR = Path(__file__).resolve().parent.parent / "webui"
 def problems_json(exc: ConfigError) -> dict[str, Any]:
     return {
         "detail": str(exc),
-        "problems": [{"path": p.path, "message": p.message} for p in exc.problems],
+        "problems": [p.to_json() for p in exc.problems],
     }
 
 
@@ -79,7 +80,7 @@ def create_app(process: ControlProcess, store: AuthStore | None = None) -> FastA
         problems = [
             {
                 "path": format_path([p for p in e["loc"][1:] if isinstance(p, str | int)]),
-                "message": str(e["msg"]).removeprefix("Value error, "),
+                "message": plain(dict(e)),
             }
             for e in exc.errors()
         ]

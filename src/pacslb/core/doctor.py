@@ -66,6 +66,64 @@ def dr_probes(config: c.Config) -> list[DrProbe]:
     ]
 
 
+@dataclass(frozen=True, slots=True)
+class NatProbe:
+    """What to probe for one l4-nat service: its VIP and its real servers with the port the
+    translated connections go to."""
+
+    service: str
+    vip: str
+    servers: tuple[tuple[str, str, int], ...]  # (label, address, port)
+
+    @property
+    def ipv4(self) -> bool:
+        return ipaddress.ip_address(self.vip).version == 4
+
+    def subject(self, label: str, address: str) -> str:
+        return f"{self.service}/{label} ({address})"
+
+
+def nat_probes(config: c.Config) -> list[NatProbe]:
+    return [
+        NatProbe(
+            svc.label,
+            str(svc.vip),
+            tuple((rs.label, str(rs.address), rs.port or svc.ports[0]) for rs in svc.real_servers),
+        )
+        for svc in config.virtual_services
+        if svc.mode is c.Mode.L4_NAT
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class Reach:
+    """How this host reaches an address (its routing table's answer)."""
+
+    device: str = ""
+    gateway: str | None = None  # the router in between, if any
+    local: bool = False  # the address is this host's own
+    source: str | None = None  # this host's address toward it
+    error: str = ""
+
+    def text(self, vip: bool = False, kernel: bool = True) -> str:
+        """In words, for `pacslb plan`; `vip` for a VIP of a layer 4 (`kernel`) or 7 mode."""
+        if self.error:
+            return f"not reachable ({self.error})"
+        if self.local:
+            return f"on {self.device} (this host's own address)"
+        if self.gateway:
+            where = f"via the router {self.gateway} on {self.device}"
+            return where + (": in no attached subnet, a router must send it here" if vip else "")
+        if vip and kernel:
+            return f"on {self.device} (its subnet: `pacslb run` adds the address there)"
+        if vip:
+            return (
+                f"in {self.device}'s subnet but not an address of this host: the proxy cannot "
+                "listen on it"
+            )
+        return f"on {self.device} (same segment, from {self.source})"
+
+
 def needs_forwarding(config: c.Config) -> bool:
     return any(s.mode in (c.Mode.L4_NAT, c.Mode.L4_SNAT) for s in config.virtual_services)
 
@@ -174,6 +232,52 @@ def vip_finding(probe: DrProbe, label: str, address: str, answered: bool) -> Fin
         "SYN-ACK or RST): the VIP is not on its loopback, or a firewall drops the port",
         f"on {label}: {fix_command([probe.vip])}",
     )
+
+
+def nat_route_finding(
+    probe: NatProbe,
+    label: str,
+    address: str,
+    reach: Reach,
+    direct: bool,
+    from_client: bool,
+    client: str,
+) -> Finding:
+    """The answers to two SYNs sent to a NAT real server on its own port: one from this host's
+    address on its segment (`direct`: does it answer at all?) and one from a client-like address
+    off its segment (`from_client`: does the reply to a client come back through us?)."""
+    subject = probe.subject(label, address)
+    gateway = reach.source or "the load balancer's address on its segment"
+    fix = f"on {label}: make {gateway} its default gateway (pacslb realserver --config FILE)"
+    if from_client:
+        return Finding(
+            "nat-route",
+            Level.OK,
+            subject,
+            f"replies to clients come back through this load balancer (on {reach.device})",
+        )
+    if direct:
+        return Finding(
+            "nat-route",
+            Level.PROBLEM,
+            subject,
+            f"answers this host directly but its reply to a client address ({client}) does not "
+            f"come back through the load balancer on {reach.device}: its default gateway is not "
+            "the load balancer, so NAT connections will hang after the client's SYN",
+            fix,
+        )
+    return Finding(
+        "nat-route",
+        Level.WARNING,
+        subject,
+        f"does not answer a SYN to port {_port_of(probe, address)} at all (down, or a firewall "
+        "drops it): whether its replies come back through the load balancer is unknown",
+        "check that the server is up and the port is open, then run doctor again",
+    )
+
+
+def _port_of(probe: NatProbe, address: str) -> int:
+    return next(port for _, a, port in probe.servers if a == address)
 
 
 # --- the report --------------------------------------------------------------------------

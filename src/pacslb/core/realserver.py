@@ -1,4 +1,4 @@
-"""What a real server needs for Direct Routing, as commands an operator can paste.
+"""What a real server needs for Direct Routing and NAT, as commands an operator can paste.
 
 In DR the load balancer hands a client's packet to the real server unchanged but for the
 destination MAC, so the packet is still addressed to the VIP: the real server must own the
@@ -9,13 +9,20 @@ the VIP as the source of an ARP request). Windows: the VIP on the Microsoft KM-T
 Adapter with the weak host model enabled, as the Loadbalancer.org appliance guide's appendix
 does for Windows Server 2012 and later.
 
+In l4-nat the load balancer rewrites only the destination: the real server sees the client's
+own address and must send its reply back through the load balancer, which undoes the
+translation. Unless the clients share the server's segment, that means the load balancer
+(its address on the servers' segment; in an HA pair the floating gateway address) is the
+server's default gateway. l4-snat also rewrites the source to the load balancer's own address,
+so the reply comes back by itself: real servers need no change.
+
 Pure text: no I/O; `pacslb realserver` prints it and `pacslb doctor` points at it.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from pacslb import config as c
@@ -47,6 +54,107 @@ def dr_servers(config: c.Config) -> list[DrServer]:
                 if value not in seen:
                     seen.append(value)
     return [DrServer(a, tuple(labels[a]), tuple(vips[a])) for a in labels]
+
+
+@dataclass(frozen=True, slots=True)
+class NatServer:
+    """One real server address of the config's l4-nat services."""
+
+    address: str
+    labels: tuple[str, ...]
+    services: tuple[str, ...]  # the l4-nat services it serves
+
+
+def nat_servers(config: c.Config) -> list[NatServer]:
+    """Real servers of the config's l4-nat services, grouped by address, in config order."""
+    labels: dict[str, list[str]] = {}
+    services: dict[str, list[str]] = {}
+    for svc in config.virtual_services:
+        if svc.mode is not c.Mode.L4_NAT:
+            continue
+        for rs in svc.real_servers:
+            address = str(rs.address)
+            for items, value in ((labels, rs.label), (services, svc.label)):
+                seen = items.setdefault(address, [])
+                if value not in seen:
+                    seen.append(value)
+    return [NatServer(a, tuple(labels[a]), tuple(services[a])) for a in labels]
+
+
+def snat_services(config: c.Config) -> list[str]:
+    return [s.label for s in config.virtual_services if s.mode is c.Mode.L4_SNAT]
+
+
+GATEWAY_PLACEHOLDER = "LB_GATEWAY"
+
+
+def _gateway_note(server: NatServer, gateway: str | None, mark: str) -> list[str]:
+    if gateway:
+        return [
+            f"{mark} {gateway} is the load balancer's address on this server's segment (in an",
+            f"{mark} HA pair use the floating gateway address instead: --gateway ADDR).",
+        ]
+    return [
+        f"{mark} The load balancer's address on {server.address}'s segment was not found from",
+        f"{mark} this host's routes (run this on the load balancer, or pass --gateway ADDR):",
+        f"{mark} replace {GATEWAY_PLACEHOLDER} below. If a router stands between them, that",
+        f"{mark} router must send the replies to clients back through the load balancer.",
+    ]
+
+
+def nat_linux(server: NatServer, gateway: str | None, interface: str = "eth0") -> str:
+    """Shell commands that make the load balancer a Linux real server's default gateway, then
+    what keeps it on reboot (as comments)."""
+    via = gateway or GATEWAY_PLACEHOLDER
+    ip = "ip -6" if ":" in via else "ip"
+    family = "ipv6" if ":" in via else "ipv4"
+    out = [
+        f"# l4-nat ({', '.join(server.services)}) on a Linux real server (run as root):",
+        "# replies to clients must go back through the load balancer, which undoes the",
+        "# address translation, so the load balancer is the default gateway.",
+        *_gateway_note(server, gateway, "#"),
+        f"{ip} route replace default via {via} dev {interface}",
+        "",
+        "# To keep this across reboots (the one that manages the interface):",
+        f"# ifupdown, /etc/network/interfaces, in `iface {interface}`:  gateway {via}",
+        f"# NetworkManager:  nmcli connection modify <connection> {family}.gateway {via}",
+        "# systemd-networkd, the [Network] section of the interface's .network file:",
+        f"#   Gateway={via}",
+        "# netplan, under the interface:  routes: [{to: default, via: " + via + "}]",
+        "# RHEL network-scripts, /etc/sysconfig/network-scripts/ifcfg-" + interface + ":",
+        f"#   GATEWAY={via}",
+    ]
+    return "\n".join(out) + "\n"
+
+
+def nat_windows(server: NatServer, gateway: str | None, lan: str = "net") -> str:
+    """Commands for an elevated Command Prompt (and the PowerShell equivalent) that make the
+    load balancer a Windows real server's default gateway; `route -p` and New-NetRoute keep
+    it across reboots."""
+    via = gateway or GATEWAY_PLACEHOLDER
+    v6 = ":" in via
+    prefix = "::/0" if v6 else "0.0.0.0/0"
+    out = [
+        f"REM l4-nat ({', '.join(server.services)}) on a Windows real server: replies to",
+        "REM clients must go back through the load balancer, which undoes the address",
+        "REM translation, so the load balancer is the default gateway.",
+        *_gateway_note(server, gateway, "REM"),
+        f'REM The LAN adapter is named "{lan}" here (--lan-adapter). Remove the old default',
+        "REM gateway (also in the adapter's IPv4 properties, or it comes back), then add:",
+    ]
+    if v6:
+        out += [
+            f'netsh interface ipv6 delete route ::/0 "{lan}"',
+            f'netsh interface ipv6 add route ::/0 "{lan}" {via} store=persistent',
+        ]
+    else:
+        out += ["route delete 0.0.0.0 mask 0.0.0.0", f"route -p add 0.0.0.0 mask 0.0.0.0 {via}"]
+    out += [
+        "REM or in PowerShell:",
+        f"REM   Get-NetRoute -DestinationPrefix {prefix} | Remove-NetRoute -Confirm:$false",
+        f"REM   New-NetRoute -DestinationPrefix {prefix} -InterfaceAlias '{lan}' -NextHop {via}",
+    ]
+    return "\n".join(out) + "\n"
 
 
 def _split(vips: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -129,16 +237,41 @@ def windows(vips: Sequence[str], lan: str = "net", loopback: str = "loopback") -
 
 
 def for_config(
-    servers: Sequence[DrServer], os: str, interface: str, lan: str, loopback: str
+    servers: Sequence[DrServer],
+    os: str,
+    interface: str,
+    lan: str,
+    loopback: str,
+    nat: Sequence[NatServer] = (),
+    gateways: Mapping[str, str] | None = None,
+    snat: Sequence[str] = (),
 ) -> str:
-    """Every DR real server of a config, each with its own block."""
-    if not servers:
-        return "# no l4-dr virtual service in this config: real servers need no change\n"
+    """Every DR and NAT real server of a config, each with its own block; `gateways` maps a
+    NAT real server's address to the load balancer's address on its segment."""
+    mark = "REM" if os == "windows" else "#"
+    gateways = gateways or {}
     blocks = []
     for s in servers:
-        head = f"{'REM' if os == 'windows' else '#'} === {', '.join(s.labels)} ({s.address})"
+        head = f"{mark} === {', '.join(s.labels)} ({s.address})"
         body = linux(s.vips, interface) if os == "linux" else windows(s.vips, lan, loopback)
         blocks.append(head + "\n" + body)
+    for n in nat:
+        head = f"{mark} === {', '.join(n.labels)} ({n.address})"
+        gateway = gateways.get(n.address)
+        body = nat_linux(n, gateway, interface) if os == "linux" else nat_windows(n, gateway, lan)
+        blocks.append(head + "\n" + body)
+    if snat:
+        blocks.append(
+            f"{mark} l4-snat ({', '.join(snat)}): real servers need no change: the load balancer "
+            "sends them\n"
+            f"{mark} its own address as the source, so their replies come back to it by "
+            "themselves.\n"
+        )
+    if not blocks:
+        return (
+            f"{mark} no l4-dr or l4-nat virtual service in this config: real servers need no "
+            "change\n"
+        )
     return "\n".join(blocks)
 
 

@@ -19,7 +19,10 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from pacslb import config as c
+from pacslb.core.wording import did_you_mean, format_path, located, plain
 from pacslb.errors import ConfigError, Problem
+
+__all__ = ["dump_text", "format_path", "load_data", "load_text", "parse_yaml"]
 
 FileExists = Callable[[Path], bool]
 
@@ -83,19 +86,32 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _c
 
 def parse_yaml(text: str, source: str = "") -> Any:
     """YAML text -> plain data, or ConfigError naming the line and column."""
+    return parse_yaml_node(text, source)[0]
+
+
+def parse_yaml_node(text: str, source: str = "") -> tuple[Any, yaml.Node | None]:
+    """YAML text -> plain data and its node tree (whose marks give each setting's line)."""
+    loader = _StrictLoader(text)
     try:
-        return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
+        node = loader.get_single_node()
+        return (loader.construct_document(node) if node is not None else None), node
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
-        raise ConfigError([Problem(where, str(exc.problem or exc))], source) from None
+        message = str(exc.problem or exc)
+        if mark is None:
+            raise ConfigError([Problem("", f"not valid YAML: {message}")], source) from None
+        where = f"column {mark.column + 1}: {message}"
+        raise ConfigError([Problem("", where, line=mark.line + 1)], source) from None
     except yaml.YAMLError as exc:
         raise ConfigError([Problem("", f"not valid YAML: {exc}")], source) from None
+    finally:
+        loader.dispose()
 
 
 def load_text(text: str, source: str = "", file_exists: FileExists | None = None) -> c.Config:
-    """YAML text -> a valid Config, or ConfigError listing every problem."""
-    return load_data(parse_yaml(text, source), source, file_exists)
+    """YAML text -> a valid Config, or ConfigError listing every problem with its line."""
+    data, node = parse_yaml_node(text, source)
+    return load_data(data, source, file_exists, node=node)
 
 
 def dump_data(config: c.Config) -> dict[str, Any]:
@@ -152,18 +168,13 @@ def dump_text(data: dict[str, Any] | c.Config) -> str:
 # --- structure ---------------------------------------------------------------------------
 
 
-def format_path(loc: Sequence[int | str]) -> str:
-    """('virtual_services', 2, 'real_servers', 0) -> virtual_services[2].real_servers[0]"""
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
-    return out
-
-
-def _strip_tags(loc: Sequence[int | str]) -> tuple[list[int | str], type[BaseModel] | None]:
-    """Drop the tag pydantic inserts after a tagged-union field; return the model at the parent."""
+def _strip_tags(
+    loc: Sequence[int | str], root: type[BaseModel] = c.Config
+) -> tuple[list[int | str], type[BaseModel] | None]:
+    """Drop the tag pydantic inserts after a tagged-union field; return the model at the parent
+    (`root` is the model the location starts from: Config, or VirtualService for a service)."""
     out: list[int | str] = []
-    model: type[BaseModel] | None = c.Config
+    model: type[BaseModel] | None = root
     union: dict[str, type[BaseModel]] | None = None
     for part in loc:
         if union is not None and isinstance(part, str) and part in union:
@@ -176,40 +187,92 @@ def _strip_tags(loc: Sequence[int | str]) -> tuple[list[int | str], type[BaseMod
     return out, model
 
 
-def _message(error: Any, loc: Sequence[int | str]) -> tuple[list[int | str], str]:
+# Where each kind of setting lives, in words: to answer a setting written at the wrong level.
+_PLACES: dict[str, tuple[str, type[BaseModel]]] = {
+    "": ("the top level", c.Config),
+    "node": ("node", c.Node),
+    "webui": ("node.webui", c.WebUI),
+    "ha": ("node.ha", c.HASettings),
+    "proxy": ("node.proxy", c.ProxySettings),
+    "virtual_services": ("a virtual service", c.VirtualService),
+    "real_servers": ("a real server", c.RealServer),
+    "fallback": ("a service's fallback", c.Fallback),
+    "timeouts": ("a service's timeouts", c.Timeouts),
+    "tls": ("a service's tls", c.TlsTermination),
+    "certificates": ("tls.certificates", c.CertificatePair),
+    **{f"check:{t}": ("a health check", m) for t, m in _CHECK_TAGS.items()},
+    **{f"persistence:{t}": (f"{t} persistence", m) for t, m in _PERSISTENCE_TAGS.items()},
+}
+
+
+def _unknown_setting(name: str, model: type[BaseModel] | None) -> str:
+    """An unknown key, answered with the keys allowed where it was written and a hint: where a
+    setting of that very name belongs (a line indented at the wrong level), else the closest
+    key here, else the closest key anywhere."""
+    allowed = sorted(model.model_fields) if model else []
+    listing = f" (allowed here: {', '.join(allowed)})" if allowed else ""
+    elsewhere = [(w, set(m.model_fields)) for w, m in _PLACES.values() if m is not model]
+    homes = list(dict.fromkeys(w for w, fields in elsewhere if name in fields))
+    hint = f"; {name!r} is a setting of {' or '.join(homes)}, not here" if homes else ""
+    hint = hint or did_you_mean(name, allowed)
+    if not hint:
+        close = difflib.get_close_matches(name, {f for _, fs in elsewhere for f in fs}, n=1)
+        if close:
+            homes = list(dict.fromkeys(w for w, fields in elsewhere if close[0] in fields))
+            hint = f"; did you mean {close[0]!r} (a setting of {' or '.join(homes)}, not here)?"
+    return f"unknown setting {name!r}{hint}{listing}"
+
+
+def _description(loc: Sequence[int | str], root: type[BaseModel]) -> str | None:
+    """The description a field is declared with, to word a pattern that has no words yet."""
+    names = [p for p in loc if isinstance(p, str)]
+    if not names:
+        return None
+    model = _strip_tags(loc[: len(loc) - 1 - loc[::-1].index(names[-1])], root)[1]
+    field = model.model_fields.get(names[-1]) if model else None
+    return field.description if field else None
+
+
+def _message(
+    error: Any, loc: Sequence[int | str], root: type[BaseModel]
+) -> tuple[list[int | str], str]:
     kind = error["type"]
-    clean = _strip_tags(loc)[0]
+    clean = _strip_tags(loc, root)[0]
     if kind == "extra_forbidden" and clean:
-        name = str(clean[-1])
-        parent_model = _strip_tags(loc[:-1])[1]
-        allowed = sorted(parent_model.model_fields) if parent_model else []
-        close = difflib.get_close_matches(name, allowed, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        listing = f" (allowed here: {', '.join(allowed)})" if allowed else ""
-        return clean, f"unknown setting {name!r}{hint}{listing}"
-    if kind == "missing":
-        return clean, "required setting is missing"
+        return clean, _unknown_setting(str(clean[-1]), _strip_tags(loc[:-1], root)[1])
     if kind == "union_tag_invalid":
-        tags = error.get("ctx", {}).get("expected_tags", "")
-        return clean, f"unknown type {error['input'].get('type')!r} (choose one of {tags})"
+        ctx = error.get("ctx", {})
+        written = error["input"].get("type")
+        tags = [t.strip().strip("'") for t in str(ctx.get("expected_tags", "")).split(",")]
+        hint = did_you_mean(written, tags)
+        return clean, f"unknown type {written!r}{hint} (choose one of {', '.join(tags)})"
     if kind == "union_tag_not_found":
         return clean, "a 'type' is required here"
-    message = str(error["msg"]).removeprefix("Value error, ")
-    if kind != "value_error" and "input" in error and not isinstance(error["input"], dict | list):
-        message = f"{message} (got {error['input']!r})"
-    return clean, message
+    return clean, plain(error, _description(loc, root))
+
+
+_INTERNAL = re.compile(r"[\w-]+")  # field names and union tags; pydantic's own steps are not
 
 
 def _structure_problems(
-    exc: ValidationError, prefix: Sequence[int | str] = ()
+    exc: ValidationError,
+    prefix: Sequence[int | str] = (),
+    root: type[BaseModel] = c.Config,
 ) -> tuple[list[Problem], list[list[int | str]]]:
     """Problems with paths, and the tag-free locations (relative to prefix) for patching."""
     problems: list[Problem] = []
     locs: list[list[int | str]] = []
     for error in exc.errors(include_url=False):
-        loc = [p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
-        clean, message = _message(error, loc)
-        problems.append(Problem(format_path([*prefix, *clean]), message))
+        loc = [
+            p
+            for p in error["loc"]
+            if isinstance(p, int) or (_INTERNAL.fullmatch(p) and not p.startswith("function-"))
+        ]
+        clean, message = _message(error, loc, root)
+        problem = Problem(format_path([*prefix, *clean]), message)
+        if problem in problems:  # one address, refused by both the IPv4 and the IPv6 parser
+            continue
+        problems.append(problem)
         locs.append(clean if error["type"] != "missing" else clean[:-1])
     return problems, locs
 
@@ -282,8 +345,14 @@ def _delete(data: Any, loc: Sequence[int | str]) -> None:
         parent[last] = None
 
 
-def load_data(data: Any, source: str = "", file_exists: FileExists | None = None) -> c.Config:
-    """Plain data -> a valid Config, or ConfigError listing every structural and rule problem.
+def load_data(
+    data: Any,
+    source: str = "",
+    file_exists: FileExists | None = None,
+    node: yaml.Node | None = None,
+) -> c.Config:
+    """Plain data -> a valid Config, or ConfigError listing every structural and rule problem,
+    each named by label and (given the YAML `node` the data came from) with its line.
 
     Services are parsed one by one, and a service with a structural mistake is checked again with
     that part removed, so that one typo does not hide the other mistakes: the operator sees the
@@ -310,7 +379,7 @@ def load_data(data: Any, source: str = "", file_exists: FileExists | None = None
             checked.append((index, c.VirtualService.model_validate(raw), set()))
             continue
         except ValidationError as exc:
-            found, locs = _structure_problems(exc, ("virtual_services", index))
+            found, locs = _structure_problems(exc, ("virtual_services", index), c.VirtualService)
             problems += found
         patched = _patched_service(raw, locs)
         if patched is not None:
@@ -322,14 +391,15 @@ def load_data(data: Any, source: str = "", file_exists: FileExists | None = None
         problems += service_problems(index, service, file_exists)
     problems += cross_service_problems(checked)
     if problems:
-        raise ConfigError(sorted(problems, key=_order), source)
+        raise ConfigError(sorted(located(problems, data, node), key=_order), source)
     return c.Config.model_validate(data)
 
 
 def _order(problem: Problem) -> tuple[Any, ...]:
-    """Node settings first, then service by service (a stable sort keeps the order found)."""
+    """Node settings first, then service by service, each in the file's order when it came
+    from a file (a stable sort keeps the order found otherwise)."""
     match = re.match(r"virtual_services\[(\d+)\]", problem.path)
-    return (int(match.group(1)) + 1 if match else 0,)
+    return (int(match.group(1)) + 1 if match else 0, problem.line or 0)
 
 
 # --- rules -------------------------------------------------------------------------------
@@ -430,9 +500,13 @@ def service_problems(
     out += _check_port_problems(f"{base}.health_check", vs, check)
 
     out += _duplicate_labels(
-        ((j, rs.label) for j, rs in enumerate(vs.real_servers)), f"{base}.real_servers"
+        (
+            (j, rs.label, f"real server {j + 1} ({rs.address})")
+            for j, rs in enumerate(vs.real_servers)
+        ),
+        f"{base}.real_servers",
     )
-    endpoints: dict[tuple[str, int | None], int] = {}
+    endpoints: dict[tuple[str, int | None], str] = {}
     for j, rs in enumerate(vs.real_servers):
         path = f"{base}.real_servers[{j}]"
         endpoint = (str(rs.address), rs.port)
@@ -440,10 +514,11 @@ def service_problems(
             where = f"{rs.address}" + (f":{rs.port}" if rs.port else "")
             out.append(
                 Problem(
-                    f"{path}.address", f"{where} is already real_servers[{endpoints[endpoint]}]"
+                    f"{path}.address",
+                    f"{where} is already in this service as real server {endpoints[endpoint]}",
                 )
             )
-        endpoints.setdefault(endpoint, j)
+        endpoints.setdefault(endpoint, rs.label)
         if mode is c.Mode.L4_DR and rs.port is not None and vs.ports != [rs.port]:
             out.append(
                 Problem(
@@ -494,19 +569,20 @@ def _overlaps(a: c.VirtualService, b: c.VirtualService) -> bool:
     return wild and a.vip.version == b.vip.version
 
 
-def _duplicate_labels(items: Iterable[tuple[int, str]], list_path: str) -> list[Problem]:
-    """A label used twice in one list: the later entry is named, with the first one's index."""
-    first: dict[str, int] = {}
+def _duplicate_labels(items: Iterable[tuple[int, str, str]], list_path: str) -> list[Problem]:
+    """A label used twice in one list: the later entry is told which earlier one has it
+    (items: index, label, how to name that entry without its label)."""
+    first: dict[str, str] = {}
     out = []
-    for index, label in items:
+    for index, label, name in items:
         if label in first:
             out.append(
                 Problem(
                     f"{list_path}[{index}].label",
-                    f"{label!r} is already used by {list_path.rsplit('.', 1)[-1]}[{first[label]}]",
+                    f"{label!r} is already the label of {first[label]}: labels must be unique",
                 )
             )
-        first.setdefault(label, index)
+        first.setdefault(label, name)
     return out
 
 
@@ -515,27 +591,55 @@ def cross_service_problems(
 ) -> list[Problem]:
     """Rules across services: unique labels, one service per VIP:port/protocol.
 
+    A VIP:port clash is told on both services, each naming the other: validation cannot know
+    which of the two the operator just added or edited, and each one's form must say it.
     The third item of each entry names fields that hold placeholders (skipped here)."""
     out = _duplicate_labels(
-        ((i, vs.label) for i, vs, placeholders in services if "label" not in placeholders),
+        (
+            (i, vs.label, f"virtual service {i + 1} (VIP {vs.vip})")
+            for i, vs, placeholders in services
+            if "label" not in placeholders
+        ),
         "virtual_services",
     )
     real = [(i, vs) for i, vs, placeholders in services if "vip" not in placeholders]
+    told: set[int] = set()
+    # Earlier services indexed by what they can clash on, so that a config of thousands of
+    # services is checked in linear time rather than pair by pair.
+    same_vip: dict[tuple[str, Any], list[int]] = {}  # (protocol, VIP) -> positions in `real`
+    family: dict[tuple[str, int], list[int]] = {}  # (protocol, IP version) -> positions
+    wild: dict[tuple[str, int], list[int]] = {}  # wildcard proxy listeners, by family
     for pos, (index, vs) in enumerate(real):
-        for other_index, other in real[:pos]:
+        fam = (vs.protocol, vs.vip.version)
+        wildcard = not vs.mode.is_kernel and vs.vip.is_unspecified
+        candidates = (
+            family.get(fam, [])
+            if wildcard
+            else sorted({*same_vip.get((vs.protocol, vs.vip), []), *wild.get(fam, [])})
+        )
+        same_vip.setdefault((vs.protocol, vs.vip), []).append(pos)
+        family.setdefault(fam, []).append(pos)
+        if wildcard:
+            wild.setdefault(fam, []).append(pos)
+        for other_index, other in (real[p] for p in candidates):
             if vs.protocol != other.protocol or not _overlaps(vs, other):
                 continue
             shared = [p for p in vs.ports if p in other.ports]
-            if shared:
-                addr = ipaddress.ip_address(vs.vip)
+            if not shared:
+                continue
+            for at, here, there in ((index, vs, other), (other_index, other, vs)):
+                if at in told:
+                    continue
+                told.add(at)
                 out.append(
                     Problem(
-                        f"virtual_services[{index}].ports",
-                        f"{addr} port {_ports_text(shared)}/{vs.protocol} is already used by "
-                        f"virtual_services[{other_index}] ({other.label})",
+                        f"virtual_services[{at}].ports",
+                        f"{ipaddress.ip_address(here.vip)} port {_ports_text(shared)}/"
+                        f"{vs.protocol} is already used by the virtual service {there.label} "
+                        f"(VIP {there.vip}, ports {_ports_text(there.ports)})",
                     )
                 )
-                break
+            break
     return out
 
 

@@ -75,3 +75,52 @@ def test_report_exit_code_table_and_json() -> None:
     assert (
         report["findings"][1]["level"] == "problem" and report["findings"][1]["check"] == "dr-vip"
     )
+
+
+# --- l4-nat: the route back ----------------------------------------------------------------
+
+NAT = d.NatProbe(
+    "Web", "192.168.85.40", (("Mgr1", "10.10.0.210", 8080), ("Mgr2", "10.10.0.211", 80))
+)
+ON_LINK = d.Reach("eth1", None, False, "10.10.0.1")
+
+
+def test_nat_probes_come_from_l4_nat_services_with_the_translated_port() -> None:
+    config = load_data(
+        {
+            "virtual_services": [
+                {"label": "Web", "vip": "192.168.85.40", "ports": [80], "mode": "l4-nat",
+                 "real_servers": [{"label": "Mgr1", "address": "10.10.0.210", "port": 8080},
+                                  {"label": "Mgr2", "address": "10.10.0.211"}]},
+                {"label": "S", "vip": "192.168.85.50", "ports": [80], "mode": "l4-snat"},
+            ]
+        }
+    )  # fmt: skip
+    assert d.nat_probes(config) == [NAT]
+
+
+def test_a_nat_server_whose_reply_bypasses_the_lb_is_named_with_the_gateway_to_set() -> None:
+    found = d.nat_route_finding(NAT, "Mgr2", "10.10.0.211", ON_LINK, True, False, NAT.vip)
+    assert (found.level, found.subject) == (d.Level.PROBLEM, "Web/Mgr2 (10.10.0.211)")
+    assert "its default gateway is not the load balancer" in found.message
+    assert found.fix.startswith("on Mgr2: make 10.10.0.1 its default gateway")
+
+
+def test_a_nat_server_answering_through_the_lb_is_fine_and_a_silent_one_is_unknown() -> None:
+    ok = d.nat_route_finding(NAT, "Mgr1", "10.10.0.210", ON_LINK, True, True, NAT.vip)
+    assert ok.level is d.Level.OK and "come back through this load balancer" in ok.message
+    silent = d.nat_route_finding(NAT, "Mgr1", "10.10.0.210", ON_LINK, False, False, NAT.vip)
+    assert silent.level is d.Level.WARNING and "port 8080" in silent.message
+
+
+def test_reach_in_words_for_plan() -> None:
+    assert d.Reach("eth1", None, False, "10.10.0.1").text() == (
+        "on eth1 (same segment, from 10.10.0.1)"
+    )
+    assert d.Reach("eth0", "10.0.0.254", False, "10.0.0.2").text() == (
+        "via the router 10.0.0.254 on eth0"
+    )
+    assert "`pacslb run` adds the address there" in d.Reach("eth0").text(vip=True)
+    assert "the proxy cannot listen on it" in d.Reach("eth0").text(vip=True, kernel=False)
+    assert d.Reach("lo", None, True).text(vip=True) == "on lo (this host's own address)"
+    assert d.Reach(error="no route").text() == "not reachable (no route)"

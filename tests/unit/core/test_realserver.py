@@ -122,3 +122,100 @@ def test_cli_prints_for_a_config_and_needs_a_vip_otherwise(
 
 def test_the_fix_doctor_suggests() -> None:
     assert realserver.fix_command([VIP]) == f"pacslb realserver --vip {VIP} --os linux"
+
+
+# --- l4-nat and l4-snat: the load balancer as the real servers' gateway --------------------
+
+NAT_CONFIG = {
+    "virtual_services": [
+        {
+            "label": "Manager",
+            "vip": "192.168.85.40",
+            "ports": [80],
+            "mode": "l4-nat",
+            "real_servers": [
+                {"label": "Mgr1", "address": "10.10.0.210", "port": 8080},
+                {"label": "Mgr2", "address": "10.10.0.211"},
+            ],
+        },
+        {
+            "label": "Cardiology",
+            "vip": "192.168.85.50",
+            "ports": [443],
+            "mode": "l4-snat",
+            "real_servers": [{"label": "Card1", "address": "10.10.0.220"}],
+        },
+    ]
+}
+
+
+def nat_text(os: str, gateways: dict[str, str]) -> str:
+    config = load_data(NAT_CONFIG)
+    return realserver.for_config(
+        realserver.dr_servers(config),
+        os,
+        "ens192",
+        "Ethernet0",
+        "loopback",
+        nat=realserver.nat_servers(config),
+        gateways=gateways,
+        snat=realserver.snat_services(config),
+    )
+
+
+def test_nat_real_servers_get_the_load_balancer_as_their_linux_default_gateway() -> None:
+    text = nat_text("linux", {"10.10.0.210": "10.10.0.1", "10.10.0.211": "10.10.0.1"})
+    assert "# === Mgr1 (10.10.0.210)" in text and "# === Mgr2 (10.10.0.211)" in text
+    assert commands(text) == ["ip route replace default via 10.10.0.1 dev ens192"] * 2
+    assert "no change" not in text.split("l4-snat")[0]  # NAT servers do need a change
+    # persistent forms, as comments only
+    assert "#   Gateway=10.10.0.1" in text
+    assert "# NetworkManager:  nmcli connection modify <connection> ipv4.gateway 10.10.0.1" in text
+    assert "in `iface ens192`:  gateway 10.10.0.1" in text
+    assert "floating gateway address" in text
+    # SNAT: no change, and why
+    assert "# l4-snat (Cardiology): real servers need no change" in text
+    assert "10.10.0.220" not in text
+
+
+def test_nat_real_servers_get_the_windows_route_and_powershell_commands() -> None:
+    text = nat_text("windows", {"10.10.0.210": "10.10.0.1", "10.10.0.211": "10.10.0.1"})
+    assert commands(text)[:2] == [
+        "route delete 0.0.0.0 mask 0.0.0.0",
+        "route -p add 0.0.0.0 mask 0.0.0.0 10.10.0.1",
+    ]
+    assert (
+        "REM   New-NetRoute -DestinationPrefix 0.0.0.0/0 -InterfaceAlias 'Ethernet0' "
+        "-NextHop 10.10.0.1"
+    ) in text
+    assert "REM l4-snat (Cardiology): real servers need no change" in text
+
+
+def test_an_unknown_gateway_is_a_placeholder_with_the_reason() -> None:
+    text = nat_text("linux", {"10.10.0.210": "10.10.0.1"})
+    mgr2 = text.split("# === Mgr2")[1]
+    assert "ip route replace default via LB_GATEWAY dev ens192" in commands(mgr2)
+    assert "pass --gateway ADDR" in mgr2
+
+
+def test_nat_ipv6_gateway() -> None:
+    server = realserver.NatServer("2001:db8::10", ("A",), ("Web",))
+    assert commands(realserver.nat_linux(server, "2001:db8::1")) == [
+        "ip -6 route replace default via 2001:db8::1 dev eth0"
+    ]
+    assert 'netsh interface ipv6 add route ::/0 "net" 2001:db8::1 store=persistent' in (
+        realserver.nat_windows(server, "2001:db8::1")
+    )
+
+
+def test_cli_prints_the_nat_gateway_given(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import yaml
+
+    path = tmp_path / "nat.yaml"
+    path.write_text(yaml.safe_dump(NAT_CONFIG))
+    assert main(["realserver", "--config", str(path), "--gateway", "10.10.0.1"]) == 0
+    out = capsys.readouterr().out
+    assert commands(out) == ["ip route replace default via 10.10.0.1 dev eth0"] * 2
+    assert "l4-snat (Cardiology): real servers need no change" in out

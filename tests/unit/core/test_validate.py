@@ -41,7 +41,8 @@ def test_ten_mistakes_give_ten_messages_with_paths() -> None:
     with pytest.raises(ConfigError) as info:
         load_text((DATA / "ten-mistakes.yaml").read_text(), "ten-mistakes.yaml")
     found = {p.path: p.message for p in info.value.problems}
-    assert len(info.value.problems) == 10, str(info.value)
+    # ten mistakes, eleven messages: the VIP:port clash is told to both services
+    assert len(info.value.problems) == 11, str(info.value)
     expected = {
         "node.statedir": "did you mean 'state_dir'",
         "virtual_services[0].vip": "'192.168.85.300' is not a valid IPv4 or IPv6 address",
@@ -49,16 +50,17 @@ def test_ten_mistakes_give_ten_messages_with_paths() -> None:
         "virtual_services[0].real_servers[0].port": (
             "l4-dr cannot translate ports (VIP ports 4000, 5000, real server port 104)"
         ),
-        "virtual_services[0].real_servers[1].label": "'Srv1' is already used by real_servers[0]",
+        "virtual_services[0].real_servers[1].label": "'Srv1' is already the label of real server 1",
         "virtual_services[1].persistence.type": "http-cookie needs mode l7-http, not l4-nat",
         "virtual_services[1].health_check.timeout": "longer than the interval",
-        "virtual_services[1].real_servers[0].weight": "less than or equal to 65535",
-        "virtual_services[2].ports": "port 80/tcp is already used by virtual_services[1]",
+        "virtual_services[1].real_servers[0].weight": "must be 65535 or less (got 70000)",
+        "virtual_services[1].ports": "already used by the virtual service McK-Cardiology",
+        "virtual_services[2].ports": "already used by the virtual service McK-RadiologyManager",
         "virtual_services[2].health_check.called_ae": "DICOM allows at most 16",
     }
     for path, text in expected.items():
         assert text in found[path], (path, found.get(path))
-    assert str(info.value).startswith("ten-mistakes.yaml: 10 problems")
+    assert str(info.value).startswith("ten-mistakes.yaml: 11 problems")
 
 
 def test_dr_refuses_port_translation_with_the_example_message() -> None:
@@ -85,7 +87,7 @@ def test_cookie_persistence_only_in_l7_http() -> None:
 
 def test_one_vip_port_for_one_service_but_other_protocols_and_ports_are_fine() -> None:
     found = problems(svc(), svc(label="Other", ports=[80, 443]))
-    assert "already used by virtual_services[0] (Web)" in found["virtual_services[1].ports"]
+    assert "already used by the virtual service Web " in found["virtual_services[1].ports"]
     load_data({"virtual_services": [svc(), svc(label="Other", ports=[443])]})
     load_data(
         {
@@ -104,16 +106,22 @@ def test_a_wildcard_proxy_listener_clashes_with_a_specific_vip() -> None:
 
 def test_labels_are_unique() -> None:
     found = problems(svc(), svc(ports=[8080]))
-    assert found["virtual_services[1].label"] == "'Web' is already used by virtual_services[0]"
+    assert found["virtual_services[1].label"] == (
+        "'Web' is already the label of virtual service 1 (VIP 127.0.0.30): labels must be unique"
+    )
     dup = [{"label": "A", "address": "10.0.0.1"}, {"label": "A", "address": "10.0.0.2"}]
     found = problems(svc(real_servers=dup))
-    assert "already used by real_servers[0]" in found["virtual_services[0].real_servers[1].label"]
+    message = found["virtual_services[0].real_servers[1].label"]
+    assert "already the label of real server 1" in message
 
 
 def test_the_same_real_server_twice_is_refused() -> None:
     dup = [{"label": "A", "address": "10.0.0.1"}, {"label": "B", "address": "10.0.0.1"}]
     found = problems(svc(real_servers=dup))
-    assert "already real_servers[0]" in found["virtual_services[0].real_servers[1].address"]
+    assert (
+        "already in this service as real server A"
+        in (found["virtual_services[0].real_servers[1].address"])
+    )
 
 
 def test_check_port_needed_with_several_ports() -> None:
@@ -228,7 +236,8 @@ def test_missing_required_settings_are_named() -> None:
 def test_yaml_errors_name_the_line_and_duplicate_keys_are_refused() -> None:
     with pytest.raises(ConfigError) as info:
         parse_yaml("version: 1\nvirtual_services: [\n", "x.yaml")
-    assert info.value.problems[0].path.startswith("line ")
+    assert info.value.problems[0].line == 3
+    assert str(info.value.problems[0]).startswith("line 3: column 1: ")
     text = "virtual_services:\n- label: a\n  label: b\n"
     with pytest.raises(ConfigError, match="duplicate key 'label'"):
         parse_yaml(text)
@@ -256,3 +265,138 @@ def test_dump_text_round_trips_the_profiles() -> None:
         text = dump_text(config)
         assert load_text(text) == config
         assert "ports: [4000, 5000]" in text
+
+
+# --- issue 15 item 5: messages an operator can act on -------------------------------------
+
+RADIOLOGY = """\
+version: 1
+virtual_services:
+  - label: McK-Radiology_Web
+    vip: 192.168.85.40
+    ports: [80]
+    mode: l7-http
+    schedular: wlc
+    health_check: {type: http, path: cis/index.html}
+    real_servers:
+      - {label: McK-Radiology_Srv1, address: 192.168.85.200, weight: -1}
+      - label: McK-Radiology_Srv2
+        address: 192.168.85.201
+        min_connections: 1.5
+  - label: McK-Radiology_DICOM
+    vip: 192.168.85.40
+    ports: [104, 80]
+    mode: l4-nat
+  - label: McK-Cardiology
+    vip: 192.168.85.50
+    ports: [104]
+    mode: l4-natt
+"""
+
+
+def located_problems(text: str) -> list[Any]:
+    with pytest.raises(ConfigError) as info:
+        load_text(text, "pacslb.yaml")
+    return list(info.value.problems)
+
+
+def by_where(text: str) -> dict[str, Any]:
+    return {p.where: p for p in located_problems(text)}
+
+
+def test_problems_are_named_by_label_with_the_machine_path_kept_beside() -> None:
+    found = by_where(RADIOLOGY)
+    check = found["McK-Radiology_Web › health_check.path"]
+    assert check.path == "virtual_services[0].health_check.path"
+    weight = found["McK-Radiology_Web › McK-Radiology_Srv1 › weight"]
+    assert weight.path == "virtual_services[0].real_servers[0].weight"
+    assert weight.to_json() == {
+        "path": "virtual_services[0].real_servers[0].weight",
+        "where": "McK-Radiology_Web › McK-Radiology_Srv1 › weight",
+        "line": 10,
+        "message": weight.message,
+    }
+
+
+def test_problems_give_the_line_of_the_file() -> None:
+    found = by_where(RADIOLOGY)
+    assert found["McK-Radiology_Web › schedular"].line == 7
+    assert found["McK-Radiology_Web › health_check.path"].line == 8
+    assert found["McK-Radiology_Web › McK-Radiology_Srv2 › min_connections"].line == 13
+    assert found["McK-Cardiology › mode"].line == 21
+    text = str(found["McK-Radiology_Web › health_check.path"])
+    assert text.startswith("McK-Radiology_Web › health_check.path (line 8): ")
+
+
+def test_pydantic_wording_is_translated_into_what_is_wanted() -> None:
+    found = by_where(RADIOLOGY)
+    messages = "\n".join(p.message for p in found.values())
+    for jargon in ("should match pattern", "Input should be", "greater than or equal", "^/"):
+        assert jargon not in messages
+    assert found["McK-Radiology_Web › health_check.path"].message.startswith(
+        "must start with / and contain no spaces"
+    )
+    assert found["McK-Radiology_Web › McK-Radiology_Srv1 › weight"].message == (
+        "must be 0 or more (got -1)"
+    )
+    srv2 = found["McK-Radiology_Web › McK-Radiology_Srv2 › min_connections"]
+    assert srv2.message == "must be a whole number (got 1.5)"
+    label = problems(svc(real_servers=[{"label": "Srv 1", "address": "10.0.0.1"}]))
+    assert label["virtual_services[0].real_servers[0].label"].startswith(
+        "must be 1-64 letters, digits"
+    )
+    assert problems(svc(ports=[0]))["virtual_services[0].ports[0]"] == "must be 1 or more (got 0)"
+
+
+def test_an_unknown_key_in_a_service_gets_the_services_keys_and_a_close_match() -> None:
+    message = by_where(RADIOLOGY)["McK-Radiology_Web › schedular"].message
+    assert "did you mean 'scheduler'?" in message
+    assert "allowed here: fallback, health_check, label, mode" in message
+    assert "virtual_services" not in message
+
+
+def test_did_you_mean_at_every_level() -> None:
+    found = by_where(RADIOLOGY)
+    assert "did you mean 'l4-nat'?" in found["McK-Cardiology › mode"].message
+    check = problems(svc(health_check={"type": "dicom-echoo"}))["virtual_services[0].health_check"]
+    assert "did you mean 'dicom-echo'?" in check
+    rs = [{"label": "A", "address": "10.0.0.1", "wieght": 5}]
+    found_rs = problems(svc(real_servers=rs))["virtual_services[0].real_servers[0].wieght"]
+    assert "did you mean 'weight'?" in found_rs and "allowed here: address, label" in found_rs
+    timeouts = problems(svc(timeouts={"idel": 5}))["virtual_services[0].timeouts.idel"]
+    assert "did you mean 'idle'?" in timeouts
+    # a setting written at the wrong level (indented wrongly) is told where it belongs
+    with pytest.raises(ConfigError) as info:
+        load_data({"scheduler": "wlc"})
+    assert "'scheduler' is a setting of a virtual service, not here" in (
+        info.value.problems[0].message
+    )
+    rs = [{"label": "A", "address": "10.0.0.1", "interval": 5}]
+    found_rs = problems(svc(real_servers=rs))["virtual_services[0].real_servers[0].interval"]
+    assert "'interval' is a setting of a health check, not here" in found_rs
+
+
+def test_a_vip_port_clash_names_the_other_service_on_each_side() -> None:
+    found = by_where(RADIOLOGY)
+    web = found["McK-Radiology_Web › ports"].message
+    dicom = found["McK-Radiology_DICOM › ports"].message
+    assert "already used by the virtual service McK-Radiology_DICOM" in web
+    assert "already used by the virtual service McK-Radiology_Web" in dicom
+
+
+def test_an_entry_without_a_usable_label_is_named_by_its_position() -> None:
+    text = "virtual_services:\n  - {vip: 10.0.0.1, ports: [80], mode: l7-tcp}\n"
+    (problem,) = located_problems(text)
+    assert problem.where == "virtual service 1 › label" and problem.line == 2
+    dup = [{"label": "A", "address": "10.0.0.1"}, {"label": "A", "address": "10.0.0.2"}]
+    found = {p.where: p.message for p in located_problems_of(svc(real_servers=dup))}
+    assert (
+        "'A' is already the label of real server 1 (10.0.0.1)"
+        in (found["Web › A (real server 2) › label"])
+    )
+
+
+def located_problems_of(*services: dict[str, Any]) -> list[Any]:
+    with pytest.raises(ConfigError) as info:
+        load_data({"virtual_services": list(services)})
+    return list(info.value.problems)
