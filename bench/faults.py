@@ -1087,12 +1087,13 @@ def fault_under_wrk(ctx: Ctx, r: Result, sig: signal.Signals, workers: int | Non
     r.add("new-connection probes, every 20 ms", probe_text(s))
     r.add("a new worker answers", replacement_text(watched, victim, end - t0))
     if sig == signal.SIGSTOP:
-        gone = watched["victim_gone_after_s"]
-        fate = (
-            f"killed by pacslb after {gone:.2f} s"
-            if gone is not None and "resumed_after_s" not in watched
-            else f"never replaced: continued by this script after {hold:g} s"
-        )
+        gone, resumed = watched["victim_gone_after_s"], watched.get("resumed_after_s")
+        if resumed is None:
+            fate = f"ended by pacslb after {gone:.2f} s" if gone is not None else "still stopped"
+        else:
+            fate = f"still there after {hold:g} s: continued by this script"
+            if watched["replaced_after_s"] is not None:
+                fate += " (a new worker had taken its place)"
         r.add("the stopped worker", fate)
     served = w.get("requests", 0) + s.get("ok", 0)
     r.add(
