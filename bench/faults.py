@@ -248,6 +248,19 @@ def tcp_inodes(remote_ports: set[int]) -> dict[int, int]:
     return out
 
 
+def established_to(addr: str, port: int) -> int:
+    """Established IPv4 connections to addr:port (from either side's /proc/net/tcp line with
+    that remote end: the proxy's connections to a real server)."""
+    want = f"{socket.inet_aton(addr)[::-1].hex().upper()}:{port:04X}"
+    count = 0
+    with contextlib.suppress(OSError), open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            parts = line.split()
+            count += parts[2] == want and parts[3] == "01"
+    return count
+
+
 def owners(pids: list[int], remote_ports: set[int]) -> dict[int, int]:
     """pid -> remote port, for those of `pids` holding a connection to one of `remote_ports`."""
     inodes = tcp_inodes(remote_ports)
@@ -1174,6 +1187,7 @@ def flood(ctx: Ctx, r: Result) -> None:
     ctx.stack.callback(close_all, socks)
     opened = open_flood(net.flood_vip, net.vip_port, n, 10.0, socks)
     time.sleep(hold)
+    relayed = established_to(net.backends["B3"], net.backend_port)
     fate = Counter(socket_state(sock) for sock in socks)
     close_all(socks)
     meter.stop()
@@ -1186,6 +1200,7 @@ def flood(ctx: Ctx, r: Result) -> None:
     r.data.update(
         opened=dict(opened),
         after_hold=dict(fate),
+        relayed=relayed,
         probes=summaries,
         fds_before=fds0,
         fds_peak=meter.peak_fds,
@@ -1199,7 +1214,10 @@ def flood(ctx: Ctx, r: Result) -> None:
     r.add("proxy workers", f"{len(workers)} ({workers_label(None)})")
     how = ", ".join(f"{k} {v:,}" for k, v in sorted(opened.items()))
     after = ", ".join(f"{k} {v:,}" for k, v in sorted(fate.items()))
-    r.add(f"{n:,} connections to one l7-tcp VIP", f"{how}; after {hold:g} s: {after or '-'}")
+    r.add(
+        f"{n:,} connections to one l7-tcp VIP",
+        f"{how}; after {hold:g} s: {after or '-'}; {relayed:,} relayed to its real server",
+    )
     for kind, s in summaries.items():
         r.add(
             f"another {kind} VIP, new connection every 20 ms",
