@@ -1,37 +1,40 @@
 """What one fault costs the service: fault injection with figures (issue 14, "Must show").
 
     sudo .venv/bin/python bench/faults.py [--quick] [--only NAME[,NAME...]] [--json FILE]
-                                          [--net 127.10.7] [--port-base 18000] [--list]
+                                          [--src DIR] [--net 127.10.7] [--port-base 18000]
+                                          [--list]
 
 Every scenario starts its own `pacslb run` (a fresh state directory and a minimal config: only
 settings every version accepts, plus `node.proxy.workers: 1` in the `-w1` variants; health
 checks off, so only the fault moves the figures) from the tree this script belongs to
-(`PYTHONPATH=<tree>/src`), in front of real peers that run for the whole session on loopback:
-one nginx with three servers B1-B3 that answer their own name, two dcmtk storescp (`--ignore`:
-they receive, answer and store nothing), and as load wrk (`-t1 -c50`, keep-alive), storescu
-sending many small CT images (64×64, bench/dicom_files.py) and a probe loop: a new connection
-and a GET every 20 ms, so "seconds unavailable" is the longest gap between two probes that were
-answered 200.
+(`PYTHONPATH=<tree>/src`; `--src` measures another, e.g. a checkout of the code before a
+change), in front of real peers that run for the whole session on loopback: one nginx with
+three servers B1-B3 that answer their own name, two dcmtk storescp (`--ignore`: they receive,
+answer and store nothing), and as load wrk (`-t1 -c50`, keep-alive), storescu sending many
+small CT images (64×64, bench/dicom_files.py) and a probe loop: a new connection and a GET every
+20 ms (1 s timeout), so "seconds unavailable" is the longest gap between two probes answered 200.
 
 Scenarios (`--list`; each bounded in time, a hung one is cut and said so; the whole run takes
 about four minutes, `--quick` about three):
 
 - `sigkill-wrk`, `sigkill-wrk-w1`: SIGKILL of a proxy worker under wrk (the default number of
-  workers; one worker): wrk's failed requests, the probes' failures and longest gap, the time
-  until a new worker answers on its control socket, whether `status` still counts the requests
-  served before the kill, the events recorded.
-- `sigkill-cstore`: SIGKILL of the worker that carries a long C-STORE association: images
-  stored, whether storescu finished, the same probe figures.
-- `sigstop-wrk`, `sigstop-wrk-w1`: SIGSTOP of a worker for a few seconds under wrk (then
-  SIGCONT, if pacslb has not replaced it): the same figures, and whether pacslb killed it.
-- `flood`: 5,000 connections held on one l7-tcp VIP while an l7-http VIP serves the probe loop:
-  the second VIP's failures (goal 0), the flood's fate, the workers' descriptors, RSS and CPU.
-- `big-body`: a 50 MB body to `/api/v1/config/validate` without a token and with a read-only
-  API token, and JSON nested 900 deep: the answers and their time, the control process's peak
-  RSS (VmHWM) before and after (goal flat) and the longest wait of its local control socket.
-- `reloads`: 20 `pacslb reload` adding and removing a real server under wrk (goal 0 errors).
+  workers; one worker): wrk's requests and errors, the probes' failures and longest gap, the
+  time until a worker with a new PID answers on its control socket, how many of the requests
+  served `status` still counts, the events recorded.
+- `sigkill-cstore`: SIGKILL of the worker that carries a long C-STORE association (12,000
+  images): images stored, whether storescu finished, the same probe and replacement figures.
+- `sigstop-wrk`, `sigstop-wrk-w1`: SIGSTOP of a worker for 10 s (`--quick` 6) under wrk, then
+  SIGCONT if pacslb has not ended it: the same figures, and the stopped worker's fate.
+- `flood`: 5,000 connections held on one l7-tcp VIP while another l7-http and another l7-tcp
+  VIP of the same workers serve the probe loop: their failures (goal 0), the flood's fate (and
+  how many reach the real server), the workers' descriptors, RSS and CPU.
+- `big-body`: to `/api/v1/config/validate`: JSON nested 900 deep, a 50 MB body without a token
+  and with a read-only API token, then a valid config of 3.5 MB (under a 4 MiB limit, ~14,000
+  services: what validation itself costs): each answer and its time, the longest wait of the
+  control process's local socket meanwhile, its peak RSS (VmHWM) before and after (goal flat).
+- `reloads`: 20 reloads adding and removing a real server under wrk (goal 0 errors).
 - `remove-cstore`: the real server that carries a C-STORE removed by a reload: did it finish?
-- `full-disk`: the state directory on a small tmpfs (root only), filled; then an API change:
+- `full-disk`: the state directory on a 16 MB tmpfs (root only), filled; then an API change:
   its answer, whether the config file and the revision list changed (goal: refused with its
   reason, both unchanged), and whether a `pacslb reload` after freeing the disk puts it live.
 - `split`: 100 new clients one after another on an l7-http VIP with two equal servers (the
@@ -39,7 +42,8 @@ about four minutes, `--quick` about three):
 
 Output: a Markdown table on stdout (scenario, figure, value, goal), progress on stderr, every
 figure and its raw data as JSON (`--json`, default /tmp/pacslb-faults.json). Figures, not a
-test: nothing here passes or fails, and the exit status is 0 whatever was measured.
+test: the goals are the issue's, "(met)" is information, and the exit status is 0 whatever was
+measured.
 
 Only `--net`.0/24 (default 127.10.7.0/24) is bound or contacted, on ports `--port-base`+80 …
 +443, and storescp's two ports on every address (+111, +112). Every process started is stopped
@@ -944,9 +948,9 @@ class Ctx:
         self.quick: bool = args.quick
         self.net = Net(args.net, args.port_base)
         self.peers = Procs()
-        self.work = Path(tempfile.mkdtemp(prefix="pacslb-faults-"))
+        self.work = Path(tempfile.mkdtemp(prefix="pacslb-bench-faults-"))
         os.chmod(self.work, 0o755)  # nginx's workers run as another user when we are root
-        self.shm = Path(tempfile.mkdtemp(prefix="pacslb-faults-", dir="/dev/shm"))
+        self.shm = Path(tempfile.mkdtemp(prefix="pacslb-bench-faults-", dir="/dev/shm"))
         self.images = self.shm / "images"
         self.image_count = 200
         self.stack = contextlib.ExitStack()  # the running scenario's clean-up
