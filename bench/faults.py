@@ -795,6 +795,11 @@ class Pacslb:
         self.proc = None
 
 
+def short(message: str, width: int = 90) -> str:
+    """A message without the directories of its paths (this run's temporary ones), cut."""
+    return re.sub(r"(?:/[\w.-]+)+/", "", message)[:width]
+
+
 def events_text(events: list[dict[str, Any]], limit: int = 3) -> str:
     """How many events of each kind, then the first few, those not about a config or a plan
     (a reload's own bookkeeping) first."""
@@ -803,7 +808,7 @@ def events_text(events: list[dict[str, Any]], limit: int = 3) -> str:
     kinds = Counter(str(e.get("kind")) for e in events)
     counts = ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))
     ordered = sorted(events, key=lambda e: e.get("kind") in ("config", "plan"))
-    shown = "; ".join(f"{e.get('kind')}: {str(e.get('message'))[:90]}" for e in ordered[:limit])
+    shown = "; ".join(f"{e.get('kind')}: {short(str(e.get('message')))}" for e in ordered[:limit])
     return f"{len(events)} ({counts}): {shown}{' …' if len(events) > limit else ''}"
 
 
@@ -1599,7 +1604,7 @@ def full_disk(ctx: Ctx, r: Result) -> None:
     )
     r.add(
         "API change (add a real server), state disk full",
-        f"HTTP {status} after {took:.2f} s: {text[:110]}" if status else text[:120],
+        f"HTTP {status} after {took:.2f} s: {short(text, 110)}" if status else short(text, 120),
         "refused with its reason",
         status >= 400 and any(w in text.lower() for w in ("space", "disk", "full")),
     )
