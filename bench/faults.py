@@ -1,8 +1,8 @@
 """What one fault costs the service: fault injection with figures (issue 14, "Must show").
 
     sudo .venv/bin/python bench/faults.py [--quick] [--only NAME[,NAME...]] [--json FILE]
-                                          [--src DIR] [--net 127.10.7] [--port-base 18000]
-                                          [--list]
+                                          [--src DIR] [--bound SECONDS] [--net 127.10.7]
+                                          [--port-base 18000] [--list]
 
 Every scenario starts its own `pacslb run` (a fresh state directory and a minimal config: only
 settings every version accepts, plus `node.proxy.workers: 1` in the `-w1` variants; health
@@ -714,6 +714,7 @@ class Pacslb:
             f"pacslb-{self.name}", argv, self.dir / "pacslb.log", PACSLB_ENV
         )
         self.ctx.stack.callback(self.stop)
+        self.ctx.running.append(self)
         addrs = {(s["vip"], port) for s in self.services for port in s["ports"]}
         if self.webui:
             addrs.add(self.ctx.net.webui)
@@ -959,6 +960,7 @@ class Ctx:
         self.images = self.shm / "images"
         self.image_count = 200
         self.stack = contextlib.ExitStack()  # the running scenario's clean-up
+        self.running: list[Pacslb] = []  # the running scenario's pacslb instances
         self.workers_setting = workers_setting_exists()
 
     def cleanup(self) -> None:
@@ -1740,19 +1742,22 @@ SCENARIOS = [
 def run_scenario(ctx: Ctx, sc: Scenario) -> Result:
     r = Result(sc.name, sc.title)
     print(f"== {sc.name}: {sc.title}", file=sys.stderr)
-    bound = 150 if ctx.quick else 200
+    bound = ctx.args.bound or (150 if ctx.quick else 200)
     t0 = time.monotonic()
 
     def expire(signum: int, frame: object) -> None:
         raise ScenarioTimeout
 
     ctx.stack = contextlib.ExitStack()
+    ctx.running = []
     previous = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, bound)
     try:
         sc.run(ctx, r)
     except ScenarioTimeout:
-        r.error = f"cut after {bound} s (a hang: the figures above were measured before)"
+        r.error = f"cut after {bound:g} s (a hang: the figures above were measured before)"
+        for p in ctx.running:
+            p.hung = True  # its control process may not act on SIGTERM: stop it hard
     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
         r.error = f"{exc.__class__.__name__}: {str(exc).strip()[:600]}"
     finally:
@@ -1811,6 +1816,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, default=Path("/tmp/pacslb-faults.json"))
     parser.add_argument("--net", default="127.10.7", help="a /24 of loopback (first 3 octets)")
     parser.add_argument("--port-base", type=int, default=18000, help="ports base+80 … base+443")
+    parser.add_argument(
+        "--bound", type=float, help="seconds a scenario may take before it is cut: 200 (150)"
+    )
     parser.add_argument(
         "--src",
         type=Path,
