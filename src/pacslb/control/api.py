@@ -10,8 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import PlainTextResponse
@@ -55,14 +54,15 @@ def file_exists(process: ControlProcess) -> FileExists:
     return lambda path: (path if path.is_absolute() else base / path).is_file()
 
 
-T = TypeVar("T")
+BODY_TIMEOUT = 30.0  # seconds to send a config to validate (a slow sender must not hold a lane)
 
 
-async def off_the_loop(request: Request, work: Callable[..., T], *args: Any) -> T:
-    """Validating a config is pure CPU (seconds for a thousand services): it runs in a thread,
-    one at a time, so health checks and other requests go on meanwhile."""
-    async with request.app.state.validations:
-        return await asyncio.to_thread(work, *args)
+def validation_lane(request: Request, who: Principal) -> asyncio.Semaphore:
+    """Validating a config is pure CPU (seconds for thousands of services): it runs in a thread,
+    one at a time per role, so that health checks and other requests go on meanwhile and a
+    readonly caller cannot make an admin's dry run wait."""
+    lanes: dict[Role, asyncio.Semaphore] = request.app.state.validations
+    return lanes[who.role]
 
 
 async def change(
@@ -81,7 +81,8 @@ async def change(
     if dry_run:
         if created is not None:
             created.status_code = 200
-        await off_the_loop(request, _validate_model, new, file_exists(process))
+        async with validation_lane(request, who):
+            await asyncio.to_thread(_validate_model, new, file_exists(process))
         return {"valid": True, "problems": [], "applied": False}
     result = await process.apply_config(new, comment, by=who.name)
     return {"valid": True, "problems": [], "applied": True, **result}
@@ -393,11 +394,18 @@ async def validate(request: Request, who: Reader) -> dict[str, Any]:
     For a readonly caller the files a config names are not looked up (this endpoint must not
     tell who may only look whether a path exists on this host); an admin gets the full check."""
     exists = file_exists(process_of(request)) if who.is_admin else None
-    raw = await request.body()  # at most node.webui.max_body (FrontDoor, max_body_size)
-    try:
-        problems: list[dict[str, str]] = await off_the_loop(request, _validate_body, raw, exists)
-    except BadBody as exc:
-        raise HTTPException(400, str(exc)) from None
+    # The lane first, then the body: callers that wait hold no body (uvicorn stops reading a
+    # connection whose request is not being read), so memory holds one body per lane at most.
+    async with validation_lane(request, who):
+        try:
+            async with asyncio.timeout(BODY_TIMEOUT):
+                raw = await request.body()  # at most node.webui.max_body (FrontDoor)
+        except TimeoutError:
+            raise HTTPException(408, f"the body did not arrive within {BODY_TIMEOUT:g} s") from None
+        try:
+            problems = await asyncio.to_thread(_validate_body, raw, exists)
+        except BadBody as exc:
+            raise HTTPException(400, str(exc)) from None
     notes = [] if who.is_admin else [READONLY_NOTE]
     return {"valid": not problems, "problems": problems, "notes": notes}
 

@@ -32,6 +32,7 @@ from pacslb.control.auth import AuthStore, Security
 from pacslb.control.reports import Sampler
 from pacslb.control.store import RevisionNotFound, write_atomic
 from pacslb.core import certs
+from pacslb.core.auth import Role
 from pacslb.core.validate import format_path
 from pacslb.errors import ConfigError
 
@@ -70,7 +71,8 @@ def create_app(process: ControlProcess, store: AuthStore | None = None) -> FastA
         settings,
         record=lambda message: process._record("auth", message),
     )
-    app.state.validations = asyncio.Semaphore(1)  # one config validated at a time (CPU-bound)
+    # One config validated at a time per role (CPU-bound; see api.validation_lane).
+    app.state.validations = {role: asyncio.Semaphore(1) for role in Role}
     app.state.sampler = Sampler(process, settings.sample_interval)
     app.state.metrics = metrics.registry(process)
     app.include_router(api.router)
