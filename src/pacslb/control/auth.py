@@ -13,6 +13,8 @@ and `admin` (role admin; with a session cookie, also a valid CSRF token on chang
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
 import json
 import secrets
@@ -206,6 +208,8 @@ class Security:
         self.metrics_allow = list(settings.metrics_allow)
         self._record = record
         self._throttle = a.Throttle(limit=10, window=60.0)
+        self._refusals = a.FirstSeen(window=60.0)
+        self._flush: asyncio.TimerHandle | None = None
 
     def login(self, user: str, password: str, client: str, device: str | None = None) -> a.Session:
         """`device`: the request's device cookie, if any (see core/auth.py, LoginLimiter)."""
@@ -213,10 +217,13 @@ class Security:
         known = a.device_of(self.device_key, device, user)
         wait = self.limiter.retry_after(client, user, known, now)
         if wait > 0:
+            # One event when a lockout begins, not one per refused try.
+            first = self._refusals.first(f"{client} {user} {known}", now)
             self._attacker_event(
                 f"login as {self._name(user)} from {client} refused: too many failed logins "
                 f"(again in {wait:.0f} s)",
                 now,
+                worth_recording=first,
             )
             raise RateLimited(wait)
         role = self.store.check_password(user, password)
@@ -238,13 +245,25 @@ class Security:
         # A name that is no user is not repeated: people type their password into it.
         return repr(user) if self.store.stamp(user) is not None else "an unknown user"
 
-    def _attacker_event(self, message: str, now: float) -> None:
-        if self._record is None or not self._throttle.allow(now):
+    def _attacker_event(self, message: str, now: float, worth_recording: bool = True) -> None:
+        """Record an event a guesser causes, within the throttle; what it holds back is counted
+        and recorded as one line when the minute is over."""
+        if self._record is None:
             return
+        if worth_recording and self._throttle.allow(now):
+            self._record(message)
+            return
+        self._throttle.held_back += 1
+        if self._flush is None:
+            with contextlib.suppress(RuntimeError):  # no event loop (a direct call in a test)
+                loop = asyncio.get_running_loop()
+                self._flush = loop.call_later(self._throttle.window, self._record_held_back)
+
+    def _record_held_back(self) -> None:
+        self._flush = None
         held = self._throttle.take_held_back()
-        if held:
-            message += f" ({held} more such events in the last minute not recorded)"
-        self._record(message)
+        if held and self._record is not None:
+            self._record(f"{held} more failed or refused logins in the last minute")
 
     def csrf(self, session: a.Session) -> str:
         return a.csrf_token(self.secret, session.id)

@@ -296,8 +296,8 @@ def _trusted(address: str, trusted: Sequence[Network]) -> bool:
 
 @dataclass
 class Throttle:
-    """At most `limit` events in `window` seconds; what was held back is counted, so the next
-    event that passes can say how many were not recorded."""
+    """At most `limit` events in `window` seconds; the caller counts what it held back in
+    `held_back` and records the count later."""
 
     limit: int = 10
     window: float = 60.0
@@ -308,7 +308,6 @@ class Throttle:
         while self._times and self._times[0] <= now - self.window:
             self._times.popleft()
         if len(self._times) >= self.limit:
-            self.held_back += 1
             return False
         self._times.append(now)
         return True
@@ -316,3 +315,21 @@ class Throttle:
     def take_held_back(self) -> int:
         count, self.held_back = self.held_back, 0
         return count
+
+
+@dataclass
+class FirstSeen:
+    """Whether a key is new, or was last new more than `window` seconds ago (one event per
+    lockout rather than one per refused try)."""
+
+    window: float = 60.0
+    _seen: dict[str, float] = field(default_factory=dict)
+
+    def first(self, key: str, now: float) -> bool:
+        if len(self._seen) > 10000:  # a sweep of keys must not grow memory without bound
+            self._seen = {k: t for k, t in self._seen.items() if now - t < self.window}
+        last = self._seen.get(key)
+        if last is not None and now - last < self.window:
+            return False
+        self._seen[key] = now
+        return True

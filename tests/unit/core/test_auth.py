@@ -131,8 +131,12 @@ def test_forwarded_client_believes_only_trusted_proxies() -> None:
     assert a.forwarded_client("testclient", ["198.51.100.1"], proxies) == "testclient"
 
 
-def test_throttle_counts_what_it_held_back() -> None:
+def test_throttle_and_first_seen() -> None:
     throttle = a.Throttle(limit=3, window=60)
     assert [throttle.allow(now=float(i)) for i in range(5)] == [True, True, True, False, False]
+    throttle.held_back += 2
     assert throttle.take_held_back() == 2 and throttle.take_held_back() == 0
     assert throttle.allow(now=60.5)  # the first one left the window
+    seen = a.FirstSeen(window=60)
+    assert seen.first("x", now=0) and not seen.first("x", now=30) and seen.first("y", now=30)
+    assert seen.first("x", now=61)
