@@ -79,6 +79,19 @@ def test_login_rate_limit(tmp_path: Path) -> None:
         assert r.status_code == 429 and int(r.headers["retry-after"]) > 0
 
 
+def test_front_door_limits_a_login_body_and_checks_credentials_not_just_their_presence(
+    tmp_path: Path,
+) -> None:
+    with web_client(tmp_path) as (client, _):
+        r = client.post("/api/v1/session", json={"username": "admin", "password": "x" * 20_000})
+        assert r.status_code == 413 and "login" in r.json()["detail"]
+        client.cookies.set("pacslb_session", "forged")
+        r = client.put("/api/v1/config", json={})
+        assert r.status_code == 401
+        r = client.put("/api/v1/config", headers={"Authorization": "Bearer pacslb_0000_nope"})
+        assert r.status_code == 401
+
+
 def test_login_events_held_back_by_the_throttle_are_counted_later(tmp_path: Path) -> None:
     from pacslb.core.auth import Throttle
 

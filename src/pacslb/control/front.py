@@ -1,8 +1,8 @@
 """The front door of the HTTPS server: what is decided about a request before its body is read.
 
-A pure ASGI middleware, outside every other: it sees the request head, and nothing has read the
-body yet (FastAPI reads and parses a JSON body before it runs the route's dependencies, so the
-401 of `reader` used to come after the whole body). In order:
+A pure ASGI middleware, outside everything that could read a body: it sees the request head,
+and nothing has read the body yet (FastAPI reads and parses a JSON body before it runs the
+route's dependencies, so the 401 of `reader` used to come after the whole body). In order:
 
 1. the client address: the peer, or (only when the peer is in node.webui.trusted_proxies) the
    address X-Forwarded-For names; the login limit and metrics_allow both decide on it;

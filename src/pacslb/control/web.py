@@ -113,14 +113,15 @@ def create_app(process: ControlProcess, store: AuthStore | None = None) -> FastA
             return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
         return JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
 
-    app.add_middleware(SecurityHeaders)
-    # Added last, so outside the others: it decides before anything reads the body.
+    # Outside every other middleware (the last added is the outermost): FrontDoor decides
+    # before anything reads the body, and its own answers get the security headers too.
     app.add_middleware(
         FrontDoor,
         security=app.state.security,
         max_body=settings.max_body,
         trusted_proxies=settings.trusted_proxies,
     )
+    app.add_middleware(SecurityHeaders)
     return app
 
 
