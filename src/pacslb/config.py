@@ -383,6 +383,20 @@ class WebUI(Model):
     sample_interval: float = Field(
         10.0, ge=1, le=300, description="seconds between samples for the Reports graphs"
     )
+    # 4 MiB: the whole config of 1,000 services (four real servers each) is 1.1 MB as the API
+    # returns it and 1.8 MB pretty-printed, so this leaves twice that; a larger body is refused
+    # (413) before it is read, so no caller can make the control process hold or parse more.
+    max_body: int = Field(
+        4 * 1024 * 1024,
+        ge=64 * 1024,
+        le=256 * 1024 * 1024,
+        description="largest request body in bytes (413 above it, before it is read)",
+    )
+    trusted_proxies: list[IPNetwork] = Field(
+        default_factory=list,
+        description="reverse proxies whose X-Forwarded-For names the client, for the login "
+        "limit and metrics_allow; empty = the header is ignored",
+    )
 
     def address(self) -> tuple[str, int]:
         """(host, port) of `listen`; brackets of an IPv6 address removed."""

@@ -79,6 +79,39 @@ def test_login_rate_limit(tmp_path: Path) -> None:
         assert r.status_code == 429 and int(r.headers["retry-after"]) > 0
 
 
+def test_front_door_limits_a_login_body_and_checks_credentials_not_just_their_presence(
+    tmp_path: Path,
+) -> None:
+    with web_client(tmp_path) as (client, _):
+        r = client.post("/api/v1/session", json={"username": "admin", "password": "x" * 20_000})
+        assert r.status_code == 413 and "login" in r.json()["detail"]
+        client.cookies.set("pacslb_session", "forged")
+        r = client.put("/api/v1/config", json={})
+        assert r.status_code == 401
+        r = client.put("/api/v1/config", headers={"Authorization": "Bearer pacslb_0000_nope"})
+        assert r.status_code == 401
+
+
+def test_login_events_held_back_by_the_throttle_are_counted_later(tmp_path: Path) -> None:
+    from pacslb.core.auth import Throttle
+
+    with web_client(tmp_path) as (client, process):
+        client.app.state.security._throttle = Throttle(limit=1, window=3)  # type: ignore[attr-defined]
+        for user in ("admin", "nobody", "admin"):
+            r = client.post("/api/v1/session", json={"username": user, "password": "wrong!!!"})
+            assert r.status_code == 401
+
+        def auth_events() -> list[str]:
+            return [e.message for e in process.events.query("auth", None, None, 50)]
+
+        deadline = time.monotonic() + 15
+        while not (summary := [m for m in auth_events() if "more failed or refused" in m]):
+            assert time.monotonic() < deadline, auth_events()
+            time.sleep(0.05)
+        recorded = sum("failed login as" in m for m in auth_events())
+        assert recorded + int(summary[0].split()[0]) == 3, auth_events()
+
+
 def test_readonly_user_and_token_may_look_but_not_change(tmp_path: Path) -> None:
     with web_client(tmp_path) as (client, process):
         admin_csrf = login(client)

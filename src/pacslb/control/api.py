@@ -7,20 +7,30 @@ change changes nothing. `?dry_run=true` on a change only validates it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
 from pacslb import config as c
-from pacslb.control.auth import SESSION_COOKIE, Principal, RateLimited, admin, reader, security
+from pacslb.control.auth import (
+    DEVICE_COOKIE,
+    DEVICE_LIFETIME,
+    SESSION_COOKIE,
+    Principal,
+    RateLimited,
+    admin,
+    reader,
+    security,
+)
 from pacslb.control.auth import LoginRefused as _LoginRefused
 from pacslb.core.auth import Role
 from pacslb.core.state import AdminState
-from pacslb.core.validate import dump_text, load_data, load_text
+from pacslb.core.validate import FileExists, dump_text, format_path, load_data, load_text
 from pacslb.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -37,8 +47,22 @@ def process_of(request: Request) -> ControlProcess:
     return proc
 
 
-def _exists(path: Any) -> bool:
-    return bool(path.exists())
+def file_exists(process: ControlProcess) -> FileExists:
+    """Whether a file named in a config exists, as applying it will judge (relative paths are
+    relative to the config file)."""
+    base = process.config_path.resolve().parent
+    return lambda path: (path if path.is_absolute() else base / path).is_file()
+
+
+BODY_TIMEOUT = 30.0  # seconds to send a config to validate (a slow sender must not hold a lane)
+
+
+def validation_lane(request: Request, who: Principal) -> asyncio.Semaphore:
+    """Validating a config is pure CPU (seconds for thousands of services): it runs in a thread,
+    one at a time per role, so that health checks and other requests go on meanwhile and a
+    readonly caller cannot make an admin's dry run wait."""
+    lanes: dict[Role, asyncio.Semaphore] = request.app.state.validations
+    return lanes[who.role]
 
 
 async def change(
@@ -57,10 +81,15 @@ async def change(
     if dry_run:
         if created is not None:
             created.status_code = 200
-        load_text(dump_text(new), "dry run", _exists)
+        async with validation_lane(request, who):
+            await asyncio.to_thread(_validate_model, new, file_exists(process))
         return {"valid": True, "problems": [], "applied": False}
     result = await process.apply_config(new, comment, by=who.name)
     return {"valid": True, "problems": [], "applied": True, **result}
+
+
+def _validate_model(new: c.Config, exists: FileExists) -> None:
+    load_text(dump_text(new), "dry run", exists)
 
 
 def _service(process: ControlProcess, label: str) -> tuple[int, c.VirtualService]:
@@ -100,17 +129,21 @@ class Login(BaseModel):
 
 @router.post("/session", tags=["session"])
 async def login(request: Request, body: Login, response: Response) -> dict[str, Any]:
-    """Log in; sets the session cookie and returns the CSRF token for changing requests."""
+    """Log in; sets the session cookie and returns the CSRF token for changing requests.
+
+    Also sets a device cookie: failed logins from elsewhere do not lock this client out."""
     from pacslb.control.auth import client_address
 
     sec = security(request)
+    device = request.cookies.get(DEVICE_COOKIE)
     try:
-        session = sec.login(body.username, body.password, client_address(request))
+        session = sec.login(body.username, body.password, client_address(request), device)
     except RateLimited as exc:
         raise HTTPException(429, str(exc), {"Retry-After": str(int(exc.retry_after) + 1)}) from None
     except _LoginRefused as exc:
         raise HTTPException(401, str(exc)) from None
     set_session_cookie(response, session.id, sec.sessions.lifetime)
+    set_device_cookie(response, sec.new_device(session.user))
     return {"user": session.user, "role": str(session.role), "csrf_token": sec.csrf(session)}
 
 
@@ -119,6 +152,18 @@ def set_session_cookie(response: Response, session_id: str, lifetime: float) -> 
         SESSION_COOKIE,
         session_id,
         max_age=int(lifetime),
+        secure=True,
+        httponly=True,
+        samesite="strict",
+        path="/",
+    )
+
+
+def set_device_cookie(response: Response, value: str) -> None:
+    response.set_cookie(
+        DEVICE_COOKIE,
+        value,
+        max_age=DEVICE_LIFETIME,
         secure=True,
         httponly=True,
         samesite="strict",
@@ -291,19 +336,78 @@ async def put_config(
     return await change(request, who, body, "replace the config", dry_run)
 
 
-@router.post("/config/validate", tags=["config"])
-async def validate(
-    request: Request,
-    who: Reader,
-    body: Annotated[dict[str, Any], Body(description="a config as JSON (any shape)")],
-) -> dict[str, Any]:
-    """Validate without applying: every problem, each with its path."""
+MAX_NESTING = 32  # a config nests some 8 levels; a parser and validator recurse on each one
+READONLY_NOTE = (
+    "files named in the config (certificates, keys, external check commands) are not looked "
+    "up for a readonly caller; they are checked when an admin validates or applies it"
+)
+VALIDATE_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "a config as JSON (any shape)",
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    }
+}
+
+
+class BadBody(Exception):
+    """The body is no JSON we will validate (400)."""
+
+
+def nesting_path(data: Any, limit: int) -> str | None:
+    """Where `data` nests deeper than `limit` levels (its path), or None. Iterative: the check
+    must not itself run out of stack."""
+    stack: list[tuple[Any, tuple[int | str, ...]]] = [(data, ())]
+    while stack:
+        value, path = stack.pop()
+        if len(path) > limit:
+            return format_path(path[: limit + 1]) or "(top)"
+        if isinstance(value, dict):
+            stack += [(v, (*path, str(k))) for k, v in value.items()]
+        elif isinstance(value, list):
+            stack += [(v, (*path, i)) for i, v in enumerate(value)]
+    return None
+
+
+def _validate_body(raw: bytes, exists: FileExists | None) -> list[dict[str, Any]]:
+    """The problems of a config sent as JSON; BadBody when it is no JSON we will look at."""
     try:
-        load_data(json.loads(json.dumps(body)), "request", _exists)
+        data = json.loads(raw)
+    except RecursionError:
+        raise BadBody(f"JSON nested too deep (more than {MAX_NESTING} levels)") from None
+    except ValueError as exc:
+        raise BadBody(f"not JSON: {exc}") from None
+    where = nesting_path(data, MAX_NESTING)
+    if where is not None:
+        raise BadBody(f"JSON nested too deep (more than {MAX_NESTING} levels) at {where}")
+    try:
+        load_data(data, "request", exists)
     except ConfigError as exc:
-        problems = [p.to_json() for p in exc.problems]
-        return {"valid": False, "problems": problems}
-    return {"valid": True, "problems": []}
+        return [p.to_json() for p in exc.problems]
+    return []
+
+
+@router.post("/config/validate", tags=["config"], openapi_extra=VALIDATE_BODY)
+async def validate(request: Request, who: Reader) -> dict[str, Any]:
+    """Validate without applying: every problem, each with its path.
+
+    For a readonly caller the files a config names are not looked up (this endpoint must not
+    tell who may only look whether a path exists on this host); an admin gets the full check."""
+    exists = file_exists(process_of(request)) if who.is_admin else None
+    # The lane first, then the body: callers that wait hold no body (uvicorn stops reading a
+    # connection whose request is not being read), so memory holds one body per lane at most.
+    async with validation_lane(request, who):
+        try:
+            async with asyncio.timeout(BODY_TIMEOUT):
+                raw = await request.body()  # at most node.webui.max_body (FrontDoor)
+        except TimeoutError:
+            raise HTTPException(408, f"the body did not arrive within {BODY_TIMEOUT:g} s") from None
+        try:
+            problems = await asyncio.to_thread(_validate_body, raw, exists)
+        except BadBody as exc:
+            raise HTTPException(400, str(exc)) from None
+    notes = [] if who.is_admin else [READONLY_NOTE]
+    return {"valid": not problems, "problems": problems, "notes": notes}
 
 
 @router.get("/config/text", tags=["config"], response_class=PlainTextResponse)

@@ -3,6 +3,7 @@
 Users and tokens live in the state directory, mode 0600, as hashes only:
     webui-users.json   {"version": 1, "users": {"admin": {"hash": "scrypt$...", "role": "admin"}}}
     api-tokens.json    {"version": 1, "tokens": {"<id>": {"name", "role", "hash", "created", "by"}}}
+    webui-device.key   the key that signs device cookies (so they survive a restart)
 Both are read on every login or token use, so `pacslb passwd` takes effect at once. Sessions are
 kept in memory (a restart logs everyone out). The pure parts are in core/auth.py.
 
@@ -12,10 +13,13 @@ and `admin` (role admin; with a session cookie, also a valid CSRF token on chang
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
 import json
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +34,9 @@ from pacslb.errors import PacslbError
 
 SESSION_COOKIE = "pacslb_session"
 LOGIN_COOKIE = "pacslb_login"  # double-submit token of the login form (login CSRF)
+DEVICE_COOKIE = "pacslb_device"  # this browser once logged in as this user (the login limit)
+DEVICE_LIFETIME = 365 * 86400
+NO_CREDENTIALS = "log in or send an API token (Authorization: Bearer ...)"
 CSRF_HEADER = "x-csrf-token"
 CSRF_FIELD = "csrf_token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -88,6 +95,21 @@ class AuthStore:
     def __init__(self, state_dir: Path) -> None:
         self.users_path = state_dir / "webui-users.json"
         self.tokens_path = state_dir / "api-tokens.json"
+
+    def device_key(self) -> bytes:
+        """The key that signs device cookies, made on first use (mode 0600)."""
+        path = self.users_path.parent / "webui-device.key"
+        try:
+            key = path.read_bytes()
+        except FileNotFoundError:
+            key = b""
+        except OSError as exc:
+            raise StateFileError(f"{path}: cannot read: {exc}") from exc
+        if len(key) < 32:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            key = secrets.token_bytes(32)
+            write_atomic(path, key, 0o600)
+        return key
 
     def users(self) -> dict[str, a.Role]:
         return {name: a.Role(u["role"]) for name, u in _read(self.users_path, "users").items()}
@@ -170,25 +192,78 @@ class Principal:
 
 
 class Security:
-    """Sessions, CSRF, the login limit and the anonymous /metrics networks, for one app."""
+    """Sessions, CSRF, the login limit and the anonymous /metrics networks, for one app.
 
-    def __init__(self, store: AuthStore, settings: WebUI) -> None:
+    `record(message)` writes an `auth` event; what an attacker can cause (failed logins,
+    refusals by the limit) is throttled so that a brute force cannot flood the event log."""
+
+    def __init__(
+        self, store: AuthStore, settings: WebUI, record: Callable[[str], None] | None = None
+    ) -> None:
         self.store = store
         self.sessions = a.SessionTable(settings.session_lifetime)
-        self.limiter = a.RateLimiter(limit=5, window=60.0)
+        self.limiter = a.LoginLimiter()
         self.secret = secrets.token_bytes(32)  # per process, like the sessions it protects
+        self.device_key = store.device_key()
         self.metrics_allow = list(settings.metrics_allow)
+        self._record = record
+        self._throttle = a.Throttle(limit=10, window=60.0)
+        self._refusals = a.FirstSeen(window=60.0)
+        self._flush: asyncio.TimerHandle | None = None
 
-    def login(self, user: str, password: str, client: str) -> a.Session:
+    def login(self, user: str, password: str, client: str, device: str | None = None) -> a.Session:
+        """`device`: the request's device cookie, if any (see core/auth.py, LoginLimiter)."""
         now = time.monotonic()
-        if self.limiter.blocked(client, now):
-            raise RateLimited(self.limiter.retry_after(client, now))
+        known = a.device_of(self.device_key, device, user)
+        wait = self.limiter.retry_after(client, user, known, now)
+        if wait > 0:
+            # One event when a lockout begins, not one per refused try.
+            first = self._refusals.first(f"{client} {user} {known}", now)
+            self._attacker_event(
+                f"login as {self._name(user)} from {client} refused: too many failed logins "
+                f"(again in {wait:.0f} s)",
+                now,
+                worth_recording=first,
+            )
+            raise RateLimited(wait)
         role = self.store.check_password(user, password)
         stamp = self.store.stamp(user)
         if role is None or stamp is None:
-            self.limiter.failure(client, now)
+            self.limiter.failure(client, user, known, now)
+            device_text = " (a known device)" if known else ""
+            self._attacker_event(
+                f"failed login as {self._name(user)} from {client}{device_text}", now
+            )
             raise LoginRefused("wrong user name or password")
         return self.sessions.create(user, role, now, stamp[0])
+
+    def new_device(self, user: str) -> str:
+        """A device cookie for `user`, given at each successful login."""
+        return a.device_cookie(self.device_key, user)
+
+    def _name(self, user: str) -> str:
+        # A name that is no user is not repeated: people type their password into it.
+        return repr(user) if self.store.stamp(user) is not None else "an unknown user"
+
+    def _attacker_event(self, message: str, now: float, worth_recording: bool = True) -> None:
+        """Record an event a guesser causes, within the throttle; what it holds back is counted
+        and recorded as one line when the minute is over."""
+        if self._record is None:
+            return
+        if worth_recording and self._throttle.allow(now):
+            self._record(message)
+            return
+        self._throttle.held_back += 1
+        if self._flush is None:
+            with contextlib.suppress(RuntimeError):  # no event loop (a direct call in a test)
+                loop = asyncio.get_running_loop()
+                self._flush = loop.call_later(self._throttle.window, self._record_held_back)
+
+    def _record_held_back(self) -> None:
+        self._flush = None
+        held = self._throttle.take_held_back()
+        if held and self._record is not None:
+            self._record(f"{held} more failed or refused logins in the last minute")
 
     def csrf(self, session: a.Session) -> str:
         return a.csrf_token(self.secret, session.id)
@@ -231,7 +306,7 @@ async def reader(request: Request) -> Principal:
     """Anyone logged in or holding a token (admin or readonly)."""
     who = security(request).principal(request)
     if who is None:
-        raise HTTPException(401, "log in or send an API token (Authorization: Bearer ...)")
+        raise HTTPException(401, NO_CREDENTIALS)
     if request.method not in SAFE_METHODS:
         await _check_csrf(request, who)
     return who

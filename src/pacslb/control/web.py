@@ -23,13 +23,16 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pacslb import __version__
 from pacslb.control.auth import AuthStore, Security
 from pacslb.control.reports import Sampler
 from pacslb.control.store import RevisionNotFound, write_atomic
 from pacslb.core import certs
+from pacslb.core.auth import Role
 from pacslb.core.validate import format_path
 from pacslb.core.wording import plain
 from pacslb.errors import ConfigError
@@ -51,6 +54,7 @@ def create_app(process: ControlProcess, store: AuthStore | None = None) -> FastA
     """The ASGI app; tests drive it with httpx/TestClient, `pacslb run` serves it over HTTPS."""
     from pacslb.control import api, metrics, webui
     from pacslb.control.app import UnknownTarget
+    from pacslb.control.front import FrontDoor
 
     settings = process.config.node.webui
     # No /docs or /redoc: both load scripts from a CDN, and hospital networks are offline.
@@ -63,7 +67,13 @@ def create_app(process: ControlProcess, store: AuthStore | None = None) -> FastA
         redoc_url=None,
     )
     app.state.process = process
-    app.state.security = Security(store or AuthStore(process.state_dir), settings)
+    app.state.security = Security(
+        store or AuthStore(process.state_dir),
+        settings,
+        record=lambda message: process._record("auth", message),
+    )
+    # One config validated at a time per role (CPU-bound; see api.validation_lane).
+    app.state.validations = {role: asyncio.Semaphore(1) for role in Role}
     app.state.sampler = Sampler(process, settings.sample_interval)
     app.state.metrics = metrics.registry(process)
     app.include_router(api.router)
@@ -91,6 +101,12 @@ def create_app(process: ControlProcess, store: AuthStore | None = None) -> FastA
     async def _not_found(request: Request, exc: Exception) -> Response:
         return JSONResponse({"detail": str(exc)}, status_code=404)
 
+    @app.exception_handler(RecursionError)
+    async def _too_deep(request: Request, exc: RecursionError) -> Response:
+        # JSON nested a few hundred levels deep parses, but walking it (pydantic, deepcopy)
+        # can exhaust the stack: the caller's mistake, not ours.
+        return JSONResponse({"detail": "JSON nested too deep"}, status_code=400)
+
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         # A browser without a session is sent to the login page; API clients get the status.
@@ -98,20 +114,50 @@ def create_app(process: ControlProcess, store: AuthStore | None = None) -> FastA
             return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
         return JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
 
-    @app.middleware("http")
-    async def _headers(request: Request, call_next: Any) -> Response:
-        response: Response = await call_next(request)
-        # Pages never load anything from elsewhere; framing is refused (clickjacking).
-        response.headers.setdefault(
+    # Outside every other middleware (the last added is the outermost): FrontDoor decides
+    # before anything reads the body, and its own answers get the security headers too.
+    app.add_middleware(
+        FrontDoor,
+        security=app.state.security,
+        max_body=settings.max_body,
+        trusted_proxies=settings.trusted_proxies,
+    )
+    app.add_middleware(SecurityHeaders)
+    return app
+
+
+class SecurityHeaders:
+    """Headers on every answer: pages never load anything from elsewhere; framing is refused
+    (clickjacking). Pure ASGI (BaseHTTPMiddleware would run the app in a task group of its own,
+    and an exception raised while the body is read, FrontDoor's 413, would reach the handlers
+    wrapped in an ExceptionGroup: a 500)."""
+
+    HEADERS = (
+        (
             "Content-Security-Policy",
             "default-src 'self'; img-src 'self' data:; style-src 'self'; frame-ancestors 'none'",
-        )
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Referrer-Policy", "same-origin")
-        response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
-        return response
+        ),
+        ("X-Content-Type-Options", "nosniff"),
+        ("Referrer-Policy", "same-origin"),
+        ("Strict-Transport-Security", "max-age=31536000"),
+    )
 
-    return app
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in self.HEADERS:
+                    headers.setdefault(name, value)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 def ensure_certificate(state_dir: Path, host: str) -> tuple[Path, Path]:
@@ -188,6 +234,9 @@ class WebServer:
             access_log=False,
             lifespan="off",
             ws="none",
+            # uvicorn believes X-Forwarded-For from 127.0.0.1 by default: any local process
+            # could then pick its address. FrontDoor believes node.webui.trusted_proxies only.
+            proxy_headers=False,
             server_header=False,
             timeout_graceful_shutdown=3,
         )

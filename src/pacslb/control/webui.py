@@ -15,8 +15,16 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from pacslb.control.api import Admin, Reader, engines_json, process_of, set_session_cookie
+from pacslb.control.api import (
+    Admin,
+    Reader,
+    engines_json,
+    process_of,
+    set_device_cookie,
+    set_session_cookie,
+)
 from pacslb.control.auth import (
+    DEVICE_COOKIE,
     LOGIN_COOKIE,
     SESSION_COOKIE,
     LoginRefused,
@@ -94,7 +102,10 @@ async def login_submit(request: Request) -> Response:
     else:
         try:
             session = sec.login(
-                form.get("username", ""), form.get("password", ""), client_address(request)
+                form.get("username", ""),
+                form.get("password", ""),
+                client_address(request),
+                request.cookies.get(DEVICE_COOKIE),
             )
         except RateLimited as exc:
             error, status = str(exc), 429
@@ -103,6 +114,7 @@ async def login_submit(request: Request) -> Response:
         else:
             done = back(_safe_next(form.get("next")))
             set_session_cookie(done, session.id, sec.sessions.lifetime)
+            set_device_cookie(done, sec.new_device(session.user))
             done.delete_cookie(LOGIN_COOKIE)
             return done
     token = secrets.token_urlsafe(24)

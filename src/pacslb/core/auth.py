@@ -1,4 +1,5 @@
-"""The pure parts of WebUI/API security: password hashes, CSRF tokens, sessions, rate limits.
+"""The pure parts of WebUI/API security: password hashes, CSRF tokens, sessions, rate limits,
+device cookies, the client address behind a trusted proxy.
 
 Sans-I/O: no files, no clock (time comes in as `now`); the control process keeps the state on
 disk (control/auth.py). Secrets come from `secrets`, comparisons are constant-time.
@@ -9,10 +10,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import secrets
 from collections import deque
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # scrypt cost: n=2**14, r=8 is the interactive-login setting of the scrypt paper (~16 MiB and
 # some 50 ms here): slow for an attacker with a stolen hash, fast enough for a login form.
@@ -191,3 +196,140 @@ class RateLimiter:
             del self._failures[key]
             return None
         return times
+
+
+# --- device cookies and the login limiter ---------------------------------------------------
+#
+# OWASP, "Slow Down Online Guessing Attacks with Device Cookies": a browser or client that once
+# logged in as a user holds a signed cookie naming that user. Failures from such a known device
+# count against that device only; failures from unknown devices count per (address, user), per
+# address and per user. An attacker who guesses the admin's password from a shared address (a
+# reading room's NAT, a jump host) locks out unknown devices, not the admin's own browser.
+
+
+def device_cookie(secret: bytes, user: str) -> str:
+    """`<user, base64>.<nonce>.<mac>`: bound to one user; the nonce names the device."""
+    nonce = secrets.token_urlsafe(16)
+    name = _b64(user.encode())
+    return f"{name}.{nonce}.{_device_mac(secret, name, nonce)}"
+
+
+def device_of(secret: bytes, cookie: str | None, user: str) -> str | None:
+    """The device's nonce when `cookie` is a genuine device cookie of `user`, else None."""
+    if not cookie:
+        return None
+    name, _, rest = cookie.partition(".")
+    nonce, _, mac = rest.partition(".")
+    if not (nonce and mac) or name != _b64(user.encode()):
+        return None
+    return nonce if hmac.compare_digest(_device_mac(secret, name, nonce), mac) else None
+
+
+def _device_mac(secret: bytes, name: str, nonce: str) -> str:
+    return _b64(hmac.new(secret, f"device:{name}:{nonce}".encode(), hashlib.sha256).digest())
+
+
+@dataclass
+class LoginLimiter:
+    """Failed logins in a sliding `window`, counted on the keys an attempt belongs to."""
+
+    per_device: int = 5  # a known device (its own key: nobody else can lock it)
+    per_address_user: int = 5  # unknown devices guessing one user from one address
+    per_address: int = 20  # unknown devices from one address, any users (a sweep of names)
+    per_user: int = 30  # unknown devices guessing one user from anywhere (a botnet)
+    window: float = 60.0
+    _limiters: dict[str, RateLimiter] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for kind in ("device", "address_user", "address", "user"):
+            limit = getattr(self, f"per_{kind}")
+            self._limiters[kind] = RateLimiter(limit=limit, window=self.window)
+
+    def _keys(self, client: str, user: str, device: str | None) -> list[tuple[str, str]]:
+        if device is not None:
+            return [("device", device)]
+        return [("address_user", f"{client} {user}"), ("address", client), ("user", user)]
+
+    def retry_after(self, client: str, user: str, device: str | None, now: float) -> float:
+        """0 when this attempt may go ahead; else the seconds until it may."""
+        waits = [
+            self._limiters[kind].retry_after(key, now)
+            for kind, key in self._keys(client, user, device)
+            if self._limiters[kind].blocked(key, now)
+        ]
+        return max(waits, default=0.0)
+
+    def failure(self, client: str, user: str, device: str | None, now: float) -> None:
+        for kind, key in self._keys(client, user, device):
+            self._limiters[kind].failure(key, now)
+
+
+# --- the client address ---------------------------------------------------------------------
+
+
+def forwarded_client(peer: str, forwarded_for: Iterable[str], trusted: Sequence[Network]) -> str:
+    """Who the client is: the peer, unless the peer is one of our `trusted` proxies; then the
+    right-most X-Forwarded-For entry that is not itself a trusted proxy. Each proxy appends the
+    address it saw, so only the entries our own proxies appended can be believed: anything to
+    their left was written by the client (and rotating it must not make a new client)."""
+    current = peer
+    hops = [h.strip() for value in forwarded_for for h in value.split(",") if h.strip()]
+    while _trusted(current, trusted) and hops:
+        hop = hops.pop()
+        try:
+            current = str(ipaddress.ip_address(hop))
+        except ValueError:
+            return current  # garbage: the last address we could trust is all we know
+    return current
+
+
+def _trusted(address: str, trusted: Sequence[Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in trusted)
+
+
+# --- events that an attacker can cause ----------------------------------------------------
+
+
+@dataclass
+class Throttle:
+    """At most `limit` events in `window` seconds; the caller counts what it held back in
+    `held_back` and records the count later."""
+
+    limit: int = 10
+    window: float = 60.0
+    held_back: int = 0
+    _times: deque[float] = field(default_factory=deque)
+
+    def allow(self, now: float) -> bool:
+        while self._times and self._times[0] <= now - self.window:
+            self._times.popleft()
+        if len(self._times) >= self.limit:
+            return False
+        self._times.append(now)
+        return True
+
+    def take_held_back(self) -> int:
+        count, self.held_back = self.held_back, 0
+        return count
+
+
+@dataclass
+class FirstSeen:
+    """Whether a key is new, or was last new more than `window` seconds ago (one event per
+    lockout rather than one per refused try)."""
+
+    window: float = 60.0
+    _seen: dict[str, float] = field(default_factory=dict)
+
+    def first(self, key: str, now: float) -> bool:
+        if len(self._seen) > 10000:  # a sweep of keys must not grow memory without bound
+            self._seen = {k: t for k, t in self._seen.items() if now - t < self.window}
+        last = self._seen.get(key)
+        if last is not None and now - last < self.window:
+            return False
+        self._seen[key] = now
+        return True

@@ -559,16 +559,6 @@ def service_problems(
     return out
 
 
-def _overlaps(a: c.VirtualService, b: c.VirtualService) -> bool:
-    """Same address, or a wildcard proxy listener that would take the other's traffic."""
-    if a.vip == b.vip:
-        return True
-    wild = (not a.mode.is_kernel and a.vip.is_unspecified) or (
-        not b.mode.is_kernel and b.vip.is_unspecified
-    )
-    return wild and a.vip.version == b.vip.version
-
-
 def _duplicate_labels(items: Iterable[tuple[int, str, str]], list_path: str) -> list[Problem]:
     """A label used twice in one list: the later entry is told which earlier one has it
     (items: index, label, how to name that entry without its label)."""
@@ -603,30 +593,26 @@ def cross_service_problems(
         "virtual_services",
     )
     real = [(i, vs) for i, vs, placeholders in services if "vip" not in placeholders]
+    # Two services overlap on the same address, or when one is a proxy listener on the
+    # wildcard address of the same family (it would take the other's traffic). Indexes of the
+    # services seen so far check each one against the earlier ones in one pass (comparing every
+    # pair took minutes for a few thousand services, and the API validates what any readonly
+    # caller sends); the first earlier service that overlaps on a shared port is named.
+    Ports = dict[int, int]  # port -> position in `real` of the first service that uses it
+    by_vip: dict[tuple[str, Any], Ports] = {}
+    by_family: dict[tuple[str, int], Ports] = {}
+    wildcards: dict[tuple[str, int], Ports] = {}  # proxy listeners on 0.0.0.0 / ::
     told: set[int] = set()
-    # Earlier services indexed by what they can clash on, so that a config of thousands of
-    # services is checked in linear time rather than pair by pair.
-    same_vip: dict[tuple[str, Any], list[int]] = {}  # (protocol, VIP) -> positions in `real`
-    family: dict[tuple[str, int], list[int]] = {}  # (protocol, IP version) -> positions
-    wild: dict[tuple[str, int], list[int]] = {}  # wildcard proxy listeners, by family
     for pos, (index, vs) in enumerate(real):
-        fam = (vs.protocol, vs.vip.version)
-        wildcard = not vs.mode.is_kernel and vs.vip.is_unspecified
-        candidates = (
-            family.get(fam, [])
-            if wildcard
-            else sorted({*same_vip.get((vs.protocol, vs.vip), []), *wild.get(fam, [])})
-        )
-        same_vip.setdefault((vs.protocol, vs.vip), []).append(pos)
-        family.setdefault(fam, []).append(pos)
-        if wildcard:
-            wild.setdefault(fam, []).append(pos)
-        for other_index, other in (real[p] for p in candidates):
-            if vs.protocol != other.protocol or not _overlaps(vs, other):
-                continue
+        wild = not vs.mode.is_kernel and vs.vip.is_unspecified
+        family = (vs.protocol, vs.vip.version)
+        tables = [by_vip.get((vs.protocol, vs.vip), {}), wildcards.get(family, {})]
+        if wild:
+            tables.append(by_family.get(family, {}))
+        earlier = [table[p] for table in tables for p in vs.ports if p in table]
+        if earlier:
+            other_index, other = real[min(earlier)]
             shared = [p for p in vs.ports if p in other.ports]
-            if not shared:
-                continue
             for at, here, there in ((index, vs, other), (other_index, other, vs)):
                 if at in told:
                     continue
@@ -639,7 +625,11 @@ def cross_service_problems(
                         f"(VIP {there.vip}, ports {_ports_text(there.ports)})",
                     )
                 )
-            break
+        for port in vs.ports:
+            by_vip.setdefault((vs.protocol, vs.vip), {}).setdefault(port, pos)
+            by_family.setdefault(family, {}).setdefault(port, pos)
+            if wild:
+                wildcards.setdefault(family, {}).setdefault(port, pos)
     return out
 
 

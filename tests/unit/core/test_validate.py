@@ -102,6 +102,31 @@ def test_one_vip_port_for_one_service_but_other_protocols_and_ports_are_fine() -
 def test_a_wildcard_proxy_listener_clashes_with_a_specific_vip() -> None:
     found = problems(svc(), svc(label="Any", vip="0.0.0.0"))
     assert "already used" in found["virtual_services[1].ports"]
+    # Either order, the first earlier clash named; other families and ports are fine.
+    found = problems(
+        svc(label="Any", vip="0.0.0.0", ports=[80, 443], health_check={"type": "none"}),
+        svc(label="V6", vip="::1"),
+        svc(label="B", vip="127.0.0.31", ports=[443]),
+        svc(label="C", vip="127.0.0.31", ports=[8080, 443], health_check={"type": "none"}),
+    )
+    # each clash is told on both of its services, naming the other
+    assert set(found) == {f"virtual_services[{i}].ports" for i in (0, 2, 3)}
+    assert (
+        "443/tcp is already used by the virtual service Any " in found["virtual_services[3].ports"]
+    )
+
+
+def test_services_are_checked_against_each_other_in_one_pass() -> None:
+    # 20,000 services on one VIP: comparing every pair took minutes (the API validates what a
+    # readonly caller sends); with an index it is a matter of seconds.
+    many = [svc(label=f"S{i}", ports=[i + 1], real_servers=[]) for i in range(20_000)]
+    found = problems(*many, svc(label="Late", ports=[20_000]))
+    assert found == {
+        "virtual_services[20000].ports": "127.0.0.30 port 20000/tcp is already used by "
+        "the virtual service S19999 (VIP 127.0.0.30, ports 20000)",
+        "virtual_services[19999].ports": "127.0.0.30 port 20000/tcp is already used by "
+        "the virtual service Late (VIP 127.0.0.30, ports 20000)",
+    }
 
 
 def test_labels_are_unique() -> None:
