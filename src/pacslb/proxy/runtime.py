@@ -310,7 +310,8 @@ class ServiceRuntime:
             live.health = rs.health
         service = self.service.label
         log.warning("%s/%s back in rotation: %s", service, label, why)
-        notice(f"back in rotation after its ejection: {why}", service, label, key=f"passive-back/{service}/{label}")
+        message = f"back in rotation after its ejection: {why}"
+        notice(message, service, label, key=f"passive-back/{service}/{label}")
 
     def _available(self, but: str = "") -> bool:
         """Whether a server other than `but` takes new connections now."""
