@@ -40,6 +40,7 @@ class RawServer:
     the requests it received by method."""
 
     def __init__(self, host: str, reset: bool) -> None:
+        self.host = host
         self.reset = reset
         self.received: Counter[str] = Counter()
         self.sock = socket.socket()
@@ -182,72 +183,67 @@ def tcp_exchange(port: int) -> bool:
     return data.startswith(b"HTTP/1.1 200")
 
 
+def service(label: str, port: int, mode: str, passive: str, servers: dict[str, RawServer]) -> str:
+    lines = "\n".join(
+        f"      - {{label: {name}, address: {srv.host}, port: {srv.port}}}"
+        for name, srv in servers.items()
+    )
+    check = "{type: connect, interval: 0.5, timeout: 0.4, rise: 1, fall: 1}"
+    return f"""  - label: {label}
+    vip: {VIP}
+    ports: [{port}]
+    mode: {mode}
+    scheduler: rr
+    passive: {passive}
+    health_check: {check}
+    real_servers:
+{lines}
+"""
+
+
 @pytest.fixture(scope="module")
 def lb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("proxy-errors")
-    good, bad = RawServer(GOOD, reset=False), RawServer(BAD, reset=True)
-    http_port, tcp_port = free_port(VIP), free_port(VIP)
-    servers = (
-        f"      - {{label: Good, address: {GOOD}, port: {good.port}}}\n"
-        f"      - {{label: Bad, address: {BAD}, port: {bad.port}}}"
-    )
-    check = "{type: connect, interval: 0.5, timeout: 0.4, rise: 1, fall: 1}"
+    # Each service has servers of its own, so that each test counts its own requests.
+    web = {"Good": RawServer(GOOD, reset=False), "Bad": RawServer(BAD, reset=True)}
+    tcp = {"Good": RawServer(GOOD, reset=False), "Bad": RawServer(BAD, reset=True)}
+    back = {"Good": RawServer(GOOD, reset=False), "Flaky": RawServer(BAD, reset=True)}
+    single = {"Lone": RawServer(BAD, reset=True)}
+    ports = {name: free_port(VIP) for name in ("Web", "Tcp", "Back", "Single")}
     passive = f"{{consecutive_failures: {THRESHOLD}, ejection: 30}}"
     config, state = tmp / "pacslb.yaml", tmp / "state"
     config.write_text(
-        f"""version: 1
-node: {{webui: {{enabled: false}}}}
-virtual_services:
-  - label: Web
-    vip: {VIP}
-    ports: [{http_port}]
-    mode: l7-http
-    scheduler: rr
-    passive: {passive}
-    health_check: {check}
-    real_servers:
-{servers}
-  - label: Tcp
-    vip: {VIP}
-    ports: [{tcp_port}]
-    mode: l7-tcp
-    scheduler: rr
-    passive: {passive}
-    health_check: {check}
-    real_servers:
-{servers}
-"""
+        "version: 1\nnode: {webui: {enabled: false}}\nvirtual_services:\n"
+        + service("Web", ports["Web"], "l7-http", passive, web)
+        + service("Tcp", ports["Tcp"], "l7-tcp", passive, tcp)
+        + service("Back", ports["Back"], "l7-http", "{consecutive_failures: 2, ejection: 1}", back)
+        + service("Single", ports["Single"], "l7-http", passive, single)
     )
+    services = {"Web": web, "Tcp": tcp, "Back": back, "Single": single}
     argv = [sys.executable, "-m", "pacslb.cli", "run", str(config), "--state-dir", str(state)]
     try:
-        with running(argv, VIP, http_port, log=tmp / "run.log"):
+        with running(argv, VIP, ports["Web"], log=tmp / "run.log"):
             wait_until(
                 lambda: all(
                     server_status(state, svc, rs)["health"] == "up"
-                    for svc in ("Web", "Tcp")
-                    for rs in ("Good", "Bad")
+                    for svc, servers in services.items()
+                    for rs in servers
                 ),
                 15,
-                "both servers up",
+                "every server up",
                 step=0.1,
             )
-            yield {
-                "state": state,
-                "http": http_port,
-                "tcp": tcp_port,
-                "good": good,
-                "bad": bad,
-                "notices": Notices(state),
-            }
+            yield {"state": state, "ports": ports, "notices": Notices(state), **services}
     finally:
-        good.close()
-        bad.close()
+        for servers in services.values():
+            for srv in servers.values():
+                srv.close()
 
 
 def test_a_server_that_resets_every_request_is_ejected_and_gets_retried(
     lb: dict[str, Any],
 ) -> None:
-    state, port, bad, notices = lb["state"], lb["http"], lb["bad"], lb["notices"]
+    state, port, bad, notices = lb["state"], lb["ports"]["Web"], lb["Web"]["Bad"], lb["notices"]
 
     # POSTs are never retried: the ones that reached Bad (round robin: every other one) get
     # the proxy's 502, and Bad saw each of them exactly once.
@@ -282,12 +278,40 @@ def test_a_server_that_resets_every_request_is_ejected_and_gets_retried(
 
 def test_l7_tcp_ejects_a_server_that_resets_connections(lb: dict[str, Any]) -> None:
     notices = lb["notices"]
-    results = [tcp_exchange(lb["tcp"]) for _ in range(30)]
+    results = [tcp_exchange(lb["ports"]["Tcp"]) for _ in range(30)]
     # Each of the first connections to Bad is reset (a TCP stream cannot be replayed); after
     # THRESHOLD of them Bad is ejected and every later client succeeds.
     assert results.count(False) == THRESHOLD, results
     assert all(results[-20:]), results
     wait_until(lambda: notices.has("Tcp/Bad", "ejected"), 10, "an ejection notice", step=0.2)
+
+
+def test_an_ejected_server_comes_back_after_its_time(lb: dict[str, Any]) -> None:
+    port, flaky, notices = lb["ports"]["Back"], lb["Back"]["Flaky"], lb["notices"]
+    assert [request(port) for _ in range(6)] == [200] * 6  # retried on Good
+    assert flaky.received.total() == 2  # two failures in a row: out for 1 s
+    flaky.reset = False  # healed
+    wait_until(lambda: notices.has("Back/Flaky", "back in rotation"), 10, "its return", step=0.2)
+    assert [request(port) for _ in range(4)] == [200] * 4
+    assert flaky.received.total() == 4  # it serves again (round robin: every other request)
+
+
+def test_the_last_server_is_never_ejected(lb: dict[str, Any]) -> None:
+    """With nothing else to go to, a failing server keeps its traffic (some clients may get
+    an answer); each request is sent once (no other server to retry on) and its 502 counted."""
+    port, lone, state = lb["ports"]["Single"], lb["Single"]["Lone"], lb["state"]
+    assert [request(port) for _ in range(2 * THRESHOLD)] == [502] * 2 * THRESHOLD
+    assert lone.received.total() == 2 * THRESHOLD
+    wait_until(
+        lambda: (
+            server_status(state, "Single", "Lone")["connections"]["responses"]
+            == {"5xx": 2 * THRESHOLD}
+        ),
+        10,
+        "the 502s counted",
+        step=0.2,
+    )
+    assert not lb["notices"].has("Single/Lone", "ejected")
 
 
 def test_a_client_still_sending_a_huge_header_reads_the_431(lb: dict[str, Any]) -> None:
@@ -297,7 +321,7 @@ def test_a_client_still_sending_a_huge_header_reads_the_431(lb: dict[str, Any]) 
     filler = b"X-Filler: " + b"a" * 4000 + b"\r\n"
     request = b"GET / HTTP/1.1\r\nHost: vip\r\n" + filler * 128 + b"\r\n"  # 512 KB
     for _ in range(3):
-        with socket.create_connection((VIP, lb["http"]), timeout=10) as sock:
+        with socket.create_connection((VIP, lb["ports"]["Web"]), timeout=10) as sock:
             try:
                 sock.sendall(request)
                 data = b""
