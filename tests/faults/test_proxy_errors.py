@@ -39,9 +39,10 @@ class RawServer:
     and answers 200 -- or, with `reset`, closes with RST as soon as the head is in. Counts
     the requests it received by method."""
 
-    def __init__(self, host: str, reset: bool) -> None:
+    def __init__(self, host: str, reset: bool, hang: bool = False) -> None:
         self.host = host
         self.reset = reset
+        self.hang = hang  # never answers (until the proxy gives up)
         self.received: Counter[str] = Counter()
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -84,6 +85,10 @@ class RawServer:
                 if self.reset:
                     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                     return  # closed with RST: no response byte
+                if self.hang:
+                    with contextlib.suppress(OSError):
+                        conn.recv(1)  # until the proxy closes (or the 10 s timeout)
+                    return
                 length = 0
                 for line in head.split(b"\r\n")[1:]:
                     name, _, value = line.partition(b":")
@@ -209,7 +214,8 @@ def lb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     tcp = {"Good": RawServer(GOOD, reset=False), "Bad": RawServer(BAD, reset=True)}
     back = {"Good": RawServer(GOOD, reset=False), "Flaky": RawServer(BAD, reset=True)}
     single = {"Lone": RawServer(BAD, reset=True)}
-    ports = {name: free_port(VIP) for name in ("Web", "Tcp", "Back", "Single")}
+    slow = {"Good": RawServer(GOOD, reset=False), "Slow": RawServer(BAD, reset=False, hang=True)}
+    ports = {name: free_port(VIP) for name in ("Web", "Tcp", "Back", "Single", "Slow")}
     passive = f"{{consecutive_failures: {THRESHOLD}, ejection: 30}}"
     config, state = tmp / "pacslb.yaml", tmp / "state"
     config.write_text(
@@ -218,16 +224,18 @@ def lb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         + service("Tcp", ports["Tcp"], "l7-tcp", passive, tcp)
         + service("Back", ports["Back"], "l7-http", "{consecutive_failures: 2, ejection: 1}", back)
         + service("Single", ports["Single"], "l7-http", passive, single)
+        + service("Slow", ports["Slow"], "l7-http", "{consecutive_failures: 2}", slow)
+        + "    timeouts: {http_response: 0.5}\n"
     )
-    services = {"Web": web, "Tcp": tcp, "Back": back, "Single": single}
+    services = {"Web": web, "Tcp": tcp, "Back": back, "Single": single, "Slow": slow}
     argv = [sys.executable, "-m", "pacslb.cli", "run", str(config), "--state-dir", str(state)]
     try:
         with running(argv, VIP, ports["Web"], log=tmp / "run.log"):
             wait_until(
                 lambda: all(
-                    server_status(state, svc, rs)["health"] == "up"
-                    for svc, servers in services.items()
-                    for rs in servers
+                    rs["health"] == "up"
+                    for svc in json.loads(cli(state, "status", "--json"))["services"]
+                    for rs in svc["real_servers"]
                 ),
                 15,
                 "every server up",
@@ -312,6 +320,24 @@ def test_the_last_server_is_never_ejected(lb: dict[str, Any]) -> None:
         step=0.2,
     )
     assert not lb["notices"].has("Single/Lone", "ejected")
+
+
+def test_a_server_that_does_not_answer_gets_504s_counted_then_is_ejected(
+    lb: dict[str, Any],
+) -> None:
+    """No response within timeouts.http_response: the proxy's 504, counted against the
+    server; not retried (the server may be working on it); two in a row eject it."""
+    port, slow, state = lb["ports"]["Slow"], lb["Slow"]["Slow"], lb["state"]
+    statuses = [request(port) for _ in range(8)]
+    assert statuses.count(504) == 2 and statuses.count(200) == 6, statuses
+    assert slow.received.total() == 2
+    wait_until(
+        lambda: server_status(state, "Slow", "Slow")["connections"]["responses"] == {"5xx": 2},
+        10,
+        "the 504s counted",
+        step=0.2,
+    )
+    wait_until(lambda: lb["notices"].has("Slow/Slow", "no response"), 10, "a notice", step=0.2)
 
 
 def test_a_client_still_sending_a_huge_header_reads_the_431(lb: dict[str, Any]) -> None:
