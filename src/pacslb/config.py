@@ -289,6 +289,25 @@ class Timeouts(Model):
     )
 
 
+class PassiveHealth(Model):
+    """Built-in proxy: take a real server out of a worker's rotation for a while after
+    consecutive failures seen in live traffic (HAProxy `observe` + `error-limit` + `on-error
+    mark-down`, Envoy outlier detection). Failures: a refused or timed-out connect, a reset or
+    close before any response byte, no response in time (504), a bad response head (502).
+    The last available server is never taken out."""
+
+    consecutive_failures: int = Field(
+        5, ge=0, le=1000, description="failures in a row that take a server out (0 = off)"
+    )
+    ejection: Seconds = Field(
+        30.0, description="seconds out for a first ejection; each repeat doubles it"
+    )
+    max_ejection: Seconds = Field(300.0, description="the longest ejection")
+    server_errors: bool = Field(
+        False, description="l7-http: count the server's own 5xx responses as failures too"
+    )
+
+
 class CertificatePair(Model):
     certificate: Path = Field(description="PEM certificate chain")
     key: Path | None = Field(None, description="PEM private key; unset = inside the certificate")
@@ -341,6 +360,7 @@ class VirtualService(Model):
     health_check: HealthCheck = Field(default_factory=ConnectCheck)
     fallback: Fallback | None = None
     timeouts: Timeouts = Field(default_factory=Timeouts)
+    passive: PassiveHealth = Field(default_factory=PassiveHealth)
     tls: TlsTermination | None = None
     real_servers: list[RealServer] = Field(default_factory=list)
 

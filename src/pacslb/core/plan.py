@@ -63,6 +63,16 @@ class PlanTimeouts:
 
 
 @dataclass(frozen=True, slots=True)
+class PlanPassive:
+    """Passive health of the built-in proxy (config.PassiveHealth); 0 failures = off."""
+
+    consecutive_failures: int = 5
+    ejection: float = 30.0
+    max_ejection: float = 300.0
+    server_errors: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class PlanEndpoint:
     address: str
     port: int | None
@@ -93,6 +103,7 @@ class PlanService:
     real_servers: tuple[PlanRealServer, ...]
     fallback: PlanEndpoint | None = None
     tls: PlanTls | None = None
+    passive: PlanPassive = PlanPassive()
 
     def server(self, label: str) -> PlanRealServer | None:
         return next((rs for rs in self.real_servers if rs.label == label), None)
@@ -170,6 +181,7 @@ def build_service(
             )
         )
     t = vs.timeouts
+    p = vs.passive
     tls = None
     if vs.tls is not None:
         tls = PlanTls(
@@ -191,6 +203,9 @@ def build_service(
         real_servers=tuple(servers),
         fallback=PlanEndpoint(str(vs.fallback.address), vs.fallback.port) if vs.fallback else None,
         tls=tls,
+        passive=PlanPassive(
+            p.consecutive_failures, p.ejection, max(p.ejection, p.max_ejection), p.server_errors
+        ),
     )
 
 

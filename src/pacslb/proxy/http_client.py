@@ -31,6 +31,7 @@ from pacslb.proxy.http_states import (
     HOLD_LIMIT,
     INF,
     LINGER,
+    LINGER_BYTES,
     REPLAY_LIMIT,
     U_HEAD,
     U_IDLE,
@@ -74,10 +75,11 @@ class ClientConnection(asyncio.Protocol):
     tried: set[str] | None = None  # servers whose connect failed for this request
     replayable = False
     sent_body: list[bytes] | None = None  # raw body bytes kept for a close-race replay
-    retried = False
+    retried = False  # sent once more already (a request is retried at most once)
     responded = False  # a byte of the response went to the client
     connecting: asyncio.Task[None] | None = None
     first = b""  # bytes read before uvloop's transport took over (HttpListener._hand_over)
+    lingered = 0  # bytes discarded in C_LINGER
 
     def __init__(self, listener: HttpListener) -> None:
         self.listener = listener
@@ -128,7 +130,11 @@ class ClientConnection(asyncio.Protocol):
             self.buf += data  # the next request: it waits for this response (RFC 9112 §9.3.2)
             if len(self.buf) > HOLD_LIMIT:
                 self._block(HOLD)
-        # C_LINGER, C_CLOSED: discarded
+        elif state == C_LINGER:
+            self.lingered += len(data)  # discarded, up to a bound
+            if self.lingered > LINGER_BYTES:
+                self.close()
+        # C_CLOSED: discarded
 
     def eof_received(self) -> bool | None:
         self.eof = True
@@ -186,12 +192,33 @@ class ClientConnection(asyncio.Protocol):
             up.abort()
 
     def _fail(self, status: int) -> None:
-        """Answer a short error and close: after a framing error nothing more is read."""
+        """Answer a short error and close: after a framing error nothing more is forwarded."""
         self._drop_upstream()
         self._end_exchange()
         if self.state != C_CLOSED:
             self.transport.write(short_response(status))
-            self.close()
+            self._linger()
+
+    def _proxy_error(self, status: int) -> None:
+        """The proxy's own answer about the server of this exchange (502, 504), counted in
+        that server's responses as HAProxy counts them, so status and /metrics show them."""
+        self.stats.classes[5] += 1
+        self._fail(status)
+
+    def _linger(self) -> None:
+        """Close after an answer the client may still be sending a request for: the end of
+        the response (FIN) goes out, what the client still sends is read and discarded for
+        LINGER seconds or LINGER_BYTES, then the connection closes (a lingering close)."""
+        if self.eof:
+            self.close()  # the client sends nothing more: nothing to wait for
+            return
+        self.state = C_LINGER
+        self.keep = False
+        self.lingered = 0
+        self.deadline = self.loop.time() + LINGER
+        self._unblock(HOLD | UPSTREAM_FULL)
+        if self.listener.tls is None:
+            self.transport.write_eof()  # TLS cannot half-close: the client reads to the end
 
     def listener_closing(self) -> None:
         if self.state == C_IDLE and not self.buf:
@@ -209,7 +236,12 @@ class ClientConnection(asyncio.Protocol):
             self._end_tunnel()
         elif state in (C_WAIT, C_BODY) and not self.responded:
             up = self.up
-            self._fail(504 if state == C_WAIT and up is not None and up.state == U_HEAD else 408)
+            if state == C_WAIT and up is not None and up.state == U_HEAD and self.label:
+                timeout = self.runtime.service.timeouts.http_response
+                self.runtime.failed(self.label, f"no response in {timeout:g} s")
+                self._proxy_error(504)
+            else:
+                self._fail(408)
         else:
             self.abort()
 
@@ -266,8 +298,10 @@ class ClientConnection(asyncio.Protocol):
             self.keep = False
         self._route(req)
 
-    def _route(self, req: Request) -> None:
-        """Choose the server for this request (again after a failed connect) and send it."""
+    def _route(self, req: Request, retry_status: int = 0) -> None:
+        """Choose the server for this request (again after a failed connect) and send it.
+        A retry (`retry_status`, the answer if no other server is left) goes to a real server
+        not tried yet, never the fallback."""
         runtime = self.runtime
         rs = None
         self.set_cookie = b""
@@ -286,10 +320,16 @@ class ClientConnection(asyncio.Protocol):
                     self.set_cookie = self.listener.cookie_fields(runtime, rs.label)
         if rs is not None:
             key: Key = (rs.label, rs.address, rs.port or self.listener.vip_port, rs.reencrypt)
+        elif retry_status:
+            self._proxy_error(retry_status)  # against the server that failed (self.stats)
+            return
         else:
             fallback = runtime.fallback
             if fallback is None or (tried is not None and FALLBACK in tried):
-                self._fail(503)
+                # No server: counted against the service (its fallback's row), as HAProxy
+                # counts a 503 of a backend without servers.
+                self.stats = runtime.stats.setdefault(FALLBACK, ServerStats())
+                self._proxy_error(503)
                 return
             key = (FALLBACK, fallback.address, fallback.port or self.listener.vip_port, False)
         self.label = key[0]
@@ -318,13 +358,13 @@ class ClientConnection(asyncio.Protocol):
                 _, up = await self.loop.create_connection(
                     lambda: Upstream(pool, key), address, port, ssl=upstream_tls() if tls else None
                 )
-        except (OSError, TimeoutError, ValueError):  # ssl.SSLError is an OSError
+        except (OSError, TimeoutError, ValueError) as exc:  # ssl.SSLError is an OSError
             self.connecting = None
             if self.state != C_CONNECT or self.req is None:
                 return
             # Nothing was sent: always safe to try the next server (DESIGN §8).
             if label != FALLBACK:
-                runtime.connect_failed(label)
+                runtime.connect_failed(label, f"connect: {exc or 'timed out'}")
             self._end_exchange()
             self.tried = (self.tried or set()) | {label}
             self._route(self.req)
@@ -427,7 +467,12 @@ class ClientConnection(asyncio.Protocol):
             keep = self.keep and self.state != C_BODY and not self.listener.closing
         head, rechunk_out, keep = client_response_head(resp, req.version, keep, self.set_cookie)
         self.keep = keep
-        self.stats.classes[status // 100 if status < 600 else 5] += 1  # ServerStats.classes
+        stats = self.stats
+        stats.classes[status // 100 if status < 600 else 5] += 1  # ServerStats.classes
+        if status < 500 or not self.runtime.passive_5xx:
+            stats.failing = 0  # passive health: an answer ends a run of failures
+        elif self.label is not None:
+            self.runtime.failed(self.label, f"answered {status}")
         self.responded = True
         return head, rechunk_out
 
@@ -449,19 +494,23 @@ class ClientConnection(asyncio.Protocol):
         self._end_exchange()
         self.close()
 
-    def upstream_failed(self, up: Upstream, status: int) -> None:
-        """The upstream broke the exchange: closed before any response byte, a bad response
-        head (502), a truncated body. A pooled connection that closed just as it was reused
-        gets the request once more on a fresh connection."""
+    def upstream_failed(self, up: Upstream, status: int, reason: str) -> None:
+        """The upstream broke the exchange: closed or reset before any response byte, a bad
+        response head (502), a truncated body. Before any response byte, an idempotent request
+        whose whole body was sent and kept goes once more (RFC 9110 §9.2.2): on a fresh
+        connection when a pooled one was closed by the server as it was reused (the
+        keep-alive race, not a failure of the server), else on another real server."""
         self.up = None
         up.abort()
         if self.state == C_CLOSED:
             return
         req = self.req
+        stale = up.reused and not up.got_bytes
+        if self.label is not None and not self.responded and not stale:
+            self.runtime.failed(self.label, reason)  # passive health
         if (
             req is not None
             and self.key is not None
-            and up.reused
             and not up.got_bytes
             and not self.responded
             and not self.retried
@@ -469,22 +518,28 @@ class ClientConnection(asyncio.Protocol):
             and self.state == C_WAIT
             and (req.framing == NO_BODY or self.sent_body is not None)
         ):
-            # The close race: the server's keep-alive timeout closed the connection as it was
-            # reused. No response byte came and the method is idempotent, so sending it again
-            # is safe (RFC 9110 §9.2.2, research/http-proxy.md). The raw body goes back in
-            # front of the buffer and is framed again.
+            # No response byte came and the method is idempotent, so sending it again is safe
+            # (research/http-proxy.md). The raw body goes back in front of the buffer and is
+            # framed again.
             self.retried = True
-            self.stats.requests -= 1
+            stats = self.stats
+            stats.requests -= 1
+            stats.retries += 1
             if self.sent_body:
                 self.buf = b"".join(self.sent_body) + self.buf
             if req.framing != NO_BODY:
                 self.body = BodyReader(req.framing, req.length)
-            self._start_connect(self.key)
+            if stale:
+                self._start_connect(self.key)
+            else:
+                self.tried = (self.tried or set()) | {self.key[0]}
+                self._end_exchange()
+                self._route(req, status)
         elif self.responded:
             self._end_exchange()
             self.abort()
         else:
-            self._fail(status)
+            self._proxy_error(status)
 
     def response_done(self, up: Upstream, reusable: bool) -> None:
         """The response is complete: pool the upstream, then the next request (or close)."""
@@ -504,13 +559,9 @@ class ClientConnection(asyncio.Protocol):
             return
         if state == C_BODY:
             # Answered before the client finished its body (an early 4xx, a refused
-            # 100-continue): read and discard for a moment, then close, so that a reset does
-            # not destroy the response on its way (a lingering close).
-            self.state = C_LINGER
-            self.deadline = now + LINGER
-            self._unblock(HOLD | UPSTREAM_FULL)
-            if self.listener.tls is None:
-                self.transport.write_eof()
+            # 100-continue): a lingering close, so that a reset does not destroy the response
+            # on its way.
+            self._linger()
             return
         if not self.keep:
             self.close()

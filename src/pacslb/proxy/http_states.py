@@ -6,7 +6,12 @@ import math
 
 HOLD_LIMIT = 65536  # bytes read ahead of the current exchange before the client is paused
 REPLAY_LIMIT = 65536  # request bodies up to this size are kept to replay after a close race
-LINGER = 2.0  # seconds to drain an unwanted request body before closing
+# A lingering close (nginx lingering_close): after an answer given before the request was
+# read to its end (400/408/414/431, an early response), read and discard what the client
+# still sends, for this long and up to this many bytes, then close. Closing with unread bytes
+# makes the kernel send a reset, which can destroy the answer before the client reads it.
+LINGER = 2.0
+LINGER_BYTES = 1 << 20
 INF = math.inf
 
 # ClientConnection states

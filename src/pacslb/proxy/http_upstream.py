@@ -103,13 +103,13 @@ class Upstream(asyncio.Protocol):
             end = data.find(b"\r\n\r\n")
             if end < 0:
                 if len(data) > MAX_RESPONSE_HEAD:
-                    client.upstream_failed(self, 502)
+                    client.upstream_failed(self, 502, "response head too long")
                 else:
                     self.buf = data
                 return
             resp = parse_response(data[:end], self.head_request, self.cookie_name)
             if isinstance(resp, Reject):
-                client.upstream_failed(self, 502)
+                client.upstream_failed(self, 502, f"bad response head: {resp.reason}")
                 return
             data = data[end + 4 :]
             if resp.status >= 200 or resp.status == 101:
@@ -119,7 +119,7 @@ class Upstream(asyncio.Protocol):
                 return
         final = client.final_head(resp)
         if final is None:
-            client.upstream_failed(self, 502)
+            client.upstream_failed(self, 502, "a 101 response the client did not ask for")
             return
         head, rechunk_out = final
         keep_alive = self.keep_alive = resp.keep_alive
@@ -153,7 +153,8 @@ class Upstream(asyncio.Protocol):
         assert body is not None
         out, used = body.feed(data)
         if used < 0:
-            client.upstream_failed(self, 502)  # a 502 if the head is not out yet, else a reset
+            # a 502 if the head is not out yet, else a reset
+            client.upstream_failed(self, 502, "bad response body")
             return
         if not head:
             if out:
@@ -170,15 +171,15 @@ class Upstream(asyncio.Protocol):
             client.deadline = client.loop.time() + client.runtime.service.timeouts.http_response
 
     def eof_received(self) -> bool | None:
-        self._lost()
+        self._lost("closed")
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._lost()
+        self._lost(f"{exc}" if exc is not None else "closed")
         if self.pooled:
             self.pool.discard(self.key, self)
 
-    def _lost(self) -> None:
+    def _lost(self, how: str) -> None:
         client = self.client
         state = self.state
         if client is None or state == U_CLOSED:
@@ -190,5 +191,6 @@ class Upstream(asyncio.Protocol):
         elif state == U_TUNNEL:
             client._end_tunnel()
         else:
-            client.upstream_failed(self, 502)  # no response yet, or a body cut short
+            # no response yet, or a body cut short
+            client.upstream_failed(self, 502, f"{how} before a complete response")
         self.state = U_CLOSED

@@ -8,17 +8,23 @@ position) and the counts of connections already open survive it.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from pacslb.core.balancer import Balancer
+from pacslb.core.passive import PassiveHealth
 from pacslb.core.persistence import StickyTable
 from pacslb.core.plan import PlanEndpoint, PlanRealServer, PlanService
 from pacslb.core.schedule import make_scheduler
-from pacslb.core.state import AdminState
+from pacslb.core.state import AdminState, Health
+from pacslb.proxy.notices import notice
+
+log = logging.getLogger(__name__)
 
 
 class Closable(Protocol):
@@ -37,8 +43,13 @@ class ServerStats:
     connect_failures: int = 0
     requests: int = 0
     # responses by class, counted as classes[status // 100] (1xx..5xx, 6xx..9xx as 5xx; index 0
-    # unused): a list index is the cheapest count per request. as_dict() names them.
+    # unused): a list index is the cheapest count per request. as_dict() names them. The
+    # proxy's own 502/504 about this server count here too, as HAProxy counts them.
     classes: list[int] = field(default_factory=lambda: [0] * 6)
+    retries: int = 0  # requests that failed here before any response byte and were sent again
+    failing: int = 0  # passive health: failures in a row (a response or relayed byte: 0)
+    ejections: int = 0  # times passive health took the server out of rotation
+    ejected: bool = False  # out of rotation now (passive health, this worker)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -49,6 +60,9 @@ class ServerStats:
             "connect_failures": self.connect_failures,
             "requests": self.requests,
             "responses": {f"{c}xx": n for c, n in enumerate(self.classes) if n},
+            "retries": self.retries,
+            "ejections": self.ejections,
+            "ejected": int(self.ejected),
         }
 
 
@@ -106,6 +120,8 @@ class ServiceRuntime:
         self._live_by_label: dict[str, LiveServer] = {}
         self._expired_at = 0.0
         self.cookie_name: bytes | None = None
+        self.passive = PassiveHealth(service.passive)
+        self._returns: dict[str, asyncio.TimerHandle] = {}  # ejected server -> its return
         self.update(service)
 
     @staticmethod
@@ -137,6 +153,19 @@ class ServiceRuntime:
             for rs in service.real_servers
         ]
         self._live_by_label = {live.key: live for live in self._live}
+        self.passive.policy = passive = service.passive
+        # l7-http reads this per response: the server's own 5xx count as failures too
+        self.passive_5xx = passive.server_errors and passive.consecutive_failures > 0
+        self.passive.forget(set(self._servers))
+        for label in [k for k in self._returns if k not in self._servers]:
+            self._returns.pop(label).cancel()
+        for label in self.passive.out():
+            self._live_by_label[label].health = Health.DOWN  # still out of rotation
+        if self.passive.out() and not self._available():
+            # Nothing else is left (the others went down or were halted): a server that
+            # failed in traffic is better than none.
+            for label in self.passive.out():
+                self._return(label, "no other server is available")
         for rs in service.real_servers:
             if not rs.keeps_existing:
                 self.balancer.server_lost(rs.label)
@@ -188,6 +217,8 @@ class ServiceRuntime:
         if label is None:
             return None
         rs = self._servers[label]
+        if self._returns and label in self._returns:
+            return None  # ejected by passive health: the client is scheduled anew
         return rs if rs.keeps_existing else None
 
     def server(self, label: str) -> PlanRealServer | None:
@@ -227,5 +258,65 @@ class ServiceRuntime:
             if conns is not None:
                 conns.discard(conn)
 
-    def connect_failed(self, label: str) -> None:
+    def connect_failed(self, label: str, reason: str = "connect failed") -> None:
         self.stats.setdefault(label, ServerStats()).connect_failures += 1
+        self.failed(label, reason)
+
+    # --- passive health ------------------------------------------------------------------
+
+    def failed(self, label: str, reason: str) -> None:
+        """A failure of `label` in live traffic (core/passive.py says which count): after
+        `passive.consecutive_failures` in a row it leaves this worker's rotation for a while."""
+        stats = self.stats.get(label)
+        if stats is None or label == FALLBACK:
+            return
+        stats.failing += 1
+        now = time.monotonic()
+        ejection = self.passive.failed(label, stats.failing, self._available(label), now)
+        if ejection is None:
+            return
+        live = self._live_by_label.get(label)
+        if live is not None:
+            live.health = Health.DOWN  # what every scheduler and persistence skip
+        stats.ejections += 1
+        stats.ejected = True
+        self.balancer.server_lost(label)  # its source-ip clients are scheduled anew
+        service = self.service.label
+        message = (
+            f"ejected from rotation for {ejection.seconds:g} s by passive health: "
+            f"{stats.failing} failures in a row, the last: {reason}"
+        )
+        log.warning("%s/%s %s", service, label, message)
+        notice(message, service, label, key=f"passive-out/{service}/{label}")
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a test of the runtime alone): it stays out
+            return
+        self._returns[label] = loop.call_later(ejection.seconds, self._return, label)
+
+    def _return(self, label: str, why: str = "its ejection time is over") -> None:
+        handle = self._returns.pop(label, None)
+        if handle is not None:
+            handle.cancel()  # a no-op when it is the one running now
+        if not self.passive.returned(label, time.monotonic()):
+            return
+        stats = self.stats.get(label)
+        if stats is not None:
+            stats.failing = 0
+            stats.ejected = False
+        live = self._live_by_label.get(label)
+        rs = self._servers.get(label)
+        if live is not None and rs is not None:
+            live.health = rs.health
+        service = self.service.label
+        log.warning("%s/%s back in rotation: %s", service, label, why)
+        message = f"back in rotation after its ejection: {why}"
+        notice(message, service, label, key=f"passive-back/{service}/{label}")
+
+    def _available(self, but: str = "") -> bool:
+        """Whether a server other than `but` takes new connections now."""
+        online, down = AdminState.ONLINE, Health.DOWN
+        return any(
+            live.key != but and live.admin is online and live.health is not down and live.weight
+            for live in self._live
+        )

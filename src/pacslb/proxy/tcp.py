@@ -392,7 +392,8 @@ class _Pump:
             return
         except Exception as exc:  # one connection's failure stays its own
             self.account(moved)
-            self.conn.fail(exc)
+            # n > 0: writing to dst failed, else reading src: was it the server's socket?
+            self.conn.fail(exc, server=(n > 0) == self.inbound)
             return
         self.pending = 0
         self.account(moved)
@@ -425,6 +426,8 @@ class _Pump:
         self.done = True
         self.stop_waiting()
         peer = self.peer
+        if not self.inbound and not self.total and peer is not None and not peer.done:
+            self.conn.server_failed("closed before sending a byte")  # passive health
         if peer is not None and peer.done:
             # Both ways ended: close() sends the FIN (nothing is left unread on either side).
             self.conn.direction_done()
@@ -486,7 +489,7 @@ class _CopyPump(_Pump):
             return
         except Exception as exc:
             self.account(moved)
-            self.conn.fail(exc)
+            self.conn.fail(exc, server=(n > 0) == self.inbound)
             return
         self.pending = 0
         self.account(moved)
@@ -601,6 +604,11 @@ class _Connection:
                 return
             self._attempt_failed(os.strerror(err))
 
+    def server_failed(self, reason: str) -> None:
+        """Passive health: the server reset or closed before it sent any byte."""
+        if self.label is not None and (self.down is None or not self.down.total):
+            self.runtime.failed(self.label, reason)
+
     def _connected(self) -> None:
         try:
             assert self.server is not None
@@ -642,7 +650,7 @@ class _Connection:
         log.info("connect to %s failed (%s), client %s", label, reason, self.client_ip)
         self.server = None
         server.close()
-        self.runtime.connect_failed(label)
+        self.runtime.connect_failed(label, f"connect: {reason}")
         self._unplace()
         self.tried.append(label)
 
@@ -674,9 +682,11 @@ class _Connection:
         if self.up is not None and self.down is not None and self.up.done and self.down.done:
             self._close(reset=False)
 
-    def fail(self, exc: BaseException) -> None:
+    def fail(self, exc: BaseException, server: bool = False) -> None:
         if not isinstance(exc, OSError):
             log.error("tcp connection %r failed", self, exc_info=exc)
+        elif server:
+            self.server_failed(f"{exc.strerror or exc} before sending a byte")
         self._close(reset=True)
 
     def abort(self) -> None:
@@ -693,6 +703,8 @@ class _Connection:
         except Exception:
             log.exception("closing %r", self)
         up, down = self.up, self.down
+        if down is not None and down.total and self.stats is not None:
+            self.stats.failing = 0  # passive health: the server answered
         self._close_pumps(up is not None and up.done and down is not None and down.done)
         for sock in (self.client, self.server):
             if sock is None:
