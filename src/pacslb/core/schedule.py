@@ -198,13 +198,14 @@ class _LeastBase(_Base):
         """`key` was chosen at place `turn` (>= 0): its next place is `step` further on."""
         clock = self._clock
         if turn > clock:
-            self._clock = turn
             if turn > _REBASE:
+                self._clock = turn
                 self._rebase(candidates)
                 return self._took(candidates, key, self._turns.get(key, 0.0), step)
-        elif turn < clock:
-            turn = clock  # behind the rotation: no burst of catching up
-        self._turns[key] = turn + step
+            self._clock = clock = turn
+        # From the later of its place and the clock: one behind the rotation (busy, drained,
+        # new) moves on from now, with no burst of catching up.
+        self._turns[key] = clock + step
         return key
 
     def _rebase(self, candidates: Sequence[ServerView]) -> None:
@@ -245,21 +246,22 @@ class WeightedLeastConnection(_LeastBase):
             if c.admin is not online or c.health is down or weight <= 0:
                 continue
             overhead = (c.active << 8) + c.inactive  # ServerView.overhead, without the call
-            if least is None:
-                least, least_overhead, least_weight = c, overhead, weight
-                continue
             # loh/lw > doh/dw  <=>  loh*dw > doh*lw (weights > 0). Integers, so equal ratios
-            # really are equal and a tie is a tie.
-            more = least_overhead * weight
-            less = overhead * least_weight
-            if more > less:
-                least, least_overhead, least_weight, least_turn = c, overhead, weight, -1.0
-            elif more == less:
-                if least_turn < 0.0:
-                    least_turn = turns.get(least.key, 0.0)
-                turn = turns.get(c.key, 0.0)
-                if turn < least_turn:
-                    least, least_overhead, least_weight, least_turn = c, overhead, weight, turn
+            # really are equal and a tie is a tie. A more loaded server (the usual case with
+            # many) costs one comparison, as before ties took turns.
+            if least is None or (more := least_overhead * weight) >= (
+                less := overhead * least_weight
+            ):
+                if least is None or more > less:
+                    least, least_overhead, least_weight = c, overhead, weight  # 3: no tuple
+                    least_turn = -1.0
+                else:  # a tie: whose turn comes first
+                    if least_turn < 0.0:
+                        least_turn = turns.get(least.key, 0.0)
+                    turn = turns.get(c.key, 0.0)
+                    if turn < least_turn:
+                        least, least_overhead, least_weight = c, overhead, weight
+                        least_turn = turn
         self._overload = current if current is not None else _NO_FLAGS
         if least is None:
             return None
@@ -271,10 +273,8 @@ class WeightedLeastConnection(_LeastBase):
         if least_turn > clock:
             if least_turn > _REBASE:
                 return self._took(candidates, key, least_turn, 1.0 / least_weight)
-            self._clock = least_turn
-        elif least_turn < clock:
-            least_turn = clock
-        turns[key] = least_turn + 1.0 / least_weight
+            self._clock = clock = least_turn
+        turns[key] = clock + 1.0 / least_weight
         return key
 
 
