@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/balance_bench.py [--clients 100] [--vip 127.0.0.51]
                                             [--backends 127.0.0.52,127.0.0.53] [--skip-split]
-                                            [--skip-pick] [--rounds 15]
+                                            [--skip-pick] [--rounds 15] [--workers 1]
 
 Split (issue 14 item 9, goal 50/50 +- 10): two real HTTP servers (tests/peers/http_peer.py,
 each answers /who with its name) behind one `pacslb run` with five l7 services on --vip, all
@@ -10,7 +10,9 @@ with the default scheduler unless named: `http` (l7-http, wlc), `tcp` (l7-tcp, w
 (l7-http, wlc, http-cookie persistence), `lc` (l7-http, lc) and `weighted` (l7-http, wlc,
 weights 3:1, goal 75/25). `--clients` clients go to each service one after another, each on a
 new connection with one request and no cookie, closed before the next starts; the table gives
-who answered, and `pacslb status --json`'s totals per server as a cross-check.
+who answered, and `pacslb status --json`'s totals per server as a cross-check. With --workers
+above 1 each worker takes turns on its own, so the total is even within a client or so a
+worker.
 
 Pick cost: the wlc and lc schedulers' `choose()` on 2 and 8 idle servers (every decision a tie,
 the dearest case for the tie rotation) and the proxy's whole `ServiceRuntime.pick()` (wlc, 2
@@ -70,7 +72,8 @@ def split(args: argparse.Namespace) -> list[str]:
     ports = [free_port(host) for host in backends]
     vip_ports = {label: free_port(args.vip) for label in SERVICES}
     check = "{type: http, path: /check, expect: OK, interval: 0.5, timeout: 0.4, rise: 1}"
-    lines = ["version: 1", "node: {webui: {enabled: false}}", "virtual_services:"]
+    node = f"node: {{webui: {{enabled: false}}, proxy: {{workers: {args.workers}}}}}"
+    lines = ["version: 1", node, "virtual_services:"]
     for label, (mode, extra) in SERVICES.items():
         weights = (3, 1) if label == "weighted" else (1, 1)
         lines += [
@@ -163,6 +166,7 @@ def main() -> None:
     parser.add_argument("--vip", default="127.0.0.51")
     parser.add_argument("--backends", default="127.0.0.52,127.0.0.53")
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--workers", type=int, default=1, help="proxy worker processes")
     parser.add_argument("--skip-split", action="store_true")
     parser.add_argument("--skip-pick", action="store_true")
     args = parser.parse_args()
