@@ -8,6 +8,8 @@ expected outcome for the caller (fallback server, RST, 503), never an exception.
 The semantics follow the Linux IPVS schedulers (net/netfilter/ipvs/ip_vs_{wlc,lc,rr}.c) so that
 the built-in proxy and the kernel engine balance the same way, and nginx's smooth weighted
 round-robin (src/http/ngx_http_upstream_round_robin.c, ngx_http_upstream_get_peer) for `wrr`.
+One departure: `wlc`/`lc` ties take turns as in HAProxy's leastconn instead of going to the
+first server (see _LeastBase), so that clients coming one after another use every server.
 Server keys must be unique within one call (the plan guarantees it).
 """
 
@@ -165,8 +167,58 @@ def _update_overload(c: ServerView, previous: tuple[bool, int] | None) -> bool:
     return False
 
 
-class WeightedLeastConnection(_Base):
-    """ip_vs_wlc: least overhead/weight; compared by cross-multiplication, ties to the first."""
+# The tie rotation (see _LeastBase). A server of weight w moves 1/w on per choice; floats, not
+# fractions or big integers, because this runs per l7-http request (big integers alone cost
+# 60 ns a pick). Places are moved back to near 0 before they grow past _REBASE, where a
+# double still tells 1/65535 steps apart to 1 part in 60,000.
+_REBASE = float(1 << 20)
+
+
+class _LeastBase(_Base):
+    """Least-connection with HAProxy's leastconn tie rule instead of IPVS's "first in list".
+
+    IPVS keeps a tie on the first server, so clients that come one after another (each finds
+    every server idle) all land on it, and with persistence they stay there. HAProxy's
+    leastconn tree puts a server that just took a connection behind the others of equal load,
+    so they take turns. Here each server has a place in the rotation (stride scheduling,
+    Waldspurger 1995): the chosen one moves 1/weight on, and a tie goes to the server whose
+    place comes first (list order if equal) -- equal servers alternate, a 3:1 pair takes 3:1
+    of the ties. A server that was busy, drained or new may be far behind: it takes the next
+    tie, then moves on from the place of the latest choice like the others (HAProxy queues a
+    returning server behind its equals), so it gets one turn, not a burst of catching up.
+    Places are read only on ties and written once per decision.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._turns: dict[str, float] = {}  # server key -> its place (absent: 0.0, the start)
+        self._clock = 0.0  # the latest place a choice was made at (never goes back)
+
+    def _took(self, candidates: Sequence[ServerView], key: str, turn: float, step: float) -> str:
+        """`key` was chosen at place `turn` (>= 0): its next place is `step` further on."""
+        clock = self._clock
+        if turn > clock:
+            if turn > _REBASE:
+                self._clock = turn
+                self._rebase(candidates)
+                return self._took(candidates, key, self._turns.get(key, 0.0), step)
+            self._clock = clock = turn
+        # From the later of its place and the clock: one behind the rotation (busy, drained,
+        # new) moves on from now, with no burst of catching up.
+        self._turns[key] = clock + step
+        return key
+
+    def _rebase(self, candidates: Sequence[ServerView]) -> None:
+        """Move every place back by the clock's (places stay >= 0): floats keep their
+        precision, and servers no longer in the list are forgotten (bounded memory)."""
+        shift = self._clock
+        present = {c.key for c in candidates}
+        self._turns = {k: max(v - shift, 0.0) for k, v in self._turns.items() if k in present}
+        self._clock = 0.0
+
+
+class WeightedLeastConnection(_LeastBase):
+    """ip_vs_wlc: least overhead/weight, compared by cross-multiplication; ties take turns."""
 
     name = "wlc"
 
@@ -177,8 +229,10 @@ class WeightedLeastConnection(_Base):
         current: dict[str, tuple[bool, int]] | None = None
         online = AdminState.ONLINE
         down = Health.DOWN
+        turns = self._turns
         least: ServerView | None = None
         least_overhead = least_weight = 0
+        least_turn = -1.0  # its place, read when a tie needs it (-1: not yet; places are >= 0)
         for c in candidates:
             limit = c.max_connections
             if limit:
@@ -193,26 +247,65 @@ class WeightedLeastConnection(_Base):
                 continue
             overhead = (c.active << 8) + c.inactive  # ServerView.overhead, without the call
             # loh/lw > doh/dw  <=>  loh*dw > doh*lw (weights > 0). Integers, so equal ratios
-            # really are equal and the first server found keeps the tie, as in IPVS.
-            if least is None or least_overhead * weight > overhead * least_weight:
-                least, least_overhead, least_weight = c, overhead, weight
+            # really are equal and a tie is a tie. A more loaded server (the usual case with
+            # many) costs one comparison, as before ties took turns.
+            if least is None or (more := least_overhead * weight) >= (
+                less := overhead * least_weight
+            ):
+                if least is None or more > less:
+                    least, least_overhead, least_weight = c, overhead, weight  # 3: no tuple
+                    least_turn = -1.0
+                else:  # a tie: whose turn comes first
+                    if least_turn < 0.0:
+                        least_turn = turns.get(least.key, 0.0)
+                    turn = turns.get(c.key, 0.0)
+                    if turn < least_turn:
+                        least, least_overhead, least_weight = c, overhead, weight
+                        least_turn = turn
         self._overload = current if current is not None else _NO_FLAGS
-        return None if least is None else least.key
+        if least is None:
+            return None
+        key = least.key
+        if least_turn < 0.0:
+            least_turn = turns.get(key, 0.0)
+        # _took() inlined for the usual case (a method call costs a third of the tie rule)
+        clock = self._clock
+        if least_turn > clock:
+            if least_turn > _REBASE:
+                return self._took(candidates, key, least_turn, 1.0 / least_weight)
+            self._clock = clock = least_turn
+        turns[key] = clock + 1.0 / least_weight
+        return key
 
 
-class LeastConnection(_Base):
-    """ip_vs_lc: least overhead; weight only decides eligibility; ties to the first."""
+class LeastConnection(_LeastBase):
+    """ip_vs_lc: least overhead; weight only decides eligibility; ties take equal turns."""
 
     name = "lc"
 
-    def _pick(
-        self, candidates: Sequence[ServerView], eligible: list[bool], flow_key: bytes
-    ) -> str | None:
+    def choose(self, candidates: Sequence[ServerView], flow_key: bytes = b"") -> str | None:
+        eligible = self._eligible(candidates)
+        turns = self._turns
         least: ServerView | None = None
+        least_overhead = 0
+        least_turn = -1.0
         for c, ok in zip(candidates, eligible, strict=True):
-            if ok and (least is None or c.overhead < least.overhead):
-                least = c
-        return None if least is None else least.key
+            if not ok:
+                continue
+            overhead = (c.active << 8) + c.inactive
+            if least is None or overhead < least_overhead:
+                least, least_overhead, least_turn = c, overhead, -1.0
+            elif overhead == least_overhead:
+                if least_turn < 0.0:
+                    least_turn = turns.get(least.key, 0.0)
+                turn = turns.get(c.key, 0.0)
+                if turn < least_turn:
+                    least, least_turn = c, turn
+        if least is None:
+            return None
+        if least_turn < 0.0:
+            least_turn = turns.get(least.key, 0.0)
+        return self._took(candidates, least.key, least_turn, 1.0)
 
 
 class RoundRobin(_Base):

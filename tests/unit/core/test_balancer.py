@@ -127,3 +127,27 @@ def test_persistence_off_sh_is_per_address_and_unmaps_ipv4() -> None:
     b = Balancer(make_scheduler("sh"), None)
     servers = [Candidate(f"S{i}", 100) for i in range(8)]
     assert b.pick(servers, "::ffff:10.1.2.3", now=0) == b.pick(servers, "10.1.2.3", now=0)
+
+
+def test_sequential_new_persistent_clients_spread_over_equal_servers_with_wlc() -> None:
+    # Each new client comes after the previous one has gone: idle servers every time. With
+    # ties to the first (IPVS) every one of them would stick to A for good; ties take turns.
+    b = Balancer(make_scheduler("wlc"), StickyTable(600))
+    first: dict[str, str] = {}
+    for i in range(100):
+        ip = f"10.0.1.{i}"
+        server = b.pick([A, B], ip, now=i)
+        assert server is not None
+        first[ip] = server
+        b.closed(ip, now=i + 0.5, server_key=server)
+    assert sorted(first.values()).count("A") == 50
+    # ...and each stays with its own server when it comes back
+    for i, (ip, server) in enumerate(first.items()):
+        assert b.pick([A, B], ip, now=200 + i) == server
+
+
+def test_sequential_new_clients_follow_the_weights_with_wlc() -> None:
+    b = Balancer(make_scheduler("wlc"), None)
+    heavy, light = Candidate("H", 300), Candidate("L", 100)
+    got = [b.pick([heavy, light], f"10.0.2.{i}", now=0) for i in range(100)]
+    assert got.count("H") == 75 and got.count("L") == 25

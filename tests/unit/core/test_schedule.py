@@ -1,4 +1,5 @@
-"""Schedulers pinned to IPVS (wlc, lc, rr, thresholds) and nginx (smooth wrr) semantics."""
+"""Schedulers pinned to IPVS (wlc, lc, rr, thresholds) and nginx (smooth wrr) semantics; wlc/lc
+ties take turns as in HAProxy's leastconn."""
 
 from __future__ import annotations
 
@@ -99,22 +100,110 @@ def test_wlc_hand_computed_ipvs_examples() -> None:
     assert s.choose([C("A", 100, active=10), C("B", 50, active=4)]) == "B"
     # 25.6 < 6*256/50 = 30.72 -> A
     assert s.choose([C("A", 100, active=10), C("B", 50, active=6)]) == "A"
-    # idle servers: 0/100 vs 0/50 tie -> first
+    # idle servers: 0/100 vs 0/50 tie -> the one whose turn comes first (A: none taken yet)
     assert s.choose([C("A", 100), C("B", 50)]) == "A"
     # inactive connections count 1/256 of an active one
     assert s.choose([C("A", 1, active=1), C("B", 1, inactive=255)]) == "B"
     assert s.choose([C("A", 1, active=1), C("B", 1, inactive=256)]) == "A"  # 256 == 256: tie
 
 
-def test_wlc_equal_ratios_tie_to_first_in_list_order() -> None:
-    s = make_scheduler("wlc")
-    # 512/100 == 256/50 exactly
-    assert s.choose([C("A", 100, active=2), C("B", 50, active=1)]) == "A"
-    assert s.choose([C("B", 50, active=1), C("A", 100, active=2)]) == "B"
+def test_wlc_equal_ratios_are_ties_and_a_fresh_tie_goes_to_the_first_in_list_order() -> None:
+    # 512/100 == 256/50 exactly: a tie, and a new scheduler breaks it by list order
+    assert make_scheduler("wlc").choose([C("A", 100, active=2), C("B", 50, active=1)]) == "A"
+    assert make_scheduler("wlc").choose([C("B", 50, active=1), C("A", 100, active=2)]) == "B"
     # 1/3 style ratios: 256/3 == 512/6 == 768/9
     trio = [C("x", 3, active=1), C("y", 6, active=2), C("z", 9, active=3)]
-    assert s.choose(trio) == "x"
-    assert s.choose(trio[::-1]) == "z"
+    assert make_scheduler("wlc").choose(trio) == "x"
+    assert make_scheduler("wlc").choose(trio[::-1]) == "z"
+    # ...while a lower ratio still wins whatever the rotation says
+    s = make_scheduler("wlc")
+    assert picks(s, [C("A", 1, active=1), C("B", 1, active=2)], 5) == ["A"] * 5
+
+
+# --- ties take turns (HAProxy leastconn), scaled by weight -------------------------------
+
+
+@pytest.mark.parametrize("name", ["wlc", "lc"])
+def test_sequential_clients_on_idle_equal_servers_alternate(name: str) -> None:
+    # Each client has gone before the next comes: every decision sees idle servers. IPVS
+    # would send all of them to A; HAProxy's leastconn alternates.
+    s = make_scheduler(name)
+    assert picks(s, [C("A", 5), C("B", 5)], 6) == ["A", "B"] * 3
+    trio = [C("A"), C("B"), C("C")]
+    assert picks(make_scheduler(name), trio, 6) == ["A", "B", "C"] * 2
+
+
+@pytest.mark.parametrize("name", ["wlc", "lc"])
+def test_equal_loads_take_turns_too(name: str) -> None:
+    s = make_scheduler(name)
+    loaded = [C("A", 2, active=3, inactive=1), C("B", 2, active=3, inactive=1)]
+    assert picks(s, loaded, 4) == ["A", "B", "A", "B"]
+
+
+def test_wlc_ties_follow_the_weights() -> None:
+    s = make_scheduler("wlc")
+    got = picks(s, [C("A", 3), C("B", 1)], 400)
+    assert Counter(got) == {"A": 300, "B": 100}
+    assert got[:8] == ["A", "B", "A", "A", "A", "B", "A", "A"]  # interleaved, not in runs
+    weights = {"A": 5, "B": 1, "C": 1}
+    got = picks(make_scheduler("wlc"), [C(k, w) for k, w in weights.items()], 700)
+    assert Counter(got) == {"A": 500, "B": 100, "C": 100}
+    # large weights keep their ratio (no rounding of 1/w to a coarse grid)
+    got = picks(make_scheduler("wlc"), [C("A", 40000), C("B", 30000)], 700)
+    assert Counter(got) == {"A": 400, "B": 300}
+
+
+def test_lc_ties_ignore_the_weights() -> None:
+    got = picks(make_scheduler("lc"), [C("A", 3), C("B", 1)], 100)
+    assert Counter(got) == {"A": 50, "B": 50}
+
+
+@pytest.mark.parametrize("name", ["wlc", "lc"])
+def test_the_server_that_took_the_last_connection_goes_behind(name: str) -> None:
+    # A strict win moves the server on as well: after A took a client because B was busy,
+    # the next tie goes to B.
+    s = make_scheduler(name)
+    assert s.choose([C("A"), C("B", active=1)]) == "A"
+    assert s.choose([C("A"), C("B")]) == "B"
+    assert s.choose([C("A"), C("B")]) == "A"
+
+
+@pytest.mark.parametrize("name", ["wlc", "lc"])
+def test_a_server_long_busy_gets_a_turn_not_a_burst(name: str) -> None:
+    # B held a long connection while 1,000 clients went to A. When B is free again it takes
+    # the next tie, then they alternate: no 1,000 clients in a row to catch up.
+    s = make_scheduler(name)
+    assert set(picks(s, [C("A"), C("B", active=1)], 1000)) == {"A"}
+    assert picks(s, [C("A"), C("B")], 6) == ["B", "A", "B", "A", "B", "A"]
+
+
+@pytest.mark.parametrize("name", ["wlc", "lc"])
+def test_a_returning_or_new_server_joins_the_rotation(name: str) -> None:
+    s = make_scheduler(name)
+    picks(s, [C("A"), C("B")], 501)  # A is one ahead
+    drained = [C("A"), C("B", admin=AdminState.DRAIN)]
+    assert set(picks(s, drained, 300)) == {"A"}
+    got = picks(s, [C("A"), C("B"), C("N")], 30)  # B back after 300 decisions, N new
+    assert Counter(got) == {"A": 10, "B": 10, "N": 10}
+    # one turn each from the start (no run of catching up), then in rotation
+    assert got[:3] == ["N", "B", "A"]
+    assert all(set(got[i : i + 3]) == {"A", "B", "N"} for i in range(0, 30, 3))
+
+
+@pytest.mark.parametrize("name", ["wlc", "lc"])
+def test_places_are_rebased_and_departed_servers_forgotten(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pacslb.core.schedule as schedule
+
+    monkeypatch.setattr(schedule, "_REBASE", 8.0)
+    s = make_scheduler(name)
+    assert isinstance(s, schedule._LeastBase)
+    picks(s, [C("A"), C("B"), C("gone")], 3)
+    got = picks(s, [C("A"), C("B")], 40)
+    assert got == ["A", "B"] * 20  # the rotation runs on across rebases
+    assert set(s._turns) == {"A", "B"} and max(s._turns.values()) <= 8.0 + 1.0
+    assert 0.0 <= s._clock <= 8.0 and min(s._turns.values()) >= 0.0
 
 
 def test_wlc_compares_integers_not_floats() -> None:
@@ -222,8 +311,8 @@ def test_lc_ignores_weight_except_for_eligibility() -> None:
     assert s.choose([C("A", 100, active=5), C("B", 1, active=4)]) == "B"
     assert s.choose([C("A", 100, active=5), C("B", 0, active=0)]) == "A"
     assert s.choose([C("A", 1, active=1), C("B", 1, inactive=300)]) == "A"  # 256 < 300
-    assert s.choose([C("A", 1, active=3), C("B", 9, active=3)]) == "A"  # tie: first
-    assert s.choose([C("B", 9, active=3), C("A", 1, active=3)]) == "B"
+    assert make_scheduler("lc").choose([C("A", 1, active=3), C("B", 9, active=3)]) == "A"
+    assert make_scheduler("lc").choose([C("B", 9, active=3), C("A", 1, active=3)]) == "B"
 
 
 # --- rr ----------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from itertools import pairwise
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -91,3 +92,34 @@ def test_service_slots_honour_drain_limits_and_the_fallback() -> None:
 def test_rr_and_lc_treat_servers_alike() -> None:
     plan = build_plan(c.Config(virtual_services=[_svc(scheduler="rr")]))
     assert Counter(service_slots(plan.services[0])) == {"a": 50, "b": 50}
+
+
+def _flows(table: tuple[str, ...], start: int, n: int) -> list[str]:
+    """Where `numgen inc mod SLOTS` sends n new flows, its counter at `start`."""
+    return [table[(start + i) % SLOTS] for i in range(n)]
+
+
+def test_sequential_new_flows_take_turns_on_equal_idle_servers() -> None:
+    # Ties in the kernel engine (issue 14 item 9): the counter of `numgen inc` moves on with
+    # every new flow and is not reset when the slots are re-dealt, so on two idle equal
+    # servers flow after flow alternates -- across the table's wrap and whatever the
+    # counter's position -- instead of landing on the first.
+    vs = _svc(
+        scheduler="wlc",
+        real_servers=[
+            {"label": "a", "address": "198.18.2.11"},
+            {"label": "b", "address": "198.18.2.12"},
+        ],
+    )
+    svc = build_plan(c.Config(virtual_services=[vs])).services[0]
+    for new_last_interval in (0, 1, 50):
+        table = service_slots(svc, {"a": 0, "b": 0}, new_last_interval)
+        for start in (0, 1, 57, 99):
+            flows = _flows(table, start, 100)
+            assert Counter(flows) == {"a": 50, "b": 50}
+            assert all(x != y for x, y in pairwise(flows))
+    # Weights are kept: 2:1 gives 2:1 of any 99 sequential flows.
+    weighted_pair = _svc(scheduler="wlc")  # a: 2, b: 1 (b's max_connections is not reached)
+    svc = build_plan(c.Config(virtual_services=[weighted_pair])).services[0]
+    table = service_slots(svc, {"a": 0, "b": 0}, 0)
+    assert Counter(_flows(table, 31, 99)) == {"a": 66, "b": 33}
