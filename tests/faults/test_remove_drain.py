@@ -1,0 +1,222 @@
+"""Removing a real server drains it first (issue 14, item 5).
+
+Real processes: `pacslb run` with an l7-tcp VIP in front of two echo servers (subprocesses
+that say their name, then echo). A connection held open to Srv2 goes on exchanging data after
+Srv2 is deleted through the REST API, and completes intact, while new connections go to Srv1;
+then Srv2 is gone. Bursts of add/remove reloads under a bounded client loop cost no client an
+error."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.faults.control_run import Pacslb
+from tests.peers.procs import ROOT, free_port, stop, wait_until
+
+pytestmark = pytest.mark.timeout(120)
+
+WEB_HOST = "127.10.3.1"
+VIP = "127.10.3.11"
+RIPS = {"Srv1": "127.10.3.2", "Srv2": "127.10.3.3"}
+
+
+@contextlib.contextmanager
+def echo_peer(name: str) -> Iterator[int]:
+    """tests/integration/test_tcp_proxy's echo peer in a subprocess; yields its port."""
+    argv = [sys.executable, "-m", "tests.integration.test_tcp_proxy", "echo", RIPS[name], "0"]
+    proc = subprocess.Popen(
+        [*argv, name], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT
+    )
+    assert proc.stdout is not None
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 10)
+        line = proc.stdout.readline() if ready else b""
+        assert line.strip().isdigit(), f"echo peer {name} did not start"
+        yield int(line)
+    finally:
+        stop(proc)
+        proc.stdout.close()
+
+
+def server_line(name: str, port: int) -> str:
+    return f"      - {{label: {name}, address: {RIPS[name]}, port: {port}}}\n"
+
+
+def config_text(web: int, vip_port: int, servers: str, extra: str = "") -> str:
+    return f"""version: 1
+node:
+  webui: {{listen: "{WEB_HOST}:{web}"}}
+virtual_services:
+  - label: Dicom
+    vip: {VIP}
+    ports: [{vip_port}]
+    mode: l7-tcp
+    health_check: {{type: none}}
+{extra}    real_servers:
+{servers}"""
+
+
+class Stream:
+    """A client connection through the VIP: the server's name, then echo rounds."""
+
+    def __init__(self, vip_port: int) -> None:
+        self.sock = socket.create_connection((VIP, vip_port), timeout=10)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        name = b""
+        while not name.endswith(b"\n"):
+            chunk = self.sock.recv(1)
+            if not chunk:
+                raise ConnectionError("closed before the server said its name")
+            name += chunk
+        self.server = name.decode().strip()
+        self.sent = 0
+
+    def round(self, size: int = 64 * 1024) -> None:
+        """Send `size` bytes that number themselves; the echo must be the same bytes."""
+        data = bytes((self.sent + i) % 251 for i in range(size))
+        self.sent += size
+        self.sock.sendall(data)
+        got = bytearray()
+        while len(got) < size:
+            chunk = self.sock.recv(size - len(got))
+            if not chunk:
+                raise ConnectionError(f"closed after {len(got)} of {size} echoed bytes")
+            got += chunk
+        if bytes(got) != data:
+            raise ConnectionError("the echo differs from what was sent")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[tuple[Pacslb, int, dict[str, int], Path]]:
+    with ExitStack() as stack:
+        ports = {name: stack.enter_context(echo_peer(name)) for name in RIPS}
+        web, vip_port = free_port(WEB_HOST), free_port(VIP)
+        config = tmp_path / "pacslb.yaml"
+        servers = "".join(server_line(n, p) for n, p in ports.items())
+        config.write_text(config_text(web, vip_port, servers))
+        run = Pacslb(config, tmp_path / "state", (WEB_HOST, web), tmp_path / "run.log")
+        run.start(stack)
+        wait_until(lambda: _answers(vip_port), 10, "the VIP to answer")
+        yield run, vip_port, ports, config
+
+
+def _answers(port: int) -> bool:
+    try:
+        Stream(port).close()
+    except OSError:
+        return False
+    return True
+
+
+def servers(run: Pacslb) -> dict[str, dict[str, Any]]:
+    (svc,) = run.cli_status()["services"]
+    return {rs["label"]: rs for rs in svc["real_servers"]}
+
+
+def test_a_removed_server_keeps_its_connection_until_it_ends(
+    setup: tuple[Pacslb, int, dict[str, int], Path],
+) -> None:
+    run, vip_port, ports, _ = setup
+    held: list[Stream] = []
+    for _ in range(10):  # bounded: the scheduler spreads them, so Srv2 gets one soon
+        held.append(Stream(vip_port))
+        if held[-1].server == "Srv2":
+            break
+    long = held.pop()
+    assert long.server == "Srv2"
+    for other in held:
+        other.close()
+    long.round()
+
+    r = run.api("DELETE", "/virtual_services/Dicom/real_servers/Srv2")
+    assert r.status_code == 200, r.text
+    long.round()  # the connection to the removed server goes on
+    assert [
+        rs["label"] for rs in run.api("GET", "/virtual_services/Dicom/real_servers").json()
+    ] == ["Srv1"]
+    wait_until(lambda: servers(run).get("Srv2", {}).get("admin") == "removing", 10, "removing")
+    for _ in range(20):  # the transfer goes on, byte for byte, while new clients go to Srv1
+        long.round()
+        fresh = Stream(vip_port)
+        assert fresh.server == "Srv1"
+        fresh.round(1024)
+        fresh.close()
+    assert any("removed: draining 1 connection" in m for m in run.events("config")), run.events(
+        "config"
+    )
+
+    # Put back under the same label before it is gone: it simply comes back.
+    r = run.api(
+        "POST",
+        "/virtual_services/Dicom/real_servers",
+        {"label": "Srv2", "address": RIPS["Srv2"], "port": ports["Srv2"]},
+    )
+    assert r.status_code == 201, r.text
+    wait_until(lambda: servers(run)["Srv2"]["admin"] == "online", 10, "Srv2 back online")
+    long.round()
+
+    assert run.api("DELETE", "/virtual_services/Dicom/real_servers/Srv2").status_code == 200
+    long.round()
+    long.close()  # the transfer ends: the server goes once the engine's count says 0
+    wait_until(lambda: "Srv2" not in servers(run), 15, "Srv2 gone after its last connection")
+    assert any("removed: gone" in m for m in run.events("config"))
+
+
+def test_add_remove_reloads_under_load_cost_no_client_an_error(
+    setup: tuple[Pacslb, int, dict[str, int], Path],
+) -> None:
+    run, vip_port, ports, config = setup
+    text = config.read_text()
+    without = text.replace(server_line("Srv2", ports["Srv2"]), "")
+    assert without != text
+    errors: list[str] = []
+    served: dict[str, int] = {}
+    stop_at = time.monotonic() + 60
+    done = threading.Event()
+
+    def client() -> None:
+        for _ in range(300):  # bounded in count and time
+            if done.is_set() or time.monotonic() > stop_at:
+                return
+            try:
+                s = Stream(vip_port)
+                served[s.server] = served.get(s.server, 0) + 1
+                s.round(16 * 1024)
+                time.sleep(0.02)  # a connection that lives across a reload
+                s.round(16 * 1024)
+                s.close()
+            except OSError as exc:
+                errors.append(repr(exc))
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        for i in range(10):
+            config.write_text(without if i % 2 == 0 else text)
+            out = run.cli("reload", check=False)
+            assert out.returncode == 0, out.stderr
+            time.sleep(0.3)
+    finally:
+        done.set()
+        for t in threads:
+            t.join(30)
+    assert errors == [], f"{len(errors)} client errors: {errors[:5]}"
+    assert served.get("Srv1", 0) > 0 and served.get("Srv2", 0) > 0, served
+    assert os.path.exists(config)
