@@ -5,7 +5,6 @@ does), so no test has to fish the generated one out of the log."""
 
 from __future__ import annotations
 
-import json
 import ssl
 import subprocess
 import sys
@@ -17,6 +16,8 @@ from typing import Any
 import httpx
 
 from pacslb.control.auth import AuthStore
+from pacslb.control.local import request
+from pacslb.errors import PacslbError
 from tests.peers.procs import running, wait_port
 
 PASSWORD = "fault injection admin"
@@ -64,9 +65,16 @@ class Pacslb:
             check=check,
         )
 
+    def control(self, cmd: str) -> Any:
+        """One command over the control socket, as the CLI sends it (without a new Python)."""
+        return request(self.state, {"cmd": cmd}, timeout=30)
+
     def cli_status(self) -> dict[str, Any]:
-        out = self.cli("status", "--json", check=False)
-        return json.loads(out.stdout) if out.returncode == 0 else {}
+        try:
+            status: dict[str, Any] = self.control("status")
+        except (OSError, PacslbError):
+            return {}
+        return status
 
     def events(self, kind: str) -> list[str]:
         r = self.api("GET", f"/events?kind={kind}&limit=500")

@@ -129,6 +129,11 @@ def servers(run: Pacslb) -> dict[str, dict[str, Any]]:
     return {rs["label"]: rs for rs in svc["real_servers"]}
 
 
+def active(run: Pacslb, label: str) -> int:
+    count = servers(run).get(label, {}).get("connections") or {}
+    return int(count.get("active", 0))
+
+
 def test_a_removed_server_keeps_its_connection_until_it_ends(
     setup: tuple[Pacslb, int, dict[str, int], Path],
 ) -> None:
@@ -143,6 +148,8 @@ def test_a_removed_server_keeps_its_connection_until_it_ends(
     for other in held:
         other.close()
     long.round()
+    # The event says how many connections drain as the engines last counted them (each second).
+    wait_until(lambda: active(run, "Srv2") == 1, 10, "the engine to count the connection")
 
     r = run.api("DELETE", "/virtual_services/Dicom/real_servers/Srv2")
     assert r.status_code == 200, r.text
@@ -157,8 +164,8 @@ def test_a_removed_server_keeps_its_connection_until_it_ends(
         assert fresh.server == "Srv1"
         fresh.round(1024)
         fresh.close()
-    assert any("removed: draining 1 connection" in m for m in run.events("config")), run.events(
-        "config"
+    assert any("removed: draining 1 connection" in m for m in run.events("admin")), run.events(
+        "admin"
     )
 
     # Put back under the same label before it is gone: it simply comes back.
@@ -175,7 +182,7 @@ def test_a_removed_server_keeps_its_connection_until_it_ends(
     long.round()
     long.close()  # the transfer ends: the server goes once the engine's count says 0
     wait_until(lambda: "Srv2" not in servers(run), 15, "Srv2 gone after its last connection")
-    assert any("removed: gone" in m for m in run.events("config"))
+    assert any("removed: gone" in m for m in run.events("admin"))
 
 
 def test_add_remove_reloads_under_load_cost_no_client_an_error(
@@ -210,8 +217,7 @@ def test_add_remove_reloads_under_load_cost_no_client_an_error(
     try:
         for i in range(10):
             config.write_text(without if i % 2 == 0 else text)
-            out = run.cli("reload", check=False)
-            assert out.returncode == 0, out.stderr
+            assert "revision" in run.control("reload")
             time.sleep(0.3)
     finally:
         done.set()

@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from pacslb import __version__
 from pacslb.control.auth import AuthStore, Security
 from pacslb.control.reports import Sampler
-from pacslb.control.store import RevisionNotFound, write_atomic
+from pacslb.control.store import RevisionNotFound, StorageError, write_atomic
 from pacslb.core import certs
 from pacslb.core.validate import format_path
 from pacslb.errors import ConfigError
@@ -49,7 +49,7 @@ def problems_json(exc: ConfigError) -> dict[str, Any]:
 def create_app(process: ControlProcess, store: AuthStore | None = None) -> FastAPI:
     """The ASGI app; tests drive it with httpx/TestClient, `pacslb run` serves it over HTTPS."""
     from pacslb.control import api, metrics, webui
-    from pacslb.control.app import UnknownTarget
+    from pacslb.control.app import ConfigConflict, UnknownTarget
 
     settings = process.config.node.webui
     # No /docs or /redoc: both load scripts from a CDN, and hospital networks are offline.
@@ -89,6 +89,16 @@ def create_app(process: ControlProcess, store: AuthStore | None = None) -> FastA
     @app.exception_handler(RevisionNotFound)
     async def _not_found(request: Request, exc: Exception) -> Response:
         return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(StorageError)
+    async def _storage_error(request: Request, exc: StorageError) -> Response:
+        # The change was refused and nothing of it kept; the reason names the disk and errno.
+        # 507 Insufficient Storage (RFC 4918 §11.5) when it is space, else a 500 that says why.
+        return JSONResponse({"detail": str(exc)}, status_code=507 if exc.disk_full else 500)
+
+    @app.exception_handler(ConfigConflict)
+    async def _conflict(request: Request, exc: ConfigConflict) -> Response:
+        return JSONResponse({"detail": str(exc)}, status_code=409)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
