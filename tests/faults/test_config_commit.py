@@ -19,6 +19,7 @@ import pytest
 
 from tests.faults.control_run import Pacslb
 from tests.peers.procs import free_port
+from tests.webapp import headers, login, web_client
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -127,3 +128,39 @@ def test_full_state_disk_refuses_the_change_with_its_reason(tmp_path: Path) -> N
         assert [rs["label"] for rs in servers] == ["Srv1"]  # the refused change never went live
         assert [rev["number"] for rev in again.api("GET", "/config/revisions").json()] == [1]
         again.stop()
+
+
+def test_config_file_not_written_withdraws_the_saved_revision(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The revision is saved first; if the config file then cannot be replaced (here: its
+    disk is read-only), the revision is withdrawn and nothing is applied."""
+    import pacslb.control.app
+
+    with web_client(tmp_path) as (client, process):
+        h = headers(login(client))
+        before = process.config_path.read_text()
+
+        def read_only(path: Path, data: bytes, mode: int = 0o644) -> None:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+        monkeypatch.setattr(pacslb.control.app, "write_atomic", read_only)
+        server = {"label": "Srv3", "address": "127.10.3.5", "port": 18083}
+        r = client.post("/api/v1/virtual_services/Web/real_servers", json=server, headers=h)
+        assert r.status_code == 500, r.text
+        detail = r.json()["detail"]
+        assert detail.startswith("config disk read-only: cannot write ") and "EROFS" in detail
+        assert process.config_path.read_text() == before
+        assert [rev.number for rev in process.store.revisions()] == [1]
+        assert process.revision == 1
+        assert [rs.label for rs in process.config.virtual_services[0].real_servers] == [
+            "Srv1",
+            "Srv2",
+        ]
+        events = client.get("/api/v1/events", params={"kind": "config"}).json()
+        assert "change refused: config disk read-only" in events[-1]["message"]
+
+        monkeypatch.undo()  # the disk is back: the same change goes through, as revision 2
+        r = client.post("/api/v1/virtual_services/Web/real_servers", json=server, headers=h)
+        assert r.status_code == 201 and r.json()["revision"] == 2
+        assert "Srv3" in process.config_path.read_text()
