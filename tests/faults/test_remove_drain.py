@@ -226,3 +226,27 @@ def test_add_remove_reloads_under_load_cost_no_client_an_error(
     assert errors == [], f"{len(errors)} client errors: {errors[:5]}"
     assert served.get("Srv1", 0) > 0 and served.get("Srv2", 0) > 0, served
     assert os.path.exists(config)
+
+
+def test_the_drain_cap_cuts_what_is_left(tmp_path: Path) -> None:
+    """`timeouts.remove_drain` bounds the wait: past it, what is still open is cut, said so."""
+    with ExitStack() as stack:
+        port = stack.enter_context(echo_peer("Srv1"))
+        web, vip_port = free_port(WEB_HOST), free_port(VIP)
+        config = tmp_path / "pacslb.yaml"
+        extra = "    timeouts: {remove_drain: 1}\n"
+        config.write_text(config_text(web, vip_port, server_line("Srv1", port), extra))
+        run = Pacslb(config, tmp_path / "state", (WEB_HOST, web), tmp_path / "run.log")
+        run.start(stack)
+        wait_until(lambda: _answers(vip_port), 10, "the VIP to answer")
+        held = Stream(vip_port)
+        held.round()
+        wait_until(lambda: active(run, "Srv1") == 1, 10, "the engine to count the connection")
+        assert run.api("DELETE", "/virtual_services/Dicom/real_servers/Srv1").status_code == 200
+        wait_until(lambda: "Srv1" not in servers(run), 15, "Srv1 gone at its cap")
+        held.sock.settimeout(10)
+        with pytest.raises(OSError):  # closed by the proxy: a read gives EOF, then a reset
+            for _ in range(3):
+                held.round()
+        held.close()
+        assert "removed: gone (drain cap of 1 s passed: 1 connection cut)" in run.events("admin")

@@ -134,7 +134,7 @@ def colour(rs: dict[str, Any]) -> str:
         return "halt"
     if rs["health"] == "down":
         return "down"
-    if rs["admin"] == AdminState.DRAIN:
+    if rs["admin"] in (AdminState.DRAIN, AdminState.REMOVING):  # removing: draining, then gone
         return "drain"
     return "up" if rs["health"] == "up" else "unknown"
 

@@ -276,7 +276,8 @@ def drained(
     for key, gone in leaving.items():
         open_now = active.get(key, 0)
         if now >= gone.deadline:
-            out[key] = f"drain cap of {gone.cap:g} s passed: {open_now} connections cut"
+            noun = "connection" if open_now == 1 else "connections"
+            out[key] = f"drain cap of {gone.cap:g} s passed: {open_now} {noun} cut"
         elif open_now == 0 and now - gone.since >= settle:
             out[key] = f"its connections ended after {now - gone.since:.0f} s"
     return out
