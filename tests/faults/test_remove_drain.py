@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bench.dicom_files import ct_file, new_uid
 
 from tests.faults.control_run import Pacslb
-from tests.peers.procs import ROOT, free_port, stop, wait_until
+from tests.peers.procs import ROOT, free_port, running, stop, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -250,3 +251,78 @@ def test_the_drain_cap_cuts_what_is_left(tmp_path: Path) -> None:
                 held.round()
         held.close()
         assert "removed: gone (drain cap of 1 s passed: 1 connection cut)" in run.events("admin")
+
+
+STORESCP, STORESCU = "/usr/bin/storescp", "/usr/bin/storescu"
+DCMTK_ENV = {"TCP_NODELAY": "1"}  # dcmtk leaves Nagle on otherwise (research/dicom.md)
+
+
+@contextlib.contextmanager
+def slow_storescp(rx: Path) -> Iterator[int]:
+    """storescp that sleeps 1 s after each image (--sleep-after): a C-STORE of a few images
+    lasts seconds whatever the machine's speed. It binds every interface; yields its port."""
+    for attempt in range(3):
+        port = free_port()
+        argv = [STORESCP, "-aet", "PACS", "+B", "--sleep-after", "1", "-od", str(rx), str(port)]
+        with ExitStack() as stack:
+            try:
+                stack.enter_context(running(argv, "127.0.0.1", port, env=DCMTK_ENV))
+            except RuntimeError:  # exited before listening: the port was taken meanwhile
+                if attempt == 2:
+                    raise
+                continue
+            yield port
+            return
+
+
+def test_a_c_store_in_progress_survives_the_removal_of_its_server(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    study, series = new_uid(), new_uid()
+    sent: dict[str, bytes] = {}
+    for i in range(6):
+        uid = new_uid()
+        data = ct_file(uid, study, series, i + 1, os.urandom(128 * 128 * 2), 128, "PACSLB-H3")
+        (src / f"img{i}.dcm").write_bytes(data)
+        sent[uid] = data[data.index(b"\x08\x00\x16\x00", 132) :]  # the data set, meta stripped
+    with ExitStack() as stack:
+        rx = {name: tmp_path / f"rx-{name}" for name in RIPS}
+        ports = {}
+        for name, folder in rx.items():
+            folder.mkdir()
+            ports[name] = stack.enter_context(slow_storescp(folder))
+        web, vip_port = free_port(WEB_HOST), free_port(VIP)
+        config = tmp_path / "pacslb.yaml"
+        servers_yaml = "".join(server_line(n, p) for n, p in ports.items())
+        config.write_text(config_text(web, vip_port, servers_yaml))
+        run = Pacslb(config, tmp_path / "state", (WEB_HOST, web), tmp_path / "run.log")
+        run.start(stack)
+
+        files = sorted(str(p) for p in src.iterdir())
+        argv = [STORESCU, "-aet", "MODALITY", "-aec", "PACS", VIP, str(vip_port), *files]
+        store = subprocess.Popen(
+            argv, env={**os.environ, **DCMTK_ENV}, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        try:
+            wait_until(lambda: any(active(run, name) == 1 for name in RIPS), 10, "the association")
+            target = next(name for name in RIPS if active(run, name) == 1)
+            other = next(name for name in RIPS if name != target)
+            r = run.api("DELETE", f"/virtual_services/Dicom/real_servers/{target}")
+            assert r.status_code == 200, r.text
+            early = store.poll()  # None: the removal came mid-transfer, as it must
+            _, err = store.communicate(timeout=60)
+        finally:
+            if store.poll() is None:
+                store.kill()
+                store.communicate()
+        assert store.returncode == 0, err.decode(errors="replace")
+        assert early is None, "the C-STORE ended before the removal: the test proved nothing"
+        # Every image reached the removed server, byte for byte; none went elsewhere.
+        received = {p.name.split(".", 1)[1]: p.read_bytes() for p in rx[target].iterdir()}
+        assert received.keys() == sent.keys()
+        for uid, data in sent.items():
+            assert received[uid].endswith(data), f"{uid}: data set differs"
+        assert not any(rx[other].iterdir())
+        messages = run.events("admin")
+        assert any("removed: draining 1 connection" in m for m in messages), messages
+        wait_until(lambda: target not in servers(run), 15, "the removed server gone")
