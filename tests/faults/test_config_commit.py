@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -159,6 +160,14 @@ def test_config_file_not_written_withdraws_the_saved_revision(
         ]
         events = client.get("/api/v1/events", params={"kind": "config"}).json()
         assert "change refused: config disk read-only" in events[-1]["message"]
+        # The WebUI's form shows the same reason on the page, not an error document.
+        overview = client.get("/").text
+        csrf = re.search(r'name="csrf-token" content="([^"]+)"', overview)[1]  # type: ignore[index]
+        form = {"csrf_token": csrf, "label": "Srv3", "address": "127.10.3.5", "port": "18083"}
+        r = client.post("/services/Web/servers/new", data=form)
+        assert r.status_code == 500 and "config disk read-only" in r.text
+        assert "<html" in r.text.lower()
+        assert [rev.number for rev in process.store.revisions()] == [1]
 
         monkeypatch.undo()  # the disk is back: the same change goes through, as revision 2
         r = client.post("/api/v1/virtual_services/Web/real_servers", json=server, headers=h)

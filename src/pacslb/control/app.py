@@ -27,6 +27,7 @@ from pacslb.control.events import Event, EventLog
 from pacslb.control.probes import ProbeResult
 from pacslb.control.store import (
     AdminStateStore,
+    ConfigConflict,
     ConfigStore,
     Revision,
     StorageError,
@@ -45,10 +46,6 @@ from pacslb.errors import ConfigError, EngineError, PacslbError
 
 class UnknownTarget(PacslbError):
     """A command named a virtual service or real server the config does not have."""
-
-
-class ConfigConflict(PacslbError):
-    """A change was made from a config that another change replaced meanwhile."""
 
 
 # Seconds between looks at the connection counts of removed servers, and the least time after

@@ -54,6 +54,10 @@ class StateFileError(PacslbError):
     """A state file exists but cannot be read or parsed; the message names the file."""
 
 
+class ConfigConflict(PacslbError):
+    """A change was made from a config that another change replaced meanwhile."""
+
+
 class StorageError(PacslbError):
     """The host refused a write (disk full, read-only, no permission): the change that needed
     it was refused and nothing of it was kept. The message says what, where and the errno."""

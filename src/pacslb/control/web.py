@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from pacslb import __version__
 from pacslb.control.auth import AuthStore, Security
 from pacslb.control.reports import Sampler
-from pacslb.control.store import RevisionNotFound, StorageError, write_atomic
+from pacslb.control.store import ConfigConflict, RevisionNotFound, StorageError, write_atomic
 from pacslb.core import certs
 from pacslb.core.validate import format_path
 from pacslb.errors import ConfigError
@@ -49,7 +49,7 @@ def problems_json(exc: ConfigError) -> dict[str, Any]:
 def create_app(process: ControlProcess, store: AuthStore | None = None) -> FastAPI:
     """The ASGI app; tests drive it with httpx/TestClient, `pacslb run` serves it over HTTPS."""
     from pacslb.control import api, metrics, webui
-    from pacslb.control.app import ConfigConflict, UnknownTarget
+    from pacslb.control.app import UnknownTarget
 
     settings = process.config.node.webui
     # No /docs or /redoc: both load scripts from a CDN, and hospital networks are offline.
