@@ -123,6 +123,7 @@ def test_full_state_disk_refuses_the_change_with_its_reason(tmp_path: Path) -> N
 
         run.stop()
         assert config.read_text() == original
+        fill(state)  # and the restart finds the disk still full: it starts all the same
         again = Pacslb(config, state, (WEB_HOST, web_port), tmp_path / "again.log")
         again.start(stack)
         servers = again.api("GET", "/virtual_services/Web/real_servers").json()
