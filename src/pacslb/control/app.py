@@ -247,9 +247,10 @@ class ControlProcess:
         except ConfigError as exc:
             self._record("config", f"reload refused: {len(exc.problems)} problems")
             raise
+        comment = f"reload {self.config_path}"
         async with self._commit_lock:
-            rev = await self._commit(text, f"reload {self.config_path}", "", write_file=False)
-            return await self._apply(rev, text, config)
+            rev = await self._commit(text, comment, "", write_file=False)
+            return await self._apply(rev, text, config, comment)
 
     async def apply_config(
         self, new: c.Config | str, comment: str = "", by: str = ""
@@ -277,7 +278,7 @@ class ControlProcess:
                     f"{base_revision} -> {self.revision}); nothing was applied: retry it"
                 )
             rev = await self._commit(text, comment or source, by, write_file=True)
-            return await self._apply(rev, text, absolute_paths(config, base))
+            return await self._apply(rev, text, absolute_paths(config, base), comment or source)
 
     async def _commit(self, text: str, comment: str, by: str, write_file: bool) -> Revision:
         """Save `text` as a revision, then (`write_file`) replace the config file with it.
@@ -321,11 +322,13 @@ class ControlProcess:
             self._record("config", f"change refused: {exc}", data={"errno": exc.errno})
             raise
 
-    async def _apply(self, rev: Revision, text: str, config: c.Config) -> dict[str, Any]:
+    async def _apply(
+        self, rev: Revision, text: str, config: c.Config, comment: str
+    ) -> dict[str, Any]:
         """Make a committed revision the running config and publish its Plan."""
         previous = self.config
         self.config, self._text, self.revision = config, text, rev.number
-        self._record("config", f"applying revision {rev.number}: {rev.comment}")
+        self._record("config", f"applying revision {rev.number}: {comment}")
         self._update_leaving(previous, config)
         try:
             self._prune_admin()
