@@ -99,6 +99,9 @@ def test_full_state_disk_refuses_the_change_with_its_reason(tmp_path: Path) -> N
         detail = r.json()["detail"]
         assert "state disk full" in detail and "ENOSPC" in detail, detail
         assert config.read_text() == original  # the file still holds the running config
+        r = run.api("POST", "/virtual_services/Web/real_servers/Srv1/drain")  # an admin change
+        assert r.status_code == 507 and "state disk full" in r.json()["detail"], r.text
+        assert run.cli_status()["services"][0]["real_servers"][0]["admin"] == "online"
         os.unlink(filler)  # the rest reads and must not depend on free space
         assert snapshot(state) == revisions  # no new revision, no temp file left behind
         servers = run.api("GET", "/virtual_services/Web/real_servers").json()

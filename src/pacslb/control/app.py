@@ -226,7 +226,11 @@ class ControlProcess:
     ) -> dict[str, Any]:
         self._check_target(service, server)
         previous = self.admin.get(service, server)
-        self.admin.set(service, server, state)
+        try:
+            self.admin.set(service, server, state)
+        except StorageError as exc:  # not stored, so not applied: a restart would undo it
+            self._record("admin", f"{previous} -> {state} refused: {exc}", (service, server))
+            raise
         if previous is not state:
             who = f" by {by}" if by else ""
             self._record("admin", f"{previous} -> {state}{who}", (service, server))

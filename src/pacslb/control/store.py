@@ -417,7 +417,10 @@ class AdminStateStore:
         return self.all().get((service, server), AdminState.ONLINE)
 
     def set(self, service: str, server: str, state: AdminState) -> None:
+        """Raises StorageError (nothing changed) when the disk refuses the write."""
         state = AdminState(state)
+        if state is AdminState.REMOVING:
+            raise ValueError("removing is not an admin state to set: remove the server")
         with self._locked():
             states = self.all()
             before = dict(states)
@@ -448,4 +451,7 @@ class AdminStateStore:
         servers: dict[str, dict[str, str]] = {}
         for (service, server), state in sorted(states.items()):
             servers.setdefault(service, {})[server] = state.value
-        write_atomic(self.path, _dump_json({"version": STATE_VERSION, "servers": servers}))
+        try:
+            write_atomic(self.path, _dump_json({"version": STATE_VERSION, "servers": servers}))
+        except OSError as exc:  # not written: the admin state in force stays as it was
+            raise storage_error(exc, "state disk") from None
