@@ -336,7 +336,7 @@ class ControlProcess:
         self._update_leaving(previous, config)
         try:
             self._prune_admin()
-        except (OSError, PacslbError) as exc:  # stale entries are harmless; a refused change not
+        except (OSError, PacslbError) as exc:  # committed already: a stale entry is harmless
             self._record("admin", f"admin state not pruned: {exc}")
         self.checker.configure(config)
         await self.publish()

@@ -13,7 +13,9 @@ Revisions layout (`state_dir/revisions/`):
 Replacing index.json is the commit point: a revision exists iff the index lists it. A crash after
 the YAML file is written but before the index is replaced leaves an orphan file that the next
 save overwrites under the same number, so numbers stay consecutive and nothing committed is ever
-rewritten. Metadata lives in one index rather than a header inside each YAML file because a
+rewritten. A config change commits its revision before it replaces the config file; if that
+file cannot be written, `withdraw` takes the revision out of the index again (it never took
+effect). Metadata lives in one index rather than a header inside each YAML file because a
 header would change the operator's bytes, and the index gives `revisions()` in one read.
 """
 
