@@ -287,6 +287,13 @@ class Timeouts(Model):
         120.0,
         description="l7-http: seconds a real server may stay silent mid-request (then 504)",
     )
+    remove_drain: float = Field(
+        900.0,
+        ge=0,
+        le=86400,
+        description="seconds a removed real server keeps its open connections (no new ones) "
+        "before they are cut; 0 = cut at once. The default lets a large study's C-STORE finish",
+    )
 
 
 class PassiveHealth(Model):

@@ -190,3 +190,41 @@ def test_updates_of_a_live_table_are_accepted_by_the_kernel() -> None:
             )
             assert done.returncode == 0, f"step {i}: {done.stderr}"
             live = ruleset.live
+
+
+def test_a_removed_server_drains_as_an_element_update() -> None:
+    """Removal keeps the server in the tables as REMOVING: its flows go on (not halted), no new
+    flow and no persistent client goes to it (out of the slots and of `alive`), and the update
+    is elements only, as a drain is."""
+    from pacslb.core.plan import removals
+
+    _, config = read_config(HERE / "mixed.yaml")
+    plan = build_plan(config)
+    slots = {svc.label: service_slots(svc) for svc in nft.kernel_services(plan)}
+    before = nft.render(plan, facts(plan), slots)
+    drop = {"Radiology_DICOM": "Srv2", "Radiology_Web": "Web2"}
+    services = [
+        vs.model_copy(
+            update={
+                "real_servers": [rs for rs in vs.real_servers if rs.label != drop.get(vs.label)]
+            }
+        )
+        for vs in config.virtual_services
+    ]
+    new = config.model_copy(update={"virtual_services": services})
+    leaving = removals(plan, config, new, now=0.0)
+    assert sorted(leaving) == [("Radiology_DICOM", "Srv2"), ("Radiology_Web", "Web2")]
+    after = build_plan(new, leaving=leaving)
+    slots = {svc.label: service_slots(svc) for svc in nft.kernel_services(after)}
+    ruleset = nft.render(after, facts(after), slots)
+    assert ruleset.shape == before.shape
+    elements = {
+        line.split()[4]: line for line in ruleset.elements.splitlines() if line.startswith("add")
+    }
+    dr, nat = nft.service_id("Radiology_DICOM"), nft.service_id("Radiology_Web")
+    srv2_mac, web2_mark = "02:00:00:00:01:02", str(nft.server_id("Radiology_Web", "Web2"))
+    assert srv2_mac not in elements[f"{dr}_alive"] and srv2_mac not in elements[f"{dr}_slots"]
+    assert f"{dr}_halted" not in elements  # flushed, empty: no flow is cut
+    assert web2_mark not in elements[f"{nat}_alive"] and web2_mark not in elements[f"{nat}_slots"]
+    assert web2_mark not in elements.get("nat_halted", "")
+    nft_accepts(ruleset.script)

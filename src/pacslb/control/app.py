@@ -27,13 +27,17 @@ from pacslb.control.events import Event, EventLog
 from pacslb.control.probes import ProbeResult
 from pacslb.control.store import (
     AdminStateStore,
+    ConfigConflict,
     ConfigStore,
+    Revision,
+    StorageError,
     absolute_paths,
     read_config,
+    storage_error,
     write_atomic,
 )
 from pacslb.core.health import Transition
-from pacslb.core.plan import Plan, ServerKey, build_plan, diff_plans
+from pacslb.core.plan import Leaving, Plan, ServerKey, build_plan, diff_plans, drained, removals
 from pacslb.core.state import AdminState
 from pacslb.core.validate import dump_text, load_text
 from pacslb.engines.base import Counters, Engine
@@ -42,6 +46,14 @@ from pacslb.errors import ConfigError, EngineError, PacslbError
 
 class UnknownTarget(PacslbError):
     """A command named a virtual service or real server the config does not have."""
+
+
+# Seconds between looks at the connection counts of removed servers, and the least time after
+# a removal before a count of 0 is believed: the engines' counters are read once a second
+# (engines/proxy.py POLL_INTERVAL), so an older count may predate the Plan that stopped new
+# connections to the server.
+LEAVING_POLL = 1.0
+LEAVING_SETTLE = 2.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +98,9 @@ class ControlProcess:
         self._stopping = asyncio.Event()
         self.keep_data_plane = False
         self.ready = False  # start() has finished: every engine has its first Plan
+        self._commit_lock = asyncio.Lock()  # one config change at a time, revision to Plan
+        self.leaving: dict[ServerKey, Leaving] = {}  # removed servers still draining
+        self._watching_leaving = False
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -129,7 +144,9 @@ class ControlProcess:
     # --- plans ---------------------------------------------------------------------------
 
     def current_plan(self) -> Plan:
-        return build_plan(self.config, self.checker.health(), self.admin.all(), self.revision)
+        return build_plan(
+            self.config, self.checker.health(), self.admin.all(), self.revision, self.leaving
+        )
 
     async def publish(self, force: bool = False) -> Plan:
         """Build the Plan and apply it to every engine; an engine that fails keeps its old state.
@@ -209,7 +226,11 @@ class ControlProcess:
     ) -> dict[str, Any]:
         self._check_target(service, server)
         previous = self.admin.get(service, server)
-        self.admin.set(service, server, state)
+        try:
+            self.admin.set(service, server, state)
+        except StorageError as exc:  # not stored, so not applied: a restart would undo it
+            self._record("admin", f"{previous} -> {state} refused: {exc}", (service, server))
+            raise
         if previous is not state:
             who = f" by {by}" if by else ""
             self._record("admin", f"{previous} -> {state}{who}", (service, server))
@@ -222,41 +243,147 @@ class ControlProcess:
         }
 
     async def reload(self) -> dict[str, Any]:
-        """Re-read the config file; a config with problems is refused and nothing changes."""
+        """Re-read the config file; a config with problems is refused and nothing changes, as
+        is one whose revision cannot be saved (StorageError: the reason goes back to the CLI).
+        """
         try:
-            text, config = read_config(self.config_path)
+            text, config = await asyncio.to_thread(read_config, self.config_path)
         except ConfigError as exc:
             self._record("config", f"reload refused: {len(exc.problems)} problems")
             raise
-        return await self._apply(text, config, f"reload {self.config_path}")
+        comment = f"reload {self.config_path}"
+        async with self._commit_lock:
+            rev = await self._commit(text, comment, "", write_file=False)
+            return await self._apply(rev, text, config, comment)
 
     async def apply_config(
         self, new: c.Config | str, comment: str = "", by: str = ""
     ) -> dict[str, Any]:
-        """Apply a new config (a model, or YAML text) from the API or WebUI: validate it, record
-        it as a revision, replace the config file (so a restart keeps it) and publish.
+        """Apply a new config (a model, or YAML text) from the API or WebUI: validate it, save
+        it as a revision, replace the config file (so a restart keeps it), then publish.
 
-        A config with any problem raises ConfigError and changes nothing."""
+        Committed revision-first or not at all: a config with any problem raises ConfigError;
+        a write the host refuses (disk full, read-only...) raises StorageError; either way the
+        running config, the config file and the revisions stay as they were. ConfigConflict
+        when another change was applied while this one was being validated (it was made from
+        a config no longer in force)."""
+        base_revision = self.revision  # the config the caller's change was made from
         text = new if isinstance(new, str) else dump_text(new)
         base = self.config_path.resolve().parent
         source = f"{by or 'api'} change"
-        config = load_text(text, source, lambda p: (p if p.is_absolute() else base / p).is_file())
-        mode = self.config_path.stat().st_mode & 0o777 if self.config_path.exists() else 0o600
-        write_atomic(self.config_path, text.encode(), mode)
-        return await self._apply(text, absolute_paths(config, base), comment or source, by)
+        # Off the event loop: a big config must not stall health checks and the other requests.
+        config = await asyncio.to_thread(
+            load_text, text, source, lambda p: (p if p.is_absolute() else base / p).is_file()
+        )
+        async with self._commit_lock:
+            if self.revision != base_revision:
+                raise ConfigConflict(
+                    f"the config changed while this change was checked (revision "
+                    f"{base_revision} -> {self.revision}); nothing was applied: retry it"
+                )
+            rev = await self._commit(text, comment or source, by, write_file=True)
+            return await self._apply(rev, text, absolute_paths(config, base), comment or source)
+
+    async def _commit(self, text: str, comment: str, by: str, write_file: bool) -> Revision:
+        """Save `text` as a revision, then (`write_file`) replace the config file with it.
+
+        If the file cannot be written, the revision is withdrawn (the index drops it: it never
+        took effect) so that history holds only what went live. Should even that fail, it
+        stays as a revision that was never applied: a restart reads the config file, which
+        still holds the running config, and saves that as the next revision."""
+        base = self.config_path.resolve().parent
+
+        def commit() -> Revision:
+            latest = self.store.latest()
+            rev = self.store.save(text, comment=comment, author=by, base_dir=base, validated=True)
+            if not write_file:
+                return rev
+            created = latest is None or rev.number > latest.number  # else: the text was latest
+            try:
+                mode = self.config_path.stat().st_mode & 0o777
+            except FileNotFoundError:
+                mode = 0o600
+            try:
+                write_atomic(self.config_path, text.encode(), mode)
+            except OSError as exc:
+                refused = storage_error(exc, "config disk")
+                if not created:
+                    raise refused from None
+                try:
+                    self.store.withdraw(rev)
+                except (StorageError, LookupError) as also:
+                    raise StorageError(
+                        f"{refused}; revision {rev.number} was saved but is not applied "
+                        f"(it could not be withdrawn: {also})",
+                        refused.errno,
+                    ) from None
+                raise refused from None
+            return rev
+
+        try:
+            return await asyncio.to_thread(commit)
+        except StorageError as exc:
+            self._record("config", f"change refused: {exc}", data={"errno": exc.errno})
+            raise
 
     async def _apply(
-        self, text: str, config: c.Config, comment: str, by: str = ""
+        self, rev: Revision, text: str, config: c.Config, comment: str
     ) -> dict[str, Any]:
-        rev = self.store.save(
-            text, comment=comment, author=by, base_dir=self.config_path.resolve().parent
-        )
+        """Make a committed revision the running config and publish its Plan."""
+        previous = self.config
         self.config, self._text, self.revision = config, text, rev.number
         self._record("config", f"applying revision {rev.number}: {comment}")
-        self._prune_admin()
+        self._update_leaving(previous, config)
+        try:
+            self._prune_admin()
+        except (OSError, PacslbError) as exc:  # committed already: a stale entry is harmless
+            self._record("admin", f"admin state not pruned: {exc}")
         self.checker.configure(config)
         await self.publish()
         return {"revision": rev.number}
+
+    def _update_leaving(self, old: c.Config, new: c.Config) -> None:
+        """Removed real servers drain first (Leaving); one put back before it is gone returns."""
+        now = time.monotonic()
+        configured = {(vs.label, rs.label) for vs in new.virtual_services for rs in vs.real_servers}
+        for key in [k for k in self.leaving if k in configured]:
+            del self.leaving[key]
+            self._record("admin", "removed: back in the config before it was gone", key)
+        services = {vs.label for vs in new.virtual_services}
+        for key in [k for k in self.leaving if k[0] not in services]:
+            del self.leaving[key]  # its service went, with its listeners and connections
+            self._record("admin", "removed: gone with its virtual service", key)
+        if self.plan is None:
+            return
+        counters = self.counters()
+        for key, leaving in removals(self.plan, old, new, now).items():
+            self.leaving[key] = leaving
+            n = counters[key].active if key in counters else 0
+            noun = "connection" if n == 1 else "connections"
+            self._record(
+                "admin",
+                f"removed: draining {n} {noun} (at most {leaving.cap:g} s)",
+                key,
+                data={"connections": n, "cap": leaving.cap},
+            )
+        if self.leaving and not self._watching_leaving:
+            self._watching_leaving = True
+            self._background(self._watch_leaving())
+
+    async def _watch_leaving(self) -> None:
+        """Drop each removed server once its connections are gone or its cap has passed."""
+        try:
+            while self.leaving:
+                await asyncio.sleep(LEAVING_POLL)
+                active = {key: count.active for key, count in self.counters().items()}
+                gone = drained(self.leaving, active, time.monotonic(), LEAVING_SETTLE)
+                for key, why in gone.items():
+                    self.leaving.pop(key, None)
+                    self._record("admin", f"removed: gone ({why})", key)
+                if gone:
+                    await self.publish()
+        finally:
+            self._watching_leaving = False
 
     def _engine_note(self, name: str) -> Any:
         def note(message: str) -> None:

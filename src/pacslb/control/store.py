@@ -13,7 +13,9 @@ Revisions layout (`state_dir/revisions/`):
 Replacing index.json is the commit point: a revision exists iff the index lists it. A crash after
 the YAML file is written but before the index is replaced leaves an orphan file that the next
 save overwrites under the same number, so numbers stay consecutive and nothing committed is ever
-rewritten. Metadata lives in one index rather than a header inside each YAML file because a
+rewritten. A config change commits its revision before it replaces the config file; if that
+file cannot be written, `withdraw` takes the revision out of the index again (it never took
+effect). Metadata lives in one index rather than a header inside each YAML file because a
 header would change the operator's bytes, and the index gives `revisions()` in one read.
 """
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import errno
 import fcntl
 import hashlib
 import json
@@ -53,25 +56,78 @@ class StateFileError(PacslbError):
     """A state file exists but cannot be read or parsed; the message names the file."""
 
 
+class ConfigConflict(PacslbError):
+    """A change was made from a config that another change replaced meanwhile."""
+
+
+class StorageError(PacslbError):
+    """The host refused a write (disk full, read-only, no permission): the change that needed
+    it was refused and nothing of it was kept. The message says what, where and the errno."""
+
+    def __init__(self, message: str, code: int | None) -> None:
+        super().__init__(message)
+        self.errno = code
+
+    @property
+    def disk_full(self) -> bool:
+        return self.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def storage_error(exc: OSError, disk: str) -> StorageError:
+    """An OSError of a write as an operator reads it: 'state disk full: cannot write
+    /var/lib/pacslb/revisions/000007.yaml: No space left on device (ENOSPC)'."""
+    code = exc.errno
+    name = errno.errorcode.get(code, str(code)) if code is not None else "?"
+    where = f"cannot write {exc.filename}" if exc.filename else "cannot write"
+    problem = {
+        errno.ENOSPC: f"{disk} full",
+        errno.EDQUOT: f"{disk} quota exceeded",
+        errno.EROFS: f"{disk} read-only",
+        errno.EACCES: f"{disk} not writable",
+        errno.EPERM: f"{disk} not writable",
+    }.get(code or 0, f"{disk} write failed")
+    return StorageError(f"{problem}: {where}: {exc.strerror or exc} ({name})", code)
+
+
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Replace `path` with `data` so readers and crashes see the old file or the new, never a mix.
 
     The temp file sits in the same directory because rename is atomic only within a file system;
     the directory fsync makes the rename itself durable (ext4/xfs may otherwise lose it).
+    Errors are OSError with `filename` set to `path` (ENOSPC from a write names no file);
+    the temp file is removed on any failure.
     """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), mode)  # mkstemp creates 0600; fchmod ignores the umask
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise _naming(exc, path) from None
+    try:
+        try:
+            os.fchmod(fd, mode)  # mkstemp creates 0600; fchmod ignores the umask
+            view = memoryview(data)
+            while view:  # unbuffered: a short write or ENOSPC is seen here, not at close
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise _naming(exc, path) from None
         raise
-    _fsync_dir(path.parent)
+    try:
+        _fsync_dir(path.parent)
+    except OSError as exc:
+        raise _naming(exc, path) from None
+
+
+def _naming(exc: OSError, path: Path) -> OSError:
+    """The same error with `path` as its file name (the temp file's name says nothing)."""
+    if exc.errno is None:
+        return exc  # not from the OS: nothing to name
+    return OSError(exc.errno, exc.strerror, str(path))  # OSError() picks the same subclass
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -253,16 +309,31 @@ class ConfigStore:
         return unified_diff(self.text(a), self.text(b), f"revision {a}", f"revision {b}")
 
     def save(
-        self, text: str, comment: str = "", author: str = "", base_dir: Path | None = None
+        self,
+        text: str,
+        comment: str = "",
+        author: str = "",
+        base_dir: Path | None = None,
+        validated: bool = False,
     ) -> Revision:
         """Validate, then commit `text` as the next revision (or return the latest if identical).
 
         Relative paths in the config (TLS files, check scripts) are resolved against `base_dir`
         (the config file's folder), else the current directory. Raises ConfigError, having
-        written nothing, when the text is not a valid config.
+        written nothing, when the text is not a valid config (`validated`: the caller has just
+        validated it; spares a second parse). Raises StorageError ("state disk full: ...
+        (ENOSPC)") when the disk refuses a write: nothing is committed then, and no temp file
+        is left behind.
         """
-        base = base_dir or Path.cwd()
-        load_text(text, "new revision", lambda p: (p if p.is_absolute() else base / p).exists())
+        if not validated:
+            base = base_dir or Path.cwd()
+            load_text(text, "new revision", lambda p: (p if p.is_absolute() else base / p).exists())
+        try:
+            return self._commit(text, comment, author)
+        except OSError as exc:
+            raise storage_error(exc, "state disk") from None
+
+    def _commit(self, text: str, comment: str, author: str) -> Revision:
         sha = _sha256(text)
         self.dir.mkdir(parents=True, exist_ok=True)
         # The lock spans read-latest .. replace-index so two savers cannot take one number.
@@ -284,6 +355,26 @@ class ConfigStore:
             }
             write_atomic(self._index, _dump_json(index), _REVISION_MODE)  # the commit point
             return rev
+
+    def withdraw(self, rev: Revision) -> None:
+        """Undo the commit of `rev`, the latest revision, whose change could not be completed
+        (its config file could not be written): the index drops it, as if the save had
+        stopped before its commit point, and the next save takes its number again. History
+        that took effect is never rewritten: only a revision that never went live comes here.
+
+        Raises StorageError when the index cannot be rewritten, LookupError when `rev` is no
+        longer the latest (another saver came after it: it stays)."""
+        try:
+            with _locked(self._lock):
+                revs = self.revisions()
+                if not revs or revs[-1] != rev:
+                    raise LookupError(f"revision {rev.number} is no longer the latest")
+                index = {"version": INDEX_VERSION, "revisions": [r.to_json() for r in revs[:-1]]}
+                write_atomic(self._index, _dump_json(index), _REVISION_MODE)
+                with contextlib.suppress(OSError):
+                    self._file(rev.number).unlink()
+        except OSError as exc:
+            raise storage_error(exc, "state disk") from None
 
     def rollback(self, number: int, author: str = "") -> Revision:
         """Save revision `number`'s text as a new revision; history is never rewritten.
@@ -328,7 +419,10 @@ class AdminStateStore:
         return self.all().get((service, server), AdminState.ONLINE)
 
     def set(self, service: str, server: str, state: AdminState) -> None:
+        """Raises StorageError (nothing changed) when the disk refuses the write."""
         state = AdminState(state)
+        if state is AdminState.REMOVING:
+            raise ValueError("removing is not an admin state to set: remove the server")
         with self._locked():
             states = self.all()
             before = dict(states)
@@ -359,4 +453,7 @@ class AdminStateStore:
         servers: dict[str, dict[str, str]] = {}
         for (service, server), state in sorted(states.items()):
             servers.setdefault(service, {})[server] = state.value
-        write_atomic(self.path, _dump_json({"version": STATE_VERSION, "servers": servers}))
+        try:
+            write_atomic(self.path, _dump_json({"version": STATE_VERSION, "servers": servers}))
+        except OSError as exc:  # not written: the admin state in force stays as it was
+            raise storage_error(exc, "state disk") from None

@@ -30,7 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pacslb import __version__
 from pacslb.control.auth import AuthStore, Security
 from pacslb.control.reports import Sampler
-from pacslb.control.store import RevisionNotFound, write_atomic
+from pacslb.control.store import ConfigConflict, RevisionNotFound, StorageError, write_atomic
 from pacslb.core import certs
 from pacslb.core.auth import Role
 from pacslb.core.validate import format_path
@@ -106,6 +106,16 @@ def create_app(process: ControlProcess, store: AuthStore | None = None) -> FastA
         # JSON nested a few hundred levels deep parses, but walking it (pydantic, deepcopy)
         # can exhaust the stack: the caller's mistake, not ours.
         return JSONResponse({"detail": "JSON nested too deep"}, status_code=400)
+
+    @app.exception_handler(StorageError)
+    async def _storage_error(request: Request, exc: StorageError) -> Response:
+        # The change was refused and nothing of it kept; the reason names the disk and errno.
+        # 507 Insufficient Storage (RFC 4918 §11.5) when it is space, else a 500 that says why.
+        return JSONResponse({"detail": str(exc)}, status_code=507 if exc.disk_full else 500)
+
+    @app.exception_handler(ConfigConflict)
+    async def _conflict(request: Request, exc: ConfigConflict) -> Response:
+        return JSONResponse({"detail": str(exc)}, status_code=409)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:

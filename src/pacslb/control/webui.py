@@ -33,6 +33,7 @@ from pacslb.control.auth import (
     client_address,
     security,
 )
+from pacslb.control.store import ConfigConflict, StorageError
 from pacslb.control.web import WEBUI_DIR
 from pacslb.core.auth import Role
 from pacslb.core.state import AdminState
@@ -146,7 +147,7 @@ def colour(rs: dict[str, Any]) -> str:
         return "halt"
     if rs["health"] == "down":
         return "down"
-    if rs["admin"] == AdminState.DRAIN:
+    if rs["admin"] in (AdminState.DRAIN, AdminState.REMOVING):  # removing: draining, then gone
         return "drain"
     return "up" if rs["health"] == "up" else "unknown"
 
@@ -312,6 +313,9 @@ async def _apply_form(
     except ConfigError as exc:
         errors, other = field_errors(exc.problems, prefix, set(await form_of(request)))
         return page(request, who, template, 422, errors=errors, other=other, **context)
+    except (StorageError, ConfigConflict) as exc:  # refused whole, with its reason
+        status = 409 if isinstance(exc, ConfigConflict) else 507 if exc.disk_full else 500
+        return page(request, who, template, status, errors={}, other=[str(exc)], **context)
     return back(done)
 
 

@@ -8,7 +8,7 @@ form for the proxy process, and two Plans can be diffed for logs and incremental
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from functools import cache
 from typing import Any
 
@@ -39,8 +39,12 @@ class PlanRealServer:
 
     @property
     def keeps_existing(self) -> bool:
-        """Drained servers keep their connections and persistent clients; halted or down do not."""
-        return self.admin is not AdminState.HALT and self.health is not Health.DOWN
+        """Drained servers keep their connections and persistent clients; halted or down do not,
+        nor do removed ones (their connections finish, their persistent clients move on)."""
+        return self.admin not in _LOSES_CLIENTS and self.health is not Health.DOWN
+
+
+_LOSES_CLIENTS = frozenset({AdminState.HALT, AdminState.REMOVING})
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +162,7 @@ def build_service(
     vs: c.VirtualService,
     health: Mapping[ServerKey, Health],
     admin: Mapping[ServerKey, AdminState],
+    leaving: Mapping[ServerKey, Leaving] | None = None,
 ) -> PlanService:
     servers = []
     for rs in vs.real_servers:
@@ -180,6 +185,10 @@ def build_service(
                 reencrypt=rs.reencrypt,
             )
         )
+    configured = {rs.label for rs in vs.real_servers}
+    for (service, label), gone in (leaving or {}).items():
+        if service == vs.label and label not in configured:  # re-added: the config's wins
+            servers.append(gone.server)
     t = vs.timeouts
     p = vs.passive
     tls = None
@@ -214,12 +223,79 @@ def build_plan(
     health: Mapping[ServerKey, Health] | None = None,
     admin: Mapping[ServerKey, AdminState] | None = None,
     revision: int = 0,
+    leaving: Mapping[ServerKey, Leaving] | None = None,
 ) -> Plan:
-    """Config + health + admin state -> Plan. Unknown health counts as usable (see Health)."""
+    """Config + health + admin state -> Plan. Unknown health counts as usable (see Health).
+
+    `leaving`: real servers removed from the config that still drain (see Leaving); each
+    stays in its service, after the configured ones, as REMOVING."""
+    services = config.virtual_services
     return Plan(
-        revision,
-        tuple(build_service(vs, health or {}, admin or {}) for vs in config.virtual_services),
+        revision, tuple(build_service(vs, health or {}, admin or {}, leaving) for vs in services)
     )
+
+
+# --- removal: drain first, then gone -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Leaving:
+    """A real server removed from the config while its open connections finish.
+
+    Removal drains, as DESIGN §8 asks of drain: the engines keep forwarding its connections
+    (only HALT cuts them, in the proxy and in the kernel engine alike), no new client goes to
+    it (weight 0) and its persistent clients are scheduled anew. It leaves the Plan when the
+    engines count no open connection on it, or at `deadline` (the service's
+    `timeouts.remove_drain` cap), when the engines cut what is left."""
+
+    server: PlanRealServer  # as Plans carry it now: REMOVING, effective weight 0
+    since: float  # `now` of the removal
+    deadline: float  # `now` past which it goes even with connections open
+
+    @property
+    def cap(self) -> float:
+        return self.deadline - self.since
+
+
+def removals(plan: Plan, old: c.Config, new: c.Config, now: float) -> dict[ServerKey, Leaving]:
+    """Real servers that `new` drops from a service it keeps, as they stood in `plan`, each
+    to drain for its service's `timeouts.remove_drain`. A halted server (its connections are
+    cut already) or a cap of 0 goes at once, as does every server of a removed service (its
+    listeners close with it)."""
+    out: dict[ServerKey, Leaving] = {}
+    for vs in new.virtual_services:
+        before, running = old.service(vs.label), plan.service(vs.label)
+        cap = vs.timeouts.remove_drain
+        if before is None or running is None or cap <= 0:
+            continue
+        kept = {rs.label for rs in vs.real_servers}
+        for rs in before.real_servers:
+            current = running.server(rs.label)
+            if rs.label in kept or current is None or current.admin is AdminState.HALT:
+                continue
+            server = replace(current, admin=AdminState.REMOVING, effective_weight=0)
+            out[(vs.label, rs.label)] = Leaving(server, now, now + cap)
+    return out
+
+
+def drained(
+    leaving: Mapping[ServerKey, Leaving],
+    active: Mapping[ServerKey, int],
+    now: float,
+    settle: float,
+) -> dict[ServerKey, str]:
+    """The leaving servers to drop now, each with why: no connection open (as the engines
+    last counted, at least `settle` seconds after the removal, so that the count postdates
+    the Plan that stopped new connections), or the cap passed."""
+    out: dict[ServerKey, str] = {}
+    for key, gone in leaving.items():
+        open_now = active.get(key, 0)
+        if now >= gone.deadline:
+            noun = "connection" if open_now == 1 else "connections"
+            out[key] = f"drain cap of {gone.cap:g} s passed: {open_now} {noun} cut"
+        elif open_now == 0 and now - gone.since >= settle:
+            out[key] = f"its connections ended after {now - gone.since:.0f} s"
+    return out
 
 
 # --- diff --------------------------------------------------------------------------------

@@ -11,6 +11,9 @@ class AdminState(StrEnum):
     ONLINE = "online"  # takes new connections
     DRAIN = "drain"  # no new connections; existing ones and persistent clients finish
     HALT = "halt"  # no traffic at all; existing connections are closed
+    # Never set by an operator: a real server removed from the config whose connections finish
+    # (no new clients, its persistent clients go elsewhere) before it leaves the Plan.
+    REMOVING = "removing"
 
 
 class Health(StrEnum):

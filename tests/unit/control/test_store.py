@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import errno
 import json
 import multiprocessing
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,6 +15,7 @@ from pacslb.control.store import (
     ConfigStore,
     RevisionNotFound,
     StateFileError,
+    StorageError,
     write_atomic,
 )
 from pacslb.core.state import AdminState
@@ -159,6 +162,55 @@ def test_concurrent_saves_take_distinct_numbers(tmp_path: Path) -> None:
     texts = {store.text(r.number) for r in revs}
     expected = {f"{EMPTY}# worker {w} save {i}\n" for w in range(2) for i in range(10)}
     assert texts == expected
+
+
+def test_a_full_disk_commits_nothing_and_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ConfigStore(tmp_path)
+    store.save(WEB)
+    real_write = os.write
+
+    def full(fd: int, data: Any) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(StorageError) as caught:
+        store.save(WEB2, comment="refused")
+    monkeypatch.setattr(os, "write", real_write)
+    message = str(caught.value)
+    assert caught.value.disk_full and caught.value.errno == errno.ENOSPC
+    assert message.startswith("state disk full: cannot write ") and message.endswith("(ENOSPC)")
+    assert "000002.yaml" in message  # the file, not the temp file
+    assert [r.number for r in store.revisions()] == [1]
+    assert listing(tmp_path) == [
+        "revisions",
+        "revisions/.lock",
+        "revisions/000001.yaml",
+        "revisions/index.json",
+    ]  # no temp file left
+
+
+def test_withdraw_undoes_the_latest_commit_only(tmp_path: Path) -> None:
+    store = ConfigStore(tmp_path)
+    first = store.save(WEB)
+    second = store.save(WEB2, comment="its file could not be written")
+    with pytest.raises(LookupError):
+        store.withdraw(first)  # it took effect: history is not rewritten
+    store.withdraw(second)
+    assert store.revisions() == [first]
+    assert not (tmp_path / "revisions" / "000002.yaml").exists()
+    assert store.save(WEB2).number == 2  # its number is taken again
+
+
+def test_a_read_only_disk_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def read_only(*args: Any, **kw: Any) -> Any:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr("tempfile.mkstemp", read_only)
+    with pytest.raises(StorageError, match=r"^state disk read-only: .*\(EROFS\)$") as caught:
+        ConfigStore(tmp_path).save(WEB)
+    assert not caught.value.disk_full
 
 
 # --- write_atomic --------------------------------------------------------------------------

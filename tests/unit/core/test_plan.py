@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pacslb.config import Mode
-from pacslb.core.plan import Plan, build_plan, diff_plans, effective_weight
+from pacslb.core.plan import Plan, build_plan, diff_plans, drained, effective_weight, removals
 from pacslb.core.state import AdminState, Health
 from pacslb.core.validate import load_data
 
@@ -95,3 +95,64 @@ def test_diff_of_services() -> None:
     assert kinds == {("service-added", "Other"), ("service-removed", "DICOM")}
     changed = diff_plans(old, build_plan(config(scheduler="rr")))
     assert [str(ch) for ch in changed] == ["service-changed DICOM: scheduler wlc -> rr"]
+
+
+# --- removal: drain first, then gone ---------------------------------------------------------
+
+
+def without(cfg: Any, *labels: str, **timeouts: float) -> Any:
+    (vs,) = cfg.virtual_services
+    servers = [rs for rs in vs.real_servers if rs.label not in labels]
+    update: dict[str, Any] = {"real_servers": servers}
+    if timeouts:
+        update["timeouts"] = vs.timeouts.model_copy(update=timeouts)
+    return cfg.model_copy(update={"virtual_services": [vs.model_copy(update=update)]})
+
+
+def test_a_removed_server_stays_in_the_plan_as_removing_until_dropped() -> None:
+    old = config()
+    plan = build_plan(old, {("DICOM", "Srv2"): Health.UP}, {("DICOM", "Srv3"): AdminState.HALT})
+    new = without(old, "Srv2", "Srv3")
+    leaving = removals(plan, old, new, now=100.0)
+    # Srv3 was halted: its connections are cut already, nothing to wait for.
+    assert list(leaving) == [("DICOM", "Srv2")]
+    gone = leaving[("DICOM", "Srv2")]
+    assert (gone.since, gone.deadline, gone.cap) == (100.0, 1000.0, 900.0)  # the 15 min default
+    after = build_plan(new, leaving=leaving)
+    (svc,) = after.services
+    assert [rs.label for rs in svc.real_servers] == ["Srv1", "Srv2"]
+    srv2 = svc.real_servers[1]
+    assert srv2.admin is AdminState.REMOVING and srv2.health is Health.UP
+    assert srv2.effective_weight == 0 and not srv2.takes_new_connections
+    assert not srv2.keeps_existing  # its persistent clients are scheduled anew
+    assert Plan.from_json(after.to_json()) == after
+    assert [str(ch) for ch in diff_plans(plan, after)] == [
+        "server-changed DICOM/Srv2: effective_weight 50 -> 0, admin online -> removing",
+        "server-removed DICOM/Srv3",
+    ]
+    # Put back under the same label: the config's server wins, no duplicate.
+    (back,) = build_plan(old, leaving=leaving).services
+    assert [(rs.label, rs.admin) for rs in back.real_servers][1] == ("Srv2", AdminState.ONLINE)
+    assert len(back.real_servers) == 3
+
+
+def test_a_cap_of_zero_or_a_removed_service_drains_nothing() -> None:
+    old = config()
+    plan = build_plan(old)
+    assert removals(plan, old, without(old, "Srv2", remove_drain=0), now=0.0) == {}
+    empty = old.model_copy(update={"virtual_services": []})
+    assert removals(plan, old, empty, now=0.0) == {}
+
+
+def test_drained_when_no_connection_is_left_or_the_cap_passes() -> None:
+    old = config()
+    leaving = removals(build_plan(old), old, without(old, "Srv1", "Srv2", remove_drain=60), 0.0)
+    key1, key2 = ("DICOM", "Srv1"), ("DICOM", "Srv2")
+    # A count of 0 read too soon after the removal may predate the Plan: not believed yet.
+    assert drained(leaving, {key1: 0, key2: 3}, now=1.0, settle=2.5) == {}
+    assert drained(leaving, {key2: 3}, now=3.0, settle=2.5) == {
+        key1: "its connections ended after 3 s"  # no count at all: nothing open
+    }
+    assert drained(leaving, {key2: 3}, now=60.0, settle=2.5)[key2] == (
+        "drain cap of 60 s passed: 3 connections cut"
+    )
