@@ -93,6 +93,7 @@ class PlanService:
     real_servers: tuple[PlanRealServer, ...]
     fallback: PlanEndpoint | None = None
     tls: PlanTls | None = None
+    max_connections: int = 0  # client connections per proxy worker; 0: core.budget's share
 
     def server(self, label: str) -> PlanRealServer | None:
         return next((rs for rs in self.real_servers if rs.label == label), None)
@@ -191,6 +192,7 @@ def build_service(
         real_servers=tuple(servers),
         fallback=PlanEndpoint(str(vs.fallback.address), vs.fallback.port) if vs.fallback else None,
         tls=tls,
+        max_connections=vs.max_connections,
     )
 
 
