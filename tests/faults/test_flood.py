@@ -313,9 +313,11 @@ def settled(worker: Worker, timeout: float = 20.0) -> int:
     return last
 
 
-def serve_loop(vip: str, port: int, request: bytes, expect: bytes, rounds: int) -> int:
+def serve_loop(
+    vip: str, port: int, request: bytes, expect: bytes, rounds: int, stop_after: int = 5
+) -> int:
     """`rounds` new connections to vip:port, one exchange each; returns how many failed.
-    Bounded: a failure costs at most 3 s and the loop stops after 5 of them."""
+    Bounded: a failure costs at most 3 s and the loop stops after `stop_after` of them."""
     failures = 0
     for _ in range(rounds):
         try:
@@ -331,7 +333,7 @@ def serve_loop(vip: str, port: int, request: bytes, expect: bytes, rounds: int) 
                     raise ConnectionError(f"answer {data[:60]!r}")
         except OSError:
             failures += 1
-            if failures >= 5:
+            if failures >= stop_after:
                 break
     return failures
 

@@ -26,10 +26,10 @@ another split sets `max_connections` per service. Pure: the limit comes in as a 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from pacslb.config import Mode
+from pacslb.config import Mode, VirtualService
 
 RESERVE_BASE = 64  # the worker's own descriptors (see the module docstring)
 RESERVE_PER_LISTENER = 2  # the listening socket and its epoll
@@ -47,6 +47,16 @@ class ServiceNeed:
     mode: Mode
     listeners: int  # listening ports of the service in this worker
     max_connections: int = 0  # 0: the default share
+
+
+def config_needs(services: Iterable[VirtualService]) -> list[ServiceNeed]:
+    """The l7 services of a config as budgets see them (what the control process checks at
+    start; a worker computes the same from its Plan)."""
+    return [
+        ServiceNeed(vs.label, vs.mode, len(set(vs.ports)), vs.max_connections)
+        for vs in services
+        if not vs.mode.is_kernel
+    ]
 
 
 def connection_cost(mode: Mode, splice: bool) -> int:

@@ -83,6 +83,13 @@ def test_cookie_persistence_only_in_l7_http() -> None:
     load_data({"virtual_services": [svc(persistence={"type": "http-cookie"})]})
 
 
+def test_a_connection_budget_only_in_l7_modes() -> None:
+    found = problems(svc(mode="l4-nat", max_connections=100))
+    assert "needs an l7 mode" in found["virtual_services[0].max_connections"]
+    config = load_data({"virtual_services": [svc(max_connections=100)]})
+    assert config.virtual_services[0].max_connections == 100
+
+
 def test_one_vip_port_for_one_service_but_other_protocols_and_ports_are_fine() -> None:
     found = problems(svc(), svc(label="Other", ports=[80, 443]))
     assert "already used by virtual_services[0] (Web)" in found["virtual_services[1].ports"]
