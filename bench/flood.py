@@ -84,7 +84,7 @@ def main() -> None:
                 deadline = time.monotonic() + 60
                 while worker.descriptors() > base_fds + 300 and time.monotonic() < deadline:
                     time.sleep(0.2)
-                time.sleep(1.0)
+                time.sleep(6.0)  # past the worker's look at its connections (5 s)
                 print(
                     f"round {n}: B failures {failures}/{args.requests} in {took:.1f} s; worker "
                     f"fds peak {peak} (limit {worker.soft_limit()}); flood resets {resets}; "

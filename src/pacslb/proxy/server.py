@@ -33,7 +33,12 @@ from pacslb.config import Mode
 from pacslb.core.budget import ServiceNeed, connection_budgets, limit_advice
 from pacslb.core.plan import Plan, plan_from_dict
 from pacslb.proxy import notices
-from pacslb.proxy.budget import ServiceBudget, raise_descriptor_limit
+from pacslb.proxy.budget import (
+    TRIM_INTERVAL,
+    FloodTrimmer,
+    ServiceBudget,
+    raise_descriptor_limit,
+)
 from pacslb.proxy.runtime import ServiceRuntime
 
 IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
@@ -296,9 +301,20 @@ async def serve(path: Path) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, proxy.stopping.set)
+    trimmer = FloodTrimmer()
+    timer: asyncio.TimerHandle | None = None
+
+    def trim() -> None:
+        nonlocal timer
+        trimmer.observe(proxy.budgets.values())
+        timer = loop.call_later(TRIM_INTERVAL, trim)
+
+    timer = loop.call_later(TRIM_INTERVAL, trim)
     try:
         await proxy.stopping.wait()
     finally:
+        if timer is not None:
+            timer.cancel()
         server.close()
         proxy.close()
         with contextlib.suppress(FileNotFoundError):
