@@ -12,6 +12,7 @@ stopped by PID.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import errno
 import json
 import os
@@ -19,6 +20,7 @@ import resource
 import select
 import selectors
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -407,3 +409,75 @@ def test_a_worker_with_256_descriptors_still_serves_the_other_vip(
             notices = budget_notices(worker, "Flooded")
     assert notices, "no notice that the flooded service is at its connection budget"
     assert any("LimitNOFILE" in str(n["message"]) for n in start_notices), start_notices
+
+
+def _exchange(vip: str, port: int, mode: str, context: ssl.SSLContext | None) -> socket.socket:
+    """A client that has had one exchange (so the proxy has surely accepted it): its socket."""
+    sock = socket.create_connection((vip, port), timeout=20)
+    if context is not None:
+        sock = context.wrap_socket(sock, server_hostname="a.test")
+    request, expect = (
+        (b"ping\n", b"ping\n")
+        if mode == "l7-tcp"
+        else (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", b"ok")
+    )
+    sock.sendall(request)
+    data = b""
+    while not data.endswith(expect):
+        chunk = sock.recv(4096)
+        if not chunk:
+            sock.close()
+            raise ConnectionError(f"closed after {data!r}")
+        data += chunk
+    return sock
+
+
+@pytest.mark.parametrize("kind", ["l7-tcp", "l7-http", "l7-http+tls"])
+def test_a_listener_at_its_budget_waits_and_resumes_when_a_connection_closes(
+    worker_factory: Callable[[tuple[int, int]], Worker], tmp_path: Path, kind: str
+) -> None:
+    """`max_connections: 3`: a fourth client waits in the kernel's queue (a notice says the
+    service is at its budget) and is served as soon as one of the three closes."""
+    from pacslb.core.certs import self_signed
+
+    mode, _, tls = kind.partition("+")
+    worker = worker_factory(_nofile())
+    port = free_port(VIP_A)
+    with backends() as peer:
+        svc = service("Budget", VIP_A, port, mode, peer["echo" if mode == "l7-tcp" else "http"])
+        svc["max_connections"] = 3
+        context = None
+        if tls:
+            cert, key = self_signed("a.test", datetime.datetime.now(datetime.UTC), ["a.test"])
+            (tmp_path / "a.crt").write_bytes(cert)
+            (tmp_path / "a.key").write_bytes(key)
+            svc["tls"] = {
+                "certificates": [
+                    {"certificate": str(tmp_path / "a.crt"), "key": str(tmp_path / "a.key")}
+                ]
+            }
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        worker.apply([svc])
+        held = [_exchange(VIP_A, port, mode, context) for _ in range(3)]
+        fourth: dict[str, Any] = {}
+
+        def client() -> None:
+            try:
+                fourth["sock"] = _exchange(VIP_A, port, mode, context)
+            except OSError as exc:
+                fourth["error"] = exc
+
+        thread = threading.Thread(target=client, daemon=True)
+        try:
+            thread.start()
+            wait_until(lambda: budget_notices(worker, "Budget") != [], 10, "a budget notice")
+            assert not fourth, "the fourth client was served beyond the budget"
+            held.pop().close()
+            thread.join(20)
+            assert "sock" in fourth, f"the fourth client was not served: {fourth}"
+        finally:
+            for sock in [*held, fourth.get("sock")]:
+                if sock is not None:
+                    sock.close()
