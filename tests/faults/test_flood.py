@@ -481,3 +481,49 @@ def test_a_listener_at_its_budget_waits_and_resumes_when_a_connection_closes(
             for sock in [*held, fourth.get("sock")]:
                 if sock is not None:
                     sock.close()
+
+
+def test_pacslb_run_warns_at_start_when_the_descriptor_limit_is_low(tmp_path: Path) -> None:
+    """`ulimit -n 256` before `pacslb run` gave no warning at all: now the start is an event
+    that names the limit, the budgets it leaves and what to set."""
+    state = tmp_path / "state"
+    config = tmp_path / "pacslb.yaml"
+    config.write_text(
+        f"""version: 1
+node: {{webui: {{enabled: false}}}}
+virtual_services:
+  - label: Dicom
+    vip: {VIP_A}
+    ports: [{free_port(VIP_A)}]
+    mode: l7-tcp
+    health_check: {{type: none}}
+    real_servers:
+      - {{label: Srv1, address: {PEER_HOST}, port: 9}}
+"""
+    )
+    events = state / "events.jsonl"
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+
+    with open(tmp_path / "run.log", "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pacslb.cli", "run", str(config), "--state-dir", str(state)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=limit,
+            cwd=ROOT,
+        )
+    try:
+        wait_until(
+            lambda: events.exists() and "applying revision" in events.read_text(),
+            20,
+            "pacslb run to start",
+            step=0.05,
+        )
+    finally:
+        stop(proc, timeout=15)
+    messages = [json.loads(line)["message"] for line in events.read_text().splitlines()]
+    warning = next((m for m in messages if "LimitNOFILE=" in m), None)
+    assert warning is not None, messages
+    assert "256" in warning and "Dicom" in warning
