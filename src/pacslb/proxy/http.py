@@ -151,7 +151,7 @@ class HttpListener:
                     self._hand_over,
                 )
             else:
-                self._accept_tls(limit)
+                self._accept_to_uvloop(limit)
         except OSError as exc:
             if exc.errno in ACCEPT_PAUSE:
                 # The socket stays readable: pause rather than spin (as asyncio does).
@@ -164,12 +164,13 @@ class HttpListener:
             else:
                 log.error("accept on port %s: %s", self.vip_port, exc)
 
-    def _accept_tls(self, limit: int) -> None:
-        """TLS clients go to uvloop's transports (the SSL layer lives there); each counts in
-        the budget from its accept, through its handshake (then it is a client)."""
+    def _accept_to_uvloop(self, limit: int) -> None:
+        """TLS clients (and plain ones where there is no epoll) go to uvloop's transports
+        (the SSL layer lives there); each counts in the budget from its accept, through its
+        handshake (then it is a client)."""
         loop = self.loop
-        assert loop is not None and self.tls is not None
-        timeout = self.runtime.service.timeouts.http_request
+        assert loop is not None
+        timeout = self.runtime.service.timeouts.http_request if self.tls else None
         for _ in range(limit):
             try:
                 conn, _ = self.sock.accept()
