@@ -369,6 +369,13 @@ class VirtualService(Model):
     timeouts: Timeouts = Field(default_factory=Timeouts)
     passive: PassiveHealth = Field(default_factory=PassiveHealth)
     tls: TlsTermination | None = None
+    max_connections: int = Field(
+        0,
+        ge=0,
+        description="l7 modes: client connections this service may hold in each proxy worker; "
+        "at the limit it stops accepting (clients wait in the kernel's queue) until one closes."
+        " 0 = a fair share of the worker's descriptor limit among the l7 services",
+    )
     real_servers: list[RealServer] = Field(default_factory=list)
 
     @field_validator("ports", mode="before")

@@ -112,11 +112,27 @@ class ControlProcess:
         )
         self.revision = rev.number
         self._record("process", f"pacslb {__version__} started (pid {os.getpid()})")
+        self._check_descriptor_limit()
         self._record("config", f"applying revision {rev.number} from {self.config_path}")
         self._prune_admin()
         self.checker.configure(self.config)
         await self.publish()
         self.ready = True
+
+    def _check_descriptor_limit(self) -> None:
+        """Warn at start when the descriptor limit (raised to the hard one by `pacslb run`, and
+        inherited by the proxy workers) is low for the configured l7 services."""
+        import resource
+
+        from pacslb.core.budget import config_needs, limit_advice
+        from pacslb.proxy.tcp import HAVE_SPLICE
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft == resource.RLIM_INFINITY:
+            return
+        advice = limit_advice(soft, config_needs(self.config.virtual_services), HAVE_SPLICE)
+        if advice is not None:
+            self._record("process", f"warning: {advice}")
 
     async def stop(self) -> None:
         await self.checker.close()

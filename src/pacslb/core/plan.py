@@ -108,6 +108,7 @@ class PlanService:
     fallback: PlanEndpoint | None = None
     tls: PlanTls | None = None
     passive: PlanPassive = PlanPassive()
+    max_connections: int = 0  # client connections per proxy worker; 0: core.budget's share
 
     def server(self, label: str) -> PlanRealServer | None:
         return next((rs for rs in self.real_servers if rs.label == label), None)
@@ -215,6 +216,7 @@ def build_service(
         passive=PlanPassive(
             p.consecutive_failures, p.ejection, max(p.ejection, p.max_ejection), p.server_errors
         ),
+        max_connections=vs.max_connections,
     )
 
 

@@ -459,6 +459,14 @@ def service_problems(
                 "l4-snat or l7-tcp for an IPv6 VIP",
             )
         )
+    if vs.max_connections and mode.is_kernel:
+        out.append(
+            Problem(
+                f"{base}.max_connections",
+                f"a connection budget needs an l7 mode, not {mode} (the kernel holds no "
+                "descriptor per connection); set it per real server instead",
+            )
+        )
     if isinstance(vs.persistence, c.CookiePersistence) and mode is not c.Mode.L7_HTTP:
         out.append(
             Problem(f"{base}.persistence.type", f"http-cookie needs mode l7-http, not {mode}")

@@ -32,6 +32,7 @@ from typing import Any
 
 from pacslb.core.http import set_cookie_fields
 from pacslb.core.pool import IdlePool
+from pacslb.proxy.budget import CountedClients, ServiceBudget, out_of_descriptors
 from pacslb.proxy.http_client import ClientConnection
 from pacslb.proxy.http_states import Key
 from pacslb.proxy.http_upstream import Upstream
@@ -58,17 +59,20 @@ class HttpListener:
         runtime: ServiceRuntime,
         vip_port: int,
         tls: ssl.SSLContext | None = None,
+        budget: ServiceBudget | None = None,
     ) -> None:
         self.sock = sock
         self.runtime = runtime  # may be swapped by the caller: new requests use the current one
         self.vip_port = vip_port
         self.tls = tls
         self.pool: IdlePool[Key, Upstream] = IdlePool(POOL_MAX_IDLE, POOL_IDLE_TIMEOUT)
-        self.clients: set[ClientConnection] = set()
+        # the service's connection budget in this worker, shared by its listeners; a client
+        # counts from connection_made to connection_lost (membership of `clients`)
+        self.budget = budget if budget is not None else ServiceBudget(runtime.service.label)
+        self.clients: set[ClientConnection] = CountedClients(self.budget)
         self.closing = False
         self.loop: asyncio.AbstractEventLoop | None = None
-        self._server: asyncio.AbstractServer | None = None  # TLS: uvloop's transports
-        self._poller: Poller | None = None  # plain: our own accept and sockets
+        self._poller: Poller | None = None  # plain: our own sockets; TLS: uvloop's transports
         self._accepting = False
         self._retry: asyncio.TimerHandle | None = None
         self._sweeper: asyncio.TimerHandle | None = None
@@ -79,21 +83,12 @@ class HttpListener:
     async def start(self) -> None:
         loop = self.loop = asyncio.get_running_loop()
         if self.tls is None and PLAIN_SOCKETS:
-            sock = self.sock
             # Inherited by every accepted socket (Linux), so nothing is set per connection.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._poller = Poller(loop)
-            self._resume()
-        else:
-            self._server = await loop.create_server(
-                lambda: ClientConnection(self),
-                sock=self.sock,
-                ssl=self.tls,
-                backlog=BACKLOG,
-                ssl_handshake_timeout=(
-                    self.runtime.service.timeouts.http_request if self.tls else None
-                ),
-            )
+        # Both kinds accept here (not loop.create_server), so that a listener at its
+        # connection budget can stop accepting and resume: an asyncio Server cannot pause.
+        self._resume()
         self._sweeper = loop.call_later(self._interval(), self._sweep)
 
     def close(self) -> None:
@@ -106,19 +101,18 @@ class HttpListener:
         self.closing = True
         for client in list(self.clients):
             client.listener_closing()
-        self._drain_accept_queue()
-        if self._server is not None:
-            self._server.close()
-        else:
-            self._pause()
-            if self._retry is not None:
-                self._retry.cancel()
-                self._retry = None
-            self.sock.close()
+        if self._accepting:
+            self._accept(BACKLOG, drain=True)
+        self.budget.stop_waiting(self)
+        self._pause()
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        self.sock.close()
         if not self.clients and not self._pending:
             self._shutdown()
 
-    # --- accepting plain clients -------------------------------------------------------------
+    # --- accepting ------------------------------------------------------------------------
 
     def _resume(self) -> None:
         self._retry = None
@@ -131,22 +125,77 @@ class HttpListener:
             self.loop.remove_reader(self.sock.fileno())
             self._accepting = False
 
-    def _accept(self, limit: int = ACCEPT_BATCH) -> None:
-        assert self._poller is not None and self.loop is not None
+    def resume_accepting(self) -> None:
+        """Room again in the service's budget (called by the budget)."""
+        if self._retry is None:
+            self._resume()
+
+    def _accept(self, limit: int = ACCEPT_BATCH, drain: bool = False) -> None:
+        """Accept up to `limit` clients, within the budget unless `drain` (closing)."""
+        assert self.loop is not None
+        room = self.budget.room()
+        if room <= 0 and not drain:
+            # At the budget: stop accepting; the kernel's queue holds the clients until a
+            # connection of this service closes (ServiceBudget.give wakes us).
+            self._pause()
+            self.budget.wait(self, f"{self.sock.getsockname()[0]}:{self.vip_port}")
+            return
+        limit = limit if drain else min(limit, room)
         try:
-            accept_plain(
-                self.sock, self._poller, lambda: ClientConnection(self), limit, self._hand_over
-            )
+            if self._poller is not None:
+                accept_plain(
+                    self.sock,
+                    self._poller,
+                    lambda: ClientConnection(self),
+                    limit,
+                    self._hand_over,
+                )
+            else:
+                self._accept_to_uvloop(limit)
         except OSError as exc:
             if exc.errno in ACCEPT_PAUSE:
                 # The socket stays readable: pause rather than spin (as asyncio does).
                 log.warning(
                     "accept on port %s: %s; pausing %.1f s", self.vip_port, exc, ACCEPT_RETRY
                 )
+                out_of_descriptors(self.budget.label, f"port {self.vip_port}", exc)
                 self._pause()
                 self._retry = self.loop.call_later(ACCEPT_RETRY, self._resume)
             else:
                 log.error("accept on port %s: %s", self.vip_port, exc)
+
+    def _accept_to_uvloop(self, limit: int) -> None:
+        """TLS clients (and plain ones where there is no epoll) go to uvloop's transports
+        (the SSL layer lives there); each counts in the budget from its accept, through its
+        handshake (then it is a client)."""
+        loop = self.loop
+        assert loop is not None
+        timeout = self.runtime.service.timeouts.http_request if self.tls else None
+        for _ in range(limit):
+            try:
+                conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue
+            conn.setblocking(False)
+            self.budget.take()
+            task = loop.create_task(
+                loop.connect_accepted_socket(
+                    lambda: ClientConnection(self),
+                    conn,
+                    ssl=self.tls,
+                    ssl_handshake_timeout=timeout,
+                )
+            )
+            self._pending.add(task)
+            task.add_done_callback(self._handshake_done)
+
+    def _handshake_done(self, task: asyncio.Task[Any]) -> None:
+        self._pending.discard(task)
+        self.budget.give()
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("TLS client lost before its first request: %r", task.exception())
 
     def _hand_over(self, plain: PlainTransport, first: bytes) -> bool:
         """A client whose first request keeps the connection goes to uvloop's transports:
@@ -166,37 +215,6 @@ class HttpListener:
         task.add_done_callback(self._pending.discard)
         task.add_done_callback(lambda t: _handed_over(t, client))
         return True
-
-    def _drain_accept_queue(self) -> None:
-        loop = self.loop
-        if loop is None:
-            return
-        if self._poller is not None:
-            if self._accepting:
-                self._accept(BACKLOG)
-            return
-        if self._server is None:
-            return
-        for _ in range(BACKLOG):
-            try:
-                conn, _ = self.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                break
-            conn.setblocking(False)
-            task = loop.create_task(
-                loop.connect_accepted_socket(
-                    lambda: ClientConnection(self),
-                    conn,
-                    ssl=self.tls,
-                    ssl_handshake_timeout=(
-                        self.runtime.service.timeouts.http_request if self.tls else None
-                    ),
-                )
-            )
-            self._pending.add(task)
-            task.add_done_callback(self._pending.discard)
 
     def _shutdown(self) -> None:
         if self._sweeper is not None:

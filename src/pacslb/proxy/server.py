@@ -30,8 +30,15 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pacslb.config import Mode
+from pacslb.core.budget import ServiceNeed, connection_budgets, limit_advice
 from pacslb.core.plan import Plan, plan_from_dict
 from pacslb.proxy import notices
+from pacslb.proxy.budget import (
+    TRIM_INTERVAL,
+    FloodTrimmer,
+    ServiceBudget,
+    raise_descriptor_limit,
+)
 from pacslb.proxy.runtime import ServiceRuntime
 
 IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
@@ -90,11 +97,41 @@ def wanted_listeners(plan: Plan) -> dict[tuple[str, int], ListenerSpec]:
 
 
 class ProxyProcess:
-    def __init__(self) -> None:
+    def __init__(self, descriptor_limit: int | None = None) -> None:
         self.plan: Plan | None = None
         self.runtimes: dict[str, ServiceRuntime] = {}
         self.listeners: dict[tuple[str, int], tuple[ListenerSpec, Listener]] = {}
         self.stopping = asyncio.Event()
+        self.descriptor_limit = descriptor_limit or raise_descriptor_limit()
+        self.budgets: dict[str, ServiceBudget] = {}
+        self._advice: str | None = None
+
+    def _update_budgets(self, plan: Plan, wanted: dict[tuple[str, int], ListenerSpec]) -> None:
+        """Each l7 service's connection budget in this worker (core.budget); an operator is
+        told once per change when the descriptor limit is low for these services."""
+        from pacslb.proxy.tcp import HAVE_SPLICE
+
+        needs = [
+            ServiceNeed(
+                s.label,
+                s.mode,
+                sum(1 for spec in wanted.values() if spec.service == s.label),
+                s.max_connections,
+            )
+            for s in plan.services
+            if not s.mode.is_kernel
+        ]
+        limits = connection_budgets(self.descriptor_limit, needs, HAVE_SPLICE)
+        budgets = {}
+        for label, limit in limits.items():
+            budget = self.budgets.get(label) or ServiceBudget(label, limit)
+            budget.set_limit(limit)
+            budgets[label] = budget
+        self.budgets = budgets
+        advice = limit_advice(self.descriptor_limit, needs, HAVE_SPLICE)
+        if advice is not None and advice != self._advice:
+            notices.notice(advice, key=f"limit/{advice}")
+        self._advice = advice
 
     async def apply(self, plan: Plan) -> None:
         """Apply a Plan; raise OSError naming every listener that could not be opened.
@@ -111,6 +148,7 @@ class ProxyProcess:
         }
         for label, runtime in runtimes.items():
             runtime.update(services[label])
+        self._update_budgets(plan, wanted)
 
         errors: list[str] = []
         for addr, spec in wanted.items():
@@ -142,14 +180,14 @@ class ProxyProcess:
             if spec.mode is Mode.L7_TCP:
                 from pacslb.proxy.tcp import TcpListener
 
-                tcp = TcpListener(sock, runtime, addr[1])
+                tcp = TcpListener(sock, runtime, addr[1], budget=self.budgets[spec.service])
                 tcp.start()
                 return tcp
             from pacslb.proxy.http import HttpListener
             from pacslb.proxy.tls import tls_context
 
             context = tls_context(list(spec.tls)) if spec.tls else None
-            http = HttpListener(sock, runtime, addr[1], context)
+            http = HttpListener(sock, runtime, addr[1], context, self.budgets[spec.service])
             await http.start()
             return http
         except BaseException:
@@ -255,15 +293,28 @@ def tune_gc() -> None:
 
 async def serve(path: Path) -> None:
     tune_gc()
-    proxy = ProxyProcess()
+    # Every client connection holds descriptors: use all the hard limit allows (the control
+    # process does the same; a worker started otherwise, e.g. by hand, must not depend on it).
+    proxy = ProxyProcess(raise_descriptor_limit())
     control = ProxyControl(proxy, path)
     server = await control.start()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, proxy.stopping.set)
+    trimmer = FloodTrimmer()
+    timer: asyncio.TimerHandle | None = None
+
+    def trim() -> None:
+        nonlocal timer
+        trimmer.observe(proxy.budgets.values())
+        timer = loop.call_later(TRIM_INTERVAL, trim)
+
+    timer = loop.call_later(TRIM_INTERVAL, trim)
     try:
         await proxy.stopping.wait()
     finally:
+        if timer is not None:
+            timer.cancel()
         server.close()
         proxy.close()
         with contextlib.suppress(FileNotFoundError):

@@ -35,6 +35,7 @@ import struct
 import sys
 import time
 
+from pacslb.proxy.budget import ServiceBudget, out_of_descriptors
 from pacslb.proxy.runtime import FALLBACK, ServerStats, ServiceRuntime
 
 __all__ = ["HAVE_SPLICE", "KEEPALIVE", "TcpListener"]
@@ -103,6 +104,8 @@ class TcpListener:
     `sock` is a bound, listening, non-blocking TCP socket; the listener owns it from now on
     and closes it in `close()`. `runtime` may be replaced at any time: new connections use the
     current one, established connections keep reporting to the one that placed them.
+    `budget` is the service's connection budget in this worker, shared by its listeners (none:
+    unlimited).
     """
 
     def __init__(
@@ -112,10 +115,12 @@ class TcpListener:
         vip_port: int,
         *,
         splice: bool | None = None,
+        budget: ServiceBudget | None = None,
     ) -> None:
         self.sock = sock
         self.runtime = runtime
         self.vip_port = vip_port
+        self.budget = budget if budget is not None else ServiceBudget(runtime.service.label)
         self.connections: set[_Connection] = set()
         self.use_splice = HAVE_SPLICE if splice is None else (splice and HAVE_SPLICE)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -146,8 +151,9 @@ class TcpListener:
             return
         if self._loop is not None and self._accepting:
             with contextlib.suppress(Exception):
-                self._accept(BACKLOG_DRAIN)
+                self._accept(BACKLOG_DRAIN, drain=True)
         self._closed = True
+        self.budget.stop_waiting(self)
         self._pause()
         if self._retry is not None:
             self._retry.cancel()
@@ -176,9 +182,24 @@ class TcpListener:
             self._loop.remove_reader(self._fd)
             self._accepting = False
 
-    def _accept(self, limit: int = ACCEPT_BATCH) -> None:
+    def resume_accepting(self) -> None:
+        """Room again in the service's budget (called by the budget)."""
+        if self._retry is None:
+            self._resume()
+
+    def _accept(self, limit: int = ACCEPT_BATCH, drain: bool = False) -> None:
+        """Accept up to `limit` clients, within the budget unless `drain` (closing: what the
+        queue holds is taken, so that a listener replaced under SO_REUSEPORT drops nobody)."""
         accept = self.sock.accept
-        for _ in range(limit):
+        budget = self.budget
+        room = budget.room()
+        if room <= 0 and not drain:
+            # At the budget: stop accepting; the kernel's queue holds the clients until a
+            # connection of this service closes (ServiceBudget.give wakes us).
+            self._pause()
+            budget.wait(self, f"{self.sock.getsockname()[0]}:{self.vip_port}")
+            return
+        for _ in range(limit if drain else min(limit, room)):
             try:
                 client, addr = accept()
             except (BlockingIOError, InterruptedError):
@@ -191,6 +212,7 @@ class TcpListener:
                     log.warning(
                         "accept on port %s: %s; pausing %.1f s", self.vip_port, exc, ACCEPT_RETRY
                     )
+                    out_of_descriptors(budget.label, f"port {self.vip_port}", exc)
                     self._pause()
                     self._retry = self._loop.call_later(ACCEPT_RETRY, self._resume)
                     return
@@ -198,6 +220,7 @@ class TcpListener:
                 return
             conn = _Connection(self, client, addr[0])
             self.connections.add(conn)
+            budget.take()
             conn.start()
 
     # --- idle sweep ------------------------------------------------------------------------
@@ -233,7 +256,9 @@ class TcpListener:
                 self._schedule_sweep()
 
     def _forget(self, conn: _Connection) -> None:
-        self.connections.discard(conn)
+        if conn in self.connections:
+            self.connections.remove(conn)
+            self.budget.give()
         if self._closed and not self.connections:
             self._finished()
 

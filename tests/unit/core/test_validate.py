@@ -85,6 +85,13 @@ def test_cookie_persistence_only_in_l7_http() -> None:
     load_data({"virtual_services": [svc(persistence={"type": "http-cookie"})]})
 
 
+def test_a_connection_budget_only_in_l7_modes() -> None:
+    found = problems(svc(mode="l4-nat", max_connections=100))
+    assert "needs an l7 mode" in found["virtual_services[0].max_connections"]
+    config = load_data({"virtual_services": [svc(max_connections=100)]})
+    assert config.virtual_services[0].max_connections == 100
+
+
 def test_one_vip_port_for_one_service_but_other_protocols_and_ports_are_fine() -> None:
     found = problems(svc(), svc(label="Other", ports=[80, 443]))
     assert "already used by the virtual service Web " in found["virtual_services[1].ports"]
@@ -376,7 +383,7 @@ def test_pydantic_wording_is_translated_into_what_is_wanted() -> None:
 def test_an_unknown_key_in_a_service_gets_the_services_keys_and_a_close_match() -> None:
     message = by_where(RADIOLOGY)["McK-Radiology_Web › schedular"].message
     assert "did you mean 'scheduler'?" in message
-    assert "allowed here: fallback, health_check, label, mode" in message
+    assert "allowed here: fallback, health_check, label, max_connections, mode" in message
     assert "virtual_services" not in message
 
 
