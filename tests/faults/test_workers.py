@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.peers.procs import free_port, http_peer, running
 
-from pacslb.control.local import request
+from pacslb.control.local import NotRunning, request
+from tests.peers.procs import free_port, http_peer, running
 
 HOST = "127.10.2.10"  # the real servers
 VIP = "127.10.2.1"
@@ -118,10 +118,11 @@ def worker_events(state: Path) -> list[dict[str, Any]]:
 
 
 def has_event(state: Path, reason: str, worker: str = "proxy-0") -> bool:
-    return any(
-        e["data"].get("reason") == reason and e["data"]["worker"] == worker
-        for e in worker_events(state)
-    )
+    try:
+        events = worker_events(state)
+    except NotRunning:  # a control process still starting
+        return False
+    return any(e["data"].get("reason") == reason and e["data"]["worker"] == worker for e in events)
 
 
 class Load:
@@ -215,11 +216,12 @@ def test_one_of_two_workers_killed_under_load(tmp_path: Path, backends: list[int
             reap(stack, state, 2)
             seen = [total(state) for _ in range(10)]
         assert load.failed <= 3, f"{load.failed} failed, {load.ok} succeeded"
+        # What the killed worker counted after its last read (< 1 s) is lost with it; what it
+        # had reported is kept.
         assert seen == sorted(seen) and seen[0] >= before, (before, seen)
-        wait(lambda: total(state) >= load.ok, 5, "the counters to count every request")
         crash = next(e for e in worker_events(state) if e["data"].get("reason") == "crashed")
         assert crash["data"]["pid"] == victim and "SIGKILL" in crash["message"]
-        assert status(state)["proxy"]["restarts"] == {"crashed": 1}
+        assert status(state)["proxy"]["restarts"] == {"crashed": 1, "hung": 0}
 
 
 def test_the_only_worker_killed_keeps_the_counters(tmp_path: Path, backends: list[int]) -> None:
