@@ -168,7 +168,8 @@ def data_planes(state_dir: Path, config: Config) -> list[Engine]:
     from pacslb.engines.kernel import KernelEngine
     from pacslb.engines.proxy import ProxyEngine
 
-    return [KernelEngine(state_dir), ProxyEngine(state_dir, config.node.proxy.workers)]
+    proxy = config.node.proxy
+    return [KernelEngine(state_dir), ProxyEngine(state_dir, proxy.workers, proxy.spare)]
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -412,6 +412,12 @@ class ProxySettings(Model):
         "host with two or more cores (1 otherwise), so that one worker's crash costs only the "
         "connections it held while the other serves on",
     )
+    spare: bool = Field(
+        True,
+        description="keep one idle worker started ahead, so that a crashed or hung worker is "
+        "replaced in milliseconds rather than after a process start (costs one idle process, "
+        "about 40 MB)",
+    )
 
 
 def default_workers(cpus: int | None) -> int:

@@ -117,8 +117,8 @@ class Worker:
     """One `pacslb proxy` process: started here (a child), or adopted (left serving by a control
     process that died or was stopped with --keep-data-plane; known by the pid it reports)."""
 
-    def __init__(self, index: int, state_dir: Path) -> None:
-        self.name = f"proxy-{index}"
+    def __init__(self, name: str, state_dir: Path) -> None:
+        self.name = name
         self.path = state_dir / f"{self.name}.sock"
         self.log = state_dir / f"{self.name}.log"
         self.pid_file = state_dir / f"{self.name}.pid"  # finds a hung worker after a restart
@@ -173,10 +173,11 @@ class Worker:
             return None  # nobody there: a stale socket file
         try:
             pid = int(self.pid_file.read_text())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except (OSError, ValueError):
             raise EngineError(f"proxy worker at {self.path} is alive but does not answer") from None
-        if str(self.path).encode() not in cmdline:
+        # a pacslb proxy of this state directory (a promoted spare has another socket name)
+        if b"\0proxy\0--socket\0" + str(self.path.parent).encode() not in cmdline:
             raise EngineError(f"proxy worker at {self.path} is alive but does not answer")
         return pid
 
@@ -284,8 +285,12 @@ class ProxyEngine:
 
     name = "proxy"
 
-    def __init__(self, state_dir: Path, workers: int = 1) -> None:
-        self.workers = [Worker(i, state_dir) for i in range(workers)]
+    def __init__(self, state_dir: Path, workers: int = 1, spare: bool = True) -> None:
+        self.workers = [Worker(f"proxy-{i}", state_dir) for i in range(workers)]
+        # An idle worker started ahead (imports done, no Plan) that takes over a crashed or
+        # hung worker's name in milliseconds instead of an interpreter start (~0.5-1.5 s).
+        self.spare = Worker("proxy-spare", state_dir) if spare else None
+        self._spare_ready = False
         # Set by the control process: records an event (kind "engine") for this engine.
         self.notify: Callable[..., None] = _ignore
         self.restarts = {"crashed": 0, "hung": 0}  # replacements by reason
@@ -296,6 +301,7 @@ class ProxyEngine:
         self._closing = False
         self._lock = asyncio.Lock()  # a Plan, a start or a replacement: one at a time
         self._last_plan: Plan | None = None
+        self._spare_task_running = False
 
     async def apply(self, plan: Plan) -> None:
         async with self._lock:  # one Plan at a time, and never two starts of a worker
@@ -386,7 +392,9 @@ class ProxyEngine:
         while True:
             began = loop.time()
             try:
-                await asyncio.gather(*(self._check(worker) for worker in self.workers))
+                await asyncio.gather(
+                    *(self._check(worker) for worker in self.workers), self._check_spare()
+                )
                 self._recount()
             except Exception as exc:  # the watchdog must outlive any one bad answer
                 self.notify(f"watchdog error: {exc!r}")
@@ -426,8 +434,69 @@ class ProxyEngine:
                 {"worker": worker.name, "pid": pid, "reason": "notice", "at": item.get("at")},
             )
 
+    async def _check_spare(self) -> None:
+        """Keep one spare worker ready: adopt the one a previous `pacslb run` left, start one
+        if there is none (in the background: a start takes a second), drop one that died."""
+        spare = self.spare
+        if spare is None or self._spare_task_running:
+            return
+        if self._spare_ready and await spare.answers(PING_TIMEOUT) is not None:
+            return
+        self._spare_ready = False
+        if time.monotonic() < spare.retry_at:
+            return
+        self._spare_task_running = True
+
+        async def start() -> None:
+            try:
+                info = await spare.answers()
+                if info is not None and info.get("revision") is None:
+                    spare.adopt(info["pid"])
+                else:
+                    spare.kill()  # one that died, or that serves a Plan (not a spare)
+                    await spare.gone(5.0)
+                    spare.pid = None
+                    await spare.spawn()
+                self._spare_ready = not self._closing
+                spare.failures = 0
+            except (OSError, EngineError) as exc:
+                spare.failures += 1
+                spare.retry_at = time.monotonic() + min(60.0, 5.0 * spare.failures)
+                if spare.failures == 1:
+                    self.notify(f"the spare worker could not be started: {exc}")
+            finally:
+                self._spare_task_running = False
+
+        self._spawn_task(start())
+
+    async def _promote_spare(self, worker: Worker) -> bool:
+        """Give a ready spare the name (socket, log) of `worker`, which is dead; False if
+        there is none or it failed (it is killed then, and another started)."""
+        spare = self.spare
+        if spare is None or not self._spare_ready:
+            return False
+        self._spare_ready = False
+        try:
+            await spare.call(
+                {"cmd": "serve-as", "socket": str(worker.path), "log": str(worker.log)}, 2.0
+            )
+        except (OSError, EngineError, TimeoutError, ValueError) as exc:
+            self.notify(f"the spare worker could not take over {worker.name}: {exc}")
+            spare.kill()
+            return False
+        worker.process, worker.pid = spare.process, spare.pid
+        worker.state, worker.started_at = "up", time.time()
+        worker.watch.answered(time.monotonic())
+        worker._write_pid()
+        spare.process, spare.pid = None, None
+        with contextlib.suppress(OSError):
+            spare.pid_file.unlink()
+        return True
+
     async def _replace(self, worker: Worker, pid: int, reason: str, how: str) -> None:
         """Kill the worker that crashed or hung (by pid), keep its counters, start another."""
+        if reason == "hung" and worker.pid == pid and not self._closing:
+            worker.kill()  # now: a Plan being applied to it fails at once, not after 10 s
         async with self._lock:
             if self._closing or worker.pid != pid:
                 return  # already replaced (the exit watcher and the ping both saw it)
@@ -452,7 +521,11 @@ class ProxyEngine:
         if self._closing or worker.pid is not None:
             return
         try:
-            await worker.spawn()
+            if await self._promote_spare(worker):
+                via = "the spare, "
+            else:
+                via = ""
+                await worker.spawn()
         except (OSError, EngineError) as exc:
             # A start that fails (no memory, a broken install) is retried, more slowly each time.
             worker.failures += 1
@@ -471,8 +544,8 @@ class ProxyEngine:
         self._event(
             worker,
             "replaced",
-            f"replaced ({reason}): {was}pid {worker.pid} serving in "
-            f"{time.monotonic() - began:.2f} s (restart {worker.restarts})",
+            f"replaced ({reason}): {was}pid {worker.pid} ({via}serving in "
+            f"{time.monotonic() - began:.2f} s, restart {worker.restarts})",
             old=old,
         )
         self._watch_exit(worker)
@@ -497,6 +570,7 @@ class ProxyEngine:
         """The workers (pid, state, restarts) and replacements by reason, for status/metrics."""
         return {
             "workers": [w.describe() for w in self.workers] if self._started else [],
+            "spare": self.spare.pid if self.spare is not None and self._spare_ready else None,
             "restarts": dict(self.restarts),
         }
 
@@ -507,7 +581,10 @@ class ProxyEngine:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if keep_running:
-            return  # the workers serve their last Plan; the next `pacslb run` adopts them
+        spares = [self.spare] if self.spare is not None and self.spare.pid is not None else []
+        if keep_running:  # the workers serve their last Plan; the next `pacslb run` adopts them
+            await asyncio.gather(*(s.stop() for s in spares))  # it serves nothing
+            return
         async with self._lock:
-            await asyncio.gather(*(w.stop() for w in self.workers if w.pid is not None))
+            running = [w for w in self.workers if w.pid is not None]
+            await asyncio.gather(*(w.stop() for w in [*running, *spares]))
