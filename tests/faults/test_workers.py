@@ -29,13 +29,13 @@ HOST = "127.10.2.10"  # the real servers
 VIP = "127.10.2.1"
 
 
-def write_config(path: Path, port: int, backends: list[int], workers: int) -> None:
+def write_config(path: Path, port: int, backends: list[int], workers: int, spare: bool) -> None:
     servers = "\n".join(
         f"      - {{label: Srv{i}, address: {HOST}, port: {p}}}" for i, p in enumerate(backends, 1)
     )
     path.write_text(
         f"""version: 1
-node: {{webui: {{enabled: false}}, proxy: {{workers: {workers}}}}}
+node: {{webui: {{enabled: false}}, proxy: {{workers: {workers}, spare: {str(spare).lower()}}}}}
 virtual_services:
   - label: Web
     vip: {VIP}
@@ -154,13 +154,13 @@ class Load:
 
 
 def start(
-    stack: ExitStack, tmp_path: Path, backends: list[int], workers: int, name: str = "run"
+    stack: ExitStack, tmp_path: Path, backends: list[int], workers: int, spare: bool = True
 ) -> tuple[subprocess.Popen[bytes], Path, int]:
     port = free_port(VIP)
     config, state = tmp_path / "pacslb.yaml", tmp_path / "state"
-    write_config(config, port, backends, workers)
+    write_config(config, port, backends, workers, spare)
     argv = [sys.executable, "-m", "pacslb.cli", "run", str(config), "--state-dir", str(state)]
-    run = stack.enter_context(running(argv, VIP, port, log=tmp_path / f"{name}.log"))
+    run = stack.enter_context(running(argv, VIP, port, log=tmp_path / "run.log"))
     wait(lambda: pid_of(state / f"proxy-{workers - 1}.sock") is not None, 15, "the workers")
     return run, state, port
 
@@ -184,6 +184,7 @@ def test_a_hung_worker_is_killed_and_replaced(tmp_path: Path, backends: list[int
         assert stopped is not None
         stack.callback(lambda: alive(stopped) and os.kill(stopped, signal.SIGKILL))
         assert get(port)
+        wait(lambda: status(state)["proxy"]["spare"] is not None, 15, "a spare worker")
         os.kill(stopped, signal.SIGSTOP)  # the worker hangs: alive, holding its ports
         # The watchdog kills it by PID and starts a replacement that serves the last Plan.
         wait(lambda: has_event(state, "hung"), 15, "a 'hung' event")
@@ -192,17 +193,21 @@ def test_a_hung_worker_is_killed_and_replaced(tmp_path: Path, backends: list[int
         reap(stack, state, 1)
         wait(lambda: get(port), 10, "the VIP to serve again")
         assert all(get(port) for _ in range(20))
-        replaced = [e for e in worker_events(state) if e["data"].get("reason") == "hung"]
-        assert replaced[-1]["data"]["pid"] == stopped
+        hung = [e for e in worker_events(state) if e["data"].get("reason") == "hung"]
+        assert hung[-1]["data"]["pid"] == stopped
+        wait(lambda: has_event(state, "replaced"), 5, "a 'replaced' event")
+        replaced = [e for e in worker_events(state) if e["data"].get("reason") == "replaced"]
+        assert "the spare" in replaced[-1]["message"]  # it took over: no process start
         workers = status(state)["proxy"]["workers"]
         assert workers[0]["restarts"] == 1 and workers[0]["state"] == "up"
 
 
 def test_one_of_two_workers_killed_under_load(tmp_path: Path, backends: list[int]) -> None:
     """With workers: 2, a SIGKILL costs at most the connections that worker held (a sequential
-    client has one), the worker comes back and the counters never go backwards."""
+    client has one), the worker comes back (a new process: no spare here) and the counters
+    never go backwards."""
     with ExitStack() as stack:
-        _, state, port = start(stack, tmp_path, backends, workers=2)
+        _, state, port = start(stack, tmp_path, backends, workers=2, spare=False)
         reap(stack, state, 2)
         victim = pid_of(state / "proxy-1.sock")
         assert victim is not None
