@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/worker_faults.py [--workers 1,2] [--faults kill,stop]
                                             [--duration 10] [--at 3] [--connections 20]
+                                            [--no-spare]
 
 For each (workers, fault) pair: two nginx backends (one worker each, a 1 KiB file) on
 127.10.2.11/12, a `pacslb run` with an l7-http service on 127.10.2.1 and `node.proxy.workers`
@@ -186,6 +187,7 @@ def event_delay(state: Path, reason: str, since: float) -> float | None:
 def run_one(work: Path, workers: int, fault: str, args: argparse.Namespace) -> dict[str, Any]:
     ports = [free_port(b) for b in BACKENDS]
     vip_port = free_port(VIP)
+    spare = "false" if args.no_spare else "true"
     state = work / f"state-{workers}-{fault}"
     config = work / f"pacslb-{workers}-{fault}.yaml"
     servers = "\n".join(
@@ -193,7 +195,7 @@ def run_one(work: Path, workers: int, fault: str, args: argparse.Namespace) -> d
         for i, (a, p) in enumerate(zip(BACKENDS, ports, strict=True), 1)
     )
     config.write_text(f"""version: 1
-node: {{webui: {{enabled: false}}, proxy: {{workers: {workers}}}}}
+node: {{webui: {{enabled: false}}, proxy: {{workers: {workers}, spare: {spare}}}}}
 virtual_services:
   - label: Web
     vip: {VIP}
@@ -248,6 +250,7 @@ virtual_services:
         requests, errors = wrk_errors(out)
         return {
             "workers": workers,
+            "spare": spare,
             "fault": "SIGKILL" if fault == "kill" else "SIGSTOP",
             "wrk_requests": requests,
             "wrk_errors": errors,
@@ -266,6 +269,7 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--at", type=float, default=3.0)
     parser.add_argument("--connections", type=int, default=20)
+    parser.add_argument("--no-spare", action="store_true", help="node.proxy.spare: false")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="pacslb-faults-") as tmp:
