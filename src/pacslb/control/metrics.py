@@ -159,7 +159,8 @@ class PacslbCollector(Collector):
         )
         up.add_metric([], float(sum(w["state"] == "up" for w in proxy["workers"])))
         configured = GaugeMetricFamily(
-            "pacslb_proxy_workers", "proxy worker processes configured (node.proxy.workers)"
+            "pacslb_proxy_workers",
+            "proxy worker processes (node.proxy.workers; 0 while no service uses the proxy)",
         )
         configured.add_metric([], float(len(proxy["workers"])))
         restarts = CounterMetricFamily(
