@@ -254,8 +254,13 @@ class Worker:
         return False
 
     async def stop(self) -> None:
-        with contextlib.suppress(OSError, EngineError, TimeoutError, ValueError):
+        try:
             await self.call({"cmd": "stop"}, timeout=5.0)
+        except (OSError, EngineError, TimeoutError, ValueError):
+            # Not answering: still starting (a spare), or hung. SIGTERM stops one that starts.
+            if self.pid is not None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(self.pid, signal.SIGTERM)
         if not await self.gone(10.0):
             self.kill()
             await self.gone(5.0)
