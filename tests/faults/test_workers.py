@@ -278,3 +278,34 @@ def test_stop_returns_after_the_process_is_gone(tmp_path: Path, backends: list[i
         assert not alive(run.pid), "pacslb stop returned while the process still ran"
         assert not any(pid is not None and alive(pid) for pid in workers)
         assert run.wait(5) == 0
+
+
+_WORKER_WITH_A_NOTICE = """
+import sys
+from pathlib import Path
+from pacslb.proxy import notices
+from pacslb.proxy.server import main
+notices.notice("out of file descriptors", "Web", "Srv1")
+main(Path(sys.argv[1]))
+"""
+
+
+def test_a_workers_notices_become_events(tmp_path: Path, backends: list[int]) -> None:
+    """What a worker queues with notices.notice() (EMFILE, a budget reached...) is polled by
+    the control process and recorded as an event of its service and server."""
+    state = tmp_path / "state"
+    state.mkdir()
+    sock = state / "proxy-0.sock"
+    worker = [sys.executable, "-c", _WORKER_WITH_A_NOTICE, str(sock)]
+    with ExitStack() as stack:
+        stack.enter_context(running(worker, log=tmp_path / "worker.log"))
+        wait(lambda: pid_of(sock) is not None, 15, "the worker")
+        port = free_port(VIP)
+        write_config(tmp_path / "pacslb.yaml", port, backends, workers=1, spare=False)
+        argv = [sys.executable, "-m", "pacslb.cli", "run", str(tmp_path / "pacslb.yaml")]
+        stack.enter_context(running([*argv, "--state-dir", str(state)], VIP, port))
+        wait(lambda: has_event(state, "notice"), 10, "the notice as an event")
+        notice = next(e for e in worker_events(state) if e["data"]["reason"] == "notice")
+        assert (notice["service"], notice["server"]) == ("Web", "Srv1")
+        assert "out of file descriptors" in notice["message"]
+        assert has_event(state, "adopted")
