@@ -233,9 +233,17 @@ class Worker:
     def kill(self) -> None:
         """SIGKILL by pid: a stopped or hung worker holds its listening sockets (SO_REUSEPORT)
         and the kernel keeps dealing it new connections until it is gone."""
-        if self.pid is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(self.pid, signal.SIGKILL)
+        self.signal(signal.SIGKILL)
+
+    def signal(self, sig: signal.Signals) -> None:
+        """Signal the worker by pid, unless it is a child already reaped (its pid may then
+        belong to another process)."""
+        process = self.process
+        reaped = process is not None and process.pid == self.pid and process.returncode is not None
+        if self.pid is None or reaped:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(self.pid, sig)
 
     async def gone(self, timeout: float) -> bool:
         """Wait (bounded) until the worker has exited; True if it has."""
@@ -258,9 +266,7 @@ class Worker:
             await self.call({"cmd": "stop"}, timeout=5.0)
         except (OSError, EngineError, TimeoutError, ValueError):
             # Not answering: still starting (a spare), or hung. SIGTERM stops one that starts.
-            if self.pid is not None:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(self.pid, signal.SIGTERM)
+            self.signal(signal.SIGTERM)
         if not await self.gone(10.0):
             self.kill()
             await self.gone(5.0)
@@ -516,9 +522,10 @@ class ProxyEngine:
             self.restarts[reason] += 1
             worker.restarts += 1
             self._event(worker, reason, f"(pid {pid}) {reason}: {how}", pid=pid)
-            worker.kill()
-            if not await worker.gone(5.0):
-                self._event(worker, "unkillable", f"(pid {pid}) still there 5 s after SIGKILL")
+            if reason == "hung":  # (a crashed one has exited: its pid is not ours to signal)
+                worker.kill()
+                if not await worker.gone(5.0):
+                    self._event(worker, "unkillable", f"(pid {pid}) alive 5 s after SIGKILL")
             worker.pid = None
             await self._restart(worker, reason, began, pid)
 
