@@ -309,3 +309,22 @@ def test_a_workers_notices_become_events(tmp_path: Path, backends: list[int]) ->
         assert (notice["service"], notice["server"]) == ("Web", "Srv1")
         assert "out of file descriptors" in notice["message"]
         assert has_event(state, "adopted")
+
+
+def test_workers_beyond_the_setting_are_stopped(tmp_path: Path, backends: list[int]) -> None:
+    """A restart with fewer workers (2 -> 1, after `stop --keep-data-plane`) stops the extra
+    one, which would otherwise serve its old Plan on the same ports for ever, unwatched."""
+    with ExitStack() as stack:
+        _, state, port = start(stack, tmp_path, backends, workers=2, spare=False)
+        reap(stack, state, 2)
+        extra = pid_of(state / "proxy-1.sock")
+        assert extra is not None
+        stop = [sys.executable, "-m", "pacslb.cli", "stop", "--keep-data-plane"]
+        subprocess.run([*stop, "--state-dir", str(state)], check=True, timeout=60)
+        assert alive(extra)
+        write_config(tmp_path / "pacslb.yaml", port, backends, workers=1, spare=False)
+        argv = [sys.executable, "-m", "pacslb.cli", "run", str(tmp_path / "pacslb.yaml")]
+        stack.enter_context(running([*argv, "--state-dir", str(state)], log=tmp_path / "2.log"))
+        wait(lambda: has_event(state, "stopped", "proxy-1"), 15, "a 'stopped' event")
+        wait(lambda: not alive(extra), 10, "the extra worker to exit")
+        assert has_event(state, "adopted") and get(port)

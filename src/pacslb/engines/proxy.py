@@ -297,6 +297,7 @@ class ProxyEngine:
     name = "proxy"
 
     def __init__(self, state_dir: Path, workers: int = 1, spare: bool = True) -> None:
+        self.state_dir = state_dir
         self.workers = [Worker(f"proxy-{i}", state_dir) for i in range(workers)]
         # An idle worker started ahead (imports done, no Plan) that takes over a crashed or
         # hung worker's name in milliseconds instead of an interpreter start (~0.5-1.5 s).
@@ -322,6 +323,7 @@ class ProxyEngine:
         if not self._started:
             if all(s.mode.is_kernel for s in plan.services):
                 return  # nothing for the proxy: start no process
+            await self._stop_extra_workers()
             # all at once: each start is an interpreter start (~0.5-1 s of one core)
             ups = [self._bring_up(worker) for worker in self.workers]
             for result in await asyncio.gather(*ups, return_exceptions=True):
@@ -338,6 +340,27 @@ class ProxyEngine:
                 errors.append(f"{worker.name}: {exc}")
         if errors:
             raise EngineError("; ".join(errors))
+
+    async def _stop_extra_workers(self) -> None:
+        """Stop the workers a previous `pacslb run` left beyond node.proxy.workers (it had
+        more): unwatched, they would serve their old Plan on the same ports for ever."""
+        ours = {w.path for w in self.workers}
+        if self.spare is not None:
+            ours.add(self.spare.path)
+        for path in sorted(self.state_dir.glob("proxy-*.sock")):
+            if path in ours:
+                continue
+            extra = Worker(path.name.removesuffix(".sock"), self.state_dir)
+            info = await extra.answers()
+            if info is None:
+                continue
+            extra.pid = info["pid"]
+            await extra.stop()
+            self.notify(
+                f"worker {extra.name} (pid {info['pid']}) stopped: beyond node.proxy.workers",
+                None,
+                {"worker": extra.name, "reason": "stopped", "pid": info["pid"]},
+            )
 
     async def _give_plan(self, worker: Worker, plan: Plan) -> None:
         if worker.pid is None:
