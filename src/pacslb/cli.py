@@ -178,7 +178,8 @@ def data_planes(state_dir: Path, config: Config) -> list[Engine]:
     from pacslb.engines.kernel import KernelEngine
     from pacslb.engines.proxy import ProxyEngine
 
-    return [KernelEngine(state_dir), ProxyEngine(state_dir, config.node.proxy.workers)]
+    proxy = config.node.proxy
+    return [KernelEngine(state_dir), ProxyEngine(state_dir, proxy.workers, proxy.spare)]
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -241,6 +242,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"up {status['uptime_s']:.0f}s  engines: {', '.join(status['engines']) or 'none'}"
         + ("" if status["ready"] else "  (starting)")
     )
+    proxy = status.get("proxy") or {}
+    if proxy.get("workers"):
+        workers = "  ".join(
+            f"{w['worker']} pid {w['pid'] or '-'} {w['state']} restarts={w['restarts']}"
+            for w in proxy["workers"]
+        )
+        print(f"proxy workers: {workers}")
     for svc in status["services"]:
         ports = ",".join(str(p) for p in svc["ports"])
         print(
@@ -323,20 +331,41 @@ def cmd_teardown(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+STOP_TIMEOUT = 30.0
+
+
+def _pid_running(pid: int) -> bool:
+    """Whether the process exists and has not exited (a zombie left for its parent to reap
+    has exited)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
 def cmd_stop(args: argparse.Namespace) -> int:
     """Stop the running pacslb and wait until its process has exited."""
-    from pacslb.control.local import NotRunning, request
+    from pacslb.control.local import request
 
     state_dir = _state_dir(args)
     result = request(state_dir, {"cmd": "stop", "keep_data_plane": args.keep_data_plane})
-    for _ in range(300):  # up to 30 s: engines are closed, workers stopped, then the exit
-        try:
-            request(state_dir, {"cmd": "status"}, timeout=1.0)
-        except (NotRunning, OSError):
-            break
-        time.sleep(0.1)
-    else:
-        raise PacslbError(f"pacslb (pid {result['pid']}) is still running after 30 s")
+    pid = int(result["pid"])
+    # The control socket closes first; the engines (workers stopped, each within 10 s, in
+    # parallel) and the process exit come after: wait for the pid, not for the socket.
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while _pid_running(pid):
+        if time.monotonic() > deadline:
+            raise PacslbError(
+                f"pacslb (pid {pid}) is still running {STOP_TIMEOUT:g} s after it was asked to "
+                f"stop; see `pacslb events` and its log; `kill {pid}` stops it as this would"
+            )
+        time.sleep(0.05)
     if result["data_plane"] == "kept":
         print(
             f"pacslb (pid {result['pid']}) stopped; its data plane goes on forwarding. "

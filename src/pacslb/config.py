@@ -8,6 +8,7 @@ that every problem can be reported at once with its path.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from enum import StrEnum
 from pathlib import Path
@@ -452,8 +453,25 @@ class ProxySettings(Model):
     """The built-in l7 proxy's processes on this node."""
 
     workers: int = Field(
-        1, ge=1, le=64, description="proxy processes sharing every port (SO_REUSEPORT)"
+        default_factory=lambda: default_workers(os.cpu_count()),
+        ge=1,
+        le=64,
+        description="proxy processes sharing every port (SO_REUSEPORT); by default 2 on a "
+        "host with two or more cores (1 otherwise), so that one worker's crash costs only the "
+        "connections it held while the other serves on",
     )
+    spare: bool = Field(
+        True,
+        description="keep one idle worker started ahead, so that a crashed or hung worker is "
+        "replaced in milliseconds rather than after a process start (costs one idle process, "
+        "about 40 MB)",
+    )
+
+
+def default_workers(cpus: int | None) -> int:
+    """Two workers wherever two cores can run them: a crashed or hung worker is then half the
+    listeners, and the kernel deals new connections to the other while it is replaced."""
+    return 2 if (cpus or 1) >= 2 else 1
 
 
 class Node(Model):

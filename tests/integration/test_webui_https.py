@@ -107,6 +107,8 @@ def test_https_api_password_restart_and_signals(
                 'pacslb_real_server_admin_state{server="Srv1",service="Web",state="drain"} 1.0'
                 in text
             )
+            assert 'pacslb_proxy_worker_restarts_total{reason="crashed"} 0.0' in text
+            assert re.search(r"^pacslb_proxy_workers_up [12]\.0$", text, re.M)
             assert anonymous.get("/api/v1/status").status_code == 401
         curl = shutil.which("curl")
         if curl:  # the same with curl, as the README shows it

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 
 import pytest
 from pydantic import ValidationError
@@ -128,3 +129,11 @@ def test_schema_lists_every_mode_and_check() -> None:
     text = str(c.config_json_schema())
     for word in ("l4-dr", "l4-nat", "l4-snat", "l7-tcp", "l7-http", "dicom-echo", "external"):
         assert word in text
+
+
+def test_proxy_workers_default_to_two_where_two_cores_can_run_them() -> None:
+    from pacslb.config import ProxySettings, default_workers
+
+    assert [default_workers(n) for n in (None, 1, 2, 16)] == [1, 1, 2, 2]
+    assert ProxySettings().workers == default_workers(os.cpu_count())
+    assert ProxySettings(workers=1).workers == 1  # one worker stays a valid choice

@@ -402,8 +402,10 @@ class ControlProcess:
             self._watching_leaving = False
 
     def _engine_note(self, name: str) -> Any:
-        def note(message: str) -> None:
-            self._record("engine", f"{name}: {message}")
+        def note(
+            message: str, key: ServerKey | None = None, data: dict[str, Any] | None = None
+        ) -> None:
+            self._record("engine", f"{name}: {message}", key or None, data)
 
         return note
 
@@ -421,6 +423,15 @@ class ControlProcess:
         for engine in self.engines:
             merged.update(engine.counters())
         return merged
+
+    def engine_status(self) -> dict[str, Any]:
+        """What engines that run processes of their own say of them (the proxy: its workers)."""
+        out = {}
+        for engine in self.engines:
+            describe = getattr(engine, "status", None)
+            if callable(describe):
+                out[engine.name] = describe()
+        return out
 
     def status(self) -> dict[str, Any]:
         plan = self.plan or self.current_plan()
@@ -478,6 +489,7 @@ class ControlProcess:
             # The data planes this config uses (the others are idle and hold nothing).
             "engines": sorted({svc["forwarded_by"] for svc in services}),
             "services": services,
+            **self.engine_status(),  # "proxy": {"workers": [...], "restarts": {...}}
         }
 
     def _record(

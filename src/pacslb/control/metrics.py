@@ -11,7 +11,7 @@ set up once and should not hold a token).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -120,6 +120,7 @@ class PacslbCollector(Collector):
         yield from (packets_in, packets_out, failures, requests, responses, latency)
         yield from (vs_up, vs_active)
         yield from self._engines()
+        yield from self._workers(status.get("proxy"))
         revision = GaugeMetricFamily("pacslb_config_revision", "config revision in force")
         revision.add_metric([], float(status["revision"]))
         yield revision
@@ -148,6 +149,29 @@ class PacslbCollector(Collector):
             if record.error is not None and record.error_at is not None:
                 error.add_metric([engine.name, record.error[:200]], record.error_at)
         yield from (applied, failing, error)
+
+    def _workers(self, proxy: dict[str, Any] | None) -> Iterator[Metric]:
+        """The proxy's worker processes: how many serve, and how often one was replaced."""
+        if proxy is None:
+            return
+        up = GaugeMetricFamily(
+            "pacslb_proxy_workers_up", "proxy worker processes that answer the watchdog"
+        )
+        up.add_metric([], float(sum(w["state"] == "up" for w in proxy["workers"])))
+        configured = GaugeMetricFamily(
+            "pacslb_proxy_workers",
+            "proxy worker processes (node.proxy.workers; 0 while no service uses the proxy)",
+        )
+        configured.add_metric([], float(len(proxy["workers"])))
+        restarts = CounterMetricFamily(
+            "pacslb_proxy_worker_restarts",
+            "proxy workers replaced since pacslb started, by reason (crashed: exited or "
+            "killed; hung: stopped answering and was killed)",
+            labels=["reason"],
+        )
+        for reason, n in sorted(proxy["restarts"].items()):
+            restarts.add_metric([reason], float(n))
+        yield from (up, configured, restarts)
 
 
 def registry(process: ControlProcess) -> CollectorRegistry:

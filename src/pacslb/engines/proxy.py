@@ -1,9 +1,14 @@
 """The control process's side of the built-in proxy: start or adopt `pacslb proxy` workers,
-hand them Plans, read their counters back.
+hand them Plans, read their counters back, and replace any that crashes or hangs.
 
 Each worker is its own process with its own control socket (`state_dir/proxy-N.sock`); with
 `workers: N` they share every listening port through SO_REUSEPORT and get the same Plan. A worker
 left running by a control process that died is adopted, not restarted, so its connections live.
+
+A watchdog pings every worker each second. A worker that exits is replaced the moment its exit
+is seen (a child's exit status, an adopted worker's pidfd); one that stops answering for
+HANG_MISSES pings in a row is killed by pid and replaced (stopped, it would still hold its share
+of every port). Each start, adoption, crash, hang and replacement is an event.
 """
 
 from __future__ import annotations
@@ -12,23 +17,23 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import socket
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from pacslb.core.plan import Plan, ServerKey
+from pacslb.core.workers import CounterSum, PingWatch, WorkerCounters
 from pacslb.engines.base import Counters
 from pacslb.errors import EngineError
 
 START_TIMEOUT = 15.0
-POLL_INTERVAL = 1.0
-
-
-# the counters of each worker (ServerStats.as_dict) that add up across workers
-_SUMMED = ("active", "total", "bytes_in", "bytes_out", "connect_failures", "requests")
+POLL_INTERVAL = 1.0  # the watchdog's period: a ping, the counters and the notices
+PING_TIMEOUT = 1.0  # a worker's loop answers a ping in well under a millisecond
+READ_TIMEOUT = 5.0  # counters of many services take longer to encode than a ping
 
 
 def stop_workers(state_dir: Path, timeout: float = 10.0) -> list[str]:
@@ -76,16 +81,61 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _exit_text(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exited with status {returncode}"
+
+
+async def _pid_exit(pid: int) -> None:
+    """Until a process that is not our child exits (a pidfd becomes readable when it does);
+    forever where pidfds are not available: the watchdog's pings find that exit instead."""
+    try:
+        fd = os.pidfd_open(pid)
+    except (OSError, AttributeError):
+        await asyncio.Event().wait()
+        return
+    loop = asyncio.get_running_loop()
+    exited: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        if not exited.done():
+            exited.set_result(None)
+
+    loop.add_reader(fd, readable)
+    try:
+        await exited
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+
+
 class Worker:
-    def __init__(self, path: Path, log: Path) -> None:
-        self.path = path
-        self.log = log
+    """One `pacslb proxy` process: started here (a child), or adopted (left serving by a control
+    process that died or was stopped with --keep-data-plane; known by the pid it reports)."""
+
+    def __init__(self, name: str, state_dir: Path) -> None:
+        self.name = name
+        self.path = state_dir / f"{self.name}.sock"
+        self.log = state_dir / f"{self.name}.log"
+        self.pid_file = state_dir / f"{self.name}.pid"  # finds a hung worker after a restart
         self.process: asyncio.subprocess.Process | None = None  # None when adopted
-        self._lock = asyncio.Lock()
+        self.pid: int | None = None  # None while no worker runs (a start failed)
+        self.state = "down"  # up, slow (a ping missed), crashed, hung, down
+        self.started_at: float | None = None  # unix time this worker was started or adopted
+        self.restarts = 0
+        self.last: WorkerCounters | None = None  # its counters as last read
+        self.watch = PingWatch(0.0)
+        self.retry_at = 0.0  # monotonic time of the next start after a failed one
+        self.failures = 0  # starts that failed in a row
 
     async def call(self, payload: dict[str, Any], timeout: float = 10.0) -> Any:
-        """One request on a fresh connection (rare: a Plan, or the counters once a second)."""
-        async with self._lock, asyncio.timeout(timeout):
+        """One request on a fresh connection (a Plan, or a ping and the counters each second).
+        No lock: a ping must be answered while a large Plan is being applied."""
+        async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_unix_connection(str(self.path), limit=64 << 20)
             try:
                 writer.write(json.dumps(payload).encode() + b"\n")
@@ -94,39 +144,56 @@ class Worker:
             finally:
                 writer.close()
         if not line:
-            raise EngineError(f"proxy worker at {self.path} closed the connection")
+            raise EngineError(f"proxy worker {self.name} closed the connection")
         answer = json.loads(line)
         if not answer.get("ok"):
             raise EngineError(answer.get("error", "proxy worker refused the request"))
         return answer.get("result")
 
-    async def alive(self) -> bool:
-        try:
-            await self.call({"cmd": "ping"}, timeout=2.0)
-        except (OSError, EngineError, TimeoutError, ValueError):
-            return False
-        return True
+    async def ping(self, timeout: float) -> dict[str, Any]:
+        result = await self.call({"cmd": "ping"}, timeout)
+        if not isinstance(result, dict) or not isinstance(result.get("pid"), int):
+            raise ValueError(f"proxy worker {self.name} answered ping with {result!r}")
+        return result
 
-    async def ensure(self) -> None:
-        if await self.alive():
-            return
-        if self.path.exists():
-            # Unlink only a dead worker's socket: one that is merely slow still serves its
-            # ports (SO_REUSEPORT), and a second worker beside it would orphan it.
-            try:
-                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-                    probe.settimeout(1)
-                    probe.connect(str(self.path))
-            except (ConnectionRefusedError, FileNotFoundError):
-                with contextlib.suppress(FileNotFoundError):
-                    self.path.unlink()
-            except OSError as exc:
-                raise EngineError(f"proxy worker at {self.path} does not answer: {exc}") from exc
-            else:
-                raise EngineError(f"proxy worker at {self.path} is alive but does not answer")
+    async def answers(self, timeout: float = 2.0) -> dict[str, Any] | None:
+        try:
+            return await self.ping(timeout)
+        except (OSError, EngineError, TimeoutError, ValueError):
+            return None
+
+    def stuck_pid(self) -> int | None:
+        """The pid of a worker whose control socket accepts but does not answer (stopped,
+        hung), from the pid file, if that process is still this socket's worker."""
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                probe.settimeout(1)
+                probe.connect(str(self.path))
+        except OSError:
+            return None  # nobody there: a stale socket file
+        try:
+            pid = int(self.pid_file.read_text())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            raise EngineError(f"proxy worker at {self.path} is alive but does not answer") from None
+        # a pacslb proxy of this state directory (a promoted spare has another socket name)
+        if b"\0proxy\0--socket\0" + str(self.path.parent).encode() not in cmdline:
+            raise EngineError(f"proxy worker at {self.path} is alive but does not answer")
+        return pid
+
+    def adopt(self, pid: int) -> None:
+        self.process, self.pid, self.state = None, pid, "up"
+        self.started_at = time.time()
+        self.watch.answered(time.monotonic())
+        self._write_pid()
+
+    async def spawn(self) -> None:
+        """Start a new worker and wait until it answers; EngineError if it does not."""
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()  # the caller made sure nobody answers there
         out = open(self.log, "ab")  # noqa: SIM115 - handed to the child, closed below
         try:
-            self.process = await asyncio.create_subprocess_exec(
+            process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
                 "pacslb.cli",
@@ -140,42 +207,113 @@ class Worker:
             )
         finally:
             out.close()
+        self.process, self.pid = process, process.pid
+        self._write_pid()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + START_TIMEOUT
-        while not await self.alive():
-            if self.process.returncode is not None:
+        while await self.answers() is None:
+            if process.returncode is not None:
+                self.pid = None
                 raise EngineError(
-                    f"proxy worker exited with {self.process.returncode}; see {self.log}"
+                    f"proxy worker {self.name} {_exit_text(process.returncode)}; see {self.log}"
                 )
             if loop.time() > deadline:
+                self.kill()
+                await self.gone(5.0)
+                self.pid = None
                 raise EngineError(f"proxy worker did not start within {START_TIMEOUT:g} s")
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.02)
+        self.state, self.started_at = "up", time.time()
+        self.watch.answered(time.monotonic())
+
+    def _write_pid(self) -> None:
+        with contextlib.suppress(OSError):
+            self.pid_file.write_text(f"{self.pid}\n")
+
+    def kill(self) -> None:
+        """SIGKILL by pid: a stopped or hung worker holds its listening sockets (SO_REUSEPORT)
+        and the kernel keeps dealing it new connections until it is gone."""
+        self.signal(signal.SIGKILL)
+
+    def signal(self, sig: signal.Signals) -> None:
+        """Signal the worker by pid, unless it is a child already reaped (its pid may then
+        belong to another process)."""
+        process = self.process
+        reaped = process is not None and process.pid == self.pid and process.returncode is not None
+        if self.pid is None or reaped:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(self.pid, sig)
+
+    async def gone(self, timeout: float) -> bool:
+        """Wait (bounded) until the worker has exited; True if it has."""
+        if self.process is not None and self.process.pid == self.pid:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self.process.wait()
+            return self.process.returncode is not None
+        pid = self.pid
+        if pid is None:
+            return True
+        for _ in range(int(timeout / 0.02)):
+            if not _pid_alive(pid):
+                return True
+            await asyncio.sleep(0.02)
+        return False
 
     async def stop(self) -> None:
-        with contextlib.suppress(OSError, EngineError, TimeoutError, ValueError):
+        try:
             await self.call({"cmd": "stop"}, timeout=5.0)
-        if self.process is not None:
-            try:
-                async with asyncio.timeout(10):
-                    await self.process.wait()
-            except TimeoutError:
-                self.process.kill()
-                await self.process.wait()
+        except (OSError, EngineError, TimeoutError, ValueError):
+            # Not answering: still starting (a spare), or hung. SIGTERM stops one that starts.
+            self.signal(signal.SIGTERM)
+        if not await self.gone(10.0):
+            self.kill()
+            await self.gone(5.0)
+        self.state, self.pid = "down", None
+        with contextlib.suppress(OSError):
+            self.pid_file.unlink()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "worker": self.name,
+            "pid": self.pid,
+            "state": self.state,
+            "restarts": self.restarts,
+            "adopted": self.pid is not None and self.process is None,
+            "started": self.started_at,
+        }
+
+
+def _ignore(message: str, key: ServerKey | None = None, data: dict[str, Any] | None = None) -> None:
+    pass
 
 
 class ProxyEngine:
+    """The proxy workers, watched: a worker that exits is replaced at once, one that stops
+    answering (HANG_MISSES pings in a row) is killed and replaced, each with an event; their
+    counters are summed with those of the workers they replaced."""
+
     name = "proxy"
 
-    def __init__(self, state_dir: Path, workers: int = 1) -> None:
-        self.workers = [
-            Worker(state_dir / f"proxy-{i}.sock", state_dir / f"proxy-{i}.log")
-            for i in range(workers)
-        ]
+    def __init__(self, state_dir: Path, workers: int = 1, spare: bool = True) -> None:
+        self.state_dir = state_dir
+        self.workers = [Worker(f"proxy-{i}", state_dir) for i in range(workers)]
+        # An idle worker started ahead (imports done, no Plan) that takes over a crashed or
+        # hung worker's name in milliseconds instead of an interpreter start (~0.5-1.5 s).
+        self.spare = Worker("proxy-spare", state_dir) if spare else None
+        self._spare_ready = False
+        # Set by the control process: records an event (kind "engine") for this engine.
+        self.notify: Callable[..., None] = _ignore
+        self.restarts = {"crashed": 0, "hung": 0}  # replacements by reason
+        self._sum = CounterSum()
         self._counters: dict[ServerKey, Counters] = {}
-        self._poller: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()  # the watchdog and the exit watchers
         self._started = False
-        self._lock = asyncio.Lock()
+        self._closing = False
+        self._lock = asyncio.Lock()  # a Plan, a start or a replacement: one at a time
         self._last_plan: Plan | None = None
+        self._spare_task_running = False
 
     async def apply(self, plan: Plan) -> None:
         async with self._lock:  # one Plan at a time, and never two starts of a worker
@@ -185,79 +323,306 @@ class ProxyEngine:
         if not self._started:
             if all(s.mode.is_kernel for s in plan.services):
                 return  # nothing for the proxy: start no process
-            try:
-                for worker in self.workers:
-                    await worker.ensure()
-            except OSError as exc:
-                raise EngineError(f"cannot start the proxy: {exc}") from exc
+            await self._stop_extra_workers()
+            # all at once: each start is an interpreter start (~0.5-1 s of one core)
+            ups = [self._bring_up(worker) for worker in self.workers]
+            for result in await asyncio.gather(*ups, return_exceptions=True):
+                if isinstance(result, BaseException):
+                    raise result
             self._started = True
-            self._poller = asyncio.get_running_loop().create_task(self._poll())
+            self._spawn_task(self._watchdog())
         self._last_plan = plan
-        payload = {"cmd": "apply", "plan": json.loads(plan.to_json())}
         errors = []
         for worker in self.workers:
             try:
-                await worker.call(payload)
-            except (OSError, TimeoutError) as exc:
-                errors.append(f"{worker.path.name}: {exc}")
+                await self._give_plan(worker, plan)
             except EngineError as exc:
-                errors.append(str(exc))
+                errors.append(f"{worker.name}: {exc}")
         if errors:
             raise EngineError("; ".join(errors))
+
+    async def _stop_extra_workers(self) -> None:
+        """Stop the workers a previous `pacslb run` left beyond node.proxy.workers (it had
+        more): unwatched, they would serve their old Plan on the same ports for ever."""
+        ours = {w.path for w in self.workers}
+        if self.spare is not None:
+            ours.add(self.spare.path)
+        for path in sorted(self.state_dir.glob("proxy-*.sock")):
+            if path in ours:
+                continue
+            extra = Worker(path.name.removesuffix(".sock"), self.state_dir)
+            info = await extra.answers()
+            if info is None:
+                continue
+            extra.pid = info["pid"]
+            await extra.stop()
+            self.notify(
+                f"worker {extra.name} (pid {info['pid']}) stopped: beyond node.proxy.workers",
+                None,
+                {"worker": extra.name, "reason": "stopped", "pid": info["pid"]},
+            )
+
+    async def _give_plan(self, worker: Worker, plan: Plan) -> None:
+        if worker.pid is None:
+            raise EngineError("not running (a start failed; it is retried)")
+        try:
+            await worker.call({"cmd": "apply", "plan": json.loads(plan.to_json())})
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise EngineError(str(exc) or type(exc).__name__) from exc
+
+    async def _bring_up(self, worker: Worker) -> None:
+        """Adopt the worker already serving from this state directory, or start one."""
+        info = await worker.answers()
+        if info is not None and info["pid"] == worker.pid:
+            return  # ours, started by an earlier try whose other workers failed
+        if info is not None:
+            worker.adopt(info["pid"])
+            self._event(
+                worker,
+                "adopted",
+                f"adopted (pid {worker.pid}, serving revision {info.get('revision')})",
+            )
+            self._watch_exit(worker)
+            return
+        stuck = worker.stuck_pid()
+        if stuck is not None:
+            worker.pid = stuck
+            how = "found alive but not answering; killed with SIGKILL"
+            self._event(worker, "hung", f"(pid {stuck}) hung: {how}")
+            self.restarts["hung"] += 1
+            worker.kill()
+            await worker.gone(5.0)
+        try:
+            await worker.spawn()
+        except OSError as exc:
+            raise EngineError(f"cannot start the proxy: {exc}") from exc
+        self._event(worker, "started", f"started (pid {worker.pid})")
+        self._watch_exit(worker)
+
+    # --- the watchdog ------------------------------------------------------------------
+
+    def _spawn_task(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _watch_exit(self, worker: Worker) -> None:
+        """Replace the worker the moment its process exits (a child: its exit status; adopted:
+        its pidfd), not at the next ping."""
+        pid, process = worker.pid, worker.process
+        assert pid is not None
+
+        async def watch() -> None:
+            if process is not None:
+                how = _exit_text(await process.wait())
+            else:
+                await _pid_exit(pid)
+                how = "exited (adopted: its exit status is not ours to read)"
+            await self._replace(worker, pid, "crashed", how)
+
+        self._spawn_task(watch())
+
+    async def _watchdog(self) -> None:
+        """Each second: ping every worker (PING_TIMEOUT), read its counters and notices; a
+        worker that stopped answering is killed and replaced, one whose start failed retried."""
+        loop = asyncio.get_running_loop()
+        while True:
+            began = loop.time()
+            try:
+                await asyncio.gather(
+                    *(self._check(worker) for worker in self.workers), self._check_spare()
+                )
+                self._recount()
+            except Exception as exc:  # the watchdog must outlive any one bad answer
+                self.notify(f"watchdog error: {exc!r}")
+            await asyncio.sleep(max(0.05, POLL_INTERVAL - (loop.time() - began)))
+
+    async def _check(self, worker: Worker) -> None:
+        pid = worker.pid
+        if pid is None:
+            if time.monotonic() >= worker.retry_at:
+                async with self._lock:
+                    await self._restart(worker, "down", time.monotonic())
+            return
+        try:
+            await worker.ping(PING_TIMEOUT)
+        except (OSError, EngineError, TimeoutError, ValueError) as exc:
+            gone = not isinstance(exc, TimeoutError) and not _pid_alive(pid)
+            if gone and worker.process is None:  # adopted, and no pidfd told us
+                await self._replace(worker, pid, "crashed", "exited; its socket is gone")
+            elif worker.watch.missed(time.monotonic()):
+                misses = worker.watch.misses
+                how = f"no answer to {misses} pings in a row; killed with SIGKILL"
+                await self._replace(worker, pid, "hung", how)
+            elif worker.pid == pid:
+                worker.state = "slow"
+            return
+        worker.watch.answered(time.monotonic())
+        worker.state = "up"
+        try:
+            worker.last = await worker.call({"cmd": "counters"}, READ_TIMEOUT)
+            notices = await worker.call({"cmd": "notices"}, READ_TIMEOUT)
+        except (OSError, EngineError, TimeoutError, ValueError):
+            return  # the next ping decides
+        for item in notices or ():
+            self.notify(
+                f"{worker.name}: {item.get('message', '')}",
+                (item.get("service", ""), item.get("server", "")),
+                {"worker": worker.name, "pid": pid, "reason": "notice", "at": item.get("at")},
+            )
+
+    async def _check_spare(self) -> None:
+        """Keep one spare worker ready: adopt the one a previous `pacslb run` left, start one
+        if there is none (in the background: a start takes a second), drop one that died."""
+        spare = self.spare
+        if spare is None or self._spare_task_running:
+            return
+        if self._spare_ready and await spare.answers(PING_TIMEOUT) is not None:
+            return
+        self._spare_ready = False
+        if time.monotonic() < spare.retry_at:
+            return
+        self._spare_task_running = True
+
+        async def start() -> None:
+            try:
+                info = await spare.answers()
+                if info is not None and info.get("revision") is None:
+                    spare.adopt(info["pid"])
+                else:
+                    spare.kill()  # one that died, or that serves a Plan (not a spare)
+                    await spare.gone(5.0)
+                    spare.pid = None
+                    await spare.spawn()
+                self._spare_ready = not self._closing
+                spare.failures = 0
+            except (OSError, EngineError) as exc:
+                spare.failures += 1
+                spare.retry_at = time.monotonic() + min(60.0, 5.0 * spare.failures)
+                if spare.failures == 1:
+                    self.notify(f"the spare worker could not be started: {exc}")
+            finally:
+                self._spare_task_running = False
+
+        self._spawn_task(start())
+
+    async def _promote_spare(self, worker: Worker) -> bool:
+        """Give a ready spare the name (socket, log) of `worker`, which is dead; False if
+        there is none or it failed (it is killed then, and another started)."""
+        spare = self.spare
+        if spare is None or not self._spare_ready:
+            return False
+        self._spare_ready = False
+        try:
+            await spare.call(
+                {"cmd": "serve-as", "socket": str(worker.path), "log": str(worker.log)}, 2.0
+            )
+        except (OSError, EngineError, TimeoutError, ValueError) as exc:
+            self.notify(f"the spare worker could not take over {worker.name}: {exc}")
+            spare.kill()
+            return False
+        worker.process, worker.pid = spare.process, spare.pid
+        worker.state, worker.started_at = "up", time.time()
+        worker.watch.answered(time.monotonic())
+        worker._write_pid()
+        spare.process, spare.pid = None, None
+        with contextlib.suppress(OSError):
+            spare.pid_file.unlink()
+        return True
+
+    async def _replace(self, worker: Worker, pid: int, reason: str, how: str) -> None:
+        """Kill the worker that crashed or hung (by pid), keep its counters, start another."""
+        if reason == "hung" and worker.pid == pid and not self._closing:
+            worker.kill()  # now: a Plan being applied to it fails at once, not after 10 s
+        async with self._lock:
+            if self._closing or worker.pid != pid:
+                return  # already replaced (the exit watcher and the ping both saw it)
+            began = time.monotonic()
+            worker.state = reason
+            self._sum.retire(worker.last)
+            worker.last = None
+            self._recount()
+            self.restarts[reason] += 1
+            worker.restarts += 1
+            self._event(worker, reason, f"(pid {pid}) {reason}: {how}", pid=pid)
+            if reason == "hung":  # (a crashed one has exited: its pid is not ours to signal)
+                worker.kill()
+                if not await worker.gone(5.0):
+                    self._event(worker, "unkillable", f"(pid {pid}) alive 5 s after SIGKILL")
+            worker.pid = None
+            await self._restart(worker, reason, began, pid)
+
+    async def _restart(
+        self, worker: Worker, reason: str, began: float, old: int | None = None
+    ) -> None:
+        """Start the worker again and give it the last Plan; the caller holds the lock."""
+        if self._closing or worker.pid is not None:
+            return
+        try:
+            if await self._promote_spare(worker):
+                via = "the spare, "
+            else:
+                via = ""
+                await worker.spawn()
+        except (OSError, EngineError) as exc:
+            # A start that fails (no memory, a broken install) is retried, more slowly each time.
+            worker.failures += 1
+            pause = min(30.0, 2.0 ** min(worker.failures, 5))
+            worker.retry_at = time.monotonic() + pause
+            worker.state = "down"
+            self._event(worker, "start-failed", f"could not start: {exc}; retrying in {pause:g} s")
+            return
+        worker.failures = 0
+        if self._last_plan is not None:
+            try:
+                await self._give_plan(worker, self._last_plan)
+            except EngineError as exc:  # a listener that cannot be opened: its VIP is named
+                self._event(worker, "plan-failed", f"did not take the last Plan: {exc}")
+        was = f"pid {old} -> " if old is not None else ""
+        self._event(
+            worker,
+            "replaced",
+            f"replaced ({reason}): {was}pid {worker.pid} ({via}serving in "
+            f"{time.monotonic() - began:.2f} s, restart {worker.restarts})",
+            old=old,
+        )
+        self._watch_exit(worker)
+
+    def _event(self, worker: Worker, reason: str, message: str, **data: Any) -> None:
+        data = {"worker": worker.name, "reason": reason, "pid": worker.pid, **data}
+        self.notify(f"worker {worker.name} {message}", None, data)
+
+    def _recount(self) -> None:
+        tallies = self._sum.sum(worker.last for worker in self.workers)
+        self._counters = {
+            key: Counters(**tally.values, responses=tally.responses)
+            for key, tally in tallies.items()
+        }
+
+    # --- views and stop ----------------------------------------------------------------
 
     def counters(self) -> Mapping[ServerKey, Counters]:
         return self._counters
 
-    async def refresh(self) -> None:
-        merged: dict[ServerKey, dict[str, int]] = {}
-        classes: dict[ServerKey, dict[str, int]] = {}
-        for worker in self.workers:
-            result = await worker.call({"cmd": "counters"})
-            for service, servers in result.items():
-                for server, c in servers.items():
-                    key = (service, server)
-                    acc = merged.setdefault(key, dict.fromkeys(_SUMMED, 0))
-                    for name in _SUMMED:
-                        acc[name] += int(c[name])
-                    seen = classes.setdefault(key, {})
-                    for cls, n in c["responses"].items():
-                        seen[cls] = seen.get(cls, 0) + int(n)
-        self._counters = {
-            key: Counters(**values, responses=classes[key]) for key, values in merged.items()
+    def status(self) -> dict[str, Any]:
+        """The workers (pid, state, restarts) and replacements by reason, for status/metrics."""
+        return {
+            "workers": [w.describe() for w in self.workers] if self._started else [],
+            "spare": self.spare.pid if self.spare is not None and self._spare_ready else None,
+            "restarts": dict(self.restarts),
         }
 
-    async def _poll(self) -> None:
-        """Read counters each second; a worker that stopped answering (killed, OOM) is
-        restarted and given the last Plan, so its VIPs are back within a few seconds."""
-        while True:
-            try:
-                await self.refresh()
-            except (OSError, EngineError, TimeoutError, ValueError):
-                with contextlib.suppress(OSError, EngineError, TimeoutError, ValueError):
-                    await self._recover()
-            await asyncio.sleep(POLL_INTERVAL)
-
-    async def _recover(self) -> None:
-        async with self._lock:
-            if self._last_plan is None:
-                return
-            payload = {"cmd": "apply", "plan": json.loads(self._last_plan.to_json())}
-            for worker in self.workers:
-                if await worker.alive():
-                    continue
-                print(f"pacslb: proxy worker {worker.path.name} is gone; restarting it", flush=True)
-                await worker.ensure()
-                with contextlib.suppress(EngineError):  # a listener error is reported by apply
-                    await worker.call(payload)
-
     async def close(self, keep_running: bool = False) -> None:
-        if self._poller is not None:
-            self._poller.cancel()
+        self._closing = True
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
-        if keep_running:
-            return  # the workers serve their last Plan; the next `pacslb run` adopts them
+                await task
+        spares = [self.spare] if self.spare is not None and self.spare.pid is not None else []
+        if keep_running:  # the workers serve their last Plan; the next `pacslb run` adopts them
+            await asyncio.gather(*(s.stop() for s in spares))  # it serves nothing
+            return
         async with self._lock:
-            for worker in self.workers:
-                if self._started or worker.process is not None:
-                    await worker.stop()
+            running = [w for w in self.workers if w.pid is not None]
+            await asyncio.gather(*(w.stop() for w in [*running, *spares]))

@@ -8,7 +8,13 @@ Unix socket (JSON lines):
     {"cmd": "apply", "plan": {...}}  -> {"ok": true}  | {"ok": false, "error": "..."}
     {"cmd": "counters"}              -> {"ok": true, "result": {service: {server: {...}}}}
     {"cmd": "notices"}               -> {"ok": true, "result": [{message, service, server, at}]}
+    {"cmd": "serve-as", "socket": PATH, "log": PATH}  -> {"ok": true}
     {"cmd": "ping"} / {"cmd": "stop"}
+
+`serve-as` makes a spare worker (started ahead, idle, all imports done) take over the name of
+one that crashed: its control socket moves to PATH (an atomic rename over the dead worker's
+file) and its output to that worker's log. The replacement then serves in milliseconds rather
+than after an interpreter start.
 
 Server states in a Plan always take effect; listeners change address by address, each new
 one bound before the old one closes, and an address that cannot be bound keeps its previous
@@ -25,6 +31,7 @@ import os
 import signal
 import socket
 import ssl
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -229,6 +236,20 @@ class ProxyControl:
         finally:
             os.umask(old)
 
+    def serve_as(self, path: Path, log: Path) -> None:
+        """Move this process's control socket to `path` and its output to `log`."""
+        if path.parent != self.path.parent:
+            raise ValueError(f"{path} is not beside {self.path}")
+        os.rename(self.path, path)  # the listening socket lives on under its new name
+        self.path = path
+        fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while line := await reader.readline():
@@ -262,6 +283,9 @@ class ProxyControl:
                 }
             if cmd == "stop":
                 self.proxy.stopping.set()
+                return {"ok": True}
+            if cmd == "serve-as":
+                self.serve_as(Path(request["socket"]), Path(request["log"]))
                 return {"ok": True}
         except (OSError, ValueError, KeyError) as exc:
             return {"ok": False, "error": str(exc)}
@@ -318,7 +342,7 @@ async def serve(path: Path) -> None:
         server.close()
         proxy.close()
         with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+            control.path.unlink()  # its name now, after a serve-as
 
 
 def main(path: Path) -> None:
