@@ -262,6 +262,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             if conns and svc["mode"] == "l7-http":
                 errors = conns["responses"].get("5xx", 0)
                 count += f" req={conns['requests']} 5xx={errors}"
+            if conns and conns.get("retries"):
+                count += f" retried={conns['retries']}"
+            if conns and conns.get("ejected"):
+                count += " EJECTED"  # passive health has it out (in that many workers)
             last = rs["last_check"]
             check = f"{last['reason']} ({_ago(last['at'])})" if last else "not checked yet"
             print(

@@ -70,6 +70,21 @@ class PacslbCollector(Collector):
         requests = CounterMetricFamily(
             "pacslb_real_server_requests", "HTTP requests forwarded (l7-http)", labels=RS
         )
+        retries = CounterMetricFamily(
+            "pacslb_real_server_retries",
+            "requests or connections tried again elsewhere after this server failed (proxy)",
+            labels=RS,
+        )
+        ejections = CounterMetricFamily(
+            "pacslb_real_server_ejections",
+            "times passive health took the server out of rotation (built-in proxy)",
+            labels=RS,
+        )
+        ejected = GaugeMetricFamily(
+            "pacslb_real_server_ejected",
+            "proxy workers in which passive health has the server out of rotation now",
+            labels=RS,
+        )
         responses = CounterMetricFamily(
             "pacslb_real_server_responses",
             "HTTP responses by status class (l7-http)",
@@ -109,6 +124,9 @@ class PacslbCollector(Collector):
                     packets_out.add_metric(labels, float(count.packets_out))
                     failures.add_metric(labels, float(count.connect_failures))
                     requests.add_metric(labels, float(count.requests))
+                    retries.add_metric(labels, float(count.retries))
+                    ejections.add_metric(labels, float(count.ejections))
+                    ejected.add_metric(labels, float(count.ejected))
                     for cls, n in sorted(count.responses.items()):
                         responses.add_metric([*labels, cls], float(n))
                     open_now += count.active
@@ -117,7 +135,8 @@ class PacslbCollector(Collector):
             vs_up.add_metric([service, svc["vip"]], float(available))
             vs_active.add_metric([service], float(open_now))
         yield from (up, health, admin, weight, active, total, bytes_in, bytes_out)
-        yield from (packets_in, packets_out, failures, requests, responses, latency)
+        yield from (packets_in, packets_out, failures, requests, retries, ejections, ejected)
+        yield from (responses, latency)
         yield from (vs_up, vs_active)
         yield from self._engines()
         yield from self._workers(status.get("proxy"))

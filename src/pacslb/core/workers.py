@@ -25,10 +25,11 @@ from pacslb.core.plan import ServerKey
 HANG_MISSES = 3
 HANG_AFTER = 2.5
 
-# ServerStats.as_dict() fields that add up across workers; `active` is the only one that is
-# not a total (a replaced worker's connections are gone, so it is not carried over).
-TOTALS = ("total", "bytes_in", "bytes_out", "connect_failures", "requests")
-SUMMED = ("active", *TOTALS)
+# ServerStats.as_dict() fields that add up across workers; `active` and `ejected` (in how many
+# workers passive health has the server out now) are not totals: a replaced worker's
+# connections and ejections are gone with it, so they are not carried over.
+TOTALS = ("total", "bytes_in", "bytes_out", "connect_failures", "requests", "retries", "ejections")
+SUMMED = ("active", "ejected", *TOTALS)
 
 # One worker's answer to {"cmd": "counters"}: {service: {server: ServerStats.as_dict()}}.
 WorkerCounters = Mapping[str, Mapping[str, Mapping[str, Any]]]

@@ -21,6 +21,9 @@ class Counters:
     packets_in: int = 0  # kernel engine: packets client -> server
     packets_out: int = 0  # kernel engine, NAT/SNAT: packets server -> client (DR never sees them)
     requests: int = 0  # l7-http: requests forwarded
+    retries: int = 0  # built-in proxy: requests/connections tried again after this server failed
+    ejections: int = 0  # built-in proxy: times passive health took the server out
+    ejected: int = 0  # built-in proxy: in how many workers passive health has it out now
     responses: dict[str, int] = field(default_factory=dict)  # l7-http: "2xx" -> responses
 
 
