@@ -138,10 +138,10 @@ TRIM_INTERVAL = 5.0  # seconds between two looks at the connection count
 class FloodTrimmer:
     """Gives a flood's memory back once it has ended.
 
-    After 5,000-connection floods a worker's RSS grew 41 -> 46 -> 49 -> 51 MB (bench/flood.py):
-    the connections' objects refer to each other, and with the collector tuned for speed
-    (server.tune_gc: young collections every 50,000 allocations, old ones rarer still) their
-    cycles outlive them in the old generations; glibc then keeps the freed heap. A full
+    After 5,000-connection floods a worker's RSS grew 41 -> 46 -> 49 -> 51 MB (bench/faults.py
+    --only flood): the connections' objects refer to each other, and with the collector tuned
+    for speed (server.tune_gc: young collections every 50,000 allocations, old ones rarer
+    still) their cycles outlive them in the old generations; glibc then keeps the freed heap. A full
     collection and malloc_trim(0) when the count has fallen by TRIM_AFTER from its peak keep
     it near 45-46 MB (measured there) and cost a pause only when a flood ends, never per
     connection."""
