@@ -218,8 +218,9 @@ def lb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     ports = {name: free_port(VIP) for name in ("Web", "Tcp", "Back", "Single", "Slow")}
     passive = f"{{consecutive_failures: {THRESHOLD}, ejection: 30}}"
     config, state = tmp / "pacslb.yaml", tmp / "state"
+    # One worker: passive health counts and ejects per worker, and the tests count requests.
     config.write_text(
-        "version: 1\nnode: {webui: {enabled: false}}\nvirtual_services:\n"
+        "version: 1\nnode: {webui: {enabled: false}, proxy: {workers: 1}}\nvirtual_services:\n"
         + service("Web", ports["Web"], "l7-http", passive, web)
         + service("Tcp", ports["Tcp"], "l7-tcp", passive, tcp)
         + service("Back", ports["Back"], "l7-http", "{consecutive_failures: 2, ejection: 1}", back)
