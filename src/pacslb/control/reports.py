@@ -88,9 +88,9 @@ class Sampler:
             moved.append(Line(f"{name} in", [(r.t, r.in_per_s) for r in per]))
             moved.append(Line(f"{name} out", [(r.t, r.out_per_s) for r in per]))
         what = f"{service}" + ("" if servers == [""] else " real servers")
-        since = now - seconds
+        since, width = now - seconds, 600  # two side by side on a 1280-pixel screen
         return [
-            line_chart(f"{what}: open connections", active, since, now, integer=True),
-            line_chart(f"{what}: new connections per second", new, since, now, unit="/s"),
-            line_chart(f"{what}: throughput in and out", moved, since, now, unit="B/s"),
+            line_chart(f"{what}: open connections", active, since, now, width=width, integer=True),
+            line_chart(f"{what}: new connections per second", new, since, now, "/s", width),
+            line_chart(f"{what}: throughput in and out", moved, since, now, "B/s", width),
         ]

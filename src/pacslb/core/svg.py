@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from html import escape
@@ -38,6 +39,19 @@ def _nice_max(value: float) -> float:
         if step * power >= value:
             return step * power
     return 10 * power  # pragma: no cover - the loop always returns
+
+
+def _step_max(value: float) -> float:
+    """A top whose four gridline steps are round (1, 2, 2.5 or 5 times a power of ten), so
+    every label reads exactly (2.5k, not 1.2k for 1,250)."""
+    if value <= 0:
+        return 1.0
+    quarter = value / 4
+    power = 10.0 ** math.floor(math.log10(quarter))
+    for step in (1, 2, 2.5, 5, 10):
+        if step * power >= quarter * (1 - 1e-9):
+            return 4 * step * power
+    return 40 * power  # pragma: no cover - the loop always returns
 
 
 def _integer_max(value: float) -> float:
@@ -85,7 +99,7 @@ def line_chart(
     plot_w, plot_h = width - left - right, height - top - bottom
     span = max(end - start, 1e-9)
     highest = max((v for ln in lines for _, v in ln.points), default=0.0)
-    peak = _integer_max(highest) if integer else _nice_max(highest)
+    peak = _integer_max(highest) if integer else _step_max(highest)
     legend, legend_h = _legend(lines, left, width - right, height + 8)
     full_h = height + legend_h
 
