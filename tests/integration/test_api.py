@@ -333,11 +333,13 @@ def test_reports_draw_the_sampled_counters(tmp_path: Path) -> None:
         engine.count = Counters(active=5, total=100, bytes_in=11_000, bytes_out=55_000)
         sampler.sample(now - 10)
         page = client.get("/reports").text
-        assert page.count("<svg") == 8  # per VIP: connections and throughput, VIP and servers
+        # Per VIP, for the VIP and for its servers: open connections, new ones, throughput.
+        assert page.count("<svg") == 12
         web = page[page.index('data-service="Web"') : page.index('data-service="DICOM"')]
-        assert "Web: throughput (last hour)" in web and "<polyline" in web
-        assert "Web open: latest 5" in web and "Web new/s: latest 6" in web
-        assert "Web: latest 6.0kB/s" in web  # 60,000 bytes in 10 s
+        assert "Web: throughput in and out" in web and "<polyline" in web
+        assert "Web: open connections</title><desc>Web: latest 5<" in web
+        assert "Web: latest 6/s" in web  # 60 new connections in 10 s
+        assert "Web in: latest 1.0kB/s, Web out: latest 5.0kB/s" in web  # 10 kB and 50 kB
         assert "<svg" in client.get("/reports?span=day").text
 
 

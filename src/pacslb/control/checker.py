@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import math
 import resource
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from pacslb import config as c
 from pacslb.control.probes import ProbeResult, run_check, target_for
@@ -42,6 +44,7 @@ class TargetState:
     key: ServerKey
     tracker: HealthTracker
     signature: str
+    schedule: str
     last: ProbeResult | None = None
     last_at: float | None = None  # wall clock of the last result
     checks: int = 0
@@ -54,11 +57,37 @@ def spread(key: ServerKey, interval: float) -> float:
     return int.from_bytes(digest, "big") / 2**64 * interval
 
 
+# How often and how patiently a check runs, and how many results decide: an edit of these
+# alone changes the schedule, never what the server's last result said.
+TIMING = frozenset({"interval", "timeout", "rise", "fall"})
+
+
+def _without_timing(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _without_timing(v) for k, v in data.items() if k not in TIMING}
+    if isinstance(data, list):
+        return [_without_timing(v) for v in data]
+    return data
+
+
 def _signature(vs: c.VirtualService, rs: c.RealServer) -> str:
-    """What the probe itself depends on: the check and where it goes. A weight or threshold
-    edit keeps the tracker, so a down server does not come back as 'unknown' (usable)."""
+    """What a probe's answer depends on: the check's kind and settings (path, expected text,
+    AE titles, ...) and where it goes. Only an edit of these resets the server's health; a
+    weight, threshold or interval edit keeps it, so a server does not turn 'not checked
+    yet' (usable) because the operator slowed its checks down."""
     target = target_for(vs, rs, vs.health_check)
-    return "|".join((vs.health_check.model_dump_json(), repr(target)))
+    what = _without_timing(vs.health_check.model_dump(mode="json"))
+    return "|".join((json.dumps(what, sort_keys=True), repr(target)))
+
+
+def _schedule(vs: c.VirtualService) -> str:
+    """The whole check, timing included: when it changes, the loop restarts on the new
+    schedule with the same tracker."""
+    return vs.health_check.model_dump_json()
+
+
+def _thresholds(check: c.HealthCheck) -> tuple[int, int]:
+    return (1, 1) if isinstance(check, c.NoCheck) else (check.rise, check.fall)
 
 
 class HealthChecker:
@@ -74,7 +103,8 @@ class HealthChecker:
         """Start loops for new servers, restart changed ones, stop removed ones.
 
         A server whose check and address are unchanged keeps its tracker and its loop, so a
-        config edit elsewhere does not reset its health."""
+        config edit elsewhere does not reset its health; one whose check only runs at another
+        interval (timeout, rise, fall) keeps its tracker and last result on a new loop."""
         wanted: dict[ServerKey, tuple[c.VirtualService, c.RealServer]] = {
             (vs.label, rs.label): (vs, rs)
             for vs in config.virtual_services
@@ -85,17 +115,29 @@ class HealthChecker:
             pair = wanted.get(key)
             if pair is None or _signature(*pair) != state.signature:
                 self._stop(key)
+            elif _schedule(pair[0]) != state.schedule:
+                self._reschedule(state, *pair)
         self._size_semaphore(len(wanted))
         for key, (vs, rs) in wanted.items():
             if key in self._targets:
                 continue
-            check = vs.health_check
-            rise, fall = (1, 1) if isinstance(check, c.NoCheck) else (check.rise, check.fall)
-            state = TargetState(key, HealthTracker(rise, fall), _signature(vs, rs))
+            tracker = HealthTracker(*_thresholds(vs.health_check))
+            state = TargetState(key, tracker, _signature(vs, rs), _schedule(vs))
             self._targets[key] = state
-            state.task = asyncio.get_running_loop().create_task(
-                self._loop(state, vs, rs), name=f"check {key[0]}/{key[1]}"
-            )
+            self._start(state, vs, rs)
+
+    def _start(self, state: TargetState, vs: c.VirtualService, rs: c.RealServer) -> None:
+        state.task = asyncio.get_running_loop().create_task(
+            self._loop(state, vs, rs), name=f"check {state.key[0]}/{state.key[1]}"
+        )
+
+    def _reschedule(self, state: TargetState, vs: c.VirtualService, rs: c.RealServer) -> None:
+        """Same probe, new timing: the loop restarts, the health and last result stay."""
+        if state.task is not None:
+            state.task.cancel()
+        state.tracker.retune(*_thresholds(vs.health_check))
+        state.schedule = _schedule(vs)
+        self._start(state, vs, rs)
 
     def _size_semaphore(self, targets: int) -> None:
         """Room for every target's probe at once (timeout <= interval means at most one each),

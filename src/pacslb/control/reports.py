@@ -71,25 +71,26 @@ class Sampler:
                 self.sample(time.time())
             await asyncio.sleep(self.interval)
 
-    def charts(self, service: str, servers: list[str], span: str, now: float) -> tuple[str, str]:
-        """(connections chart, throughput chart) for a VIP (server "") or some of its servers."""
+    def charts(self, service: str, servers: list[str], span: str, now: float) -> list[str]:
+        """Open connections (a count: whole-number axis), new connections per second, and
+        throughput in (client to server) and out, for a VIP (server "") or its servers."""
         seconds = SPANS.get(span, HOUR)
-        conns: list[Line] = []
-        rate_lines: list[Line] = []
         active: list[Line] = []
+        new: list[Line] = []
+        moved: list[Line] = []
         for server in servers:
             history = self.histories.get((service, server))
             samples = history.window(now, seconds) if history else []
             name = server or service
             per = rates(samples)
-            active.append(Line(f"{name} open", [(s.t, float(s.active)) for s in samples]))
-            conns.append(Line(f"{name} new/s", [(r.t, r.connections_per_s) for r in per]))
-            rate_lines.append(Line(name, [(r.t, r.bytes_per_s) for r in per]))
+            active.append(Line(name, [(s.t, float(s.active)) for s in samples]))
+            new.append(Line(name, [(r.t, r.connections_per_s) for r in per]))
+            moved.append(Line(f"{name} in", [(r.t, r.in_per_s) for r in per]))
+            moved.append(Line(f"{name} out", [(r.t, r.out_per_s) for r in per]))
         what = f"{service}" + ("" if servers == [""] else " real servers")
-        connections = line_chart(
-            f"{what}: connections (last {span})", active + conns, now - seconds, now
-        )
-        throughput = line_chart(
-            f"{what}: throughput (last {span})", rate_lines, now - seconds, now, unit="B/s"
-        )
-        return connections, throughput
+        since, width = now - seconds, 600  # two side by side on a 1280-pixel screen
+        return [
+            line_chart(f"{what}: open connections", active, since, now, width=width, integer=True),
+            line_chart(f"{what}: new connections per second", new, since, now, "/s", width),
+            line_chart(f"{what}: throughput in and out", moved, since, now, "B/s", width),
+        ]

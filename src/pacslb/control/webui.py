@@ -6,13 +6,16 @@ adds the live System Overview and in-place Drain/Halt/Online. Nothing is fetched
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
 import time
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
-from fastapi import APIRouter, HTTPException, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from pacslb.control.api import (
@@ -33,11 +36,13 @@ from pacslb.control.auth import (
     client_address,
     security,
 )
+from pacslb.control.doctor import reach
 from pacslb.control.store import ConfigConflict, StorageError
 from pacslb.control.web import WEBUI_DIR
 from pacslb.core.auth import Role
 from pacslb.core.state import AdminState
 from pacslb.core.validate import dump_data, dump_text
+from pacslb.engines.host import Host
 from pacslb.errors import ConfigError, Problem
 
 if TYPE_CHECKING:
@@ -50,6 +55,71 @@ SCHEDULERS = ["wlc", "wrr", "lc", "rr", "sh"]
 PERSISTENCE = ["none", "source-ip", "http-cookie"]
 CHECKS = ["connect", "http", "dicom-echo", "external", "none"]
 EVENT_KINDS = ["health", "admin", "config", "plan", "engine", "process", "auth", "webui"]
+LOG_PAGE = 100  # events on one page of the log
+
+
+def when(value: Any) -> str:
+    """A time as a date an operator reads (UTC, as the log's), from unix seconds, an ISO
+    string or a datetime; "" for none."""
+    if value is None or value == "":
+        return ""
+    try:
+        if isinstance(value, int | float):
+            moment = datetime.fromtimestamp(value, UTC)
+        elif isinstance(value, datetime):
+            moment = value if value.tzinfo else value.replace(tzinfo=UTC)
+        else:
+            moment = datetime.fromisoformat(str(value))
+    except (ValueError, OverflowError, OSError):
+        return str(value)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+templates.env.filters["when"] = when
+
+# What a redirect after a change says on the page it lands on (`?done=...`): fixed sentences,
+# so that a link cannot make the WebUI say anything else; names are filled in escaped.
+NOTICES = {
+    "added": "Added {what}: revision {revision} is in force.",
+    "saved": "Saved {what}: revision {revision} is in force.",
+    "deleted": "Deleted {what}: revision {revision} is in force.",
+    "drain": "{server} of {service} is draining: no new connections, open ones finish.",
+    "halt": "{server} of {service} is halted: no traffic at all.",
+    "online": "{server} of {service} is online.",
+    "applied": "The current plan was applied again to every engine.",
+    "rolledback": "Rolled back: revision {revision} is in force.",
+}
+STATE_WORDS = {  # the word beside each colour: colour alone is not enough
+    "up": "up",
+    "down": "down",
+    "drain": "drain",
+    "halt": "halt",
+    "unknown": "not checked",
+    "partial": "degraded",
+}
+
+
+def notice_of(request: Request) -> str:
+    params = request.query_params
+    text = NOTICES.get(params.get("done", ""))
+    if text is None:
+        return ""
+    service, server = params.get("service", ""), params.get("server", "")
+    what = f"{server} of {service}" if server else service or "the change"
+    return text.format(
+        service=service or "the virtual service",
+        server=server,
+        what=what,
+        revision=process_of(request).revision,
+    )
+
+
+def done_url(path: str, done: str, service: str = "", server: str = "") -> str:
+    query = {"done": done, **({"service": service} if service else {})}
+    query |= {"server": server} if server else {}
+    return f"{path}?{urlencode(query)}"
 
 
 def page(
@@ -60,7 +130,14 @@ def page(
     return templates.TemplateResponse(
         request,
         name,
-        {"who": who, "csrf": csrf, "is_admin": who.is_admin, **context},
+        {
+            "who": who,
+            "csrf": csrf,
+            "is_admin": who.is_admin,
+            "notice": notice_of(request),
+            "state_words": STATE_WORDS,
+            **context,
+        },
         status_code=status,
     )
 
@@ -71,6 +148,12 @@ def back(url: str) -> RedirectResponse:
 
 async def form_of(request: Request) -> dict[str, str]:
     return {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
+
+
+@router.get("/favicon.ico")
+async def favicon() -> Response:
+    """Browsers ask for it on every page; the icon is an SVG (no login needed)."""
+    return FileResponse(WEBUI_DIR / "static/favicon.svg", media_type="image/svg+xml")
 
 
 # --- login ----------------------------------------------------------------------------------
@@ -178,7 +261,7 @@ async def admin_state(request: Request, who: Admin) -> Response:
     await process_of(request).set_admin(
         form.get("service", ""), form.get("server", ""), AdminState(form["action"]), by=who.name
     )
-    return back("/")
+    return back(done_url("/", form["action"], form.get("service", ""), form.get("server", "")))
 
 
 # --- virtual services and real servers ------------------------------------------------------
@@ -200,11 +283,29 @@ def _put(target: dict[str, Any], key: str, text: str | None) -> None:
     if text.strip() == "":
         target.pop(key, None)  # empty: the default
     else:
-        target[key] = _value(text)
+        target[key] = text.strip() if key in TEXT_FIELDS else _value(text)
 
 
 SERVICE_FIELDS = ["label", "vip", "ports", "mode", "scheduler"]
-CHECK_FIELDS = ["port", "path", "expect", "interval", "timeout", "rise", "fall"]
+CHECK_FIELDS = [
+    "port",
+    "path",
+    "expect",
+    "called_ae",
+    "calling_ae",
+    "interval",
+    "timeout",
+    "rise",
+    "fall",
+]
+# Fields that belong to one kind of check only (the others are common to every kind).
+CHECK_KIND_FIELDS = {
+    "path": "http",
+    "expect": "http",
+    "called_ae": "dicom-echo",
+    "calling_ae": "dicom-echo",
+}
+TEXT_FIELDS = {"called_ae", "calling_ae"}  # an AE title "1234" stays text
 SERVER_FIELDS = ["label", "address", "port", "weight", "min_connections", "max_connections"]
 
 
@@ -229,7 +330,7 @@ def service_from_form(old: dict[str, Any], form: dict[str, str]) -> dict[str, An
     check["type"] = kind
     if kind != "none":
         for key in CHECK_FIELDS:
-            if key in ("path", "expect") and kind != "http":
+            if CHECK_KIND_FIELDS.get(key, kind) != kind:
                 continue
             _put(check, key, form.get(f"health_check.{key}"))
     svc["health_check"] = check
@@ -277,7 +378,25 @@ def _form_context(svc: dict[str, Any]) -> dict[str, Any]:
         "schedulers": SCHEDULERS,
         "persistences": PERSISTENCE,
         "checks": CHECKS,
+        "check_fields": CHECK_KIND_FIELDS,
     }
+
+
+async def interfaces(svc: dict[str, Any]) -> dict[str, str]:
+    """How this host reaches the service's VIP and each real server, in words (its routing
+    table, as `pacslb plan --routes` says it): an operator sees which interface each uses."""
+    vip = str(svc.get("vip", ""))
+    servers = [str(rs.get("address", "")) for rs in svc["real_servers"]]
+    kernel = str(svc.get("mode", "")).startswith("l4")
+
+    def look() -> dict[str, str]:
+        host = Host()
+        out = {vip: reach(vip, host).text(vip=True, kernel=kernel)} if vip else {}
+        for address in dict.fromkeys(a for a in servers if a and a not in out):
+            out[address] = reach(address, host).text()
+        return out
+
+    return await asyncio.to_thread(look)
 
 
 @router.get("/services/new", response_class=HTMLResponse)
@@ -291,8 +410,16 @@ async def edit_service(request: Request, label: str, who: Reader) -> Response:
     process = process_of(request)
     index = _service_index(process, label)
     svc = dump_data(process.config)["virtual_services"][index]
+    svc.setdefault("real_servers", [])
     return page(
-        request, who, "service.html", nav="services", new=False, label=label, **_form_context(svc)
+        request,
+        who,
+        "service.html",
+        nav="overview",  # an existing service is edited from the System Overview
+        new=False,
+        label=label,
+        reached=await interfaces(svc),
+        **_form_context(svc),
     )
 
 
@@ -329,7 +456,8 @@ async def create_service(request: Request, who: Admin) -> Response:
     prefix = f"virtual_services[{len(services) - 1}]"
     comment = f"add virtual service {svc.get('label', '')}"
     context = {"nav": "services", "new": True, **_form_context(svc)}
-    return await _apply_form(request, who, data, comment, prefix, "service.html", context, "/")
+    done = done_url("/", "added", str(svc.get("label", "")))
+    return await _apply_form(request, who, data, comment, prefix, "service.html", context, done)
 
 
 @router.post("/services/{label}")
@@ -340,7 +468,8 @@ async def update_service(request: Request, label: str, who: Admin) -> Response:
     data = dump_data(process.config)
     svc = service_from_form(data["virtual_services"][index], form)
     data["virtual_services"][index] = svc
-    context = {"nav": "services", "new": False, "label": label, **_form_context(svc)}
+    context = {"nav": "overview", "new": False, "label": label, **_form_context(svc)}
+    new_label = str(svc.get("label", label))
     return await _apply_form(
         request,
         who,
@@ -349,7 +478,7 @@ async def update_service(request: Request, label: str, who: Admin) -> Response:
         f"virtual_services[{index}]",
         "service.html",
         context,
-        f"/services/{svc.get('label', label)}",
+        done_url(f"/services/{new_label}", "saved", new_label),
     )
 
 
@@ -360,7 +489,7 @@ async def delete_service(request: Request, label: str, who: Admin) -> Response:
     data = dump_data(process.config)
     del data["virtual_services"][index]
     await process.apply_config(dump_text(data), f"delete virtual service {label}", by=who.name)
-    return back("/")
+    return back(done_url("/", "deleted", label))
 
 
 @router.get("/services/{label}/servers/{server}", response_class=HTMLResponse)
@@ -371,7 +500,7 @@ async def edit_server(request: Request, label: str, server: str, who: Reader) ->
     if rs is None and server != "new":
         raise HTTPException(404, f"{label} has no real server {server!r}")
     return page(
-        request, who, "server.html", nav="services", label=label, rs=rs or {}, new=rs is None
+        request, who, "server.html", nav="overview", label=label, rs=rs or {}, new=rs is None
     )
 
 
@@ -388,19 +517,20 @@ async def save_server(request: Request, label: str, server: str, who: Admin) -> 
     if form.get("delete"):
         del servers[at or 0]
         await process.apply_config(dump_text(data), f"delete {label}/{server}", by=who.name)
-        return back(f"/services/{label}")
+        return back(done_url(f"/services/{label}", "deleted", label, server))
     rs = server_from_form(servers[at] if at is not None else {}, form)
     if at is None:
         servers.append(rs)
         at = len(servers) - 1
     else:
         servers[at] = rs
-    context = {"nav": "services", "label": label, "rs": rs, "new": server == "new"}
+    context = {"nav": "overview", "label": label, "rs": rs, "new": server == "new"}
     prefix = f"virtual_services[{index}].real_servers[{at}]"
     comment = f"{'add' if server == 'new' else 'change'} real server {label}/{rs.get('label')}"
-    return await _apply_form(
-        request, who, data, comment, prefix, "server.html", context, f"/services/{label}"
+    done = done_url(
+        f"/services/{label}", "added" if server == "new" else "saved", label, str(rs.get("label"))
     )
+    return await _apply_form(request, who, data, comment, prefix, "server.html", context, done)
 
 
 # --- configuration, revisions, logs, reports, tokens ----------------------------------------
@@ -414,7 +544,9 @@ async def view_config(request: Request, who: Reader) -> Response:
         render = getattr(engine, "ruleset_text", None)  # the kernel engine offers its nftables
         if callable(render):
             try:
-                rulesets.append((engine.name, str(render())))
+                text = str(render())
+                if text.strip():  # no Layer 4 service, no tables: no empty box either
+                    rulesets.append((engine.name, text))
             except Exception as exc:  # a view must not fail because an engine could not render
                 rulesets.append((engine.name, f"(cannot render: {exc})"))
     return page(
@@ -432,7 +564,7 @@ async def view_config(request: Request, who: Reader) -> Response:
 @router.post("/engines/apply")
 async def reapply(request: Request, who: Admin) -> Response:
     await process_of(request).publish(force=True)
-    return back("/config")
+    return back(done_url("/config", "applied"))
 
 
 @router.get("/revisions", response_class=HTMLResponse)
@@ -460,7 +592,7 @@ async def rollback(request: Request, number: int, who: Admin) -> Response:
     process = process_of(request)
     text = process.store.text(number)
     await process.apply_config(text, f"rollback to revision {number}", by=who.name)
-    return back("/revisions")
+    return back(done_url("/revisions", "rolledback"))
 
 
 @router.get("/logs", response_class=HTMLResponse)
@@ -470,15 +602,30 @@ async def logs(
     service: str = "",
     server: str = "",
     kind: str = "",
+    page_number: int = Query(1, alias="page"),
 ) -> Response:
+    """Newest first, LOG_PAGE events a page, over every event kept in memory."""
     process = process_of(request)
-    found = process.events.query(kind or None, service or None, server or None, 500)
+    found = process.events.query(
+        kind or None, service or None, server or None, len(process.events.recent)
+    )
+    pages = max(1, -(-len(found) // LOG_PAGE))
+    number = min(max(1, page_number), pages)
+    newest_first = list(reversed(found))
+    shown = newest_first[(number - 1) * LOG_PAGE : number * LOG_PAGE]
+    link = {k: v for k, v in {"service": service, "server": server, "kind": kind}.items() if v}
     return page(
         request,
         who,
         "logs.html",
         nav="logs",
-        events=list(reversed(found)),
+        events=shown,
+        total=len(found),
+        page_number=number,
+        pages=pages,
+        first=(number - 1) * LOG_PAGE + 1,
+        newer=f"/logs?{urlencode({**link, 'page': number - 1})}" if number > 1 else "",
+        older=f"/logs?{urlencode({**link, 'page': number + 1})}" if number < pages else "",
         service=service,
         server=server,
         kind=kind,

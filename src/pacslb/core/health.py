@@ -31,18 +31,24 @@ class Transition:
 
 class HealthTracker:
     def __init__(self, rise: int, fall: int) -> None:
-        if rise < 1:
-            raise ValueError(f"rise must be >= 1, got {rise}")
-        if fall < 1:
-            raise ValueError(f"fall must be >= 1, got {fall}")
-        self.rise = rise
-        self.fall = fall
+        self.rise = self.fall = 1
+        self.retune(rise, fall)
         self._state = Health.UNKNOWN
         self._successes = 0
         self._failures = 0
         self._last_ok: bool | None = None
         self._last_reason = ""
         self._last_at: float | None = None
+
+    def retune(self, rise: int, fall: int) -> None:
+        """New thresholds (a config edit): the state and the current streak are kept, and the
+        next result is judged against the new numbers."""
+        if rise < 1:
+            raise ValueError(f"rise must be >= 1, got {rise}")
+        if fall < 1:
+            raise ValueError(f"fall must be >= 1, got {fall}")
+        self.rise = rise
+        self.fall = fall
 
     def observe(self, ok: bool, reason: str, now: float) -> Transition | None:
         """Record one check result; returns the transition it caused, if any."""

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from html import escape
@@ -40,6 +41,48 @@ def _nice_max(value: float) -> float:
     return 10 * power  # pragma: no cover - the loop always returns
 
 
+def _step_max(value: float) -> float:
+    """A top whose four gridline steps are round (1, 2, 2.5 or 5 times a power of ten), so
+    every label reads exactly (2.5k, not 1.2k for 1,250)."""
+    if value <= 0:
+        return 1.0
+    quarter = value / 4
+    power = 10.0 ** math.floor(math.log10(quarter))
+    for step in (1, 2, 2.5, 5, 10):
+        if step * power >= quarter * (1 - 1e-9):
+            return 4 * step * power
+    return 40 * power  # pragma: no cover - the loop always returns
+
+
+def _integer_max(value: float) -> float:
+    """A top whose four gridline steps are whole numbers (1, 2, 5, 10, ... each): a count
+    axis never reads 0.25 connections."""
+    return 4 * _nice_max(max(value, 4.0) / 4)
+
+
+LEGEND_ROW = 14  # px per legend row under the chart
+CHAR_W = 6.0  # a 10 px system font's average character width, for laying the legend out
+
+
+def _legend(lines: list[Line], left: int, width: int, top: int) -> tuple[list[str], int]:
+    """Every line's full label with its colour, in rows under the chart (never cut at the
+    right edge, never shortened): the SVG elements and the height they take."""
+    out: list[str] = []
+    x, row = float(left), 0
+    for n, ln in enumerate(lines):
+        need = 14 + len(ln.label) * CHAR_W + 14
+        if x > left and x + need > width:
+            x, row = float(left), row + 1
+        y = top + row * LEGEND_ROW
+        colour = PALETTE[n % len(PALETTE)]
+        out.append(
+            f'<rect x="{x:.0f}" y="{y - 8}" width="10" height="3" fill="{colour}"/>'
+            f'<text x="{x + 14:.0f}" y="{y}" class="legend">{escape(ln.label)}</text>'
+        )
+        x += need
+    return out, (row + 1) * LEGEND_ROW if lines else 0
+
+
 def line_chart(
     title: str,
     lines: list[Line],
@@ -48,12 +91,17 @@ def line_chart(
     unit: str = "",
     width: int = 640,
     height: int = 200,
+    integer: bool = False,
 ) -> str:
-    """An SVG line chart of `lines` over [start, end] (unix seconds, UTC labels)."""
+    """An SVG line chart of `lines` over [start, end] (unix seconds, UTC labels); the legend
+    goes under it and makes it taller. `integer`: a count, gridlines on whole numbers."""
     left, right, top, bottom = 48, 10, 22, 24
     plot_w, plot_h = width - left - right, height - top - bottom
     span = max(end - start, 1e-9)
-    peak = _nice_max(max((v for ln in lines for _, v in ln.points), default=0.0))
+    highest = max((v for ln in lines for _, v in ln.points), default=0.0)
+    peak = _integer_max(highest) if integer else _step_max(highest)
+    legend, legend_h = _legend(lines, left, width - right, height + 8)
+    full_h = height + legend_h
 
     def x(t: float) -> float:
         return left + (min(max(t, start), end) - start) / span * plot_w
@@ -67,7 +115,7 @@ def line_chart(
     )
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" role="img" '
-        f'viewBox="0 0 {width} {height}" width="{width}" height="{height}">',
+        f'viewBox="0 0 {width} {full_h}" width="{width}" height="{full_h}">',
         f"<title>{escape(title)}</title><desc>{escape(summary or 'no data')}</desc>",
         f'<text x="{left}" y="14" class="chart-title">{escape(title)}</text>',
     ]
@@ -98,10 +146,7 @@ def line_chart(
         elif ln.points:
             t, v = ln.points[0]
             out.append(f'<circle cx="{x(t):.1f}" cy="{y(v):.1f}" r="2" fill="{colour}"/>')
-        out.append(
-            f'<text x="{left + 8 + 150 * n}" y="{top + 12}" fill="{colour}" class="legend">'
-            f"{escape(ln.label[:22])}</text>"
-        )
+    out += legend
     if not any(ln.points for ln in lines):
         out.append(
             f'<text x="{left + plot_w / 2}" y="{top + plot_h / 2}" text-anchor="middle" '

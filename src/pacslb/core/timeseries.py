@@ -41,6 +41,8 @@ class Rate:
     active: float  # open connections at the end of the interval
     connections_per_s: float
     bytes_per_s: float  # in + out
+    in_per_s: float = 0.0  # client -> server
+    out_per_s: float = 0.0  # server -> client
 
 
 class History:
@@ -73,6 +75,11 @@ class History:
         return [s for s in ring if s.t >= now - span]
 
 
+def _grown(before: int, now: int) -> int:
+    """A cumulative counter's growth; one that went down (the engine restarted) counts from 0."""
+    return now - before if now >= before else now
+
+
 def rates(samples: list[Sample]) -> list[Rate]:
     """Per-interval rates; a counter that went down (the engine restarted) counts from zero."""
     out: list[Rate] = []
@@ -81,10 +88,10 @@ def rates(samples: list[Sample]) -> list[Rate]:
         if dt <= 0:
             continue
         conns = cur.total - prev.total if cur.total >= prev.total else cur.total
-        moved = cur.bytes_in + cur.bytes_out
-        before = prev.bytes_in + prev.bytes_out
-        data = moved - before if moved >= before else moved
-        out.append(Rate(cur.t, cur.active, conns / dt, data / dt))
+        sent_in = _grown(prev.bytes_in, cur.bytes_in)
+        sent_out = _grown(prev.bytes_out, cur.bytes_out)
+        data = sent_in + sent_out
+        out.append(Rate(cur.t, cur.active, conns / dt, data / dt, sent_in / dt, sent_out / dt))
     return out
 
 

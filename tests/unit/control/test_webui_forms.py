@@ -72,3 +72,23 @@ def test_server_form_numbers_and_empty_fields() -> None:
         {"label": "S1", "address": "127.0.0.2", "port": "", "weight": "50"},
     )
     assert rs == {"label": "S1", "address": "127.0.0.2", "weight": 50}
+
+
+def test_dicom_echo_form_keeps_ae_titles_as_text_and_drops_http_fields() -> None:
+    old = {"label": "PACS", "health_check": {"type": "http", "path": "/a", "expect": "OK"}}
+    form = {
+        "health_check.type": "dicom-echo",
+        "health_check.path": "/ignored",
+        "health_check.called_ae": " 1234 ",
+        "health_check.calling_ae": "LB_CHECK",
+        "health_check.interval": "10",
+    }
+    check = service_from_form(old, form)["health_check"]
+    assert check == {
+        "type": "dicom-echo",
+        "called_ae": "1234",
+        "calling_ae": "LB_CHECK",
+        "interval": 10,
+    }
+    back = service_from_form({"health_check": check}, {**form, "health_check.type": "http"})
+    assert back["health_check"] == {"type": "http", "path": "/ignored", "interval": 10}

@@ -116,3 +116,13 @@ def test_state_is_a_function_of_the_trailing_streak(
             assert t == Transition(state, new, f"r{i}", float(i), run)
         state = new
         assert h.state is state
+
+
+def test_retune_keeps_the_state_and_judges_the_next_result_by_the_new_numbers() -> None:
+    tracker = HealthTracker(rise=2, fall=3)
+    tracker.observe(True, "ok", 0.0)
+    assert tracker.state is Health.UP
+    tracker.retune(rise=2, fall=1)
+    assert tracker.state is Health.UP  # an edit is not a result
+    transition = tracker.observe(False, "refused", 1.0)
+    assert transition is not None and tracker.state is Health.DOWN

@@ -49,3 +49,27 @@ def test_human_numbers() -> None:
     assert human(1500, "B/s") == "1.5kB/s"
     assert human(2_000_000) == "2.0M"
     assert human(3e9) == "3.0G"
+
+
+def test_every_legend_is_whole_and_inside_the_chart() -> None:
+    """Six lines with long labels (three servers, in and out): none is shortened or runs off
+    the right edge; the chart grows downwards to hold the rows."""
+    labels = [f"McK-Radiology_Srv{i} {d}" for i in range(1, 4) for d in ("in", "out")]
+    lines = [Line(label, [(0, 1), (100, 2)]) for label in labels]
+    root = ET.fromstring(line_chart("throughput", lines, 0, 100, width=640, height=200))
+    legends = [t for t in root.iter(f"{NS}text") if t.get("class") == "legend"]
+    assert [t.text for t in legends] == labels
+    width, height = int(root.get("width", "0")), int(root.get("height", "0"))
+    for t in legends:
+        right = float(t.get("x", "0")) + len(t.text or "") * 6.0  # svg.CHAR_W
+        assert right <= width, (t.text, right)
+        assert 200 < float(t.get("y", "0")) <= height  # under the plot, inside the picture
+
+
+def test_a_count_axis_has_whole_numbers() -> None:
+    root = ET.fromstring(line_chart("open", [Line("a", [(0, 0), (100, 1)])], 0, 100, integer=True))
+    ticks = [t.text for t in root.iter(f"{NS}text") if t.get("class") == "axis"][:5]
+    assert ticks == ["0", "1", "2", "3", "4"]
+    root = ET.fromstring(line_chart("open", [Line("a", [(0, 0), (100, 9)])], 0, 100, integer=True))
+    ticks = [t.text for t in root.iter(f"{NS}text") if t.get("class") == "axis"][:5]
+    assert ticks == ["0", "5", "10", "15", "20"]

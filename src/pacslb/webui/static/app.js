@@ -4,11 +4,32 @@
 (function () {
   const csrf = () => (document.querySelector('meta[name="csrf-token"]') || {}).content || "";
 
+  // The word beside each colour (webui.STATE_WORDS): colour alone is not enough.
+  const WORDS = { up: "up", down: "down", drain: "drain", halt: "halt", unknown: "not checked",
+    partial: "degraded" };
+
   function colour(rs) {
     if (rs.admin === "halt") return "halt";
     if (rs.health === "down") return "down";
-    if (rs.admin === "drain") return "drain";
+    if (rs.admin === "drain" || rs.admin === "removing") return "drain";
     return rs.health === "up" ? "up" : "unknown";
+  }
+
+  // Only the actions that change something: no Drain on a drained server.
+  function buttons(row, admin) {
+    const cell = row.querySelector("td.actions");
+    if (!cell || cell.dataset.admin === admin) return;
+    cell.dataset.admin = admin;
+    for (const f of cell.querySelectorAll("form.admin-form")) {
+      f.hidden = f.dataset.action === admin || admin === "removing";
+    }
+  }
+
+  function say(text) {
+    const box = document.getElementById("notice");
+    if (!box) return;
+    box.textContent = text;
+    box.hidden = false;
   }
 
   function serviceColour(colours) {
@@ -20,8 +41,8 @@
     const dot = row.querySelector('[data-role="colour"]');
     if (!dot) return;
     dot.className = "dot h-" + value;
-    dot.title = value;
-    row.querySelector('[data-role="colour-text"]').textContent = value;
+    dot.title = WORDS[value] || value;
+    row.querySelector('[data-role="colour-text"]').textContent = WORDS[value] || value;
     row.dataset.colour = value;
   }
 
@@ -44,6 +65,7 @@
         const conns = rs.connections ? rs.connections.active : 0;
         active += conns;
         paint(row, c);
+        buttons(row, rs.admin);
         set(row, "conns", conns);
         set(row, "weight", rs.effective_weight + "/" + rs.weight);
         set(row, "check", rs.last_check ? rs.last_check.reason : "not checked yet");
@@ -55,7 +77,7 @@
     const rev = document.getElementById("revision");
     if (rev) rev.textContent = status.revision;
     const updated = document.getElementById("updated");
-    if (updated) updated.textContent = "updated " + new Date().toLocaleTimeString();
+    if (updated) updated.textContent = "updated " + new Date().toLocaleString();
   }
 
   async function poll() {
@@ -73,11 +95,29 @@
       "/real_servers/" + encodeURIComponent(f.server.value) + "/" + f.action.value;
     const r = await fetch(url, { method: "POST", credentials: "same-origin",
       headers: { "X-CSRF-Token": csrf() } });
-    if (!r.ok) alert("Refused: " + r.status + " " + (await r.text()));
+    if (!r.ok) {
+      alert("Refused: " + r.status + " " + (await r.text()));
+    } else {
+      const done = { drain: "is draining: no new connections, open ones finish.",
+        halt: "is halted: no traffic at all.", online: "is online." }[f.action.value];
+      say(f.server.value + " of " + f.service.value + " " + done);
+    }
     poll();
   }
 
+  // The service form shows the fields of the chosen check only (AE titles for dicom-echo).
+  function checkFields() {
+    const kind = document.getElementById("f-health_check.type");
+    if (!kind) return;
+    const show = () => {
+      for (const box of document.querySelectorAll("[data-check]")) box.hidden = box.dataset.check !== kind.value;
+    };
+    kind.addEventListener("change", show);
+    show();
+  }
+
   document.addEventListener("DOMContentLoaded", () => {
+    checkFields();
     if (document.getElementById("overview")) {
       for (const f of document.querySelectorAll("form.admin-form")) f.addEventListener("submit", adminAction);
       setInterval(poll, 2000);
