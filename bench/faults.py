@@ -877,12 +877,17 @@ def watch_workers(
     until: float,
     done: Callable[[], bool],
     resume_at: float | None = None,
+    victim_path: str | None = None,
 ) -> dict[str, Any]:
-    """After a fault on `victim` at `t0`: when a worker with a new PID answers its control
-    socket, when the victim went away, and (SIGSTOP) continue it at `resume_at` unless pacslb
-    has dealt with it. Ends at `until`, or once replaced and `done()`."""
+    """After a fault on `victim` at `t0`: when another process answers the victim's control
+    socket (a new worker, or a spare that took it over), else when a worker with a new PID
+    answers any socket; when the victim went away, and (SIGSTOP) continue it at `resume_at`
+    unless pacslb has dealt with it. Ends at `until`, or once replaced and `done()`."""
     started = start_time(victim) or 0
     paths = set(p.workers().values())
+    # A warm spare keeps its own socket in its command line when it takes over: what counts is
+    # who answers on the victim's socket (a spare started before the fault is in `old`).
+    own = victim_path
     out: dict[str, Any] = {"replaced_after_s": None, "new_pid": None, "victim_gone_after_s": None}
     last_scan = time.monotonic()
     while True:
@@ -899,9 +904,9 @@ def watch_workers(
             if now - last_scan > 0.5:
                 paths |= set(p.workers().values())
                 last_scan = now
-            for path in sorted(paths):
+            for path in [own] if own is not None else sorted(paths):
                 pid = worker_ping(path)
-                if pid is not None and pid not in old:
+                if pid is not None and (pid != victim if own is not None else pid not in old):
                     out["replaced_after_s"] = round(time.monotonic() - t0, 3)
                     out["new_pid"] = pid
                     break
@@ -1097,6 +1102,7 @@ def fault_under_wrk(ctx: Ctx, r: Result, sig: signal.Signals, workers: int | Non
         end,
         lambda: wrk.popen.poll() is not None,
         resume_at=t0 + hold if hold else None,
+        victim_path=old[victim],
     )
     w = wrk.result()
     probe.stop()
@@ -1143,7 +1149,9 @@ def sigkill_cstore(ctx: Ctx, r: Result) -> None:
     t0 = time.monotonic()
     os.kill(victim, signal.SIGKILL)
     bound = 90.0
-    watched = watch_workers(p, victim, set(old), t0, t0 + 15, lambda: scu.popen.poll() is not None)
+    watched = watch_workers(
+        p, victim, set(old), t0, t0 + 15, lambda: scu.popen.poll() is not None, None, old[victim]
+    )
     code = scu.wait(max(1.0, bound - (time.monotonic() - t0)))
     probe.stop()
     s = probe.summary()

@@ -106,9 +106,14 @@ class AuthStore:
         except OSError as exc:
             raise StateFileError(f"{path}: cannot read: {exc}") from exc
         if len(key) < 32:
-            path.parent.mkdir(parents=True, exist_ok=True)
             key = secrets.token_bytes(32)
-            write_atomic(path, key, 0o600)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_atomic(path, key, 0o600)
+            except OSError as exc:
+                # A full or read-only state disk must not cost the WebUI: the key lives in
+                # memory, and device cookies are forgotten at the next start.
+                print(f"pacslb: {path}: cannot write ({exc}); device cookies last until restart")
         return key
 
     def users(self) -> dict[str, a.Role]:
@@ -304,7 +309,7 @@ def security(request: Request) -> Security:
 
 async def reader(request: Request) -> Principal:
     """Anyone logged in or holding a token (admin or readonly)."""
-    who = security(request).principal(request)
+    who = getattr(request.state, "principal", None) or security(request).principal(request)
     if who is None:
         raise HTTPException(401, NO_CREDENTIALS)
     if request.method not in SAFE_METHODS:

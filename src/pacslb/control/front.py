@@ -64,10 +64,13 @@ class FrontDoor:
             scope["method"] not in SAFE_METHODS
             and scope["path"].startswith("/api/")
             and scope["path"] not in LOGIN_PATHS
-            and self.security.principal(Request(scope)) is None
         ):
-            await self._refuse(401, NO_CREDENTIALS, scope, receive, send)
-            return
+            who = self.security.principal(Request(scope))
+            if who is None:
+                await self._refuse(401, NO_CREDENTIALS, scope, receive, send)
+                return
+            # auth.reader() takes it from here instead of checking the credentials again
+            scope.setdefault("state", {})["principal"] = who
 
         received = 0
         started = False
