@@ -323,7 +323,7 @@ class ControlProcess:
                     f"{base_revision} -> {self.revision}); nothing was applied: retry it"
                 )
             rev = await self._commit(text, comment or source, by, write_file=True)
-            return await self._apply(rev, text, config, comment or source)
+            return {**await self._apply(rev, text, config, comment or source), "changed": True}
 
     def _edited_text(
         self, text: str, old: c.Config, new: c.Config, source: str, exists: Any
