@@ -198,7 +198,8 @@ def _like(current: Any, value: Any) -> Any:
     if isinstance(value, str) and isinstance(current, ScalarString):
         return type(current)(value)
     if isinstance(current, str) and isinstance(value, list) and all(type(v) is int for v in value):
-        return _runs(value)
+        text = _runs(value)
+        return type(current)(text) if isinstance(current, ScalarString) else text
     node = _new_node(value)
     if isinstance(node, CommentedSeq | CommentedMap) and isinstance(
         current, CommentedSeq | CommentedMap
