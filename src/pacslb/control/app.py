@@ -337,6 +337,8 @@ class ControlProcess:
             edited = edit_text(text, old, new)
         except EditError as exc:
             reason = str(exc)
+        except Exception as exc:  # a ruamel.yaml surprise must not cost the change itself
+            reason = f"{type(exc).__name__}: {exc}"
         else:
             config = absolute_paths(load_text(edited, source, exists), base)
             if config == wanted:
