@@ -154,12 +154,46 @@ def _edit_labelled(seq: CommentedSeq, old: list[Any], new: list[Any], minimal: l
             target = _new_node(minimal[j] if j < len(minimal) else item)
         wanted.append(target)
     for i in sorted(set(range(len(old))) - kept, reverse=True):
-        del seq[i]
+        _delete(seq, i)
     if [id(n) for n in seq] == [id(n) for n in wanted[: len(seq)]]:
         seq.extend(wanted[len(seq) :])
     else:  # reordered (never by the API or WebUI): comments between items may move
         seq.clear()
         seq.extend(wanted)
+
+
+def _delete(seq: CommentedSeq, i: int) -> None:
+    """Delete item `i`, keeping the comment lines that introduce the item after it: ruamel.yaml
+    stores them with the item before (after its end-of-line comment, or at the end of its
+    last nested list), so they would go with it."""
+    lines = _following_comments(seq, i)
+    del seq[i]
+    if not lines or i >= len(seq):
+        return
+    own = (seq.ca.items.get(i) or [None, None])[1] or []  # the next item's own comment lines
+    column = min(col for col, _ in lines)
+    seq.yaml_set_comment_before_after_key(i, before="\n".join(t for _, t in lines), indent=column)
+    seq.ca.items[i][1].extend(own)
+
+
+def _following_comments(node: Any, key: Any) -> list[tuple[int, str]]:
+    """The whole-line comments stored with `node[key]` (column, text without "# ")."""
+    found: list[tuple[int, str]] = []
+    entry = node.ca.items.get(key) if hasattr(node, "ca") else None
+    slot = 0 if isinstance(node, CommentedSeq) else 2  # where the end-of-line comment sits
+    if entry and entry[slot] is not None:
+        for line in str(entry[slot].value).split("\n")[1:]:  # [0]: the item's own line
+            if line.strip().startswith("#"):
+                found.append((len(line) - len(line.lstrip()), line.strip()[1:].strip()))
+    value = node[key]
+    if isinstance(value, CommentedSeq | CommentedMap) and len(value):
+        last = len(value) - 1 if isinstance(value, CommentedSeq) else list(value)[-1]
+        found += _following_comments(value, last)
+        for token in getattr(value.ca, "end", None) or []:
+            for line in str(token.value).splitlines():
+                if line.strip().startswith("#"):
+                    found.append((token.column, line.strip()[1:].strip()))
+    return found
 
 
 def _plain(value: Any) -> Any:

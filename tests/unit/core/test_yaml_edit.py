@@ -176,3 +176,19 @@ def test_text_that_is_not_the_running_config_is_refused() -> None:
     fewer = PROFILE[: PROFILE.index("  - label: McK-RadiologyManager")]
     with pytest.raises(EditError):
         edit_text(fewer, config, changed(config, 1, label="X"))
+
+
+def test_a_deleted_entry_keeps_the_comments_that_introduce_the_next() -> None:
+    text = PROFILE.replace("  # rack A\n", "  # rack A\n      # Srv2: the newer one\n").replace(
+        "  - label: McK-RadiologyManager\n",
+        "  # The manager, on port 80\n  - label: McK-RadiologyManager\n",
+    )
+    config = load_text(text)
+    rs = servers(config, 0)[1:]
+    out = edit(text, changed(config, 0, real_servers=rs))
+    assert "      # Srv2: the newer one\n      - {label: McK-Radiology_Srv2," in out
+    assert "rack A" not in out
+    without = config.model_copy(update={"virtual_services": config.virtual_services[1:]})
+    out = edit(text, without)
+    assert "  # The manager, on port 80\n  - label: McK-RadiologyManager\n" in out
+    assert "McK-Radiology_DICOM" not in out
