@@ -1,8 +1,11 @@
 """The REST API (`/api/v1`): the config models of config.py are the request bodies.
 
 Every change goes through `ControlProcess.apply_config`: validated as a whole (every problem
-with its path, 422), recorded as a revision, written to the config file, applied. A refused
-change changes nothing. `?dry_run=true` on a change only validates it.
+with its path, 422), recorded as a revision, written into the config file (keeping its
+comments and layout), applied. A refused change changes nothing: 409 when the config file was
+edited by hand since the running revision (the edit is never overwritten). A change that
+leaves the config as it was makes no revision ("applied": false, "changed": false).
+`?dry_run=true` on a change only validates it.
 """
 
 from __future__ import annotations
@@ -85,6 +88,11 @@ async def change(
             await asyncio.to_thread(_validate_model, new, file_exists(process))
         return {"valid": True, "problems": [], "applied": False}
     result = await process.apply_config(new, comment, by=who.name)
+    if not result["changed"]:  # nothing to save: no revision, the file untouched
+        if created is not None:
+            created.status_code = 200
+        note = f"nothing changed: the config is revision {result['revision']} as it was"
+        return {"valid": True, "problems": [], "applied": False, "detail": note, **result}
     return {"valid": True, "problems": [], "applied": True, **result}
 
 

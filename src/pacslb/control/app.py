@@ -29,9 +29,11 @@ from pacslb.control.store import (
     AdminStateStore,
     ConfigConflict,
     ConfigStore,
+    HandEdited,
     Revision,
     StorageError,
     absolute_paths,
+    file_holds,
     read_config,
     storage_error,
     write_atomic,
@@ -39,7 +41,8 @@ from pacslb.control.store import (
 from pacslb.core.health import Transition
 from pacslb.core.plan import Leaving, Plan, ServerKey, build_plan, diff_plans, drained, removals
 from pacslb.core.state import AdminState
-from pacslb.core.validate import dump_text, load_text
+from pacslb.core.validate import dump_text, load_data, load_text
+from pacslb.core.yaml_edit import EditError, edit_text
 from pacslb.engines.base import Counters, Engine
 from pacslb.errors import ConfigError, EngineError, PacslbError
 
@@ -273,24 +276,46 @@ class ControlProcess:
             return await self._apply(rev, text, config, comment)
 
     async def apply_config(
-        self, new: c.Config | str, comment: str = "", by: str = ""
+        self, new: c.Config | dict[str, Any] | str, comment: str = "", by: str = ""
     ) -> dict[str, Any]:
-        """Apply a new config (a model, or YAML text) from the API or WebUI: validate it, save
-        it as a revision, replace the config file (so a restart keeps it), then publish.
+        """Apply a new config from the API or WebUI: validate it, save it as a revision,
+        write it to the config file (so a restart keeps it), then publish.
+
+        `new` as a Config or plain data (a change made from the running config) is written
+        into the config file's own text, keeping its comments, order and spelling
+        (core/yaml_edit); as text (a rollback) it is taken verbatim. A change that leaves the
+        config as it is makes no revision and writes nothing: {"changed": False}.
 
         Committed revision-first or not at all: a config with any problem raises ConfigError;
         a write the host refuses (disk full, read-only...) raises StorageError; either way the
         running config, the config file and the revisions stay as they were. ConfigConflict
         when another change was applied while this one was being validated (it was made from
-        a config no longer in force)."""
-        base_revision = self.revision  # the config the caller's change was made from
-        text = new if isinstance(new, str) else dump_text(new)
+        a config no longer in force); HandEdited (a ConfigConflict) when the config file no
+        longer holds the running revision: the operator's edit is never overwritten."""
+        base_revision, base_text, base_config = self.revision, self._text, self.config
         base = self.config_path.resolve().parent
         source = f"{by or 'api'} change"
+
+        def exists(p: Path) -> bool:
+            return (p if p.is_absolute() else base / p).is_file()
+
+        def prepare() -> tuple[str, c.Config, str] | None:
+            if isinstance(new, str):
+                if new == base_text:
+                    return None
+                return new, absolute_paths(load_text(new, source, exists), base), ""
+            model = new if isinstance(new, c.Config) else load_data(new, source, exists)
+            if absolute_paths(model, base) == base_config:
+                return None
+            return self._edited_text(base_text, base_config, model, source, exists)
+
         # Off the event loop: a big config must not stall health checks and the other requests.
-        config = await asyncio.to_thread(
-            load_text, text, source, lambda p: (p if p.is_absolute() else base / p).is_file()
-        )
+        prepared = await asyncio.to_thread(prepare)
+        if prepared is None:
+            return {"revision": base_revision, "changed": False}
+        text, config, layout_lost = prepared
+        if layout_lost:
+            self._record("config", f"the config file's layout could not be kept: {layout_lost}")
         async with self._commit_lock:
             if self.revision != base_revision:
                 raise ConfigConflict(
@@ -298,18 +323,55 @@ class ControlProcess:
                     f"{base_revision} -> {self.revision}); nothing was applied: retry it"
                 )
             rev = await self._commit(text, comment or source, by, write_file=True)
-            return await self._apply(rev, text, absolute_paths(config, base), comment or source)
+            return {**await self._apply(rev, text, config, comment or source), "changed": True}
+
+    def _edited_text(
+        self, text: str, old: c.Config, new: c.Config, source: str, exists: Any
+    ) -> tuple[str, c.Config, str]:
+        """`text` (the running revision) edited to hold `new`, validated; when the edit cannot
+        be made in place (YAML anchors, say) the whole file is written out again, and the
+        third value says why (else "")."""
+        base = self.config_path.resolve().parent
+        wanted = absolute_paths(new, base)
+        try:
+            edited = edit_text(text, old, new)
+        except EditError as exc:
+            reason = str(exc)
+        except Exception as exc:  # a ruamel.yaml surprise must not cost the change itself
+            reason = f"{type(exc).__name__}: {exc}"
+        else:
+            config = absolute_paths(load_text(edited, source, exists), base)
+            if config == wanted:
+                return edited, config, ""
+            reason = "an edit in place would also change other settings (YAML anchors?)"
+        written = dump_text(new)
+        config = absolute_paths(load_text(written, source, exists), base)
+        return written, config, reason
 
     async def _commit(self, text: str, comment: str, by: str, write_file: bool) -> Revision:
         """Save `text` as a revision, then (`write_file`) replace the config file with it.
 
-        If the file cannot be written, the revision is withdrawn (the index drops it: it never
-        took effect) so that history holds only what went live. Should even that fail, it
-        stays as a revision that was never applied: a restart reads the config file, which
-        still holds the running config, and saves that as the next revision."""
+        The file is replaced only while it still holds the running revision (else HandEdited:
+        an operator's edit is never overwritten). If the file cannot be written, the revision
+        is withdrawn (the index drops it: it never took effect) so that history holds only
+        what went live. Should even that fail, it stays as a revision that was never applied:
+        a restart reads the config file, which still holds the running config, and saves that
+        as the next revision."""
         base = self.config_path.resolve().parent
+        running = self._text
 
         def commit() -> Revision:
+            if write_file:
+                try:
+                    untouched = file_holds(self.config_path, running)
+                except OSError as exc:
+                    raise StorageError(
+                        f"cannot read {self.config_path} to see whether it was edited by hand: "
+                        f"{exc.strerror or exc}; nothing was applied",
+                        exc.errno,
+                    ) from None
+                if not untouched:
+                    raise HandEdited(self.config_path, self.revision)
             latest = self.store.latest()
             rev = self.store.save(text, comment=comment, author=by, base_dir=base, validated=True)
             if not write_file:
@@ -340,6 +402,9 @@ class ControlProcess:
             return await asyncio.to_thread(commit)
         except StorageError as exc:
             self._record("config", f"change refused: {exc}", data={"errno": exc.errno})
+            raise
+        except HandEdited as exc:
+            self._record("config", f"change refused: {exc}", data={"hand_edit": True})
             raise
 
     async def _apply(

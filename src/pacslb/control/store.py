@@ -60,6 +60,31 @@ class ConfigConflict(PacslbError):
     """A change was made from a config that another change replaced meanwhile."""
 
 
+class HandEdited(ConfigConflict):
+    """The config file no longer holds the running revision: someone edited it by hand (and
+    has not reloaded it, or the reload was refused). A change from the API or WebUI would
+    overwrite that edit, so it is refused; the operator reloads the file or discards the edit.
+    """
+
+    def __init__(self, path: Path, revision: int) -> None:
+        super().__init__(
+            f"the config file {path} was edited by hand since revision {revision} (the running "
+            f"config); nothing was applied and the edit is kept. Apply the edit first "
+            f"(pacslb reload), or discard it (pacslb config show {revision} > {path}), "
+            f"then make this change again"
+        )
+        self.path, self.revision = path, revision
+
+
+def file_holds(path: Path, text: str) -> bool:
+    """Whether the file at `path` holds `text` byte for byte (a missing file holds nothing that
+    could be lost: True); OSError when it cannot be read."""
+    try:
+        return path.read_bytes() == text.encode()
+    except FileNotFoundError:
+        return True
+
+
 class StorageError(PacslbError):
     """The host refused a write (disk full, read-only, no permission): the change that needed
     it was refused and nothing of it was kept. The message says what, where and the errno."""

@@ -37,11 +37,11 @@ from pacslb.control.auth import (
     security,
 )
 from pacslb.control.doctor import reach
-from pacslb.control.store import ConfigConflict, StorageError
+from pacslb.control.store import ConfigConflict, HandEdited, StorageError
 from pacslb.control.web import WEBUI_DIR
 from pacslb.core.auth import Role
 from pacslb.core.state import AdminState
-from pacslb.core.validate import dump_data, dump_text
+from pacslb.core.validate import dump_data
 from pacslb.engines.host import Host
 from pacslb.errors import ConfigError, Problem
 
@@ -426,20 +426,24 @@ async def edit_service(request: Request, label: str, who: Reader) -> Response:
 async def _apply_form(
     request: Request,
     who: Principal,
-    data: dict[str, Any],
+    data: dict[str, Any] | str,
     comment: str,
     prefix: str,
     template: str,
     context: dict[str, Any],
     done: str,
 ) -> Response:
-    """Apply a whole config built from a form; on problems show the form again with each
-    message beside its field (422) and nothing changed."""
+    """Apply a whole config built from a form (plain data, written into the config file's own
+    text; or a revision's text); on problems show the page again with each message beside its
+    field (422) and nothing changed. A config file edited by hand is named in a box of its
+    own (409): the operator must reload or discard that edit first."""
     try:
-        await process_of(request).apply_config(dump_text(data), comment, by=who.name)
+        await process_of(request).apply_config(data, comment, by=who.name)
     except ConfigError as exc:
         errors, other = field_errors(exc.problems, prefix, set(await form_of(request)))
         return page(request, who, template, 422, errors=errors, other=other, **context)
+    except HandEdited as exc:
+        return page(request, who, template, 409, errors={}, other=[], conflict=str(exc), **context)
     except (StorageError, ConfigConflict) as exc:  # refused whole, with its reason
         status = 409 if isinstance(exc, ConfigConflict) else 507 if exc.disk_full else 500
         return page(request, who, template, status, errors={}, other=[str(exc)], **context)
@@ -487,9 +491,11 @@ async def delete_service(request: Request, label: str, who: Admin) -> Response:
     process = process_of(request)
     index = _service_index(process, label)
     data = dump_data(process.config)
-    del data["virtual_services"][index]
-    await process.apply_config(dump_text(data), f"delete virtual service {label}", by=who.name)
-    return back(done_url("/", "deleted", label))
+    svc = data["virtual_services"].pop(index)
+    context = {"nav": "overview", "new": False, "label": label, **_form_context(svc)}
+    comment = f"delete virtual service {label}"
+    done = done_url("/", "deleted", label)
+    return await _apply_form(request, who, data, comment, "", "service.html", context, done)
 
 
 @router.get("/services/{label}/servers/{server}", response_class=HTMLResponse)
@@ -515,9 +521,11 @@ async def save_server(request: Request, label: str, server: str, who: Admin) -> 
     if at is None and server != "new":
         raise HTTPException(404, f"{label} has no real server {server!r}")
     if form.get("delete"):
-        del servers[at or 0]
-        await process.apply_config(dump_text(data), f"delete {label}/{server}", by=who.name)
-        return back(done_url(f"/services/{label}", "deleted", label, server))
+        rs = servers.pop(at or 0)
+        context = {"nav": "overview", "label": label, "rs": rs, "new": False}
+        comment = f"delete {label}/{server}"
+        done = done_url(f"/services/{label}", "deleted", label, server)
+        return await _apply_form(request, who, data, comment, "", "server.html", context, done)
     rs = server_from_form(servers[at] if at is not None else {}, form)
     if at is None:
         servers.append(rs)
@@ -572,27 +580,23 @@ async def revisions(
     request: Request, who: Reader, a: int | None = None, b: int | None = None
 ) -> Response:
     process = process_of(request)
-    revs = list(reversed(process.store.revisions()))
     diff = process.store.diff(a, b) if a is not None and b is not None else None
-    return page(
-        request,
-        who,
-        "revisions.html",
-        nav="revisions",
-        revs=revs,
-        current=process.revision,
-        diff=diff,
-        a=a,
-        b=b,
-    )
+    return page(request, who, "revisions.html", **_revisions_context(process), diff=diff, a=a, b=b)
+
+
+def _revisions_context(process: ControlProcess) -> dict[str, Any]:
+    revs = list(reversed(process.store.revisions()))
+    return {"nav": "revisions", "revs": revs, "current": process.revision}
 
 
 @router.post("/revisions/{number}/rollback")
 async def rollback(request: Request, number: int, who: Admin) -> Response:
     process = process_of(request)
     text = process.store.text(number)
-    await process.apply_config(text, f"rollback to revision {number}", by=who.name)
-    return back(done_url("/revisions", "rolledback"))
+    context = {**_revisions_context(process), "diff": None, "a": None, "b": None}
+    comment = f"rollback to revision {number}"
+    done = done_url("/revisions", "rolledback")
+    return await _apply_form(request, who, text, comment, "", "revisions.html", context, done)
 
 
 @router.get("/logs", response_class=HTMLResponse)

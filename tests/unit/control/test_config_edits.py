@@ -1,0 +1,82 @@
+"""Config changes through the web app (no sockets): a hand edit refused on every WebUI path,
+a change that changes nothing, an edit in place that cannot be made (issue 15, items 1-2)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+from tests.webapp import CONFIG, headers, login, web_client
+
+
+def csrf_of(client: TestClient) -> str:
+    found = re.search(r'name="csrf-token" content="([^"]+)"', client.get("/").text)
+    assert found is not None
+    return found[1]
+
+
+def test_every_webui_change_refuses_to_overwrite_a_hand_edit(tmp_path: Path) -> None:
+    with web_client(tmp_path) as (client, process):
+        login(client)
+        csrf = csrf_of(client)
+        form = {"csrf_token": csrf, "weight": "5"}
+        r = client.post("/services/Web/servers/Srv2", data=form, follow_redirects=False)
+        assert r.status_code == 303, r.text
+        edited = process.config_path.read_text() + "# a note added by hand\n"
+        process.config_path.write_text(edited)
+        attempts = [
+            ("/services/Web/servers/Srv1", {"weight": "7"}),  # a form Save
+            ("/services/Web/servers/Srv1", {"delete": "1"}),  # Delete real server
+            ("/services/DICOM/delete", {}),  # Delete virtual service
+            ("/revisions/1/rollback", {}),  # Roll back
+        ]
+        for url, form in attempts:
+            r = client.post(url, data={"csrf_token": csrf, **form})
+            assert r.status_code == 409, (url, r.status_code, r.text[:300])
+            assert 'id="edit-conflict"' in r.text and "edited by hand since revision 2" in r.text
+        assert process.config_path.read_text() == edited
+        assert [rev.number for rev in process.store.revisions()] == [1, 2]
+
+
+def test_a_change_to_the_same_config_makes_no_revision(tmp_path: Path) -> None:
+    with web_client(tmp_path) as (client, process):
+        h = headers(login(client))
+        config = client.get("/api/v1/config").json()
+        r = client.put("/api/v1/config", json=config, headers=h)
+        assert r.status_code == 200 and r.json()["changed"] is False, r.text
+        r = client.post("/api/v1/config/rollback/1", headers=h)
+        assert r.status_code == 200 and r.json()["changed"] is False, r.text
+        assert [rev.number for rev in process.store.revisions()] == [1]
+        assert process.config_path.read_text() == CONFIG
+
+
+ANCHORED = CONFIG.replace(
+    "    health_check: {type: none}\n    real_servers:\n      - {label: Srv1",
+    "    health_check: &shared {type: connect, interval: 5}\n    real_servers:\n"
+    "      - {label: Srv1",
+).replace(
+    "    health_check: {type: none}\n    real_servers:\n      - {label: Pacs1",
+    "    health_check: *shared\n    real_servers:\n      - {label: Pacs1",
+)
+
+
+def test_an_edit_that_cannot_be_made_in_place_rewrites_the_file_and_says_so(
+    tmp_path: Path,
+) -> None:
+    """Two services share a check through a YAML anchor: changing one would change both."""
+    assert "*shared" in ANCHORED
+    with web_client(tmp_path, ANCHORED.replace("ports: [4000, 5000]", "ports: [4000]")) as (
+        client,
+        process,
+    ):
+        h = headers(login(client))
+        service = client.get("/api/v1/virtual_services/Web").json()
+        service["health_check"]["interval"] = 9
+        r = client.put("/api/v1/virtual_services/Web", json=service, headers=h)
+        assert r.status_code == 200 and r.json()["revision"] == 2, r.text
+        intervals = [vs.health_check.interval for vs in process.config.virtual_services]  # type: ignore[union-attr]
+        assert intervals == [9, 5]
+        assert process.store.text(2) == process.config_path.read_text()
+        events = client.get("/api/v1/events", params={"kind": "config"}).json()
+        assert any("layout could not be kept" in e["message"] for e in events)
