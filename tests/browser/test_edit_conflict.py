@@ -88,7 +88,7 @@ def test_save_after_a_hand_edit_shows_the_conflict(tmp_path: Path) -> None:
         reload = [*cli, "reload", "--state-dir", str(state)]
         subprocess.run(reload, check=True, timeout=30, capture_output=True)
         page.click("#save")
-        page.wait_for_url("**/services/Viewer")
+        page.wait_for_url("**/services/Viewer?done=saved*")
         text = config.read_text()
         assert "{label: Srv1, address: 127.10.9.22, port: 18081, weight: 50}" in text, text
         assert "{label: Srv2, address: 127.10.9.23, port: 18082}" in text, text
