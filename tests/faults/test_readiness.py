@@ -90,7 +90,7 @@ def wait_started(proc: subprocess.Popen[bytes], state: Path, log: Path) -> dict[
     while True:
         assert proc.poll() is None, log.read_text()
         now = status(state)
-        if now and (now["ready"] or any("apply failed" in r for r in now.get("not_ready", []))):
+        if now and not any(r.startswith("starting") for r in now.get("not_ready", ["starting"])):
             return now
         assert time.monotonic() < deadline, f"start-up never finished: {now}\n{log.read_text()}"
         time.sleep(0.05)
@@ -187,9 +187,7 @@ BROKEN = """  - label: Web
 """
 
 
-def test_broken_file_at_start_runs_the_last_good_revision_loudly(
-    tmp_path: Path, peer: int
-) -> None:
+def test_broken_file_at_start_runs_the_last_good_revision_loudly(tmp_path: Path, peer: int) -> None:
     config, state, log = tmp_path / "pacslb.yaml", tmp_path / "state", tmp_path / "run.log"
     vip_port = free_port("127.10.10.40")
     argv = [*CLI, "run", str(config), "--state-dir", str(state)]
