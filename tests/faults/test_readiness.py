@@ -9,6 +9,7 @@ doctor` names the same problem (dr-route). Its health check is `none`: nothing i
 from __future__ import annotations
 
 import json
+import os
 import socket
 import ssl
 import subprocess
@@ -222,3 +223,65 @@ def test_broken_file_at_start_runs_the_last_good_revision_loudly(tmp_path: Path,
         write_config(config, None, WORKING, vip_port=vip_port, peer=peer)
         assert cli(state, "reload").returncode == 0
         assert status(state)["degraded"] == []
+
+
+@pytest.fixture
+def lb_netns() -> Iterator[str]:
+    """An empty host in a namespace (h10-*, root only): loopback and an interface d0 with no
+    address yet, so that nothing in 198.18.10.0/24 can be reached from it."""
+    from tests.netns.topology import require_root_and_nft
+
+    require_root_and_nft()
+    ns = f"h10-rdy{os.getpid() % 100000}"
+    subprocess.run(["ip", "netns", "add", ns], check=True, timeout=10)
+    try:
+        for cmd in (
+            ["link", "set", "lo", "up"],
+            ["link", "add", "d0", "type", "veth", "peer", "name", "d1"],  # no dummy module
+            ["link", "set", "d0", "up"],
+            ["link", "set", "d1", "up"],
+        ):
+            subprocess.run(["ip", "-n", ns, *cmd], check=True, timeout=10)
+        yield ns
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False, timeout=10)
+
+
+def test_not_ready_ends_by_itself_once_the_host_is_fixed(tmp_path: Path, lb_netns: str) -> None:
+    """The kernel engine's apply is retried while it fails: the operator gives the load
+    balancer its interface on the real servers' segment and status turns ready."""
+    config, state, log = tmp_path / "pacslb.yaml", tmp_path / "state", tmp_path / "run.log"
+    config.write_text(
+        """version: 1
+node: {webui: {enabled: false}}
+virtual_services:
+  - label: Dicom
+    vip: 198.18.10.100
+    ports: [4000]
+    mode: l4-dr
+    health_check: {type: none}
+    real_servers:
+      - {label: DicomSrv1, address: 198.18.10.11}
+"""
+    )
+    argv = ["ip", "netns", "exec", lb_netns, *CLI, "run", str(config), "--state-dir", str(state)]
+    refused = subprocess.run(argv, capture_output=True, text=True, timeout=20)
+    assert refused.returncode == 1 and "Dicom/DicomSrv1 (198.18.10.11)" in refused.stderr
+
+    with running([*argv, "--degraded"], log=log) as proc:
+        now = wait_started(proc, state, log)
+        assert now["ready"] is False and "198.18.10.11" in now["not_ready"][0], now
+        subprocess.run(
+            ["ip", "-n", lb_netns, "addr", "add", "198.18.10.1/24", "dev", "d0"],
+            check=True,
+            timeout=10,
+        )
+        deadline = time.monotonic() + 20  # retried every 5 s
+        while not status(state).get("ready"):
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, f"never ready: {status(state)}"
+            time.sleep(0.1)
+        assert status(state)["not_ready"] == []
+        events = cli(state, "events", "--kind", "engine", check=True).stdout
+        assert events.count("apply failed") == 1, events  # once, not at every retry
+        assert "kernel: plan applied again" in events, events

@@ -55,6 +55,9 @@ class UnknownTarget(PacslbError):
 # connections to the server.
 LEAVING_POLL = 1.0
 LEAVING_SETTLE = 2.5
+# Seconds between re-applies of the Plan while an engine's last apply failed: a cause fixed on
+# the host (an interface brought up, nftables installed) ends "not ready" by itself.
+ENGINE_RETRY = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +99,7 @@ class ControlProcess:
         self._publish_pending = False
         self._publish_lock = asyncio.Lock()
         self._failed_engines: set[str] = set()  # retried on the next publish even if unchanged
+        self._retrying = False  # _retry_failed_engines is running
         self.engine_records: dict[str, EngineRecord] = {}
         self._tasks: set[asyncio.Task[Any]] = set()  # strong refs: the loop keeps only weak ones
         self._stopping = asyncio.Event()
@@ -229,13 +233,28 @@ class ControlProcess:
                 self.engine_records[engine.name] = EngineRecord(
                     before.applied_at, str(exc), time.time()
                 )
-                self._record("engine", f"{engine.name}: apply failed: {exc}")
+                if str(exc) != before.error:  # once per distinct failure, not at every retry
+                    self._record("engine", f"{engine.name}: apply failed: {exc}")
             else:
                 self.engine_records[engine.name] = EngineRecord(time.time())
                 if engine.name in self._failed_engines:
                     self._failed_engines.discard(engine.name)
                     self._record("engine", f"{engine.name}: plan applied again")
+        if self._failed_engines and not self._retrying:
+            self._retrying = True
+            self._background(self._retry_failed_engines())
         return plan
+
+    async def _retry_failed_engines(self) -> None:
+        """Re-apply the Plan now and then while an engine's last apply failed (status stays
+        not ready meanwhile, naming the failure)."""
+        try:
+            while self._failed_engines and not self._stopping.is_set():
+                await asyncio.sleep(ENGINE_RETRY)
+                if self._failed_engines and not self._stopping.is_set():
+                    await self.publish()
+        finally:
+            self._retrying = False
 
     def _schedule_publish(self) -> None:
         """Coalesce the changes of one loop turn into one Plan, applied at once."""
