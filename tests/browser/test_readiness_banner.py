@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.browser.test_webui import ARGS, CHROMIUM, TIMEOUT_MS, shot
-from tests.peers.procs import free_port, http_peer, running
+from tests.peers.procs import free_port, http_peer, running, wait_until
 
 playwright = pytest.importorskip("playwright.sync_api")
 pytestmark = [
@@ -104,5 +104,46 @@ def test_red_banner_names_the_engine_failure_while_it_lasts(tmp_path: Path) -> N
             assert done.returncode == 0, done.stderr
             banner.wait_for(state="hidden")
             shot(page, "overview-ready-again.png", tmp_path)
+        finally:
+            browser.close()
+
+
+def test_banner_says_the_last_good_revision_runs_when_the_file_is_broken(tmp_path: Path) -> None:
+    config, state = tmp_path / "pacslb.yaml", tmp_path / "state"
+    web, vip_port, peer = free_port(HOST), free_port("127.10.10.40"), free_port(HOST)
+    write(config, web, vip_port, peer, dicom=False)
+    subprocess.run(
+        [*CLI, "passwd", "--password-stdin", "--state-dir", str(state)],
+        input=PASSWORD + "\n",
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    argv = [*CLI, "run", str(config), "--state-dir", str(state)]
+    with running(argv, HOST, web, log=tmp_path / "run1.log"):
+        wait_until(lambda: (state / "revisions" / "index.json").exists(), 20, "revision 1")
+    config.write_text(config.read_text().replace("mode: l7-http", "mode: l7-htp"))
+    with (
+        http_peer(HOST, peer, "/ok=200:OK"),
+        running(argv, HOST, web, log=tmp_path / "run2.log"),
+        playwright.sync_playwright() as p,
+    ):
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+        try:
+            context = browser.new_context(
+                ignore_https_errors=True, base_url=f"https://{HOST}:{web}"
+            )
+            page = context.new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto("/")
+            page.fill("#password", PASSWORD)
+            page.click("button[type=submit]")
+            page.wait_for_selector("#overview")
+            banner = page.locator("#readiness")
+            banner.wait_for(state="visible")
+            text = banner.inner_text()
+            assert "Degraded" in text and "running revision 1, the last good one" in text, text
+            page.wait_for_selector("tr.rip[data-server='McK-Web_Srv1'] .dot.h-up")
+            shot(page, "overview-degraded.png", tmp_path)
         finally:
             browser.close()

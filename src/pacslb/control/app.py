@@ -133,7 +133,8 @@ class ControlProcess:
             self._record("config", self.broken_file.reason())
             for problem in self.broken_file.problems:
                 self._record("config", f"{self.broken_file.path}: {problem}")
-        self._record("config", f"applying revision {rev.number} from {self.config_path}")
+        source = "the last good one" if self.broken_file else f"from {self.config_path}"
+        self._record("config", f"applying revision {rev.number} {source}")
         self._prune_admin()
         self.checker.configure(self.config)
         await self.publish()
