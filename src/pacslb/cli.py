@@ -185,22 +185,61 @@ def data_planes(state_dir: Path, config: Config) -> list[Engine]:
 def cmd_run(args: argparse.Namespace) -> int:
     import asyncio
 
+    from pacslb.control import doctor, startup
     from pacslb.control.app import ControlProcess, serve
     from pacslb.control.store import read_config
 
+    broken: startup.BrokenFile | None = None
     try:
         text, config = read_config(args.file)
+        state_dir = Path(args.state_dir) if args.state_dir else config.node.state_dir
     except ConfigError as exc:
         print(exc, file=sys.stderr)
-        print("nothing was started", file=sys.stderr)
-        return EXIT_INVALID
+        state_dir = Path(args.state_dir) if args.state_dir else startup.state_dir_of(args.file)
+        recovered = startup.last_good(args.file, state_dir, exc)
+        if recovered is None:
+            print(
+                f"nothing was started: no good config revision to start from in "
+                f"{state_dir / 'revisions'}",
+                file=sys.stderr,
+            )
+            return EXIT_INVALID
+        text, config, broken = recovered
+        print(
+            f"pacslb run: STARTING FROM REVISION {broken.revision}, the last good config, "
+            f"because {args.file} has the problems above; fix it, then `pacslb reload`",
+            file=sys.stderr,
+        )
+    problems = startup.blocking(doctor.placement(config))
+    if problems:
+        count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+        print(
+            f"pacslb run: {count}: a service cannot be placed on this host\n"
+            + startup.problem_lines(problems),
+            file=sys.stderr,
+        )
+        if not args.degraded:
+            print(
+                "nothing was started. Fix them (`pacslb doctor FILE` checks again), or start "
+                "with --degraded: what can run runs, and status, /metrics and the WebUI say "
+                "not ready, and why, until every engine has applied the config",
+                file=sys.stderr,
+            )
+            return EXIT_INVALID
     raise_fd_limit()
-    state_dir = Path(args.state_dir) if args.state_dir else config.node.state_dir
 
     async def main() -> None:
         state_dir.mkdir(parents=True, exist_ok=True)
         engines = data_planes(state_dir, config)
-        process = ControlProcess(args.file, config, text, engines=engines, state_dir=state_dir)
+        process = ControlProcess(
+            args.file,
+            config,
+            text,
+            engines=engines,
+            state_dir=state_dir,
+            broken_file=broken,
+            placement_problems=[f"{f.subject}: {f.message}" for f in problems],
+        )
         await serve(process)
 
     try:
@@ -239,9 +278,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(
         f"pacslb {status['pacslb']} pid {status['pid']}  config revision {status['revision']}  "
-        f"up {status['uptime_s']:.0f}s  engines: {', '.join(status['engines']) or 'none'}"
-        + ("" if status["ready"] else "  (starting)")
+        f"up {status['uptime_s']:.0f}s  engines: {', '.join(status['engines']) or 'none'}  "
+        + ("ready" if status["ready"] else "NOT READY")
+        + (", DEGRADED" if status.get("degraded") else "")
     )
+    for reason in status.get("not_ready", []):
+        print(f"not ready: {reason}")
+    for reason in status.get("degraded", []):
+        print(f"degraded: {reason}")
     proxy = status.get("proxy") or {}
     if proxy.get("workers"):
         workers = "  ".join(
@@ -590,6 +634,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the load balancer on a config file")
     p.add_argument("file", type=Path)
     p.add_argument("--state-dir", help="override node.state_dir")
+    p.add_argument(
+        "--degraded",
+        action="store_true",
+        help="start even when a service cannot be placed on this host (the problems `pacslb "
+        "doctor` calls blocking): the rest runs, and status, /metrics and the WebUI say not "
+        "ready, naming the failure",
+    )
     p.set_defaults(func=cmd_run)
 
     def locate(p: argparse.ArgumentParser) -> None:

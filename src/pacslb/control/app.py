@@ -25,6 +25,7 @@ from pacslb import config as c
 from pacslb.control.checker import HealthChecker
 from pacslb.control.events import Event, EventLog
 from pacslb.control.probes import ProbeResult
+from pacslb.control.startup import BrokenFile
 from pacslb.control.store import (
     AdminStateStore,
     ConfigConflict,
@@ -57,6 +58,9 @@ class UnknownTarget(PacslbError):
 # connections to the server.
 LEAVING_POLL = 1.0
 LEAVING_SETTLE = 2.5
+# Seconds between re-applies of the Plan while an engine's last apply failed: a cause fixed on
+# the host (an interface brought up, nftables installed) ends "not ready" by itself.
+ENGINE_RETRY = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +80,8 @@ class ControlProcess:
         text: str,
         engines: Sequence[Engine] = (),
         state_dir: Path | None = None,
+        broken_file: BrokenFile | None = None,
+        placement_problems: Sequence[str] = (),
     ) -> None:
         self.config_path = config_path
         self.config = config
@@ -96,11 +102,18 @@ class ControlProcess:
         self._publish_pending = False
         self._publish_lock = asyncio.Lock()
         self._failed_engines: set[str] = set()  # retried on the next publish even if unchanged
+        self._retrying = False  # _retry_failed_engines is running
         self.engine_records: dict[str, EngineRecord] = {}
         self._tasks: set[asyncio.Task[Any]] = set()  # strong refs: the loop keeps only weak ones
         self._stopping = asyncio.Event()
         self.keep_data_plane = False
-        self.ready = False  # start() has finished: every engine has its first Plan
+        self._started_up = False  # start() has finished: every engine was given its first Plan
+        # Started from the last good revision because the file was broken (control/startup.py):
+        # degraded until a config is applied again (a reload of the fixed file, a change that
+        # rewrites it): any apply replaces self.config, even with the same text.
+        self.broken_file = broken_file
+        self._fallback_config: c.Config | None = None
+        self.placement_problems = tuple(placement_problems)  # `pacslb run --degraded` started
         self._commit_lock = asyncio.Lock()  # one config change at a time, revision to Plan
         self.leaving: dict[ServerKey, Leaving] = {}  # removed servers still draining
         self._watching_leaving = False
@@ -115,12 +128,40 @@ class ControlProcess:
         )
         self.revision = rev.number
         self._record("process", f"pacslb {__version__} started (pid {os.getpid()})")
+        for problem in self.placement_problems:
+            self._record("process", f"started degraded (--degraded): {problem}")
         self._check_descriptor_limit()
-        self._record("config", f"applying revision {rev.number} from {self.config_path}")
+        if self.broken_file is not None:
+            self._fallback_config = self.config
+            self._record("config", self.broken_file.reason())
+            for problem in self.broken_file.problems:
+                self._record("config", f"{self.broken_file.path}: {problem}")
+        source = "the last good one" if self.broken_file else f"from {self.config_path}"
+        self._record("config", f"applying revision {rev.number} {source}")
         self._prune_admin()
         self.checker.configure(self.config)
         await self.publish()
-        self.ready = True
+        self._started_up = True
+
+    @property
+    def ready(self) -> bool:
+        """Start-up has finished and every engine's last apply succeeded: the config in force
+        is the one forwarding. (`pacslb status`, /metrics pacslb_ready, the WebUI's banner.)"""
+        return not self.not_ready()
+
+    def not_ready(self) -> list[str]:
+        """Why not ready, one line each (empty when ready)."""
+        reasons = [] if self._started_up else ["starting: the first Plan is not applied yet"]
+        for name, record in sorted(self.engine_records.items()):
+            if record.error is not None:
+                reasons.append(f"{name}: apply failed: {record.error}")
+        return reasons
+
+    def degraded(self) -> list[str]:
+        """What runs differs from what the operator asked for, though it forwards."""
+        if self.broken_file is not None and self.config is self._fallback_config:
+            return [self.broken_file.reason()]
+        return []
 
     def _check_descriptor_limit(self) -> None:
         """Warn at start when the descriptor limit (raised to the hard one by `pacslb run`, and
@@ -196,13 +237,28 @@ class ControlProcess:
                 self.engine_records[engine.name] = EngineRecord(
                     before.applied_at, str(exc), time.time()
                 )
-                self._record("engine", f"{engine.name}: apply failed: {exc}")
+                if str(exc) != before.error:  # once per distinct failure, not at every retry
+                    self._record("engine", f"{engine.name}: apply failed: {exc}")
             else:
                 self.engine_records[engine.name] = EngineRecord(time.time())
                 if engine.name in self._failed_engines:
                     self._failed_engines.discard(engine.name)
                     self._record("engine", f"{engine.name}: plan applied again")
+        if self._failed_engines and not self._retrying:
+            self._retrying = True
+            self._background(self._retry_failed_engines())
         return plan
+
+    async def _retry_failed_engines(self) -> None:
+        """Re-apply the Plan now and then while an engine's last apply failed (status stays
+        not ready meanwhile, naming the failure)."""
+        try:
+            while self._failed_engines and not self._stopping.is_set():
+                await asyncio.sleep(ENGINE_RETRY)
+                if self._failed_engines and not self._stopping.is_set():
+                    await self.publish()
+        finally:
+            self._retrying = False
 
     def _schedule_publish(self) -> None:
         """Coalesce the changes of one loop turn into one Plan, applied at once."""
@@ -549,6 +605,8 @@ class ControlProcess:
             "config": str(self.config_path),
             "revision": self.revision,
             "ready": self.ready,
+            "not_ready": self.not_ready(),  # why not, one line each
+            "degraded": self.degraded(),  # forwarding, but not what the config file says
             "started": self.started.isoformat(timespec="seconds"),
             "uptime_s": round((datetime.now(UTC) - self.started).total_seconds(), 1),
             # The data planes this config uses (the others are idle and hold nothing).

@@ -104,6 +104,35 @@ def run(config: c.Config | None, host: Host | None = None) -> list[Finding]:
     return findings
 
 
+def placement(config: c.Config, host: Host | None = None) -> list[Finding]:
+    """The checks whose problems mean a service cannot be placed on this host at all: the
+    ones `pacslb run` refuses to start on (unless --degraded). Quick, and sending nothing: a
+    real server that is down or not set up yet (ARP, the VIP on its loopback, its gateway) is
+    the health checks' business, and must not keep the load balancer from starting after a
+    power cut. Only layer 4 services need anything of the host here."""
+    if not needs_root(config):
+        return []
+    host = host or Host()
+    root = os.geteuid() == 0
+    findings = [_root(config, root)]
+    findings += [f for f in _library() if f.check == "nftables"]  # the engine needs one of them
+    for probe in dr_probes(config):
+        for label, address in probe.servers:
+            try:
+                route = host.route(address)
+            except EngineError as exc:
+                subject = probe.subject(label, address)
+                findings.append(Finding("dr-route", Level.PROBLEM, subject, str(exc)))
+                continue
+            findings.append(
+                route_finding(probe, label, address, route.device, route.gateway, route.local)
+            )
+    # Not the ruleset's dry run: next to the tables of a running (or adopted) data plane it
+    # reports "File exists", and a ruleset the kernel refuses is the engine's apply failure,
+    # which makes status not ready and names it.
+    return findings
+
+
 # --- host ----------------------------------------------------------------------------------
 
 

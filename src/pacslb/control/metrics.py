@@ -143,6 +143,19 @@ class PacslbCollector(Collector):
         revision = GaugeMetricFamily("pacslb_config_revision", "config revision in force")
         revision.add_metric([], float(status["revision"]))
         yield revision
+        ready = GaugeMetricFamily(
+            "pacslb_ready",
+            "1 when start-up has finished and every engine's last apply succeeded "
+            "(status: not_ready says why not)",
+        )
+        ready.add_metric([], float(status["ready"]))
+        degraded = GaugeMetricFamily(
+            "pacslb_degraded",
+            "1 while what runs is not what the config file says (a broken file at start: "
+            "the last good revision runs; status: degraded says which)",
+        )
+        degraded.add_metric([], float(bool(status["degraded"])))
+        yield from (ready, degraded)
 
     def _engines(self) -> Iterator[Metric]:
         applied = GaugeMetricFamily(

@@ -74,10 +74,27 @@
       paint(vip, serviceColour(colours));
       set(vip, "conns", active);
     }
+    readiness(status);
     const rev = document.getElementById("revision");
     if (rev) rev.textContent = status.revision;
     const updated = document.getElementById("updated");
     if (updated) updated.textContent = "updated " + new Date().toLocaleString();
+  }
+
+  // The red banner: shown while status says not ready or degraded, naming each reason.
+  function readiness(status) {
+    const banner = document.getElementById("readiness");
+    if (!banner) return;
+    const notReady = status.not_ready || [], degraded = status.degraded || [];
+    const reasons = notReady.map((r) => "Not ready: " + r).concat(degraded.map((r) => "Degraded: " + r));
+    banner.hidden = reasons.length === 0;
+    banner.querySelector('[data-role="headline"]').textContent = notReady.length
+      ? "Not ready: part of the configuration is not in force"
+      : "Degraded: running the last good config, not the config file";
+    const list = banner.querySelector('[data-role="reasons"]');
+    if (Array.from(list.children, (li) => li.textContent).join("\n") !== reasons.join("\n")) {
+      list.replaceChildren(...reasons.map((r) => Object.assign(document.createElement("li"), { textContent: r })));
+    }
   }
 
   async function poll() {
