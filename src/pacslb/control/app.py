@@ -321,13 +321,15 @@ class ControlProcess:
         """Re-read the config file; a config with problems is refused and nothing changes, as
         is one whose revision cannot be saved (StorageError: the reason goes back to the CLI).
         """
-        try:
-            text, config = await asyncio.to_thread(read_config, self.config_path)
-        except ConfigError as exc:
-            self._record("config", f"reload refused: {len(exc.problems)} problems")
-            raise
         comment = f"reload {self.config_path}"
+        # The file is read under the commit lock: read before it, an API change committed in
+        # between would be undone by committing the older text as a newer revision.
         async with self._commit_lock:
+            try:
+                text, config = await asyncio.to_thread(read_config, self.config_path)
+            except ConfigError as exc:
+                self._record("config", f"reload refused: {len(exc.problems)} problems")
+                raise
             rev = await self._commit(text, comment, "", write_file=False)
             return await self._apply(rev, text, config, comment)
 
