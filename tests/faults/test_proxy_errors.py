@@ -130,30 +130,15 @@ def server_status(state: Path, service: str, server: str) -> dict[str, Any]:
     return next(rs for rs in svc["real_servers"] if rs["label"] == server)
 
 
-def worker_notices(state: Path) -> list[dict[str, Any]]:
-    """What the worker queued for the operator (taken: a second call returns only new ones)."""
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(5)
-        sock.connect(str(state / "proxy-0.sock"))
-        sock.sendall(b'{"cmd": "notices"}\n')
-        answer = json.loads(sock.makefile().readline())
-    assert answer["ok"], answer
-    return list(answer["result"])
-
-
 class Notices:
-    """Every notice seen so far: from the worker's queue, and from the event log once the
-    control process takes that queue itself."""
+    """The operator's notices, as `pacslb events` shows them: the control process takes the
+    worker's queue (its watchdog asks each second), so the tests read the event log only."""
 
     def __init__(self, state: Path) -> None:
         self.state = state
-        self.seen: list[str] = []
 
     def poll(self) -> list[str]:
-        self.seen += [
-            f"{n['service']}/{n['server']}: {n['message']}" for n in worker_notices(self.state)
-        ]
-        return self.seen + cli(self.state, "events", "--limit", "500").splitlines()
+        return cli(self.state, "events", "--limit", "500").splitlines()
 
     def has(self, *words: str) -> bool:
         return any(all(w in line for w in words) for line in self.poll())
