@@ -292,7 +292,8 @@ def test_an_ejected_server_comes_back_after_its_time(lb: dict[str, Any]) -> None
 
 def test_the_last_server_is_never_ejected(lb: dict[str, Any]) -> None:
     """With nothing else to go to, a failing server keeps its traffic (some clients may get
-    an answer); each request is sent once (no other server to retry on) and its 502 counted."""
+    an answer); each request is sent once (no other server to retry on) and its 502 counted,
+    as a request to that server and not as a retry."""
     port, lone, state = lb["ports"]["Single"], lb["Single"]["Lone"], lb["state"]
     assert [request(port) for _ in range(2 * THRESHOLD)] == [502] * 2 * THRESHOLD
     assert lone.received.total() == 2 * THRESHOLD
@@ -305,6 +306,8 @@ def test_the_last_server_is_never_ejected(lb: dict[str, Any]) -> None:
         "the 502s counted",
         step=0.2,
     )
+    counted = server_status(state, "Single", "Lone")["connections"]
+    assert (counted["requests"], counted["retries"]) == (2 * THRESHOLD, 0), counted
     assert not lb["notices"].has("Single/Lone", "ejected")
 
 

@@ -320,6 +320,11 @@ class ClientConnection(asyncio.Protocol):
                     self.set_cookie = self.listener.cookie_fields(runtime, rs.label)
         if rs is not None:
             key: Key = (rs.label, rs.address, rs.port or self.listener.vip_port, rs.reencrypt)
+            if retry_status:
+                # Another server takes it: the request moves off the one that failed.
+                self.stats.requests -= 1
+                self.stats.retries += 1
+                self._rewind(req)
         elif retry_status:
             self._proxy_error(retry_status)  # against the server that failed (self.stats)
             return
@@ -519,19 +524,16 @@ class ClientConnection(asyncio.Protocol):
             and (req.framing == NO_BODY or self.sent_body is not None)
         ):
             # No response byte came and the method is idempotent, so sending it again is safe
-            # (research/http-proxy.md). The raw body goes back in front of the buffer and is
-            # framed again.
+            # (research/http-proxy.md).
             self.retried = True
-            stats = self.stats
-            stats.requests -= 1
-            stats.retries += 1
-            if self.sent_body:
-                self.buf = b"".join(self.sent_body) + self.buf
-            if req.framing != NO_BODY:
-                self.body = BodyReader(req.framing, req.length)
             if stale:
+                # The same server on a fresh connection: counted as one request, and not as a
+                # retry (the server did not fail; it closed an idle connection as we reused it).
+                self.stats.requests -= 1
+                self._rewind(req)
                 self._start_connect(self.key)
             else:
+                # Counted as a retry only if another server takes it (_route).
                 self.tried = (self.tried or set()) | {self.key[0]}
                 self._end_exchange()
                 self._route(req, status)
@@ -540,6 +542,14 @@ class ClientConnection(asyncio.Protocol):
             self.abort()
         else:
             self._proxy_error(status)
+
+    def _rewind(self, req: Request) -> None:
+        """Ready the request to be sent again: its raw body (kept) goes back in front of the
+        buffer and is framed again."""
+        if self.sent_body:
+            self.buf = b"".join(self.sent_body) + self.buf
+        if req.framing != NO_BODY:
+            self.body = BodyReader(req.framing, req.length)
 
     def response_done(self, up: Upstream, reusable: bool) -> None:
         """The response is complete: pool the upstream, then the next request (or close)."""
