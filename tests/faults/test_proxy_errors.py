@@ -28,9 +28,9 @@ from tests.peers.procs import free_port, running, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
-VIP = "127.10.5.1"
-GOOD = "127.10.5.2"
-BAD = "127.10.5.3"
+VIP = "127.10.14.1"
+GOOD = "127.10.14.2"
+BAD = "127.10.14.3"
 THRESHOLD = 3  # passive.consecutive_failures in the config below
 
 
@@ -327,6 +327,44 @@ def test_a_server_that_does_not_answer_gets_504s_counted_then_is_ejected(
         step=0.2,
     )
     wait_until(lambda: lb["notices"].has("Slow/Slow", "no response"), 10, "a notice", step=0.2)
+
+
+def proxy_side_held(client: socket.socket) -> bool:
+    """Whether a process still holds the proxy's end of this client connection (`ss -p`: a
+    socket the process has closed is an orphan and names no process)."""
+    host, port = client.getsockname()
+    vip, vip_port = client.getpeername()
+    out = subprocess.run(
+        ["ss", "-Htnp", "state", "all", "src", f"{vip}:{vip_port}", "dst", f"{host}:{port}"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
+    ).stdout
+    return "pid=" in out
+
+
+def test_an_error_to_a_request_read_in_full_closes_at_once(lb: dict[str, Any]) -> None:
+    """A 502 (or 503, 504) answers a request the proxy has read to its end: nothing more is
+    coming, so the connection closes at once rather than lingering (a lingering close holds
+    the client's descriptor and its budget slot for LINGER seconds: in an error storm, every
+    such client). The proxy's end is closed by the time the client reads the end of the 502."""
+    port = lb["ports"]["Single"]
+    with socket.create_connection((VIP, port), timeout=10) as sock:
+        sock.sendall(b"GET /who HTTP/1.1\r\nHost: vip\r\n\r\n")  # keep-alive
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+        assert data.startswith(b"HTTP/1.1 502"), data[:40]
+        assert not proxy_side_held(sock)
+    # A request cut short (its head incomplete) still gets a lingering close after its 431.
+    with socket.create_connection((VIP, port), timeout=10) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: vip\r\n" + b"X-Filler: " + b"a" * 70000)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+        assert data.startswith(b"HTTP/1.1 431"), data[:40]
+        assert proxy_side_held(sock)
 
 
 def test_a_client_still_sending_a_huge_header_reads_the_431(lb: dict[str, Any]) -> None:

@@ -192,12 +192,19 @@ class ClientConnection(asyncio.Protocol):
             up.abort()
 
     def _fail(self, status: int) -> None:
-        """Answer a short error and close: after a framing error nothing more is forwarded."""
+        """Answer a short error and close: after a framing error nothing more is forwarded.
+        A lingering close only while the client may still be sending (its head or body not
+        read to the end, or more bytes after them); a request read in full (a 502, 503 or
+        504) closes at once, so that an error storm does not hold every client's descriptor
+        and budget slot for LINGER seconds."""
         self._drop_upstream()
         self._end_exchange()
         if self.state != C_CLOSED:
             self.transport.write(short_response(status))
-            self._linger()
+            if self.req is None or self.body is not None or self.buf:
+                self._linger()
+            else:
+                self.close()
 
     def _proxy_error(self, status: int) -> None:
         """The proxy's own answer about the server of this exchange (502, 504), counted in
