@@ -101,6 +101,7 @@ class ClientConnection(asyncio.Protocol):
         listener = self.listener
         self.forwarded = forwarded_fields(self.ip, listener.tls is not None)
         listener.clients.add(self)
+        listener.budget.take()  # a client counts in the budget until connection_lost
         self.deadline = self.loop.time() + listener.runtime.service.timeouts.http_request
         # A client taken from the accept queue of a closing listener gets its one exchange:
         # the response of a closing listener always ends the connection (see final_head).
@@ -152,7 +153,12 @@ class ClientConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = C_CLOSED
         listener = self.listener
-        listener.clients.discard(self)
+        try:
+            listener.clients.remove(self)
+        except KeyError:
+            pass  # lost twice: counted once
+        else:
+            listener.budget.give()
         if self.connecting is not None:
             self.connecting.cancel()
             self.connecting = None
