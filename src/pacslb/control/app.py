@@ -124,13 +124,13 @@ class ControlProcess:
         inherited by the proxy workers) is low for the configured l7 services."""
         import resource
 
-        from pacslb.core.budget import config_needs, limit_advice
+        from pacslb.core.budget import limit_advice, service_needs
         from pacslb.proxy.tcp import HAVE_SPLICE
 
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         if soft == resource.RLIM_INFINITY:
             return
-        advice = limit_advice(soft, config_needs(self.config.virtual_services), HAVE_SPLICE)
+        advice = limit_advice(soft, service_needs(self.config.virtual_services), HAVE_SPLICE)
         if advice is not None:
             self._record("process", f"warning: {advice}")
 
