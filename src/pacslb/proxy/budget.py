@@ -96,7 +96,9 @@ def out_of_descriptors(label: str, where: str, error: OSError) -> None:
 
 def raise_descriptor_limit() -> int:
     """The soft descriptor limit raised to the hard one (a process may always do that);
-    returns the limit now in force."""
+    returns the limit now in force. Called once per process: by `pacslb run` (its proxy
+    workers inherit the limit) and by `pacslb proxy` (a worker started otherwise, e.g. by
+    hand, must not depend on it)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != hard:
         try:

@@ -104,12 +104,12 @@ def wanted_listeners(plan: Plan) -> dict[tuple[str, int], ListenerSpec]:
 
 
 class ProxyProcess:
-    def __init__(self, descriptor_limit: int | None = None) -> None:
+    def __init__(self, descriptor_limit: int) -> None:
         self.plan: Plan | None = None
         self.runtimes: dict[str, ServiceRuntime] = {}
         self.listeners: dict[tuple[str, int], tuple[ListenerSpec, Listener]] = {}
         self.stopping = asyncio.Event()
-        self.descriptor_limit = descriptor_limit or raise_descriptor_limit()
+        self.descriptor_limit = descriptor_limit  # what budgets share (serve() raised it)
         self.budgets: dict[str, ServiceBudget] = {}
 
     def _update_budgets(self, plan: Plan) -> None:
