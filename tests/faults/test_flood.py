@@ -100,7 +100,7 @@ import pytest  # noqa: E402
 
 from pacslb.core.plan import build_plan  # noqa: E402
 from pacslb.core.validate import load_data  # noqa: E402
-from tests.peers.procs import ROOT, stop, wait_until  # noqa: E402
+from tests.peers.procs import ROOT, free_port, stop, wait_until  # noqa: E402
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -227,12 +227,6 @@ def service(label: str, vip: str, port: int, mode: str, backend: int) -> dict[st
         "timeouts": {"http_request": 120, "idle": 120},
         "real_servers": [{"label": "Srv1", "address": PEER_HOST, "port": backend}],
     }
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 class Flood:
