@@ -42,6 +42,7 @@ from pacslb.core.state import AdminState
 from pacslb.core.validate import dump_text, load_text
 from pacslb.engines.base import Counters, Engine
 from pacslb.errors import ConfigError, EngineError, PacslbError
+from pacslb.proxy.runtime import NO_SERVER
 
 
 class UnknownTarget(PacslbError):
@@ -475,6 +476,10 @@ class ControlProcess:
                     "scheduler": str(svc.scheduler),
                     "persistence": svc.persistence.kind,
                     "forwarded_by": "kernel" if svc.mode.is_kernel else "proxy",
+                    # l7-http requests answered 503 by the proxy: no server could take them
+                    "no_server": no_server.responses.get("5xx", 0)
+                    if (no_server := counters.get((svc.label, NO_SERVER)))
+                    else 0,
                     "real_servers": servers,
                 }
             )

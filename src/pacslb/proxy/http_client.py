@@ -39,7 +39,7 @@ from pacslb.proxy.http_states import (
     Key,
 )
 from pacslb.proxy.http_upstream import Upstream
-from pacslb.proxy.runtime import FALLBACK, ServerStats
+from pacslb.proxy.runtime import FALLBACK, NO_SERVER, ServerStats
 from pacslb.proxy.tls import upstream_tls
 
 if TYPE_CHECKING:
@@ -344,9 +344,9 @@ class ClientConnection(asyncio.Protocol):
         else:
             fallback = runtime.fallback
             if fallback is None or (tried is not None and FALLBACK in tried):
-                # No server: counted against the service (its fallback's row), as HAProxy
+                # No server: counted against the service (its no-server row), as HAProxy
                 # counts a 503 of a backend without servers.
-                self.stats = runtime.stats.setdefault(FALLBACK, ServerStats())
+                self.stats = runtime.stats.setdefault(NO_SERVER, ServerStats())
                 self._proxy_error(503)
                 return
             key = (FALLBACK, fallback.address, fallback.port or self.listener.vip_port, False)
