@@ -226,7 +226,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return EXIT_INVALID
-    raise_fd_limit()
+    from pacslb.proxy.budget import raise_descriptor_limit
+
+    # Checks and proxied connections each hold descriptors; the proxy workers inherit it.
+    raise_descriptor_limit()
 
     async def main() -> None:
         state_dir.mkdir(parents=True, exist_ok=True)
@@ -249,15 +252,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ImportError:  # pragma: no cover - uvloop is a dependency; this is for odd platforms
         asyncio.run(main())
     return EXIT_OK
-
-
-def raise_fd_limit() -> None:
-    """Checks and proxied connections each hold descriptors: use all the hard limit allows."""
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _ago(iso: str | None) -> str:

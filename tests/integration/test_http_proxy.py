@@ -37,7 +37,7 @@ from tests.peers.procs import ROOT, free_port, running, stop, wait_port
 from pacslb.core.plan import build_plan
 from pacslb.core.state import AdminState
 from pacslb.core.validate import load_data
-from pacslb.proxy.runtime import FALLBACK, cookie_id
+from pacslb.proxy.runtime import FALLBACK, NO_SERVER, cookie_id
 from pacslb.proxy.tls import tls_context
 
 pytestmark = pytest.mark.timeout(60)
@@ -252,6 +252,11 @@ def test_no_server_is_503_and_fallback_answers(
     proxy = loop.listen(service([("A", "127.0.0.1", a.port)]), host="127.0.0.44", admin=admin)
     resp = one(proxy, get())
     assert resp.status == 503 and resp.header("connection") == ["close"]
+    # counted in the service's no-server row (status `no_server`), not a server's or the
+    # fallback's
+    no_server = proxy.call(lambda: proxy.runtime.stats[NO_SERVER].as_dict())
+    assert no_server["responses"] == {"5xx": 1}
+    assert FALLBACK not in proxy.call(lambda: set(proxy.runtime.stats))
 
     svc = service(
         [("A", "127.0.0.1", a.port)], fallback={"address": "127.0.0.1", "port": sorry.port}

@@ -121,3 +121,59 @@ def test_an_ejected_server_loses_its_cookie_clients(loop: ProxyThread) -> None:
     finally:
         a.close()
         b.close()
+
+
+class ClosesWhenReused:
+    """A keep-alive server that answers the first request of each connection and closes the
+    connection, without a byte, on the second: the race of a server closing an idle
+    kept-alive connection just as the proxy reuses it."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        conn.settimeout(10)
+        buf = b""
+        with conn, contextlib.suppress(OSError):
+            for answered in (False, True):
+                while b"\r\n\r\n" not in buf:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    buf += data
+                _, _, buf = buf.partition(b"\r\n\r\n")
+                self.requests += 1
+                if answered:
+                    return  # closed (FIN) with the request unanswered
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+
+def test_a_resend_after_a_keep_alive_close_race_is_no_retry(loop: ProxyThread) -> None:
+    """The server closed the pooled connection as the proxy reused it: the request goes again
+    on a fresh connection to the same server. That server did not fail: one request each,
+    no retry counted (retries are requests sent to another server after a failure)."""
+    srv = ClosesWhenReused()
+    try:
+        proxy = loop.listen(service([("A", "127.0.0.1", srv.port)]), host="127.10.14.50")
+        assert [status_of(proxy)[0] for _ in range(3)] == [200, 200, 200]
+        assert srv.requests == 5  # the 2nd and 3rd each reached a reused connection first
+        stats = proxy.call(lambda: proxy.runtime.stats["A"].as_dict())
+        assert (stats["requests"], stats["retries"], stats["responses"]) == (3, 0, {"2xx": 3})
+    finally:
+        srv.close()

@@ -46,6 +46,7 @@ from pacslb.core.validate import dump_text, load_data, load_text
 from pacslb.core.yaml_edit import EditError, edit_text
 from pacslb.engines.base import Counters, Engine
 from pacslb.errors import ConfigError, EngineError, PacslbError
+from pacslb.proxy.runtime import NO_SERVER
 
 
 class UnknownTarget(PacslbError):
@@ -168,13 +169,13 @@ class ControlProcess:
         inherited by the proxy workers) is low for the configured l7 services."""
         import resource
 
-        from pacslb.core.budget import config_needs, limit_advice
+        from pacslb.core.budget import limit_advice, service_needs
         from pacslb.proxy.tcp import HAVE_SPLICE
 
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         if soft == resource.RLIM_INFINITY:
             return
-        advice = limit_advice(soft, config_needs(self.config.virtual_services), HAVE_SPLICE)
+        advice = limit_advice(soft, service_needs(self.config.virtual_services), HAVE_SPLICE)
         if advice is not None:
             self._record("process", f"warning: {advice}")
 
@@ -598,6 +599,10 @@ class ControlProcess:
                     "scheduler": str(svc.scheduler),
                     "persistence": svc.persistence.kind,
                     "forwarded_by": "kernel" if svc.mode.is_kernel else "proxy",
+                    # l7-http requests answered 503 by the proxy: no server could take them
+                    "no_server": no_server.responses.get("5xx", 0)
+                    if (no_server := counters.get((svc.label, NO_SERVER)))
+                    else 0,
                     "real_servers": servers,
                 }
             )

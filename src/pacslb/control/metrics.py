@@ -72,7 +72,9 @@ class PacslbCollector(Collector):
         )
         retries = CounterMetricFamily(
             "pacslb_real_server_retries",
-            "requests or connections tried again elsewhere after this server failed (proxy)",
+            "l7-http requests sent again to another real server after this one failed before "
+            "any response byte (a resend after the server closed a kept-alive connection as it "
+            "was reused is not counted)",
             labels=RS,
         )
         ejections = CounterMetricFamily(
@@ -101,8 +103,14 @@ class PacslbCollector(Collector):
         vs_active = GaugeMetricFamily(
             "pacslb_virtual_service_active_connections", "connections open now", labels=["service"]
         )
+        no_server = CounterMetricFamily(
+            "pacslb_virtual_service_no_server_responses",
+            "l7-http requests the proxy answered 503: no real server could take them",
+            labels=["service"],
+        )
         for svc in status["services"]:
             service = svc["label"]
+            no_server.add_metric([service], float(svc.get("no_server", 0)))
             available = 0
             open_now = 0
             for rs in svc["real_servers"]:
@@ -137,7 +145,7 @@ class PacslbCollector(Collector):
         yield from (up, health, admin, weight, active, total, bytes_in, bytes_out)
         yield from (packets_in, packets_out, failures, requests, retries, ejections, ejected)
         yield from (responses, latency)
-        yield from (vs_up, vs_active)
+        yield from (vs_up, vs_active, no_server)
         yield from self._engines()
         yield from self._workers(status.get("proxy"))
         revision = GaugeMetricFamily("pacslb_config_revision", "config revision in force")

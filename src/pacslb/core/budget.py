@@ -28,8 +28,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
-from pacslb.config import Mode, VirtualService
+from pacslb.config import Mode
 
 RESERVE_BASE = 64  # the worker's own descriptors (see the module docstring)
 RESERVE_PER_LISTENER = 2  # the listening socket and its epoll
@@ -49,13 +50,27 @@ class ServiceNeed:
     max_connections: int = 0  # 0: the default share
 
 
-def config_needs(services: Iterable[VirtualService]) -> list[ServiceNeed]:
-    """The l7 services of a config as budgets see them (what the control process checks at
-    start; a worker computes the same from its Plan)."""
+class ServiceView(Protocol):
+    """What budgets read of a service: a config's VirtualService or a Plan's PlanService."""
+
+    @property
+    def label(self) -> str: ...
+    @property
+    def mode(self) -> Mode: ...
+    @property
+    def ports(self) -> Sequence[int]: ...
+    @property
+    def max_connections(self) -> int: ...
+
+
+def service_needs(services: Iterable[ServiceView]) -> list[ServiceNeed]:
+    """The l7 services as budgets see them: one listener per distinct port of the service's
+    VIP. The one count for both the control process (its warning at start, from the config)
+    and a worker (its budgets, from its Plan)."""
     return [
-        ServiceNeed(vs.label, vs.mode, len(set(vs.ports)), vs.max_connections)
-        for vs in services
-        if not vs.mode.is_kernel
+        ServiceNeed(s.label, s.mode, len(set(s.ports)), s.max_connections)
+        for s in services
+        if not s.mode.is_kernel
     ]
 
 

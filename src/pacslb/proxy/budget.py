@@ -15,13 +15,11 @@ import gc
 import os
 import resource
 from collections.abc import Iterable
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 from pacslb.proxy import notices
 
 UNLIMITED = 1 << 62
-
-_T = TypeVar("_T")
 
 
 class Pausable(Protocol):
@@ -84,28 +82,6 @@ class ServiceBudget:
             listener.resume_accepting()
 
 
-class CountedClients(set[_T]):
-    """A listener's set of client connections whose membership is the budget's count: the
-    protocol adds itself when its connection is made and discards itself when it is lost,
-    and the budget follows without a call in the per-request code."""
-
-    __slots__ = ("budget",)
-
-    def __init__(self, budget: ServiceBudget, items: Iterable[_T] = ()) -> None:
-        super().__init__(items)
-        self.budget = budget
-
-    def add(self, item: _T) -> None:
-        if item not in self:
-            super().add(item)
-            self.budget.take()
-
-    def discard(self, item: object) -> None:
-        if item in self:
-            super().discard(item)
-            self.budget.give()
-
-
 def out_of_descriptors(label: str, where: str, error: OSError) -> None:
     """accept() failed for want of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM)."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -120,7 +96,9 @@ def out_of_descriptors(label: str, where: str, error: OSError) -> None:
 
 def raise_descriptor_limit() -> int:
     """The soft descriptor limit raised to the hard one (a process may always do that);
-    returns the limit now in force."""
+    returns the limit now in force. Called once per process: by `pacslb run` (its proxy
+    workers inherit the limit) and by `pacslb proxy` (a worker started otherwise, e.g. by
+    hand, must not depend on it)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != hard:
         try:

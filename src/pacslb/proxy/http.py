@@ -32,7 +32,7 @@ from typing import Any
 
 from pacslb.core.http import set_cookie_fields
 from pacslb.core.pool import IdlePool
-from pacslb.proxy.budget import CountedClients, ServiceBudget, out_of_descriptors
+from pacslb.proxy.budget import ServiceBudget, out_of_descriptors
 from pacslb.proxy.http_client import ClientConnection
 from pacslb.proxy.http_states import Key
 from pacslb.proxy.http_upstream import Upstream
@@ -67,9 +67,9 @@ class HttpListener:
         self.tls = tls
         self.pool: IdlePool[Key, Upstream] = IdlePool(POOL_MAX_IDLE, POOL_IDLE_TIMEOUT)
         # the service's connection budget in this worker, shared by its listeners; a client
-        # counts from connection_made to connection_lost (membership of `clients`)
+        # counts from connection_made to connection_lost (ClientConnection takes and gives)
         self.budget = budget if budget is not None else ServiceBudget(runtime.service.label)
-        self.clients: set[ClientConnection] = CountedClients(self.budget)
+        self.clients: set[ClientConnection] = set()
         self.closing = False
         self.loop: asyncio.AbstractEventLoop | None = None
         self._poller: Poller | None = None  # plain: our own sockets; TLS: uvloop's transports

@@ -39,7 +39,7 @@ from pacslb.proxy.http_states import (
     Key,
 )
 from pacslb.proxy.http_upstream import Upstream
-from pacslb.proxy.runtime import FALLBACK, ServerStats
+from pacslb.proxy.runtime import FALLBACK, NO_SERVER, ServerStats
 from pacslb.proxy.tls import upstream_tls
 
 if TYPE_CHECKING:
@@ -101,6 +101,7 @@ class ClientConnection(asyncio.Protocol):
         listener = self.listener
         self.forwarded = forwarded_fields(self.ip, listener.tls is not None)
         listener.clients.add(self)
+        listener.budget.take()  # a client counts in the budget until connection_lost
         self.deadline = self.loop.time() + listener.runtime.service.timeouts.http_request
         # A client taken from the accept queue of a closing listener gets its one exchange:
         # the response of a closing listener always ends the connection (see final_head).
@@ -152,7 +153,12 @@ class ClientConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = C_CLOSED
         listener = self.listener
-        listener.clients.discard(self)
+        try:
+            listener.clients.remove(self)
+        except KeyError:
+            pass  # lost twice: counted once
+        else:
+            listener.budget.give()
         if self.connecting is not None:
             self.connecting.cancel()
             self.connecting = None
@@ -192,12 +198,19 @@ class ClientConnection(asyncio.Protocol):
             up.abort()
 
     def _fail(self, status: int) -> None:
-        """Answer a short error and close: after a framing error nothing more is forwarded."""
+        """Answer a short error and close: after a framing error nothing more is forwarded.
+        A lingering close only while the client may still be sending (its head or body not
+        read to the end, or more bytes after them); a request read in full (a 502, 503 or
+        504) closes at once, so that an error storm does not hold every client's descriptor
+        and budget slot for LINGER seconds."""
         self._drop_upstream()
         self._end_exchange()
         if self.state != C_CLOSED:
             self.transport.write(short_response(status))
-            self._linger()
+            if self.req is None or self.body is not None or self.buf:
+                self._linger()
+            else:
+                self.close()
 
     def _proxy_error(self, status: int) -> None:
         """The proxy's own answer about the server of this exchange (502, 504), counted in
@@ -320,15 +333,20 @@ class ClientConnection(asyncio.Protocol):
                     self.set_cookie = self.listener.cookie_fields(runtime, rs.label)
         if rs is not None:
             key: Key = (rs.label, rs.address, rs.port or self.listener.vip_port, rs.reencrypt)
+            if retry_status:
+                # Another server takes it: the request moves off the one that failed.
+                self.stats.requests -= 1
+                self.stats.retries += 1
+                self._rewind(req)
         elif retry_status:
             self._proxy_error(retry_status)  # against the server that failed (self.stats)
             return
         else:
             fallback = runtime.fallback
             if fallback is None or (tried is not None and FALLBACK in tried):
-                # No server: counted against the service (its fallback's row), as HAProxy
+                # No server: counted against the service (its no-server row), as HAProxy
                 # counts a 503 of a backend without servers.
-                self.stats = runtime.stats.setdefault(FALLBACK, ServerStats())
+                self.stats = runtime.stats.setdefault(NO_SERVER, ServerStats())
                 self._proxy_error(503)
                 return
             key = (FALLBACK, fallback.address, fallback.port or self.listener.vip_port, False)
@@ -519,19 +537,16 @@ class ClientConnection(asyncio.Protocol):
             and (req.framing == NO_BODY or self.sent_body is not None)
         ):
             # No response byte came and the method is idempotent, so sending it again is safe
-            # (research/http-proxy.md). The raw body goes back in front of the buffer and is
-            # framed again.
+            # (research/http-proxy.md).
             self.retried = True
-            stats = self.stats
-            stats.requests -= 1
-            stats.retries += 1
-            if self.sent_body:
-                self.buf = b"".join(self.sent_body) + self.buf
-            if req.framing != NO_BODY:
-                self.body = BodyReader(req.framing, req.length)
             if stale:
+                # The same server on a fresh connection: counted as one request, and not as a
+                # retry (the server did not fail; it closed an idle connection as we reused it).
+                self.stats.requests -= 1
+                self._rewind(req)
                 self._start_connect(self.key)
             else:
+                # Counted as a retry only if another server takes it (_route).
                 self.tried = (self.tried or set()) | {self.key[0]}
                 self._end_exchange()
                 self._route(req, status)
@@ -540,6 +555,14 @@ class ClientConnection(asyncio.Protocol):
             self.abort()
         else:
             self._proxy_error(status)
+
+    def _rewind(self, req: Request) -> None:
+        """Ready the request to be sent again: its raw body (kept) goes back in front of the
+        buffer and is framed again."""
+        if self.sent_body:
+            self.buf = b"".join(self.sent_body) + self.buf
+        if req.framing != NO_BODY:
+            self.body = BodyReader(req.framing, req.length)
 
     def response_done(self, up: Upstream, reusable: bool) -> None:
         """The response is complete: pool the upstream, then the next request (or close)."""

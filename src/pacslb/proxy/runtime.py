@@ -67,6 +67,9 @@ class ServerStats:
 
 
 FALLBACK = "__fallback__"
+# The row of requests no server could take (the proxy's 503, as HAProxy counts a backend
+# without servers): `pacslb status` shows its 5xx as the service's `no_server`.
+NO_SERVER = "__no_server__"
 
 
 class LiveServer:

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pacslb.config import Mode
-from pacslb.core.budget import ServiceNeed, connection_budgets, limit_advice
+from pacslb.core.budget import connection_budgets, service_needs
 from pacslb.core.plan import Plan, plan_from_dict
 from pacslb.proxy import notices
 from pacslb.proxy.budget import (
@@ -104,41 +104,28 @@ def wanted_listeners(plan: Plan) -> dict[tuple[str, int], ListenerSpec]:
 
 
 class ProxyProcess:
-    def __init__(self, descriptor_limit: int | None = None) -> None:
+    def __init__(self, descriptor_limit: int) -> None:
         self.plan: Plan | None = None
         self.runtimes: dict[str, ServiceRuntime] = {}
         self.listeners: dict[tuple[str, int], tuple[ListenerSpec, Listener]] = {}
         self.stopping = asyncio.Event()
-        self.descriptor_limit = descriptor_limit or raise_descriptor_limit()
+        self.descriptor_limit = descriptor_limit  # what budgets share (serve() raised it)
         self.budgets: dict[str, ServiceBudget] = {}
-        self._advice: str | None = None
 
-    def _update_budgets(self, plan: Plan, wanted: dict[tuple[str, int], ListenerSpec]) -> None:
-        """Each l7 service's connection budget in this worker (core.budget); an operator is
-        told once per change when the descriptor limit is low for these services."""
+    def _update_budgets(self, plan: Plan) -> None:
+        """Each l7 service's connection budget in this worker (core.budget). The control
+        process warns when the descriptor limit is low for these services (at start)."""
         from pacslb.proxy.tcp import HAVE_SPLICE
 
-        needs = [
-            ServiceNeed(
-                s.label,
-                s.mode,
-                sum(1 for spec in wanted.values() if spec.service == s.label),
-                s.max_connections,
-            )
-            for s in plan.services
-            if not s.mode.is_kernel
-        ]
-        limits = connection_budgets(self.descriptor_limit, needs, HAVE_SPLICE)
+        limits = connection_budgets(
+            self.descriptor_limit, service_needs(plan.services), HAVE_SPLICE
+        )
         budgets = {}
         for label, limit in limits.items():
             budget = self.budgets.get(label) or ServiceBudget(label, limit)
             budget.set_limit(limit)
             budgets[label] = budget
         self.budgets = budgets
-        advice = limit_advice(self.descriptor_limit, needs, HAVE_SPLICE)
-        if advice is not None and advice != self._advice:
-            notices.notice(advice, key=f"limit/{advice}")
-        self._advice = advice
 
     async def apply(self, plan: Plan) -> None:
         """Apply a Plan; raise OSError naming every listener that could not be opened.
@@ -155,7 +142,7 @@ class ProxyProcess:
         }
         for label, runtime in runtimes.items():
             runtime.update(services[label])
-        self._update_budgets(plan, wanted)
+        self._update_budgets(plan)
 
         errors: list[str] = []
         for addr, spec in wanted.items():

@@ -3,7 +3,7 @@ giving a flood's memory back."""
 
 from __future__ import annotations
 
-from pacslb.proxy.budget import CountedClients, FloodTrimmer, ServiceBudget
+from pacslb.proxy.budget import FloodTrimmer, ServiceBudget
 
 
 class Listener:
@@ -37,18 +37,6 @@ def test_a_raised_limit_wakes_at_once_and_a_closed_listener_is_not_woken() -> No
     budget.stop_waiting(closed)
     budget.set_limit(5)
     assert (a.resumed, closed.resumed) == (1, 0)
-
-
-def test_client_set_membership_is_the_count() -> None:
-    budget = ServiceBudget("Web", limit=10)
-    clients: CountedClients[str] = CountedClients(budget)
-    clients.add("x")
-    clients.add("x")  # a handed-over client is made twice: counted once
-    clients.add("y")
-    assert budget.used == 2
-    clients.discard("x")
-    clients.discard("x")
-    assert budget.used == 1 and clients == {"y"}
 
 
 def test_memory_is_given_back_once_a_flood_has_ended() -> None:
