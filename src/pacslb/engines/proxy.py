@@ -47,7 +47,7 @@ def stop_workers(state_dir: Path, timeout: float = 10.0) -> list[str]:
         except (OSError, ValueError, KeyError, TypeError):
             continue  # a stale socket file: nobody answers there
         for _ in range(int(timeout / 0.05)):
-            if not _pid_alive(pid):
+            if not pid_alive(pid):
                 break
             time.sleep(0.05)
         else:
@@ -67,15 +67,16 @@ def _ask(path: Path, payload: dict[str, Any]) -> Any:
     return answer.get("result")
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether the process exists and has not exited (a zombie, left for its parent to reap,
+    has exited)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    # A zombie (a child of this process, not yet reaped) counts as gone.
-    with contextlib.suppress(OSError):
+        pass
+    with contextlib.suppress(OSError, IndexError):
         if Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z"):
             return False
     return True
@@ -256,7 +257,7 @@ class Worker:
         if pid is None:
             return True
         for _ in range(int(timeout / 0.02)):
-            if not _pid_alive(pid):
+            if not pid_alive(pid):
                 return True
             await asyncio.sleep(0.02)
         return False
@@ -447,7 +448,7 @@ class ProxyEngine:
         try:
             await worker.ping(PING_TIMEOUT)
         except (OSError, EngineError, TimeoutError, ValueError) as exc:
-            gone = not isinstance(exc, TimeoutError) and not _pid_alive(pid)
+            gone = not isinstance(exc, TimeoutError) and not pid_alive(pid)
             if gone and worker.process is None:  # adopted, and no pidfd told us
                 await self._replace(worker, pid, "crashed", "exited; its socket is gone")
             elif worker.watch.missed(time.monotonic()):
