@@ -297,7 +297,9 @@ class ProxyEngine:
 
     name = "proxy"
 
-    def __init__(self, state_dir: Path, workers: int = 1, spare: bool = True) -> None:
+    def __init__(self, state_dir: Path, workers: int, spare: bool = True) -> None:
+        # `workers` has no default here: the one default is config.default_workers (via
+        # ProxySettings), which a default of this class would silently contradict.
         self.state_dir = state_dir
         self.workers = [Worker(f"proxy-{i}", state_dir) for i in range(workers)]
         # An idle worker started ahead (imports done, no Plan) that takes over a crashed or
