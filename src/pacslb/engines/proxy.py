@@ -393,6 +393,7 @@ class ProxyEngine:
             how = "found alive but not answering; killed with SIGKILL"
             self._event(worker, "hung", f"(pid {stuck}) hung: {how}")
             self.restarts["hung"] += 1
+            worker.restarts += 1
             worker.kill()
             await worker.gone(5.0)
         try:
