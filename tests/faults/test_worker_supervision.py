@@ -108,8 +108,11 @@ def test_a_worker_found_stuck_at_start_counts_as_a_restart(
         run.wait(5)
         os.kill(stuck, signal.SIGSTOP)  # ...then hangs
         stack.enter_context(running(run_argv(tmp_path), log=tmp_path / "run2.log"))
-        wait(lambda: bool(events_of(state, "started", "proxy-0")), 20, "a new worker")
-        assert not alive(stuck)
+        wait(lambda: bool(events_of(state, "hung", "proxy-0")), 20, "the stuck worker's event")
+        wait(lambda: not alive(stuck), 10, "the stuck worker to be killed")
+        wait(lambda: pid_of(state / "proxy-0.sock") not in (None, stuck), 15, "a new worker")
+        reap_later(stack, [pid_of(state / "proxy-0.sock")])
+        wait(lambda: bool(status(state)["proxy"]["workers"]), 10, "the workers in status")
         worker = status(state)["proxy"]["workers"][0]
         assert worker["restarts"] == 1, worker
         assert status(state)["proxy"]["restarts"]["hung"] == 1
