@@ -17,8 +17,10 @@ import asyncio
 import contextlib
 import json
 import os
+import select
 import signal
 import socket
+import struct
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -34,6 +36,7 @@ START_TIMEOUT = 15.0
 POLL_INTERVAL = 1.0  # the watchdog's period: a ping, the counters and the notices
 PING_TIMEOUT = 1.0  # a worker's loop answers a ping in well under a millisecond
 READ_TIMEOUT = 5.0  # counters of many services take longer to encode than a ping
+_UCRED = struct.Struct("3i")  # SO_PEERCRED: pid, uid, gid
 
 
 def stop_workers(state_dir: Path, timeout: float = 10.0) -> list[str]:
@@ -43,16 +46,23 @@ def stop_workers(state_dir: Path, timeout: float = 10.0) -> list[str]:
     for path in sorted(state_dir.glob("proxy-*.sock")):
         try:
             pid = _ask(path, {"cmd": "ping"})["pid"]
-            _ask(path, {"cmd": "stop"})
+            pidfd = os.pidfd_open(pid)  # waits for that process, not for its pid
         except (OSError, ValueError, KeyError, TypeError):
             continue  # a stale socket file: nobody answers there
-        for _ in range(int(timeout / 0.05)):
-            if not pid_alive(pid):
-                break
-            time.sleep(0.05)
-        else:
-            raise EngineError(f"proxy worker {pid} ({path.name}) did not stop in {timeout:g} s")
+        try:
+            try:
+                _ask(path, {"cmd": "stop"})
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            poll = select.poll()
+            poll.register(pidfd, select.POLLIN)
+            if not poll.poll(timeout * 1000):
+                raise EngineError(f"proxy worker {pid} ({path.name}) did not stop in {timeout:g} s")
+        finally:
+            os.close(pidfd)
         done.append(f"stopped proxy worker {pid} ({path.name})")
+    for stale in state_dir.glob("proxy-*.pid"):  # written by earlier versions; never read now
+        stale.unlink(missing_ok=True)
     return done
 
 
@@ -91,40 +101,22 @@ def _exit_text(returncode: int) -> str:
     return f"exited with status {returncode}"
 
 
-async def _pid_exit(pid: int) -> None:
-    """Until a process that is not our child exits (a pidfd becomes readable when it does);
-    forever where pidfds are not available: the watchdog's pings find that exit instead."""
-    try:
-        fd = os.pidfd_open(pid)
-    except (OSError, AttributeError):
-        await asyncio.Event().wait()
-        return
-    loop = asyncio.get_running_loop()
-    exited: asyncio.Future[None] = loop.create_future()
-
-    def readable() -> None:
-        if not exited.done():
-            exited.set_result(None)
-
-    loop.add_reader(fd, readable)
-    try:
-        await exited
-    finally:
-        loop.remove_reader(fd)
-        os.close(fd)
-
-
 class Worker:
     """One `pacslb proxy` process: started here (a child), or adopted (left serving by a control
-    process that died or was stopped with --keep-data-plane; known by the pid it reports)."""
+    process that died or was stopped with --keep-data-plane; known by the pid it reports).
+
+    The process is held by a pidfd from the moment it is started, adopted or promoted: signals
+    go through it and its exit is watched through it, so neither can reach another process that
+    was given the same pid after this one exited."""
 
     def __init__(self, name: str, state_dir: Path) -> None:
         self.name = name
         self.path = state_dir / f"{self.name}.sock"
         self.log = state_dir / f"{self.name}.log"
-        self.pid_file = state_dir / f"{self.name}.pid"  # finds a hung worker after a restart
         self.process: asyncio.subprocess.Process | None = None  # None when adopted
         self.pid: int | None = None  # None while no worker runs (a start failed)
+        self.pidfd: int | None = None  # that very process
+        self.exited: asyncio.Future[None] | None = None  # done once that process has exited
         self.state = "down"  # up, slow (a ping missed), crashed, hung, down
         self.started_at: float | None = None  # unix time this worker was started or adopted
         self.restarts = 0
@@ -136,17 +128,21 @@ class Worker:
     async def call(self, payload: dict[str, Any], timeout: float = 10.0) -> Any:
         """One request on a fresh connection (a Plan, or a ping and the counters each second).
         No lock: a ping must be answered while a large Plan is being applied."""
+        return await self.send(json.dumps(payload).encode() + b"\n", timeout)
+
+    async def send(self, line: bytes, timeout: float = 10.0) -> Any:
+        """call() of a request already encoded (one Plan, encoded once for every worker)."""
         async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_unix_connection(str(self.path), limit=64 << 20)
             try:
-                writer.write(json.dumps(payload).encode() + b"\n")
+                writer.write(line)
                 await writer.drain()
-                line = await reader.readline()
+                answer_line = await reader.readline()
             finally:
                 writer.close()
-        if not line:
+        if not answer_line:
             raise EngineError(f"proxy worker {self.name} closed the connection")
-        answer = json.loads(line)
+        answer = json.loads(answer_line)
         if not answer.get("ok"):
             raise EngineError(answer.get("error", "proxy worker refused the request"))
         return answer.get("result")
@@ -164,29 +160,67 @@ class Worker:
             return None
 
     def stuck_pid(self) -> int | None:
-        """The pid of a worker whose control socket accepts but does not answer (stopped,
-        hung), from the pid file, if that process is still this socket's worker."""
+        """The pid of the process whose control socket accepts but does not answer (stopped,
+        hung): the process listening there, as the kernel records it (SO_PEERCRED), not a pid
+        file, which may name another process by now. None if nobody listens (a stale file)."""
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
                 probe.settimeout(1)
                 probe.connect(str(self.path))
+                creds = probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
         except OSError:
-            return None  # nobody there: a stale socket file
-        try:
-            pid = int(self.pid_file.read_text())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except (OSError, ValueError):
-            raise EngineError(f"proxy worker at {self.path} is alive but does not answer") from None
-        # a pacslb proxy of this state directory (a promoted spare has another socket name)
-        if b"\0proxy\0--socket\0" + str(self.path.parent).encode() not in cmdline:
+            return None
+        pid = int(_UCRED.unpack(creds)[0])
+        if pid <= 0 or pid == os.getpid():
             raise EngineError(f"proxy worker at {self.path} is alive but does not answer")
         return pid
 
+    def track(self, pid: int, process: asyncio.subprocess.Process | None = None) -> None:
+        """Hold this process by a pidfd from now on (a child, an adopted or a stuck worker)."""
+        self.forget()
+        loop = asyncio.get_running_loop()
+        self.pid, self.process = pid, process
+        exited: asyncio.Future[None] = loop.create_future()
+        self.exited = exited
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:  # it has exited already
+            exited.set_result(None)
+            return
+        self.pidfd = fd
+
+        def readable() -> None:  # once: a pidfd stays readable after its process exits
+            loop.remove_reader(fd)
+            if not exited.done():
+                exited.set_result(None)
+
+        loop.add_reader(fd, readable)
+
+    def forget(self) -> None:
+        """Let go of the process (it has exited, or another Worker took it over)."""
+        if self.pidfd is not None:
+            asyncio.get_running_loop().remove_reader(self.pidfd)
+            os.close(self.pidfd)
+        if self.exited is not None and not self.exited.done():
+            self.exited.cancel()  # its exit watcher ends without a replacement
+        self.process, self.pid, self.pidfd, self.exited = None, None, None, None
+
+    def take_over(self, other: Worker) -> None:
+        """Take the process of `other` (a spare promoted to this worker's name)."""
+        self.forget()
+        self.process, self.pid, self.pidfd, self.exited = (
+            other.process,
+            other.pid,
+            other.pidfd,
+            other.exited,
+        )
+        other.process, other.pid, other.pidfd, other.exited = None, None, None, None
+
     def adopt(self, pid: int) -> None:
-        self.process, self.pid, self.state = None, pid, "up"
+        self.track(pid)
+        self.state = "up"
         self.started_at = time.time()
         self.watch.answered(time.monotonic())
-        self._write_pid()
 
     async def spawn(self) -> None:
         """Start a new worker and wait until it answers; EngineError if it does not."""
@@ -208,59 +242,43 @@ class Worker:
             )
         finally:
             out.close()
-        self.process, self.pid = process, process.pid
-        self._write_pid()
+        self.track(process.pid, process)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + START_TIMEOUT
         while await self.answers() is None:
             if process.returncode is not None:
-                self.pid = None
+                self.forget()
                 raise EngineError(
                     f"proxy worker {self.name} {_exit_text(process.returncode)}; see {self.log}"
                 )
             if loop.time() > deadline:
                 self.kill()
                 await self.gone(5.0)
-                self.pid = None
+                self.forget()
                 raise EngineError(f"proxy worker did not start within {START_TIMEOUT:g} s")
             await asyncio.sleep(0.02)
         self.state, self.started_at = "up", time.time()
         self.watch.answered(time.monotonic())
 
-    def _write_pid(self) -> None:
-        with contextlib.suppress(OSError):
-            self.pid_file.write_text(f"{self.pid}\n")
-
     def kill(self) -> None:
-        """SIGKILL by pid: a stopped or hung worker holds its listening sockets (SO_REUSEPORT)
-        and the kernel keeps dealing it new connections until it is gone."""
+        """SIGKILL: a stopped or hung worker holds its listening sockets (SO_REUSEPORT) and the
+        kernel keeps dealing it new connections until it is gone."""
         self.signal(signal.SIGKILL)
 
     def signal(self, sig: signal.Signals) -> None:
-        """Signal the worker by pid, unless it is a child already reaped (its pid may then
-        belong to another process)."""
-        process = self.process
-        reaped = process is not None and process.pid == self.pid and process.returncode is not None
-        if self.pid is None or reaped:
+        """Signal the worker through its pidfd: never another process given its pid since."""
+        if self.pidfd is None:
             return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(self.pid, sig)
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(self.pidfd, sig)
 
     async def gone(self, timeout: float) -> bool:
         """Wait (bounded) until the worker has exited; True if it has."""
-        if self.process is not None and self.process.pid == self.pid:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await self.process.wait()
-            return self.process.returncode is not None
-        pid = self.pid
-        if pid is None:
+        exited = self.exited
+        if exited is None:
             return True
-        for _ in range(int(timeout / 0.02)):
-            if not pid_alive(pid):
-                return True
-            await asyncio.sleep(0.02)
-        return False
+        await asyncio.wait({exited}, timeout=timeout)
+        return exited.done()
 
     async def stop(self) -> None:
         try:
@@ -271,9 +289,8 @@ class Worker:
         if not await self.gone(10.0):
             self.kill()
             await self.gone(5.0)
-        self.state, self.pid = "down", None
-        with contextlib.suppress(OSError):
-            self.pid_file.unlink()
+        self.state = "down"
+        self.forget()
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -357,7 +374,7 @@ class ProxyEngine:
             info = await extra.answers()
             if info is None:
                 continue
-            extra.pid = info["pid"]
+            extra.track(info["pid"])
             await extra.stop()
             self.notify(
                 f"worker {extra.name} (pid {info['pid']}) stopped: beyond node.proxy.workers",
@@ -389,13 +406,14 @@ class ProxyEngine:
             return
         stuck = worker.stuck_pid()
         if stuck is not None:
-            worker.pid = stuck
+            worker.track(stuck)
             how = "found alive but not answering; killed with SIGKILL"
             self._event(worker, "hung", f"(pid {stuck}) hung: {how}")
             self.restarts["hung"] += 1
             worker.restarts += 1
             worker.kill()
             await worker.gone(5.0)
+            worker.forget()
         try:
             await worker.spawn()
         except OSError as exc:
@@ -413,14 +431,16 @@ class ProxyEngine:
     def _watch_exit(self, worker: Worker) -> None:
         """Replace the worker the moment its process exits (a child: its exit status; adopted:
         its pidfd), not at the next ping."""
-        pid, process = worker.pid, worker.process
-        assert pid is not None
+        pid, process, exited = worker.pid, worker.process, worker.exited
+        assert pid is not None and exited is not None
 
         async def watch() -> None:
             if process is not None:
                 how = _exit_text(await process.wait())
             else:
-                await _pid_exit(pid)
+                await asyncio.wait({exited})
+                if exited.cancelled():
+                    return  # let go of (replaced or stopped) before it exited
                 how = "exited (adopted: its exit status is not ours to read)"
             await self._replace(worker, pid, "crashed", how)
 
@@ -450,11 +470,10 @@ class ProxyEngine:
             return
         try:
             await worker.ping(PING_TIMEOUT)
-        except (OSError, EngineError, TimeoutError, ValueError) as exc:
-            gone = not isinstance(exc, TimeoutError) and not pid_alive(pid)
-            if gone and worker.process is None:  # adopted, and no pidfd told us
-                await self._replace(worker, pid, "crashed", "exited; its socket is gone")
-            elif worker.watch.missed(time.monotonic()):
+        except (OSError, EngineError, TimeoutError, ValueError):
+            if worker.exited is None or worker.exited.done():
+                return  # it exited: its exit watcher replaces it
+            if worker.watch.missed(time.monotonic()):
                 misses = worker.watch.misses
                 how = f"no answer to {misses} pings in a row; killed with SIGKILL"
                 await self._replace(worker, pid, "hung", how)
@@ -492,11 +511,14 @@ class ProxyEngine:
             try:
                 info = await spare.answers()
                 if info is not None and info.get("revision") is None:
-                    spare.adopt(info["pid"])
+                    if info["pid"] != spare.pid:
+                        spare.adopt(info["pid"])
                 else:
+                    if spare.pid is None and (stuck := spare.stuck_pid()) is not None:
+                        spare.track(stuck)  # left by a previous run, alive but not answering
                     spare.kill()  # one that died, or that serves a Plan (not a spare)
                     await spare.gone(5.0)
-                    spare.pid = None
+                    spare.forget()
                     await spare.spawn()
                 self._spare_ready = not self._closing
                 spare.failures = 0
@@ -524,14 +546,12 @@ class ProxyEngine:
         except (OSError, EngineError, TimeoutError, ValueError) as exc:
             self.notify(f"the spare worker could not take over {worker.name}: {exc}")
             spare.kill()
+            await spare.gone(5.0)
+            spare.forget()
             return False
-        worker.process, worker.pid = spare.process, spare.pid
+        worker.take_over(spare)
         worker.state, worker.started_at = "up", time.time()
         worker.watch.answered(time.monotonic())
-        worker._write_pid()
-        spare.process, spare.pid = None, None
-        with contextlib.suppress(OSError):
-            spare.pid_file.unlink()
         return True
 
     async def _replace(self, worker: Worker, pid: int, reason: str, how: str) -> None:
@@ -553,7 +573,7 @@ class ProxyEngine:
                 worker.kill()
                 if not await worker.gone(5.0):
                     self._event(worker, "unkillable", f"(pid {pid}) alive 5 s after SIGKILL")
-            worker.pid = None
+            worker.forget()
             await self._restart(worker, reason, began, pid)
 
     async def _restart(
@@ -626,6 +646,8 @@ class ProxyEngine:
         spares = [self.spare] if self.spare is not None and self.spare.pid is not None else []
         if keep_running:  # the workers serve their last Plan; the next `pacslb run` adopts them
             await asyncio.gather(*(s.stop() for s in spares))  # it serves nothing
+            for worker in self.workers:
+                worker.forget()
             return
         async with self._lock:
             running = [w for w in self.workers if w.pid is not None]
