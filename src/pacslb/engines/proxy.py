@@ -480,13 +480,19 @@ class ProxyEngine:
             elif worker.pid == pid:
                 worker.state = "slow"
             return
+        # After each await: if the worker was replaced meanwhile, this answer is the dead one's
+        # (its counters were retired with it: written back, they would be counted twice).
+        if worker.pid != pid:
+            return
         worker.watch.answered(time.monotonic())
         worker.state = "up"
         try:
-            worker.last = await worker.call({"cmd": "counters"}, READ_TIMEOUT)
+            counters = await worker.call({"cmd": "counters"}, READ_TIMEOUT)
             notices = await worker.call({"cmd": "notices"}, READ_TIMEOUT)
         except (OSError, EngineError, TimeoutError, ValueError):
             return  # the next ping decides
+        if worker.pid == pid:  # (its notices are kept: they tell what happened before it died)
+            worker.last = counters
         for item in notices or ():
             self.notify(
                 f"{worker.name}: {item.get('message', '')}",
