@@ -124,6 +124,7 @@ class Worker:
         self.watch = PingWatch(0.0)
         self.retry_at = 0.0  # monotonic time of the next start after a failed one
         self.failures = 0  # starts that failed in a row
+        self.replacing = 0  # replacements or restarts under way: the watchdog leaves it alone
 
     async def call(self, payload: dict[str, Any], timeout: float = 10.0) -> Any:
         """One request on a fresh connection (a Plan, or a ping and the counters each second).
@@ -462,21 +463,24 @@ class ProxyEngine:
             await asyncio.sleep(max(0.05, POLL_INTERVAL - (loop.time() - began)))
 
     async def _check(self, worker: Worker) -> None:
+        if worker.replacing:
+            return  # a replacement under way (a process starting does not answer yet)
         pid = worker.pid
         if pid is None:
             if time.monotonic() >= worker.retry_at:
-                async with self._lock:
-                    await self._restart(worker, "down", time.monotonic())
+                self._spawn_task(self._restart_when_due(worker))
             return
         try:
             await worker.ping(PING_TIMEOUT)
         except (OSError, EngineError, TimeoutError, ValueError):
-            if worker.exited is None or worker.exited.done():
-                return  # it exited: its exit watcher replaces it
+            if worker.pid != pid or worker.exited is None or worker.exited.done():
+                return  # replaced meanwhile, or it exited: its exit watcher replaces it
             if worker.watch.missed(time.monotonic()):
                 misses = worker.watch.misses
                 how = f"no answer to {misses} pings in a row; killed with SIGKILL"
-                await self._replace(worker, pid, "hung", how)
+                # In the background: a replacement takes seconds (a start, a Plan), in which
+                # the other workers are still pinged. _replace's pid check dedupes.
+                self._spawn_task(self._replace(worker, pid, "hung", how))
             elif worker.pid == pid:
                 worker.state = "slow"
             return
@@ -560,10 +564,27 @@ class ProxyEngine:
         worker.watch.answered(time.monotonic())
         return True
 
+    async def _restart_when_due(self, worker: Worker) -> None:
+        """Start again a worker whose start failed, once its pause is over."""
+        worker.replacing += 1
+        try:
+            async with self._lock:
+                if time.monotonic() >= worker.retry_at:
+                    await self._restart(worker, "down", time.monotonic())
+        finally:
+            worker.replacing -= 1
+
     async def _replace(self, worker: Worker, pid: int, reason: str, how: str) -> None:
-        """Kill the worker that crashed or hung (by pid), keep its counters, start another."""
+        """Kill the worker that crashed or hung, keep its counters, start another."""
         if reason == "hung" and worker.pid == pid and not self._closing:
             worker.kill()  # now: a Plan being applied to it fails at once, not after 10 s
+        worker.replacing += 1
+        try:
+            await self._replace_locked(worker, pid, reason, how)
+        finally:
+            worker.replacing -= 1
+
+    async def _replace_locked(self, worker: Worker, pid: int, reason: str, how: str) -> None:
         async with self._lock:
             if self._closing or worker.pid != pid:
                 return  # already replaced (the exit watcher and the ping both saw it)
