@@ -125,6 +125,7 @@ class Worker:
         self.retry_at = 0.0  # monotonic time of the next start after a failed one
         self.failures = 0  # starts that failed in a row
         self.replacing = 0  # replacements or restarts under way: the watchdog leaves it alone
+        self.applying = 0  # Plans of ours it is applying (bounded by the apply's own timeout)
 
     async def call(self, payload: dict[str, Any], timeout: float = 10.0) -> Any:
         """One request on a fresh connection (a Plan, or a ping and the counters each second).
@@ -386,10 +387,13 @@ class ProxyEngine:
     async def _give_plan(self, worker: Worker, plan: Plan) -> None:
         if worker.pid is None:
             raise EngineError("not running (a start failed; it is retried)")
+        worker.applying += 1
         try:
             await worker.call({"cmd": "apply", "plan": json.loads(plan.to_json())})
         except (OSError, TimeoutError, ValueError) as exc:
             raise EngineError(str(exc) or type(exc).__name__) from exc
+        finally:
+            worker.applying -= 1
 
     async def _bring_up(self, worker: Worker) -> None:
         """Adopt the worker already serving from this state directory, or start one."""
@@ -475,6 +479,11 @@ class ProxyEngine:
         except (OSError, EngineError, TimeoutError, ValueError):
             if worker.pid != pid or worker.exited is None or worker.exited.done():
                 return  # replaced meanwhile, or it exited: its exit watcher replaces it
+            if worker.applying:
+                # Its loop is busy with a Plan of ours (a large one takes seconds): the apply's
+                # own timeout bounds that; its pings count again once the apply has ended.
+                worker.state = "slow"
+                return
             if worker.watch.missed(time.monotonic()):
                 misses = worker.watch.misses
                 how = f"no answer to {misses} pings in a row; killed with SIGKILL"
