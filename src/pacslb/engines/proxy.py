@@ -92,6 +92,12 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def _apply_line(plan: Plan) -> bytes:
+    """The worker's apply request for `plan`, one line (Plan.to_json() is compact JSON: a
+    string in it holds no raw newline), without decoding and encoding the Plan again."""
+    return b'{"cmd": "apply", "plan": ' + plan.to_json() + b"}\n"
+
+
 def _exit_text(returncode: int) -> str:
     if returncode < 0:
         try:
@@ -354,12 +360,16 @@ class ProxyEngine:
             self._started = True
             self._spawn_task(self._watchdog())
         self._last_plan = plan
+        line = _apply_line(plan)  # encoded once, sent to every worker at once
+        results = await asyncio.gather(
+            *(self._give_plan(worker, line) for worker in self.workers), return_exceptions=True
+        )
         errors = []
-        for worker in self.workers:
-            try:
-                await self._give_plan(worker, plan)
-            except EngineError as exc:
-                errors.append(f"{worker.name}: {exc}")
+        for worker, result in zip(self.workers, results, strict=True):
+            if isinstance(result, EngineError):
+                errors.append(f"{worker.name}: {result}")
+            elif isinstance(result, BaseException):
+                raise result
         if errors:
             raise EngineError("; ".join(errors))
 
@@ -384,12 +394,13 @@ class ProxyEngine:
                 {"worker": extra.name, "reason": "stopped", "pid": info["pid"]},
             )
 
-    async def _give_plan(self, worker: Worker, plan: Plan) -> None:
+    async def _give_plan(self, worker: Worker, line: bytes) -> None:
+        """Send an apply request (_apply_line) and wait until the worker serves that Plan."""
         if worker.pid is None:
             raise EngineError("not running (a start failed; it is retried)")
         worker.applying += 1
         try:
-            await worker.call({"cmd": "apply", "plan": json.loads(plan.to_json())})
+            await worker.send(line)
         except (OSError, TimeoutError, ValueError) as exc:
             raise EngineError(str(exc) or type(exc).__name__) from exc
         finally:
@@ -635,7 +646,7 @@ class ProxyEngine:
         worker.failures = 0
         if self._last_plan is not None:
             try:
-                await self._give_plan(worker, self._last_plan)
+                await self._give_plan(worker, _apply_line(self._last_plan))
             except EngineError as exc:  # a listener that cannot be opened: its VIP is named
                 self._event(worker, "plan-failed", f"did not take the last Plan: {exc}")
         was = f"pid {old} -> " if old is not None else ""
