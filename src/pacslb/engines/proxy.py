@@ -132,6 +132,7 @@ class Worker:
         self.failures = 0  # starts that failed in a row
         self.replacing = 0  # replacements or restarts under way: the watchdog leaves it alone
         self.applying = 0  # Plans of ours it is applying (bounded by the apply's own timeout)
+        self.reports = True  # knows "report"; False for an adopted worker of an older version
 
     async def call(self, payload: dict[str, Any], timeout: float = 10.0) -> Any:
         """One request on a fresh connection (a Plan, or a ping and the counters each second).
@@ -154,6 +155,20 @@ class Worker:
         if not answer.get("ok"):
             raise EngineError(answer.get("error", "proxy worker refused the request"))
         return answer.get("result")
+
+    async def read(self) -> tuple[WorkerCounters, list[dict[str, Any]]]:
+        """Its counters and its queued notices, in one request (two for a worker of the
+        previous version, adopted after an upgrade, which does not know "report")."""
+        if self.reports:
+            try:
+                report = await self.call({"cmd": "report"}, READ_TIMEOUT)
+                return report["counters"], report["notices"]
+            except EngineError as exc:
+                if "unknown command" not in str(exc):
+                    raise
+                self.reports = False
+        counters = await self.call({"cmd": "counters"}, READ_TIMEOUT)
+        return counters, await self.call({"cmd": "notices"}, READ_TIMEOUT)
 
     async def ping(self, timeout: float) -> dict[str, Any]:
         result = await self.call({"cmd": "ping"}, timeout)
@@ -187,7 +202,7 @@ class Worker:
         """Hold this process by a pidfd from now on (a child, an adopted or a stuck worker)."""
         self.forget()
         loop = asyncio.get_running_loop()
-        self.pid, self.process = pid, process
+        self.pid, self.process, self.reports = pid, process, True
         exited: asyncio.Future[None] = loop.create_future()
         self.exited = exited
         try:
@@ -222,6 +237,7 @@ class Worker:
             other.pidfd,
             other.exited,
         )
+        self.reports = other.reports
         other.process, other.pid, other.pidfd, other.exited = None, None, None, None
 
     def adopt(self, pid: int) -> None:
@@ -511,9 +527,8 @@ class ProxyEngine:
         worker.watch.answered(time.monotonic())
         worker.state = "up"
         try:
-            counters = await worker.call({"cmd": "counters"}, READ_TIMEOUT)
-            notices = await worker.call({"cmd": "notices"}, READ_TIMEOUT)
-        except (OSError, EngineError, TimeoutError, ValueError):
+            counters, notices = await worker.read()
+        except (OSError, EngineError, TimeoutError, ValueError, KeyError, TypeError):
             return  # the next ping decides
         if worker.pid == pid:  # (its notices are kept: they tell what happened before it died)
             worker.last = counters
