@@ -5,10 +5,13 @@ Each worker is its own process with its own control socket (`state_dir/proxy-N.s
 `workers: N` they share every listening port through SO_REUSEPORT and get the same Plan. A worker
 left running by a control process that died is adopted, not restarted, so its connections live.
 
-A watchdog pings every worker each second. A worker that exits is replaced the moment its exit
-is seen (a child's exit status, an adopted worker's pidfd); one that stops answering for
-HANG_MISSES pings in a row is killed by pid and replaced (stopped, it would still hold its share
-of every port). Each start, adoption, crash, hang and replacement is an event.
+A watchdog pings every worker each second and reads its counters and notices. A worker that
+exits is replaced the moment its exit is seen (its pidfd); one that stops answering for
+HANG_MISSES pings in a row (not counting those while it applies a Plan of ours) is killed and
+replaced, in the background, so that the other workers are still watched meanwhile (stopped, it
+would still hold its share of every port). Each worker process is held by a pidfd, so no signal
+reaches another process given its pid later. Each start, adoption, crash, hang and replacement
+is an event.
 """
 
 from __future__ import annotations
