@@ -376,24 +376,10 @@ def cmd_teardown(args: argparse.Namespace) -> int:
 STOP_TIMEOUT = 30.0
 
 
-def _pid_running(pid: int) -> bool:
-    """Whether the process exists and has not exited (a zombie left for its parent to reap
-    has exited)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
-
-
 def cmd_stop(args: argparse.Namespace) -> int:
     """Stop the running pacslb and wait until its process has exited."""
     from pacslb.control.local import request
+    from pacslb.engines.proxy import pid_alive
 
     state_dir = _state_dir(args)
     result = request(state_dir, {"cmd": "stop", "keep_data_plane": args.keep_data_plane})
@@ -401,7 +387,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
     # The control socket closes first; the engines (workers stopped, each within 10 s, in
     # parallel) and the process exit come after: wait for the pid, not for the socket.
     deadline = time.monotonic() + STOP_TIMEOUT
-    while _pid_running(pid):
+    while pid_alive(pid):
         if time.monotonic() > deadline:
             raise PacslbError(
                 f"pacslb (pid {pid}) is still running {STOP_TIMEOUT:g} s after it was asked to "

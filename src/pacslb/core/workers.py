@@ -31,7 +31,8 @@ HANG_AFTER = 2.5
 TOTALS = ("total", "bytes_in", "bytes_out", "connect_failures", "requests", "retries", "ejections")
 SUMMED = ("active", "ejected", *TOTALS)
 
-# One worker's answer to {"cmd": "counters"}: {service: {server: ServerStats.as_dict()}}.
+# One worker's counters ({"cmd": "counters"}, or "counters" in {"cmd": "report"}):
+# {service: {server: ServerStats.as_dict()}}.
 WorkerCounters = Mapping[str, Mapping[str, Mapping[str, Any]]]
 
 

@@ -5,10 +5,13 @@ Each worker is its own process with its own control socket (`state_dir/proxy-N.s
 `workers: N` they share every listening port through SO_REUSEPORT and get the same Plan. A worker
 left running by a control process that died is adopted, not restarted, so its connections live.
 
-A watchdog pings every worker each second. A worker that exits is replaced the moment its exit
-is seen (a child's exit status, an adopted worker's pidfd); one that stops answering for
-HANG_MISSES pings in a row is killed by pid and replaced (stopped, it would still hold its share
-of every port). Each start, adoption, crash, hang and replacement is an event.
+A watchdog pings every worker each second and reads its counters and notices. A worker that
+exits is replaced the moment its exit is seen (its pidfd); one that stops answering for
+HANG_MISSES pings in a row (not counting those while it applies a Plan of ours) is killed and
+replaced, in the background, so that the other workers are still watched meanwhile (stopped, it
+would still hold its share of every port). Each worker process is held by a pidfd, so no signal
+reaches another process given its pid later. Each start, adoption, crash, hang and replacement
+is an event.
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ import asyncio
 import contextlib
 import json
 import os
+import select
 import signal
 import socket
+import struct
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -34,6 +39,7 @@ START_TIMEOUT = 15.0
 POLL_INTERVAL = 1.0  # the watchdog's period: a ping, the counters and the notices
 PING_TIMEOUT = 1.0  # a worker's loop answers a ping in well under a millisecond
 READ_TIMEOUT = 5.0  # counters of many services take longer to encode than a ping
+_UCRED = struct.Struct("3i")  # SO_PEERCRED: pid, uid, gid
 
 
 def stop_workers(state_dir: Path, timeout: float = 10.0) -> list[str]:
@@ -43,16 +49,23 @@ def stop_workers(state_dir: Path, timeout: float = 10.0) -> list[str]:
     for path in sorted(state_dir.glob("proxy-*.sock")):
         try:
             pid = _ask(path, {"cmd": "ping"})["pid"]
-            _ask(path, {"cmd": "stop"})
+            pidfd = os.pidfd_open(pid)  # waits for that process, not for its pid
         except (OSError, ValueError, KeyError, TypeError):
             continue  # a stale socket file: nobody answers there
-        for _ in range(int(timeout / 0.05)):
-            if not _pid_alive(pid):
-                break
-            time.sleep(0.05)
-        else:
-            raise EngineError(f"proxy worker {pid} ({path.name}) did not stop in {timeout:g} s")
+        try:
+            try:
+                _ask(path, {"cmd": "stop"})
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            poll = select.poll()
+            poll.register(pidfd, select.POLLIN)
+            if not poll.poll(timeout * 1000):
+                raise EngineError(f"proxy worker {pid} ({path.name}) did not stop in {timeout:g} s")
+        finally:
+            os.close(pidfd)
         done.append(f"stopped proxy worker {pid} ({path.name})")
+    for stale in state_dir.glob("proxy-*.pid"):  # written by earlier versions; never read now
+        stale.unlink(missing_ok=True)
     return done
 
 
@@ -67,18 +80,25 @@ def _ask(path: Path, payload: dict[str, Any]) -> Any:
     return answer.get("result")
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether the process exists and has not exited (a zombie, left for its parent to reap,
+    has exited)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    # A zombie (a child of this process, not yet reaped) counts as gone.
-    with contextlib.suppress(OSError):
+        pass
+    with contextlib.suppress(OSError, IndexError):
         if Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z"):
             return False
     return True
+
+
+def _apply_line(plan: Plan) -> bytes:
+    """The worker's apply request for `plan`, one line (Plan.to_json() is compact JSON: a
+    string in it holds no raw newline), without decoding and encoding the Plan again."""
+    return b'{"cmd": "apply", "plan": ' + plan.to_json() + b"}\n"
 
 
 def _exit_text(returncode: int) -> str:
@@ -90,40 +110,22 @@ def _exit_text(returncode: int) -> str:
     return f"exited with status {returncode}"
 
 
-async def _pid_exit(pid: int) -> None:
-    """Until a process that is not our child exits (a pidfd becomes readable when it does);
-    forever where pidfds are not available: the watchdog's pings find that exit instead."""
-    try:
-        fd = os.pidfd_open(pid)
-    except (OSError, AttributeError):
-        await asyncio.Event().wait()
-        return
-    loop = asyncio.get_running_loop()
-    exited: asyncio.Future[None] = loop.create_future()
-
-    def readable() -> None:
-        if not exited.done():
-            exited.set_result(None)
-
-    loop.add_reader(fd, readable)
-    try:
-        await exited
-    finally:
-        loop.remove_reader(fd)
-        os.close(fd)
-
-
 class Worker:
     """One `pacslb proxy` process: started here (a child), or adopted (left serving by a control
-    process that died or was stopped with --keep-data-plane; known by the pid it reports)."""
+    process that died or was stopped with --keep-data-plane; known by the pid it reports).
+
+    The process is held by a pidfd from the moment it is started, adopted or promoted: signals
+    go through it and its exit is watched through it, so neither can reach another process that
+    was given the same pid after this one exited."""
 
     def __init__(self, name: str, state_dir: Path) -> None:
         self.name = name
         self.path = state_dir / f"{self.name}.sock"
         self.log = state_dir / f"{self.name}.log"
-        self.pid_file = state_dir / f"{self.name}.pid"  # finds a hung worker after a restart
         self.process: asyncio.subprocess.Process | None = None  # None when adopted
         self.pid: int | None = None  # None while no worker runs (a start failed)
+        self.pidfd: int | None = None  # that very process
+        self.exited: asyncio.Future[None] | None = None  # done once that process has exited
         self.state = "down"  # up, slow (a ping missed), crashed, hung, down
         self.started_at: float | None = None  # unix time this worker was started or adopted
         self.restarts = 0
@@ -131,24 +133,45 @@ class Worker:
         self.watch = PingWatch(0.0)
         self.retry_at = 0.0  # monotonic time of the next start after a failed one
         self.failures = 0  # starts that failed in a row
+        self.replacing = 0  # replacements or restarts under way: the watchdog leaves it alone
+        self.applying = 0  # Plans of ours it is applying (bounded by the apply's own timeout)
+        self.reports = True  # knows "report"; False for an adopted worker of an older version
 
     async def call(self, payload: dict[str, Any], timeout: float = 10.0) -> Any:
         """One request on a fresh connection (a Plan, or a ping and the counters each second).
         No lock: a ping must be answered while a large Plan is being applied."""
+        return await self.send(json.dumps(payload).encode() + b"\n", timeout)
+
+    async def send(self, line: bytes, timeout: float = 10.0) -> Any:
+        """call() of a request already encoded (one Plan, encoded once for every worker)."""
         async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_unix_connection(str(self.path), limit=64 << 20)
             try:
-                writer.write(json.dumps(payload).encode() + b"\n")
+                writer.write(line)
                 await writer.drain()
-                line = await reader.readline()
+                answer_line = await reader.readline()
             finally:
                 writer.close()
-        if not line:
+        if not answer_line:
             raise EngineError(f"proxy worker {self.name} closed the connection")
-        answer = json.loads(line)
+        answer = json.loads(answer_line)
         if not answer.get("ok"):
             raise EngineError(answer.get("error", "proxy worker refused the request"))
         return answer.get("result")
+
+    async def read(self) -> tuple[WorkerCounters, list[dict[str, Any]]]:
+        """Its counters and its queued notices, in one request (two for a worker of the
+        previous version, adopted after an upgrade, which does not know "report")."""
+        if self.reports:
+            try:
+                report = await self.call({"cmd": "report"}, READ_TIMEOUT)
+                return report["counters"], report["notices"]
+            except EngineError as exc:
+                if "unknown command" not in str(exc):
+                    raise
+                self.reports = False
+        counters = await self.call({"cmd": "counters"}, READ_TIMEOUT)
+        return counters, await self.call({"cmd": "notices"}, READ_TIMEOUT)
 
     async def ping(self, timeout: float) -> dict[str, Any]:
         result = await self.call({"cmd": "ping"}, timeout)
@@ -163,29 +186,68 @@ class Worker:
             return None
 
     def stuck_pid(self) -> int | None:
-        """The pid of a worker whose control socket accepts but does not answer (stopped,
-        hung), from the pid file, if that process is still this socket's worker."""
+        """The pid of the process whose control socket accepts but does not answer (stopped,
+        hung): the process listening there, as the kernel records it (SO_PEERCRED), not a pid
+        file, which may name another process by now. None if nobody listens (a stale file)."""
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
                 probe.settimeout(1)
                 probe.connect(str(self.path))
+                creds = probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
         except OSError:
-            return None  # nobody there: a stale socket file
-        try:
-            pid = int(self.pid_file.read_text())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except (OSError, ValueError):
-            raise EngineError(f"proxy worker at {self.path} is alive but does not answer") from None
-        # a pacslb proxy of this state directory (a promoted spare has another socket name)
-        if b"\0proxy\0--socket\0" + str(self.path.parent).encode() not in cmdline:
+            return None
+        pid = int(_UCRED.unpack(creds)[0])
+        if pid <= 0 or pid == os.getpid():
             raise EngineError(f"proxy worker at {self.path} is alive but does not answer")
         return pid
 
+    def track(self, pid: int, process: asyncio.subprocess.Process | None = None) -> None:
+        """Hold this process by a pidfd from now on (a child, an adopted or a stuck worker)."""
+        self.forget()
+        loop = asyncio.get_running_loop()
+        self.pid, self.process, self.reports = pid, process, True
+        exited: asyncio.Future[None] = loop.create_future()
+        self.exited = exited
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:  # it has exited already
+            exited.set_result(None)
+            return
+        self.pidfd = fd
+
+        def readable() -> None:  # once: a pidfd stays readable after its process exits
+            loop.remove_reader(fd)
+            if not exited.done():
+                exited.set_result(None)
+
+        loop.add_reader(fd, readable)
+
+    def forget(self) -> None:
+        """Let go of the process (it has exited, or another Worker took it over)."""
+        if self.pidfd is not None:
+            asyncio.get_running_loop().remove_reader(self.pidfd)
+            os.close(self.pidfd)
+        if self.exited is not None and not self.exited.done():
+            self.exited.cancel()  # its exit watcher ends without a replacement
+        self.process, self.pid, self.pidfd, self.exited = None, None, None, None
+
+    def take_over(self, other: Worker) -> None:
+        """Take the process of `other` (a spare promoted to this worker's name)."""
+        self.forget()
+        self.process, self.pid, self.pidfd, self.exited = (
+            other.process,
+            other.pid,
+            other.pidfd,
+            other.exited,
+        )
+        self.reports = other.reports
+        other.process, other.pid, other.pidfd, other.exited = None, None, None, None
+
     def adopt(self, pid: int) -> None:
-        self.process, self.pid, self.state = None, pid, "up"
+        self.track(pid)
+        self.state = "up"
         self.started_at = time.time()
         self.watch.answered(time.monotonic())
-        self._write_pid()
 
     async def spawn(self) -> None:
         """Start a new worker and wait until it answers; EngineError if it does not."""
@@ -207,59 +269,43 @@ class Worker:
             )
         finally:
             out.close()
-        self.process, self.pid = process, process.pid
-        self._write_pid()
+        self.track(process.pid, process)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + START_TIMEOUT
         while await self.answers() is None:
             if process.returncode is not None:
-                self.pid = None
+                self.forget()
                 raise EngineError(
                     f"proxy worker {self.name} {_exit_text(process.returncode)}; see {self.log}"
                 )
             if loop.time() > deadline:
                 self.kill()
                 await self.gone(5.0)
-                self.pid = None
+                self.forget()
                 raise EngineError(f"proxy worker did not start within {START_TIMEOUT:g} s")
             await asyncio.sleep(0.02)
         self.state, self.started_at = "up", time.time()
         self.watch.answered(time.monotonic())
 
-    def _write_pid(self) -> None:
-        with contextlib.suppress(OSError):
-            self.pid_file.write_text(f"{self.pid}\n")
-
     def kill(self) -> None:
-        """SIGKILL by pid: a stopped or hung worker holds its listening sockets (SO_REUSEPORT)
-        and the kernel keeps dealing it new connections until it is gone."""
+        """SIGKILL: a stopped or hung worker holds its listening sockets (SO_REUSEPORT) and the
+        kernel keeps dealing it new connections until it is gone."""
         self.signal(signal.SIGKILL)
 
     def signal(self, sig: signal.Signals) -> None:
-        """Signal the worker by pid, unless it is a child already reaped (its pid may then
-        belong to another process)."""
-        process = self.process
-        reaped = process is not None and process.pid == self.pid and process.returncode is not None
-        if self.pid is None or reaped:
+        """Signal the worker through its pidfd: never another process given its pid since."""
+        if self.pidfd is None:
             return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(self.pid, sig)
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(self.pidfd, sig)
 
     async def gone(self, timeout: float) -> bool:
         """Wait (bounded) until the worker has exited; True if it has."""
-        if self.process is not None and self.process.pid == self.pid:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await self.process.wait()
-            return self.process.returncode is not None
-        pid = self.pid
-        if pid is None:
+        exited = self.exited
+        if exited is None:
             return True
-        for _ in range(int(timeout / 0.02)):
-            if not _pid_alive(pid):
-                return True
-            await asyncio.sleep(0.02)
-        return False
+        await asyncio.wait({exited}, timeout=timeout)
+        return exited.done()
 
     async def stop(self) -> None:
         try:
@@ -270,9 +316,8 @@ class Worker:
         if not await self.gone(10.0):
             self.kill()
             await self.gone(5.0)
-        self.state, self.pid = "down", None
-        with contextlib.suppress(OSError):
-            self.pid_file.unlink()
+        self.state = "down"
+        self.forget()
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -296,7 +341,9 @@ class ProxyEngine:
 
     name = "proxy"
 
-    def __init__(self, state_dir: Path, workers: int = 1, spare: bool = True) -> None:
+    def __init__(self, state_dir: Path, workers: int, spare: bool = True) -> None:
+        # `workers` has no default here: the one default is config.default_workers (via
+        # ProxySettings), which a default of this class would silently contradict.
         self.state_dir = state_dir
         self.workers = [Worker(f"proxy-{i}", state_dir) for i in range(workers)]
         # An idle worker started ahead (imports done, no Plan) that takes over a crashed or
@@ -332,12 +379,16 @@ class ProxyEngine:
             self._started = True
             self._spawn_task(self._watchdog())
         self._last_plan = plan
+        line = _apply_line(plan)  # encoded once, sent to every worker at once
+        results = await asyncio.gather(
+            *(self._give_plan(worker, line) for worker in self.workers), return_exceptions=True
+        )
         errors = []
-        for worker in self.workers:
-            try:
-                await self._give_plan(worker, plan)
-            except EngineError as exc:
-                errors.append(f"{worker.name}: {exc}")
+        for worker, result in zip(self.workers, results, strict=True):
+            if isinstance(result, EngineError):
+                errors.append(f"{worker.name}: {result}")
+            elif isinstance(result, BaseException):
+                raise result
         if errors:
             raise EngineError("; ".join(errors))
 
@@ -354,7 +405,7 @@ class ProxyEngine:
             info = await extra.answers()
             if info is None:
                 continue
-            extra.pid = info["pid"]
+            extra.track(info["pid"])
             await extra.stop()
             self.notify(
                 f"worker {extra.name} (pid {info['pid']}) stopped: beyond node.proxy.workers",
@@ -362,13 +413,17 @@ class ProxyEngine:
                 {"worker": extra.name, "reason": "stopped", "pid": info["pid"]},
             )
 
-    async def _give_plan(self, worker: Worker, plan: Plan) -> None:
+    async def _give_plan(self, worker: Worker, line: bytes) -> None:
+        """Send an apply request (_apply_line) and wait until the worker serves that Plan."""
         if worker.pid is None:
             raise EngineError("not running (a start failed; it is retried)")
+        worker.applying += 1
         try:
-            await worker.call({"cmd": "apply", "plan": json.loads(plan.to_json())})
+            await worker.send(line)
         except (OSError, TimeoutError, ValueError) as exc:
             raise EngineError(str(exc) or type(exc).__name__) from exc
+        finally:
+            worker.applying -= 1
 
     async def _bring_up(self, worker: Worker) -> None:
         """Adopt the worker already serving from this state directory, or start one."""
@@ -386,12 +441,14 @@ class ProxyEngine:
             return
         stuck = worker.stuck_pid()
         if stuck is not None:
-            worker.pid = stuck
+            worker.track(stuck)
             how = "found alive but not answering; killed with SIGKILL"
             self._event(worker, "hung", f"(pid {stuck}) hung: {how}")
             self.restarts["hung"] += 1
+            worker.restarts += 1
             worker.kill()
             await worker.gone(5.0)
+            worker.forget()
         try:
             await worker.spawn()
         except OSError as exc:
@@ -409,14 +466,16 @@ class ProxyEngine:
     def _watch_exit(self, worker: Worker) -> None:
         """Replace the worker the moment its process exits (a child: its exit status; adopted:
         its pidfd), not at the next ping."""
-        pid, process = worker.pid, worker.process
-        assert pid is not None
+        pid, process, exited = worker.pid, worker.process, worker.exited
+        assert pid is not None and exited is not None
 
         async def watch() -> None:
             if process is not None:
                 how = _exit_text(await process.wait())
             else:
-                await _pid_exit(pid)
+                await asyncio.wait({exited})
+                if exited.cancelled():
+                    return  # let go of (replaced or stopped) before it exited
                 how = "exited (adopted: its exit status is not ours to read)"
             await self._replace(worker, pid, "crashed", how)
 
@@ -438,32 +497,44 @@ class ProxyEngine:
             await asyncio.sleep(max(0.05, POLL_INTERVAL - (loop.time() - began)))
 
     async def _check(self, worker: Worker) -> None:
+        if worker.replacing:
+            return  # a replacement under way (a process starting does not answer yet)
         pid = worker.pid
         if pid is None:
             if time.monotonic() >= worker.retry_at:
-                async with self._lock:
-                    await self._restart(worker, "down", time.monotonic())
+                self._spawn_task(self._restart_when_due(worker))
             return
         try:
             await worker.ping(PING_TIMEOUT)
-        except (OSError, EngineError, TimeoutError, ValueError) as exc:
-            gone = not isinstance(exc, TimeoutError) and not _pid_alive(pid)
-            if gone and worker.process is None:  # adopted, and no pidfd told us
-                await self._replace(worker, pid, "crashed", "exited; its socket is gone")
-            elif worker.watch.missed(time.monotonic()):
+        except (OSError, EngineError, TimeoutError, ValueError):
+            if worker.pid != pid or worker.exited is None or worker.exited.done():
+                return  # replaced meanwhile, or it exited: its exit watcher replaces it
+            if worker.applying:
+                # Its loop is busy with a Plan of ours (a large one takes seconds): the apply's
+                # own timeout bounds that; its pings count again once the apply has ended.
+                worker.state = "slow"
+                return
+            if worker.watch.missed(time.monotonic()):
                 misses = worker.watch.misses
                 how = f"no answer to {misses} pings in a row; killed with SIGKILL"
-                await self._replace(worker, pid, "hung", how)
+                # In the background: a replacement takes seconds (a start, a Plan), in which
+                # the other workers are still pinged. _replace's pid check dedupes.
+                self._spawn_task(self._replace(worker, pid, "hung", how))
             elif worker.pid == pid:
                 worker.state = "slow"
+            return
+        # After each await: if the worker was replaced meanwhile, this answer is the dead one's
+        # (its counters were retired with it: written back, they would be counted twice).
+        if worker.pid != pid:
             return
         worker.watch.answered(time.monotonic())
         worker.state = "up"
         try:
-            worker.last = await worker.call({"cmd": "counters"}, READ_TIMEOUT)
-            notices = await worker.call({"cmd": "notices"}, READ_TIMEOUT)
-        except (OSError, EngineError, TimeoutError, ValueError):
+            counters, notices = await worker.read()
+        except (OSError, EngineError, TimeoutError, ValueError, KeyError, TypeError):
             return  # the next ping decides
+        if worker.pid == pid:  # (its notices are kept: they tell what happened before it died)
+            worker.last = counters
         for item in notices or ():
             self.notify(
                 f"{worker.name}: {item.get('message', '')}",
@@ -488,11 +559,14 @@ class ProxyEngine:
             try:
                 info = await spare.answers()
                 if info is not None and info.get("revision") is None:
-                    spare.adopt(info["pid"])
+                    if info["pid"] != spare.pid:
+                        spare.adopt(info["pid"])
                 else:
+                    if spare.pid is None and (stuck := spare.stuck_pid()) is not None:
+                        spare.track(stuck)  # left by a previous run, alive but not answering
                     spare.kill()  # one that died, or that serves a Plan (not a spare)
                     await spare.gone(5.0)
-                    spare.pid = None
+                    spare.forget()
                     await spare.spawn()
                 self._spare_ready = not self._closing
                 spare.failures = 0
@@ -520,20 +594,35 @@ class ProxyEngine:
         except (OSError, EngineError, TimeoutError, ValueError) as exc:
             self.notify(f"the spare worker could not take over {worker.name}: {exc}")
             spare.kill()
+            await spare.gone(5.0)
+            spare.forget()
             return False
-        worker.process, worker.pid = spare.process, spare.pid
+        worker.take_over(spare)
         worker.state, worker.started_at = "up", time.time()
         worker.watch.answered(time.monotonic())
-        worker._write_pid()
-        spare.process, spare.pid = None, None
-        with contextlib.suppress(OSError):
-            spare.pid_file.unlink()
         return True
 
+    async def _restart_when_due(self, worker: Worker) -> None:
+        """Start again a worker whose start failed, once its pause is over."""
+        worker.replacing += 1
+        try:
+            async with self._lock:
+                if time.monotonic() >= worker.retry_at:
+                    await self._restart(worker, "down", time.monotonic())
+        finally:
+            worker.replacing -= 1
+
     async def _replace(self, worker: Worker, pid: int, reason: str, how: str) -> None:
-        """Kill the worker that crashed or hung (by pid), keep its counters, start another."""
+        """Kill the worker that crashed or hung, keep its counters, start another."""
         if reason == "hung" and worker.pid == pid and not self._closing:
             worker.kill()  # now: a Plan being applied to it fails at once, not after 10 s
+        worker.replacing += 1
+        try:
+            await self._replace_locked(worker, pid, reason, how)
+        finally:
+            worker.replacing -= 1
+
+    async def _replace_locked(self, worker: Worker, pid: int, reason: str, how: str) -> None:
         async with self._lock:
             if self._closing or worker.pid != pid:
                 return  # already replaced (the exit watcher and the ping both saw it)
@@ -549,7 +638,7 @@ class ProxyEngine:
                 worker.kill()
                 if not await worker.gone(5.0):
                     self._event(worker, "unkillable", f"(pid {pid}) alive 5 s after SIGKILL")
-            worker.pid = None
+            worker.forget()
             await self._restart(worker, reason, began, pid)
 
     async def _restart(
@@ -575,7 +664,7 @@ class ProxyEngine:
         worker.failures = 0
         if self._last_plan is not None:
             try:
-                await self._give_plan(worker, self._last_plan)
+                await self._give_plan(worker, _apply_line(self._last_plan))
             except EngineError as exc:  # a listener that cannot be opened: its VIP is named
                 self._event(worker, "plan-failed", f"did not take the last Plan: {exc}")
         was = f"pid {old} -> " if old is not None else ""
@@ -622,6 +711,8 @@ class ProxyEngine:
         spares = [self.spare] if self.spare is not None and self.spare.pid is not None else []
         if keep_running:  # the workers serve their last Plan; the next `pacslb run` adopts them
             await asyncio.gather(*(s.stop() for s in spares))  # it serves nothing
+            for worker in self.workers:
+                worker.forget()
             return
         async with self._lock:
             running = [w for w in self.workers if w.pid is not None]

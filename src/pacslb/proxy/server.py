@@ -8,6 +8,7 @@ Unix socket (JSON lines):
     {"cmd": "apply", "plan": {...}}  -> {"ok": true}  | {"ok": false, "error": "..."}
     {"cmd": "counters"}              -> {"ok": true, "result": {service: {server: {...}}}}
     {"cmd": "notices"}               -> {"ok": true, "result": [{message, service, server, at}]}
+    {"cmd": "report"}                -> {"ok": true, "result": {"counters": ..., "notices": [...]}}
     {"cmd": "serve-as", "socket": PATH, "log": PATH}  -> {"ok": true}
     {"cmd": "ping"} / {"cmd": "stop"}
 
@@ -262,6 +263,9 @@ class ProxyControl:
                 return {"ok": True, "result": self.proxy.counters()}
             if cmd == "notices":
                 return {"ok": True, "result": notices.take()}
+            if cmd == "report":  # the watchdog's one read a second: counters and notices
+                report = {"counters": self.proxy.counters(), "notices": notices.take()}
+                return {"ok": True, "result": report}
             if cmd == "ping":
                 plan = self.proxy.plan
                 return {
