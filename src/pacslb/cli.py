@@ -408,7 +408,10 @@ def cmd_reload(args: argparse.Namespace) -> int:
     from pacslb.control.local import request
 
     result = request(_state_dir(args), {"cmd": "reload"})
-    print(f"applied revision {result['revision']}")
+    if result.get("changed", True):
+        print(f"applied revision {result['revision']}")
+    else:
+        print(f"nothing changed: the file holds revision {result['revision']}, the config in force")
     return EXIT_OK
 
 
