@@ -147,7 +147,10 @@ def cmd_config(args: argparse.Namespace) -> int:
 
     store = ConfigStore(args.state_dir)
     if args.action == "list":
-        for rev in store.revisions():
+        revisions = store.revisions()
+        if not revisions:
+            print(f"no config revisions in {Path(args.state_dir)} (is it the state directory?)")
+        for rev in revisions:
             print(f"{rev.number:>6}  {rev.created}  {rev.author or '-':<12} {rev.comment}")
     elif args.action == "show":
         sys.stdout.write(store.text(args.a))
@@ -286,7 +289,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"{w['worker']} pid {w['pid'] or '-'} {w['state']} restarts={w['restarts']}"
             for w in proxy["workers"]
         )
-        print(f"proxy workers: {workers}")
+        spare = f"  spare pid {proxy['spare']}" if proxy.get("spare") else ""
+        restarts = sorted(proxy.get("restarts", {}).items())
+        faults = ", ".join(f"{n} {why}" for why, n in restarts if n)
+        print(f"proxy workers: {workers}{spare}" + (f"  (replaced: {faults})" if faults else ""))
     for svc in status["services"]:
         ports = ",".join(str(p) for p in svc["ports"])
         print(
@@ -408,7 +414,10 @@ def cmd_reload(args: argparse.Namespace) -> int:
     from pacslb.control.local import request
 
     result = request(_state_dir(args), {"cmd": "reload"})
-    print(f"applied revision {result['revision']}")
+    if result.get("changed", True):
+        print(f"applied revision {result['revision']}")
+    else:
+        print(f"nothing changed: the file holds revision {result['revision']}, the config in force")
     return EXIT_OK
 
 

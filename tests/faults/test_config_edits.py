@@ -7,6 +7,9 @@ the file's own text; a Save that changes nothing makes no revision."""
 
 from __future__ import annotations
 
+import shlex
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import ExitStack
 from html.parser import HTMLParser
@@ -122,6 +125,28 @@ def test_a_hand_edit_is_never_overwritten_by_an_api_change(lb: tuple[Pacslb, str
     assert "{label: Srv4, address: 127.10.9.5, port: 18084}" in text
     assert "{label: Srv3, address: 127.10.9.4, port: 18083}" in text
     assert run.api("GET", "/config/revisions/3").text == text  # the revision is the file
+
+
+def test_the_discard_command_of_the_refusal_restores_the_file(
+    lb: tuple[Pacslb, str], tmp_path: Path
+) -> None:
+    """The 409 says how to discard a hand edit: run as given, from any directory, it puts the
+    running revision back. (It once read `config show N > FILE` without the state directory:
+    show failed, and the shell had already emptied the file.)"""
+    run, original = lb
+    run.config.write_text(original.replace("weight: 100}", "weight: 90}"))
+    r = run.api("POST", "/virtual_services/Viewer/real_servers", NEW_SERVER)
+    assert r.status_code == 409, r.text
+    command = r.json()["detail"].split("discard it (", 1)[1].split("), then", 1)[0]
+    assert command.startswith("pacslb config show 1 --state-dir "), command
+    cli = f"{shlex.quote(sys.executable)} -m pacslb.cli"
+    done = subprocess.run(
+        ["bash", "-c", cli + command.removeprefix("pacslb")], cwd=tmp_path, timeout=60
+    )
+    assert done.returncode == 0
+    assert run.config.read_text() == original
+    r = run.api("POST", "/virtual_services/Viewer/real_servers", NEW_SERVER)
+    assert r.status_code == 201, r.text
 
 
 def test_an_api_change_keeps_the_files_comments_and_spelling(lb: tuple[Pacslb, str]) -> None:

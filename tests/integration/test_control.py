@@ -199,6 +199,8 @@ def test_reload_applies_a_good_config_and_refuses_a_bad_one(
         write_config(config, web_peers)
         assert run.cli("reload").stdout.strip() == "applied revision 2"
         run.wait_for("Srv2", 5, health="up")
+        again = run.cli("reload").stdout.strip()
+        assert again == "nothing changed: the file holds revision 2, the config in force"
         config.write_text(
             config.read_text().replace(
                 "mode: l7-http", "mode: l4-dr\n    persistence: {type: http-cookie}"

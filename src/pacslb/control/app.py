@@ -331,8 +331,9 @@ class ControlProcess:
             except ConfigError as exc:
                 self._record("config", f"reload refused: {len(exc.problems)} problems")
                 raise
+            changed = text != self._text
             rev = await self._commit(text, comment, "", write_file=False)
-            return await self._apply(rev, text, config, comment)
+            return {**await self._apply(rev, text, config, comment), "changed": changed}
 
     async def apply_config(
         self, new: c.Config | dict[str, Any] | str, comment: str = "", by: str = ""
@@ -430,7 +431,7 @@ class ControlProcess:
                         exc.errno,
                     ) from None
                 if not untouched:
-                    raise HandEdited(self.config_path, self.revision)
+                    raise HandEdited(self.config_path, self.revision, self.state_dir)
             latest = self.store.latest()
             rev = self.store.save(text, comment=comment, author=by, base_dir=base, validated=True)
             if not write_file:

@@ -66,12 +66,16 @@ class HandEdited(ConfigConflict):
     overwrite that edit, so it is refused; the operator reloads the file or discards the edit.
     """
 
-    def __init__(self, path: Path, revision: int) -> None:
+    def __init__(self, path: Path, revision: int, state_dir: Path) -> None:
+        # The discard command writes a new file and renames it only once `config show` has
+        # succeeded: `show N > FILE` would empty the file first, even when show fails.
+        new = f"{path}.revision-{revision}"
         super().__init__(
             f"the config file {path} was edited by hand since revision {revision} (the running "
             f"config); nothing was applied and the edit is kept. Apply the edit first "
-            f"(pacslb reload), or discard it (pacslb config show {revision} > {path}), "
-            f"then make this change again"
+            f"(pacslb reload --state-dir {state_dir}), or discard it (pacslb config show "
+            f"{revision} --state-dir {state_dir} > {new} && mv {new} {path}), then make this "
+            f"change again"
         )
         self.path, self.revision = path, revision
 

@@ -97,7 +97,7 @@ STATE_WORDS = {  # the word beside each colour: colour alone is not enough
     "drain": "drain",
     "halt": "halt",
     "unknown": "not checked",
-    "partial": "degraded",
+    "partial": "some down",
 }
 
 
@@ -236,11 +236,13 @@ def colour(rs: dict[str, Any]) -> str:
 
 
 def service_colour(servers: list[dict[str, Any]]) -> str:
-    """Green when every real server is up, amber when some are not, red when none takes traffic."""
+    """Red when no real server takes new connections, amber when some are down or not checked
+    yet, else green: a drain or halt is the operator's choice, not a fault of the service (and
+    "degraded" is the word for a node running its last good revision)."""
     colours = [colour(rs) for rs in servers]
-    if not colours or all(c in ("down", "halt") for c in colours):
+    if not any(c in ("up", "unknown") for c in colours):
         return "down"
-    return "up" if all(c == "up" for c in colours) else "partial"
+    return "partial" if any(c in ("down", "unknown") for c in colours) else "up"
 
 
 @router.get("/", response_class=HTMLResponse)

@@ -108,9 +108,19 @@ def parse_yaml_node(text: str, source: str = "") -> tuple[Any, yaml.Node | None]
         loader.dispose()
 
 
+EMPTY = (
+    "the file holds no settings (it is empty, or only comments): a config starts with "
+    "`version: 1`; to run with no virtual services, write `virtual_services: []`"
+)
+
+
 def load_text(text: str, source: str = "", file_exists: FileExists | None = None) -> c.Config:
     """YAML text -> a valid Config, or ConfigError listing every problem with its line."""
     data, node = parse_yaml_node(text, source)
+    if data is None:
+        # An emptied file (a failed `show > FILE`, a full disk, a truncated copy) is the most
+        # common bad file: read as a config with no services, a reload would stop every one.
+        raise ConfigError([Problem("", EMPTY)], source)
     return load_data(data, source, file_exists, node=node)
 
 
@@ -132,12 +142,18 @@ def dump_data(config: c.Config) -> dict[str, Any]:
     return data
 
 
-class _Dumper(yaml.SafeDumper):
-    """Lays YAML out as DESIGN.md's examples do: nested lists indented, short lists and
-    mappings of plain values on one line (`ports: [4000, 5000]`, `- {label: Srv1, ...}`)."""
+class IndentedDumper(yaml.SafeDumper):
+    """Nested lists indented under their key (`real_servers:` then `  - ...`), as the top-level
+    list is: one indentation throughout, which is what core/yaml_edit keeps when it edits a
+    file (a file that mixes both is re-indented by its first edit)."""
 
     def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
         super().increase_indent(flow, False)
+
+
+class _Dumper(IndentedDumper):
+    """Lays YAML out as DESIGN.md's examples do: nested lists indented, short lists and
+    mappings of plain values on one line (`ports: [4000, 5000]`, `- {label: Srv1, ...}`)."""
 
 
 def _scalar(value: Any) -> bool:

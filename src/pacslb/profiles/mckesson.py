@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from pacslb.core.validate import load_data
+from pacslb.core.validate import IndentedDumper, load_data
 
 VARIANTS = ("dr", "nat-l7", "proxy")
 SERVICE_KEYS = ("dicom", "web", "manager", "crv", "cardiology")
@@ -216,5 +216,7 @@ def render(
 
 def _dump(value: Any, flow: bool | None = None) -> str:
     # flow=None: block style outside, `{a: 1}` for leaf mappings, as the DESIGN example reads.
-    text: str = yaml.safe_dump(value, sort_keys=False, default_flow_style=flow, width=100)
+    text: str = yaml.dump(
+        value, Dumper=IndentedDumper, sort_keys=False, default_flow_style=flow, width=100
+    )
     return text

@@ -92,3 +92,18 @@ def test_dicom_echo_form_keeps_ae_titles_as_text_and_drops_http_fields() -> None
     }
     back = service_from_form({"health_check": check}, {**form, "health_check.type": "http"})
     assert back["health_check"] == {"type": "http", "path": "/ignored", "interval": 10}
+
+
+def test_a_service_is_amber_only_for_servers_down_not_for_the_operators_choices() -> None:
+    from pacslb.control.webui import service_colour
+
+    def rs(health: str, admin: str = "online") -> dict[str, str]:
+        return {"health": health, "admin": admin}
+
+    assert service_colour([rs("up"), rs("up", "drain")]) == "up"
+    assert service_colour([rs("up"), rs("up", "halt")]) == "up"
+    assert service_colour([rs("up"), rs("down")]) == "partial"
+    assert service_colour([rs("up"), rs("unknown")]) == "partial"
+    assert service_colour([rs("up", "drain"), rs("down")]) == "down"  # nothing takes new clients
+    assert service_colour([rs("up", "halt"), rs("up", "halt")]) == "down"
+    assert service_colour([]) == "down"

@@ -279,6 +279,11 @@ def test_non_mapping_and_empty_configs() -> None:
     with pytest.raises(ConfigError, match="mapping"):
         load_data([1, 2])
     assert load_data(None).virtual_services == []
+    # A file with no settings at all is refused: an emptied file must not stop every service.
+    for text in ("", "\n", "# only a comment\n"):
+        with pytest.raises(ConfigError, match="holds no settings"):
+            load_text(text, "pacslb.yaml")
+    assert load_text("virtual_services: []\n").virtual_services == []
 
 
 def test_format_path() -> None:

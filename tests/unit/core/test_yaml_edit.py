@@ -192,3 +192,23 @@ def test_a_deleted_entry_keeps_the_comments_that_introduce_the_next() -> None:
     out = edit(text, without)
     assert "  # The manager, on port 80\n  - label: McK-RadiologyManager\n" in out
     assert "McK-Radiology_DICOM" not in out
+
+
+def test_a_profile_file_is_edited_line_by_line() -> None:
+    """The file `pacslb profile` (and so `make run`) writes keeps every untouched line through
+    an API change: it indents nested lists as the top-level one, the one layout the editor
+    keeps (a first change once re-indented all 21 real-server lines of the demo)."""
+    from pacslb.profiles import mckesson
+
+    data, examples = mckesson.build("proxy")
+    text = mckesson.render(data, "proxy", examples)
+    old = load_text(text)
+    plain = dump_data(old)
+    servers = plain["virtual_services"][2]["real_servers"]
+    servers.append({"label": "Srv3", "address": "10.10.0.9"})
+    edited = edit_text(text, old, c.Config.model_validate(plain))
+    before, after = text.splitlines(), edited.splitlines()
+    assert [line for line in after if line not in before] == [
+        "      - {label: Srv3, address: 10.10.0.9}"
+    ]
+    assert [line for line in before if line not in after] == []

@@ -6,7 +6,7 @@
 
   // The word beside each colour (webui.STATE_WORDS): colour alone is not enough.
   const WORDS = { up: "up", down: "down", drain: "drain", halt: "halt", unknown: "not checked",
-    partial: "degraded" };
+    partial: "some down" };
 
   function colour(rs) {
     if (rs.admin === "halt") return "halt";
@@ -32,9 +32,9 @@
     box.hidden = false;
   }
 
-  function serviceColour(colours) {
-    if (!colours.length || colours.every((c) => c === "down" || c === "halt")) return "down";
-    return colours.every((c) => c === "up") ? "up" : "partial";
+  function serviceColour(colours) {  // webui.service_colour
+    if (!colours.some((c) => c === "up" || c === "unknown")) return "down";
+    return colours.some((c) => c === "down" || c === "unknown") ? "partial" : "up";
   }
 
   function paint(row, value) {
