@@ -35,6 +35,7 @@ from pacslb.control.store import (
     StorageError,
     absolute_paths,
     file_holds,
+    line_ending,
     read_config,
     storage_error,
     write_atomic,
@@ -441,8 +442,12 @@ class ControlProcess:
                 mode = self.config_path.stat().st_mode & 0o777
             except FileNotFoundError:
                 mode = 0o600
+            # The operator's line endings are kept (CRLF from an editor on Windows): the file
+            # still reads as the revision, and a diff of it shows only the change.
+            ending = line_ending(self.config_path)
+            written = text if "\r" in text else text.replace("\n", ending)
             try:
-                write_atomic(self.config_path, text.encode(), mode)
+                write_atomic(self.config_path, written.encode(), mode)
             except OSError as exc:
                 refused = storage_error(exc, "config disk")
                 if not created:

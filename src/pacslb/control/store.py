@@ -81,12 +81,25 @@ class HandEdited(ConfigConflict):
 
 
 def file_holds(path: Path, text: str) -> bool:
-    """Whether the file at `path` holds `text` byte for byte (a missing file holds nothing that
-    could be lost: True); OSError when it cannot be read."""
+    """Whether the file at `path` holds `text` as `read_config` reads it: line endings aside
+    (an editor on Windows saves CRLF; the revision holds LF). A missing file holds nothing that
+    could be lost: True; one that is not UTF-8 was not written by pacslb: False (an edit).
+    OSError when it cannot be read."""
     try:
-        return path.read_bytes() == text.encode()
+        return path.read_text(encoding="utf-8") == text
     except FileNotFoundError:
         return True
+    except UnicodeDecodeError:
+        return False
+
+
+def line_ending(path: Path) -> str:
+    """The line ending the file at `path` uses ("\r\n" or "\n"): a rewrite keeps it, so an
+    operator's editor does not see every line change. "\n" when it cannot be read."""
+    try:
+        return "\r\n" if b"\r\n" in path.read_bytes() else "\n"
+    except OSError:
+        return "\n"
 
 
 class StorageError(PacslbError):

@@ -80,3 +80,34 @@ def test_an_edit_that_cannot_be_made_in_place_rewrites_the_file_and_says_so(
         assert process.store.text(2) == process.config_path.read_text()
         events = client.get("/api/v1/events", params={"kind": "config"}).json()
         assert any("layout could not be kept" in e["message"] for e in events)
+
+
+def test_a_file_with_windows_line_endings_takes_changes_and_keeps_them(tmp_path: Path) -> None:
+    """An editor on Windows saves CRLF: the file still holds the running config (as read, line
+    endings aside), so a change goes in, and the file keeps its CRLF. (Compared byte for byte,
+    every change was refused as a hand edit, and a reload did not help.)"""
+    with web_client(tmp_path) as (client, process):
+        h = headers(login(client))
+        process.config_path.write_bytes(CONFIG.replace("\n", "\r\n").encode())
+        body = client.get("/api/v1/virtual_services/Web/real_servers/Srv2").json()
+        r = client.put(
+            "/api/v1/virtual_services/Web/real_servers/Srv2", json={**body, "weight": 7}, headers=h
+        )
+        assert r.status_code == 200 and r.json()["revision"] == 2, r.text
+        raw = process.config_path.read_bytes()
+        assert raw.count(b"\r\n") == raw.count(b"\n"), raw  # every line still ends in CRLF
+        assert raw.decode().replace("\r\n", "\n") == process.store.text(2)
+        assert "port: 18082, weight: 7}" in process.store.text(2)
+
+
+def test_a_file_that_is_not_utf8_is_a_hand_edit(tmp_path: Path) -> None:
+    with web_client(tmp_path) as (client, process):
+        h = headers(login(client))
+        edited = CONFIG.encode() + b"# caf\xe9 (latin-1)\n"
+        process.config_path.write_bytes(edited)
+        body = client.get("/api/v1/virtual_services/Web/real_servers/Srv2").json()
+        r = client.put(
+            "/api/v1/virtual_services/Web/real_servers/Srv2", json={**body, "weight": 7}, headers=h
+        )
+        assert r.status_code == 409 and "edited by hand" in r.json()["detail"], r.text
+        assert process.config_path.read_bytes() == edited
