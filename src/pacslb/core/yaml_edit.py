@@ -19,10 +19,11 @@ import itertools
 import re
 from typing import Any
 
+import yaml as pyyaml
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import YAMLError
-from ruamel.yaml.scalarstring import ScalarString
+from ruamel.yaml.scalarstring import ScalarString, SingleQuotedScalarString
 
 from pacslb import config as c
 from pacslb.core.validate import dump_data
@@ -31,6 +32,10 @@ from pacslb.core.validate import dump_data
 LABELLED = frozenset({"virtual_services", "real_servers"})
 WIDTH = 4096  # never fold a long line the operator wrote on one
 _MISSING: Any = object()
+# pacslb reads configs with PyYAML (YAML 1.1): its resolver says which plain words it would not
+# read back as text (`On`, `yes`, `No` are booleans there; ruamel.yaml writes YAML 1.2).
+_YAML_1_1 = pyyaml.resolver.Resolver()
+_TEXT = "tag:yaml.org,2002:str"
 
 
 class EditError(ValueError):
@@ -197,9 +202,16 @@ def _following_comments(node: Any, key: Any) -> list[tuple[int, str]]:
 
 
 def _plain(value: Any) -> Any:
-    """Whole-number floats as the operator writes them (`interval: 5`, not `5.0`)."""
+    """Whole-number floats as the operator writes them (`interval: 5`, not `5.0`); text that
+    YAML 1.1 would read as something else quoted (`label: 'On'`)."""
     if isinstance(value, float) and value.is_integer():
         return int(value)
+    if (
+        isinstance(value, str)
+        and not isinstance(value, ScalarString)
+        and _YAML_1_1.resolve(pyyaml.ScalarNode, value, (True, False)) != _TEXT  # type: ignore[no-untyped-call]
+    ):
+        return SingleQuotedScalarString(value)
     return value
 
 
