@@ -391,17 +391,22 @@ class ControlProcess:
     ) -> tuple[str, c.Config, str]:
         """`text` (the running revision) edited to hold `new`, validated; when the edit cannot
         be made in place (YAML anchors, say) the whole file is written out again, and the
-        third value says why (else "")."""
+        third value says why (else "").
+
+        Every outcome of the edit goes through the same net: the edited text must load and
+        hold exactly `new`, else it is not used (the change itself is never lost to it)."""
         base = self.config_path.resolve().parent
         wanted = absolute_paths(new, base)
         try:
             edited = edit_text(text, old, new)
+            config = absolute_paths(load_text(edited, source, exists), base)
         except EditError as exc:
             reason = str(exc)
+        except ConfigError as exc:
+            reason = f"an edit in place would not read back: {(exc.problems or [exc])[0]}"
         except Exception as exc:  # a ruamel.yaml surprise must not cost the change itself
             reason = f"{type(exc).__name__}: {exc}"
         else:
-            config = absolute_paths(load_text(edited, source, exists), base)
             if config == wanted:
                 return edited, config, ""
             reason = "an edit in place would also change other settings (YAML anchors?)"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 from tests.webapp import CONFIG, headers, login, web_client
 
@@ -111,3 +112,40 @@ def test_a_file_that_is_not_utf8_is_a_hand_edit(tmp_path: Path) -> None:
         )
         assert r.status_code == 409 and "edited by hand" in r.json()["detail"], r.text
         assert process.config_path.read_bytes() == edited
+
+
+def test_a_server_renamed_to_a_yaml_1_1_boolean_word_is_saved_as_text(tmp_path: Path) -> None:
+    """`On` is text in YAML 1.2 (ruamel.yaml writes it bare) but true in YAML 1.1 (PyYAML
+    reads the file): the WebUI's rename once answered 422 `label: must be text (got True)`."""
+    with web_client(tmp_path) as (client, process):
+        login(client)
+        form = {"csrf_token": csrf_of(client), "label": "On"}
+        r = client.post("/services/Web/servers/Srv2", data=form, follow_redirects=False)
+        assert r.status_code == 303, r.text[:500]
+        labels = [rs.label for rs in process.config.virtual_services[0].real_servers]
+        assert labels == ["Srv1", "On"]
+        assert "label: 'On'" in process.config_path.read_text()
+
+
+def test_an_edit_in_place_that_does_not_load_falls_back_to_a_full_rewrite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The safety net under the edit in place: whatever it writes must load and hold the new
+    config, else the file is written out whole (and an event says the layout was lost)."""
+    import pacslb.control.app as app_module
+
+    def broken_edit(text: str, old: object, new: object) -> str:  # a ruamel.yaml surprise
+        return text.replace("label: Srv2", "label: On")
+
+    monkeypatch.setattr(app_module, "edit_text", broken_edit)
+    with web_client(tmp_path) as (client, process):
+        h = headers(login(client))
+        body = client.get("/api/v1/virtual_services/Web/real_servers/Srv2").json()
+        r = client.put(
+            "/api/v1/virtual_services/Web/real_servers/Srv2", json={**body, "weight": 7}, headers=h
+        )
+        assert r.status_code == 200 and r.json()["revision"] == 2, r.text
+        assert process.store.text(2) == process.config_path.read_text()
+        assert process.config.virtual_services[0].real_servers[1].weight == 7
+        events = client.get("/api/v1/events", params={"kind": "config"}).json()
+        assert any("layout could not be kept" in e["message"] for e in events), events
