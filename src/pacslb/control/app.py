@@ -375,8 +375,6 @@ class ControlProcess:
         if prepared is None:
             return {"revision": base_revision, "changed": False}
         text, config, layout_lost = prepared
-        if layout_lost:
-            self._record("config", f"the config file's layout could not be kept: {layout_lost}")
         async with self._commit_lock:
             if self.revision != base_revision:
                 raise ConfigConflict(
@@ -384,6 +382,8 @@ class ControlProcess:
                     f"{base_revision} -> {self.revision}); nothing was applied: retry it"
                 )
             rev = await self._commit(text, comment or source, by, write_file=True)
+            if layout_lost:  # only once the file was rewritten: a refused change lost nothing
+                self._record("config", f"the config file's layout could not be kept: {layout_lost}")
             return {**await self._apply(rev, text, config, comment or source), "changed": True}
 
     def _edited_text(

@@ -149,3 +149,21 @@ def test_an_edit_in_place_that_does_not_load_falls_back_to_a_full_rewrite(
         assert process.config.virtual_services[0].real_servers[1].weight == 7
         events = client.get("/api/v1/events", params={"kind": "config"}).json()
         assert any("layout could not be kept" in e["message"] for e in events), events
+
+
+def test_a_refused_change_does_not_say_the_layout_was_lost(tmp_path: Path) -> None:
+    """The layout event is for a file that was rewritten: a change refused (here: the file was
+    edited by hand) wrote nothing, so nothing was lost."""
+    with web_client(tmp_path, ANCHORED.replace("ports: [4000, 5000]", "ports: [4000]")) as (
+        client,
+        process,
+    ):
+        h = headers(login(client))
+        process.config_path.write_text(process.config_path.read_text() + "# by hand\n")
+        service = client.get("/api/v1/virtual_services/Web").json()
+        service["health_check"]["interval"] = 9
+        r = client.put("/api/v1/virtual_services/Web", json=service, headers=h)
+        assert r.status_code == 409, r.text
+        events = client.get("/api/v1/events", params={"kind": "config"}).json()
+        assert any("change refused" in e["message"] for e in events), events
+        assert not any("layout could not be kept" in e["message"] for e in events), events
