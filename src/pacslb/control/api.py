@@ -451,7 +451,7 @@ async def rollback(request: Request, number: int, who: Admin) -> dict[str, Any]:
     process = process_of(request)
     text = process.store.text(number)
     result = await process.apply_config(text, f"rollback to revision {number}", by=who.name)
-    return {"applied": True, **result}
+    return {"applied": result["changed"], **result}  # to the revision in force: nothing to do
 
 
 # --- events and engines ---------------------------------------------------------------------

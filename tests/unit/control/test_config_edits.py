@@ -167,3 +167,22 @@ def test_a_refused_change_does_not_say_the_layout_was_lost(tmp_path: Path) -> No
         events = client.get("/api/v1/events", params={"kind": "config"}).json()
         assert any("change refused" in e["message"] for e in events), events
         assert not any("layout could not be kept" in e["message"] for e in events), events
+
+
+def test_nothing_changed_is_said_so_by_the_api_and_the_webui(tmp_path: Path) -> None:
+    """A rollback to the revision in force and a Save of the form as shown change nothing: the
+    API answers applied false, the WebUI says "nothing changed" (not "Saved ...")."""
+    with web_client(tmp_path) as (client, process):
+        h = headers(login(client))
+        r = client.post("/api/v1/config/rollback/1", headers=h)
+        assert r.status_code == 200, r.text
+        assert r.json()["changed"] is False and r.json()["applied"] is False, r.text
+        weight = process.config.virtual_services[0].real_servers[1].weight
+        form = {"csrf_token": csrf_of(client), "weight": str(weight)}
+        for url, data in [("/services/Web/servers/Srv2", form), ("/revisions/1/rollback", {})]:
+            r = client.post(url, data={**form, **data}, follow_redirects=False)
+            assert r.status_code == 303 and "done=unchanged" in r.headers["location"], url
+            shown = client.get(r.headers["location"]).text
+            assert "Nothing changed: revision 1 is in force." in shown, url
+            assert "Saved" not in shown and "Rolled back" not in shown, url
+        assert [rev.number for rev in process.store.revisions()] == [1]
