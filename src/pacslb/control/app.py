@@ -111,8 +111,11 @@ class ControlProcess:
         self.keep_data_plane = False
         self._started_up = False  # start() has finished: every engine was given its first Plan
         # Started from the last good revision because the file was broken (control/startup.py):
-        # degraded until a config is applied again (a reload of the fixed file, a change that
-        # rewrites it): any apply replaces self.config, even with the same text.
+        # degraded until a config is applied again, which is a reload of the fixed file: an
+        # API/WebUI change is refused while the file does not hold the running revision (it
+        # would overwrite the operator's file; HandEdited says the file is the broken one).
+        # Once the file holds it again (the refusal's discard command), a change ends it too:
+        # any apply replaces self.config, even with the same text.
         self.broken_file = broken_file
         self._fallback_config: c.Config | None = None
         self.placement_problems = tuple(placement_problems)  # `pacslb run --degraded` started
@@ -437,7 +440,8 @@ class ControlProcess:
                         exc.errno,
                     ) from None
                 if not untouched:
-                    raise HandEdited(self.config_path, self.revision, self.state_dir)
+                    broken = bool(self.degraded())  # still on the last good revision
+                    raise HandEdited(self.config_path, self.revision, self.state_dir, broken)
             latest = self.store.latest()
             rev = self.store.save(text, comment=comment, author=by, base_dir=base, validated=True)
             if not write_file:

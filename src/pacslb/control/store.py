@@ -64,20 +64,33 @@ class HandEdited(ConfigConflict):
     """The config file no longer holds the running revision: someone edited it by hand (and
     has not reloaded it, or the reload was refused). A change from the API or WebUI would
     overwrite that edit, so it is refused; the operator reloads the file or discards the edit.
+
+    `broken`: the process started from the last good revision because the file could not be
+    used; the file is the operator's (broken) one, to be fixed and reloaded.
     """
 
-    def __init__(self, path: Path, revision: int, state_dir: Path) -> None:
+    def __init__(self, path: Path, revision: int, state_dir: Path, broken: bool = False) -> None:
         # The discard command writes a new file and renames it only once `config show` has
         # succeeded: `show N > FILE` would empty the file first, even when show fails.
         new = f"{path}.revision-{revision}"
-        super().__init__(
-            f"the config file {path} was edited by hand since revision {revision} (the running "
-            f"config); nothing was applied and the edit is kept. Apply the edit first "
-            f"(pacslb reload --state-dir {state_dir}), or discard it (pacslb config show "
-            f"{revision} --state-dir {state_dir} > {new} && mv {new} {path}), then make this "
-            f"change again"
+        discard = (
+            f"discard it (pacslb config show {revision} --state-dir {state_dir} > {new} && "
+            f"mv {new} {path}), then make this change again"
         )
-        self.path, self.revision = path, revision
+        if broken:
+            super().__init__(
+                f"the config file {path} could not be used at start (pacslb check {path}) and "
+                f"revision {revision}, the last good one, is running; nothing was applied and "
+                f"the file is kept. Either fix the file and reload it (pacslb reload "
+                f"--state-dir {state_dir}), or {discard}"
+            )
+        else:
+            super().__init__(
+                f"the config file {path} was edited by hand since revision {revision} (the "
+                f"running config); nothing was applied and the edit is kept. Apply the edit "
+                f"first (pacslb reload --state-dir {state_dir}), or {discard}"
+            )
+        self.path, self.revision, self.broken = path, revision, broken
 
 
 def file_holds(path: Path, text: str) -> bool:

@@ -446,7 +446,8 @@ async def _apply_form(
         errors, other = field_errors(exc.problems, prefix, set(await form_of(request)))
         return page(request, who, template, 422, errors=errors, other=other, **context)
     except HandEdited as exc:
-        return page(request, who, template, 409, errors={}, other=[], conflict=str(exc), **context)
+        conflict = {"conflict": str(exc), "conflict_broken": exc.broken}
+        return page(request, who, template, 409, errors={}, other=[], **conflict, **context)
     except (StorageError, ConfigConflict) as exc:  # refused whole, with its reason
         status = 409 if isinstance(exc, ConfigConflict) else 507 if exc.disk_full else 500
         return page(request, who, template, status, errors={}, other=[str(exc)], **context)

@@ -10,6 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 from tests.webapp import CONFIG, headers, login, web_client
 
+from pacslb.control.startup import BrokenFile
+
 
 def csrf_of(client: TestClient) -> str:
     found = re.search(r'name="csrf-token" content="([^"]+)"', client.get("/").text)
@@ -186,3 +188,32 @@ def test_nothing_changed_is_said_so_by_the_api_and_the_webui(tmp_path: Path) -> 
             assert "Nothing changed: revision 1 is in force." in shown, url
             assert "Saved" not in shown and "Rolled back" not in shown, url
         assert [rev.number for rev in process.store.revisions()] == [1]
+
+
+def test_a_change_while_the_broken_file_is_in_use_names_the_broken_file(tmp_path: Path) -> None:
+    """Started from the last good revision because the file is broken: a change is refused (it
+    would overwrite the operator's file), and the refusal says the file is the broken one, to
+    be fixed and reloaded, not "edited by hand"."""
+    path = tmp_path / "pacslb.yaml"
+    broken = BrokenFile(path, ("Web › ports: must be ...",), 1)
+    with web_client(tmp_path, broken_file=broken) as (client, process):
+        h = headers(login(client))
+        path.write_text(CONFIG.replace("ports: [8080]", "ports: [80800]"))
+        assert process.degraded()
+        body = client.get("/api/v1/virtual_services/Web/real_servers/Srv2").json()
+        r = client.put(
+            "/api/v1/virtual_services/Web/real_servers/Srv2", json={**body, "weight": 7}, headers=h
+        )
+        assert r.status_code == 409, r.text
+        detail = r.json()["detail"]
+        assert "edited by hand" not in detail, detail
+        assert f"the config file {path} could not be used at start" in detail, detail
+        assert "revision 1, the last good one, is running" in detail, detail
+        assert "fix the file and reload it (pacslb reload --state-dir" in detail, detail
+        assert "discard it (pacslb config show 1 --state-dir" in detail, detail
+        assert "80800" in path.read_text()
+        login(client)
+        form = {"csrf_token": csrf_of(client), "weight": "7"}
+        r = client.post("/services/Web/servers/Srv2", data=form)
+        assert r.status_code == 409 and 'id="edit-conflict"' in r.text, r.text[:500]
+        assert "the last good revision is running" in r.text and "by hand" not in r.text
