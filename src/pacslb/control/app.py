@@ -34,6 +34,7 @@ from pacslb.control.store import (
     Revision,
     StorageError,
     absolute_paths,
+    file_exists,
     file_holds,
     line_ending,
     read_config,
@@ -360,8 +361,7 @@ class ControlProcess:
         base = self.config_path.resolve().parent
         source = f"{by or 'api'} change"
 
-        def exists(p: Path) -> bool:
-            return (p if p.is_absolute() else base / p).is_file()
+        exists = file_exists(base)
 
         def prepare() -> tuple[str, c.Config, str] | None:
             if isinstance(new, str):

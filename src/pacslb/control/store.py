@@ -39,7 +39,7 @@ from typing import Any
 from pacslb import config as c
 from pacslb.config import Config
 from pacslb.core.state import AdminState
-from pacslb.core.validate import load_text
+from pacslb.core.validate import FileExists, load_text
 from pacslb.errors import ConfigError, PacslbError, Problem
 
 INDEX_VERSION = 1
@@ -266,6 +266,12 @@ def unified_diff(old: str, new: str, old_name: str, new_name: str) -> str:
     return "".join(difflib.unified_diff(lines(old), lines(new), old_name, new_name))
 
 
+def file_exists(base: Path) -> FileExists:
+    """Whether a file a config names (a TLS file, a check program) exists, relative paths
+    taken from `base`, the config file's folder: what validation and applying both judge."""
+    return lambda p: (p if p.is_absolute() else base / p).is_file()
+
+
 def read_config(path: Path) -> tuple[str, Config]:
     """A config file's text and its validated Config; ConfigError lists every problem.
 
@@ -276,7 +282,7 @@ def read_config(path: Path) -> tuple[str, Config]:
         problem = Problem("", f"cannot read: {exc.strerror}")
         raise ConfigError([problem], str(path)) from None
     base = path.resolve().parent
-    config = load_text(text, str(path), lambda p: (p if p.is_absolute() else base / p).is_file())
+    config = load_text(text, str(path), file_exists(base))
     return text, absolute_paths(config, base)
 
 
@@ -382,7 +388,7 @@ class ConfigStore:
         """
         if not validated:
             base = base_dir or Path.cwd()
-            load_text(text, "new revision", lambda p: (p if p.is_absolute() else base / p).exists())
+            load_text(text, "new revision", file_exists(base))
         try:
             return self._commit(text, comment, author)
         except OSError as exc:

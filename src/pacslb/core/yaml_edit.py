@@ -26,7 +26,7 @@ from ruamel.yaml.error import YAMLError
 from ruamel.yaml.scalarstring import ScalarString, SingleQuotedScalarString
 
 from pacslb import config as c
-from pacslb.core.validate import dump_data
+from pacslb.core.validate import dump_data, flow_style
 
 # Lists whose items are matched by their `label`, not by position.
 LABELLED = frozenset({"virtual_services", "real_servers"})
@@ -215,16 +215,12 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _scalar(value: Any) -> bool:
-    return value is None or isinstance(value, str | int | float | bool)
-
-
 def _new_node(value: Any, like: Any = None) -> Any:
     """Plain data as YAML nodes laid out as `dump_text` does (short lists and mappings of plain
     values on one line), or in the style of `like`, a sibling entry."""
     if isinstance(value, dict):
         node = CommentedMap((k, _new_node(v)) for k, v in value.items())
-        flow = all(_scalar(v) for v in value.values()) and len(str(value)) < 80
+        flow = flow_style(value)
         if isinstance(like, CommentedMap):
             flow = flow and bool(like.fa.flow_style())
         if flow:
@@ -232,7 +228,7 @@ def _new_node(value: Any, like: Any = None) -> Any:
         return node
     if isinstance(value, list):
         seq = CommentedSeq(_new_node(v) for v in value)
-        if all(_scalar(v) for v in value) and len(str(value)) < 80:
+        if flow_style(value):
             seq.fa.set_flow_style()
         return seq
     return _plain(value)
