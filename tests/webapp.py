@@ -43,7 +43,9 @@ virtual_services:
 
 
 @contextlib.contextmanager
-def web_client(tmp_path: Path, text: str = CONFIG) -> Iterator[tuple[TestClient, ControlProcess]]:
+def web_client(
+    tmp_path: Path, text: str = CONFIG, **process_args: Any
+) -> Iterator[tuple[TestClient, ControlProcess]]:
     path = tmp_path / "pacslb.yaml"
     path.write_text(text)
     state = tmp_path / "state"
@@ -51,7 +53,7 @@ def web_client(tmp_path: Path, text: str = CONFIG) -> Iterator[tuple[TestClient,
     store = AuthStore(state)
     store.set_password("admin", PASSWORD, "admin")  # type: ignore[arg-type]
     store.set_password("viewer", READONLY_PASSWORD, "readonly")  # type: ignore[arg-type]
-    process = ControlProcess(path, config, text, engines=(), state_dir=state)
+    process = ControlProcess(path, config, text, engines=(), state_dir=state, **process_args)
     app = create_app(process, store)
     with TestClient(app, base_url="https://testserver") as client:
         client.portal.call(process.start)  # type: ignore[union-attr]

@@ -178,3 +178,26 @@ def test_a_save_that_changes_nothing_makes_no_revision(lb: tuple[Pacslb, str]) -
     assert revisions(run) == [1]
     assert run.config.read_text() == original
     assert run.cli_status()["revision"] == 1
+
+
+def test_a_file_with_windows_line_endings_takes_api_changes(tmp_path: Path) -> None:
+    """The operator's editor saves CRLF. The file read as the running revision, line endings
+    aside, so an API change goes in (it was refused as a hand edit for ever, reload or not),
+    and the file keeps its CRLF lines."""
+    host, vip = "127.10.17.1", "127.10.17.10"
+    config = tmp_path / "pacslb.yaml"
+    web_port = free_port(host)
+    text = profile(web_port, free_port(vip)).replace("127.10.9.", "127.10.17.")  # own block
+    config.write_bytes(text.replace("\n", "\r\n").encode())
+    with ExitStack() as stack:
+        run = Pacslb(config, tmp_path / "state", (host, web_port), tmp_path / "run.log")
+        run.start(stack)
+        assert run.cli("reload").returncode == 0  # the file is the running config
+        server = {"label": "Srv3", "address": "127.10.17.4", "port": 18083}
+        r = run.api("POST", "/virtual_services/Viewer/real_servers", server)
+        assert r.status_code == 201, r.text
+        raw = config.read_bytes()
+        assert raw.count(b"\r\n") == raw.count(b"\n"), raw
+        assert raw.decode().replace("\r\n", "\n") == run.api("GET", "/config/revisions/2").text
+        assert "# first\r\n" in raw.decode()  # the operator's comments are still there
+        run.stop()

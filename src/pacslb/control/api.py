@@ -31,6 +31,7 @@ from pacslb.control.auth import (
     security,
 )
 from pacslb.control.auth import LoginRefused as _LoginRefused
+from pacslb.control.store import file_exists as files_in
 from pacslb.core.auth import Role
 from pacslb.core.state import AdminState
 from pacslb.core.validate import FileExists, dump_text, format_path, load_data, load_text
@@ -53,8 +54,7 @@ def process_of(request: Request) -> ControlProcess:
 def file_exists(process: ControlProcess) -> FileExists:
     """Whether a file named in a config exists, as applying it will judge (relative paths are
     relative to the config file)."""
-    base = process.config_path.resolve().parent
-    return lambda path: (path if path.is_absolute() else base / path).is_file()
+    return files_in(process.config_path.resolve().parent)
 
 
 BODY_TIMEOUT = 30.0  # seconds to send a config to validate (a slow sender must not hold a lane)
@@ -451,7 +451,7 @@ async def rollback(request: Request, number: int, who: Admin) -> dict[str, Any]:
     process = process_of(request)
     text = process.store.text(number)
     result = await process.apply_config(text, f"rollback to revision {number}", by=who.name)
-    return {"applied": True, **result}
+    return {"applied": result["changed"], **result}  # to the revision in force: nothing to do
 
 
 # --- events and engines ---------------------------------------------------------------------

@@ -34,7 +34,9 @@ from pacslb.control.store import (
     Revision,
     StorageError,
     absolute_paths,
+    file_exists,
     file_holds,
+    line_ending,
     read_config,
     storage_error,
     write_atomic,
@@ -110,8 +112,11 @@ class ControlProcess:
         self.keep_data_plane = False
         self._started_up = False  # start() has finished: every engine was given its first Plan
         # Started from the last good revision because the file was broken (control/startup.py):
-        # degraded until a config is applied again (a reload of the fixed file, a change that
-        # rewrites it): any apply replaces self.config, even with the same text.
+        # degraded until a config is applied again, which is a reload of the fixed file: an
+        # API/WebUI change is refused while the file does not hold the running revision (it
+        # would overwrite the operator's file; HandEdited says the file is the broken one).
+        # Once the file holds it again (the refusal's discard command), a change ends it too:
+        # any apply replaces self.config, even with the same text.
         self.broken_file = broken_file
         self._fallback_config: c.Config | None = None
         self.placement_problems = tuple(placement_problems)  # `pacslb run --degraded` started
@@ -356,8 +361,7 @@ class ControlProcess:
         base = self.config_path.resolve().parent
         source = f"{by or 'api'} change"
 
-        def exists(p: Path) -> bool:
-            return (p if p.is_absolute() else base / p).is_file()
+        exists = file_exists(base)
 
         def prepare() -> tuple[str, c.Config, str] | None:
             if isinstance(new, str):
@@ -374,8 +378,6 @@ class ControlProcess:
         if prepared is None:
             return {"revision": base_revision, "changed": False}
         text, config, layout_lost = prepared
-        if layout_lost:
-            self._record("config", f"the config file's layout could not be kept: {layout_lost}")
         async with self._commit_lock:
             if self.revision != base_revision:
                 raise ConfigConflict(
@@ -383,6 +385,8 @@ class ControlProcess:
                     f"{base_revision} -> {self.revision}); nothing was applied: retry it"
                 )
             rev = await self._commit(text, comment or source, by, write_file=True)
+            if layout_lost:  # only once the file was rewritten: a refused change lost nothing
+                self._record("config", f"the config file's layout could not be kept: {layout_lost}")
             return {**await self._apply(rev, text, config, comment or source), "changed": True}
 
     def _edited_text(
@@ -390,17 +394,22 @@ class ControlProcess:
     ) -> tuple[str, c.Config, str]:
         """`text` (the running revision) edited to hold `new`, validated; when the edit cannot
         be made in place (YAML anchors, say) the whole file is written out again, and the
-        third value says why (else "")."""
+        third value says why (else "").
+
+        Every outcome of the edit goes through the same net: the edited text must load and
+        hold exactly `new`, else it is not used (the change itself is never lost to it)."""
         base = self.config_path.resolve().parent
         wanted = absolute_paths(new, base)
         try:
             edited = edit_text(text, old, new)
+            config = absolute_paths(load_text(edited, source, exists), base)
         except EditError as exc:
             reason = str(exc)
+        except ConfigError as exc:
+            reason = f"an edit in place would not read back: {(exc.problems or [exc])[0]}"
         except Exception as exc:  # a ruamel.yaml surprise must not cost the change itself
             reason = f"{type(exc).__name__}: {exc}"
         else:
-            config = absolute_paths(load_text(edited, source, exists), base)
             if config == wanted:
                 return edited, config, ""
             reason = "an edit in place would also change other settings (YAML anchors?)"
@@ -431,7 +440,8 @@ class ControlProcess:
                         exc.errno,
                     ) from None
                 if not untouched:
-                    raise HandEdited(self.config_path, self.revision, self.state_dir)
+                    broken = bool(self.degraded())  # still on the last good revision
+                    raise HandEdited(self.config_path, self.revision, self.state_dir, broken)
             latest = self.store.latest()
             rev = self.store.save(text, comment=comment, author=by, base_dir=base, validated=True)
             if not write_file:
@@ -441,8 +451,12 @@ class ControlProcess:
                 mode = self.config_path.stat().st_mode & 0o777
             except FileNotFoundError:
                 mode = 0o600
+            # The operator's line endings are kept (CRLF from an editor on Windows): the file
+            # still reads as the revision, and a diff of it shows only the change.
+            ending = line_ending(self.config_path)
+            written = text if "\r" in text else text.replace("\n", ending)
             try:
-                write_atomic(self.config_path, text.encode(), mode)
+                write_atomic(self.config_path, written.encode(), mode)
             except OSError as exc:
                 refused = storage_error(exc, "config disk")
                 if not created:

@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from pacslb import config as c
-from pacslb.control.store import ConfigStore, StateFileError, absolute_paths
+from pacslb.control.store import ConfigStore, StateFileError, absolute_paths, file_exists
 from pacslb.core.doctor import Finding, Level
 from pacslb.core.validate import load_text
 from pacslb.errors import ConfigError
@@ -70,11 +70,7 @@ def last_good(
     for rev in reversed(revisions):
         try:
             text = store.text(rev.number)
-            config = load_text(
-                text,
-                f"revision {rev.number}",
-                lambda p: (p if p.is_absolute() else base / p).is_file(),
-            )
+            config = load_text(text, f"revision {rev.number}", file_exists(base))
         except (StateFileError, ConfigError):
             continue
         problems = tuple(str(p) for p in error.problems)

@@ -39,7 +39,7 @@ from typing import Any
 from pacslb import config as c
 from pacslb.config import Config
 from pacslb.core.state import AdminState
-from pacslb.core.validate import load_text
+from pacslb.core.validate import FileExists, load_text
 from pacslb.errors import ConfigError, PacslbError, Problem
 
 INDEX_VERSION = 1
@@ -64,29 +64,55 @@ class HandEdited(ConfigConflict):
     """The config file no longer holds the running revision: someone edited it by hand (and
     has not reloaded it, or the reload was refused). A change from the API or WebUI would
     overwrite that edit, so it is refused; the operator reloads the file or discards the edit.
+
+    `broken`: the process started from the last good revision because the file could not be
+    used; the file is the operator's (broken) one, to be fixed and reloaded.
     """
 
-    def __init__(self, path: Path, revision: int, state_dir: Path) -> None:
+    def __init__(self, path: Path, revision: int, state_dir: Path, broken: bool = False) -> None:
         # The discard command writes a new file and renames it only once `config show` has
         # succeeded: `show N > FILE` would empty the file first, even when show fails.
         new = f"{path}.revision-{revision}"
-        super().__init__(
-            f"the config file {path} was edited by hand since revision {revision} (the running "
-            f"config); nothing was applied and the edit is kept. Apply the edit first "
-            f"(pacslb reload --state-dir {state_dir}), or discard it (pacslb config show "
-            f"{revision} --state-dir {state_dir} > {new} && mv {new} {path}), then make this "
-            f"change again"
+        discard = (
+            f"discard it (pacslb config show {revision} --state-dir {state_dir} > {new} && "
+            f"mv {new} {path}), then make this change again"
         )
-        self.path, self.revision = path, revision
+        if broken:
+            super().__init__(
+                f"the config file {path} could not be used at start (pacslb check {path}) and "
+                f"revision {revision}, the last good one, is running; nothing was applied and "
+                f"the file is kept. Either fix the file and reload it (pacslb reload "
+                f"--state-dir {state_dir}), or {discard}"
+            )
+        else:
+            super().__init__(
+                f"the config file {path} was edited by hand since revision {revision} (the "
+                f"running config); nothing was applied and the edit is kept. Apply the edit "
+                f"first (pacslb reload --state-dir {state_dir}), or {discard}"
+            )
+        self.path, self.revision, self.broken = path, revision, broken
 
 
 def file_holds(path: Path, text: str) -> bool:
-    """Whether the file at `path` holds `text` byte for byte (a missing file holds nothing that
-    could be lost: True); OSError when it cannot be read."""
+    """Whether the file at `path` holds `text` as `read_config` reads it: line endings aside
+    (an editor on Windows saves CRLF; the revision holds LF). A missing file holds nothing that
+    could be lost: True; one that is not UTF-8 was not written by pacslb: False (an edit).
+    OSError when it cannot be read."""
     try:
-        return path.read_bytes() == text.encode()
+        return path.read_text(encoding="utf-8") == text
     except FileNotFoundError:
         return True
+    except UnicodeDecodeError:
+        return False
+
+
+def line_ending(path: Path) -> str:
+    """The line ending the file at `path` uses ("\r\n" or "\n"): a rewrite keeps it, so an
+    operator's editor does not see every line change. "\n" when it cannot be read."""
+    try:
+        return "\r\n" if b"\r\n" in path.read_bytes() else "\n"
+    except OSError:
+        return "\n"
 
 
 class StorageError(PacslbError):
@@ -240,6 +266,12 @@ def unified_diff(old: str, new: str, old_name: str, new_name: str) -> str:
     return "".join(difflib.unified_diff(lines(old), lines(new), old_name, new_name))
 
 
+def file_exists(base: Path) -> FileExists:
+    """Whether a file a config names (a TLS file, a check program) exists, relative paths
+    taken from `base`, the config file's folder: what validation and applying both judge."""
+    return lambda p: (p if p.is_absolute() else base / p).is_file()
+
+
 def read_config(path: Path) -> tuple[str, Config]:
     """A config file's text and its validated Config; ConfigError lists every problem.
 
@@ -250,7 +282,7 @@ def read_config(path: Path) -> tuple[str, Config]:
         problem = Problem("", f"cannot read: {exc.strerror}")
         raise ConfigError([problem], str(path)) from None
     base = path.resolve().parent
-    config = load_text(text, str(path), lambda p: (p if p.is_absolute() else base / p).is_file())
+    config = load_text(text, str(path), file_exists(base))
     return text, absolute_paths(config, base)
 
 
@@ -356,7 +388,7 @@ class ConfigStore:
         """
         if not validated:
             base = base_dir or Path.cwd()
-            load_text(text, "new revision", lambda p: (p if p.is_absolute() else base / p).exists())
+            load_text(text, "new revision", file_exists(base))
         try:
             return self._commit(text, comment, author)
         except OSError as exc:

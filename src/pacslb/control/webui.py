@@ -90,6 +90,7 @@ NOTICES = {
     "online": "{server} of {service} is online.",
     "applied": "The current plan was applied again to every engine.",
     "rolledback": "Rolled back: revision {revision} is in force.",
+    "unchanged": "Nothing changed: revision {revision} is in force.",
 }
 STATE_WORDS = {  # the word beside each colour: colour alone is not enough
     "up": "up",
@@ -440,15 +441,18 @@ async def _apply_form(
     field (422) and nothing changed. A config file edited by hand is named in a box of its
     own (409): the operator must reload or discard that edit first."""
     try:
-        await process_of(request).apply_config(data, comment, by=who.name)
+        result = await process_of(request).apply_config(data, comment, by=who.name)
     except ConfigError as exc:
         errors, other = field_errors(exc.problems, prefix, set(await form_of(request)))
         return page(request, who, template, 422, errors=errors, other=other, **context)
     except HandEdited as exc:
-        return page(request, who, template, 409, errors={}, other=[], conflict=str(exc), **context)
+        conflict = {"conflict": str(exc), "conflict_broken": exc.broken}
+        return page(request, who, template, 409, errors={}, other=[], **conflict, **context)
     except (StorageError, ConfigConflict) as exc:  # refused whole, with its reason
         status = 409 if isinstance(exc, ConfigConflict) else 507 if exc.disk_full else 500
         return page(request, who, template, status, errors={}, other=[str(exc)], **context)
+    if not result["changed"]:  # no revision made: "Saved" would claim one
+        return back(done_url(done.split("?", 1)[0], "unchanged"))
     return back(done)
 
 

@@ -156,17 +156,22 @@ class _Dumper(IndentedDumper):
     mappings of plain values on one line (`ports: [4000, 5000]`, `- {label: Srv1, ...}`)."""
 
 
-def _scalar(value: Any) -> bool:
-    return value is None or isinstance(value, str | int | float | bool)
+def flow_style(value: list[Any] | dict[str, Any]) -> bool:
+    """Whether a list or mapping is written on one line (`ports: [4000, 5000]`): plain values
+    only, and short. Shared by dump_text and core/yaml_edit, so that both lay a config out
+    alike."""
+    items = value.values() if isinstance(value, dict) else value
+    plain = all(v is None or isinstance(v, str | int | float | bool) for v in items)
+    return plain and len(str(value)) < 80
 
 
 def _represent_list(dumper: _Dumper, data: list[Any]) -> Any:
-    flow = all(_scalar(v) for v in data) and len(str(data)) < 80
+    flow = flow_style(data)
     return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
 
 
 def _represent_dict(dumper: _Dumper, data: dict[str, Any]) -> Any:
-    flow = all(_scalar(v) for v in data.values()) and len(str(data)) < 80
+    flow = flow_style(data)
     return dumper.represent_mapping("tag:yaml.org,2002:map", data.items(), flow_style=flow)
 
 

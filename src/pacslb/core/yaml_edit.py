@@ -19,18 +19,23 @@ import itertools
 import re
 from typing import Any
 
+import yaml as pyyaml
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import YAMLError
-from ruamel.yaml.scalarstring import ScalarString
+from ruamel.yaml.scalarstring import ScalarString, SingleQuotedScalarString
 
 from pacslb import config as c
-from pacslb.core.validate import dump_data
+from pacslb.core.validate import dump_data, flow_style
 
 # Lists whose items are matched by their `label`, not by position.
 LABELLED = frozenset({"virtual_services", "real_servers"})
 WIDTH = 4096  # never fold a long line the operator wrote on one
 _MISSING: Any = object()
+# pacslb reads configs with PyYAML (YAML 1.1): its resolver says which plain words it would not
+# read back as text (`On`, `yes`, `No` are booleans there; ruamel.yaml writes YAML 1.2).
+_YAML_1_1 = pyyaml.resolver.Resolver()
+_TEXT = "tag:yaml.org,2002:str"
 
 
 class EditError(ValueError):
@@ -197,14 +202,17 @@ def _following_comments(node: Any, key: Any) -> list[tuple[int, str]]:
 
 
 def _plain(value: Any) -> Any:
-    """Whole-number floats as the operator writes them (`interval: 5`, not `5.0`)."""
+    """Whole-number floats as the operator writes them (`interval: 5`, not `5.0`); text that
+    YAML 1.1 would read as something else quoted (`label: 'On'`)."""
     if isinstance(value, float) and value.is_integer():
         return int(value)
+    if (
+        isinstance(value, str)
+        and not isinstance(value, ScalarString)
+        and _YAML_1_1.resolve(pyyaml.ScalarNode, value, (True, False)) != _TEXT  # type: ignore[no-untyped-call]
+    ):
+        return SingleQuotedScalarString(value)
     return value
-
-
-def _scalar(value: Any) -> bool:
-    return value is None or isinstance(value, str | int | float | bool)
 
 
 def _new_node(value: Any, like: Any = None) -> Any:
@@ -212,7 +220,7 @@ def _new_node(value: Any, like: Any = None) -> Any:
     values on one line), or in the style of `like`, a sibling entry."""
     if isinstance(value, dict):
         node = CommentedMap((k, _new_node(v)) for k, v in value.items())
-        flow = all(_scalar(v) for v in value.values()) and len(str(value)) < 80
+        flow = flow_style(value)
         if isinstance(like, CommentedMap):
             flow = flow and bool(like.fa.flow_style())
         if flow:
@@ -220,7 +228,7 @@ def _new_node(value: Any, like: Any = None) -> Any:
         return node
     if isinstance(value, list):
         seq = CommentedSeq(_new_node(v) for v in value)
-        if all(_scalar(v) for v in value) and len(str(value)) < 80:
+        if flow_style(value):
             seq.fa.set_flow_style()
         return seq
     return _plain(value)

@@ -16,6 +16,7 @@ from pacslb.control.store import (
     RevisionNotFound,
     StateFileError,
     StorageError,
+    file_exists,
     write_atomic,
 )
 from pacslb.core.state import AdminState
@@ -303,3 +304,11 @@ def test_corrupt_state_file_raises(tmp_path: Path, content: str) -> None:
     with pytest.raises(StateFileError):
         store.set("Web", "Srv1", AdminState.ONLINE)
     assert path.read_text() == content  # never silently reset
+
+
+def test_file_exists_takes_relative_paths_from_the_config_folder(tmp_path: Path) -> None:
+    (tmp_path / "tls").mkdir()
+    (tmp_path / "tls" / "cert.pem").write_text("x")
+    exists = file_exists(tmp_path)
+    assert exists(Path("tls/cert.pem")) and exists(tmp_path / "tls" / "cert.pem")
+    assert not exists(Path("tls")) and not exists(Path("tls/key.pem"))  # a folder is no file

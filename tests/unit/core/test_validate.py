@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from pacslb.core.validate import format_path, load_data, load_text, parse_yaml
+from pacslb.core.validate import flow_style, format_path, load_data, load_text, parse_yaml
 from pacslb.errors import ConfigError
 
 DATA = Path(__file__).parent.parent / "data"
@@ -437,3 +437,9 @@ def located_problems_of(*services: dict[str, Any]) -> list[Any]:
     with pytest.raises(ConfigError) as info:
         load_data({"virtual_services": list(services)})
     return list(info.value.problems)
+
+
+def test_flow_style_is_for_short_collections_of_plain_values() -> None:
+    assert flow_style([4000, 5000]) and flow_style({"type": "none"})
+    assert not flow_style([{"label": "Srv1"}]) and not flow_style({"x": [1]})
+    assert not flow_style({"label": "x" * 80})

@@ -212,3 +212,16 @@ def test_a_profile_file_is_edited_line_by_line() -> None:
         "      - {label: Srv3, address: 10.10.0.9}"
     ]
     assert [line for line in before if line not in after] == []
+
+
+@pytest.mark.parametrize("word", ["On", "yes", "No", "Off", "null", "1_000"])
+def test_words_yaml_1_1_reads_as_other_types_are_quoted(word: str) -> None:
+    """ruamel.yaml writes YAML 1.2, where `On` is text; pacslb reads YAML 1.1 (PyYAML), where
+    it is true. A server renamed `On`, or added as `On`, must read back as that text."""
+    config = load_text(PROFILE)
+    renamed = servers(config, 0)
+    renamed[1] = renamed[1].model_copy(update={"label": word})
+    added = [*servers(config, 1), renamed[1].model_copy(update={"address": "10.10.0.212"})]
+    new = changed(changed(config, 0, real_servers=renamed), 1, real_servers=added)
+    out = edit(PROFILE, new)  # checks that the text reads back as `new`
+    assert out.count(f"label: '{word}'") == 2, out
