@@ -79,21 +79,6 @@ def _ask(path: Path, payload: dict[str, Any]) -> Any:
     return answer.get("result")
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether the process exists and has not exited (a zombie, left for its parent to reap,
-    has exited)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    with contextlib.suppress(OSError, IndexError):
-        if Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z"):
-            return False
-    return True
-
-
 def _apply_line(plan: Plan) -> bytes:
     """The worker's apply request for `plan`, one line (Plan.to_json() is compact JSON: a
     string in it holds no raw newline), without decoding and encoding the Plan again."""
