@@ -7,7 +7,6 @@ import dataclasses
 import json
 import os
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -384,29 +383,41 @@ STOP_TIMEOUT = 30.0
 
 def cmd_stop(args: argparse.Namespace) -> int:
     """Stop the running pacslb and wait until its process has exited."""
-    from pacslb.control.local import request
-    from pacslb.engines.proxy import pid_alive
+    import select
+
+    from pacslb.control.local import NotRunning, request
+    from pacslb.engines.unix_peer import listener
 
     state_dir = _state_dir(args)
-    result = request(state_dir, {"cmd": "stop", "keep_data_plane": args.keep_data_plane})
-    pid = int(result["pid"])
-    # The control socket closes first; the engines (workers stopped, each within 10 s, in
-    # parallel) and the process exit come after: wait for the pid, not for the socket.
-    deadline = time.monotonic() + STOP_TIMEOUT
-    while pid_alive(pid):
-        if time.monotonic() > deadline:
+    # Held by a pidfd from before the stop: its pid, once free, may be given to another
+    # process (or name another one here, from a pid namespace), which a poll of it would wait for.
+    found = listener(state_dir / "control.sock")  # EngineError: one listens but accepts nothing
+    if found is None:
+        raise NotRunning(
+            f"no pacslb listens at {state_dir}: it is not running, or runs with another "
+            "--state-dir (or --config)"
+        )
+    pid, pidfd = found
+    try:
+        result = request(state_dir, {"cmd": "stop", "keep_data_plane": args.keep_data_plane})
+        # The control socket closes first; the engines (workers stopped, each within 10 s, in
+        # parallel) and the process exit come after: wait for the process, not for the socket.
+        poll = select.poll()
+        poll.register(pidfd, select.POLLIN)  # readable once the process has exited
+        if not poll.poll(STOP_TIMEOUT * 1000):
             raise PacslbError(
                 f"pacslb (pid {pid}) is still running {STOP_TIMEOUT:g} s after it was asked to "
                 f"stop; see `pacslb events` and its log; `kill {pid}` stops it as this would"
             )
-        time.sleep(0.05)
+    finally:
+        os.close(pidfd)
     if result["data_plane"] == "kept":
         print(
-            f"pacslb (pid {result['pid']}) stopped; its data plane goes on forwarding. "
+            f"pacslb (pid {pid}) stopped; its data plane goes on forwarding. "
             "`pacslb run` adopts it; `pacslb teardown` stops it."
         )
     else:
-        print(f"pacslb (pid {result['pid']}) stopped")
+        print(f"pacslb (pid {pid}) stopped")
     return EXIT_OK
 
 

@@ -117,16 +117,7 @@ def placement(config: c.Config, host: Host | None = None) -> list[Finding]:
     findings = [_root(config, root)]
     findings += [f for f in _library() if f.check == "nftables"]  # the engine needs one of them
     for probe in dr_probes(config):
-        for label, address in probe.servers:
-            try:
-                route = host.route(address)
-            except EngineError as exc:
-                subject = probe.subject(label, address)
-                findings.append(Finding("dr-route", Level.PROBLEM, subject, str(exc)))
-                continue
-            findings.append(
-                route_finding(probe, label, address, route.device, route.gateway, route.local)
-            )
+        findings += _route_findings(probe, host)[0]
     # Not the ruleset's dry run: next to the tables of a running (or adopted) data plane it
     # reports "File exists", and a ruleset the kernel refuses is the engine's apply failure,
     # which makes status not ready and names it.
@@ -319,21 +310,29 @@ def _forwarding(config: c.Config) -> list[Finding]:
 # --- Direct Routing ------------------------------------------------------------------------
 
 
-def _direct_routing(probe: DrProbe, host: Host, root: bool) -> list[Finding]:
-    if not probe.ipv4:
-        return [Finding("dr", Level.SKIPPED, probe.service, "the DR probes are IPv4 only")]
-    out: list[Finding] = []
-    on_link: dict[str, tuple[str, str]] = {}  # address -> (label, device)
+def _route_findings(probe: DrProbe, host: Host) -> tuple[list[Finding], dict[str, tuple[str, str]]]:
+    """Each real server's route as a finding, and those on the link as DR needs them:
+    address -> (label, device)."""
+    findings: list[Finding] = []
+    on_link: dict[str, tuple[str, str]] = {}
     for label, address in probe.servers:
         try:
             route = host.route(address)
         except EngineError as exc:
-            out.append(Finding("dr-route", Level.PROBLEM, probe.subject(label, address), str(exc)))
+            subject = probe.subject(label, address)
+            findings.append(Finding("dr-route", Level.PROBLEM, subject, str(exc)))
             continue
         finding = route_finding(probe, label, address, route.device, route.gateway, route.local)
-        out.append(finding)
+        findings.append(finding)
         if finding.level is Level.OK:
             on_link[address] = (label, route.device)
+    return findings, on_link
+
+
+def _direct_routing(probe: DrProbe, host: Host, root: bool) -> list[Finding]:
+    if not probe.ipv4:
+        return [Finding("dr", Level.SKIPPED, probe.service, "the DR probes are IPv4 only")]
+    out, on_link = _route_findings(probe, host)
     if not root:
         out.append(Finding("dr", Level.SKIPPED, probe.service, "ARP and SYN probes need root"))
         return out

@@ -40,9 +40,8 @@ class Rate:
     t: float
     active: float  # open connections at the end of the interval
     connections_per_s: float
-    bytes_per_s: float  # in + out
-    in_per_s: float = 0.0  # client -> server
-    out_per_s: float = 0.0  # server -> client
+    in_per_s: float  # client -> server
+    out_per_s: float  # server -> client
 
 
 class History:
@@ -87,11 +86,10 @@ def rates(samples: list[Sample]) -> list[Rate]:
         dt = cur.t - prev.t
         if dt <= 0:
             continue
-        conns = cur.total - prev.total if cur.total >= prev.total else cur.total
+        conns = _grown(prev.total, cur.total)
         sent_in = _grown(prev.bytes_in, cur.bytes_in)
         sent_out = _grown(prev.bytes_out, cur.bytes_out)
-        data = sent_in + sent_out
-        out.append(Rate(cur.t, cur.active, conns / dt, data / dt, sent_in / dt, sent_out / dt))
+        out.append(Rate(cur.t, cur.active, conns / dt, sent_in / dt, sent_out / dt))
     return out
 
 

@@ -23,7 +23,6 @@ import os
 import select
 import signal
 import socket
-import struct
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -33,13 +32,13 @@ from typing import Any
 from pacslb.core.plan import Plan, ServerKey
 from pacslb.core.workers import CounterSum, PingWatch, WorkerCounters
 from pacslb.engines.base import Counters
+from pacslb.engines.unix_peer import listener
 from pacslb.errors import EngineError
 
 START_TIMEOUT = 15.0
 POLL_INTERVAL = 1.0  # the watchdog's period: a ping, the counters and the notices
 PING_TIMEOUT = 1.0  # a worker's loop answers a ping in well under a millisecond
 READ_TIMEOUT = 5.0  # counters of many services take longer to encode than a ping
-_UCRED = struct.Struct("3i")  # SO_PEERCRED: pid, uid, gid
 
 
 def stop_workers(state_dir: Path, timeout: float = 10.0) -> list[str]:
@@ -78,21 +77,6 @@ def _ask(path: Path, payload: dict[str, Any]) -> Any:
     if not answer.get("ok"):
         raise ValueError(answer.get("error"))
     return answer.get("result")
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether the process exists and has not exited (a zombie, left for its parent to reap,
-    has exited)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    with contextlib.suppress(OSError, IndexError):
-        if Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z"):
-            return False
-    return True
 
 
 def _apply_line(plan: Plan) -> bytes:
@@ -185,34 +169,34 @@ class Worker:
         except (OSError, EngineError, TimeoutError, ValueError):
             return None
 
-    def stuck_pid(self) -> int | None:
-        """The pid of the process whose control socket accepts but does not answer (stopped,
-        hung): the process listening there, as the kernel records it (SO_PEERCRED), not a pid
-        file, which may name another process by now. None if nobody listens (a stale file)."""
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-                probe.settimeout(1)
-                probe.connect(str(self.path))
-                creds = probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
-        except OSError:
-            return None
-        pid = int(_UCRED.unpack(creds)[0])
-        if pid <= 0 or pid == os.getpid():
+    async def stuck(self) -> tuple[int, int] | None:
+        """The process whose control socket accepts but does not answer (stopped, hung), as
+        (pid, pidfd): the one listening there as the kernel records it, also when its backlog
+        is full. None if nobody listens (a stale file). Off the event loop: it reads /proc."""
+        found = await asyncio.to_thread(listener, self.path)
+        if found is not None and found[0] == os.getpid():
+            os.close(found[1])
             raise EngineError(f"proxy worker at {self.path} is alive but does not answer")
-        return pid
+        return found
 
-    def track(self, pid: int, process: asyncio.subprocess.Process | None = None) -> None:
-        """Hold this process by a pidfd from now on (a child, an adopted or a stuck worker)."""
+    def track(
+        self, pid: int, process: asyncio.subprocess.Process | None = None, pidfd: int | None = None
+    ) -> None:
+        """Hold this process by a pidfd from now on (a child, an adopted or a stuck worker);
+        `pidfd`, if given, is that process's, handed over (from SO_PEERPIDFD)."""
         self.forget()
         loop = asyncio.get_running_loop()
         self.pid, self.process, self.reports = pid, process, True
         exited: asyncio.Future[None] = loop.create_future()
         self.exited = exited
-        try:
-            fd = os.pidfd_open(pid)
-        except OSError:  # it has exited already
-            exited.set_result(None)
-            return
+        if pidfd is not None:
+            fd = pidfd
+        else:
+            try:
+                fd = os.pidfd_open(pid)
+            except OSError:  # it has exited already
+                exited.set_result(None)
+                return
         self.pidfd = fd
 
         def readable() -> None:  # once: a pidfd stays readable after its process exits
@@ -439,11 +423,15 @@ class ProxyEngine:
             )
             self._watch_exit(worker)
             return
-        stuck = worker.stuck_pid()
+        try:
+            stuck = await worker.stuck()
+        except (OSError, EngineError) as exc:  # not a second worker beside one we cannot kill
+            self._event(worker, "unidentified", f"not started: {exc}")
+            raise EngineError(f"{worker.name}: {exc}") from exc
         if stuck is not None:
-            worker.track(stuck)
+            worker.track(stuck[0], pidfd=stuck[1])
             how = "found alive but not answering; killed with SIGKILL"
-            self._event(worker, "hung", f"(pid {stuck}) hung: {how}")
+            self._event(worker, "hung", f"(pid {stuck[0]}) hung: {how}")
             self.restarts["hung"] += 1
             worker.restarts += 1
             worker.kill()
@@ -562,8 +550,9 @@ class ProxyEngine:
                     if info["pid"] != spare.pid:
                         spare.adopt(info["pid"])
                 else:
-                    if spare.pid is None and (stuck := spare.stuck_pid()) is not None:
-                        spare.track(stuck)  # left by a previous run, alive but not answering
+                    if spare.pid is None and (stuck := await spare.stuck()) is not None:
+                        # left by a previous run, alive but not answering
+                        spare.track(stuck[0], pidfd=stuck[1])
                     spare.kill()  # one that died, or that serves a Plan (not a spare)
                     await spare.gone(5.0)
                     spare.forget()

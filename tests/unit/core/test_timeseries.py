@@ -43,7 +43,8 @@ def test_rates_from_cumulative_counters_and_restart() -> None:
     ]
     r = rates(samples)
     assert [x.connections_per_s for x in r] == [2.0, 0.5]
-    assert [x.bytes_per_s for x in r] == [200.0, 10.0]
+    assert [x.in_per_s for x in r] == [10.0, 5.0]
+    assert [x.out_per_s for x in r] == [190.0, 5.0]
     assert [x.active for x in r] == [2, 0]
     assert rates(samples[:1]) == []
 
