@@ -62,6 +62,11 @@ LEAVING_SETTLE = 2.5
 # Seconds between re-applies of the Plan while an engine's last apply failed: a cause fixed on
 # the host (an interface brought up, nftables installed) ends "not ready" by itself.
 ENGINE_RETRY = 5.0
+# What an engine reports through its notify hook (data["reason"]) when part of it stopped serving
+# the Plan in force on its own, between two applies: a proxy worker replaced after a crash or a
+# hang that could not be started again, or did not take the last Plan. Not ready until an apply
+# (retried every ENGINE_RETRY s) reaches every part again.
+ENGINE_REPORTED_FAILURES = frozenset({"start-failed", "plan-failed"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,33 +227,43 @@ class ControlProcess:
         self._publish_pending = False
         plan = self.current_plan()
         previous, self.plan = self.plan, plan
+        engines = self.engines
         if previous is not None:
             changes = diff_plans(previous, plan)
-            if not changes and not self._failed_engines and not force:
-                return plan
+            if not changes and not force:
+                # Nothing new: only the engines whose last apply failed are given it again (a
+                # retry every ENGINE_RETRY s must not re-send the Plan to the healthy ones).
+                engines = [e for e in self.engines if e.name in self._failed_engines]
+                if not engines:
+                    return plan
             if changes:
                 summary = "; ".join(str(ch) for ch in changes[:10])
                 self._record("plan", f"plan updated: {summary}", data={"changes": len(changes)})
-        for engine in self.engines:
+        for engine in engines:
             try:
                 await engine.apply(plan)
-            except EngineError as exc:
-                self._failed_engines.add(engine.name)
-                before = self.engine_records.get(engine.name, EngineRecord())
-                self.engine_records[engine.name] = EngineRecord(
-                    before.applied_at, str(exc), time.time()
-                )
-                if str(exc) != before.error:  # once per distinct failure, not at every retry
-                    self._record("engine", f"{engine.name}: apply failed: {exc}")
+            except Exception as exc:  # not only EngineError: a bug in one engine must leave
+                # it failing and not ready (retried), and must not keep the Plan from the rest
+                error = str(exc) if isinstance(exc, EngineError) else repr(exc)
+                self._engine_failed(engine.name, error)
             else:
                 self.engine_records[engine.name] = EngineRecord(time.time())
                 if engine.name in self._failed_engines:
                     self._failed_engines.discard(engine.name)
                     self._record("engine", f"{engine.name}: plan applied again")
-        if self._failed_engines and not self._retrying:
+        return plan
+
+    def _engine_failed(self, name: str, error: str) -> None:
+        """`name` does not serve the Plan in force: not ready, naming `error`, and the Plan is
+        given to it again every ENGINE_RETRY s until it takes it."""
+        self._failed_engines.add(name)
+        before = self.engine_records.get(name, EngineRecord())
+        self.engine_records[name] = EngineRecord(before.applied_at, error, time.time())
+        if error != before.error:  # once per distinct failure, not at every retry
+            self._record("engine", f"{name}: apply failed: {error}")
+        if not self._retrying:
             self._retrying = True
             self._background(self._retry_failed_engines())
-        return plan
 
     async def _retry_failed_engines(self) -> None:
         """Re-apply the Plan now and then while an engine's last apply failed (status stays
@@ -531,6 +546,8 @@ class ControlProcess:
             message: str, key: ServerKey | None = None, data: dict[str, Any] | None = None
         ) -> None:
             self._record("engine", f"{name}: {message}", key or None, data)
+            if (data or {}).get("reason") in ENGINE_REPORTED_FAILURES:
+                self._engine_failed(name, message)
 
         return note
 
