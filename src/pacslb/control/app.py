@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pacslb import __version__
 from pacslb import config as c
@@ -78,6 +78,19 @@ class EngineRecord:
     error_at: float | None = None
 
 
+class CommitLock(asyncio.Lock):
+    """One config change at a time, and none before `opened` is set (by start(), once the
+    config the process was started with is saved and applied)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.opened = asyncio.Event()
+
+    async def acquire(self) -> Literal[True]:
+        await self.opened.wait()
+        return await super().acquire()
+
+
 class ControlProcess:
     def __init__(
         self,
@@ -116,17 +129,26 @@ class ControlProcess:
         self._started_up = False  # start() has finished: every engine was given its first Plan
         # Started from the last good revision because the file was broken (control/startup.py):
         # degraded until a config is applied again (a reload of the fixed file, a change that
-        # rewrites it): any apply replaces self.config, even with the same text.
+        # rewrites it): _apply clears it, even for the same text.
         self.broken_file = broken_file
-        self._fallback_config: c.Config | None = None
         self.placement_problems = tuple(placement_problems)  # `pacslb run --degraded` started
-        self._commit_lock = asyncio.Lock()  # one config change at a time, revision to Plan
+        self._commit_lock = CommitLock()  # one config change at a time, revision to Plan
         self.leaving: dict[ServerKey, Leaving] = {}  # removed servers still draining
         self._watching_leaving = False
 
     # --- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
+        # The commit lock opens only once start() has run: the control socket, the WebUI and
+        # SIGHUP are live before it (so that `status` answers during start-up), and a reload
+        # or an API change applied first would then be undone here by the config read at start
+        # (saved again, "degraded" for a fixed file). They wait instead.
+        try:
+            await self._start()
+        finally:
+            self._commit_lock.opened.set()
+
+    async def _start(self) -> None:
         rev = self.store.save(
             self._text,
             comment=f"pacslb run {self.config_path}",
@@ -138,7 +160,13 @@ class ControlProcess:
             self._record("process", f"started degraded (--degraded): {problem}")
         self._check_descriptor_limit()
         if self.broken_file is not None:
-            self._fallback_config = self.config
+            if rev.number != self.broken_file.revision:  # not the latest: saved again
+                self._record(
+                    "config",
+                    f"revision {self.broken_file.revision}, the last good one, saved again as "
+                    f"revision {rev.number}",
+                )
+                self.broken_file = dataclasses.replace(self.broken_file, revision=rev.number)
             self._record("config", self.broken_file.reason())
             for problem in self.broken_file.problems:
                 self._record("config", f"{self.broken_file.path}: {problem}")
@@ -165,7 +193,7 @@ class ControlProcess:
 
     def degraded(self) -> list[str]:
         """What runs differs from what the operator asked for, though it forwards."""
-        if self.broken_file is not None and self.config is self._fallback_config:
+        if self.broken_file is not None:  # until a config is applied (_apply clears it)
             return [self.broken_file.reason()]
         return []
 
@@ -488,6 +516,7 @@ class ControlProcess:
         """Make a committed revision the running config and publish its Plan."""
         previous = self.config
         self.config, self._text, self.revision = config, text, rev.number
+        self.broken_file = None  # what runs is a config applied now, no longer the fallback
         self._record("config", f"applying revision {rev.number}: {comment}")
         self._update_leaving(previous, config)
         try:

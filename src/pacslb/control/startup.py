@@ -30,7 +30,7 @@ class BrokenFile:
 
     path: Path
     problems: tuple[str, ...]  # each as `pacslb check` words it
-    revision: int
+    revision: int  # the one that runs: start() renumbers it when it saves that text again
 
     def reason(self) -> str:
         """The "degraded" line of status, /metrics and the banner."""
