@@ -25,7 +25,7 @@ from pacslb import config as c
 from pacslb.control.checker import HealthChecker
 from pacslb.control.events import Event, EventLog
 from pacslb.control.probes import ProbeResult
-from pacslb.control.startup import BrokenFile
+from pacslb.control.startup import BrokenFile, unplaceable
 from pacslb.control.store import (
     AdminStateStore,
     ConfigConflict,
@@ -131,7 +131,9 @@ class ControlProcess:
         # degraded until a config is applied again (a reload of the fixed file, a change that
         # rewrites it): _apply clears it, even for the same text.
         self.broken_file = broken_file
-        self.placement_problems = tuple(placement_problems)  # `pacslb run --degraded` started
+        # What `pacslb run --degraded` started without (doctor.placement): until an apply of a
+        # config (a reload, an API change) checks again and finds none.
+        self.placement_problems = tuple(placement_problems)
         self._commit_lock = CommitLock()  # one config change at a time, revision to Plan
         self.leaving: dict[ServerKey, Leaving] = {}  # removed servers still draining
         self._watching_leaving = False
@@ -192,10 +194,16 @@ class ControlProcess:
         return reasons
 
     def degraded(self) -> list[str]:
-        """What runs differs from what the operator asked for, though it forwards."""
-        if self.broken_file is not None:  # until a config is applied (_apply clears it)
-            return [self.broken_file.reason()]
-        return []
+        """What runs differs from what the operator asked for, though it forwards.
+
+        The placement problems `pacslb run --degraded` accepted are listed here, not under
+        not_ready: "ready" means that every engine applied the config in force, and one can (a
+        DR real server off every segment gets weight 0, and the kernel engine takes the Plan);
+        what the operator chose to run without is "degraded", the word of the flag. An engine
+        that does fail on them is not ready as well, naming its own error."""
+        reasons = [] if self.broken_file is None else [self.broken_file.reason()]
+        reasons += [f"cannot be placed on this host: {p}" for p in self.placement_problems]
+        return reasons
 
     def _check_descriptor_limit(self) -> None:
         """Warn at start when the descriptor limit (raised to the hard one by `pacslb run`, and
@@ -518,6 +526,7 @@ class ControlProcess:
         self.config, self._text, self.revision = config, text, rev.number
         self.broken_file = None  # what runs is a config applied now, no longer the fallback
         self._record("config", f"applying revision {rev.number}: {comment}")
+        await self._check_placement(config)
         self._update_leaving(previous, config)
         try:
             self._prune_admin()
@@ -526,6 +535,22 @@ class ControlProcess:
         self.checker.configure(config)
         await self.publish()
         return {"revision": rev.number}
+
+    async def _check_placement(self, config: c.Config) -> None:
+        """Run doctor.placement again for a config being applied: its problems stay listed
+        under "degraded" (and the event says so), or "degraded" for them ends."""
+        try:
+            found = tuple(await asyncio.to_thread(unplaceable, config))
+        except Exception as exc:  # a check that breaks must not stop the apply
+            self._record("config", f"placement not checked again: {exc!r}")
+            return
+        if found == self.placement_problems:
+            return
+        for problem in (p for p in found if p not in self.placement_problems):
+            self._record("config", f"cannot be placed on this host: {problem}")
+        if not found:
+            self._record("config", "every service can be placed on this host again")
+        self.placement_problems = found
 
     def _update_leaving(self, old: c.Config, new: c.Config) -> None:
         """Removed real servers drain first (Leaving); one put back before it is gone returns."""

@@ -86,6 +86,14 @@ def blocking(findings: list[Finding]) -> list[Finding]:
     return [f for f in findings if f.level is Level.PROBLEM]
 
 
+def unplaceable(config: c.Config) -> list[str]:
+    """What of `config` this host cannot place (doctor.placement's problems), one line each, as
+    the control process lists them under "degraded" (`pacslb run --degraded`)."""
+    from pacslb.control import doctor  # the host's side: routes, nftables, root
+
+    return [f"{f.subject}: {f.message}" for f in blocking(doctor.placement(config))]
+
+
 def problem_lines(findings: list[Finding]) -> str:
     """The problems as `pacslb run` prints them: each with its fix."""
     lines = []
