@@ -526,7 +526,6 @@ class ControlProcess:
         self.config, self._text, self.revision = config, text, rev.number
         self.broken_file = None  # what runs is a config applied now, no longer the fallback
         self._record("config", f"applying revision {rev.number}: {comment}")
-        await self._check_placement(config)
         self._update_leaving(previous, config)
         try:
             self._prune_admin()
@@ -534,6 +533,9 @@ class ControlProcess:
             self._record("admin", f"admin state not pruned: {exc}")
         self.checker.configure(config)
         await self.publish()
+        # After the publish: awaited before it, a health change meanwhile would publish the new
+        # config before _update_leaving's removals were known.
+        await self._check_placement(config)
         return {"revision": rev.number}
 
     async def _check_placement(self, config: c.Config) -> None:
