@@ -224,7 +224,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(
                 "nothing was started. Fix them (`pacslb doctor FILE` checks again), or start "
                 "with --degraded: what can run runs, and status, /metrics and the WebUI say "
-                "not ready, and why, until every engine has applied the config",
+                "degraded, naming each problem, until a reload finds none (and not ready "
+                "while an engine fails to apply the config)",
                 file=sys.stderr,
             )
             return EXIT_INVALID
@@ -638,8 +639,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--degraded",
         action="store_true",
         help="start even when a service cannot be placed on this host (the problems `pacslb "
-        "doctor` calls blocking): the rest runs, and status, /metrics and the WebUI say not "
-        "ready, naming the failure",
+        "doctor` calls blocking): the rest runs, and status, /metrics and the WebUI say "
+        "degraded, naming each problem, until a reload finds none",
     )
     p.set_defaults(func=cmd_run)
 

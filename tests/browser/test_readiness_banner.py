@@ -88,6 +88,10 @@ def test_red_banner_names_the_engine_failure_while_it_lasts(tmp_path: Path) -> N
             )
             text = banner.inner_text()
             assert "Not ready" in text and "McK-Radiology_DICOM/McK-Radiology_Srv1" in text, text
+            # The placement problem --degraded accepted, and the one headline, kept by app.js.
+            assert "Degraded: cannot be placed on this host: McK-Radiology_DICOM" in text, text
+            headline = banner.locator('[data-role="headline"]').inner_text()
+            assert headline == banner.get_attribute("data-not-ready"), headline
             colour = banner.evaluate("el => getComputedStyle(el).backgroundColor")
             assert colour == "rgb(201, 42, 42)", colour  # --down: the red of a down server
             page.wait_for_selector("tr.rip[data-server='McK-Web_Srv1'] .dot.h-up")
@@ -143,6 +147,8 @@ def test_banner_says_the_last_good_revision_runs_when_the_file_is_broken(tmp_pat
             banner.wait_for(state="visible")
             text = banner.inner_text()
             assert "Degraded" in text and "running revision 1, the last good one" in text, text
+            headline = banner.locator('[data-role="headline"]').inner_text()
+            assert headline == banner.get_attribute("data-degraded"), headline
             page.wait_for_selector("tr.rip[data-server='McK-Web_Srv1'] .dot.h-up")
             shot(page, "overview-degraded.png", tmp_path)
         finally:

@@ -18,14 +18,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pacslb import __version__
 from pacslb import config as c
 from pacslb.control.checker import HealthChecker
 from pacslb.control.events import Event, EventLog
 from pacslb.control.probes import ProbeResult
-from pacslb.control.startup import BrokenFile
+from pacslb.control.startup import BrokenFile, unplaceable
 from pacslb.control.store import (
     AdminStateStore,
     ConfigConflict,
@@ -64,6 +64,11 @@ LEAVING_SETTLE = 2.5
 # Seconds between re-applies of the Plan while an engine's last apply failed: a cause fixed on
 # the host (an interface brought up, nftables installed) ends "not ready" by itself.
 ENGINE_RETRY = 5.0
+# What an engine reports through its notify hook (data["reason"]) when part of it stopped serving
+# the Plan in force on its own, between two applies: a proxy worker replaced after a crash or a
+# hang that could not be started again, or did not take the last Plan. Not ready until an apply
+# (retried every ENGINE_RETRY s) reaches every part again.
+ENGINE_REPORTED_FAILURES = frozenset({"start-failed", "plan-failed"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +78,19 @@ class EngineRecord:
     applied_at: float | None = None  # unix time of the last successful apply
     error: str | None = None  # the last apply's error; None once an apply succeeds
     error_at: float | None = None
+
+
+class CommitLock(asyncio.Lock):
+    """One config change at a time, and none before `opened` is set (by start(), once the
+    config the process was started with is saved and applied)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.opened = asyncio.Event()
+
+    async def acquire(self) -> Literal[True]:
+        await self.opened.wait()
+        return await super().acquire()
 
 
 class ControlProcess:
@@ -116,17 +134,28 @@ class ControlProcess:
         # API/WebUI change is refused while the file does not hold the running revision (it
         # would overwrite the operator's file; HandEdited says the file is the broken one).
         # Once the file holds it again (the refusal's discard command), a change ends it too:
-        # any apply replaces self.config, even with the same text.
+        # _apply clears it, even for the same text.
         self.broken_file = broken_file
-        self._fallback_config: c.Config | None = None
-        self.placement_problems = tuple(placement_problems)  # `pacslb run --degraded` started
-        self._commit_lock = asyncio.Lock()  # one config change at a time, revision to Plan
+        # What `pacslb run --degraded` started without (doctor.placement): until an apply of a
+        # config (a reload, an API change) checks again and finds none.
+        self.placement_problems = tuple(placement_problems)
+        self._commit_lock = CommitLock()  # one config change at a time, revision to Plan
         self.leaving: dict[ServerKey, Leaving] = {}  # removed servers still draining
         self._watching_leaving = False
 
     # --- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
+        # The commit lock opens only once start() has run: the control socket, the WebUI and
+        # SIGHUP are live before it (so that `status` answers during start-up), and a reload
+        # or an API change applied first would then be undone here by the config read at start
+        # (saved again, "degraded" for a fixed file). They wait instead.
+        try:
+            await self._start()
+        finally:
+            self._commit_lock.opened.set()
+
+    async def _start(self) -> None:
         rev = self.store.save(
             self._text,
             comment=f"pacslb run {self.config_path}",
@@ -138,7 +167,13 @@ class ControlProcess:
             self._record("process", f"started degraded (--degraded): {problem}")
         self._check_descriptor_limit()
         if self.broken_file is not None:
-            self._fallback_config = self.config
+            if rev.number != self.broken_file.revision:  # not the latest: saved again
+                self._record(
+                    "config",
+                    f"revision {self.broken_file.revision}, the last good one, saved again as "
+                    f"revision {rev.number}",
+                )
+                self.broken_file = dataclasses.replace(self.broken_file, revision=rev.number)
             self._record("config", self.broken_file.reason())
             for problem in self.broken_file.problems:
                 self._record("config", f"{self.broken_file.path}: {problem}")
@@ -164,10 +199,16 @@ class ControlProcess:
         return reasons
 
     def degraded(self) -> list[str]:
-        """What runs differs from what the operator asked for, though it forwards."""
-        if self.broken_file is not None and self.config is self._fallback_config:
-            return [self.broken_file.reason()]
-        return []
+        """What runs differs from what the operator asked for, though it forwards.
+
+        The placement problems `pacslb run --degraded` accepted are listed here, not under
+        not_ready: "ready" means that every engine applied the config in force, and one can (a
+        DR real server off every segment gets weight 0, and the kernel engine takes the Plan);
+        what the operator chose to run without is "degraded", the word of the flag. An engine
+        that does fail on them is not ready as well, naming its own error."""
+        reasons = [] if self.broken_file is None else [self.broken_file.reason()]
+        reasons += [f"cannot be placed on this host: {p}" for p in self.placement_problems]
+        return reasons
 
     def _check_descriptor_limit(self) -> None:
         """Warn at start when the descriptor limit (raised to the hard one by `pacslb run`, and
@@ -227,33 +268,43 @@ class ControlProcess:
         self._publish_pending = False
         plan = self.current_plan()
         previous, self.plan = self.plan, plan
+        engines = self.engines
         if previous is not None:
             changes = diff_plans(previous, plan)
-            if not changes and not self._failed_engines and not force:
-                return plan
+            if not changes and not force:
+                # Nothing new: only the engines whose last apply failed are given it again (a
+                # retry every ENGINE_RETRY s must not re-send the Plan to the healthy ones).
+                engines = [e for e in self.engines if e.name in self._failed_engines]
+                if not engines:
+                    return plan
             if changes:
                 summary = "; ".join(str(ch) for ch in changes[:10])
                 self._record("plan", f"plan updated: {summary}", data={"changes": len(changes)})
-        for engine in self.engines:
+        for engine in engines:
             try:
                 await engine.apply(plan)
-            except EngineError as exc:
-                self._failed_engines.add(engine.name)
-                before = self.engine_records.get(engine.name, EngineRecord())
-                self.engine_records[engine.name] = EngineRecord(
-                    before.applied_at, str(exc), time.time()
-                )
-                if str(exc) != before.error:  # once per distinct failure, not at every retry
-                    self._record("engine", f"{engine.name}: apply failed: {exc}")
+            except Exception as exc:  # not only EngineError: a bug in one engine must leave
+                # it failing and not ready (retried), and must not keep the Plan from the rest
+                error = str(exc) if isinstance(exc, EngineError) else repr(exc)
+                self._engine_failed(engine.name, error)
             else:
                 self.engine_records[engine.name] = EngineRecord(time.time())
                 if engine.name in self._failed_engines:
                     self._failed_engines.discard(engine.name)
                     self._record("engine", f"{engine.name}: plan applied again")
-        if self._failed_engines and not self._retrying:
+        return plan
+
+    def _engine_failed(self, name: str, error: str) -> None:
+        """`name` does not serve the Plan in force: not ready, naming `error`, and the Plan is
+        given to it again every ENGINE_RETRY s until it takes it."""
+        self._failed_engines.add(name)
+        before = self.engine_records.get(name, EngineRecord())
+        self.engine_records[name] = EngineRecord(before.applied_at, error, time.time())
+        if error != before.error:  # once per distinct failure, not at every retry
+            self._record("engine", f"{name}: apply failed: {error}")
+        if not self._retrying:
             self._retrying = True
             self._background(self._retry_failed_engines())
-        return plan
 
     async def _retry_failed_engines(self) -> None:
         """Re-apply the Plan now and then while an engine's last apply failed (status stays
@@ -440,7 +491,7 @@ class ControlProcess:
                         exc.errno,
                     ) from None
                 if not untouched:
-                    broken = bool(self.degraded())  # still on the last good revision
+                    broken = self.broken_file is not None  # still on the last good revision
                     raise HandEdited(self.config_path, self.revision, self.state_dir, broken)
             latest = self.store.latest()
             rev = self.store.save(text, comment=comment, author=by, base_dir=base, validated=True)
@@ -487,6 +538,7 @@ class ControlProcess:
         """Make a committed revision the running config and publish its Plan."""
         previous = self.config
         self.config, self._text, self.revision = config, text, rev.number
+        self.broken_file = None  # what runs is a config applied now, no longer the fallback
         self._record("config", f"applying revision {rev.number}: {comment}")
         self._update_leaving(previous, config)
         try:
@@ -495,7 +547,26 @@ class ControlProcess:
             self._record("admin", f"admin state not pruned: {exc}")
         self.checker.configure(config)
         await self.publish()
+        # After the publish: awaited before it, a health change meanwhile would publish the new
+        # config before _update_leaving's removals were known.
+        await self._check_placement(config)
         return {"revision": rev.number}
+
+    async def _check_placement(self, config: c.Config) -> None:
+        """Run doctor.placement again for a config being applied: its problems stay listed
+        under "degraded" (and the event says so), or "degraded" for them ends."""
+        try:
+            found = tuple(await asyncio.to_thread(unplaceable, config))
+        except Exception as exc:  # a check that breaks must not stop the apply
+            self._record("config", f"placement not checked again: {exc!r}")
+            return
+        if found == self.placement_problems:
+            return
+        for problem in (p for p in found if p not in self.placement_problems):
+            self._record("config", f"cannot be placed on this host: {problem}")
+        if not found:
+            self._record("config", "every service can be placed on this host again")
+        self.placement_problems = found
 
     def _update_leaving(self, old: c.Config, new: c.Config) -> None:
         """Removed real servers drain first (Leaving); one put back before it is gone returns."""
@@ -545,6 +616,8 @@ class ControlProcess:
             message: str, key: ServerKey | None = None, data: dict[str, Any] | None = None
         ) -> None:
             self._record("engine", f"{name}: {message}", key or None, data)
+            if (data or {}).get("reason") in ENGINE_REPORTED_FAILURES:
+                self._engine_failed(name, message)
 
         return note
 

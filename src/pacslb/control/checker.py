@@ -37,6 +37,9 @@ TICK = 0.05
 FD_RESERVE = 512  # descriptors kept for listeners, clients and files, whatever the checks need
 
 
+Schedule = tuple[float, float] | None  # (interval, timeout); None: no check, never probed
+
+
 @dataclass
 class TargetState:
     """What the checker knows of one real server (mutable: the loop updates it)."""
@@ -44,7 +47,7 @@ class TargetState:
     key: ServerKey
     tracker: HealthTracker
     signature: str
-    schedule: str
+    schedule: Schedule
     last: ProbeResult | None = None
     last_at: float | None = None  # wall clock of the last result
     checks: int = 0
@@ -70,20 +73,24 @@ def _without_timing(data: Any) -> Any:
     return data
 
 
-def _signature(vs: c.VirtualService, rs: c.RealServer) -> str:
-    """What a probe's answer depends on: the check's kind and settings (path, expected text,
-    AE titles, ...) and where it goes. Only an edit of these resets the server's health; a
-    weight, threshold or interval edit keeps it, so a server does not turn 'not checked
-    yet' (usable) because the operator slowed its checks down."""
-    target = target_for(vs, rs, vs.health_check)
-    what = _without_timing(vs.health_check.model_dump(mode="json"))
-    return "|".join((json.dumps(what, sort_keys=True), repr(target)))
+def _what(check: c.HealthCheck) -> str:
+    """What a probe's answer depends on in the check itself: its kind and settings (path,
+    expected text, AE titles, ...), timing left out. Computed once per service."""
+    return json.dumps(_without_timing(check.model_dump(mode="json")), sort_keys=True)
 
 
-def _schedule(vs: c.VirtualService) -> str:
-    """The whole check, timing included: when it changes, the loop restarts on the new
-    schedule with the same tracker."""
-    return vs.health_check.model_dump_json()
+def _signature(what: str, vs: c.VirtualService, rs: c.RealServer) -> str:
+    """`what` (_what) and where the probe goes. Only an edit of these resets the server's
+    health; a weight, threshold or interval edit keeps it, so a server does not turn 'not
+    checked yet' (usable) because the operator slowed its checks down."""
+    return "|".join((what, repr(target_for(vs, rs, vs.health_check))))
+
+
+def _schedule(check: c.HealthCheck) -> Schedule:
+    """When a probe runs and how long it may take: a change restarts the server's loop on the
+    new schedule (a new slot), with the same tracker. rise and fall are not in it: they are
+    the tracker's alone, retuned in place, so the loop and its slot stay."""
+    return None if isinstance(check, c.NoCheck) else (check.interval, check.timeout)
 
 
 def _thresholds(check: c.HealthCheck) -> tuple[int, int]:
@@ -104,25 +111,32 @@ class HealthChecker:
 
         A server whose check and address are unchanged keeps its tracker and its loop, so a
         config edit elsewhere does not reset its health; one whose check only runs at another
-        interval (timeout, rise, fall) keeps its tracker and last result on a new loop."""
-        wanted: dict[ServerKey, tuple[c.VirtualService, c.RealServer]] = {
-            (vs.label, rs.label): (vs, rs)
-            for vs in config.virtual_services
-            for rs in vs.real_servers
-        }
+        interval or timeout keeps its tracker and last result on a new loop; a rise or fall
+        edit retunes the tracker in place (the loop and its slot stay)."""
+        wanted: dict[ServerKey, tuple[c.VirtualService, c.RealServer, str]] = {}
+        schedules: dict[str, Schedule] = {}
+        for vs in config.virtual_services:  # a service's check is looked at once, not per server
+            what = _what(vs.health_check)
+            schedules[vs.label] = _schedule(vs.health_check)
+            for rs in vs.real_servers:
+                wanted[(vs.label, rs.label)] = (vs, rs, _signature(what, vs, rs))
         for key in list(self._targets):
             state = self._targets[key]
-            pair = wanted.get(key)
-            if pair is None or _signature(*pair) != state.signature:
+            entry = wanted.get(key)
+            if entry is None or entry[2] != state.signature:
                 self._stop(key)
-            elif _schedule(pair[0]) != state.schedule:
-                self._reschedule(state, *pair)
+                continue
+            vs, rs, _ = entry
+            if schedules[vs.label] != state.schedule:
+                self._reschedule(state, vs, rs, schedules[vs.label])
+            elif _thresholds(vs.health_check) != (state.tracker.rise, state.tracker.fall):
+                state.tracker.retune(*_thresholds(vs.health_check))  # the loop keeps its slot
         self._size_semaphore(len(wanted))
-        for key, (vs, rs) in wanted.items():
+        for key, (vs, rs, signature) in wanted.items():
             if key in self._targets:
                 continue
             tracker = HealthTracker(*_thresholds(vs.health_check))
-            state = TargetState(key, tracker, _signature(vs, rs), _schedule(vs))
+            state = TargetState(key, tracker, signature, schedules[vs.label])
             self._targets[key] = state
             self._start(state, vs, rs)
 
@@ -131,12 +145,15 @@ class HealthChecker:
             self._loop(state, vs, rs), name=f"check {state.key[0]}/{state.key[1]}"
         )
 
-    def _reschedule(self, state: TargetState, vs: c.VirtualService, rs: c.RealServer) -> None:
-        """Same probe, new timing: the loop restarts, the health and last result stay."""
+    def _reschedule(
+        self, state: TargetState, vs: c.VirtualService, rs: c.RealServer, schedule: Schedule
+    ) -> None:
+        """Same probe, new interval or timeout: the loop restarts, the health and last result
+        stay."""
         if state.task is not None:
             state.task.cancel()
         state.tracker.retune(*_thresholds(vs.health_check))
-        state.schedule = _schedule(vs)
+        state.schedule = schedule
         self._start(state, vs, rs)
 
     def _size_semaphore(self, targets: int) -> None:

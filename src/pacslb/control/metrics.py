@@ -160,7 +160,8 @@ class PacslbCollector(Collector):
         degraded = GaugeMetricFamily(
             "pacslb_degraded",
             "1 while what runs is not what the config file says (a broken file at start: "
-            "the last good revision runs; status: degraded says which)",
+            "the last good revision runs; a service `run --degraded` could not place; "
+            "status: degraded says which)",
         )
         degraded.add_metric([], float(bool(status["degraded"])))
         yield from (ready, degraded)

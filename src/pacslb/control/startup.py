@@ -30,7 +30,7 @@ class BrokenFile:
 
     path: Path
     problems: tuple[str, ...]  # each as `pacslb check` words it
-    revision: int
+    revision: int  # the one that runs: start() renumbers it when it saves that text again
 
     def reason(self) -> str:
         """The "degraded" line of status, /metrics and the banner."""
@@ -80,6 +80,14 @@ def last_good(
 
 def blocking(findings: list[Finding]) -> list[Finding]:
     return [f for f in findings if f.level is Level.PROBLEM]
+
+
+def unplaceable(config: c.Config) -> list[str]:
+    """What of `config` this host cannot place (doctor.placement's problems), one line each, as
+    the control process lists them under "degraded" (`pacslb run --degraded`)."""
+    from pacslb.control import doctor  # the host's side: routes, nftables, root
+
+    return [f"{f.subject}: {f.message}" for f in blocking(doctor.placement(config))]
 
 
 def problem_lines(findings: list[Finding]) -> str:

@@ -88,9 +88,10 @@
     const notReady = status.not_ready || [], degraded = status.degraded || [];
     const reasons = notReady.map((r) => "Not ready: " + r).concat(degraded.map((r) => "Degraded: " + r));
     banner.hidden = reasons.length === 0;
+    // The words are the template's (data- attributes), written in one place.
     banner.querySelector('[data-role="headline"]').textContent = notReady.length
-      ? "Not ready: part of the configuration is not in force"
-      : "Degraded: running the last good config, not the config file";
+      ? banner.dataset.notReady
+      : banner.dataset.degraded;
     const list = banner.querySelector('[data-role="reasons"]');
     if (Array.from(list.children, (li) => li.textContent).join("\n") !== reasons.join("\n")) {
       list.replaceChildren(...reasons.map((r) => Object.assign(document.createElement("li"), { textContent: r })));
