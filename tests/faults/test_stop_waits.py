@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.test_stuck_worker import HOST, backends, write_config  # noqa: F401
+from tests.faults.test_stuck_worker import HOST, write_config  # noqa: F401 (HOST: conftest)
 from tests.peers.procs import free_port, running
 
 VIP = "127.10.19.1"
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def test_stop_waits_for_the_process_not_its_pid(tmp_path: Path, backends: list[int]) -> None:  # noqa: F811
+def test_stop_waits_for_the_process_not_its_pid(tmp_path: Path, backends: list[int]) -> None:
     config, state = tmp_path / "pacslb.yaml", tmp_path / "state"
     port = free_port(VIP)
     write_config(config, port, backends)

@@ -12,47 +12,20 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
-import pytest
-
+from tests.faults import web_service
 from tests.faults.test_worker_supervision import events_of, reap_later
 from tests.faults.test_workers import alive, pid_of, wait
-from tests.peers.procs import free_port, http_peer, running
+from tests.peers.procs import free_port, running
 
 HOST = "127.10.19.10"  # the real servers
 VIP = "127.10.19.1"
 
 
 def write_config(path: Path, port: int, backends: list[int]) -> None:
-    servers = "\n".join(
-        f"      - {{label: Srv{i}, address: {HOST}, port: {p}}}" for i, p in enumerate(backends, 1)
-    )
-    path.write_text(
-        f"""version: 1
-node: {{webui: {{enabled: false}}, proxy: {{workers: 1, spare: false}}}}
-virtual_services:
-  - label: Web
-    vip: {VIP}
-    ports: [{port}]
-    mode: l7-http
-    scheduler: rr
-    health_check: {{type: http, path: /check, expect: OK, interval: 0.5, timeout: 0.4}}
-    real_servers:
-{servers}
-"""
-    )
-
-
-@pytest.fixture
-def backends() -> Iterator[list[int]]:
-    ports = [free_port(HOST), free_port(HOST)]
-    with ExitStack() as stack:
-        for i, port in enumerate(ports, start=1):
-            stack.enter_context(http_peer(HOST, port, "/check=200:OK", f"/who=200:server{i}"))
-        yield ports
+    web_service.write_config(path, VIP, port, HOST, backends, 1, False)
 
 
 def fill_backlog(stack: ExitStack, path: Path) -> int:

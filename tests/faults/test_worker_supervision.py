@@ -15,48 +15,21 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from pacslb.control.local import NotRunning
+from tests.faults import web_service
 from tests.faults.test_workers import alive, has_event, pid_of, status, wait, worker_events
-from tests.peers.procs import free_port, http_peer, running
+from tests.peers.procs import free_port, running
 
 HOST = "127.10.13.10"  # the real servers
 VIP = "127.10.13.1"
 
 
 def write_config(path: Path, port: int, backends: list[int], workers: int) -> None:
-    servers = "\n".join(
-        f"      - {{label: Srv{i}, address: {HOST}, port: {p}}}" for i, p in enumerate(backends, 1)
-    )
-    path.write_text(
-        f"""version: 1
-node: {{webui: {{enabled: false}}, proxy: {{workers: {workers}, spare: false}}}}
-virtual_services:
-  - label: Web
-    vip: {VIP}
-    ports: [{port}]
-    mode: l7-http
-    scheduler: rr
-    health_check: {{type: http, path: /check, expect: OK, interval: 0.5, timeout: 0.4}}
-    real_servers:
-{servers}
-"""
-    )
-
-
-@pytest.fixture
-def backends() -> Iterator[list[int]]:
-    ports = [free_port(HOST), free_port(HOST)]
-    with ExitStack() as stack:
-        for i, port in enumerate(ports, start=1):
-            stack.enter_context(http_peer(HOST, port, "/check=200:OK", f"/who=200:server{i}"))
-        yield ports
+    web_service.write_config(path, VIP, port, HOST, backends, workers, False)
 
 
 def run_argv(tmp_path: Path) -> list[str]:
