@@ -63,6 +63,22 @@ virtual_services:
     procs[name] = (p, vip, state, env)
 
 
+def serving_workers(state):
+    """PIDs of the tree's proxy workers from their command lines (any version of pacslb; a warm
+    spare, which serves nothing until it takes over, left out)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().decode().split("\0")
+        except (OSError, UnicodeDecodeError):
+            continue
+        if "proxy" in argv and "--socket" in argv:
+            sock = argv[argv.index("--socket") + 1]
+            if sock.startswith(f"{state}/") and not sock.endswith("proxy-spare.sock"):
+                found.append(int(entry))
+    return sorted(found)
+
+
 def worker_pid(name):
     _, _, state, env = procs[name]
     for _ in range(100):
@@ -75,7 +91,7 @@ def worker_pid(name):
                 timeout=10,
             ).stdout
             st = json.loads(out)
-            ws = [w["pid"] for w in st["proxy"]["workers"] if w.get("pid") and w["state"] == "up"]
+            ws = serving_workers(state)
             if ws and all(rs["health"] == "up" for s in st["services"] for rs in s["real_servers"]):
                 return ws[0]
         except Exception:
