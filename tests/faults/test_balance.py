@@ -9,9 +9,7 @@ for good). Real `pacslb run`, real HTTP servers; the backends' answers name who 
 
 from __future__ import annotations
 
-import itertools
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -24,7 +22,7 @@ from typing import Any
 import pytest
 
 from tests.netns.conftest import Pacslb
-from tests.netns.topology import Client, Host, Topology, named_servers, require_root_and_nft
+from tests.netns.topology import Client, Topology, named_servers, two_arm
 from tests.peers.procs import free_port, http_peer, running, wait_until
 
 VIP = "127.10.6.1"
@@ -157,36 +155,11 @@ def test_new_cookie_clients_spread_evenly(vips: Vips) -> None:
 L4_VIP = "198.18.1.100"
 
 
-class _Namespaces(Topology):
-    """The netns topology under this file's own names (h6-*), apart from other test runs."""
-
-    def __init__(self) -> None:
-        self.tag = f"h6-{os.getpid() % 100000}x{next(_serial)}"
-        self.switch = f"{self.tag}-sw"
-        self.hosts: dict[str, Host] = {}
-        self._namespaces: list[str] = []
-        self._ns(self.switch)
-
-
-_serial = itertools.count()
-
-
 @pytest.fixture(scope="module")
 def nat() -> Iterator[Topology]:
-    require_root_and_nft()
-    topo = _Namespaces()
-    try:
-        topo.bridge("br0")
-        topo.bridge("br1")
-        topo.host("client", ("br0", "198.18.1.10/24"))
-        topo.host("lb", ("br0", "198.18.1.2/24"), ("br1", "198.18.2.1/24"))
-        for i in (1, 2):
-            rs = topo.host(f"rs{i}", ("br1", f"198.18.2.{10 + i}/24"))
-            rs.run("ip", "route", "add", "default", "via", "198.18.2.1")
+    with two_arm(servers=2, gateway=True) as topo:
         named_servers(topo, [8080])
         yield topo
-    finally:
-        topo.close()
 
 
 def test_sequential_new_flows_through_l4_nat_spread_evenly(nat: Topology, tmp_path: Path) -> None:

@@ -7,8 +7,6 @@ status says "removing" while conntrack still counts them, and once they close it
 
 from __future__ import annotations
 
-import itertools
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,39 +14,16 @@ from typing import Any
 import pytest
 
 from tests.netns.conftest import Pacslb
-from tests.netns.topology import Client, Topology, named_servers, require_root_and_nft
+from tests.netns.topology import Client, Topology, named_servers, two_arm
 
 VIP = "198.18.1.100"
-_serial = itertools.count(1)
-
-
-class H3Topology(Topology):
-    """The shared topology, with this helper's namespace names (h3-*)."""
-
-    def __init__(self) -> None:
-        self.tag = f"h3-{os.getpid() % 100000}x{next(_serial)}"
-        self.switch = f"{self.tag}-sw"
-        self.hosts = {}
-        self._namespaces = []
-        self._ns(self.switch)
 
 
 @pytest.fixture
 def nat() -> Iterator[Topology]:
-    require_root_and_nft()
-    topo = H3Topology()
-    try:
-        topo.bridge("br0")
-        topo.bridge("br1")
-        topo.host("client", ("br0", "198.18.1.10/24"))
-        topo.host("lb", ("br0", "198.18.1.2/24"), ("br1", "198.18.2.1/24"))
-        for i in (1, 2):
-            rs = topo.host(f"rs{i}", ("br1", f"198.18.2.{10 + i}/24"))
-            rs.run("ip", "route", "add", "default", "via", "198.18.2.1")
+    with two_arm(servers=2, gateway=True) as topo:
         named_servers(topo, [8080])
         yield topo
-    finally:
-        topo.close()
 
 
 def config(servers: list[str]) -> dict[str, Any]:
