@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.test_webui import ARGS, CHROMIUM, TIMEOUT_MS, shot
+from tests.browser.chromium import ARGS, CHROMIUM, logged_in, shot
 from tests.peers.procs import free_port, running
 
 playwright = pytest.importorskip("playwright.sync_api")
@@ -61,15 +61,7 @@ def test_save_after_a_hand_edit_shows_the_conflict(tmp_path: Path) -> None:
         stack.enter_context(running(argv, WEB_HOST, web, log=tmp_path / "run.log"))
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
         stack.callback(browser.close)
-        context = browser.new_context(
-            ignore_https_errors=True, base_url=f"https://{WEB_HOST}:{web}"
-        )
-        page = context.new_page()
-        page.set_default_timeout(TIMEOUT_MS)
-        page.goto("/")
-        page.fill("#password", PASSWORD)
-        page.click("button[type=submit]")
-        page.wait_for_selector("#overview")
+        page = logged_in(browser, f"https://{WEB_HOST}:{web}", PASSWORD)
 
         page.goto("/services/Viewer/servers/Srv1")
         page.fill("#f-weight", "50")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.test_webui import ARGS, CHROMIUM, TIMEOUT_MS, shot
+from tests.browser.chromium import ARGS, CHROMIUM, logged_in, shot
 from tests.peers.procs import free_port, http_peer, running, wait_until
 
 playwright = pytest.importorskip("playwright.sync_api")
@@ -70,15 +70,7 @@ def test_red_banner_names_the_engine_failure_while_it_lasts(tmp_path: Path) -> N
     ):
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
         try:
-            context = browser.new_context(
-                ignore_https_errors=True, base_url=f"https://{HOST}:{web}"
-            )
-            page = context.new_page()
-            page.set_default_timeout(TIMEOUT_MS)
-            page.goto("/")
-            page.fill("#password", PASSWORD)
-            page.click("button[type=submit]")
-            page.wait_for_selector("#overview")
+            page = logged_in(browser, f"https://{HOST}:{web}", PASSWORD)
 
             banner = page.locator("#readiness")
             banner.wait_for(state="visible")
@@ -134,15 +126,7 @@ def test_banner_says_the_last_good_revision_runs_when_the_file_is_broken(tmp_pat
     ):
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
         try:
-            context = browser.new_context(
-                ignore_https_errors=True, base_url=f"https://{HOST}:{web}"
-            )
-            page = context.new_page()
-            page.set_default_timeout(TIMEOUT_MS)
-            page.goto("/")
-            page.fill("#password", PASSWORD)
-            page.click("button[type=submit]")
-            page.wait_for_selector("#overview")
+            page = logged_in(browser, f"https://{HOST}:{web}", PASSWORD)
             banner = page.locator("#readiness")
             banner.wait_for(state="visible")
             text = banner.inner_text()

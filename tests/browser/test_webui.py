@@ -8,7 +8,6 @@ graphs, log out. Screenshots of the System Overview go to tests/browser/artifact
 from __future__ import annotations
 
 import contextlib
-import shutil
 import socket
 import subprocess
 import sys
@@ -19,27 +18,15 @@ from typing import Any
 
 import pytest
 
-from tests.peers.procs import ROOT, free_port, http_peer, running
+from tests.browser.chromium import ARGS, CHROMIUM, TIMEOUT_MS, row, shot
+from tests.peers.procs import free_port, http_peer, running
 
 playwright = pytest.importorskip("playwright.sync_api")
-CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed"),
 ]
-ARTIFACTS = ROOT / "tests/browser/artifacts"
-ARGS = [
-    "--no-sandbox",
-    "--headless",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 WEB_HOST, PASSWORD = "127.0.0.8", "browser test password"
-TIMEOUT_MS = 15000
 
 
 @pytest.fixture
@@ -86,17 +73,6 @@ virtual_services:
         argv = [*cli, "run", str(config), "--state-dir", str(state)]
         stack.enter_context(running(argv, WEB_HOST, web, log=tmp_path / "run.log"))
         yield f"https://{WEB_HOST}:{web}", pacs_vip
-
-
-def shot(page: Any, name: str, tmp_path: Path) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    path = tmp_path / name
-    page.screenshot(path=str(path), full_page=True)
-    shutil.copy(path, ARTIFACTS / name)
-
-
-def row(page: Any, server: str) -> Any:
-    return page.locator(f'tr.rip[data-server="{server}"]')
 
 
 def wait_colour(page: Any, server: str, colour: str) -> None:

@@ -12,7 +12,6 @@ Screenshots of each page go to tests/browser/artifacts/ (gitignored) for a perso
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -24,30 +23,18 @@ from typing import Any
 
 import pytest
 
-from tests.peers.procs import ROOT, free_port, http_peer, running
+from tests.browser.chromium import ARGS, CHROMIUM, TIMEOUT_MS, row, shot
+from tests.peers.procs import free_port, http_peer, running
 
 playwright = pytest.importorskip("playwright.sync_api")
-CHROMIUM = Path("/usr/bin/chromium")
 STORESCP = Path("/usr/bin/storescp")
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed"),
     pytest.mark.skipif(not STORESCP.exists(), reason="dcmtk is not installed"),
 ]
-ARTIFACTS = ROOT / "tests/browser/artifacts"
-ARGS = [
-    "--no-sandbox",
-    "--headless",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 NET = "127.10.11"
 WEB_HOST, PASSWORD = f"{NET}.8", "browser pages password"
-TIMEOUT_MS = 15000
 
 
 @pytest.fixture
@@ -97,17 +84,6 @@ virtual_services:
         argv = [*cli, "run", str(config), "--state-dir", str(state)]
         stack.enter_context(running(argv, WEB_HOST, web, log=tmp_path / "run.log"))
         yield f"https://{WEB_HOST}:{web}", f"http://{NET}.30:{web_vip}/"
-
-
-def shot(page: Any, name: str, tmp_path: Path) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    path = tmp_path / name
-    page.screenshot(path=str(path), full_page=True)
-    shutil.copy(path, ARTIFACTS / name)
-
-
-def row(page: Any, server: str) -> Any:
-    return page.locator(f'tr.rip[data-server="{server}"]')
 
 
 def state_word(page: Any, server: str, word: str) -> None:
