@@ -301,3 +301,28 @@ def test_workers_beyond_the_setting_are_stopped(tmp_path: Path, backends: list[i
         wait(lambda: has_event(state, "stopped", "proxy-1"), 15, "a 'stopped' event")
         wait(lambda: not alive(extra), 10, "the extra worker to exit")
         assert has_event(state, "adopted") and get(port)
+
+
+def test_a_spare_that_dies_is_replaced_and_still_takes_over(
+    tmp_path: Path, backends: list[int]
+) -> None:
+    """The warm spare is a process too: killed, a new one is started, and the next crashed
+    worker is still taken over by a spare (no interpreter start), as status shows."""
+    with ExitStack() as stack:
+        _, state, port = start(stack, tmp_path, backends, workers=1)
+        reap(stack, state, 1)
+        wait(lambda: status(state)["proxy"]["spare"] is not None, 15, "a spare worker")
+        first = status(state)["proxy"]["spare"]
+        stack.callback(lambda: alive(first) and os.kill(first, signal.SIGKILL))
+        os.kill(first, signal.SIGKILL)
+        wait(lambda: status(state)["proxy"]["spare"] not in (None, first), 20, "a new spare worker")
+        second = status(state)["proxy"]["spare"]
+        stack.callback(lambda: alive(second) and os.kill(second, signal.SIGKILL))
+        victim = pid_of(state / "proxy-0.sock")
+        assert victim is not None and get(port)
+        os.kill(victim, signal.SIGKILL)
+        wait(lambda: pid_of(state / "proxy-0.sock") == second, 10, "the new spare to take over")
+        wait(lambda: has_event(state, "replaced"), 5, "a 'replaced' event")
+        replaced = [e for e in worker_events(state) if e["data"].get("reason") == "replaced"]
+        assert "the spare" in replaced[-1]["message"]
+        assert all(get(port) for _ in range(10))
