@@ -221,6 +221,15 @@ def test_a_slow_replacement_does_not_stop_the_watchdog(tmp_path: Path, backends:
         first, second = pid_of(state / "proxy-0.sock"), pid_of(state / "proxy-1.sock")
         assert first is not None and second is not None
         reap_later(stack, [first, second])
+        # Health settled first: a worker stopped while a Plan is being applied to it is not
+        # counted as missing pings until that apply times out (10 s), which is another case.
+        wait(
+            lambda: all(
+                rs["health"] == "up" for s in status(state)["services"] for rs in s["real_servers"]
+            ),
+            15,
+            "both servers up",
+        )
         flag.touch()  # from now on, a worker takes 8 s to start
         os.kill(first, signal.SIGSTOP)
         wait(lambda: bool(events_of(state, "hung", "proxy-0")), 15, "proxy-0 found hung")
