@@ -439,14 +439,70 @@ class WebUI(Model):
         return host.strip("[]"), int(port)
 
 
+class FloatingAddress(Model):
+    """An address that moves with the active node besides the VIPs: the real servers' default
+    gateway of l4-nat services (the guide: "this IP address should be a floating IP address")."""
+
+    address: str = Field(
+        pattern=r"^[0-9A-Fa-f:.]+/\d{1,3}$",
+        description="address/prefix on the real servers' segment, e.g. 10.0.1.1/24",
+    )
+    interface: str | None = Field(None, description="unset = node.ha.interface")
+
+    @field_validator("address")
+    @classmethod
+    def _interface_address(cls, value: str) -> str:
+        try:
+            return str(ipaddress.ip_interface(value.strip()))
+        except ValueError:
+            raise ValueError(f"{value!r} is not an address/prefix such as 10.0.1.1/24") from None
+
+
 class HASettings(Model):
-    """Reserved for the HA pair (keepalived VRRP); not active in this release."""
+    """This node's part in an HA pair (keepalived VRRP, unicast). Never replicated: each node
+    has its own; `secret` must be the same on every node of the pair."""
 
     enabled: bool = False
-    peer: IPAddress | None = None
-    interface: str | None = None
+    interface: str | None = Field(None, description="the interface VRRP adverts use")
+    address: IPAddress | None = Field(
+        None,
+        description="this node's own address for VRRP and state sync; unset = the "
+        "interface's first address",
+    )
+    peers: list[IPAddress] = Field(
+        default_factory=list, description="the other nodes' addresses (unicast VRRP, no multicast)"
+    )
     virtual_router_id: int = Field(51, ge=1, le=255)
-    priority: int = Field(100, ge=1, le=254)
+    priority: int = Field(100, ge=1, le=254, description="the higher wins the floating addresses")
+    advert_int: float = Field(
+        1.0, ge=0.01, le=255, description="seconds between VRRP adverts (below 1: VRRPv3)"
+    )
+    preempt: bool = Field(
+        False,
+        description="take the addresses back when this node returns with the higher priority "
+        "(off: the active node stays active until it fails or is told to hand over)",
+    )
+    secret: str | None = Field(
+        None,
+        min_length=16,
+        max_length=256,
+        description="shared by the nodes of the pair: authenticates VRRP and state sync",
+    )
+    gateways: list[FloatingAddress] = Field(
+        default_factory=list, description="floating addresses besides the VIPs (NAT gateway)"
+    )
+    sync_port: Port = Field(9445, description="UDP port of state sync between the nodes")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_peer(cls, value: Any) -> Any:
+        """`peer: ADDR` (one peer, the earlier reserved spelling) = `peers: [ADDR]`."""
+        if isinstance(value, dict) and "peer" in value:
+            value = dict(value)
+            peer = value.pop("peer")
+            if peer is not None:
+                value.setdefault("peers", [peer])
+        return value
 
 
 class ProxySettings(Model):

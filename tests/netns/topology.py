@@ -202,6 +202,51 @@ def two_arm(servers: int = 2, gateway: bool = True) -> Iterator[Topology]:
         topo.close()
 
 
+@contextlib.contextmanager
+def ha_one_arm(servers: int = 2, vip: str = "198.18.0.100", dr: bool = True) -> Iterator[Topology]:
+    """one_arm() with two load balancers: lb1 198.18.0.2 and lb2 198.18.0.3 (the VIP floats
+    between them: keepalived, unicast VRRP)."""
+    require_root_and_nft()
+    topo = Topology()
+    try:
+        topo.bridge("br0")
+        topo.host("client", ("br0", "198.18.0.10/24"))
+        topo.host("lb1", ("br0", "198.18.0.2/24"))
+        topo.host("lb2", ("br0", "198.18.0.3/24"))
+        for i in range(1, servers + 1):
+            rs = topo.host(f"rs{i}", ("br0", f"198.18.0.{10 + i}/24"))
+            if dr:
+                real_server_setup(rs, vip)
+        yield topo
+    finally:
+        topo.close()
+
+
+HA_GATEWAY = "198.18.2.1"  # the real servers' default gateway in ha_two_arm: a floating address
+
+
+@contextlib.contextmanager
+def ha_two_arm(servers: int = 2, gateway: bool = True) -> Iterator[Topology]:
+    """two_arm() with two load balancers: lb1 198.18.1.2 / 198.18.2.2 and lb2 198.18.1.3 /
+    198.18.2.3. The real servers' gateway 198.18.2.1 is held by neither until the HA pair
+    floats it (node.ha.gateways), as the guide requires for NAT."""
+    require_root_and_nft()
+    topo = Topology()
+    try:
+        topo.bridge("br0")
+        topo.bridge("br1")
+        topo.host("client", ("br0", "198.18.1.10/24"))
+        topo.host("lb1", ("br0", "198.18.1.2/24"), ("br1", "198.18.2.2/24"))
+        topo.host("lb2", ("br0", "198.18.1.3/24"), ("br1", "198.18.2.3/24"))
+        for i in range(1, servers + 1):
+            rs = topo.host(f"rs{i}", ("br1", f"198.18.2.{10 + i}/24"))
+            if gateway:
+                rs.run("ip", "route", "add", "default", "via", HA_GATEWAY)
+        yield topo
+    finally:
+        topo.close()
+
+
 def named_servers(topo: Topology, ports: Sequence[int]) -> None:
     """On every rs*: a server on `ports` that greets with its name and echoes (netns/peer.py)."""
     for name, host in topo.hosts.items():

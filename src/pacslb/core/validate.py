@@ -665,7 +665,7 @@ def cross_service_problems(
 def node_problems(node: c.Node, file_exists: FileExists | None = None) -> list[Problem]:
     out: list[Problem] = []
     if node.ha is not None and node.ha.enabled:
-        out.append(Problem("node.ha.enabled", "the HA pair is not available in this release yet"))
+        out += ha_problems(node.ha)
     webui = node.webui
     if not 1 <= webui.address()[1] <= 65535:
         out.append(Problem("node.webui.listen", "the port must be 1-65535"))
@@ -675,4 +675,22 @@ def node_problems(node: c.Node, file_exists: FileExists | None = None) -> list[P
         path = getattr(webui, field)
         if path is not None and file_exists is not None and not file_exists(path):
             out.append(Problem(f"node.webui.{field}", f"no such file: {path}"))
+    return out
+
+
+def ha_problems(ha: c.HASettings) -> list[Problem]:
+    """What an enabled HA pair needs before keepalived can be started for it."""
+    out: list[Problem] = []
+    if not ha.interface:
+        out.append(Problem("node.ha.interface", "an HA node needs the interface VRRP adverts use"))
+    if not ha.peers:
+        out.append(Problem("node.ha.peers", "an HA node needs its peer's address (unicast VRRP)"))
+    if ha.secret is None:
+        out.append(
+            Problem("node.ha.secret", "an HA node needs the pair's shared secret (16+ characters)")
+        )
+    if ha.address is not None and ha.address in ha.peers:
+        out.append(Problem("node.ha.peers", f"{ha.address} is this node's own address"))
+    if len(set(ha.peers)) != len(ha.peers):
+        out.append(Problem("node.ha.peers", "a peer is listed twice"))
     return out

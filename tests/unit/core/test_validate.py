@@ -7,7 +7,15 @@ from typing import Any
 
 import pytest
 
-from pacslb.core.validate import flow_style, format_path, load_data, load_text, parse_yaml
+from pacslb import config as c
+from pacslb.core.validate import (
+    flow_style,
+    format_path,
+    ha_problems,
+    load_data,
+    load_text,
+    parse_yaml,
+)
 from pacslb.errors import ConfigError
 
 DATA = Path(__file__).parent.parent / "data"
@@ -235,9 +243,21 @@ def test_duplicate_ports_in_one_service() -> None:
     assert "listed twice" in problems(svc(ports="80,80"))["virtual_services[0].ports"]
 
 
-def test_ha_is_reserved_and_refused_when_enabled() -> None:
+def test_an_enabled_ha_node_needs_interface_peer_and_secret() -> None:
     found = problems(svc(), node={"ha": {"enabled": True}})
-    assert "not available" in found["node.ha.enabled"]
+    assert "interface" in found["node.ha.interface"]
+    assert "peer" in found["node.ha.peers"]
+    assert "secret" in found["node.ha.secret"]
+    ok = {"enabled": True, "interface": "eth0", "peer": "10.0.0.3", "secret": "s" * 16}
+    ha = c.HASettings.model_validate(ok)
+    assert [str(p) for p in ha.peers] == ["10.0.0.3"]  # `peer:` is one of `peers:`
+    assert ha_problems(ha) == []
+
+
+def test_ha_peer_cannot_be_this_node() -> None:
+    ha = {"enabled": True, "interface": "eth0", "secret": "s" * 16}
+    found = problems(svc(), node={"ha": {**ha, "address": "10.0.0.2", "peers": ["10.0.0.2"]}})
+    assert "own address" in found["node.ha.peers"]
 
 
 def test_unknown_check_type_lists_the_choices() -> None:

@@ -1,0 +1,53 @@
+"""This node's role in an HA pair: one value that the keepalived supervisor sets from VRRP's
+notify events and that replication, state sync, conntrackd, the API and the WebUI read.
+
+Words as the guide's appliance uses them: the *active* node holds the floating addresses (VRRP
+MASTER), the *passive* one stands by (BACKUP). A node without `node.ha` is `standalone`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from enum import StrEnum
+
+
+class Role(StrEnum):
+    STANDALONE = "standalone"  # no HA configured: this node serves alone
+    STARTING = "starting"  # keepalived started, no VRRP state reported yet
+    ACTIVE = "active"  # VRRP MASTER: holds the VIPs and floating gateways
+    PASSIVE = "passive"  # VRRP BACKUP: ready, holds no floating address
+    FAULT = "fault"  # VRRP FAULT (its interface is down, or it was told to hand over)
+    STOPPED = "stopped"  # keepalived is not running
+
+    @property
+    def holds_addresses(self) -> bool:
+        return self in (Role.STANDALONE, Role.ACTIVE)
+
+
+Listener = Callable[[Role, Role], None]  # (old, new)
+
+
+class HaState:
+    """The current role, since when (monotonic and wall clock), and who wants to hear of a
+    change. Listeners run in the caller's thread (the event loop) and must not block."""
+
+    def __init__(self, role: Role = Role.STANDALONE) -> None:
+        self.role = role
+        self.since = time.monotonic()
+        self.since_wall = time.time()
+        self._listeners: list[Listener] = []
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def set(self, role: Role) -> bool:
+        """Make `role` current; True (and every listener told) when it changed."""
+        old = self.role
+        if role is old:
+            return False
+        self.role = role
+        self.since, self.since_wall = time.monotonic(), time.time()
+        for listener in list(self._listeners):
+            listener(old, role)
+        return True
