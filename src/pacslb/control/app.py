@@ -41,6 +41,7 @@ from pacslb.control.store import (
     storage_error,
     write_atomic,
 )
+from pacslb.core.ha_role import HaState, Role, ha_enabled
 from pacslb.core.health import Transition
 from pacslb.core.plan import Leaving, Plan, ServerKey, build_plan, diff_plans, drained, removals
 from pacslb.core.state import AdminState
@@ -116,6 +117,9 @@ class ControlProcess:
             if hasattr(engine, "notify"):
                 engine.notify = self._engine_note(engine.name)
         self.checker = HealthChecker(self._on_transition)
+        # This node's HA role: set by the keepalived supervisor, read by replication, state
+        # sync, the API and the WebUI (core/ha_role.py).
+        self.ha = HaState(Role.STARTING if ha_enabled(config) else Role.STANDALONE)
         self.plan: Plan | None = None
         self.started = datetime.now(UTC)
         self.revision = 0

@@ -10,6 +10,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from enum import StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pacslb.config import Config
 
 
 class Role(StrEnum):
@@ -51,3 +55,7 @@ class HaState:
         for listener in list(self._listeners):
             listener(old, role)
         return True
+
+
+def ha_enabled(config: Config) -> bool:
+    return config.node.ha is not None and config.node.ha.enabled
