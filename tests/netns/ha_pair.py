@@ -266,7 +266,7 @@ class Outage:
                 longest = max(longest, at - last_ok)
                 last_ok = at
                 if recovered is None:
-                    recovered = at - started
+                    recovered = max(0.0, at - started)
             else:
                 failed += 1
                 recovered = None
@@ -296,7 +296,7 @@ def start_pair(
     nodes = []
     for name, config in configs.items():
         state = tmp / name
-        state.mkdir()
+        state.mkdir(parents=True)
         run = Pacslb(topo.hosts[name], state, config)
         nodes.append(Node(name, topo.hosts[name], run, links[name]))
     for node in nodes:
