@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.netns.ha_pair import (
     PROBES,
@@ -31,6 +32,7 @@ from tests.netns.ha_pair import (
 # Generous: the goals are 1 s graceful and 4 s for a node loss at advert_int 1; a loaded
 # machine (six test runs at once) stretches both.
 GRACEFUL_BOUND = 3.0
+EXTRA_VIP = "198.18.0.101"
 LOSS_BOUND = 8.0
 
 
@@ -81,6 +83,36 @@ def test_release_hands_over_and_the_released_node_stays_passive(one_arm_pair: Pa
     # New connections go through the peer.
     outage = pair.takeover("after release", lambda: None, PROBES["one-arm"])
     assert outage["l4-dr"].failed == 0
+
+
+def test_a_vip_that_only_one_node_has_yet_splits_nothing(one_arm_pair: Pair) -> None:
+    """Replication applies a revision on one node before the other: a VIP that only one node
+    has must not make the pair ignore each other's adverts (both active: split brain). The
+    adverts carry no VIP list (core/keepalived.py), so it does not."""
+    pair = one_arm_pair
+    active = pair.wait_one_active()
+    passive = pair.other(active)
+    originals = {node.name: node.run.config_path.read_text() for node in pair.nodes}
+    for node in (passive, active):  # the passive node first, as a replica could be
+        config = yaml.safe_load(node.run.config_path.read_text())
+        extra = {**config["virtual_services"][0], "label": "Archive2", "vip": EXTRA_VIP}
+        config["virtual_services"].append(extra)
+        node.run.write(config)
+        node.run.cli("reload")
+        assert events_say(node, f"keepalived reloaded: added {EXTRA_VIP}/32")
+        if node is passive:
+            time.sleep(4.0)  # longer than the master-down interval (3 adverts + skew)
+            assert pair.wait_one_active() is active and passive.role() == "passive"
+            assert EXTRA_VIP not in passive.addresses()
+    deadline = time.monotonic() + 5
+    while EXTRA_VIP not in active.addresses():  # the active node adds it on the reload
+        assert time.monotonic() < deadline, "the new VIP did not appear on the active node"
+        time.sleep(0.05)
+    assert EXTRA_VIP not in passive.addresses()
+    for node in pair.nodes:
+        node.run.config_path.write_text(originals[node.name])
+        node.run.cli("reload")
+    assert pair.wait_one_active() is active
 
 
 def test_keep_data_plane_leaves_keepalived_holding_the_vip(one_arm_pair: Pair) -> None:
