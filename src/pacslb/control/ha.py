@@ -39,6 +39,7 @@ from typing import Any
 
 from pacslb import config as c
 from pacslb.core import keepalived as k
+from pacslb.core.doctor import HOST, Finding, Level
 from pacslb.core.ha_role import HaState, Role, ha_enabled
 from pacslb.errors import PacslbError
 
@@ -393,7 +394,9 @@ class KeepalivedSupervisor:
             self.note(f"keepalived (pid {adopted}) left running by the last run: adopted", {})
             self._on_state(k.VrrpState("MASTER" if held else "BACKUP", None))
             return
-        await asyncio.to_thread(self._spawn, binary)
+        # In the loop's thread, not to_thread: a stop that cancels this task must never find
+        # a keepalived started behind its back (a few file operations and a fork: ms).
+        self._spawn(binary)
         self.note(f"keepalived started (pid {self.pid})", {"pid": self.pid})
 
     def _spawn(self, binary: str) -> None:
@@ -548,3 +551,35 @@ def stop_left_keepalived(state_dir: Path) -> list[str]:
     while time.monotonic() < deadline and _alive_keepalived(paths) == pid:
         time.sleep(0.05)
     return [f"stopped keepalived (pid {pid}): the floating addresses went to the peer"]
+
+
+def doctor_findings(config: c.Config) -> list[Finding]:
+    """`pacslb doctor`: an HA node needs keepalived, and warns of unauthenticated VRRPv3."""
+    ha = config.node.ha
+    if ha is None or not ha.enabled:
+        return []
+    binary = find_keepalived()
+    if binary is None:
+        return [
+            Finding(
+                "keepalived",
+                Level.PROBLEM,
+                HOST,
+                "node.ha is enabled and keepalived is not installed: the floating addresses "
+                "cannot be held",
+                INSTALL_HINT,
+            )
+        ]
+    out = [Finding("keepalived", Level.OK, HOST, f"keepalived at {binary} (node.ha)")]
+    if k.vrrp_version(ha.advert_int) == 3:
+        out.append(
+            Finding(
+                "keepalived",
+                Level.WARNING,
+                HOST,
+                f"node.ha.advert_int {ha.advert_int:g} needs VRRPv3, which has no "
+                "authentication: keep the pair on a segment only trusted hosts reach",
+                "a whole-second advert_int (VRRPv2) authenticates the adverts",
+            )
+        )
+    return out

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from pacslb import config as c
-from pacslb.control.ha import HaError, KeepalivedSupervisor
+from pacslb.control.ha import HaError, KeepalivedSupervisor, doctor_findings, find_keepalived
+from pacslb.core.doctor import Level
 from pacslb.core.ha_role import HaState, Role
 
 
@@ -94,3 +95,13 @@ def test_a_keepalived_that_dies_at_start_is_not_ready_and_started_again(tmp_path
     assert any("starting it again in 0.2 s" in n for n in notes), notes
     assert supervisor.ha.role is Role.STOPPED and supervisor.pid is None
     assert (tmp_path / "keepalived" / "keepalived.conf").exists()
+
+
+def test_doctor_finds_keepalived_and_warns_that_vrrpv3_is_unauthenticated() -> None:
+    if find_keepalived() is None:
+        pytest.skip("keepalived is not installed here (CI installs it)")
+    assert doctor_findings(config(enabled=False)) == []
+    plain = doctor_findings(config())
+    assert [(f.check, f.level) for f in plain] == [("keepalived", Level.OK)]
+    fast = doctor_findings(config(advert_int=0.3))
+    assert fast[-1].level is Level.WARNING and "no authentication" in fast[-1].message
