@@ -49,6 +49,7 @@ RESTART_DELAYS = (0.2, 1.0, 2.0, 5.0, 10.0, 30.0)
 RESTART_RESET = 60.0
 STOP_TIMEOUT = 5.0  # seconds for keepalived to leave after SIGTERM before SIGKILL
 EARLY_EXIT = 10.0  # keepalived that exits this soon after its start makes the node not ready
+RETRY = 5.0  # seconds between tries while HA cannot run (keepalived missing, no interface)
 RELEASE_TIMEOUT = 5.0  # seconds for this node to stop being MASTER once released
 LOG_LIMIT = 1 << 20  # keepalived.log is started afresh above this size
 INSTALL_HINT = "apt-get install keepalived"
@@ -204,6 +205,7 @@ class KeepalivedSupervisor:
         self._partial = b""
         self._role_changed = asyncio.Event()
         self._lock = asyncio.Lock()
+        self._retry: asyncio.Task[None] | None = None
 
     # --- configure -----------------------------------------------------------------------
 
@@ -259,11 +261,25 @@ class KeepalivedSupervisor:
                 )
 
     def _fail(self, problem: str) -> None:
+        """HA cannot run now (not ready, naming `problem`); tried again every RETRY s."""
         if problem != self.problem:
             self.note(f"HA cannot run: {problem}", {"problem": problem})
         self.problem = problem
         if self._runner is None:  # a running keepalived goes on with its last config
             self.ha.set(Role.STOPPED)
+        if self._retry is None:
+            self._retry = asyncio.get_running_loop().create_task(self._retry_later())
+
+    async def _retry_later(self) -> None:
+        """Configure again now and then, so that a cause fixed on the host (keepalived
+        installed, the interface back) ends the problem by itself."""
+        try:
+            while self.problem is not None and not self._closing and self.config is not None:
+                await asyncio.sleep(RETRY)
+                if self.problem is not None and not self._closing:
+                    await self.configure(self.config)
+        finally:
+            self._retry = None
 
     def _render(self, config: c.Config) -> tuple[str, tuple[k.Floating, ...]]:
         ha = config.node.ha
@@ -449,6 +465,9 @@ class KeepalivedSupervisor:
     # --- stop ----------------------------------------------------------------------------
 
     async def close(self, keep_running: bool = False) -> None:
+        self._closing = True  # no retry starts keepalived again
+        if self._retry is not None:
+            self._retry.cancel()
         async with self._lock:
             if self._runner is not None:
                 await self._stop(keep_running)
