@@ -206,59 +206,67 @@ class KeepalivedSupervisor:
         self._role_changed = asyncio.Event()
         self._lock = asyncio.Lock()
         self._retry: asyncio.Task[None] | None = None
+        self._releasing = False
 
     # --- configure -----------------------------------------------------------------------
 
     async def configure(self, config: c.Config) -> None:
-        """Make keepalived match `config`: start it, reload it, or stop it (HA turned off)."""
+        """Make keepalived match `config`: start it, reload it, or stop it (HA turned off).
+        Never raises for the host's sake: what stops HA is a not-ready reason instead."""
         async with self._lock:
-            self.config = config
-            if not ha_enabled(config):
-                if self._runner is not None:
-                    await self._stop(keep_running=False)
-                    self.note("HA turned off: keepalived stopped", {})
-                self.problem = None
-                self.ha.set(Role.STANDALONE)
-                return
-            if self.ha.role is Role.STANDALONE:
-                self.ha.set(Role.STARTING)
-            binary = self.find()
-            if binary is None:
-                self._fail(f"keepalived is not installed ({INSTALL_HINT})")
-                return
             try:
-                text, addresses = await asyncio.to_thread(self._render, config)
-            except (HaError, ValueError) as exc:
-                self._fail(str(exc))
-                return
-            if self.problem is not None:
-                self.note(f"keepalived can run again: {self.problem} is resolved", {})
+                await self._configure(config)
+            except OSError as exc:  # the state dir refused a file, the FIFO...
+                self._fail(f"keepalived's files in {self.paths.directory}: {exc}")
+
+    async def _configure(self, config: c.Config) -> None:
+        self.config = config
+        if not ha_enabled(config):
+            if self._runner is not None:
+                await self._stop(keep_running=False)
+                self.note("HA turned off: keepalived stopped", {})
             self.problem = None
-            old = {a.cidr for a in self.addresses}
-            changed = text != self.text
-            self.text, self.addresses = text, addresses
-            if changed:
-                await asyncio.to_thread(self._write_config, text)
-            if self._runner is None:
-                self._closing = False
-                self._open_fifo()
-                self._runner = asyncio.get_running_loop().create_task(self._run(binary))
-            elif changed:
-                new = {a.cidr for a in addresses}
-                added, removed = sorted(new - old), sorted(old - new)
-                self._signal(signal.SIGHUP)
-                what = "; ".join(
-                    part
-                    for part in (
-                        f"added {', '.join(added)}" if added else "",
-                        f"removed {', '.join(removed)}" if removed else "",
-                    )
-                    if part
+            self.ha.set(Role.STANDALONE)
+            return
+        if self.ha.role is Role.STANDALONE:
+            self.ha.set(Role.STARTING)
+        binary = self.find()
+        if binary is None:
+            self._fail(f"keepalived is not installed ({INSTALL_HINT})")
+            return
+        try:
+            text, addresses = await asyncio.to_thread(self._render, config)
+        except (HaError, ValueError) as exc:
+            self._fail(str(exc))
+            return
+        if self.problem is not None:
+            self.note(f"keepalived can run again: {self.problem} is resolved", {})
+        self.problem = None
+        old = {a.cidr for a in self.addresses}
+        changed = text != self.text
+        if changed:
+            await asyncio.to_thread(self._write_config, text)
+        self.text, self.addresses = text, addresses  # once written: a failed write is retried
+        if self._runner is None:
+            self._closing = False
+            self._open_fifo()
+            self._runner = asyncio.get_running_loop().create_task(self._run(binary))
+        elif changed:
+            new = {a.cidr for a in addresses}
+            added, removed = sorted(new - old), sorted(old - new)
+            self._signal(signal.SIGHUP)
+            what = "; ".join(
+                part
+                for part in (
+                    f"added {', '.join(added)}" if added else "",
+                    f"removed {', '.join(removed)}" if removed else "",
                 )
-                self.note(
-                    f"keepalived reloaded: {what or 'settings changed'}",
-                    {"added": added, "removed": removed},
-                )
+                if part
+            )
+            self.note(
+                f"keepalived reloaded: {what or 'settings changed'}",
+                {"added": added, "removed": removed},
+            )
 
     def _fail(self, problem: str) -> None:
         """HA cannot run now (not ready, naming `problem`); tried again every RETRY s."""
@@ -519,6 +527,15 @@ class KeepalivedSupervisor:
             )
         if self.ha.role is not Role.ACTIVE:
             raise HaError(f"this node is {self.ha.role}, not active: it holds nothing to hand over")
+        if self._releasing:
+            raise HaError("a hand-over is already under way")
+        self._releasing = True
+        try:
+            return await self._release(ha, by, timeout)
+        finally:
+            self._releasing = False
+
+    async def _release(self, ha: c.HASettings, by: str, timeout: float) -> dict[str, Any]:
         who = f" by {by}" if by else ""
         self.note(f"hand-over asked{who}: releasing the floating addresses to the peer", {})
         started = time.monotonic()
