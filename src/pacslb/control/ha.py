@@ -90,7 +90,8 @@ def host_facts(ha: c.HASettings, vips: list[str]) -> tuple[str, dict[str, str]]:
     names = {link["ifname"] for link in links}
     if ha.interface not in names:
         raise HaError(f"node.ha.interface {ha.interface}: no such interface on this host")
-    vip_set = set(vips)
+    # Ours, never the node's own (the active node holds them): not a source, not a subnet.
+    vip_set = set(vips) | {g.address.split("/")[0] for g in ha.gateways}
     source = str(ha.address) if ha.address is not None else None
     family = ipaddress.ip_address(str(ha.peers[0])).version if ha.peers else 4
     device_of: dict[str, str] = {}
