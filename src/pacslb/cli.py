@@ -686,6 +686,10 @@ def build_parser() -> argparse.ArgumentParser:
     locate(p)
     p.set_defaults(func=cmd_reload)
 
+    from pacslb.control import backup_cli
+
+    backup_cli.add_parsers(sub, locate, _state_dir)
+
     p = sub.add_parser(
         "teardown",
         help="stopped pacslb: delete its nftables tables and the VIPs it added (layer 4 "
