@@ -22,6 +22,9 @@
 # wheel is built once per run; a build takes ~20-30 s here (see docs/install.md).
 set -euo pipefail
 
+# The build's interpreters see only the venv being made (a PYTHONPATH pointing at a checkout
+# would make pip think pacslb is installed already, and leave it out).
+unset PYTHONPATH PYTHONHOME PYTHONSTARTUP PYTHONUSERBASE
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 OUT=${1:-$REPO}
@@ -46,7 +49,7 @@ start=$(date +%s%N)
 "${PIP[@]}" --python "$VENV/bin/python" wheel -q --no-deps -w "$WORK/wheels" "$REPO"
 "${PIP[@]}" --python "$VENV/bin/python" install -q --no-compile --no-warn-script-location \
   "$WORK"/wheels/pacslb-"$VERSION"-*.whl
-"$VENV/bin/python" -c 'import pacslb.core._headfast' \
+(cd / && "$VENV/bin/python" -I -c 'import pacslb.cli, pacslb.core._headfast') \
   || { echo "build-deb: the C module did not build" >&2; exit 1; }
 
 # 2. make it a tree for /opt/pacslb (see the top)
