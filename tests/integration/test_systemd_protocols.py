@@ -20,7 +20,8 @@ from pathlib import Path
 from tests.peers.procs import free_port, http_peer, running
 
 from pacslb import __version__
-from pacslb.control.journal import decode_native
+from pacslb.control.events import Event
+from pacslb.control.journal import SystemLog, decode_native
 from pacslb.control.sdnotify import Notifier, message, notify_socket_address
 
 HOST = "127.10.5.1"  # this helper's loopback block
@@ -154,3 +155,36 @@ def test_notifier_reaches_an_abstract_socket_and_is_silent_without_one() -> None
     assert notify_socket_address("vsock:2:1234") is None
     text = message(reloading=True, status="multi\nline", now_usec=42)
     assert text == b"RELOADING=1\nMONOTONIC_USEC=42\nSTATUS=multi line\n"
+
+
+def test_system_log_is_chosen_from_the_environment_and_falls_back_to_syslog(
+    tmp_path: Path,
+) -> None:
+    journal_path, syslog_path = tmp_path / "journal", tmp_path / "log"
+    event = Event("admin", "online -> drain by admin", "Web", "Srv1")
+    with datagram_socket(syslog_path) as syslog:
+        # Not started by systemd (no JOURNAL_STREAM) and not asked: none, the host's log is
+        # left alone.
+        assert SystemLog.from_environment({"PACSLB_SYSLOG_SOCKET": str(syslog_path)}) is None
+        # Under systemd but without journald's socket: syslog.
+        env = {
+            "JOURNAL_STREAM": "8:12345",
+            "PACSLB_JOURNAL_SOCKET": str(journal_path),
+            "PACSLB_SYSLOG_SOCKET": str(syslog_path),
+        }
+        log = SystemLog.from_environment(env)
+        assert log is not None and log.kind == "syslog" and not log.duplicates_stdout
+        assert log.send(event)
+        line = syslog.recv(4096).decode()
+        assert line.startswith(f"<30>pacslb[{os.getpid()}]: admin: Web/Srv1: online -> drain")
+        log.close()
+        with datagram_socket(journal_path) as journal:
+            log = SystemLog.from_environment(env)
+            assert log is not None and log.kind == "journal"
+            # Too big for one datagram: the message still goes, without the data.
+            huge = Event("plan", "plan updated", data={"changes": "x" * 400_000})
+            assert log.send(huge)
+            fields = decode_native(journal.recv(1 << 16))
+            assert fields["MESSAGE"] == "plan: plan updated" and "PACSLB_DATA" not in fields
+            log.close()
+        assert SystemLog.from_environment({**env, "PACSLB_LOG_TO": "none"}) is None

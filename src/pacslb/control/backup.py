@@ -11,9 +11,11 @@ What a backup holds (a gzip'd tar):
                            pacslb keeps there (HA pairing, say)
     files/<absolute path>  the config file and every certificate and key the config names
                            (virtual_services[].tls, node.webui), restored to the same paths
-Left out, being runtime or logs: sockets, locks, *.log, events.jsonl (rotated logs), what the
-kernel engine added to this host (kernel-addresses.json: another host has not), temp files and
-the folders an earlier restore set aside.
+Left out, being runtime or logs: sockets, locks, pid files, *.log, events.jsonl and rotated
+logs, what the kernel engine added to this host (kernel-addresses.json: another host has not),
+the HA supervisors' folders (keepalived/, conntrackd/: rendered from the config at each start),
+temp files and the folders an earlier restore set aside. Kept with the rest: HA pairing
+(ha-peer.json: the peer's pinned certificate and token).
 
 Restore checks everything before it writes anything: the archive must read to its end (a
 truncated or corrupt one is refused), every member must be a plain file with a safe name, the
@@ -60,8 +62,11 @@ FORMAT_VERSION = 1
 MANIFEST = "MANIFEST.json"
 MAX_TOTAL = 512 * 1024 * 1024  # a state directory is kilobytes; this bounds a hostile archive
 SKIP_NAMES = frozenset({"events.jsonl", "kernel-addresses.json", "control.sock", ".lock"})
-SKIP_SUFFIXES = (".log", ".lock", ".sock", ".tmp", ".jsonl.1", ".fifo")
+SKIP_SUFFIXES = (".log", ".lock", ".sock", ".tmp", ".pid", ".fifo", ".1", ".gz")
 SKIP_PREFIXES = ("pre-restore-", ".restore-", ".")
+# What the HA supervisors render and run from (config made from pacslb.yaml at each start, pid
+# files, FIFOs, a maintenance hand-over flag, logs): this node's runtime, not its state.
+SKIP_DIRS = frozenset({"keepalived", "conntrackd"})
 
 
 class BackupError(PacslbError):
@@ -85,7 +90,8 @@ class Member:
 
 def is_state_file(rel: PurePosixPath) -> bool:
     """Whether a file of the state directory (path relative to it) belongs in a backup."""
-    if any(part.startswith(SKIP_PREFIXES) for part in rel.parts[:-1]):
+    folders = rel.parts[:-1]
+    if any(p.startswith(SKIP_PREFIXES) for p in folders) or (folders and folders[0] in SKIP_DIRS):
         return False
     name = rel.name
     if name in SKIP_NAMES or name.endswith(SKIP_SUFFIXES):
@@ -97,7 +103,10 @@ def state_files(state_dir: Path) -> list[PurePosixPath]:
     """The state directory's files that a backup holds, sorted (regular files only)."""
     out = []
     for root, dirs, files in os.walk(state_dir):
-        dirs[:] = [d for d in dirs if not d.startswith(SKIP_PREFIXES)]
+        top = Path(root) == state_dir
+        dirs[:] = [
+            d for d in dirs if not d.startswith(SKIP_PREFIXES) and not (top and d in SKIP_DIRS)
+        ]
         for name in files:
             path = Path(root, name)
             rel = PurePosixPath(path.relative_to(state_dir).as_posix())
