@@ -46,7 +46,13 @@ start=$(date +%s%N)
 
 # 1. the venv, pacslb's wheel (C module built by setup.py for $PYTHON), its dependencies
 "$PYTHON" -m venv --without-pip "$VENV"
-"${PIP[@]}" --python "$VENV/bin/python" wheel -q --no-deps -w "$WORK/wheels" "$REPO"
+# From a clean copy of the sources: setuptools builds in the source tree and never removes a
+# stale file from its build/ folder (a module deleted from src/ would still be packaged).
+mkdir "$WORK/src"
+cp -r "$REPO/pyproject.toml" "$REPO/setup.py" "$REPO/README.md" "$REPO/src" "$WORK/src/"
+find "$WORK/src" \( -name '__pycache__' -o -name '*.so' -o -name '*.egg-info' \) -prune \
+  -exec rm -rf {} +
+"${PIP[@]}" --python "$VENV/bin/python" wheel -q --no-deps -w "$WORK/wheels" "$WORK/src"
 "${PIP[@]}" --python "$VENV/bin/python" install -q --no-compile --no-warn-script-location \
   "$WORK"/wheels/pacslb-"$VERSION"-*.whl
 (cd / && "$VENV/bin/python" -I -c 'import pacslb.cli, pacslb.core._headfast') \
