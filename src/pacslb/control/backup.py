@@ -345,12 +345,19 @@ def restore(
             f"these files exist and differ from the archive's: {', '.join(conflicts)}; add "
             "--force to replace them (or --no-files to leave them); nothing was changed"
         )
+    created = not state_dir.exists()
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     staging = state_dir / f".restore-{secrets.token_hex(4)}"
     staging.mkdir(mode=0o700)
     try:
         _stage(staging, members)
-        _check_staged(staging)
+        try:
+            _check_staged(staging)
+        except BackupError:
+            shutil.rmtree(staging)
+            if created:
+                state_dir.rmdir()  # as it was: missing
+            raise
         # Everything is checked: from here on the state is replaced.
         aside = _set_aside(state_dir, present) if present else None
         for entry in sorted(staging.iterdir()):
