@@ -17,6 +17,7 @@ READY=1 (tests/integration/test_systemd_protocols.py checks the whole protocol).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shlex
 import shutil
@@ -26,10 +27,12 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pacslb import __version__
+from pacslb.engines.proxy import stop_workers
 from tests.peers.procs import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -293,3 +296,141 @@ def test_logrotate_rotates_a_log_a_process_still_writes(tmp_path: Path) -> None:
         os.close(fd)
     assert (tmp_path / "proxy-0.log.1").read_bytes() == b"before the rotation\n" * 100
     assert log.read_bytes() == b"after the rotation\n"  # no hole, nothing lost
+
+
+@contextlib.contextmanager
+def echo_server(host: str) -> Iterator[int]:
+    """A TCP echo server on a thread (the real server behind the l7-tcp VIP)."""
+    import threading
+
+    listener = socket.create_server((host, 0))
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve(conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(60)
+            with contextlib.suppress(OSError):
+                while data := conn.recv(4096):
+                    conn.sendall(data)
+
+    def accept() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                conn, _ = listener.accept()
+                threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield int(listener.getsockname()[1])
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+
+
+def repo_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """The checkout's pacslb CLI: the same control-socket protocol as the installed one."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    return subprocess.run(
+        [sys.executable, "-m", "pacslb.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+
+
+def wait_ready(state: Path, proc: subprocess.Popen[bytes], timeout: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        done = repo_cli("status", "--json", "--state-dir", str(state))
+        if done.returncode == 0 and (status := json.loads(done.stdout)).get("ready"):
+            return dict(status)
+        time.sleep(0.2)
+    raise AssertionError(f"not ready after {timeout} s")
+
+
+def echo(conn: socket.socket, data: bytes) -> bytes:
+    conn.sendall(data)
+    got = b""
+    while len(got) < len(data):
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        got += chunk
+    return got
+
+
+@ROOT_ONLY
+def test_an_upgrade_drops_no_connection(deb: Path, tmp_path: Path) -> None:
+    """The postinst's hand-over (which it runs where systemd is PID 1), step by step with the
+    installed files: `pacslb stop --keep-data-plane`, the package unpacked again over the
+    running workers, a new `pacslb run` that adopts them. A connection opened before carries on
+    through all of it."""
+    root = tmp_path / "root"
+    for d in ("var/lib/dpkg/info", "var/lib/dpkg/updates", "var/lib/dpkg/triggers"):
+        (root / d).mkdir(parents=True)
+    for f in ("var/lib/dpkg/status", "var/lib/dpkg/available"):
+        (root / f).touch()
+    done = dpkg(root, "-i", str(deb))
+    assert done.returncode == 0, done.stdout + done.stderr
+    state = root / "var/lib/pacslb"
+    vip = "127.10.5.41"
+    with echo_server(HOST) as backend:
+        port = free_port(vip)
+        config = tmp_path / "pacslb.yaml"
+        config.write_text(
+            f"""version: 1
+node:
+  webui: {{enabled: false}}
+  proxy: {{workers: 1, spare: false}}
+virtual_services:
+  - label: Dicom
+    vip: {vip}
+    ports: [{port}]
+    mode: l7-tcp
+    health_check: {{type: connect, interval: 1, timeout: 1}}
+    real_servers:
+      - {{label: Srv1, address: {HOST}, port: {backend}}}
+"""
+        )
+        run = f"exec /usr/bin/pacslb run {config} --state-dir {state}"
+        try:
+            old = subprocess.Popen(in_namespace(root, run), stdout=subprocess.PIPE)
+            try:
+                status = wait_ready(state, old)
+                worker = status["proxy"]["workers"][0]["pid"]
+                conn = socket.create_connection((vip, port), timeout=30)
+                assert echo(conn, b"before the upgrade\n") == b"before the upgrade\n"
+                stop = in_namespace(root, f"pacslb stop --keep-data-plane --state-dir {state}")
+                out = subprocess.run(stop, capture_output=True, text=True, timeout=60)
+                assert out.returncode == 0 and "goes on forwarding" in out.stdout, out.stderr
+                assert old.wait(30) == 0
+            finally:
+                if old.poll() is None:
+                    old.kill()
+                    old.wait(10)
+            assert echo(conn, b"control process gone\n") == b"control process gone\n"
+            done = dpkg(root, "-i", str(deb))  # the upgrade: prerm, unpack, postinst
+            assert done.returncode == 0, done.stdout + done.stderr
+            assert echo(conn, b"files replaced\n") == b"files replaced\n"
+            new = subprocess.Popen(in_namespace(root, run), stdout=subprocess.PIPE)
+            try:
+                status = wait_ready(state, new)
+                assert status["proxy"]["workers"][0]["pid"] == worker  # adopted, not replaced
+                assert echo(conn, b"after the upgrade\n") == b"after the upgrade\n"
+                with socket.create_connection((vip, port), timeout=30) as fresh:
+                    assert echo(fresh, b"a new client\n") == b"a new client\n"
+                conn.close()
+                new.terminate()
+                assert new.wait(30) == 0
+            finally:
+                if new.poll() is None:
+                    new.kill()
+                    new.wait(10)
+        finally:
+            stop_workers(state)  # workers a failure left (only these: not `teardown`, which
+            # would also delete the host's nftables table of that name)
