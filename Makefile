@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUN_DIR ?= $(CURDIR)/state/run
 
-.PHONY: run test lint typecheck unit sysdeps schema clean
+.PHONY: run test lint typecheck unit sysdeps schema clean deb
 
 # setup.py builds the one C module (the head parsers' fast path): a change to it reinstalls.
 $(STAMP): pyproject.toml setup.py src/pacslb/core/_headfast.c
@@ -34,6 +34,10 @@ unit: $(STAMP)
 
 test: $(STAMP) sysdeps lint typecheck
 	$(BIN)/pytest tests
+
+# pacslb_<version>_amd64.deb: a venv under /opt/pacslb, pacslb.service (docs/install.md).
+deb: $(STAMP)
+	PIP="$(BIN)/python -m pip" bash packaging/deb/build-deb.sh $(CURDIR)
 
 schema: $(STAMP)
 	$(BIN)/pacslb schema > docs/schema.json

@@ -71,8 +71,10 @@ def _pairs(items: Sequence[str], option: str) -> dict[str, list[str]]:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from pacslb.profiles import mckesson
+    from pacslb.profiles import empty, mckesson
 
+    if args.name == "empty":  # what the Debian package installs: no service yet, the WebUI on
+        return _write_profile(args, empty.render(args.state_dir, args.webui_listen), [])
     vips = {k: v[0] for k, v in _pairs(args.vip, "--vip").items()}
     rips = _pairs(args.rip, "--rip")
     try:
@@ -88,7 +90,12 @@ def cmd_profile(args: argparse.Namespace) -> int:
     except (ValueError, ConfigError) as exc:
         print(f"pacslb profile: {exc}", file=sys.stderr)
         return EXIT_INVALID
-    text = mckesson.render(data, args.variant, examples, args.dicom_check)
+    return _write_profile(
+        args, mckesson.render(data, args.variant, examples, args.dicom_check), examples
+    )
+
+
+def _write_profile(args: argparse.Namespace, text: str, examples: list[str]) -> int:
     if args.output:
         from pacslb.control.store import write_atomic
 
@@ -586,8 +593,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON document, for scripts")
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("profile", help="write a ready deployment (McKesson)")
-    p.add_argument("name", choices=["mckesson"])
+    p = sub.add_parser("profile", help="write a ready deployment (McKesson, or an empty node)")
+    p.add_argument("name", choices=["mckesson", "empty"])
     p.add_argument("--variant", choices=["dr", "nat-l7", "proxy"], default="dr")
     p.add_argument(
         "--vip",
@@ -685,6 +692,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reload", help="re-read the config file of the running pacslb")
     locate(p)
     p.set_defaults(func=cmd_reload)
+
+    from pacslb.control import backup_cli
+
+    backup_cli.add_parsers(sub, locate, _state_dir)
 
     p = sub.add_parser(
         "teardown",

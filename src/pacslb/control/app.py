@@ -24,7 +24,9 @@ from pacslb import __version__
 from pacslb import config as c
 from pacslb.control.checker import HealthChecker
 from pacslb.control.events import Event, EventLog
+from pacslb.control.journal import SystemLog
 from pacslb.control.probes import ProbeResult
+from pacslb.control.sdnotify import Notifier, status_line
 from pacslb.control.startup import BrokenFile, unplaceable
 from pacslb.control.store import (
     AdminStateStore,
@@ -111,7 +113,10 @@ class ControlProcess:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.store = ConfigStore(self.state_dir)
         self.admin = AdminStateStore(self.state_dir / "admin-state.json")
-        self.events = EventLog(self.state_dir / "events.jsonl")
+        self.events = EventLog(
+            self.state_dir / "events.jsonl", system_log=SystemLog.from_environment()
+        )
+        self.notifier = Notifier()  # systemd's Type=notify ($NOTIFY_SOCKET); else does nothing
         self.engines = list(engines)
         for engine in self.engines:  # engines that report what they did to the host (VIPs added)
             if hasattr(engine, "notify"):
@@ -383,6 +388,13 @@ class ControlProcess:
         is one whose revision cannot be saved (StorageError: the reason goes back to the CLI).
         """
         comment = f"reload {self.config_path}"
+        self.notifier.reloading()
+        try:
+            return await self._reload(comment)
+        finally:
+            self.notifier.ready(status_line(self))
+
+    async def _reload(self, comment: str) -> dict[str, Any]:
         # The file is read under the commit lock: read before it, an API change committed in
         # between would be undone by committing the older text as a newer revision.
         async with self._commit_lock:
@@ -723,8 +735,9 @@ class ControlProcess:
     ) -> None:
         service, server = key or ("", "")
         event = self.events.record(Event(kind, message, service, server, data=data or {}))
-        with contextlib.suppress(OSError, ValueError):  # stdout gone (EPIPE) must not stop us
-            print(event, flush=True)
+        if self.events.echo:  # not when stdout is the journal, which has the event already
+            with contextlib.suppress(OSError, ValueError):  # stdout gone (EPIPE): go on
+                print(event, flush=True)
 
 
 async def serve(process: ControlProcess) -> None:
@@ -744,8 +757,10 @@ async def serve(process: ControlProcess) -> None:
     web = await _start_web(process)
     try:
         await process.start()
+        process.notifier.ready(status_line(process))  # systemd: started (Type=notify)
         await process.wait_stopped()
     finally:
+        process.notifier.stopping()
         if web is not None:
             await web.close()
         await server.close()
