@@ -1,0 +1,420 @@
+"""Run the commands the docs show, and compare their output with what the docs print.
+
+`make docs-check` runs it. A fenced ```console block is preceded by a marker (an HTML comment,
+invisible when the Markdown is rendered) that says where its commands run:
+
+    <!-- docs-check: tmp -->      in a scratch directory, one per document (files made by one
+                                  block are there for the next), laid out like a checkout:
+                                  `pacslb` and `.venv/bin/pacslb` run this tree's pacslb
+    <!-- docs-check: demo -->     beside a running `pacslb demo --state-dir state/run` (what
+                                  `make run` starts), in a network namespace of its own, so
+                                  its addresses and ports (127.0.0.30-50, 80/443/4000/5000,
+                                  9443) clash with nothing on the host; cwd as for `tmp`
+    <!-- docs-check: demo A=B C=D -->  the same, each address A written as B before running:
+                                  a deployment guide's addresses pointed at the demo's
+    <!-- docs-check: file NAME -->  the next fenced block (any language) is written to NAME in
+                                  the document's scratch directory
+    <!-- docs-check: skip REASON --> not run; listed with its reason in the summary
+
+In a block, a line `$ COMMAND` is a command (a trailing backslash continues it on the next line);
+the lines after it, up to the next command, are its expected output (stdout and stderr
+together). A line `...` matches any number of lines, and `...` inside a line any text. A command
+with no output shown is only required to succeed. A trailing `# exit N` (or `# exits N`) says
+the exit status the docs promise; otherwise it must be 0. Variables set by one command
+(`T=$(...)`) are kept for the next commands of the same document.
+
+Every ```console block must carry a marker, and every relative link must name a file that
+exists, so a new command cannot slip in unchecked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "bench" / "README.md"]
+# Written by other work in progress; a link to them is reported, not failed.
+PENDING = {"docs/ha.md", "docs/install.md"}
+MARKER = re.compile(r"^<!--\s*docs-check:\s*(\S+)(.*?)-->\s*$")
+FENCE = re.compile(r"^(```+|~~~+)\s*([\w-]*)")
+LINK = re.compile(r"\]\(([^)\s#]+)(#[^)]*)?\)")
+EXIT = re.compile(r"\s#\s*exits?\s+(\d+)\s*$")
+SHELLS = {"console", "sh", "shell", "bash"}  # blocks of commands: each needs a marker
+COMMAND_TIMEOUT = 60.0
+DEMO_READY_TIMEOUT = 60.0
+
+
+@dataclass
+class Command:
+    text: str
+    expected: list[str]
+    exit_code: int
+    line: int
+
+
+@dataclass
+class Block:
+    doc: Path
+    line: int
+    kind: str  # tmp, demo, file, skip
+    argument: str
+    language: str
+    body: list[str]
+    commands: list[Command] = field(default_factory=list)
+
+
+class DocError(Exception):
+    """A document breaks the rules above (a block without marker, a bad marker)."""
+
+
+def parse(doc: Path) -> list[Block]:
+    lines = doc.read_text(encoding="utf-8").splitlines()
+    blocks: list[Block] = []
+    marker: tuple[str, str, int] | None = None
+    i = 0
+    while i < len(lines):
+        found = MARKER.match(lines[i].strip())
+        if found:
+            marker = (found.group(1), found.group(2).strip(), i + 1)
+            i += 1
+            continue
+        fence = FENCE.match(lines[i])
+        if not fence:
+            if lines[i].strip():
+                marker = None  # a marker belongs to the block right after it
+            i += 1
+            continue
+        start = i
+        close = fence.group(1)
+        i += 1
+        body = []
+        while i < len(lines) and not lines[i].startswith(close):
+            body.append(lines[i])
+            i += 1
+        i += 1
+        language = fence.group(2)
+        if marker is None:
+            if language in SHELLS:
+                raise DocError(f"{rel(doc)}:{start + 1}: a {language} block without a marker")
+            continue
+        kind, argument, _ = marker
+        if kind not in {"tmp", "demo", "file", "skip"}:
+            raise DocError(f"{rel(doc)}:{marker[2]}: unknown docs-check marker {kind!r}")
+        block = Block(doc, start + 1, kind, argument, language, body)
+        if kind in {"tmp", "demo"}:
+            block.commands = commands(block)
+        blocks.append(block)
+        marker = None
+    return blocks
+
+
+def commands(block: Block) -> list[Command]:
+    out: list[Command] = []
+    lines = block.body
+    i = 0
+    while i < len(lines):
+        if not lines[i].startswith("$ "):
+            if not out:
+                raise DocError(f"{rel(block.doc)}:{block.line + i + 1}: output before any `$ `")
+            out[-1].expected.append(lines[i])
+            i += 1
+            continue
+        text = lines[i][2:]
+        first = i
+        while text.endswith("\\") and i + 1 < len(lines):
+            i += 1
+            text = text + "\n" + lines[i]
+        found = EXIT.search(text)
+        code = int(found.group(1)) if found else 0
+        out.append(Command(text, [], code, block.line + first + 1))
+        i += 1
+    return out
+
+
+def rel(path: Path) -> str:
+    return str(path.relative_to(ROOT))
+
+
+def matches(expected: list[str], actual: list[str]) -> bool:
+    """`...` alone matches any lines; inside a line, any text. Trailing spaces are ignored."""
+    if not expected:
+        return not actual
+    head, rest = expected[0].rstrip(), expected[1:]
+    if head == "...":
+        return any(matches(rest, actual[k:]) for k in range(len(actual) + 1))
+    if not actual:
+        return False
+    pattern = "^" + ".*".join(re.escape(part) for part in head.split("...")) + "$"
+    return bool(re.match(pattern, actual[0].rstrip())) and matches(rest, actual[1:])
+
+
+# --- where commands run ------------------------------------------------------------------
+
+
+def scratch(base: Path, name: str) -> Path:
+    """A directory laid out like a checkout: `.venv/bin/pacslb` and `pacslb` run this tree."""
+    work = base / name
+    (work / ".venv" / "bin").mkdir(parents=True)
+    wrapper = work / ".venv" / "bin" / "pacslb"
+    wrapper.write_text(
+        f'#!/bin/sh\nPYTHONPATH={shlex.quote(str(ROOT / "src"))} '
+        f'exec {shlex.quote(sys.executable)} -m pacslb.cli "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    (work / ".venv" / "bin" / "python").symlink_to(sys.executable)
+    for sub in ("scripts", "bench", "tests"):  # `python scripts/...` as from the repository
+        (work / sub).symlink_to(ROOT / sub)
+    return work
+
+
+class Shell:
+    """One bash per document: commands share variables; output is read up to a sentinel."""
+
+    def __init__(self, cwd: Path, netns: str | None) -> None:
+        env = dict(os.environ)
+        env["PATH"] = f"{cwd / '.venv' / 'bin'}:{env.get('PATH', '/usr/bin:/bin')}"
+        env.pop("PACSLB_STATE_DIR", None)
+        env["COLUMNS"] = "100"
+        argv = ["bash", "--noprofile", "--norc"]
+        if netns:
+            argv = ["ip", "netns", "exec", netns, *argv]
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+
+    def run(self, text: str) -> tuple[int, list[str]]:
+        assert self.proc.stdin and self.proc.stdout
+        sentinel = f"__docs_check_{time.monotonic_ns()}__"
+        # stdin from /dev/null unless the command pipes into itself; both streams merged.
+        script = f"{{ {text}\n}} </dev/null 2>&1\n__rc=$?; echo; echo {sentinel} $__rc\n"
+        self.proc.stdin.write(script)
+        self.proc.stdin.flush()
+        lines: list[str] = []
+        deadline = time.monotonic() + COMMAND_TIMEOUT
+        while True:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no end after {COMMAND_TIMEOUT:.0f} s")
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError("the shell ended: " + "".join(lines))
+            if line.startswith(sentinel):
+                code = int(line.split()[1])
+                if lines and lines[-1] == "\n":
+                    lines.pop()  # the `echo` before the sentinel ended a line of its own
+                return code, [ln.rstrip("\n") for ln in "".join(lines).splitlines()]
+            lines.append(line)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, 9)
+                self.proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def demo_namespace(base: Path, log: Path) -> Iterator[tuple[str, Path]]:
+    """`pacslb demo --state-dir state/run` in a network namespace made (and deleted) here."""
+    if os.geteuid() != 0:
+        raise PermissionError("the demo blocks need root (a network namespace, ports 80-5000)")
+    netns = f"pacslb-docs-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    demo: subprocess.Popen[bytes] | None = None
+    try:
+        subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True)
+        work = scratch(base, "demo")
+        pacslb = str(work / ".venv" / "bin" / "pacslb")
+        with log.open("wb") as out:
+            demo = subprocess.Popen(
+                ["ip", "netns", "exec", netns, pacslb, "demo", "--state-dir", "state/run"],
+                cwd=work,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + DEMO_READY_TIMEOUT
+        while True:
+            status = subprocess.run(
+                ["ip", "netns", "exec", netns, pacslb, "status", "--json"]
+                + ["--state-dir", "state/run"],
+                cwd=work,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            if status.returncode == 0:
+                data = json.loads(status.stdout)
+                servers = [rs for s in data["services"] for rs in s["real_servers"]]
+                if data["ready"] and all(rs["health"] == "up" for rs in servers):
+                    break
+            if demo.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the demo did not become ready:\n" + log.read_text())
+            time.sleep(0.2)
+        yield netns, work
+    finally:
+        if demo is not None and demo.poll() is None:
+            os.killpg(demo.pid, 15)  # the demo's own group: pacslb demo and its proxy workers
+            try:
+                demo.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(demo.pid, 9)
+                demo.wait(timeout=10)
+        subprocess.run(["ip", "netns", "delete", netns], check=False)
+
+
+# --- the run -----------------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    ran: int = 0
+    failures: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def check_links(doc: Path, report: Report) -> None:
+    for number, line in enumerate(doc.read_text(encoding="utf-8").splitlines(), start=1):
+        for target, _ in LINK.findall(line):
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            path = (doc.parent / target).resolve()
+            name = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+            if path.exists():
+                continue
+            if name in PENDING:
+                report.warnings.append(f"{rel(doc)}:{number}: link to {name}, not written yet")
+            else:
+                report.failures.append(f"{rel(doc)}:{number}: link to a missing file {target}")
+
+
+def substitute(text: str, argument: str) -> str:
+    for pair in argument.split():
+        old, _, new = pair.partition("=")
+        text = text.replace(old, new)
+    return text
+
+
+def run_block(block: Block, shell: Shell, report: Report, verbose: bool) -> None:
+    for command in block.commands:
+        text = substitute(command.text, block.argument) if block.kind == "demo" else command.text
+        where = f"{rel(block.doc)}:{command.line}"
+        try:
+            code, output = shell.run(text)
+        except (TimeoutError, RuntimeError) as exc:
+            report.failures.append(f"{where}: $ {command.text}\n  {exc}")
+            continue
+        report.ran += 1
+        expected = [substitute(x, block.argument) for x in command.expected]
+        problems = []
+        if code != command.exit_code:
+            problems.append(f"exit status {code}, the docs say {command.exit_code}")
+        if expected and not matches(expected, output):
+            problems.append(
+                "output differs; the docs show:\n"
+                + "\n".join("    " + x for x in expected)
+                + "\n  it printed:\n"
+                + "\n".join("    " + x for x in output)
+            )
+        if problems:
+            report.failures.append(f"{where}: $ {command.text}\n  " + "\n  ".join(problems))
+        elif verbose:
+            print(f"ok  {where}: $ {command.text.splitlines()[0]}", file=sys.stderr)
+
+
+def check(docs: list[Path], only: set[str], verbose: bool) -> Report:
+    report = Report()
+    parsed: dict[Path, list[Block]] = {}
+    for doc in docs:
+        check_links(doc, report)
+        try:
+            parsed[doc] = parse(doc)
+        except DocError as exc:
+            report.failures.append(str(exc))
+    for blocks in parsed.values():
+        for b in blocks:
+            if b.kind == "skip":
+                first = next((ln for ln in b.body if ln.strip()), "").removeprefix("$ ")
+                report.skipped.append(f"{rel(b.doc)}:{b.line}: {first}  ({b.argument})")
+    wanted = {k for k in ("tmp", "demo") if not only or k in only}
+    with tempfile.TemporaryDirectory(prefix="pacslb-docs-") as tmp:
+        base = Path(tmp)
+        for doc, blocks in parsed.items():
+            if "tmp" in wanted and any(b.kind == "tmp" for b in blocks):
+                work = scratch(base, f"tmp-{doc.stem}-{len(list(base.iterdir()))}")
+                shell = Shell(work, None)
+                try:
+                    for b in blocks:
+                        if b.kind == "file":
+                            (work / b.argument).write_text("\n".join(b.body) + "\n")
+                        elif b.kind == "tmp":
+                            run_block(b, shell, report, verbose)
+                finally:
+                    shell.close()
+        demo_blocks = [b for bs in parsed.values() for b in bs if b.kind == "demo"]
+        if "demo" in wanted and demo_blocks:
+            try:
+                with demo_namespace(base, base / "demo.log") as (netns, work):
+                    for doc, blocks in parsed.items():
+                        if not any(b.kind == "demo" for b in blocks):
+                            continue
+                        shell = Shell(work, netns)
+                        try:
+                            for b in blocks:
+                                if b.kind == "demo":
+                                    run_block(b, shell, report, verbose)
+                        finally:
+                            shell.close()
+            except PermissionError as exc:
+                report.skipped.append(f"every demo block: {exc}")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("docs", nargs="*", type=Path, help="default: README, docs/, bench/")
+    parser.add_argument("--only", action="append", choices=["tmp", "demo"], default=[])
+    parser.add_argument("-v", "--verbose", action="store_true", help="name every command run")
+    args = parser.parse_args(argv)
+    docs = [p.resolve() for p in args.docs] or DOCS
+    started = time.monotonic()
+    report = check(docs, set(args.only), args.verbose)
+    for line in report.skipped:
+        print(f"not run: {line}")
+    for line in report.warnings:
+        print(f"warning: {line}")
+    for line in report.failures:
+        print(f"FAILED: {line}")
+    print(
+        f"docs-check: {report.ran} commands run, {len(report.failures)} failed, "
+        f"{len(report.skipped)} blocks not run, {time.monotonic() - started:.1f} s"
+    )
+    return 1 if report.failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
