@@ -186,7 +186,11 @@ class Shell:
     def __init__(self, cwd: Path, netns: str | None) -> None:
         env = dict(os.environ)
         env["PATH"] = f"{cwd / '.venv' / 'bin'}:{env.get('PATH', '/usr/bin:/bin')}"
+        # Where an installed pacslb keeps its state is /var/lib/pacslb; beside the demo, as
+        # `pacslb status` run there would find it, the demo's.
         env.pop("PACSLB_STATE_DIR", None)
+        if netns:
+            env["PACSLB_STATE_DIR"] = str(cwd / "state" / "run")
         env["COLUMNS"] = "100"
         argv = ["bash", "--noprofile", "--norc"]
         if netns:
