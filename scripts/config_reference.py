@@ -71,7 +71,7 @@ EXTRA = {
     (c.HASettings, "enabled"): "this node is one of an HA pair",
     (c.HASettings, "virtual_router_id"): "VRRP router id, the same on both nodes",
     (c.WebUI, "key"): "PEM private key of `certificate`; unset = inside the certificate",
-    (c.AllChecks, "checks"): "the checks (connect, http, dicom-echo, external), every one must pass",
+    (c.AllChecks, "checks"): "checks (connect, http, dicom-echo, external); all must pass",
     (c.TlsTermination, "certificates"): "the first is the default; others are chosen by SNI",
 }
 

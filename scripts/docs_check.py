@@ -6,6 +6,8 @@ invisible when the Markdown is rendered) that says where its commands run:
     <!-- docs-check: tmp -->      in a scratch directory, one per document (files made by one
                                   block are there for the next), laid out like a checkout:
                                   `pacslb` and `.venv/bin/pacslb` run this tree's pacslb
+    <!-- docs-check: netns -->    as `tmp` (the same directory), inside a network namespace of
+                                  its own with only loopback up: a host not yet cabled
     <!-- docs-check: demo -->     beside a running `pacslb demo --state-dir state/run` (what
                                   `make run` starts), in a network namespace of its own, so
                                   its addresses and ports (127.0.0.30-50, 80/443/4000/5000,
@@ -35,7 +37,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -111,10 +112,10 @@ def parse(doc: Path) -> list[Block]:
                 raise DocError(f"{rel(doc)}:{start + 1}: a {language} block without a marker")
             continue
         kind, argument, _ = marker
-        if kind not in {"tmp", "demo", "file", "skip"}:
+        if kind not in {"tmp", "netns", "demo", "file", "skip"}:
             raise DocError(f"{rel(doc)}:{marker[2]}: unknown docs-check marker {kind!r}")
         block = Block(doc, start + 1, kind, argument, language, body)
-        if kind in {"tmp", "demo"}:
+        if kind in {"tmp", "netns", "demo"}:
             block.commands = commands(block)
         blocks.append(block)
         marker = None
@@ -170,7 +171,7 @@ def scratch(base: Path, name: str) -> Path:
     (work / ".venv" / "bin").mkdir(parents=True)
     wrapper = work / ".venv" / "bin" / "pacslb"
     wrapper.write_text(
-        f'#!/bin/sh\nPYTHONPATH={shlex.quote(str(ROOT / "src"))} '
+        f"#!/bin/sh\nPYTHONPATH={shlex.quote(str(ROOT / 'src'))} "
         f'exec {shlex.quote(sys.executable)} -m pacslb.cli "$@"\n'
     )
     wrapper.chmod(0o755)
@@ -183,14 +184,14 @@ def scratch(base: Path, name: str) -> Path:
 class Shell:
     """One bash per document: commands share variables; output is read up to a sentinel."""
 
-    def __init__(self, cwd: Path, netns: str | None) -> None:
+    def __init__(self, cwd: Path, netns: str | None, state_dir: Path | None = None) -> None:
         env = dict(os.environ)
         env["PATH"] = f"{cwd / '.venv' / 'bin'}:{env.get('PATH', '/usr/bin:/bin')}"
         # Where an installed pacslb keeps its state is /var/lib/pacslb; beside the demo, as
         # `pacslb status` run there would find it, the demo's.
         env.pop("PACSLB_STATE_DIR", None)
-        if netns:
-            env["PACSLB_STATE_DIR"] = str(cwd / "state" / "run")
+        if state_dir:
+            env["PACSLB_STATE_DIR"] = str(state_dir)
         env["COLUMNS"] = "100"
         argv = ["bash", "--noprofile", "--norc"]
         if netns:
@@ -241,10 +242,20 @@ class Shell:
 
 
 @contextlib.contextmanager
+def empty_namespace() -> Iterator[str]:
+    """A network namespace with only its loopback up: a host with no network configured."""
+    netns = f"pacslb-docs-{os.getpid()}-{time.monotonic_ns() % 10**6}"
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    try:
+        subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True)
+        yield netns
+    finally:
+        subprocess.run(["ip", "netns", "delete", netns], check=False)
+
+
+@contextlib.contextmanager
 def demo_namespace(base: Path, log: Path) -> Iterator[tuple[str, Path]]:
     """`pacslb demo --state-dir state/run` in a network namespace made (and deleted) here."""
-    if os.geteuid() != 0:
-        raise PermissionError("the demo blocks need root (a network namespace, ports 80-5000)")
     netns = f"pacslb-docs-{os.getpid()}"
     subprocess.run(["ip", "netns", "add", netns], check=True)
     demo: subprocess.Popen[bytes] | None = None
@@ -261,10 +272,10 @@ def demo_namespace(base: Path, log: Path) -> Iterator[tuple[str, Path]]:
                 start_new_session=True,
             )
         deadline = time.monotonic() + DEMO_READY_TIMEOUT
+        status_argv = ["ip", "netns", "exec", netns, pacslb, "status", "--json"]
         while True:
             status = subprocess.run(
-                ["ip", "netns", "exec", netns, pacslb, "status", "--json"]
-                + ["--state-dir", "state/run"],
+                [*status_argv, "--state-dir", "state/run"],
                 cwd=work,
                 capture_output=True,
                 text=True,
@@ -364,44 +375,50 @@ def check(docs: list[Path], only: set[str], verbose: bool) -> Report:
             if b.kind == "skip":
                 first = next((ln for ln in b.body if ln.strip()), "").removeprefix("$ ")
                 report.skipped.append(f"{rel(b.doc)}:{b.line}: {first}  ({b.argument})")
-    wanted = {k for k in ("tmp", "demo") if not only or k in only}
+    wanted = {k for k in ("tmp", "netns", "demo") if not only or k in only}
+    if os.geteuid() != 0 and wanted & {"netns", "demo"}:
+        wanted -= {"netns", "demo"}
+        report.skipped.append("every netns and demo block: they need root (network namespaces)")
     with tempfile.TemporaryDirectory(prefix="pacslb-docs-") as tmp:
         base = Path(tmp)
-        for doc, blocks in parsed.items():
-            if "tmp" in wanted and any(b.kind == "tmp" for b in blocks):
-                work = scratch(base, f"tmp-{doc.stem}-{len(list(base.iterdir()))}")
-                shell = Shell(work, None)
-                try:
-                    for b in blocks:
-                        if b.kind == "file":
-                            (work / b.argument).write_text("\n".join(b.body) + "\n")
-                        elif b.kind == "tmp":
-                            run_block(b, shell, report, verbose)
-                finally:
-                    shell.close()
+        for n, (doc, blocks) in enumerate(parsed.items()):
+            kinds = {b.kind for b in blocks} & (wanted - {"demo"})
+            if not kinds:
+                continue
+            work = scratch(base, f"{n}-{doc.stem}")
+            with contextlib.ExitStack() as stack:
+                shells: dict[str, Shell] = {}
+                for b in blocks:
+                    if b.kind == "file":
+                        (work / b.argument).write_text("\n".join(b.body) + "\n")
+                    elif b.kind in kinds:
+                        if b.kind not in shells:
+                            netns = None
+                            if b.kind == "netns":
+                                netns = stack.enter_context(empty_namespace())
+                            shells[b.kind] = Shell(work, netns)
+                            stack.callback(shells[b.kind].close)
+                        run_block(b, shells[b.kind], report, verbose)
         demo_blocks = [b for bs in parsed.values() for b in bs if b.kind == "demo"]
         if "demo" in wanted and demo_blocks:
-            try:
-                with demo_namespace(base, base / "demo.log") as (netns, work):
-                    for doc, blocks in parsed.items():
-                        if not any(b.kind == "demo" for b in blocks):
-                            continue
-                        shell = Shell(work, netns)
-                        try:
-                            for b in blocks:
-                                if b.kind == "demo":
-                                    run_block(b, shell, report, verbose)
-                        finally:
-                            shell.close()
-            except PermissionError as exc:
-                report.skipped.append(f"every demo block: {exc}")
+            with demo_namespace(base, base / "demo.log") as (netns, work):
+                for blocks in parsed.values():
+                    if not any(b.kind == "demo" for b in blocks):
+                        continue
+                    shell = Shell(work, netns, work / "state" / "run")
+                    try:
+                        for b in blocks:
+                            if b.kind == "demo":
+                                run_block(b, shell, report, verbose)
+                    finally:
+                        shell.close()
     return report
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("docs", nargs="*", type=Path, help="default: README, docs/, bench/")
-    parser.add_argument("--only", action="append", choices=["tmp", "demo"], default=[])
+    parser.add_argument("--only", action="append", choices=["tmp", "netns", "demo"], default=[])
     parser.add_argument("-v", "--verbose", action="store_true", help="name every command run")
     args = parser.parse_args(argv)
     docs = [p.resolve() for p in args.docs] or DOCS
