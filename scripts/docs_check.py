@@ -16,6 +16,8 @@ invisible when the Markdown is rendered) that says where its commands run:
                                   a deployment guide's addresses pointed at the demo's
     <!-- docs-check: file NAME -->  the next fenced block (any language) is written to NAME in
                                   the document's scratch directory
+    <!-- docs-check: covered tests/F.py::test_name ... -->  not run here: the named tests run
+                                  these commands as a user would (each test must exist)
     <!-- docs-check: skip REASON --> not run; listed with its reason in the summary
 
 In a block, a line `$ COMMAND` is a command (a trailing backslash continues it on the next line);
@@ -112,7 +114,7 @@ def parse(doc: Path) -> list[Block]:
                 raise DocError(f"{rel(doc)}:{start + 1}: a {language} block without a marker")
             continue
         kind, argument, _ = marker
-        if kind not in {"tmp", "netns", "demo", "file", "skip"}:
+        if kind not in {"tmp", "netns", "demo", "file", "skip", "covered"}:
             raise DocError(f"{rel(doc)}:{marker[2]}: unknown docs-check marker {kind!r}")
         block = Block(doc, start + 1, kind, argument, language, body)
         if kind in {"tmp", "netns", "demo"}:
@@ -307,6 +309,7 @@ def demo_namespace(base: Path, log: Path) -> Iterator[tuple[str, Path]]:
 @dataclass
 class Report:
     ran: int = 0
+    covered: int = 0  # blocks whose commands named tests run
     failures: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -325,6 +328,22 @@ def check_links(doc: Path, report: Report) -> None:
                 report.warnings.append(f"{rel(doc)}:{number}: link to {name}, not written yet")
             else:
                 report.failures.append(f"{rel(doc)}:{number}: link to a missing file {target}")
+
+
+def check_covered(block: Block, report: Report) -> None:
+    """`covered tests/F.py::test_a tests/G.py::test_b`: each named test must exist."""
+    refs = block.argument.split()
+    missing = []
+    for ref in refs:
+        path, _, name = ref.partition("::")
+        source = ROOT / path
+        if not name or not source.is_file() or f"def {name}(" not in source.read_text():
+            missing.append(ref)
+    if not refs or missing:
+        what = f"no test {', '.join(missing)}" if missing else "`covered` names no test"
+        report.failures.append(f"{rel(block.doc)}:{block.line}: {what}")
+    else:
+        report.covered += 1
 
 
 def substitute(text: str, argument: str) -> str:
@@ -375,6 +394,8 @@ def check(docs: list[Path], only: set[str], verbose: bool) -> Report:
             if b.kind == "skip":
                 first = next((ln for ln in b.body if ln.strip()), "").removeprefix("$ ")
                 report.skipped.append(f"{rel(b.doc)}:{b.line}: {first}  ({b.argument})")
+            elif b.kind == "covered":
+                check_covered(b, report)
     wanted = {k for k in ("tmp", "netns", "demo") if not only or k in only}
     if os.geteuid() != 0 and wanted & {"netns", "demo"}:
         wanted -= {"netns", "demo"}
@@ -432,7 +453,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"FAILED: {line}")
     print(
         f"docs-check: {report.ran} commands run, {len(report.failures)} failed, "
-        f"{len(report.skipped)} blocks not run, {time.monotonic() - started:.1f} s"
+        f"{report.covered} blocks covered by named tests, {len(report.skipped)} not run, "
+        f"{time.monotonic() - started:.1f} s"
     )
     return 1 if report.failures else 0
 
