@@ -18,6 +18,9 @@ invisible when the Markdown is rendered) that says where its commands run:
                                   the document's scratch directory
     <!-- docs-check: covered tests/F.py::test_name ... -->  not run here: the named tests run
                                   these commands as a user would (each test must exist)
+    <!-- docs-check: options -->  a long-running command (a benchmark): each line of the block
+                                  is a command; its program is run with --help instead, and
+                                  every --option the line uses must be in that help
     <!-- docs-check: skip REASON --> not run; listed with its reason in the summary
 
 In a block, a line `$ COMMAND` is a command (a trailing backslash continues it on the next line);
@@ -114,7 +117,7 @@ def parse(doc: Path) -> list[Block]:
                 raise DocError(f"{rel(doc)}:{start + 1}: a {language} block without a marker")
             continue
         kind, argument, _ = marker
-        if kind not in {"tmp", "netns", "demo", "file", "skip", "covered"}:
+        if kind not in {"tmp", "netns", "demo", "file", "skip", "covered", "options"}:
             raise DocError(f"{rel(doc)}:{marker[2]}: unknown docs-check marker {kind!r}")
         block = Block(doc, start + 1, kind, argument, language, body)
         if kind in {"tmp", "netns", "demo"}:
@@ -177,7 +180,10 @@ def scratch(base: Path, name: str) -> Path:
         f'exec {shlex.quote(sys.executable)} -m pacslb.cli "$@"\n'
     )
     wrapper.chmod(0o755)
-    (work / ".venv" / "bin" / "python").symlink_to(sys.executable)
+    # A script, not a symlink: a venv's python found through a symlink elsewhere loses its venv.
+    python = work / ".venv" / "bin" / "python"
+    python.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
+    python.chmod(0o755)
     for sub in ("scripts", "bench", "tests"):  # `python scripts/...` as from the repository
         (work / sub).symlink_to(ROOT / sub)
     return work
@@ -195,6 +201,7 @@ class Shell:
         if state_dir:
             env["PACSLB_STATE_DIR"] = str(state_dir)
         env["COLUMNS"] = "100"
+        env["PYTHONPATH"] = str(ROOT / "src")  # `.venv/bin/python ...` imports this tree
         argv = ["bash", "--noprofile", "--norc"]
         if netns:
             argv = ["ip", "netns", "exec", netns, *argv]
@@ -346,6 +353,48 @@ def check_covered(block: Block, report: Report) -> None:
         report.covered += 1
 
 
+def option_lines(block: Block) -> list[tuple[int, str]]:
+    """The commands of an `options` block: its lines, backslash-continued, without comments."""
+    out: list[tuple[int, str]] = []
+    pending = ""
+    for n, line in enumerate(block.body):
+        text = pending + line.strip()
+        if text.endswith("\\"):
+            pending = text[:-1] + " "
+            continue
+        pending = ""
+        if text and not text.startswith("#"):
+            out.append((block.line + n + 1, text))
+    return out
+
+
+def check_options(block: Block, work: Path, report: Report) -> None:
+    env = dict(os.environ, PATH=f"{work / '.venv' / 'bin'}:{os.environ.get('PATH', '')}")
+    env["PYTHONPATH"] = str(ROOT / "src")  # `.venv/bin/python bench/...` imports this tree
+    for line, text in option_lines(block):
+        where = f"{rel(block.doc)}:{line}"
+        words = shlex.split(text, comments=True)
+        if words[:1] == ["sudo"]:
+            words = words[1:]
+        first = next((i for i, w in enumerate(words) if w.startswith("-")), len(words))
+        program, options = words[:first], [w.split("=")[0] for w in words if w.startswith("--")]
+        try:
+            done = subprocess.run(
+                [*program, "--help"], cwd=work, env=env, capture_output=True, text=True, timeout=60
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            report.failures.append(f"{where}: {' '.join(program)} --help: {exc}")
+            continue
+        report.ran += 1
+        known = set(re.findall(r"--[\w-]+", done.stdout))
+        unknown = [o for o in options if o not in known]
+        if done.returncode != 0 or unknown:
+            report.failures.append(
+                f"{where}: {text}\n  {' '.join(program)} --help exited {done.returncode}"
+                + (f"; it has no {', '.join(unknown)}" if unknown else "")
+            )
+
+
 def substitute(text: str, argument: str) -> str:
     for pair in argument.split():
         old, _, new = pair.partition("=")
@@ -403,7 +452,7 @@ def check(docs: list[Path], only: set[str], verbose: bool) -> Report:
     with tempfile.TemporaryDirectory(prefix="pacslb-docs-") as tmp:
         base = Path(tmp)
         for n, (doc, blocks) in enumerate(parsed.items()):
-            kinds = {b.kind for b in blocks} & (wanted - {"demo"})
+            kinds = {b.kind for b in blocks} & ((wanted - {"demo"}) | {"options"})
             if not kinds:
                 continue
             work = scratch(base, f"{n}-{doc.stem}")
@@ -412,6 +461,8 @@ def check(docs: list[Path], only: set[str], verbose: bool) -> Report:
                 for b in blocks:
                     if b.kind == "file":
                         (work / b.argument).write_text("\n".join(b.body) + "\n")
+                    elif b.kind == "options":
+                        check_options(b, work, report)
                     elif b.kind in kinds:
                         if b.kind not in shells:
                             netns = None
