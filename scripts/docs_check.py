@@ -477,7 +477,11 @@ def check(docs: list[Path], only: set[str], verbose: bool) -> Report:
                 for blocks in parsed.values():
                     if not any(b.kind == "demo" for b in blocks):
                         continue
-                    shell = Shell(work, netns, work / "state" / "run")
+                    # Each document its own directory (cookie jars, files), the demo's state
+                    # at state/run in every one.
+                    own = scratch(base, f"demo-{len(list(base.iterdir()))}")
+                    (own / "state").symlink_to(work / "state")
+                    shell = Shell(own, netns, work / "state" / "run")
                     try:
                         for b in blocks:
                             if b.kind == "demo":
