@@ -151,7 +151,7 @@ def commands(block: Block) -> list[Command]:
 
 
 def rel(path: Path) -> str:
-    return str(path.relative_to(ROOT))
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def matches(expected: list[str], actual: list[str]) -> bool:
