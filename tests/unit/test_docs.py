@@ -94,3 +94,13 @@ def test_commands_continue_and_promise_their_exit_status() -> None:
     assert (first.exit_code, first.expected) == (1, ["broken.yaml: 1 problem"])
     assert second.text == "pacslb profile mckesson \\\n    --variant dr"
     assert (second.exit_code, second.expected) == (0, [])
+
+
+def test_the_demo_docs_check_starts_is_what_make_run_starts() -> None:
+    """docs-check runs the `demo` blocks beside `pacslb demo --state-dir state/run`; the docs
+    call that `make run`, so the Makefile must start exactly that."""
+    makefile = (ROOT / "Makefile").read_text()
+    assert "RUN_DIR ?= $(CURDIR)/state/run" in makefile
+    assert "run: $(STAMP)\n\t$(BIN)/pacslb demo --state-dir $(RUN_DIR)\n" in makefile
+    source = (ROOT / "scripts" / "docs_check.py").read_text()
+    assert '"demo", "--state-dir", "state/run"' in source
