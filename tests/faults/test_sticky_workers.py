@@ -1,0 +1,132 @@
+"""Issue 16, item 5 (l7): source-IP persistence holds across the proxy's worker processes.
+
+The proxy runs `node.proxy.workers` processes sharing every listening port (SO_REUSEPORT), each
+with its own persistence table. Without steering the kernel deals a client's connections to the
+workers by a hash of the 4-tuple (the source port changes every connection), so one client met
+two tables and two servers. These tests drive a real `pacslb run` with two workers and three
+real servers on 127.10.4.0/24, and clients bound to their own loopback addresses.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pacslb.control.local import NotRunning, request
+from tests.faults.test_workers import pid_of
+from tests.peers.procs import free_port, http_peer, running, wait_until
+
+HOST = "127.10.4.10"  # the real servers
+VIP = "127.10.4.1"
+CLIENTS = [f"127.10.4.{i}" for i in range(50, 62)]
+CONNECTIONS = 10  # per client and round: with two unsteered tables, 10 all on one: p = 2^-9
+
+
+def write_config(path: Path, port: int, backends: list[int], workers: int) -> None:
+    servers = "\n".join(
+        f"      - {{label: Srv{i}, address: {HOST}, port: {p}}}" for i, p in enumerate(backends, 1)
+    )
+    path.write_text(
+        f"""version: 1
+node: {{webui: {{enabled: false}}, proxy: {{workers: {workers}, spare: true}}}}
+virtual_services:
+  - label: Archive
+    vip: {VIP}
+    ports: [{port}]
+    mode: l7-tcp
+    scheduler: rr
+    persistence: {{type: source-ip, timeout: 600}}
+    health_check: {{type: connect, interval: 0.5, timeout: 0.4, rise: 1}}
+    real_servers:
+{servers}
+"""
+    )
+
+
+def who(port: int, client: str) -> str:
+    """One new connection from `client` through the l7-tcp VIP: which server answered."""
+    with socket.socket() as sock:
+        sock.settimeout(5)
+        sock.bind((client, 0))
+        sock.connect((VIP, port))
+        sock.sendall(b"GET /who HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 200"), data[:200]
+    return data.rsplit(b"\r\n\r\n", 1)[1].decode()
+
+
+def servers_seen(port: int) -> dict[str, set[str]]:
+    seen: dict[str, set[str]] = {c: set() for c in CLIENTS}
+    for _ in range(CONNECTIONS):
+        for client in CLIENTS:
+            seen[client].add(who(port, client))
+    return seen
+
+
+def all_up(state: Path) -> bool:
+    try:
+        result: dict[str, Any] = request(state, {"cmd": "status"}, timeout=5)
+    except (OSError, NotRunning):
+        return False
+    if not result.get("ready"):
+        return False
+    svc = next(s for s in result["services"] if s["label"] == "Archive")
+    return all(rs["health"] == "up" for rs in svc["real_servers"])
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[tuple[Path, int]]:
+    """`pacslb run` with two workers (and a spare) in front of three real servers."""
+    backends = [free_port(HOST) for _ in range(3)]
+    port = free_port(VIP)
+    config, state = tmp_path / "pacslb.yaml", tmp_path / "state"
+    state.mkdir()
+    write_config(config, port, backends, workers=2)
+    with ExitStack() as stack:
+        for i, p in enumerate(backends, 1):
+            stack.enter_context(http_peer(HOST, p, "/check=200:OK", f"/who=200:server{i}"))
+        argv = [sys.executable, "-m", "pacslb.cli", "run", str(config), "--state-dir", str(state)]
+        proc = stack.enter_context(running(argv, log=tmp_path / "run.log"))
+        try:
+            wait_until(lambda: all_up(state), 30, "the service with three servers up", 0.1)
+        except TimeoutError:
+            assert proc.poll() is None, (tmp_path / "run.log").read_text()
+            raise
+        yield state, port
+
+
+def test_a_client_stays_on_one_server_across_two_workers(node: tuple[Path, int]) -> None:
+    state, port = node
+    seen = servers_seen(port)
+    split = {c: s for c, s in seen.items() if len(s) != 1}
+    assert not split, f"clients placed on several servers: {split}"
+    # the clients are spread (rr over three servers): steering must not funnel them together
+    assert len({next(iter(s)) for s in seen.values()}) >= 2, seen
+
+
+def test_persistence_survives_a_worker_replacement(node: tuple[Path, int]) -> None:
+    state, port = node
+    before = {c: s.pop() for c, s in servers_seen(port).items() if len(s) == 1}
+    assert len(before) == len(CLIENTS), "persistence failed before any fault"
+    for name in ("proxy-0", "proxy-1"):  # each position in the reuseport group in turn
+        path = state / f"{name}.sock"
+        old = pid_of(path)
+        assert old is not None
+        os.kill(old, signal.SIGKILL)
+        began = time.monotonic()
+        wait_until(lambda: pid_of(path) not in (None, old), 20, f"{name} replaced", 0.02)
+        replaced = time.monotonic() - began
+        after = servers_seen(port)
+        moved = {c: (before[c], s) for c, s in after.items() if s != {before[c]}}
+        assert not moved, f"after {name} was replaced ({replaced:.2f} s): {moved}"
