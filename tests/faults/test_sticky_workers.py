@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from pacslb.control.local import NotRunning, request
-from tests.faults.test_workers import pid_of
+from tests.faults.test_workers import pid_of, worker_events
 from tests.peers.procs import free_port, http_peer, running, wait_until
 
 HOST = "127.10.4.10"  # the real servers
@@ -85,6 +85,16 @@ def all_up(state: Path) -> bool:
     return all(rs["health"] == "up" for rs in svc["real_servers"])
 
 
+def replacements(state: Path, worker: str) -> int:
+    """How many times `worker` was replaced and serves again (its "replaced" events)."""
+    try:
+        events = worker_events(state)
+    except NotRunning:
+        return 0
+    data = [e["data"] for e in events]
+    return sum(d.get("reason") == "replaced" and d["worker"] == worker for d in data)
+
+
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[tuple[Path, int]]:
     """`pacslb run` with two workers (and a spare) in front of three real servers."""
@@ -107,7 +117,7 @@ def node(tmp_path: Path) -> Iterator[tuple[Path, int]]:
 
 
 def test_a_client_stays_on_one_server_across_two_workers(node: tuple[Path, int]) -> None:
-    state, port = node
+    _, port = node
     seen = servers_seen(port)
     split = {c: s for c, s in seen.items() if len(s) != 1}
     assert not split, f"clients placed on several servers: {split}"
@@ -125,7 +135,7 @@ def test_persistence_survives_a_worker_replacement(node: tuple[Path, int]) -> No
         assert old is not None
         os.kill(old, signal.SIGKILL)
         began = time.monotonic()
-        wait_until(lambda: pid_of(path) not in (None, old), 20, f"{name} replaced", 0.02)
+        wait_until(lambda w=name: replacements(state, w) == 1, 20, f"{name} replaced", 0.02)
         replaced = time.monotonic() - began
         after = servers_seen(port)
         moved = {c: (before[c], s) for c, s in after.items() if s != {before[c]}}

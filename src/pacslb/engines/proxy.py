@@ -79,10 +79,11 @@ def _ask(path: Path, payload: dict[str, Any]) -> Any:
     return answer.get("result")
 
 
-def _apply_line(plan: Plan) -> bytes:
+def _apply_line(plan: Plan, workers: int) -> bytes:
     """The worker's apply request for `plan`, one line (Plan.to_json() is compact JSON: a
-    string in it holds no raw newline), without decoding and encoding the Plan again."""
-    return b'{"cmd": "apply", "plan": ' + plan.to_json() + b"}\n"
+    string in it holds no raw newline), without decoding and encoding the Plan again.
+    `workers`: how many share the ports (the modulus of the client steering)."""
+    return b'{"cmd": "apply", "workers": %d, "plan": ' % workers + plan.to_json() + b"}\n"
 
 
 def _exit_text(returncode: int) -> str:
@@ -363,7 +364,7 @@ class ProxyEngine:
             self._started = True
             self._spawn_task(self._watchdog())
         self._last_plan = plan
-        line = _apply_line(plan)  # encoded once, sent to every worker at once
+        line = _apply_line(plan, len(self.workers))  # encoded once, sent to every worker at once
         results = await asyncio.gather(
             *(self._give_plan(worker, line) for worker in self.workers), return_exceptions=True
         )
@@ -653,7 +654,7 @@ class ProxyEngine:
         worker.failures = 0
         if self._last_plan is not None:
             try:
-                await self._give_plan(worker, _apply_line(self._last_plan))
+                await self._give_plan(worker, _apply_line(self._last_plan, len(self.workers)))
             except EngineError as exc:  # a listener that cannot be opened: its VIP is named
                 self._event(worker, "plan-failed", f"did not take the last Plan: {exc}")
         was = f"pid {old} -> " if old is not None else ""
