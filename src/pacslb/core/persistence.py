@@ -42,6 +42,7 @@ class StickyChange:
     key: str
     server: str
     ttl: float
+    open: bool = False  # has connections now (ttl is then the timeout)
 
 
 @dataclass(slots=True)
@@ -178,7 +179,7 @@ class StickyTable:
                 continue
             left = entry.expires_at
             ttl = timeout if entry.connections or left is None else left - now
-            out.append(StickyChange(key, entry.server, ttl))
+            out.append(StickyChange(key, entry.server, ttl, entry.connections > 0))
         out.reverse()
         return out, self.version
 

@@ -2,7 +2,9 @@
 (for the other workers and the peer node), and entries learnt from them.
 
 Wire form of an entry (the worker's control socket and ProxyEngine.export_sticky /
-import_sticky): {"service": label, "key": masked client address, "server": label, "ttl": s}.
+import_sticky): {"service": label, "key": masked client address, "server": label, "ttl": s};
+a worker's export adds "open": whether the entry has connections now (its ttl is then the
+service's timeout, and it lives on as long as they do).
 A worker's cursor is {service: [table id, version]}: a table rebuilt by a new Plan (its
 persistence settings changed) has a new id and is listed from its start again.
 """
@@ -52,8 +54,8 @@ def parse_entries(raw: Any) -> list[SharedEntry]:
             raise ValueError(f"{where}.key: not an IP address: {key!r}") from None
         if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not math.isfinite(ttl):
             raise ValueError(f"{where}.ttl: must be a number of seconds, got {ttl!r}")
-        if ttl <= 0:
-            raise ValueError(f"{where}.ttl: must be positive, got {ttl!r}")
+        if ttl < 0:
+            raise ValueError(f"{where}.ttl: must not be negative, got {ttl!r}")
         out.append(SharedEntry(str(service), str(key), str(server), float(ttl)))
     return out
 
@@ -77,7 +79,7 @@ def export(
         cursor[label] = [token, cursor_version]
         for change in changes:
             entry = SharedEntry(label, change.key, change.server, round(change.ttl, 3))
-            out.append(entry.as_dict())
+            out.append({**entry.as_dict(), "open": change.open})
     return out, cursor
 
 
@@ -97,7 +99,7 @@ def learn(
             waiting.append(entry)
             continue
         table = runtime.balancer.sticky
-        if table is None or runtime.server(entry.server) is None:
-            continue
+        if table is None or runtime.server(entry.server) is None or entry.ttl <= 0:
+            continue  # (a ttl of 0: it expired on its way here)
         taken += table.learn(entry.key, entry.server, entry.ttl, now)
     return taken, waiting

@@ -241,6 +241,7 @@ def test_changes_lists_placed_entries_once_per_cursor() -> None:
         ("10.0.0.1", "a", 60.0),  # open: the timeout
         ("10.0.0.2", "b", 60.0),
     ]
+    assert all(c.open for c in changes)
     assert table.changes(cursor, 1.0) == ([], cursor)
     table.attach("10.0.0.1", "a", 2.0)  # a second connection of an open entry: no change
     assert table.changes(cursor, 2.0) == ([], cursor)
@@ -252,7 +253,7 @@ def test_changes_after_close_carry_the_time_left() -> None:
     _, cursor = table.changes(0, 0.0)
     table.detach("10.0.0.1", 10.0)
     changes, cursor2 = table.changes(cursor, 25.0)
-    assert [(c.key, c.server, c.ttl) for c in changes] == [("10.0.0.1", "a", 45.0)]
+    assert [(c.key, c.server, c.ttl, c.open) for c in changes] == [("10.0.0.1", "a", 45.0, False)]
     assert cursor2 > cursor
     table.attach("10.0.0.1", "a", 30.0)  # idle -> open again: listed with the full timeout
     assert [c.ttl for c in table.changes(cursor2, 30.0)[0]] == [60.0]
