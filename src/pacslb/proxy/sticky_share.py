@@ -77,9 +77,16 @@ def export(
             version = int(seen[1])
         changes, cursor_version = table.changes(version, now)
         cursor[label] = [token, cursor_version]
-        for change in changes:
-            entry = SharedEntry(label, change.key, change.server, round(change.ttl, 3))
-            out.append({**entry.as_dict(), "open": change.open})
+        out += [
+            {
+                "service": label,
+                "key": c.key,
+                "server": c.server,
+                "ttl": round(c.ttl, 3),
+                "open": c.open,
+            }
+            for c in changes
+        ]
     return out, cursor
 
 
