@@ -32,7 +32,7 @@ from typing import Any
 from pacslb.core.plan import Plan, ServerKey
 from pacslb.core.workers import CounterSum, PingWatch, WorkerCounters
 from pacslb.engines.base import Counters
-from pacslb.engines.proxy_sticky import StickyMirror
+from pacslb.engines.proxy_sticky import StickyMirror, outcome, replaces_steered_listeners
 from pacslb.engines.unix_peer import listener
 from pacslb.errors import EngineError
 
@@ -367,14 +367,17 @@ class ProxyEngine:
                     raise result
             self._started = True
             self._spawn_task(self._watchdog())
-        self._last_plan = plan
+        previous, self._last_plan = self._last_plan, plan
         self._sticky_services = any(
             not s.mode.is_kernel and s.persistence.kind == "source-ip" for s in plan.services
         )
         line = _apply_line(plan, len(self.workers))  # encoded once, sent to every worker at once
-        results = await asyncio.gather(
-            *(self._give_plan(worker, line) for worker in self.workers), return_exceptions=True
-        )
+        gives = [self._give_plan(worker, line) for worker in self.workers]
+        if replaces_steered_listeners(previous, plan):
+            # one worker after another, so that no two swap places in the group (proxy_sticky)
+            results = [await outcome(give) for give in gives]
+        else:
+            results = await asyncio.gather(*gives, return_exceptions=True)
         errors = []
         for worker, result in zip(self.workers, results, strict=True):
             if isinstance(result, EngineError):

