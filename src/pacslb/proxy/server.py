@@ -140,7 +140,7 @@ class ProxyProcess:
             budgets[label] = budget
         self.budgets = budgets
 
-    async def apply(self, plan: Plan, workers: int | None = None) -> None:
+    async def apply(self, plan: Plan) -> None:
         """Apply a Plan; raise OSError naming every listener that could not be opened.
 
         Server states (drain, halt, health, weights) always take effect. Listeners are changed
@@ -180,8 +180,6 @@ class ProxyProcess:
             self.sockets.pop(addr, None)
             self._steered.pop(addr, None)
         self.runtimes, self.plan = runtimes, plan
-        if workers is not None:
-            self.workers = workers
         errors += self._steer(services)
         if errors:
             raise OSError("; ".join(errors))
@@ -322,7 +320,9 @@ class ProxyControl:
                 workers = request.get("workers")
                 if workers is not None and (type(workers) is not int or workers < 1):
                     raise ValueError(f"workers must be a positive integer, got {workers!r}")
-                await self.proxy.apply(plan_from_dict(request["plan"]), workers)
+                if workers is not None:
+                    self.proxy.workers = workers  # the steering modulus (_steer)
+                await self.proxy.apply(plan_from_dict(request["plan"]))
                 return {"ok": True}
             if cmd == "sticky-export":
                 since = request.get("since") or {}
