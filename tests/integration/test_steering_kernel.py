@@ -6,9 +6,12 @@ descriptor of it is open."""
 
 from __future__ import annotations
 
+import json
 import select
 import socket
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.peers.procs import free_port
@@ -95,3 +98,64 @@ def test_shutdown_leaves_the_group_although_a_descriptor_stays_open(
         assert {taker(rest, port, c) for c in CLIENTS} == {0, 1}
     finally:
         kept.close()
+
+
+def test_a_worker_steers_source_ip_listeners_only(tmp_path: Path) -> None:
+    """A worker (ProxyProcess, in this process) with the worker count of its apply request:
+    a socket of the test joins its group as the second "worker" and takes exactly the clients
+    worker_index gives index 1; without source-ip persistence the kernel's hash is back."""
+    import asyncio
+
+    from pacslb.config import Config
+    from pacslb.core.plan import build_plan
+    from pacslb.proxy.server import ProxyControl, ProxyProcess
+
+    port = free_port(VIP)
+
+    def plan(persistence: dict[str, object], revision: int) -> dict[str, Any]:
+        service = {
+            "label": "Archive",
+            "vip": VIP,
+            "ports": [port],
+            "mode": "l7-tcp",
+            "persistence": persistence,
+            "health_check": {"type": "none"},
+            "real_servers": [{"label": "Srv1", "address": "127.10.4.241", "port": 9}],
+        }
+        config = Config.model_validate({"virtual_services": [service]})
+        result: dict[str, Any] = json.loads(build_plan(config, revision=revision).to_json())
+        return result
+
+    async def scenario() -> tuple[list[bool], list[bool]]:
+        proxy = ProxyProcess(1024)
+        control = ProxyControl(proxy, tmp_path / "w.sock")
+        sticky = {"type": "source-ip", "timeout": 60}
+        request = {"cmd": "apply", "workers": 2, "plan": plan(sticky, 1)}
+        assert (await control.handle(request)) == {"ok": True}
+        ours = listener(port)  # index 1 of the group
+        try:
+            steered = [await asyncio.to_thread(taken_by_us, ours, port, c) for c in CLIENTS]
+            request = {"cmd": "apply", "plan": plan({"type": "none"}, 2)}
+            assert (await control.handle(request)) == {"ok": True}
+            spread = [
+                await asyncio.to_thread(taken_by_us, ours, port, CLIENTS[0]) for _ in range(16)
+            ]
+        finally:
+            ours.close()
+            proxy.close()
+        return steered, spread
+
+    steered, spread = asyncio.run(scenario())
+    assert steered == [worker_index(c, 2, 32) == 1 for c in CLIENTS]
+    assert any(spread) and not all(spread)
+
+
+def taken_by_us(ours: socket.socket, port: int, client: str) -> bool:
+    """Whether `ours` accepts a new connection from `client` (else the worker's socket did)."""
+    with socket.socket() as conn:
+        conn.bind((client, 0))
+        conn.connect((VIP, port))
+        ready, _, _ = select.select([ours], [], [], 0.3)
+        if ready:
+            ours.accept()[0].close()
+        return bool(ready)

@@ -214,6 +214,7 @@ class ProxyProcess:
         self, addr: tuple[str, int], spec: ListenerSpec, runtime: ServiceRuntime
     ) -> Listener:
         sock = listen_socket(*addr)
+        old = self.sockets.get(addr)
         self.sockets[addr] = sock  # the new one from now (the old one closes once it is bound)
         try:
             if spec.mode is Mode.L7_TCP:
@@ -230,8 +231,10 @@ class ProxyProcess:
             await http.start()
             return http
         except BaseException:
-            if self.sockets.get(addr) is sock:
-                del self.sockets[addr]
+            if old is not None:
+                self.sockets[addr] = old  # its listener stays
+            else:
+                self.sockets.pop(addr, None)
             sock.close()
             raise
 
