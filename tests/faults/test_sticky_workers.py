@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -147,3 +148,60 @@ def test_persistence_survives_a_worker_replacement(node: tuple[Path, int]) -> No
         after = servers_seen(port)
         moved = {c: (before[c], s) for c, s in after.items() if s != {before[c]}}
         assert not moved, f"after {name} was replaced ({replaced:.2f} s): {moved}"
+
+
+class ClientLoad:
+    """Every client connecting again and again (one thread each, bounded), recording which
+    server each connection reached, while a worker is killed."""
+
+    def __init__(self, port: int, seconds: float = 15.0) -> None:
+        self.port, self.seconds = port, seconds
+        self.seen: dict[str, list[str]] = {c: [] for c in CLIENTS}
+        self.failed = 0
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(c,)) for c in CLIENTS]
+
+    def _run(self, client: str) -> None:
+        deadline = time.monotonic() + self.seconds
+        for _ in range(5000):
+            if self._stop.is_set() or time.monotonic() > deadline:
+                return
+            try:
+                self.seen[client].append(who(self.port, client))
+            except (OSError, AssertionError):
+                self.failed += 1  # a connection the killed worker held
+            time.sleep(0.005)
+
+    def __enter__(self) -> ClientLoad:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30)
+
+
+def test_clients_connecting_during_a_crash_keep_their_servers(node: tuple[Path, int]) -> None:
+    """The clients of the killed worker reach a survivor at once (its socket is gone): the
+    survivor must already know them, not schedule them anew in the moments before the
+    control process hands it the dead worker's entries."""
+    state, port = node
+    before = {c: s.pop() for c, s in servers_seen(port).items() if len(s) == 1}
+    assert len(before) == len(CLIENTS), "persistence failed before any fault"
+    time.sleep(1.5)  # the control process has read the entries (each second)
+    path = state / "proxy-0.sock"
+    old = pid_of(path)
+    assert old is not None
+    with ClientLoad(port) as load:
+        time.sleep(0.5)
+        os.kill(old, signal.SIGKILL)
+        wait_until(lambda: replacements(state, "proxy-0") == 1, 20, "proxy-0 replaced", 0.02)
+        time.sleep(1.0)
+    wrong = {c: sorted(set(s) - {before[c]}) for c, s in load.seen.items() if set(s) - {before[c]}}
+    total = sum(len(s) for s in load.seen.values())
+    print(f"{total} connections during the crash, {load.failed} failed, moved: {wrong}")
+    assert not wrong, f"clients placed on another server during the crash: {wrong}"
+    after = {c: s.pop() for c, s in servers_seen(port).items() if len(s) == 1}
+    assert after == before
