@@ -11,7 +11,8 @@ last connection closed. `StickyTable` is that table, without clocks: time comes 
 The table also keeps a change cursor, so that its entries can be shared (between the proxy's
 workers, and with the peer node of an HA pair, as HAProxy's `peers` share stick tables):
 `changes(since, now)` lists the entries placed, re-pointed, opened or closed after a cursor, and
-`learn()` adds an entry learnt elsewhere without overriding a live one of its own.
+`learn()` adds an entry learnt elsewhere without overriding a live one of its own (one placed
+or used by this table's connections); an entry only learnt is updated by later news.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class _Entry:
     server: str
     connections: int
     expires_at: float | None
+    learnt: bool = False  # from learn(), no connection of this table has used it yet
 
     def alive(self, now: float) -> bool:
         # Dead at exactly expires_at, like an IPVS timer that fires at its deadline.
@@ -126,9 +128,10 @@ class StickyTable:
             self._changed(key)
             return
         if entry.connections == 0:
-            self._changed(key)  # idle -> open: its ttl is the timeout again
+            self._changed(key)  # idle -> open (or learnt -> ours): its ttl is the timeout again
         entry.connections += 1
         entry.expires_at = None
+        entry.learnt = False
 
     def detach(self, client_ip: str, now: float, server_key: str | None = None) -> None:
         """A connection of this client closed; the last one starts the `timeout` countdown.
@@ -186,23 +189,29 @@ class StickyTable:
 
     def learn(self, client: str, server_key: str, ttl: float, now: float) -> bool:
         """Take an entry learnt elsewhere (another worker, the peer node): the client goes to
-        `server_key` for `ttl` seconds unless this table already has a live entry for it,
-        which is kept (an idle one of the same server lives on to the later expiry). Not a
-        change of this table: it is not listed by changes(), so it never echoes back.
-        True if the entry was added or extended; ValueError for a bad address or ttl."""
+        `server_key` for `ttl` seconds unless this table already has a live entry of its own
+        for it (placed or used by its connections), which is kept (an idle one of the same
+        server lives on to the later expiry). An entry only learnt so far takes the news (the
+        owner re-pointed its client, or it closed: a new ttl). Not a change of this table: it
+        is not listed by changes(), so it never echoes back. True if the entry was added or
+        changed; ValueError for a bad address or ttl."""
         if not (math.isfinite(ttl) and ttl > 0):
             raise ValueError(f"persistence ttl must be a positive number, got {ttl!r}")
         key = self.mask(client)
         expires_at = now + min(ttl, self.timeout)
         entry = self._entries.get(key)
-        if entry is not None and entry.alive(now):
+        if entry is not None and entry.alive(now) and not entry.learnt:
             if entry.server != server_key or entry.connections or entry.expires_at is None:
                 return False
             if expires_at <= entry.expires_at:
                 return False
             entry.expires_at = expires_at
+        elif entry is not None and entry.alive(now):
+            if (entry.server, entry.expires_at) == (server_key, expires_at):
+                return False
+            entry.server, entry.expires_at = server_key, expires_at
         else:
-            self._entries[key] = _Entry(server_key, 0, expires_at)
+            self._entries[key] = _Entry(server_key, 0, expires_at, learnt=True)
             self._changes.pop(key, None)
         self._seq += 1
         heapq.heappush(self._heap, (expires_at, self._seq, key))

@@ -688,7 +688,7 @@ class ProxyEngine:
             return
         self.sticky.worker_lost(worker.name)
         others = [w for w in self.workers if w is not worker]
-        await self.sticky.collect(others)
+        await self.sticky.collect(others, share=False)
         for problem in await self.sticky.seed(self.workers):
             self._event(worker, "sticky-seed-failed", problem)
 

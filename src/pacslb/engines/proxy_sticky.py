@@ -92,19 +92,40 @@ class StickyMirror:
 
     # --- reading the workers ---------------------------------------------------------------
 
-    async def collect(self, workers: Iterable[StickyWorker]) -> None:
-        """Read every worker's changes since its own cursor (all, for a new process)."""
-        await asyncio.gather(*(self._collect_one(w) for w in workers))
+    async def collect(self, workers: Iterable[StickyWorker], share: bool = True) -> None:
+        """Read every worker's changes since its own cursor (all, for a new process) and,
+        with `share`, hand each worker the others' changes: when a worker dies, the kernel
+        sends its clients to the others at once (core/steering.py), which must know them
+        already rather than after its replacement has been seeded."""
+        workers = list(workers)
+        news = await asyncio.gather(*(self._collect_one(w) for w in workers))
         now = time.monotonic()
-        self._relist_open(now)
+        relisted = self._relist_open(now)
         if now - self._purged_at >= PURGE_INTERVAL:
             self._purged_at = now
             self._purge(now)
+        if not share or len(workers) < 2:
+            return
+        for entry in relisted:
+            whose = entry.pop("worker")
+            for worker, own in zip(workers, news, strict=True):
+                if worker.name == whose:
+                    own.append(entry)
+        pushes = []
+        for worker in workers:
+            others = [
+                e for w, own in zip(workers, news, strict=True) if w is not worker for e in own
+            ]
+            if others and worker.pid is not None:
+                payload = {"cmd": "sticky-import", "entries": others}
+                pushes.append(worker.call(payload, PUSH_TIMEOUT))
+        await asyncio.gather(*pushes, return_exceptions=True)  # a dead one is seeded anyway
 
-    async def _collect_one(self, worker: StickyWorker) -> None:
+    async def _collect_one(self, worker: StickyWorker) -> list[dict[str, Any]]:
+        """The worker's changes, now in the mirror; returned as read (its new entries)."""
         pid = worker.pid
         if pid is None:
-            return
+            return []
         known = self._cursors.get(worker.name)
         since = known[1] if known is not None and known[0] == pid else {}
         try:
@@ -112,13 +133,14 @@ class StickyMirror:
             entries = parse_entries(result["entries"])
             opens = [bool(item.get("open")) for item in result["entries"]]
         except (OSError, EngineError, TimeoutError, ValueError, KeyError, TypeError):
-            return  # the watchdog tells about a worker that does not answer
+            return []  # the watchdog tells about a worker that does not answer
         if worker.pid != pid:
-            return  # replaced meanwhile: this is the dead one's
+            return []  # replaced meanwhile: this is the dead one's
         self._cursors[worker.name] = (pid, result["cursor"])
         now = time.monotonic()
         for entry, is_open in zip(entries, opens, strict=True):
             self._put(entry, now, worker.name, is_open)
+        return list(result["entries"])
 
     def _put(self, entry: SharedEntry, now: float, worker: str, is_open: bool) -> None:
         self.seq += 1
@@ -128,19 +150,31 @@ class StickyMirror:
             self.seq, entry.server, now + entry.ttl, entry.ttl, is_open, worker, now
         )
 
-    def _relist_open(self, now: float) -> None:
+    def _relist_open(self, now: float) -> list[dict[str, Any]]:
         """An open entry is not a change in its worker until it closes: list it again every
-        half timeout, so that copies elsewhere do not expire while the client is connected."""
+        half timeout, so that copies elsewhere do not expire while the client is connected.
+        Returns them (with "worker": whose) for the other workers."""
         stale = [
             ident
             for ident, held in self._held.items()
             if held.open and now - held.listed_at >= held.timeout / 2
         ]
+        out = []
         for ident in stale:
             held = self._held.pop(ident)
             self.seq += 1
             held.seq, held.listed_at, held.expires_at = self.seq, now, now + held.timeout
             self._held[ident] = held
+            out.append(
+                {
+                    "service": ident[0],
+                    "key": ident[1],
+                    "server": held.server,
+                    "ttl": held.timeout,
+                    "worker": held.worker,
+                }
+            )
+        return out
 
     def worker_lost(self, name: str) -> None:
         """A worker died: its connections are gone, so its open entries count down from now."""
@@ -180,18 +214,20 @@ class StickyMirror:
         every worker in the background. ValueError naming a bad entry; nothing is taken then."""
         entries = parse_entries(raw)
         now = time.monotonic()
+        taken = []
         for entry in entries:
             ident = (entry.service, entry.key)
             held = self._held.get(ident)
             if held is not None and held.worker and (held.open or held.expires_at > now):
-                continue  # a live entry of our own workers is kept
+                continue  # a live entry of this node's workers is kept, in every worker
             if entry.ttl > 0 and math.isfinite(entry.ttl):
                 self._held.pop(ident, None)
                 self._held[ident] = _Held(
                     0, entry.server, now + entry.ttl, entry.ttl, False, "", now
                 )
-        if entries:
-            self._push(entries, list(workers))
+                taken.append(entry)
+        if taken:
+            self._push(taken, list(workers))
 
     def _push(self, entries: list[SharedEntry], workers: list[StickyWorker]) -> None:
         payload = {"cmd": "sticky-import", "entries": [e.as_dict() for e in entries]}

@@ -328,3 +328,16 @@ def test_learn_refuses_a_bad_ttl(ttl: float) -> None:
 def test_learn_refuses_a_bad_address() -> None:
     with pytest.raises(ValueError):
         StickyTable(60).learn("not an address", "a", 5.0, 0.0)
+
+
+def test_a_learnt_entry_takes_later_news_until_a_connection_uses_it() -> None:
+    table = StickyTable(600)
+    assert table.learn("10.0.0.1", "a", 100.0, 0.0)
+    assert table.learn("10.0.0.1", "b", 50.0, 10.0)  # the owner re-pointed its client
+    assert table.lookup("10.0.0.1", 59.0) == "b"
+    assert table.lookup("10.0.0.1", 60.0) is None  # the news's ttl, even if shorter
+    table.learn("10.0.0.1", "b", 100.0, 70.0)
+    table.attach("10.0.0.1", "b", 71.0)  # used here: ours from now
+    table.detach("10.0.0.1", 72.0)
+    assert not table.learn("10.0.0.1", "c", 100.0, 73.0)
+    assert table.lookup("10.0.0.1", 73.0) == "b"
