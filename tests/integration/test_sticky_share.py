@@ -150,3 +150,33 @@ def test_entries_exported_by_one_node_send_the_client_to_the_same_server_on_the_
     own, own_after = result["own"]
     assert own_after == own  # B's live entry won over the imported one
     assert [e["key"] for e in result["later"]] == ["127.10.4.171"]
+
+
+def test_entries_imported_before_the_proxy_starts_are_served_from_its_start(
+    tmp_path: Path, backends: list[int]
+) -> None:
+    """A passive node whose proxy has not started yet (no Plan) already gets the active node's
+    entries: its workers take them with their first Plan, before they listen."""
+    port = free_port(VIP_A)
+
+    async def scenario() -> tuple[dict[str, str], dict[str, str]]:
+        (tmp_path / "a").mkdir()
+        (tmp_path / "b").mkdir()
+        a = ProxyEngine(tmp_path / "a", workers=2, spare=False)
+        b = ProxyEngine(tmp_path / "b", workers=2, spare=False)
+        try:
+            await a.apply(plan(VIP_A, port, backends))
+            placed = {c: await asyncio.to_thread(who, VIP_A, port, c) for c in CLIENTS}
+            entries, _ = await exported(a, 0, len(CLIENTS))
+            b.import_sticky(entries)  # not started: kept for its workers
+            await b.apply(plan(VIP_B, port, backends))
+            through_b = {}
+            for client in reversed(CLIENTS):
+                through_b[client] = await asyncio.to_thread(who, VIP_B, port, client)
+            return placed, through_b
+        finally:
+            await asyncio.gather(a.close(), b.close())
+
+    placed, through_b = asyncio.run(scenario())
+    assert len(set(placed.values())) == 3, placed
+    assert through_b == placed

@@ -367,6 +367,7 @@ class ProxyEngine:
                     raise result
             self._started = True
             self._spawn_task(self._watchdog())
+            await self.sticky.seed(self.workers)  # entries the peer sent before we started
         previous, self._last_plan = self._last_plan, plan
         self._sticky_services = any(
             not s.mode.is_kernel and s.persistence.kind == "source-ip" for s in plan.services

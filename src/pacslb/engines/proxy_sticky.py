@@ -204,7 +204,7 @@ class StickyMirror:
                 break
             if not held.open and held.expires_at <= now:
                 continue
-            ttl = held.timeout if held.open else held.expires_at - now
+            ttl = held.timeout if held.open else round(held.expires_at - now, 3)
             out.append({"service": ident[0], "key": ident[1], "server": held.server, "ttl": ttl})
         out.reverse()
         return out, self.seq
