@@ -732,6 +732,7 @@ class ProxyEngine:
 
     async def close(self, keep_running: bool = False) -> None:
         self._closing = True
+        self.sticky.cancel()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):

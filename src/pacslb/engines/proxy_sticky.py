@@ -242,6 +242,11 @@ class StickyMirror:
         self._pushes.add(task)
         task.add_done_callback(self._pushes.discard)
 
+    def cancel(self) -> None:
+        """Drop the pushes under way (the engine is closing)."""
+        for task in list(self._pushes):
+            task.cancel()
+
     async def settled(self) -> None:
         """Until every push of learnt entries has reached the workers (tests, shutdown)."""
         while self._pushes:
