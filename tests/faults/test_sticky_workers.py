@@ -9,6 +9,7 @@ real servers on 127.10.4.0/24, and clients bound to their own loopback addresses
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -203,5 +204,32 @@ def test_clients_connecting_during_a_crash_keep_their_servers(node: tuple[Path, 
     total = sum(len(s) for s in load.seen.values())
     print(f"{total} connections during the crash, {load.failed} failed, moved: {wrong}")
     assert not wrong, f"clients placed on another server during the crash: {wrong}"
+    after = {c: s.pop() for c, s in servers_seen(port).items() if len(s) == 1}
+    assert after == before
+
+
+def test_a_hung_worker_is_replaced_in_time_and_its_clients_keep_their_servers(
+    node: tuple[Path, int],
+) -> None:
+    """SIGSTOP: the worker holds its socket (the kernel keeps queueing its clients there) until
+    the watchdog kills it after three missed pings; the per-second read of persistence entries
+    must not slow that down (it skips a worker that did not answer its ping)."""
+    state, port = node
+    before = {c: s.pop() for c, s in servers_seen(port).items() if len(s) == 1}
+    assert len(before) == len(CLIENTS), "persistence failed before any fault"
+    time.sleep(1.5)  # the control process has read the entries (each second)
+    path = state / "proxy-1.sock"
+    old = pid_of(path)
+    assert old is not None
+    os.kill(old, signal.SIGSTOP)
+    began = time.monotonic()
+    try:
+        wait_until(lambda: replacements(state, "proxy-1") == 1, 30, "proxy-1 replaced", 0.05)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(old, signal.SIGKILL)  # (killed by the watchdog already, unless it failed)
+    replaced = time.monotonic() - began
+    print(f"hung worker replaced after {replaced:.2f} s")
+    assert replaced < 10, f"a hung worker took {replaced:.1f} s to be replaced"
     after = {c: s.pop() for c, s in servers_seen(port).items() if len(s) == 1}
     assert after == before

@@ -492,8 +492,8 @@ class ProxyEngine:
                     *(self._check(worker) for worker in self.workers), self._check_spare()
                 )
                 self._recount()
-                if self._sticky_services:
-                    await self.sticky.collect(self.workers)
+                if self._sticky_services:  # those that answered this round's ping
+                    await self.sticky.collect([w for w in self.workers if w.state == "up"])
             except Exception as exc:  # the watchdog must outlive any one bad answer
                 self.notify(f"watchdog error: {exc!r}")
             await asyncio.sleep(max(0.05, POLL_INTERVAL - (loop.time() - began)))

@@ -29,8 +29,11 @@ from pacslb.errors import EngineError
 from pacslb.proxy.server import wanted_listeners
 from pacslb.proxy.sticky_share import SharedEntry, parse_entries
 
-READ_TIMEOUT = 5.0
-PUSH_TIMEOUT = 10.0  # 10,000 entries: ~50 ms for a worker (bench figures in the report)
+# The per-second read and share run in the watchdog's loop: a worker that stops answering must
+# not hold it up for long (its pings decide whether it is hung). 10,000 entries took 0.1-0.3 s
+# to list and 0.2-0.5 s to learn on a loaded machine.
+READ_TIMEOUT = 3.0
+PUSH_TIMEOUT = 10.0  # a seed or a peer's entries, outside the watchdog's loop
 PURGE_INTERVAL = 10.0
 
 
@@ -118,7 +121,7 @@ class StickyMirror:
             ]
             if others and worker.pid is not None:
                 payload = {"cmd": "sticky-import", "entries": others}
-                pushes.append(worker.call(payload, PUSH_TIMEOUT))
+                pushes.append(worker.call(payload, READ_TIMEOUT))
         await asyncio.gather(*pushes, return_exceptions=True)  # a dead one is seeded anyway
 
     async def _collect_one(self, worker: StickyWorker) -> list[dict[str, Any]]:
