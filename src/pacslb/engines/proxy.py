@@ -688,9 +688,10 @@ class ProxyEngine:
         if not self._sticky_services:
             return
         self.sticky.worker_lost(worker.name)
-        others = [w for w in self.workers if w is not worker]
+        # (not one that missed its last ping: a second hung worker must not delay this one)
+        others = [w for w in self.workers if w is not worker and w.state == "up"]
         await self.sticky.collect(others, share=False)
-        for problem in await self.sticky.seed(self.workers):
+        for problem in await self.sticky.seed([worker, *others]):
             self._event(worker, "sticky-seed-failed", problem)
 
     def export_sticky(self, since: int) -> tuple[list[dict[str, Any]], int]:
