@@ -156,10 +156,6 @@ class Estate:
                 )
             )
         self.procs[server] = procs
-        for port in (4000, 5000):
-            host.run(
-                sys.executable, str(ROOT / "tests/netns/peer.py"), "wait", "127.0.0.1", str(port)
-            )
 
     def stop_dicom(self, server: str) -> None:
         for proc in self.procs.pop(server):
@@ -171,9 +167,19 @@ class Estate:
         host = self.host_of(key, server)
         proc = host.popen([*PEER, "http", server, str(cert), str(keyfile)])
         self.procs[server] = [proc]
-        for port in (80, 443):
-            host.run(sys.executable, str(ROOT / "tests/netns/peer.py"), "wait", "127.0.0.1",
-                     str(port))  # fmt: skip
+
+    def wait_listening(self, timeout: float = 20.0) -> None:
+        """Until every real server listens on its ports (all started at once, then this)."""
+        deadline = time.monotonic() + timeout
+        for key in KEYS:
+            ports = {"4000", "5000"} if key == "dicom" else {"80", "443"}
+            for rs in RS_OF[key]:
+                while True:
+                    lines = self.topo.hosts[rs].run("ss", "-ltnH").splitlines()
+                    if ports <= {line.split()[3].rsplit(":", 1)[1] for line in lines}:
+                        break
+                    assert time.monotonic() < deadline, f"{rs} does not listen on {ports}"
+                    time.sleep(0.05)
 
     def sick(self, server: str, sick: bool) -> None:
         self.procs[server][0].send_signal(signal.SIGUSR1 if sick else signal.SIGUSR2)
@@ -276,6 +282,7 @@ def estate(
                     estate.start_dicom(server)
                 else:
                     estate.start_web(key, server)
+        estate.wait_listening()
         run.start()
         try:
             estate.driver = topo.hosts["client"].popen(
@@ -455,6 +462,7 @@ def test_one_server_per_service_fails_and_traffic_moves(estate: Estate) -> None:
         assert health[(estate.labels[key], failing[key])] == "down", health
 
     estate.start_dicom(failing["dicom"])
+    estate.wait_listening()
     for key in ("web", "manager", "crv", "cardiology"):
         estate.sick(failing[key], False)
     back = estate.wait_all_up()
