@@ -69,6 +69,11 @@ def serve_http(name: str, cert: str, key: str) -> None:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
+    # The signals are taken synchronously by the main thread (sigwait): blocked here, before
+    # any thread starts, so that every thread inherits the block. With handlers and pause()
+    # instead, the kernel may hand a signal to a server thread and the main thread never wakes.
+    signals = {signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
     plain = ThreadingHTTPServer(("0.0.0.0", 80), Handler)
     secure = ThreadingHTTPServer(("0.0.0.0", 443), Handler)
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -77,11 +82,11 @@ def serve_http(name: str, cert: str, key: str) -> None:
     for server in (plain, secure):
         server.daemon_threads = True
         threading.Thread(target=server.serve_forever, daemon=True).start()
-    signal.signal(signal.SIGUSR1, lambda *_: sick.set())
-    signal.signal(signal.SIGUSR2, lambda *_: sick.clear())
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    while True:
-        signal.pause()
+    while (got := signal.sigwait(signals)) != signal.SIGTERM:
+        if got == signal.SIGUSR1:
+            sick.set()
+        else:
+            sick.clear()
 
 
 class Driver:
