@@ -198,14 +198,27 @@ test_addresses.__test__ = False  # type: ignore[attr-defined]  # a helper, not a
 def profile_config(variant: str, state_dir: Path, path: Path) -> dict[str, Any]:
     """`pacslb profile mckesson` with this test's addresses, checked by `pacslb check`."""
     vips, rips = test_addresses(variant)
-    argv = [*PACSLB, "profile", "mckesson", "--variant", variant, "-o", str(path)]
-    argv += ["--state-dir", str(state_dir), "--webui-listen", f"127.0.0.1:{API_PORT}"]
+    base = [*PACSLB, "profile", "mckesson", "--variant", variant, "--state-dir", str(state_dir)]
+    base += ["--webui-listen", f"127.0.0.1:{API_PORT}"]
+    argv = [*base, "-o", str(path)]
     for key in KEYS:
         argv += ["--vip", f"{key}={vips[key]}", "--rip", f"{key}={','.join(rips[key])}"]
     done = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert "example addresses" not in done.stderr + path.read_text()  # none of the guide's left
     config: dict[str, Any] = yaml.safe_load(path.read_text())
+    # The same as the guide's example config with each example address replaced by ours:
+    # --vip/--rip change the addresses and nothing else.
+    example = subprocess.run(base, capture_output=True, text=True, cwd=ROOT, timeout=60, check=True)
+    assert "replace them" in example.stderr
+    guide: dict[str, Any] = yaml.safe_load(example.stdout)
+    for key, svc in zip(KEYS, guide["virtual_services"], strict=True):
+        assert svc["vip"].startswith("192.168.85.")  # the guide's: data, never a target
+        svc["vip"] = vips[key]
+        for rs, address in zip(svc["real_servers"], rips[key], strict=True):
+            assert rs["address"].startswith(("192.168.85.", "10.10.0."))
+            rs["address"] = address
+    assert guide == config
     for svc in config["virtual_services"]:
         svc["health_check"].update(interval=INTERVAL, timeout=TIMEOUT)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
