@@ -3,7 +3,8 @@
 estate_peer.py http NAME CERT KEY   a web real server: HTTP on 80, HTTPS on 443 (CERT/KEY). It
     answers the guide's check URLs as the products do (GET /wpp/srvpacs.asp -> `srvPACS OK`,
     /cis/index.html and /McKessonEmiCRV/Ping.aspx -> `OK`, / -> a page naming it) and names
-    itself in `X-Served-By` on every answer; /whoami answers NAME. SIGUSR1 makes it sick: the
+    itself in `X-Served-By` on every answer, and the client address it sees in
+    `X-Client-Address`; /whoami answers NAME. SIGUSR1 makes it sick: the
     check URLs and / answer 503 (the application is broken, the server still up); SIGUSR2
     makes it well again.
 estate_peer.py client               a driver: JSON commands on stdin, one JSON answer a line:
@@ -15,7 +16,8 @@ estate_peer.py client               a driver: JSON commands on stdin, one JSON a
         {"name": N, "url": U, "session": S} (-> X-Served-By or "error: ...") or
         {"name": N, "echo": [VIP, PORT]} (-> "ok" or "error" from dcmtk's echoscu);
         answers {N: [[monotonic time, result], ...]}
-Answers of "get": {"status": 200, "server": X-Served-By, "body": "..."} or {"error": "..."}.
+Answers of "get": {"status": 200, "server": X-Served-By, "peer": X-Client-Address, "body": "..."}
+or {"error": "..."}.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ def serve_http(name: str, cert: str, key: str) -> None:
             self.send_header("Content-Type", "text/html")
             self.send_header("Content-Length", str(len(data)))
             self.send_header("X-Served-By", name)
+            self.send_header("X-Client-Address", self.client_address[0])  # as the server sees it
             self.end_headers()
             self.wfile.write(data)
 
@@ -108,7 +111,12 @@ class Driver:
         try:
             with opener.open(request, timeout=TIMEOUT) as r:
                 body = r.read().decode(errors="replace")
-                return {"status": r.status, "server": r.headers["X-Served-By"], "body": body}
+                return {
+                    "status": r.status,
+                    "server": r.headers["X-Served-By"],
+                    "peer": r.headers["X-Client-Address"],
+                    "body": body,
+                }
         except urllib.error.HTTPError as exc:
             body = exc.read().decode(errors="replace")
             return {"status": exc.code, "server": exc.headers["X-Served-By"], "body": body}

@@ -388,10 +388,15 @@ def test_dicom_echo_and_store_through_the_vip_on_4000_and_5000(estate: Estate) -
 
 
 def test_the_web_vips_answer_the_guides_check_urls(estate: Estate) -> None:
+    client = estate.client.address
     for key, (path, text) in CHECK_URL.items():
         answer = estate.ask(op="get", url=estate.url(key, path))
         assert answer.get("status") == 200 and answer["body"] == text, (key, answer)
         assert answer["server"] in estate.names[key]
+        # DR and NAT keep the client's own address (hence NAT's gateway); the proxy connects
+        # from the LB's address on the servers' segment.
+        proxied = estate.variant == "nat-l7" and NAT_L7_MODES[key] == "l7-http"
+        assert answer["peer"] == ("198.18.2.1" if proxied else client), (key, answer)
     for scheme in ("http", "https"):  # Cardiology on 80 and 443 (TLS end to end)
         answer = estate.ask(op="get", url=estate.url("cardiology", "/", scheme))
         assert answer.get("status") == 200 and answer["server"] in estate.names["cardiology"]
