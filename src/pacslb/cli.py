@@ -511,6 +511,7 @@ def cmd_realserver(args: argparse.Namespace) -> int:
             nat=nat,
             gateways=gateways,
             snat=realserver.snat_services(config),
+            proxied=realserver.proxied_services(config),
         )
     elif not args.vip:
         print("pacslb realserver: give --vip ADDR (one or more) or --config FILE", file=sys.stderr)

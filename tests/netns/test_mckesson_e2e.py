@@ -332,6 +332,10 @@ def test_the_profile_deploys_with_every_server_healthy(estate: Estate) -> None:
     else:
         # NAT servers were told to route through the LB; the proxied ones needed nothing.
         assert blocks == 6 and "ip route replace default via 198.18.2.1 dev eth0" in estate.printed
+        assert (
+            "# layer 7 (McK-RadiologyManager, McK-ClinicalReferenceViewer): real servers need "
+            "no change" in estate.printed
+        )
         for key in KEYS:
             for rs in RS_OF[key]:
                 route = estate.topo.hosts[rs].run("ip", "route", "show", "default")
