@@ -70,7 +70,7 @@ class Estate:
     labels: dict[str, str]  # service key -> virtual service label
     printed: str  # what `pacslb realserver --config` printed
     procs: dict[str, list[subprocess.Popen[bytes]]] = field(default_factory=dict)
-    driver: subprocess.Popen[str] | None = None
+    driver: subprocess.Popen[Any] | None = None
 
     @property
     def client(self) -> Host:
@@ -185,19 +185,16 @@ class Estate:
         self.procs[server][0].send_signal(signal.SIGUSR1 if sick else signal.SIGUSR2)
 
 
-def test_addresses(variant: str) -> tuple[dict[str, str], dict[str, list[str]]]:
+def addresses_for(variant: str) -> tuple[dict[str, str], dict[str, list[str]]]:
     vip_net, rs_net = ("198.18.0.", "198.18.0.") if variant == "dr" else ("198.18.1.", "198.18.2.")
     vips = {key: f"{vip_net}{VIP_OCTET[key]}" for key in KEYS}
     rips = {key: [f"{rs_net}{10 + int(rs[2:])}" for rs in RS_OF[key]] for key in KEYS}
     return vips, rips
 
 
-test_addresses.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
-
-
 def profile_config(variant: str, state_dir: Path, path: Path) -> dict[str, Any]:
     """`pacslb profile mckesson` with this test's addresses, checked by `pacslb check`."""
-    vips, rips = test_addresses(variant)
+    vips, rips = addresses_for(variant)
     base = [*PACSLB, "profile", "mckesson", "--variant", variant, "--state-dir", str(state_dir)]
     base += ["--webui-listen", f"127.0.0.1:{API_PORT}"]
     argv = [*base, "-o", str(path)]
@@ -266,11 +263,11 @@ def estate(
         config_path = tmp / "mckesson.yaml"
         config = profile_config(variant, state, config_path)
         printed = apply_realserver_commands(topo, config_path, "198.18.0." if dr else "198.18.2.")
-        cert, key = certs.self_signed(
+        cert_pem, key_pem = certs.self_signed(
             "McKesson test real server", datetime.datetime.now(datetime.UTC), days=30
         )
-        (tmp / "rs-cert.pem").write_bytes(cert)
-        (tmp / "rs-key.pem").write_bytes(key)
+        (tmp / "rs-cert.pem").write_bytes(cert_pem)
+        (tmp / "rs-key.pem").write_bytes(key_pem)
         _, token = AuthStore(state).create_token("e2e", Role.ADMIN, "test")
         services = config["virtual_services"]
         run = Pacslb(topo.hosts["lb"], state, config)
@@ -281,11 +278,11 @@ def estate(
             config=config,
             token=token,
             tmp=tmp,
-            vips=test_addresses(variant)[0],
+            vips=addresses_for(variant)[0],
             names={
-                k: tuple(rs["label"] for rs in s["real_servers"])
+                k: (s["real_servers"][0]["label"], s["real_servers"][1]["label"])
                 for k, s in zip(KEYS, services, strict=True)
-            },  # type: ignore[misc]
+            },
             labels={k: s["label"] for k, s in zip(KEYS, services, strict=True)},
             printed=printed,
         )
