@@ -317,6 +317,14 @@ def test_the_profile_deploys_with_every_server_healthy(estate: Estate) -> None:
     assert modes == (dict.fromkeys(KEYS, "l4-dr") if estate.variant == "dr" else NAT_L7_MODES)
     health = estate.health()  # through the REST API, with an API token
     assert len(health) == 10 and set(health.values()) == {"up"}, health
+    # `pacslb doctor` on the LB agrees: every DR server solved the ARP problem and holds its
+    # VIP, every NAT server routes through the LB.
+    doctor = subprocess.run(
+        ["ip", "netns", "exec", estate.topo.hosts["lb"].ns, *PACSLB, "doctor",
+         str(estate.tmp / "mckesson.yaml")],
+        capture_output=True, text=True, cwd=ROOT, timeout=60, check=False,
+    )  # fmt: skip
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
     blocks = estate.printed.count("# === ")
     if estate.variant == "dr":
         assert blocks == 10
