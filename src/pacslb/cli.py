@@ -467,43 +467,13 @@ def cmd_passwd(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from pacslb.control.app import ControlProcess, serve
-    from pacslb.control.store import read_config, write_atomic
+    if args.fail or args.recover:  # the running demo's server fails (again: recovers)
+        from pacslb.control.demo import cli as demo_cli
+
+        return demo_cli(Path(args.state_dir), args.fail, args.recover)
     from pacslb.profiles import demo
 
-    state_dir = Path(args.state_dir).resolve()
-    state_dir.mkdir(parents=True, exist_ok=True)
-    config_path = state_dir / "pacslb.yaml"
-    if config_path.exists():  # changes made through the WebUI or API are kept
-        print(f"demo: using the existing {config_path} (delete it to start afresh)")
-    else:
-        write_atomic(config_path, demo.config_text(state_dir, args.webui_listen).encode())
-    text, config = read_config(config_path)
-
-    async def main() -> None:
-        try:
-            servers = await demo.start_real_servers(state_dir)
-        except PermissionError:
-            raise PacslbError(
-                "the demo binds the guide's ports (80, 443, 4000, 5000) on 127.0.x.x: run it "
-                "as root, or allow it with sysctl net.ipv4.ip_unprivileged_port_start=80"
-            ) from None
-        print(f"demo real servers: {len(servers)} listeners on 127.0.1.1-10; config {config_path}")
-        print(
-            "try: curl -si http://127.0.0.31/wpp/srvpacs.asp   |   pacslb status "
-            f"--state-dir {state_dir}",
-            flush=True,
-        )
-        engines = data_planes(state_dir, config)
-        try:
-            await serve(ControlProcess(config_path, config, text, engines, state_dir))
-        finally:
-            for server in servers:
-                server.close()
-
-    import uvloop
-
-    uvloop.run(main())
+    demo.run(Path(args.state_dir), args.webui_listen, args.net, data_planes)
     return EXIT_OK
 
 
@@ -548,6 +518,7 @@ def cmd_realserver(args: argparse.Namespace) -> int:
             nat=nat,
             gateways=gateways,
             snat=realserver.snat_services(config),
+            proxied=realserver.proxied_services(config),
         )
     elif not args.vip:
         print("pacslb realserver: give --vip ADDR (one or more) or --config FILE", file=sys.stderr)
@@ -717,6 +688,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the McKesson deployment on loopback with demo servers")
     p.add_argument("--state-dir", default="state/demo", help="where the demo keeps its state")
     p.add_argument("--webui-listen", default="127.0.0.1:9443")
+    p.add_argument("--net", metavar="127.X.Y", help="put the whole demo in this loopback /24")
+    p.add_argument(
+        "--fail", metavar="SERVER", help="running demo: SERVER fails its check (again: recovers)"
+    )
+    p.add_argument("--recover", metavar="SERVER", help="running demo: SERVER recovers")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("proxy", help="the l7 data plane process (started by `pacslb run`)")

@@ -97,6 +97,10 @@ class ControlServer:
             return [json.loads(e.to_json()) for e in events]
         if cmd == "reload":
             return await process.reload()
+        if cmd == "demo":  # `pacslb demo --fail SERVER` (control/demo.py)
+            from pacslb.control import demo
+
+            return await demo.command(process, request)
         if cmd == "plan":
             return json.loads(process.current_plan().to_json())
         if cmd == "stop":
