@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUN_DIR ?= $(CURDIR)/state/run
 
-.PHONY: run test lint typecheck unit sysdeps schema clean
+.PHONY: run test lint typecheck unit sysdeps schema docs-config docs-check clean deb
 
 # setup.py builds the one C module (the head parsers' fast path): a change to it reinstalls.
 $(STAMP): pyproject.toml setup.py src/pacslb/core/_headfast.c
@@ -35,8 +35,21 @@ unit: $(STAMP)
 test: $(STAMP) sysdeps lint typecheck
 	$(BIN)/pytest tests
 
+# pacslb_<version>_amd64.deb: a venv under /opt/pacslb, pacslb.service (docs/install.md).
+deb: $(STAMP)
+	PIP="$(BIN)/python -m pip" bash packaging/deb/build-deb.sh $(CURDIR)
+
 schema: $(STAMP)
 	$(BIN)/pacslb schema > docs/schema.json
+
+# The configuration reference, written from the config models (a test fails when it is stale).
+docs-config: $(STAMP)
+	$(BIN)/python scripts/config_reference.py > docs/configuration.md
+
+# Run every command the docs show (beside a demo in a network namespace when root) and compare
+# the output with what the docs print; tests/integration/test_docs_check.py runs it too.
+docs-check: $(STAMP)
+	$(BIN)/python scripts/docs_check.py
 
 clean:
 	rm -rf $(VENV) state .mypy_cache .ruff_cache .pytest_cache

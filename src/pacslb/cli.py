@@ -71,8 +71,10 @@ def _pairs(items: Sequence[str], option: str) -> dict[str, list[str]]:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from pacslb.profiles import mckesson
+    from pacslb.profiles import empty, mckesson
 
+    if args.name == "empty":  # what the Debian package installs: no service yet, the WebUI on
+        return _write_profile(args, empty.render(args.state_dir, args.webui_listen), [])
     vips = {k: v[0] for k, v in _pairs(args.vip, "--vip").items()}
     rips = _pairs(args.rip, "--rip")
     try:
@@ -88,7 +90,12 @@ def cmd_profile(args: argparse.Namespace) -> int:
     except (ValueError, ConfigError) as exc:
         print(f"pacslb profile: {exc}", file=sys.stderr)
         return EXIT_INVALID
-    text = mckesson.render(data, args.variant, examples, args.dicom_check)
+    return _write_profile(
+        args, mckesson.render(data, args.variant, examples, args.dicom_check), examples
+    )
+
+
+def _write_profile(args: argparse.Namespace, text: str, examples: list[str]) -> int:
     if args.output:
         from pacslb.control.store import write_atomic
 
@@ -467,43 +474,13 @@ def cmd_passwd(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from pacslb.control.app import ControlProcess, serve
-    from pacslb.control.store import read_config, write_atomic
+    if args.fail or args.recover:  # the running demo's server fails (again: recovers)
+        from pacslb.control.demo import cli as demo_cli
+
+        return demo_cli(Path(args.state_dir), args.fail, args.recover)
     from pacslb.profiles import demo
 
-    state_dir = Path(args.state_dir).resolve()
-    state_dir.mkdir(parents=True, exist_ok=True)
-    config_path = state_dir / "pacslb.yaml"
-    if config_path.exists():  # changes made through the WebUI or API are kept
-        print(f"demo: using the existing {config_path} (delete it to start afresh)")
-    else:
-        write_atomic(config_path, demo.config_text(state_dir, args.webui_listen).encode())
-    text, config = read_config(config_path)
-
-    async def main() -> None:
-        try:
-            servers = await demo.start_real_servers(state_dir)
-        except PermissionError:
-            raise PacslbError(
-                "the demo binds the guide's ports (80, 443, 4000, 5000) on 127.0.x.x: run it "
-                "as root, or allow it with sysctl net.ipv4.ip_unprivileged_port_start=80"
-            ) from None
-        print(f"demo real servers: {len(servers)} listeners on 127.0.1.1-10; config {config_path}")
-        print(
-            "try: curl -si http://127.0.0.31/wpp/srvpacs.asp   |   pacslb status "
-            f"--state-dir {state_dir}",
-            flush=True,
-        )
-        engines = data_planes(state_dir, config)
-        try:
-            await serve(ControlProcess(config_path, config, text, engines, state_dir))
-        finally:
-            for server in servers:
-                server.close()
-
-    import uvloop
-
-    uvloop.run(main())
+    demo.run(Path(args.state_dir), args.webui_listen, args.net, data_planes)
     return EXIT_OK
 
 
@@ -548,6 +525,7 @@ def cmd_realserver(args: argparse.Namespace) -> int:
             nat=nat,
             gateways=gateways,
             snat=realserver.snat_services(config),
+            proxied=realserver.proxied_services(config),
         )
     elif not args.vip:
         print("pacslb realserver: give --vip ADDR (one or more) or --config FILE", file=sys.stderr)
@@ -593,8 +571,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON document, for scripts")
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("profile", help="write a ready deployment (McKesson)")
-    p.add_argument("name", choices=["mckesson"])
+    p = sub.add_parser("profile", help="write a ready deployment (McKesson, or an empty node)")
+    p.add_argument("name", choices=["mckesson", "empty"])
     p.add_argument("--variant", choices=["dr", "nat-l7", "proxy"], default="dr")
     p.add_argument(
         "--vip",
@@ -697,6 +675,10 @@ def build_parser() -> argparse.ArgumentParser:
     locate(p)
     p.set_defaults(func=cmd_reload)
 
+    from pacslb.control import backup_cli
+
+    backup_cli.add_parsers(sub, locate, _state_dir)
+
     p = sub.add_parser(
         "teardown",
         help="stopped pacslb: delete its nftables tables and the VIPs it added (layer 4 "
@@ -717,6 +699,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the McKesson deployment on loopback with demo servers")
     p.add_argument("--state-dir", default="state/demo", help="where the demo keeps its state")
     p.add_argument("--webui-listen", default="127.0.0.1:9443")
+    p.add_argument("--net", metavar="127.X.Y", help="put the whole demo in this loopback /24")
+    p.add_argument(
+        "--fail", metavar="SERVER", help="running demo: SERVER fails its check (again: recovers)"
+    )
+    p.add_argument("--recover", metavar="SERVER", help="running demo: SERVER recovers")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("proxy", help="the l7 data plane process (started by `pacslb run`)")

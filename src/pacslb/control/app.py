@@ -25,7 +25,9 @@ from pacslb import config as c
 from pacslb.control.checker import HealthChecker
 from pacslb.control.events import Event, EventLog
 from pacslb.control.ha import KeepalivedSupervisor
+from pacslb.control.journal import SystemLog
 from pacslb.control.probes import ProbeResult
+from pacslb.control.sdnotify import Notifier, status_line
 from pacslb.control.startup import BrokenFile, unplaceable
 from pacslb.control.store import (
     AdminStateStore,
@@ -112,7 +114,10 @@ class ControlProcess:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.store = ConfigStore(self.state_dir)
         self.admin = AdminStateStore(self.state_dir / "admin-state.json")
-        self.events = EventLog(self.state_dir / "events.jsonl")
+        self.events = EventLog(
+            self.state_dir / "events.jsonl", system_log=SystemLog.from_environment()
+        )
+        self.notifier = Notifier()  # systemd's Type=notify ($NOTIFY_SOCKET); else does nothing
         self.engines = list(engines)
         for engine in self.engines:  # engines that report what they did to the host (VIPs added)
             if hasattr(engine, "notify"):
@@ -121,7 +126,9 @@ class ControlProcess:
         # This node's HA role: set by the keepalived supervisor, read by replication, state
         # sync, the API and the WebUI (core/ha_role.py).
         self.ha = HaState(Role.STARTING if ha_enabled(config) else Role.STANDALONE)
-        self.keepalived = KeepalivedSupervisor(self.state_dir, self.ha, self._ha_note)
+        self.keepalived = KeepalivedSupervisor(
+            self.state_dir, self.ha, lambda message, data: self._record("ha", message, data=data)
+        )
         self.plan: Plan | None = None
         self.started = datetime.now(UTC)
         self.revision = 0
@@ -387,6 +394,13 @@ class ControlProcess:
         is one whose revision cannot be saved (StorageError: the reason goes back to the CLI).
         """
         comment = f"reload {self.config_path}"
+        self.notifier.reloading()
+        try:
+            return await self._reload(comment)
+        finally:
+            self.notifier.ready(status_line(self))
+
+    async def _reload(self, comment: str) -> dict[str, Any]:
         # The file is read under the commit lock: read before it, an API change committed in
         # between would be undone by committing the older text as a newer revision.
         async with self._commit_lock:
@@ -720,9 +734,6 @@ class ControlProcess:
             **self.engine_status(),  # "proxy": {"workers": [...], "restarts": {...}}
         }
 
-    def _ha_note(self, message: str, data: dict[str, Any]) -> None:
-        self._record("ha", message, data=data)
-
     def _record(
         self,
         kind: str,
@@ -732,8 +743,9 @@ class ControlProcess:
     ) -> None:
         service, server = key or ("", "")
         event = self.events.record(Event(kind, message, service, server, data=data or {}))
-        with contextlib.suppress(OSError, ValueError):  # stdout gone (EPIPE) must not stop us
-            print(event, flush=True)
+        if self.events.echo:  # not when stdout is the journal, which has the event already
+            with contextlib.suppress(OSError, ValueError):  # stdout gone (EPIPE): go on
+                print(event, flush=True)
 
 
 async def serve(process: ControlProcess) -> None:
@@ -753,8 +765,10 @@ async def serve(process: ControlProcess) -> None:
     web = await _start_web(process)
     try:
         await process.start()
+        process.notifier.ready(status_line(process))  # systemd: started (Type=notify)
         await process.wait_stopped()
     finally:
+        process.notifier.stopping()
         if web is not None:
             await web.close()
         await server.close()

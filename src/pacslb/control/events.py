@@ -3,6 +3,8 @@
 One JSON object per line in `state_dir/events.jsonl` (append-only, fsync'd: an engineer reading
 it after an incident must find the last transitions), plus the recent events in memory for the
 status views. The file is rotated once it passes a size limit, keeping one previous file.
+Each event also goes to the system log when one is given (control/journal.py: the journal with
+its fields under systemd).
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pacslb.control.journal import SystemLog
 
 MAX_BYTES = 16 * 1024 * 1024
 KEEP_IN_MEMORY = 2000
@@ -47,9 +52,15 @@ class Event:
 
 
 class EventLog:
-    def __init__(self, path: Path, max_bytes: int = MAX_BYTES) -> None:
+    def __init__(
+        self, path: Path, max_bytes: int = MAX_BYTES, system_log: SystemLog | None = None
+    ) -> None:
         self.path = path
         self.max_bytes = max_bytes
+        self.system_log = system_log
+        # Whether the caller also prints events to stdout: not when stdout is the journal the
+        # system log has just sent the event to (it would show twice in `journalctl`).
+        self.echo = system_log is None or not system_log.duplicates_stdout
         self.recent: deque[Event] = deque(maxlen=KEEP_IN_MEMORY)
         path.parent.mkdir(parents=True, exist_ok=True)
         for event in read_events(path):
@@ -59,6 +70,8 @@ class EventLog:
         """Keep the event; a full or read-only disk loses its line on disk (said on stderr),
         never the state change being recorded."""
         self.recent.append(event)
+        if self.system_log is not None:
+            self.system_log.send(event)
         line = (event.to_json() + "\n").encode()
         try:
             if self.path.exists() and self.path.stat().st_size + len(line) > self.max_bytes:

@@ -99,6 +99,10 @@ class ControlServer:
             return await process.reload()
         if cmd == "ha-release":  # hand the floating addresses to the peer (maintenance)
             return await process.keepalived.release(by=str(request.get("by", "")))
+        if cmd == "demo":  # `pacslb demo --fail SERVER` (control/demo.py)
+            from pacslb.control import demo
+
+            return await demo.command(process, request)
         if cmd == "plan":
             return json.loads(process.current_plan().to_json())
         if cmd == "stop":

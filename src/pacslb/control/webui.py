@@ -91,6 +91,8 @@ NOTICES = {
     "applied": "The current plan was applied again to every engine.",
     "rolledback": "Rolled back: revision {revision} is in force.",
     "unchanged": "Nothing changed: revision {revision} is in force.",
+    "demo-fail": "Demo: {server} now fails its health check: watch it turn red, traffic move.",
+    "demo-recover": "Demo: {server} answers its health check again: green once enough checks pass.",
 }
 STATE_WORDS = {  # the word beside each colour: colour alone is not enough
     "up": "up",
@@ -255,7 +257,10 @@ async def overview(request: Request, who: Reader) -> Response:
         svc["active"] = sum((rs["connections"] or {}).get("active", 0) for rs in servers)
         for rs in svc["real_servers"]:
             rs["colour"] = colour(rs)
-    return page(request, who, "overview.html", status=200, nav="overview", data=status)
+    from pacslb.control.demo import view
+
+    demo = view(process_of(request))  # `pacslb demo`: a Fail / Recover button per server
+    return page(request, who, "overview.html", nav="overview", data=status, demo=demo)
 
 
 @router.post("/admin-state")

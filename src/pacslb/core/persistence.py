@@ -7,6 +7,12 @@ the template's timer only starts once the last controlled connection is gone
 that stays open for hours keeps its client on the same archive node however short the
 persistence timeout is, and the client comes back to that node for `timeout` seconds after its
 last connection closed. `StickyTable` is that table, without clocks: time comes in as `now`.
+
+The table also keeps a change cursor, so that its entries can be shared (between the proxy's
+workers, and with the peer node of an HA pair, as HAProxy's `peers` share stick tables):
+`changes(since, now)` lists the entries placed, re-pointed, opened or closed after a cursor, and
+`learn()` adds an entry learnt elsewhere without overriding a live one of its own (one placed
+or used by this table's connections); an entry only learnt is updated by later news.
 """
 
 from __future__ import annotations
@@ -15,8 +21,9 @@ import heapq
 import ipaddress
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
-__all__ = ["StickyEntry", "StickyTable"]
+__all__ = ["StickyChange", "StickyEntry", "StickyTable"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,11 +36,23 @@ class StickyEntry:
     expires_at: float | None  # None while connections are open
 
 
+class StickyChange(NamedTuple):
+    """An entry as another table learns it: `ttl` is the seconds it has left, or the table's
+    timeout while it has connections open (it lives at least that long after they close).
+    A NamedTuple: a full listing of 10,000 entries is built 3x faster than frozen dataclasses."""
+
+    key: str
+    server: str
+    ttl: float
+    open: bool = False  # has connections now (ttl is then the timeout)
+
+
 @dataclass(slots=True)
 class _Entry:
     server: str
     connections: int
     expires_at: float | None
+    learnt: bool = False  # from learn(), no connection of this table has used it yet
 
     def alive(self, now: float) -> bool:
         # Dead at exactly expires_at, like an IPVS timer that fires at its deadline.
@@ -64,6 +83,15 @@ class StickyTable:
         # forgotten entries leave stale items; they are skipped when popped.
         self._heap: list[tuple[float, int, str]] = []
         self._seq = 0
+        # key -> the version at its last change, in the order of change (a key changed again
+        # is moved to the end): changes() walks back from the end only as far as its cursor.
+        self._changes: dict[str, int] = {}
+        self.version = 0
+
+    def _changed(self, key: str) -> None:
+        self.version += 1
+        self._changes.pop(key, None)
+        self._changes[key] = self.version
 
     def mask(self, client_ip: str) -> str:
         """The client address masked to the granularity prefix (ValueError if not an address)."""
@@ -85,6 +113,7 @@ class StickyTable:
             return None
         if not entry.alive(now):
             del self._entries[key]
+            self._changes.pop(key, None)
             return None
         return entry.server
 
@@ -96,9 +125,13 @@ class StickyTable:
             # New, dead, or re-pointed: connections still open to an older server are no longer
             # this entry's (their detach names that server and is ignored), so count from 1.
             self._entries[key] = _Entry(server_key, 1, None)
+            self._changed(key)
             return
+        if entry.connections == 0:
+            self._changed(key)  # idle -> open (or learnt -> ours): its ttl is the timeout again
         entry.connections += 1
         entry.expires_at = None
+        entry.learnt = False
 
     def detach(self, client_ip: str, now: float, server_key: str | None = None) -> None:
         """A connection of this client closed; the last one starts the `timeout` countdown.
@@ -115,6 +148,7 @@ class StickyTable:
         entry.connections -= 1
         if entry.connections == 0:
             entry.expires_at = now + self.timeout
+            self._changed(key)
             self._seq += 1
             heapq.heappush(self._heap, (entry.expires_at, self._seq, key))
             if len(self._heap) > 2 * len(self._entries) + 1024:
@@ -122,14 +156,66 @@ class StickyTable:
 
     def forget(self, client_ip: str) -> bool:
         """Drop the client's entry (its server is gone); True if there was one."""
-        return self._entries.pop(self.mask(client_ip), None) is not None
+        key = self.mask(client_ip)
+        self._changes.pop(key, None)
+        return self._entries.pop(key, None) is not None
 
     def forget_server(self, server_key: str) -> int:
         """Drop every entry of `server_key` (halted or down); returns how many."""
         doomed = [k for k, e in self._entries.items() if e.server == server_key]
         for k in doomed:
             del self._entries[k]
+            self._changes.pop(k, None)
         return len(doomed)
+
+    def changes(self, since: int, now: float) -> tuple[list[StickyChange], int]:
+        """The live entries placed, re-pointed, opened or closed after cursor `since`, and the
+        cursor to pass next time. Forgotten and expired entries are not listed: a peer's copy
+        expires by its own ttl, and a server that is down or halted is dropped by every table
+        that looks it up (Balancer.pick)."""
+        out = []
+        timeout = self.timeout
+        for key in reversed(self._changes):
+            if self._changes[key] <= since:
+                break
+            entry = self._entries.get(key)
+            if entry is None or not entry.alive(now):
+                continue
+            left = entry.expires_at
+            ttl = timeout if entry.connections or left is None else left - now
+            out.append(StickyChange(key, entry.server, ttl, entry.connections > 0))
+        out.reverse()
+        return out, self.version
+
+    def learn(self, client: str, server_key: str, ttl: float, now: float) -> bool:
+        """Take an entry learnt elsewhere (another worker, the peer node): the client goes to
+        `server_key` for `ttl` seconds unless this table already has a live entry of its own
+        for it (placed or used by its connections), which is kept (an idle one of the same
+        server lives on to the later expiry). An entry only learnt so far takes the news (the
+        owner re-pointed its client, or it closed: a new ttl). Not a change of this table: it
+        is not listed by changes(), so it never echoes back. True if the entry was added or
+        changed; ValueError for a bad address or ttl."""
+        if not (math.isfinite(ttl) and ttl > 0):
+            raise ValueError(f"persistence ttl must be a positive number, got {ttl!r}")
+        key = self.mask(client)
+        expires_at = now + min(ttl, self.timeout)
+        entry = self._entries.get(key)
+        if entry is not None and entry.alive(now) and not entry.learnt:
+            if entry.server != server_key or entry.connections or entry.expires_at is None:
+                return False
+            if expires_at <= entry.expires_at:
+                return False
+            entry.expires_at = expires_at
+        elif entry is not None and entry.alive(now):
+            if (entry.server, entry.expires_at) == (server_key, expires_at):
+                return False
+            entry.server, entry.expires_at = server_key, expires_at
+        else:
+            self._entries[key] = _Entry(server_key, 0, expires_at, learnt=True)
+            self._changes.pop(key, None)
+        self._seq += 1
+        heapq.heappush(self._heap, (expires_at, self._seq, key))
+        return True
 
     def expire(self, now: float) -> int:
         """Purge entries dead at `now`; returns how many were removed."""
@@ -140,6 +226,7 @@ class StickyTable:
             entry = self._entries.get(key)
             if entry is not None and entry.connections == 0 and entry.expires_at == expires_at:
                 del self._entries[key]
+                self._changes.pop(key, None)
                 removed += 1
         return removed
 

@@ -85,6 +85,11 @@ def snat_services(config: c.Config) -> list[str]:
     return [s.label for s in config.virtual_services if s.mode is c.Mode.L4_SNAT]
 
 
+def proxied_services(config: c.Config) -> list[str]:
+    """The layer 7 services: the proxy connects from the load balancer's own address."""
+    return [s.label for s in config.virtual_services if not s.mode.is_kernel]
+
+
 GATEWAY_PLACEHOLDER = "LB_GATEWAY"
 
 
@@ -245,6 +250,7 @@ def for_config(
     nat: Sequence[NatServer] = (),
     gateways: Mapping[str, str] | None = None,
     snat: Sequence[str] = (),
+    proxied: Sequence[str] = (),
 ) -> str:
     """Every DR and NAT real server of a config, each with its own block; `gateways` maps a
     NAT real server's address to the load balancer's address on its segment."""
@@ -265,6 +271,13 @@ def for_config(
             f"{mark} l4-snat ({', '.join(snat)}): real servers need no change: the load balancer "
             "sends them\n"
             f"{mark} its own address as the source, so their replies come back to it by "
+            "themselves.\n"
+        )
+    if proxied and blocks:  # beside DR or NAT servers, say why these have no block
+        blocks.append(
+            f"{mark} layer 7 ({', '.join(proxied)}): real servers need no change: the proxy "
+            "connects to them\n"
+            f"{mark} from the load balancer's own address, so their replies come back to it by "
             "themselves.\n"
         )
     if not blocks:

@@ -119,7 +119,11 @@ class KernelEngine:
         self._facts, self._seen = facts, seen
         self._live, self._shape = ruleset.live, ruleset.shape
         if where != self._where:
-            await asyncio.to_thread(self._place_addresses, services)
+            # Every service's VIP, layer 7 ones too: in the nat-l7 deployment Manager's VIP
+            # sits in the clients' subnet beside DICOM's, and the proxy's IP_FREEBIND socket
+            # hears nobody until the host answers ARP for it. (A config of layer 7 services
+            # only returns above: it runs without root, on addresses the host has.)
+            await asyncio.to_thread(self._place_addresses, plan.services)
             self._where = where
         if services and self._poller is None:
             self._poller = asyncio.get_running_loop().create_task(self._poll())
@@ -279,7 +283,11 @@ class KernelEngine:
             added[svc.vip] = route.device
             self.notify(f"added VIP {svc.vip} to {route.device}")
         for version in sorted(
-            {ipaddress.ip_address(s.vip).version for s in services if s.mode is not c.Mode.L4_DR}
+            {
+                ipaddress.ip_address(s.vip).version
+                for s in services
+                if s.mode.is_kernel and s.mode is not c.Mode.L4_DR
+            }
         ):
             if self.host.enable_forwarding(version):
                 self.notify(f"enabled IPv{version} forwarding (needed by NAT)")
@@ -459,11 +467,12 @@ def _stand_in_mac(server_id: int) -> str:
 
 
 def _endpoints(plan: Plan) -> tuple[Any, ...]:
-    """What the host facts and VIP addresses depend on: modes, VIPs and server addresses."""
+    """What the host facts and VIP addresses depend on: modes, VIPs and server addresses
+    (and the layer 7 services' VIPs, which are placed too)."""
     return tuple(
         (s.label, s.mode, s.vip, tuple(rs.address for rs in s.real_servers), s.fallback)
         for s in nft.kernel_services(plan)
-    )
+    ) + tuple((s.label, s.vip) for s in plan.services if not s.mode.is_kernel)
 
 
 def _plain(value: Any) -> Any:

@@ -32,6 +32,7 @@ from typing import Any
 from pacslb.core.plan import Plan, ServerKey
 from pacslb.core.workers import CounterSum, PingWatch, WorkerCounters
 from pacslb.engines.base import Counters
+from pacslb.engines.proxy_sticky import StickyMirror, outcome, replaces_steered_listeners
 from pacslb.engines.unix_peer import listener
 from pacslb.errors import EngineError
 
@@ -79,10 +80,11 @@ def _ask(path: Path, payload: dict[str, Any]) -> Any:
     return answer.get("result")
 
 
-def _apply_line(plan: Plan) -> bytes:
+def _apply_line(plan: Plan, workers: int) -> bytes:
     """The worker's apply request for `plan`, one line (Plan.to_json() is compact JSON: a
-    string in it holds no raw newline), without decoding and encoding the Plan again."""
-    return b'{"cmd": "apply", "plan": ' + plan.to_json() + b"}\n"
+    string in it holds no raw newline), without decoding and encoding the Plan again.
+    `workers`: how many share the ports (the modulus of the client steering)."""
+    return b'{"cmd": "apply", "workers": %d, "plan": ' % workers + plan.to_json() + b"}\n"
 
 
 def _exit_text(returncode: int) -> str:
@@ -345,6 +347,9 @@ class ProxyEngine:
         self._lock = asyncio.Lock()  # a Plan, a start or a replacement: one at a time
         self._last_plan: Plan | None = None
         self._spare_task_running = False
+        # every worker's source-ip persistence entries (engines/proxy_sticky.py)
+        self.sticky = StickyMirror()
+        self._sticky_services = False  # the Plan has an l7 service with source-ip persistence
 
     async def apply(self, plan: Plan) -> None:
         async with self._lock:  # one Plan at a time, and never two starts of a worker
@@ -362,11 +367,18 @@ class ProxyEngine:
                     raise result
             self._started = True
             self._spawn_task(self._watchdog())
-        self._last_plan = plan
-        line = _apply_line(plan)  # encoded once, sent to every worker at once
-        results = await asyncio.gather(
-            *(self._give_plan(worker, line) for worker in self.workers), return_exceptions=True
+            await self.sticky.seed(self.workers)  # entries the peer sent before we started
+        previous, self._last_plan = self._last_plan, plan
+        self._sticky_services = any(
+            not s.mode.is_kernel and s.persistence.kind == "source-ip" for s in plan.services
         )
+        line = _apply_line(plan, len(self.workers))  # encoded once, sent to every worker at once
+        gives = [self._give_plan(worker, line) for worker in self.workers]
+        if replaces_steered_listeners(previous, plan):
+            # one worker after another, so that no two swap places in the group (proxy_sticky)
+            results = [await outcome(give) for give in gives]
+        else:
+            results = await asyncio.gather(*gives, return_exceptions=True)
         errors = []
         for worker, result in zip(self.workers, results, strict=True):
             if isinstance(result, EngineError):
@@ -480,6 +492,8 @@ class ProxyEngine:
                     *(self._check(worker) for worker in self.workers), self._check_spare()
                 )
                 self._recount()
+                if self._sticky_services:  # those that answered this round's ping
+                    await self.sticky.collect([w for w in self.workers if w.state == "up"])
             except Exception as exc:  # the watchdog must outlive any one bad answer
                 self.notify(f"watchdog error: {exc!r}")
             await asyncio.sleep(max(0.05, POLL_INTERVAL - (loop.time() - began)))
@@ -651,9 +665,10 @@ class ProxyEngine:
             self._event(worker, "start-failed", f"could not start: {exc}; retrying in {pause:g} s")
             return
         worker.failures = 0
+        await self._seed_sticky(worker)
         if self._last_plan is not None:
             try:
-                await self._give_plan(worker, _apply_line(self._last_plan))
+                await self._give_plan(worker, _apply_line(self._last_plan, len(self.workers)))
             except EngineError as exc:  # a listener that cannot be opened: its VIP is named
                 self._event(worker, "plan-failed", f"did not take the last Plan: {exc}")
         was = f"pid {old} -> " if old is not None else ""
@@ -665,6 +680,32 @@ class ProxyEngine:
             old=old,
         )
         self._watch_exit(worker)
+
+    async def _seed_sticky(self, worker: Worker) -> None:
+        """Before a replacement's first Plan (before it listens): every worker gets the
+        persistence entries of all, the dead one's as last read. Its socket's place in the
+        SO_REUSEPORT group went to another worker's (core/steering.py), so clients move."""
+        if not self._sticky_services:
+            return
+        self.sticky.worker_lost(worker.name)
+        # (not one that missed its last ping: a second hung worker must not delay this one)
+        others = [w for w in self.workers if w is not worker and w.state == "up"]
+        await self.sticky.collect(others, share=False)
+        for problem in await self.sticky.seed([worker, *others]):
+            self._event(worker, "sticky-seed-failed", problem)
+
+    def export_sticky(self, since: int) -> tuple[list[dict[str, Any]], int]:
+        """Source-ip persistence entries of every worker new or changed after cursor `since`
+        (0: all), as last read (each second), and the cursor to pass next time. Each entry:
+        {"service", "key" (masked client address), "server", "ttl" (seconds left, or the
+        service's timeout while the client has connections open)}."""
+        return self.sticky.export(since)
+
+    def import_sticky(self, entries: list[dict[str, Any]]) -> None:
+        """Entries from the peer node (export_sticky's form): every worker adds those it does
+        not have, with their ttl; an existing live entry is kept. Handed to the workers in the
+        background (`await self.sticky.settled()` waits); ValueError for a bad entry."""
+        self.sticky.learn(entries, self.workers)
 
     def _event(self, worker: Worker, reason: str, message: str, **data: Any) -> None:
         data = {"worker": worker.name, "reason": reason, "pid": worker.pid, **data}
@@ -692,6 +733,7 @@ class ProxyEngine:
 
     async def close(self, keep_running: bool = False) -> None:
         self._closing = True
+        self.sticky.cancel()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):

@@ -10,12 +10,19 @@ Unix socket (JSON lines):
     {"cmd": "notices"}               -> {"ok": true, "result": [{message, service, server, at}]}
     {"cmd": "report"}                -> {"ok": true, "result": {"counters": ..., "notices": [...]}}
     {"cmd": "serve-as", "socket": PATH, "log": PATH}  -> {"ok": true}
+    {"cmd": "sticky-export", "since": CURSOR} -> {"ok": true, "result": {"entries": [...],
+                                                                       "cursor": CURSOR}}
+    {"cmd": "sticky-import", "entries": [...]} -> {"ok": true, "result": {"taken": N}}
     {"cmd": "ping"} / {"cmd": "stop"}
 
 `serve-as` makes a spare worker (started ahead, idle, all imports done) take over the name of
 one that crashed: its control socket moves to PATH (an atomic rename over the dead worker's
 file) and its output to that worker's log. The replacement then serves in milliseconds rather
 than after an interpreter start.
+
+An apply may carry "workers": N, how many workers share the listening ports; the listeners of
+source-ip services then steer each client to one worker by its address (proxy/steering.py).
+The sticky commands share persistence entries (proxy/sticky_share.py).
 
 Server states in a Plan always take effect; listeners change address by address, each new
 one bound before the old one closes, and an address that cannot be bound keeps its previous
@@ -39,8 +46,8 @@ from typing import Any, Protocol
 
 from pacslb.config import Mode
 from pacslb.core.budget import connection_budgets, service_needs
-from pacslb.core.plan import Plan, plan_from_dict
-from pacslb.proxy import notices
+from pacslb.core.plan import Plan, PlanService, plan_from_dict
+from pacslb.proxy import notices, sticky_share
 from pacslb.proxy.budget import (
     TRIM_INTERVAL,
     FloodTrimmer,
@@ -48,6 +55,7 @@ from pacslb.proxy.budget import (
     raise_descriptor_limit,
 )
 from pacslb.proxy.runtime import ServiceRuntime
+from pacslb.proxy.steering import steer
 
 IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
 BACKLOG = 4096
@@ -112,6 +120,10 @@ class ProxyProcess:
         self.stopping = asyncio.Event()
         self.descriptor_limit = descriptor_limit  # what budgets share (serve() raised it)
         self.budgets: dict[str, ServiceBudget] = {}
+        self.workers: int | None = None  # workers sharing the ports (None: no steering)
+        self.sockets: dict[tuple[str, int], socket.socket] = {}  # each listener's socket
+        self._steered: dict[tuple[str, int], tuple[int, int, int | None]] = {}
+        self.pending_sticky: list[sticky_share.SharedEntry] = []  # learnt before their service
 
     def _update_budgets(self, plan: Plan) -> None:
         """Each l7 service's connection budget in this worker (core.budget). The control
@@ -143,6 +155,8 @@ class ProxyProcess:
         }
         for label, runtime in runtimes.items():
             runtime.update(services[label])
+        if self.pending_sticky:  # learnt before this worker ran their service: before it listens
+            _, self.pending_sticky = sticky_share.learn(runtimes, self.pending_sticky)
         self._update_budgets(plan)
 
         errors: list[str] = []
@@ -163,14 +177,45 @@ class ProxyProcess:
             self.listeners[addr] = (spec, listener)
         for addr in [a for a in self.listeners if a not in wanted]:
             self.listeners.pop(addr)[1].close()  # a removed VIP: its connections finish
+            self.sockets.pop(addr, None)
+            self._steered.pop(addr, None)
         self.runtimes, self.plan = runtimes, plan
+        errors += self._steer(services)
         if errors:
             raise OSError("; ".join(errors))
+
+    def _steer(self, services: dict[str, PlanService]) -> list[str]:
+        """Steer each listener's clients to one worker by address when its service keeps
+        source-ip persistence (each worker has its own table); the kernel's 4-tuple hash
+        otherwise, which spreads one busy client's connections over every worker."""
+        if self.workers is None:
+            return []
+        errors = []
+        for addr, (spec, _) in self.listeners.items():
+            sock, svc = self.sockets.get(addr), services.get(spec.service)
+            if sock is None or svc is None:
+                continue
+            p = svc.persistence
+            granularity = None
+            if p.kind == "source-ip":
+                granularity = p.granularity_v6 if sock.family == socket.AF_INET6 else p.granularity
+            want = (id(sock), self.workers, granularity)
+            if self._steered.get(addr) == want:
+                continue
+            try:
+                steer(sock, self.workers, granularity)
+            except OSError as exc:
+                errors.append(f"cannot steer clients of {addr[0]}:{addr[1]} by address: {exc}")
+                continue
+            self._steered[addr] = want
+        return errors
 
     async def _listen(
         self, addr: tuple[str, int], spec: ListenerSpec, runtime: ServiceRuntime
     ) -> Listener:
         sock = listen_socket(*addr)
+        old = self.sockets.get(addr)
+        self.sockets[addr] = sock  # the new one from now (the old one closes once it is bound)
         try:
             if spec.mode is Mode.L7_TCP:
                 from pacslb.proxy.tcp import TcpListener
@@ -186,6 +231,10 @@ class ProxyProcess:
             await http.start()
             return http
         except BaseException:
+            if old is not None:
+                self.sockets[addr] = old  # its listener stays
+            else:
+                self.sockets.pop(addr, None)
             sock.close()
             raise
 
@@ -253,12 +302,39 @@ class ProxyControl:
         finally:
             writer.close()
 
+    async def _learn(self, request: dict[str, Any]) -> int:
+        """sticky-import: all entries checked first (nothing is taken from a bad list), then
+        learnt in slices, so that 10,000 of them (~0.2 s) do not stall the data plane."""
+        learnt = sticky_share.parse_entries(request.get("entries"))
+        taken = 0
+        for start in range(0, len(learnt), 1000):
+            await asyncio.sleep(0)  # connections waiting meanwhile are served
+            n, waiting = sticky_share.learn(self.proxy.runtimes, learnt[start : start + 1000])
+            taken += n
+            if self.proxy.plan is None:  # a spare: its services come with its first Plan
+                self.proxy.pending_sticky += waiting
+        del self.proxy.pending_sticky[:-200_000]  # bounded: the newest are kept
+        return taken
+
     async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         cmd = request.get("cmd")
         try:
             if cmd == "apply":
+                workers = request.get("workers")
+                if workers is not None and (type(workers) is not int or workers < 1):
+                    raise ValueError(f"workers must be a positive integer, got {workers!r}")
+                if workers is not None:
+                    self.proxy.workers = workers  # the steering modulus (_steer)
                 await self.proxy.apply(plan_from_dict(request["plan"]))
                 return {"ok": True}
+            if cmd == "sticky-export":
+                since = request.get("since") or {}
+                if not isinstance(since, dict):
+                    raise ValueError(f"since must be a cursor object, got {since!r}")
+                entries, cursor = sticky_share.export(self.proxy.runtimes, since)
+                return {"ok": True, "result": {"entries": entries, "cursor": cursor}}
+            if cmd == "sticky-import":
+                return {"ok": True, "result": {"taken": await self._learn(request)}}
             if cmd == "counters":
                 return {"ok": True, "result": self.proxy.counters()}
             if cmd == "notices":

@@ -227,3 +227,117 @@ def test_matches_reference_model(
             m.entries = {k: e for k, e in m.entries.items() if e.server != server}
         got = {e.key: (e.server, e.connections) for e in t.entries(now)}
         assert got == m.live(now)
+
+
+# --- sharing: the change cursor and learnt entries ----------------------------------------
+
+
+def test_changes_lists_placed_entries_once_per_cursor() -> None:
+    table = StickyTable(60)
+    table.attach("10.0.0.1", "a", 0.0)
+    table.attach("10.0.0.2", "b", 0.0)
+    changes, cursor = table.changes(0, 1.0)
+    assert [(c.key, c.server, c.ttl) for c in changes] == [
+        ("10.0.0.1", "a", 60.0),  # open: the timeout
+        ("10.0.0.2", "b", 60.0),
+    ]
+    assert all(c.open for c in changes)
+    assert table.changes(cursor, 1.0) == ([], cursor)
+    table.attach("10.0.0.1", "a", 2.0)  # a second connection of an open entry: no change
+    assert table.changes(cursor, 2.0) == ([], cursor)
+
+
+def test_changes_after_close_carry_the_time_left() -> None:
+    table = StickyTable(60)
+    table.attach("10.0.0.1", "a", 0.0)
+    _, cursor = table.changes(0, 0.0)
+    table.detach("10.0.0.1", 10.0)
+    changes, cursor2 = table.changes(cursor, 25.0)
+    assert [(c.key, c.server, c.ttl, c.open) for c in changes] == [("10.0.0.1", "a", 45.0, False)]
+    assert cursor2 > cursor
+    table.attach("10.0.0.1", "a", 30.0)  # idle -> open again: listed with the full timeout
+    assert [c.ttl for c in table.changes(cursor2, 30.0)[0]] == [60.0]
+
+
+def test_changes_skip_dead_and_forgotten_entries_and_keep_order() -> None:
+    table = StickyTable(10)
+    for i in range(1, 4):
+        table.attach(f"10.0.0.{i}", "a", 0.0)
+        table.detach(f"10.0.0.{i}", 0.0)
+    table.forget("10.0.0.2")
+    table.attach("10.0.0.1", "b", 5.0)  # re-pointed: moves to the end
+    changes, _ = table.changes(0, 5.0)
+    assert [(c.key, c.server) for c in changes] == [("10.0.0.3", "a"), ("10.0.0.1", "b")]
+    assert [c.key for c in table.changes(0, 11.0)[0]] == ["10.0.0.1"]  # .3 expired at 10
+
+
+def test_changes_use_the_masked_key() -> None:
+    table = StickyTable(60, granularity_v4=24)
+    table.attach("10.0.0.77", "a", 0.0)
+    assert [c.key for c in table.changes(0, 0.0)[0]] == ["10.0.0.0"]
+
+
+def test_learn_adds_an_unknown_client_with_its_ttl() -> None:
+    table = StickyTable(600)
+    assert table.learn("10.0.0.1", "b", 30.0, 100.0)
+    assert table.lookup("10.0.0.1", 129.0) == "b"
+    assert table.lookup("10.0.0.1", 130.0) is None
+    # a learnt entry is not a change of this table (it would echo back to where it came from)
+    assert table.changes(0, 100.0)[0] == []
+
+
+def test_learn_keeps_a_live_entry_and_extends_an_idle_one_of_the_same_server() -> None:
+    table = StickyTable(600)
+    table.attach("10.0.0.1", "a", 0.0)
+    assert not table.learn("10.0.0.1", "b", 30.0, 1.0)  # open on a: kept
+    assert table.lookup("10.0.0.1", 1.0) == "a"
+    table.detach("10.0.0.1", 1.0)  # idle until 601
+    assert not table.learn("10.0.0.1", "a", 30.0, 2.0)  # earlier expiry: nothing to do
+    assert table.learn("10.0.0.1", "a", 600.0, 100.0)  # later: extended to 700
+    assert table.lookup("10.0.0.1", 650.0) == "a"
+    assert not table.learn("10.0.0.1", "b", 600.0, 650.0)  # another server: kept
+    assert table.lookup("10.0.0.1", 650.0) == "a"
+
+
+def test_learn_replaces_a_dead_entry_caps_the_ttl_and_masks() -> None:
+    table = StickyTable(60, granularity_v4=24)
+    table.attach("10.0.0.1", "a", 0.0)
+    table.detach("10.0.0.1", 0.0)
+    assert table.learn("10.0.0.99", "b", 3600.0, 61.0)  # .1's entry died at 60
+    assert table.lookup("10.0.0.5", 120.0) == "b"  # same /24, ttl capped to the timeout
+    assert table.lookup("10.0.0.5", 121.0) is None
+    assert table.expire(200.0) == 0  # the lookup purged it already
+
+
+def test_learnt_entries_expire_and_a_connection_makes_them_this_tables() -> None:
+    table = StickyTable(60)
+    table.learn("10.0.0.1", "a", 5.0, 0.0)
+    table.learn("10.0.0.2", "a", 50.0, 0.0)
+    assert table.expire(6.0) == 1
+    assert len(table) == 1
+    table.attach("10.0.0.2", "a", 7.0)  # the client came: now listed as a change of this table
+    assert [c.key for c in table.changes(0, 7.0)[0]] == ["10.0.0.2"]
+
+
+@pytest.mark.parametrize("ttl", [0.0, -1.0, float("nan"), float("inf")])
+def test_learn_refuses_a_bad_ttl(ttl: float) -> None:
+    with pytest.raises(ValueError, match="ttl"):
+        StickyTable(60).learn("10.0.0.1", "a", ttl, 0.0)
+
+
+def test_learn_refuses_a_bad_address() -> None:
+    with pytest.raises(ValueError):
+        StickyTable(60).learn("not an address", "a", 5.0, 0.0)
+
+
+def test_a_learnt_entry_takes_later_news_until_a_connection_uses_it() -> None:
+    table = StickyTable(600)
+    assert table.learn("10.0.0.1", "a", 100.0, 0.0)
+    assert table.learn("10.0.0.1", "b", 50.0, 10.0)  # the owner re-pointed its client
+    assert table.lookup("10.0.0.1", 59.0) == "b"
+    assert table.lookup("10.0.0.1", 60.0) is None  # the news's ttl, even if shorter
+    table.learn("10.0.0.1", "b", 100.0, 70.0)
+    table.attach("10.0.0.1", "b", 71.0)  # used here: ours from now
+    table.detach("10.0.0.1", 72.0)
+    assert not table.learn("10.0.0.1", "c", 100.0, 73.0)
+    assert table.lookup("10.0.0.1", 73.0) == "b"

@@ -219,3 +219,23 @@ def test_cli_prints_the_nat_gateway_given(
     out = capsys.readouterr().out
     assert commands(out) == ["ip route replace default via 10.10.0.1 dev eth0"] * 2
     assert "l4-snat (Cardiology): real servers need no change" in out
+
+
+def test_layer7_servers_beside_nat_ones_are_told_to_change_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """nat-l7: Manager and the Viewer behind the proxy get a line saying why no block."""
+    import yaml
+
+    config = {"virtual_services": [*NAT_CONFIG["virtual_services"]]}
+    viewer = {"label": "Viewer", "vip": "192.168.85.41", "ports": [80], "mode": "l7-http"}
+    config["virtual_services"].append(
+        {**viewer, "real_servers": [{"label": "Crv1", "address": "10.10.0.212"}]}
+    )
+    path = tmp_path / "nat-l7.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["realserver", "--config", str(path), "--gateway", "10.10.0.1"]) == 0
+    out = capsys.readouterr().out
+    assert commands(out) == ["ip route replace default via 10.10.0.1 dev eth0"] * 2
+    assert "# layer 7 (Viewer): real servers need no change: the proxy connects" in out
+    assert "10.10.0.212" not in out

@@ -106,6 +106,27 @@ def test_an_engine_without_layer4_services_never_touches_nftables(tmp_path: Path
     assert nft.scripts == []
 
 
+def test_a_layer7_vip_beside_layer4_services_is_placed_too(tmp_path: Path) -> None:
+    """nat-l7: Manager's l7-http VIP sits in the clients' subnet beside DICOM's l4-nat one;
+    without the address on the interface nobody reaches the proxy listening on it."""
+    nft, host = FakeNft(), FakeHost()
+    kernel = engine(tmp_path, nft, host)
+    mixed = config("l4-nat").model_dump()
+    manager = {**mixed["virtual_services"][0], "label": "Manager", "vip": "198.18.0.101"}
+    mixed["virtual_services"].append({**manager, "mode": "l7-http", "ports": [80]})
+
+    async def scenario() -> None:
+        await kernel.apply(build_plan(c.Config.model_validate(mixed)))
+        assert host.added == [("198.18.0.100", "eth1"), ("198.18.0.101", "eth1")]
+        del mixed["virtual_services"][1]  # the layer 7 service goes: so does its address
+        await kernel.apply(build_plan(c.Config.model_validate(mixed)))
+        await kernel.close()
+
+    asyncio.run(scenario())
+    assert host.added == [("198.18.0.100", "eth1")]
+    assert "198.18.0.101" not in nft.scripts[0]  # the proxy forwards it, not the kernel
+
+
 def test_a_refused_transaction_keeps_the_old_state_and_says_why(tmp_path: Path) -> None:
     nft, host = FakeNft(), FakeHost()
     kernel = engine(tmp_path, nft, host)
