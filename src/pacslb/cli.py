@@ -184,11 +184,13 @@ def _state_dir(args: argparse.Namespace) -> Path:
 def data_planes(state_dir: Path, config: Config) -> list[Engine]:
     """The kernel engine (layer 4; idle, needing no root, while no service uses it) and the
     built-in proxy (layer 7; starts its processes only when a service needs them)."""
+    from pacslb.core.ha_role import ha_enabled
     from pacslb.engines.kernel import KernelEngine
     from pacslb.engines.proxy import ProxyEngine
 
     proxy = config.node.proxy
-    return [KernelEngine(state_dir), ProxyEngine(state_dir, proxy.workers, proxy.spare)]
+    kernel = KernelEngine(state_dir, place_vips=not ha_enabled(config))  # HA: keepalived's
+    return [kernel, ProxyEngine(state_dir, proxy.workers, proxy.spare)]
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -286,6 +288,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         + ("ready" if status["ready"] else "NOT READY")
         + (", DEGRADED" if status.get("degraded") else "")
     )
+    if (ha := status.get("ha")) and ha["role"] != "standalone":
+        print(f"ha: {ha['role']} since {ha['since']} ({_ago(ha['since'])})")
     for reason in status.get("not_ready", []):
         print(f"not ready: {reason}")
     for reason in status.get("degraded", []):
@@ -376,6 +380,9 @@ def cmd_teardown(args: argparse.Namespace) -> int:
     else:
         raise PacslbError(f"pacslb is running with {state_dir}: stop it first")
     done = stop_workers(state_dir)
+    from pacslb.control.ha import stop_left_keepalived
+
+    done += stop_left_keepalived(state_dir)  # left holding the addresses by --keep-data-plane
     try:
         done += KernelEngine(state_dir).teardown()
     except EngineError:
@@ -643,7 +650,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=cmd_admin)
 
     p = sub.add_parser("events", help="the event log: health, admin, config, plan")
-    kinds = ["health", "admin", "config", "plan", "engine", "process", "auth", "webui"]
+    kinds = ["health", "admin", "config", "plan", "engine", "process", "auth", "webui", "ha"]
     p.add_argument("--kind", choices=kinds)
     p.add_argument("--service")
     p.add_argument("--limit", type=int, default=50)
@@ -659,6 +666,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     locate(p)
     p.set_defaults(func=cmd_stop)
+
+    from pacslb.cli_ha import add_ha_commands
+
+    add_ha_commands(sub, locate)
 
     p = sub.add_parser("reload", help="re-read the config file of the running pacslb")
     locate(p)
