@@ -665,7 +665,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=cmd_admin)
 
     p = sub.add_parser("events", help="the event log: health, admin, config, plan")
-    kinds = ["health", "admin", "config", "plan", "engine", "process", "auth", "webui"]
+    kinds = ["health", "admin", "config", "plan", "engine", "process", "auth", "webui", "ha"]
     p.add_argument("--kind", choices=kinds)
     p.add_argument("--service")
     p.add_argument("--limit", type=int, default=50)
@@ -738,6 +738,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("schema", help="print the config's JSON Schema")
     p.set_defaults(func=cmd_schema)
+
+    from pacslb.cli_ha import register  # pacslb ha ..., pacslb token ...
+
+    register(sub, locate, _state_dir)
     return parser
 
 

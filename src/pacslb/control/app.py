@@ -24,7 +24,9 @@ from pacslb import __version__
 from pacslb import config as c
 from pacslb.control.checker import HealthChecker
 from pacslb.control.events import Event, EventLog
+from pacslb.control.pairing import Pairing
 from pacslb.control.probes import ProbeResult
+from pacslb.control.replica import Replicator
 from pacslb.control.startup import BrokenFile, unplaceable
 from pacslb.control.store import (
     AdminStateStore,
@@ -120,6 +122,9 @@ class ControlProcess:
         # This node's HA role: set by the keepalived supervisor, read by replication, state
         # sync, the API and the WebUI (core/ha_role.py).
         self.ha = HaState(Role.STARTING if ha_enabled(config) else Role.STANDALONE)
+        # HA pairing and replication: every change passes its guard (control/replica.py).
+        self.replica = Replicator(self)
+        self.pairing = Pairing(self, self.replica)
         self.plan: Plan | None = None
         self.started = datetime.now(UTC)
         self.revision = 0
@@ -187,6 +192,7 @@ class ControlProcess:
         self.checker.configure(self.config)
         await self.publish()
         self._started_up = True
+        self.replica.start()
 
     @property
     def ready(self) -> bool:
@@ -358,9 +364,11 @@ class ControlProcess:
             raise UnknownTarget(f"{service} has no real server {server!r} (known: {known})")
 
     async def set_admin(
-        self, service: str, server: str, state: AdminState, by: str = ""
+        self, service: str, server: str, state: AdminState, by: str = "", replicated: bool = False
     ) -> dict[str, Any]:
+        """`replicated`: from the HA peer (control/replica.py), allowed on the passive."""
         self._check_target(service, server)
+        self.replica.refuse_if_not_allowed(replicated)
         previous = self.admin.get(service, server)
         try:
             self.admin.set(service, server, state)
@@ -370,6 +378,7 @@ class ControlProcess:
         if previous is not state:
             who = f" by {by}" if by else ""
             self._record("admin", f"{previous} -> {state}{who}", (service, server))
+            self.replica.after_change(replicated)
         await self.publish()
         return {
             "service": service,
@@ -392,11 +401,20 @@ class ControlProcess:
                 self._record("config", f"reload refused: {len(exc.problems)} problems")
                 raise
             changed = text != self._text
+            if changed:  # refused on the passive node; prepared on the peer
+                await self.replica.before_change(config, replicated=False)
             rev = await self._commit(text, comment, "", write_file=False)
-            return {**await self._apply(rev, text, config, comment), "changed": changed}
+            result = {**await self._apply(rev, text, config, comment), "changed": changed}
+            if changed:
+                self.replica.after_change(replicated=False)
+            return result
 
     async def apply_config(
-        self, new: c.Config | dict[str, Any] | str, comment: str = "", by: str = ""
+        self,
+        new: c.Config | dict[str, Any] | str,
+        comment: str = "",
+        by: str = "",
+        replicated: bool = False,
     ) -> dict[str, Any]:
         """Apply a new config from the API or WebUI: validate it, save it as a revision,
         write it to the config file (so a restart keeps it), then publish.
@@ -411,7 +429,12 @@ class ControlProcess:
         running config, the config file and the revisions stay as they were. ConfigConflict
         when another change was applied while this one was being validated (it was made from
         a config no longer in force); HandEdited (a ConfigConflict) when the config file no
-        longer holds the running revision: the operator's edit is never overwritten."""
+        longer holds the running revision: the operator's edit is never overwritten.
+
+        In an HA pair (control/replica.py) a change is refused on the passive node, and the
+        peer prepares it first: its refusal refuses it here too. `replicated`: the change is
+        the peer's replica, applied as it is and not sent back."""
+        self.replica.refuse_if_not_allowed(replicated)
         base_revision, base_text, base_config = self.revision, self._text, self.config
         base = self.config_path.resolve().parent
         source = f"{by or 'api'} change"
@@ -439,10 +462,13 @@ class ControlProcess:
                     f"the config changed while this change was checked (revision "
                     f"{base_revision} -> {self.revision}); nothing was applied: retry it"
                 )
+            await self.replica.before_change(config, replicated)
             rev = await self._commit(text, comment or source, by, write_file=True)
             if layout_lost:  # only once the file was rewritten: a refused change lost nothing
                 self._record("config", f"the config file's layout could not be kept: {layout_lost}")
-            return {**await self._apply(rev, text, config, comment or source), "changed": True}
+            result = await self._apply(rev, text, config, comment or source)
+            self.replica.after_change(replicated)
+            return {**result, "changed": True}
 
     def _edited_text(
         self, text: str, old: c.Config, new: c.Config, source: str, exists: Any
@@ -711,6 +737,7 @@ class ControlProcess:
             # The data planes this config uses (the others are idle and hold nothing).
             "engines": sorted({svc["forwarded_by"] for svc in services}),
             "services": services,
+            "ha": self.replica.status_json(),
             **self.engine_status(),  # "proxy": {"workers": [...], "restarts": {...}}
         }
 

@@ -99,6 +99,10 @@ class ControlServer:
             return await process.reload()
         if cmd == "plan":
             return json.loads(process.current_plan().to_json())
+        if isinstance(cmd, str) and cmd.startswith("ha-"):  # pacslb ha ... (control/ha_commands.py)
+            from pacslb.control.ha_commands import handle
+
+            return await handle(process, request)
         if cmd == "stop":
             keep = bool(request.get("keep_data_plane", False))
             process.request_stop(keep_data_plane=keep)
