@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from pacslb.control.app import ControlProcess
 
 POLL = 1.0  # seconds between polls of the peer's status (split brain within a few seconds)
-BACKOFF_MAX = 4.0  # longest wait between tries while the peer does not answer
+BACKOFF_MAX = 2.0  # longest wait between tries while the peer does not answer
 PREPARE_TIMEOUT = 5.0  # the peer validates a whole config: more than one poll's time
 PUSH_TIMEOUT = 15.0  # ... and applies it (a revision, a Plan to its engines)
 PEER_BY = "ha-peer"  # the author of replicated revisions and admin changes
@@ -73,6 +73,8 @@ class Replicator:
         self._wake = asyncio.Event()
         self._cache: tuple[Any, str] | None = None
         self.last_push_ms: float | None = None
+        self._started = False  # the process has started (no sync before that)
+        self._looping = False  # the sync loop runs (only while paired)
 
     # --- identity and state --------------------------------------------------------------
 
@@ -218,31 +220,45 @@ class Replicator:
     # --- the sync loop ---------------------------------------------------------------------
 
     def start(self) -> None:
-        self.process._background(self._loop())
+        """Called once the process has started: the loop runs while this node is paired."""
+        self._started = True
+        self.wake()
 
     def wake(self) -> None:
         self._wake.set()
+        if self._started and not self._looping and self.record is not None:
+            self._looping = True
+            self.process._background(self._loop())
 
     async def _loop(self) -> None:
         wait = POLL
         stopping = self.process._stopping
-        while not stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait):
-                    await self._wake.wait()
-            self._wake.clear()
-            if stopping.is_set() or self.record is None:
-                wait = POLL
-                continue
-            try:
-                await self.sync_once()
-                wait = POLL
-            except PeerError as exc:
-                self._unreachable(exc)
-                wait = min(wait * 2, BACKOFF_MAX)
-            except Exception as exc:  # a bug here must not end replication for good
-                self.record_event(f"replication: {exc!r}")
-                wait = BACKOFF_MAX
+        try:
+            while not stopping.is_set() and self.record is not None:
+                await self._turn(wait)
+                wait = await self._sync_or_back_off(wait)
+        finally:
+            self._looping = False
+
+    async def _turn(self, wait: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait):
+                await self._wake.wait()
+        self._wake.clear()
+
+    async def _sync_or_back_off(self, wait: float) -> float:
+        """One sync; the next wait: POLL after an answer, longer while there is none."""
+        if self.process._stopping.is_set() or self.record is None:
+            return POLL
+        try:
+            await self.sync_once()
+        except PeerError as exc:
+            self._unreachable(exc)
+            return min(wait * 2, BACKOFF_MAX)
+        except Exception as exc:  # a bug here must not end replication for good
+            self.record_event(f"replication: {exc!r}")
+            return BACKOFF_MAX
+        return POLL
 
     async def sync_once(self) -> None:
         """One poll of the peer; a push when this node holds the newer state."""

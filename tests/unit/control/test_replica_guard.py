@@ -1,0 +1,107 @@
+"""The HA guard in a real ControlProcess: on the passive node every change from the API, the
+CLI (reload, drain) and the WebUI is refused naming the active node (409), while a replicated
+change from the peer goes through; during a split brain changes are refused on every node.
+
+The role is set here as the keepalived supervisor (control/ha.py) sets it; the pair with
+keepalived itself is tests/netns/test_ha_replication.py."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from tests.webapp import headers, login, web_client
+
+from pacslb.control.app import ControlProcess
+from pacslb.control.replica import PassiveNode, SplitBrain
+from pacslb.control.store import read_config
+from pacslb.core.ha_role import Role
+from pacslb.core.state import AdminState
+
+CONFIG = """version: 1
+node:
+  webui: {enabled: false}
+  ha: {enabled: true, interface: eth0, peers: [198.18.0.2], secret: "a shared secret for the pair"}
+virtual_services:
+  - label: Web
+    vip: 198.18.0.100
+    ports: [8080]
+    mode: l7-tcp
+    health_check: {type: none}
+    real_servers:
+      - {label: Srv1, address: 198.18.0.11, port: 8080}
+"""
+WEB_CONFIG = CONFIG.replace("{enabled: false}", '{listen: "127.0.0.1:9443"}')
+
+
+def run(tmp_path: Path, body: object) -> None:
+    path = tmp_path / "pacslb.yaml"
+    path.write_text(CONFIG)
+    text, config = read_config(path)
+
+    async def main() -> None:
+        process = ControlProcess(path, config, text, (), tmp_path / "state")
+        await process.start()
+        try:
+            await body(process)  # type: ignore[operator]
+        finally:
+            process.request_stop()
+            await process.stop()
+
+    asyncio.run(main())
+
+
+def test_the_passive_node_refuses_every_change_but_the_peers(tmp_path: Path) -> None:
+    async def body(process: ControlProcess) -> None:
+        assert process.ha.role is Role.STARTING
+        process.ha.set(Role.PASSIVE)
+        changed = process.config.model_copy(update={"virtual_services": []})
+        with pytest.raises(PassiveNode, match=r"make changes on the active node 198\.18\.0\.2"):
+            await process.apply_config(changed, "delete everything", by="admin")
+        with pytest.raises(PassiveNode):
+            await process.set_admin("Web", "Srv1", AdminState.DRAIN, by="admin")
+        process.config_path.write_text(CONFIG.replace("8080]", "8081]"))
+        with pytest.raises(PassiveNode):
+            await process.reload()
+        assert process.revision == 1 and process.admin.all() == {}
+        events = [e.message for e in process.events.query("config", None, None, 50)]
+        assert not any("applying revision 2" in m for m in events)
+        # What the paired peer replicates is applied (into the file as it was: a hand edit
+        # left in it would be refused to the peer as well, and shown as the refusal's reason).
+        process.config_path.write_text(CONFIG)
+        result = await process.apply_config(changed, "replicated", "ha-peer", replicated=True)
+        assert result["changed"] and process.config.virtual_services == []
+
+    run(tmp_path, body)
+
+
+def test_split_brain_refuses_changes_on_the_active_node_too(tmp_path: Path) -> None:
+    async def body(process: ControlProcess) -> None:
+        process.ha.set(Role.ACTIVE)
+        process.replica.watch.observe(Role.ACTIVE, Role.ACTIVE, "peer 198.18.0.2")
+        with pytest.raises(SplitBrain, match="split brain"):
+            await process.set_admin("Web", "Srv1", AdminState.HALT)
+        process.replica.watch.observe(Role.ACTIVE, Role.PASSIVE, "peer 198.18.0.2")
+        assert (await process.set_admin("Web", "Srv1", AdminState.HALT))["state"] == "halt"
+
+    run(tmp_path, body)
+
+
+def test_the_api_answers_409_naming_the_active_node(tmp_path: Path) -> None:
+    with web_client(tmp_path, WEB_CONFIG) as (client, process):
+        csrf = login(client)
+        process.ha.set(Role.PASSIVE)
+        r = client.post(
+            "/api/v1/virtual_services/Web/real_servers/Srv1/drain", headers=headers(csrf)
+        )
+        assert r.status_code == 409
+        assert r.json()["detail"] == (
+            "this node is the passive node of an HA pair; make changes on the active node "
+            "198.18.0.2"
+        )
+        r = client.delete("/api/v1/virtual_services/Web", headers=headers(csrf))
+        assert r.status_code == 409 and "active node 198.18.0.2" in r.json()["detail"]
+        status = client.get("/api/ha/status").json()
+        assert status["role"] == "passive" and status["paired"] is False
+        assert status["replication"]["text"] == "not paired"
