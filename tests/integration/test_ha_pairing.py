@@ -147,6 +147,11 @@ def test_pair_replicate_refuse_catch_up_unpair(pair: tuple[HaNode, HaNode, Path]
     print(f"drain on A applied on B after {took:.3f} s")
     assert took < 2.0
     wait_for(lambda: a.ha()["replication"]["state"] == "in-sync", 5, "in sync after the drain")
+    page = a.api("GET", "/ha").text
+    assert 'id="ha-replication">in sync' in page and cert_fingerprint(b) in page
+    assert f"peer {B_HOST} (" in a.api("GET", "/").text
+    metrics = a.api("GET", "/metrics").text
+    assert "pacslb_ha_peer_reachable 1.0" in metrics and "pacslb_ha_revisions_behind 0.0" in metrics
 
     # A revision B cannot apply (the certificate exists on A only): refused on both.
     a_rev, b_rev = a.status()["revision"], b.status()["revision"]

@@ -105,3 +105,20 @@ def test_the_api_answers_409_naming_the_active_node(tmp_path: Path) -> None:
         status = client.get("/api/ha/status").json()
         assert status["role"] == "passive" and status["paired"] is False
         assert status["replication"]["text"] == "not paired"
+        page = client.get("/ha").text
+        assert 'id="ha-role">passive' in page and 'id="ha-peer">not paired' in page
+        assert 'id="ha-line">HA: this node <strong>passive</strong>' in client.get("/").text
+        process.replica.watch.observe(Role.ACTIVE, Role.ACTIVE, "peer 198.18.0.2")
+        assert (
+            'id="split-brain"' in client.get("/").text
+            and 'id="split-brain"' in client.get("/ha").text
+        )
+        metrics = client.get("/metrics").text
+        assert "pacslb_ha_split_brain 1.0" in metrics
+        assert "pacslb_ha_peer_reachable 0.0" in metrics
+        # Pairing from the page: refused with the reason shown (no peer listens there).
+        r = client.post(
+            "/ha/pair",
+            data={"csrf_token": csrf, "address": "127.10.2.9:9", "token": "pacslb_x_y"},
+        )
+        assert r.status_code == 409 and "cannot be reached" in r.text
