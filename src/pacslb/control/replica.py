@@ -50,6 +50,7 @@ POLL = 1.0  # seconds between polls of the peer's status (split brain within a f
 BACKOFF_MAX = 2.0  # longest wait between tries while the peer does not answer
 PREPARE_TIMEOUT = 5.0  # the peer validates a whole config: more than one poll's time
 PUSH_TIMEOUT = 15.0  # ... and applies it (a revision, a Plan to its engines)
+REFUSED_RETRY = 30.0  # seconds before a state the peer refused is offered again
 PEER_BY = "ha-peer"  # the author of replicated revisions and admin changes
 
 
@@ -71,7 +72,8 @@ class Replicator:
         self.refused: str | None = None  # the peer's last refusal of a push, while it stands
         self._refused_digest: str | None = None  # the state it refused: not pushed again
         self._wake = asyncio.Event()
-        self._cache: tuple[Any, str] | None = None
+        self._cache: tuple[c.Config, Any, str] | None = None  # (config, admin states, digest)
+        self._refused_at = 0.0  # monotonic time of the last refused push
         self.last_push_ms: float | None = None
         self._started = False  # the process has started (no sync before that)
         self._looping = False  # the sync loop runs (only while paired)
@@ -94,12 +96,13 @@ class Replicator:
         return r.replicated_state(services, self.process.admin.all())
 
     def own_digest(self) -> str:
-        admin = self.process.admin.all()
-        key = (id(self.process.config), tuple(sorted(admin.items())))
-        if self._cache is None or self._cache[0] != key:
-            services = [vs.model_dump(mode="json") for vs in self.process.config.virtual_services]
-            self._cache = (key, r.digest(r.replicated_state(services, admin)))
-        return self._cache[1]
+        config, admin = self.process.config, self.process.admin.all()
+        states = tuple(sorted(admin.items()))
+        cache = self._cache
+        if cache is None or cache[0] is not config or cache[1] != states:
+            services = [vs.model_dump(mode="json") for vs in config.virtual_services]
+            cache = self._cache = (config, states, r.digest(r.replicated_state(services, admin)))
+        return cache[2]
 
     def _save(self, **changes: Any) -> None:
         if self.record is None:
@@ -272,7 +275,10 @@ class Replicator:
         view = self.view
         assert view is not None
         own = self.own_digest()
-        if own != self._refused_digest and r.should_push(
+        # A refused state is not sent again at every poll, but now and then: the cause may be
+        # gone (the peer's hand-edited file put back, a change that raced it).
+        retry = time.monotonic() - self._refused_at > REFUSED_RETRY
+        if (own != self._refused_digest or retry) and r.should_push(
             self.process.ha.role, self.generation, own, view, self.watch.split
         ):
             await self.push()
@@ -345,8 +351,11 @@ class Replicator:
             reason = "; ".join(p.message for p in _peer_problems(answer, self.peer_name)[:3])
         else:
             reason = f"{answer.status}: {answer.detail()}"
+        again = self.refused == reason and self._refused_digest == own
         self.refused, self._refused_digest = reason, own
-        self.record_event(f"peer {self.peer_name} refused revision {revision}: {reason}")
+        self._refused_at = time.monotonic()
+        if not again:  # once per refusal, not at every retry
+            self.record_event(f"peer {self.peer_name} refused revision {revision}: {reason}")
 
     # --- the receiving side ----------------------------------------------------------------
 

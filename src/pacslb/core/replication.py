@@ -172,9 +172,11 @@ def should_push(
     own_role: Role, own_generation: int, own_digest: str, peer: PeerView, split: bool
 ) -> bool:
     """Whether this node sends its state to the peer now: the peer answers, no split brain,
-    this node is not the passive one, and it holds the newer state (higher generation, or the
-    same generation with a different state: a change whose push was lost)."""
-    if split or not peer.reachable or own_role is Role.PASSIVE:
+    and this node holds the newer state: a higher generation (even on the passive node: it can
+    only have one from changes made while it was active that the peer never received, say
+    while the link was down), or the same generation with a different state (a push that was
+    lost), which the active node settles."""
+    if split or not peer.reachable:
         return False
     if peer.digest == own_digest:
         return False

@@ -83,7 +83,9 @@ def test_who_pushes() -> None:
     push = r.should_push
     assert push(Role.ACTIVE, 3, "d", view(), False)
     assert not push(Role.ACTIVE, 3, "d", view(digest="d"), False)  # in sync
-    assert not push(Role.PASSIVE, 3, "d", view(), False)  # the passive never pushes
+    # The passive node pushes only changes made while it was active that the peer missed.
+    assert push(Role.PASSIVE, 3, "d", view(), False)
+    assert not push(Role.PASSIVE, 1, "d", view(generation=1), False)
     assert not push(Role.ACTIVE, 3, "d", view(), True)  # split brain: nothing moves
     assert not push(Role.ACTIVE, 3, "d", view(reachable=False), False)
     assert not push(Role.ACTIVE, 1, "d", view(generation=2), False)  # the peer's is newer
