@@ -24,6 +24,7 @@ from pacslb import __version__
 from pacslb import config as c
 from pacslb.control.checker import HealthChecker
 from pacslb.control.events import Event, EventLog
+from pacslb.control.ha import KeepalivedSupervisor
 from pacslb.control.pairing import Pairing
 from pacslb.control.probes import ProbeResult
 from pacslb.control.replica import Replicator
@@ -122,7 +123,7 @@ class ControlProcess:
         # This node's HA role: set by the keepalived supervisor, read by replication, state
         # sync, the API and the WebUI (core/ha_role.py).
         self.ha = HaState(Role.STARTING if ha_enabled(config) else Role.STANDALONE)
-        # HA pairing and replication: every change passes its guard (control/replica.py).
+        self.keepalived = KeepalivedSupervisor(self.state_dir, self.ha, self._ha_note)
         self.replica = Replicator(self)
         self.pairing = Pairing(self, self.replica)
         self.plan: Plan | None = None
@@ -191,6 +192,7 @@ class ControlProcess:
         self._prune_admin()
         self.checker.configure(self.config)
         await self.publish()
+        await self.keepalived.configure(self.config)  # the data plane first, then the addresses
         self._started_up = True
         self.replica.start()
 
@@ -206,7 +208,7 @@ class ControlProcess:
         for name, record in sorted(self.engine_records.items()):
             if record.error is not None:
                 reasons.append(f"{name}: apply failed: {record.error}")
-        return reasons
+        return reasons + self.keepalived.not_ready()
 
     def degraded(self) -> list[str]:
         """What runs differs from what the operator asked for, though it forwards.
@@ -236,8 +238,9 @@ class ControlProcess:
             self._record("process", f"warning: {advice}")
 
     async def stop(self) -> None:
-        await self.checker.close()
         keep = self.keep_data_plane
+        await self.keepalived.close(keep_running=keep)  # the peer takes over, then we stop
+        await self.checker.close()
         for engine in self.engines:
             with contextlib.suppress(Exception):
                 await engine.close(keep_running=keep)
@@ -366,7 +369,6 @@ class ControlProcess:
     async def set_admin(
         self, service: str, server: str, state: AdminState, by: str = "", replicated: bool = False
     ) -> dict[str, Any]:
-        """`replicated`: from the HA peer (control/replica.py), allowed on the passive."""
         self._check_target(service, server)
         self.replica.refuse_if_not_allowed(replicated)
         previous = self.admin.get(service, server)
@@ -401,13 +403,9 @@ class ControlProcess:
                 self._record("config", f"reload refused: {len(exc.problems)} problems")
                 raise
             changed = text != self._text
-            if changed:  # refused on the passive node; prepared on the peer
-                await self.replica.before_change(config, replicated=False)
-            rev = await self._commit(text, comment, "", write_file=False)
-            result = {**await self._apply(rev, text, config, comment), "changed": changed}
-            if changed:
-                self.replica.after_change(replicated=False)
-            return result
+            async with self.replica.change(config, changed=changed):  # HA: control/replica.py
+                rev = await self._commit(text, comment, "", write_file=False)
+                return {**await self._apply(rev, text, config, comment), "changed": changed}
 
     async def apply_config(
         self,
@@ -431,9 +429,8 @@ class ControlProcess:
         a config no longer in force); HandEdited (a ConfigConflict) when the config file no
         longer holds the running revision: the operator's edit is never overwritten.
 
-        In an HA pair (control/replica.py) a change is refused on the passive node, and the
-        peer prepares it first: its refusal refuses it here too. `replicated`: the change is
-        the peer's replica, applied as it is and not sent back."""
+        HA (control/replica.py): refused on the passive node; the peer prepares it first.
+        `replicated`: the peer's replica, which the guard lets through and does not send back."""
         self.replica.refuse_if_not_allowed(replicated)
         base_revision, base_text, base_config = self.revision, self._text, self.config
         base = self.config_path.resolve().parent
@@ -462,12 +459,11 @@ class ControlProcess:
                     f"the config changed while this change was checked (revision "
                     f"{base_revision} -> {self.revision}); nothing was applied: retry it"
                 )
-            await self.replica.before_change(config, replicated)
-            rev = await self._commit(text, comment or source, by, write_file=True)
+            async with self.replica.change(config, replicated):
+                rev = await self._commit(text, comment or source, by, write_file=True)
+                result = await self._apply(rev, text, config, comment or source)
             if layout_lost:  # only once the file was rewritten: a refused change lost nothing
                 self._record("config", f"the config file's layout could not be kept: {layout_lost}")
-            result = await self._apply(rev, text, config, comment or source)
-            self.replica.after_change(replicated)
             return {**result, "changed": True}
 
     def _edited_text(
@@ -577,6 +573,7 @@ class ControlProcess:
             self._record("admin", f"admin state not pruned: {exc}")
         self.checker.configure(config)
         await self.publish()
+        await self.keepalived.configure(config)
         # After the publish: awaited before it, a health change meanwhile would publish the new
         # config before _update_leaving's removals were known.
         await self._check_placement(config)
@@ -736,10 +733,13 @@ class ControlProcess:
             "uptime_s": round((datetime.now(UTC) - self.started).total_seconds(), 1),
             # The data planes this config uses (the others are idle and hold nothing).
             "engines": sorted({svc["forwarded_by"] for svc in services}),
+            "ha": {**self.keepalived.status(), **self.replica.status_json()},  # role, peer
             "services": services,
-            "ha": self.replica.status_json(),
             **self.engine_status(),  # "proxy": {"workers": [...], "restarts": {...}}
         }
+
+    def _ha_note(self, message: str, data: dict[str, Any]) -> None:
+        self._record("ha", message, data=data)
 
     def _record(
         self,

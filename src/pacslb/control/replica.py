@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from pacslb import config as c
@@ -210,6 +211,19 @@ class Replicator:
         if not answer.ok:  # a token revoked there, say: the change goes on, the state says why
             self.refused = f"the peer answered {answer.status}: {answer.detail()}"
             self.record_event(f"peer {self.peer_name} did not check the change: {self.refused}")
+
+    @contextlib.asynccontextmanager
+    async def change(
+        self, config: c.Config, replicated: bool = False, changed: bool = True
+    ) -> AsyncIterator[None]:
+        """Around a config change's commit and apply: the guard before it, replication after
+        it (when it went through). `changed` False: the same config again (a reload of an
+        unchanged file), which needs neither."""
+        if changed:
+            await self.before_change(config, replicated)
+        yield
+        if changed:
+            self.after_change(replicated)
 
     def after_change(self, replicated: bool) -> None:
         """Called once a change is committed and applied here."""
