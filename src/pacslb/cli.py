@@ -741,9 +741,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("schema", help="print the config's JSON Schema")
     p.set_defaults(func=cmd_schema)
 
-    from pacslb.cli_ha import register  # pacslb ha ..., pacslb token ...
+    from pacslb.cli_pair import add_pair_commands, add_token_commands
 
-    register(sub, locate, _state_dir)
+    ha = sub.add_parser("ha", help="this node's part in an HA pair")
+    commands = ha.add_subparsers(dest="ha_command", required=True, metavar="HA_COMMAND")
+    add_pair_commands(commands, locate, _state_dir)  # pacslb ha pair|unpair|status|takeover
+    add_token_commands(sub, locate, _state_dir)  # pacslb token create|list|revoke
     return parser
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime
 import json
 import shutil
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -124,6 +125,19 @@ def pair(tmp_path: Path) -> Iterator[tuple[Lb, Lb, Path]]:
             topo.hosts["lb2"].run("nft", "delete", "table", "inet", "splitbrain", check=False)
 
 
+def event_at(node: HaNode, kind: str, text: str) -> datetime.datetime:
+    """When the node recorded its last event of `kind` holding `text` (one clock: one host)."""
+    found = [e for e in node.control("events", kind=kind, limit=500) if text in e["message"]]
+    assert found, f"{node.name}: no {kind} event with {text!r}"
+    return datetime.datetime.fromisoformat(found[-1]["at"])
+
+
+def commit_to_peer(lb1: Lb, lb2: Lb, kind: str, active_text: str, peer_text: str) -> float:
+    """Seconds from the change's event on the active node to its event on the passive one."""
+    seconds = event_at(lb2.node, kind, peer_text) - event_at(lb1.node, kind, active_text)
+    return seconds.total_seconds()
+
+
 def vrrp_drop(lb: Lb, on: bool) -> None:
     if on:
         lb.host.run("nft", "add", "table", "inet", "splitbrain")
@@ -161,13 +175,19 @@ def test_pair_replicate_refuse_split_brain_catch_up_takeover(pair: tuple[Lb, Lb,
     )
     assert code == 201, body
     wait_for(lambda: "rs3" in lb2.node.servers()["Dicom"], 10, "rs3 on lb2", step=0.01)
-    figures["config change replicated (s)"] = time.monotonic() - started
+    figures["config change: API call to in force on the passive (s)"] = time.monotonic() - started
+    figures["config change: commit on the active to applied on the passive (s)"] = commit_to_peer(
+        lb1, lb2, "config", "add real server Dicom/rs3", "replicated from"
+    )
 
     # A drain on the active node (CLI): in force on the passive.
     started = time.monotonic()
     assert lb1.node.cli("drain", "Dicom", "rs1").returncode == 0
     wait_for(lambda: lb2.node.admin_states()["Dicom/rs1"] == "drain", 10, "drain on lb2", 0.01)
-    figures["drain replicated (s)"] = time.monotonic() - started
+    figures["drain: CLI command to in force on the passive (s)"] = time.monotonic() - started
+    figures["drain: on the active to on the passive (s)"] = commit_to_peer(
+        lb1, lb2, "admin", "online -> drain", "online -> drain by ha-peer"
+    )
 
     # A revision the peer refuses: a certificate only lb1 has. Both stay where they were.
     revisions = (lb1.node.status()["revision"], lb2.node.status()["revision"])
@@ -205,6 +225,10 @@ def test_pair_replicate_refuse_split_brain_catch_up_takeover(pair: tuple[Lb, Lb,
     figures["split brain reported on both after both active (s)"] = time.monotonic() - both
     for lb in (lb1, lb2):
         assert "split brain: both nodes are active" in lb.node.events()
+        code, metrics = lb.curl("GET", "/metrics")
+        assert code == 200 and "pacslb_ha_split_brain 1.0" in metrics
+        code, page = lb.curl("GET", "/")
+        assert 'id="split-brain"' in page
     done = lb1.node.cli("online", "Dicom", "rs1")
     assert done.returncode == 1 and "split brain" in done.stderr, done.stderr
     vrrp_drop(lb2, False)
@@ -227,6 +251,9 @@ def test_pair_replicate_refuse_split_brain_catch_up_takeover(pair: tuple[Lb, Lb,
     wait_for(lambda: lb2.node.admin_states()["Dicom/rs1"] == "online", 20, "lb2 caught up")
     figures["caught up after the peer was ready (s)"] = time.monotonic() - started
 
+    for what, seconds in figures.items():
+        print(f"{what}: {seconds:.3f}")
+
     # Takeover on the passive node: lb2 becomes active; its changes now flow to lb1.
     wait_for(lambda: lb2.role() == "passive", 20, "lb2 passive after its restart")
     done = lb2.node.cli("ha", "takeover")
@@ -237,8 +264,55 @@ def test_pair_replicate_refuse_split_brain_catch_up_takeover(pair: tuple[Lb, Lb,
     done = lb1.node.cli("online", "Dicom", "rs2")
     assert done.returncode == 1 and f"active node {LB2}" in done.stderr, done.stderr
 
-    for what, seconds in figures.items():
-        print(f"{what}: {seconds:.3f}")
-    assert figures["config change replicated (s)"] < REPLICATION_BOUND * 3
-    assert figures["drain replicated (s)"] < REPLICATION_BOUND * 3
+    assert figures["config change: API call to in force on the passive (s)"] < REPLICATION_BOUND * 3
+    assert figures["drain: CLI command to in force on the passive (s)"] < REPLICATION_BOUND * 3
     assert figures["split brain reported on both after both active (s)"] < SPLIT_BOUND * 3
+
+
+def test_pairing_pins_the_certificate_checks_the_token_and_unpairs(
+    pair: tuple[Lb, Lb, Path],
+) -> None:
+    lb1, lb2, _ = pair
+    token = lb2.node.token("pairing")
+    fingerprint = lb2.node.fingerprint()
+
+    # A wrong fingerprint: refused, nothing paired on either node.
+    wrong = "AA:" * 31 + "AA"
+    done = lb1.node.cli("ha", "pair", lb2.node.address, "--token", token, "--fingerprint", wrong)
+    assert done.returncode == 1 and "not the" in done.stderr and fingerprint in done.stderr
+    for lb in (lb1, lb2):
+        assert not (lb.node.state / "ha-peer.json").exists()
+        assert lb.node.ha()["paired"] is False
+    # A token the peer does not know: refused by the peer, said so.
+    done = lb1.node.cli("ha", "pair", lb2.node.address, "--token", "pacslb_0000_nope")
+    assert done.returncode == 1 and "refused the token" in done.stderr, done.stderr
+
+    # Trusted on first use (the token from stdin): the fingerprint is printed, and said so.
+    done = lb1.node.cli("ha", "pair", lb2.node.address, "--token", "-", stdin=token + "\n")
+    assert done.returncode == 0, done.stderr
+    print(done.stdout)
+    assert fingerprint in done.stdout and "trusted on first use" in done.stdout
+    for lb in (lb1, lb2):
+        assert stat.S_IMODE((lb.node.state / "ha-peer.json").stat().st_mode) == 0o600
+    assert lb1.node.ha()["peer"]["fingerprint"] == fingerprint
+    assert lb2.node.ha()["peer"]["fingerprint"] == lb1.node.fingerprint()
+    assert lb2.node.ha()["peer"]["address"] == LB1
+    wait_for(lambda: lb1.node.ha()["replication"]["state"] == "in-sync", 10, "in sync")
+
+    # The WebUI's HA page, the Overview's HA line and /metrics say so.
+    code, page = lb1.curl("GET", "/ha")
+    assert code == 200 and 'id="ha-replication">in sync' in page and fingerprint in page
+    code, page = lb2.curl("GET", "/")
+    assert f"HA: this node <strong>passive</strong> · peer {LB1} (active)" in page
+    code, metrics = lb1.curl("GET", "/metrics")
+    assert "pacslb_ha_peer_reachable 1.0" in metrics and "pacslb_ha_in_sync 1.0" in metrics
+    assert "pacslb_ha_revisions_behind 0.0" in metrics
+
+    # Unpair on the active node: the pairing and the tokens each was given go on both.
+    done = lb1.node.cli("ha", "unpair")
+    assert done.returncode == 0 and "on both nodes" in done.stdout, done.stdout + done.stderr
+    for lb in (lb1, lb2):
+        assert not (lb.node.state / "ha-peer.json").exists()
+        assert lb.node.ha()["paired"] is False
+    assert "ha-peer" not in lb1.node.cli("token", "list").stdout
+    assert "pairing" not in lb2.node.cli("token", "list").stdout

@@ -101,8 +101,10 @@ class ControlServer:
             return await process.keepalived.release(by=str(request.get("by", "")))
         if cmd == "plan":
             return json.loads(process.current_plan().to_json())
-        if isinstance(cmd, str) and cmd.startswith("ha-"):  # pacslb ha ... (control/ha_commands.py)
-            from pacslb.control.ha_commands import handle
+        if isinstance(cmd, str) and cmd.startswith(
+            "ha-"
+        ):  # pacslb ha ... (control/pair_commands.py)
+            from pacslb.control.pair_commands import handle
 
             return await handle(process, request)
         if cmd == "stop":

@@ -5,10 +5,10 @@ The handshake (`pair`, run on this node, with `hello` and `join` answered by the
 1. TLS to the peer's WebUI; the SHA-256 fingerprint of the certificate it presents is pinned.
    The operator may pass the fingerprint to check (read on the peer's console); otherwise it
    is trusted on first use and printed, as SSH does at its first contact.
-2. `POST /api/ha/hello {nonce}` with the peer's token: the peer answers whether node.ha is
+2. `POST /api/v1/ha/hello {nonce}` with the peer's token: the peer answers whether node.ha is
    enabled there and proves it holds the same node.ha.secret (HMAC of our nonce), with a nonce
    of its own. The secret never travels.
-3. This node makes an admin API token for the peer (`ha-peer`) and sends `POST /api/ha/join`:
+3. This node makes an admin API token for the peer (`ha-peer`) and sends `POST /api/v1/ha/join`:
    its address and port, its certificate's fingerprint, that token, and its own proof of the
    secret over the peer's nonce. The peer stores the pairing; so does this node.
 Then replication pushes this node's state to the peer (a higher generation: see
@@ -102,7 +102,7 @@ class Pairing:
             )
         client = PeerClient(host, port, seen, token.strip())
         nonce = secrets.token_hex(16)
-        hello = await self._call(client, "/api/ha/hello", {"nonce": nonce})
+        hello = await self._call(client, "/api/v1/ha/hello", {"nonce": nonce})
         body = hello if isinstance(hello, dict) else {}
         if not body.get("enabled"):
             raise PairingError(f"node.ha is not enabled on the peer {host}: enable it there first")
@@ -126,7 +126,7 @@ class Pairing:
             "proof": r.proof(secret, r.PROOF_ACTIVE, str(body.get("nonce", ""))),
         }
         try:
-            await self._call(client, "/api/ha/join", join)
+            await self._call(client, "/api/v1/ha/join", join)
         except PairingError:
             self.auth.revoke(info.id)
             raise
@@ -267,7 +267,7 @@ class Pairing:
         told = True
         note = ""
         try:
-            answer = await record.client().post("/api/ha/leave", {})
+            answer = await record.client().post("/api/v1/ha/leave", {})
             if not answer.ok:
                 told, note = False, f"{answer.status}: {answer.detail()}"
         except PeerError as exc:
@@ -303,14 +303,14 @@ class Pairing:
 
     async def takeover(self) -> dict[str, Any]:
         """Run on the passive node: ask the active peer to release the floating addresses
-        (its POST /api/ha/release) so that this node takes them over."""
+        (its POST /api/v1/ha/release) so that this node takes them over."""
         record = self.replicator.record
         if record is None:
             raise PairingError("this node is not paired: there is no peer to take over from")
         if self.process.ha.role is Role.ACTIVE:
             raise PairingError("this node is the active one already")
         try:
-            answer = await record.client(timeout=10).post("/api/ha/release", {})
+            answer = await record.client(timeout=10).post("/api/v1/ha/release", {})
         except PeerError as exc:
             raise PairingError(f"the peer {record.host} cannot be reached: {exc}") from None
         if not answer.ok:

@@ -9,9 +9,9 @@ generation decides the direction). The parts, all on the control process's loop:
   first asked to *prepare* it (validate the services with its own `node:` and its own files);
   a refusal refuses the change here as well, naming the peer's problems. A peer that does not
   answer does not stop the change: this node keeps serving and committing, and is behind.
-- **The sync loop**: polls the peer's `GET /api/ha/status` every second (role, digest and
+- **The sync loop**: polls the peer's `GET /api/v1/ha/status` every second (role, digest and
   generation of its replicated state), reports split brain, and pushes this node's state
-  (`PUT /api/ha/replica`) whenever it holds the newer one, with a bounded back-off while the
+  (`PUT /api/v1/ha/replica`) whenever it holds the newer one, with a bounded back-off while the
   peer does not answer.
 - **The receiving side** (`prepare`, `receive`): a replica is applied as an ordinary revision
   of this node's own config file (its `node:` kept, its file's layout kept) plus admin states.
@@ -127,7 +127,7 @@ class Replicator:
         )
 
     def status_json(self) -> dict[str, Any]:
-        """GET /api/ha/status, `pacslb ha status`, the Overview's HA line; what the peer polls."""
+        """GET /api/v1/ha/status, `pacslb ha status`, the Overview; what the peer polls."""
         process = self.process
         ha = process.config.node.ha
         rep = self.replication()
@@ -191,7 +191,7 @@ class Replicator:
         client = self.record.client()
         try:
             answer = await client.post(
-                "/api/ha/prepare", {"virtual_services": services}, timeout=PREPARE_TIMEOUT
+                "/api/v1/ha/prepare", {"virtual_services": services}, timeout=PREPARE_TIMEOUT
             )
         except PeerError as exc:
             self._unreachable(exc)
@@ -282,7 +282,7 @@ class Replicator:
         record = self.record
         if record is None:
             return
-        answer = await record.client().get("/api/ha/status")
+        answer = await record.client().get("/api/v1/ha/status")
         if not answer.ok or not isinstance(answer.body, dict):
             raise PeerError(f"status: {answer.status} {answer.detail()}")
         self._heard(answer.body)
@@ -341,7 +341,7 @@ class Replicator:
         revision = self.process.revision
         body = {**state, "generation": self.generation, "revision": revision}
         started = time.monotonic()
-        answer = await record.client().put("/api/ha/replica", body, timeout=PUSH_TIMEOUT)
+        answer = await record.client().put("/api/v1/ha/replica", body, timeout=PUSH_TIMEOUT)
         elapsed = (time.monotonic() - started) * 1000
         if answer.ok and isinstance(answer.body, dict):
             self.refused = self._refused_digest = None

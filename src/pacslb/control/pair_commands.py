@@ -1,4 +1,4 @@
-"""The control-socket commands of `pacslb ha ...` (cli_ha.py sends them; local.py routes them).
+"""The control-socket commands of `pacslb ha ...` (cli_pair.py sends them; local.py routes them).
 
 Pairing, unpairing and takeover run in the control process, as the REST API's do: it holds the
 pairing, the token store and the peer client."""

@@ -1,7 +1,7 @@
 """The WebUI's HA page: this node's role, the peer, replication and split brain; the pair
 form, Unpair, and Take over (on the passive node: the active peer is asked to release).
 
-The same calls as the REST API (control/ha_api.py); plain forms with the CSRF field."""
+The same calls as the REST API (control/pair_api.py); plain forms with the CSRF field."""
 
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
-"""The REST API of an HA pair (`/api/ha/*`): status, pairing, and the calls between the nodes.
+"""The REST API of an HA pair (`/api/v1/ha/*`): status, pairing, and the calls between the nodes.
 
-For operators: `GET /api/ha/status` (any reader), `POST /api/ha/pair {address, token,
-fingerprint?}`, `POST /api/ha/unpair`, `POST /api/ha/takeover` (admins). Between the nodes:
+For operators: `GET /api/v1/ha/status` (any reader), `POST /api/v1/ha/pair {address, token,
+fingerprint?}`, `POST /api/v1/ha/unpair`, `POST /api/v1/ha/takeover` (admins). Between the nodes:
 `hello` and `join` (the pairing handshake, with an admin token of this node), and `prepare`,
 `replica` and `leave`, which only the paired peer may call (with the token it was given at
-pairing). `POST /api/ha/release` is the keepalived side's (control/ha.py).
+pairing). `POST /api/v1/ha/release` is the keepalived side's (control/ha.py).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pacslb.control.auth import Principal, admin
 from pacslb.control.pairing import PairingError
 from pacslb.core.auth import token_id
 
-router = APIRouter(prefix="/api/ha", tags=["ha"])
+router = APIRouter(prefix="/api/v1/ha", tags=["ha"])
 
 
 class PairRequest(BaseModel):
