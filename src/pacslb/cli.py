@@ -281,6 +281,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         + ("ready" if status["ready"] else "NOT READY")
         + (", DEGRADED" if status.get("degraded") else "")
     )
+    if (ha := status.get("ha")) and ha["role"] != "standalone":
+        print(f"ha: {ha['role']} since {ha['since']} ({_ago(ha['since'])})")
     for reason in status.get("not_ready", []):
         print(f"not ready: {reason}")
     for reason in status.get("degraded", []):
@@ -684,6 +686,10 @@ def build_parser() -> argparse.ArgumentParser:
     locate(p)
     p.set_defaults(func=cmd_stop)
 
+    from pacslb.cli_ha import add_ha_commands
+
+    add_ha_commands(sub, locate)
+
     p = sub.add_parser("reload", help="re-read the config file of the running pacslb")
     locate(p)
     p.set_defaults(func=cmd_reload)
@@ -741,11 +747,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("schema", help="print the config's JSON Schema")
     p.set_defaults(func=cmd_schema)
 
-    from pacslb.cli_pair import add_pair_commands, add_token_commands
+    from pacslb.cli_pair import add_token_commands
 
-    ha = sub.add_parser("ha", help="this node's part in an HA pair")
-    commands = ha.add_subparsers(dest="ha_command", required=True, metavar="HA_COMMAND")
-    add_pair_commands(commands, locate, _state_dir)  # pacslb ha pair|unpair|status|takeover
     add_token_commands(sub, locate, _state_dir)  # pacslb token create|list|revoke
     return parser
 

@@ -10,6 +10,8 @@ before the next fault is done to whichever node is active then.
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -131,8 +133,11 @@ def two_arm_pair(tmp_path: Path) -> Iterator[Pair]:
             stop_all(pair)
 
 
-@pytest.fixture
-def one_arm_pair(tmp_path: Path) -> Iterator[Pair]:
+@pytest.fixture(scope="module")
+def one_arm_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+    """One pair for the DR faults, the release and the kept data plane, in that order (each
+    test leaves one node active and the other passive)."""
+    tmp_path = tmp_path_factory.mktemp("one_arm")
     with ha_one_arm(servers=2, vip=DR_VIP) as topo:
         named_servers(topo, [8080])
         configs = {
@@ -231,3 +236,53 @@ def test_two_arm_http_and_nat_survive_every_fault(two_arm_pair: Pair) -> None:
 
 def test_one_arm_dr_survives_every_fault(one_arm_pair: Pair) -> None:
     faults_in_sequence(one_arm_pair, [("l4-dr", "line", DR_VIP, 8080)])
+
+
+def test_release_hands_over_and_the_released_node_stays_passive(one_arm_pair: Pair) -> None:
+    pair = one_arm_pair
+    active = pair.wait_one_active()
+    peer = pair.other(active)
+    assert "ha: active since" in active.run.cli("status")
+    said: list[str] = []
+    asking = threading.Thread(target=lambda: said.append(active.run.cli("ha", "release")))
+    started = time.monotonic()
+    asking.start()
+    while DR_VIP not in peer.addresses():  # watched from here: the CLI's own start counts
+        assert time.monotonic() - started < 10, "the VIP did not move"
+        time.sleep(0.01)
+    moved = time.monotonic() - started
+    asking.join(30)
+    _wait_sole_active(pair, peer)
+    print(f"\n`pacslb ha release` on {active.name}: {peer.name} holds the VIP after {moved:.2f} s")
+    print(f"  {said[0].strip()}")
+    assert moved < GRACEFUL_BOUND
+    assert "released: this node is passive" in said[0]
+    time.sleep(3.5)  # longer than the master-down interval: nothing takes the addresses back
+    assert pair.wait_one_active() is peer and active.role() == "passive"
+    assert _events_say(active, "hand-over asked")
+    # A second release on the passive node is refused, naming why.
+    with pytest.raises(RuntimeError, match="not active"):
+        active.run.cli("ha", "release")
+    # New connections go through the peer.
+    outage = pair.takeover("after release", lambda: None, [("l4-dr", "line", DR_VIP, 8080)])
+    assert outage["l4-dr"].failed == 0
+
+
+def test_keep_data_plane_leaves_keepalived_holding_the_vip(one_arm_pair: Pair) -> None:
+    """`pacslb stop --keep-data-plane` on the active node moves nothing (keepalived is part
+    of the data plane); the next `pacslb run` adopts the keepalived it left."""
+    pair = one_arm_pair
+    active = pair.wait_one_active()
+    pids = active.keepalived_pids()
+    outage = pair.takeover(
+        "stop --keep-data-plane",
+        lambda: active.run.cli("stop", "--keep-data-plane"),
+        [("l4-dr", "line", DR_VIP, 8080)],
+    )
+    assert outage["l4-dr"].failed == 0  # the clients saw nothing
+    assert pair.holders() == [active.name] and pair.holds_all(active)
+    assert all(os.path.exists(f"/proc/{pid}") for pid in pids)
+    restart(active)
+    assert active.keepalived_pids() == pids  # adopted, not started anew
+    assert pair.wait_one_active() is active
+    assert _events_say(active, "adopted")

@@ -118,6 +118,12 @@ def host_facts(ha: c.HASettings, vips: list[str]) -> tuple[str, dict[str, str]]:
     return source, device_of
 
 
+def holds_addresses(addresses: tuple[k.Floating, ...]) -> bool:
+    """Whether this host has every one of `addresses` (and there is at least one)."""
+    have = {a.get("local") for link in _ip("addr", "show") for a in link.get("addr_info", [])}
+    return bool(addresses) and all(a.address in have for a in addresses)
+
+
 def drop_addresses(addresses: tuple[k.Floating, ...]) -> list[str]:
     """Take our floating addresses off this host (keepalived died holding them)."""
     removed = []
@@ -295,8 +301,9 @@ class KeepalivedSupervisor:
             Role.STOPPED: "VRRP stopped",
         }.get(state.role, "")
         self.note(
-            f"role {old} -> {state.role} (VRRP {state.state}, priority {state.priority}): "
-            f"this node {what}",
+            f"role {old} -> {state.role} (VRRP {state.state}"
+            + (f", priority {state.priority}" if state.priority is not None else "")
+            + f"): this node {what}",
             {"previous": str(old), "role": str(state.role), "vrrp": state.state},
         )
 
@@ -336,8 +343,13 @@ class KeepalivedSupervisor:
         if adopted is not None:
             self._pidfd = os.pidfd_open(adopted)
             self.pid = adopted
-            os.kill(adopted, signal.SIGHUP)  # the config written now; its state to the FIFO
+            os.kill(adopted, signal.SIGHUP)  # the config written now
+            # keepalived 2.2.7 reports no state on a reload (fifo_write_vrrp_states_on_reload
+            # wrote nothing here), so the role is read from the addresses: it holds them
+            # exactly while MASTER. Its next transition comes through the FIFO as usual.
+            held = await asyncio.to_thread(holds_addresses, self.addresses)
             self.note(f"keepalived (pid {adopted}) left running by the last run: adopted", {})
+            self._on_state(k.VrrpState("MASTER" if held else "BACKUP", None))
             return
         await asyncio.to_thread(self._spawn, binary)
         self.note(f"keepalived started (pid {self.pid})", {"pid": self.pid})
@@ -460,6 +472,12 @@ class KeepalivedSupervisor:
             raise HaError(f"this node was still active {timeout:g} s after the release") from None
         finally:
             await asyncio.to_thread(self.paths.release_file.write_text, "0\n")
+        with contextlib.suppress(TimeoutError):  # FAULT ends (BACKUP) once the file is read
+            async with asyncio.timeout(2.0):
+                while self.ha.role is Role.FAULT:
+                    self._role_changed.clear()
+                    await self._role_changed.wait()
+        self.note(f"released: this node is {self.ha.role}", {"seconds": round(seconds, 3)})
         return {"released": True, "role": str(self.ha.role), "seconds": round(seconds, 3)}
 
     # --- views ---------------------------------------------------------------------------

@@ -149,6 +149,8 @@ def render(
     lines = [
         "# Written by pacslb from node.ha and the virtual services; edits are overwritten.",
         "global_defs {",
+        "    # No script runs; named so that a reload does not warn of a missing script user.",
+        "    script_user root",
         f'    vrrp_notify_fifo "{paths.notify_fifo}"',
         "    fifo_write_vrrp_states_on_reload",
         "}",
@@ -182,6 +184,9 @@ def render(
         ]
     else:
         lines.append("    # VRRPv3 (sub-second adverts) has no authentication (RFC 5798 §9).")
+    others = sorted({a.device for a in addresses} - {ha.interface})
+    if others:  # a link of ours that is down (the real servers' side) is a FAULT as well
+        lines += ["    track_interface {", *(f"        {d}" for d in others), "    }"]
     lines += [
         "    track_file {",
         f"        {TRACK_FILE} weight 0",
