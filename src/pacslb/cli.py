@@ -283,6 +283,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     )
     if (ha := status.get("ha")) and ha["role"] != "standalone":
         print(f"ha: {ha['role']} since {ha['since']} ({_ago(ha['since'])})")
+        if ha.get("peer"):  # paired (control/replica.py)
+            print(f"ha peer: {ha['peer']['address']}: replication {ha['replication']['text']}")
     for reason in status.get("not_ready", []):
         print(f"not ready: {reason}")
     for reason in status.get("degraded", []):

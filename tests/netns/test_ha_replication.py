@@ -245,11 +245,28 @@ def test_pair_replicate_refuse_split_brain_catch_up_takeover(pair: tuple[Lb, Lb,
     lb2.node.stop()
     assert lb1.node.cli("online", "Dicom", "rs1").returncode == 0
     wait_for(lambda: lb1.node.ha()["replication"]["state"] == "unreachable", 15, "unreachable")
-    print(f"lb1 while lb2 is stopped: {lb1.node.ha()['replication']['text']}")
+    # Unchecked while the peer is away: committed here (the peer would refuse it: below).
+    code, body = lb1.curl("POST", "/api/v1/virtual_services", secure)
+    assert code == 201, body
+    text = lb1.node.ha()["replication"]["text"]
+    print(f"lb1 while lb2 is stopped: {text}")
+    assert text.startswith("peer unreachable since ") and "1 revision behind" in text
+    assert "ha peer: 198.18.0.3: replication peer unreachable" in lb1.node.cli("status").stdout
     lb2.start()
+    # Back, the peer refuses the state (the certificate is missing there): refused whole, said
+    # on both nodes, and lb1 stays behind.
+    wait_for(lambda: lb1.node.ha()["replication"]["state"] == "refused", 20, "refused")
+    print(f"lb1 once lb2 is back: {lb1.node.ha()['replication']['text']}")
+    assert "web.pem" in lb1.node.ha()["replication"]["text"]
+    assert lb2.node.admin_states()["Dicom/rs1"] == "drain" and "Secure" not in lb2.node.servers()
+    assert any("refused revision" in m for m in lb2.node.events())
+    # The operator takes the service out again: the pair catches up.
     started = time.monotonic()
+    code, body = lb1.curl("DELETE", "/api/v1/virtual_services/Secure")
+    assert code == 200, body
     wait_for(lambda: lb2.node.admin_states()["Dicom/rs1"] == "online", 20, "lb2 caught up")
-    figures["caught up after the peer was ready (s)"] = time.monotonic() - started
+    figures["caught up after the refused state was withdrawn (s)"] = time.monotonic() - started
+    wait_for(lambda: lb1.node.ha()["replication"]["state"] == "in-sync", 10, "in sync again")
 
     for what, seconds in figures.items():
         print(f"{what}: {seconds:.3f}")
@@ -275,6 +292,10 @@ def test_pairing_pins_the_certificate_checks_the_token_and_unpairs(
     lb1, lb2, _ = pair
     token = lb2.node.token("pairing")
     fingerprint = lb2.node.fingerprint()
+
+    # From the passive node: refused (its configuration would replace the active one's).
+    done = lb2.node.cli("ha", "pair", lb1.node.address, "--token", lb1.node.token("back"))
+    assert done.returncode == 1 and "pair from the active node" in done.stderr, done.stderr
 
     # A wrong fingerprint: refused, nothing paired on either node.
     wrong = "AA:" * 31 + "AA"

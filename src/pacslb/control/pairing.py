@@ -81,6 +81,11 @@ class Pairing:
         self, address: str, token: str, fingerprint: str | None = None
     ) -> dict[str, Any]:
         secret = self._secret()
+        if self.process.ha.role is Role.PASSIVE:  # its config would replace the active one's
+            raise PairingError(
+                "this node is the passive one: pair from the active node (its configuration "
+                "becomes the pair's)"
+            )
         try:
             host, port = host_port(address, DEFAULT_PORT)
             expected = r.normal_fingerprint(fingerprint) if fingerprint else None

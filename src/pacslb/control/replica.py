@@ -187,6 +187,14 @@ class Replicator:
         self.refuse_if_not_allowed(replicated)
         if replicated or config is None or self.record is None:
             return
+        if self.view is not None and not self.view.reachable:
+            # Known to be away: not waited for at every change. The state goes to the peer when
+            # it answers again, and a refusal then shows as "refused (reason)" on both nodes.
+            self.record_event(
+                f"peer {self.peer_name} is unreachable: the change is committed here and "
+                "replicated when it answers again"
+            )
+            return
         services = [vs.model_dump(mode="json") for vs in config.virtual_services]
         client = self.record.client()
         try:
