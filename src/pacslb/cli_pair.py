@@ -44,6 +44,8 @@ def status_lines(status: dict[str, Any]) -> list[str]:
         lines.append(f"peer: {peer['address']}:{peer['port']}: {role}, {reach}")
         lines.append(f"peer certificate: {peer['fingerprint']} (paired {peer['paired_at']})")
     lines.append(f"replication: {status['replication']['text']}")
+    if status.get("problem"):
+        lines.append(f"PROBLEM: {status['problem']}")
     if status.get("split_brain"):
         lines.append("SPLIT BRAIN: both nodes are active; config changes are refused on both")
     lines.append(f"config revision here: {status['revision']}")

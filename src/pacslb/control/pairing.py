@@ -203,7 +203,7 @@ class Pairing:
 
     def _store(self, record: PeerRecord) -> None:
         save_record(self.replicator.path, record)
-        self.replicator.record = record
+        self.replicator.record, self.replicator.problem = record, None
         self.replicator.view = None
         self.replicator.refused = None
         self.replicator.wake()

@@ -37,7 +37,7 @@ from pacslb.control.peer import (
     load_record,
     save_record,
 )
-from pacslb.control.store import ConfigConflict, file_exists
+from pacslb.control.store import ConfigConflict, StateFileError, file_exists
 from pacslb.core import replication as r
 from pacslb.core.ha_role import Role, ha_enabled
 from pacslb.core.state import AdminState
@@ -67,7 +67,11 @@ class Replicator:
     def __init__(self, process: ControlProcess) -> None:
         self.process = process
         self.path = process.state_dir / PEER_FILE
-        self.record: PeerRecord | None = load_record(self.path)
+        self.problem: str | None = None  # ha-peer.json could not be read: not paired until fixed
+        try:
+            self.record: PeerRecord | None = load_record(self.path)
+        except StateFileError as exc:  # the load balancer runs on; status and an event say so
+            self.record, self.problem = None, f"{exc}: not paired until it is fixed or paired again"
         self.view: r.PeerView | None = None
         self.watch = r.SplitBrainWatch()
         self.refused: str | None = None  # the peer's last refusal of a push, while it stands
@@ -157,6 +161,7 @@ class Replicator:
             "generation": self.generation,
             "applied_revision": self.record.applied_revision if self.record else 0,
             "last_push_ms": self.last_push_ms,
+            "problem": self.problem,
         }
 
     def record_event(self, message: str, data: dict[str, Any] | None = None) -> None:
@@ -247,6 +252,8 @@ class Replicator:
     def start(self) -> None:
         """Called once the process has started: the loop runs while this node is paired."""
         self._started = True
+        if self.problem is not None:
+            self.record_event(self.problem)
         self.wake()
 
     def wake(self) -> None:

@@ -120,3 +120,19 @@ def test_the_api_answers_409_naming_the_active_node(tmp_path: Path) -> None:
             data={"csrf_token": csrf, "address": "127.10.2.9:9", "token": "pacslb_x_y"},
         )
         assert r.status_code == 409 and "node.ha is not enabled on this node" in r.text
+
+
+def test_an_unreadable_pairing_file_does_not_stop_the_node(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "ha-peer.json").write_text("{not json")
+
+    async def body(process: ControlProcess) -> None:
+        status = process.replica.status_json()
+        assert status["paired"] is False and "ha-peer.json" in status["problem"]
+        assert "not paired until it is fixed" in status["problem"]
+        events = [e.message for e in process.events.query("ha", None, None, 50)]
+        assert any("ha-peer.json" in m for m in events)
+        assert process.ready  # the load balancer runs on
+
+    run(tmp_path, body)
