@@ -21,6 +21,7 @@ import datetime
 import json
 import shutil
 import stat
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,8 +30,10 @@ from typing import Any
 import pytest
 
 from pacslb.core import certs
+from tests.browser.chromium import ARTIFACTS, CHROMIUM
 from tests.netns.topology import Topology, ha_one_arm
-from tests.peers.ha_node import SECRET, HaNode, wait_for
+from tests.peers.ha_node import PASSWORD, SECRET, HaNode, wait_for
+from tests.peers.procs import ROOT
 
 VIP = "198.18.0.100"
 LB1, LB2 = "198.18.0.2", "198.18.0.3"
@@ -67,6 +70,7 @@ class Lb:
 
     def __init__(self, topo: Topology, ns_name: str, node: HaNode, hide: Path | None) -> None:
         self.host = topo.hosts[ns_name]
+        self.topo_client = topo.hosts["client"]  # where a browser or curl from outside runs
         self.node = node
         self.hide = hide
         self.api_token = ""
@@ -337,3 +341,44 @@ def test_pairing_pins_the_certificate_checks_the_token_and_unpairs(
         assert lb.node.ha()["paired"] is False
     assert "ha-peer" not in lb1.node.cli("token", "list").stdout
     assert "pairing" not in lb2.node.cli("token", "list").stdout
+
+
+@pytest.mark.browser
+def test_webui_pairs_and_takes_over(pair: tuple[Lb, Lb, Path], tmp_path: Path) -> None:
+    """The HA page in headless Chromium (run in the client's namespace): the pair form on the
+    active node, the Overview's HA line on the passive one, Take over on the passive one.
+    Screenshots: tests/browser/artifacts/ha-*.png."""
+    pytest.importorskip("playwright.sync_api")
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed")
+    lb1, lb2, _ = pair
+    client = lb1.topo_client
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+
+    def drive(action: str, lb: Lb, *args: str) -> dict[str, str]:
+        shot = ARTIFACTS / f"ha-{action}.png"
+        out = client.run(
+            sys.executable,
+            str(ROOT / "tests/netns/ha_webui_driver.py"),
+            action,
+            f"https://{lb.node.address}",
+            PASSWORD,
+            str(shot),
+            *args,
+        )
+        result: dict[str, str] = json.loads(out.strip().splitlines()[-1])
+        return result
+
+    token = lb2.node.token("pairing")
+    paired = drive("pair", lb1, lb2.node.address, token)
+    print(paired)
+    assert paired["#ha-message"].startswith(f"Paired with {lb2.node.address}")
+    assert lb2.node.fingerprint() in paired["#ha-message"]
+    wait_for(lambda: lb2.node.ha()["replication"]["state"] == "in-sync", 10, "lb2 in sync")
+    line = drive("overview", lb2)["ha_line"]
+    print(line)
+    assert f"this node passive · peer {LB1} (active) · replication: in sync" in line
+    took = drive("takeover", lb2)
+    print(took)
+    assert took["#ha-message"] == f"Asked {LB1} to release the floating addresses to this node."
+    wait_for(lambda: lb2.role() == "active" and lb1.role() == "passive", 20, "taken over")
