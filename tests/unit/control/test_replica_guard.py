@@ -136,3 +136,39 @@ def test_an_unreadable_pairing_file_does_not_stop_the_node(tmp_path: Path) -> No
         assert process.ready  # the load balancer runs on
 
     run(tmp_path, body)
+
+
+def test_only_the_paired_peer_may_replicate_into_a_node(tmp_path: Path) -> None:
+    from pacslb.control.peer import PeerRecord, save_record
+    from pacslb.core.auth import Role as UserRole
+
+    with web_client(tmp_path, WEB_CONFIG) as (client, process):
+        store = process.pairing.auth
+        _, operator = store.create_token("operator", UserRole.ADMIN, "test")
+        peer_info, peer_token = store.create_token("ha-peer", UserRole.ADMIN, "test")
+        as_operator = {"Authorization": f"Bearer {operator}"}
+        as_peer = {"Authorization": f"Bearer {peer_token}"}
+        body = {"virtual_services": [], "admin": {}, "generation": 9, "revision": 4}
+        r = client.put("/api/v1/ha/replica", json=body, headers=as_peer)
+        assert r.status_code == 409 and r.json()["detail"] == "this node is not paired"
+        record = PeerRecord("198.18.0.2", 9443, "AB:" * 31 + "AB", "x", peer_info.id, "now")
+        save_record(process.replica.path, record)
+        process.replica.record = record
+        r = client.put("/api/v1/ha/replica", json=body, headers=as_operator)
+        assert r.status_code == 403 and "only the paired peer" in r.json()["detail"]
+        assert process.revision == 1
+        # The paired peer: its state is applied here as a revision of this node's config.
+        r = client.put("/api/v1/ha/replica", json=body, headers=as_peer)
+        assert r.status_code == 200, r.text
+        assert process.config.virtual_services == [] and process.revision == 2
+        assert process.config.node.webui.listen == "127.0.0.1:9443"  # its node: kept
+        revision = client.get("/api/v1/config/revisions", headers=as_operator).json()[-1]
+        assert revision["comment"] == "replicated from 198.18.0.2 revision 4"
+        assert revision["author"] == "ha-peer"
+        assert process.replica.status_json()["generation"] == 9
+        # A state this node cannot apply is refused whole (422), naming the problem.
+        bad = {**body, "virtual_services": [{"label": "X", "vip": "not an address"}]}
+        r = client.put("/api/v1/ha/replica", json=bad, headers=as_peer)
+        assert r.status_code == 422 and process.revision == 2
+        r = client.post("/api/v1/ha/prepare", json=bad, headers=as_peer)
+        assert r.status_code == 422 and r.json()["problems"]
