@@ -375,6 +375,9 @@ def cmd_teardown(args: argparse.Namespace) -> int:
     else:
         raise PacslbError(f"pacslb is running with {state_dir}: stop it first")
     done = stop_workers(state_dir)
+    from pacslb.control.ha import stop_left_keepalived
+
+    done += stop_left_keepalived(state_dir)  # left holding the addresses by --keep-data-plane
     try:
         done += KernelEngine(state_dir).teardown()
     except EngineError:

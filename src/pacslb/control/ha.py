@@ -152,8 +152,15 @@ def _alive_keepalived(paths: k.KeepalivedPaths) -> int | None:
 
 
 class KeepalivedSupervisor:
-    def __init__(self, state_dir: Path, ha: HaState, note: Note) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        ha: HaState,
+        note: Note,
+        find: Callable[[], str | None] = find_keepalived,
+    ) -> None:
         self.paths = k.KeepalivedPaths.under(state_dir)
+        self.find = find  # where keepalived is on this host (None: not installed)
         self.ha = ha
         self.note = note
         self.config: c.Config | None = None
@@ -187,7 +194,7 @@ class KeepalivedSupervisor:
                 return
             if self.ha.role is Role.STANDALONE:
                 self.ha.set(Role.STARTING)
-            binary = find_keepalived()
+            binary = self.find()
             if binary is None:
                 self._fail(f"keepalived is not installed ({INSTALL_HINT})")
                 return

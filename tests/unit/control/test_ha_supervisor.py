@@ -1,0 +1,70 @@
+"""What the keepalived supervisor says when HA cannot run on this host (no keepalived, no such
+interface), and that a node without node.ha stays standalone. (keepalived itself, running,
+is tests/netns/test_ha_vrrp.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pacslb import config as c
+from pacslb.control.ha import HaError, KeepalivedSupervisor
+from pacslb.core.ha_role import HaState, Role
+
+
+def config(enabled: bool = True, interface: str = "lo") -> c.Config:
+    ha = {
+        "enabled": enabled,
+        "interface": interface,
+        "peers": ["198.18.0.3"],
+        "secret": "s" * 16,
+    }
+    return c.Config.model_validate({"version": 1, "node": {"ha": ha}, "virtual_services": []})
+
+
+def supervise(tmp_path: Path, cfg: c.Config, find: Any) -> tuple[KeepalivedSupervisor, list[str]]:
+    notes: list[str] = []
+    supervisor = KeepalivedSupervisor(
+        tmp_path, HaState(Role.STARTING), lambda message, data: notes.append(message), find
+    )
+
+    async def main() -> None:
+        await supervisor.configure(cfg)
+        with pytest.raises(HaError, match="keepalived is not running"):
+            await supervisor.release()
+
+    asyncio.run(main())
+    return supervisor, notes
+
+
+def test_no_keepalived_is_not_ready_and_names_the_package(tmp_path: Path) -> None:
+    supervisor, notes = supervise(tmp_path, config(), lambda: None)
+    assert supervisor.not_ready() == [
+        "ha: keepalived is not installed (apt-get install keepalived)"
+    ]
+    assert supervisor.ha.role is Role.STOPPED and supervisor.pid is None
+    assert notes == ["HA cannot run: keepalived is not installed (apt-get install keepalived)"]
+
+
+def test_an_interface_the_host_lacks_is_named(tmp_path: Path) -> None:
+    supervisor, _ = supervise(tmp_path, config(interface="pacslb-none0"), lambda: "/bin/false")
+    assert supervisor.not_ready() == [
+        "ha: node.ha.interface pacslb-none0: no such interface on this host"
+    ]
+    assert supervisor.ha.role is Role.STOPPED
+
+
+def test_without_ha_the_node_is_standalone_and_release_says_why_not(tmp_path: Path) -> None:
+    supervisor = KeepalivedSupervisor(tmp_path, HaState(Role.STARTING), lambda m, d: None)
+
+    async def main() -> None:
+        await supervisor.configure(config(enabled=False))
+        with pytest.raises(HaError, match="not enabled"):
+            await supervisor.release()
+
+    asyncio.run(main())
+    assert supervisor.ha.role is Role.STANDALONE and supervisor.not_ready() == []
+    assert supervisor.status()["role"] == "standalone"
