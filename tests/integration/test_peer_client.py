@@ -93,7 +93,8 @@ def test_chunked_answers_and_timeouts(tmp_path: Path) -> None:
         try:
             got = await PeerClient(HOST, port, pinned, "t").post("/x", {"k": 1})
             assert got.status == 422 and got.body == {"a": [1]} and not got.ok
-            assert received[-1].startswith(b"POST /x HTTP/1.1") and b"Content-Length: 8" in received[-1]
+            head = received[-1]
+            assert head.startswith(b"POST /x HTTP/1.1") and b"Content-Length: 8" in head
             started = time.monotonic()
             with pytest.raises(PeerError, match=r"did not answer within 0\.5 s"):
                 await PeerClient(HOST, quiet_port, pinned, "t", timeout=0.5).get("/x")
