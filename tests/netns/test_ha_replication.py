@@ -248,27 +248,38 @@ def test_pair_replicate_refuse_split_brain_catch_up_takeover(pair: tuple[Lb, Lb,
     # The passive node stopped: the active one goes on and is behind; it catches up.
     lb2.node.stop()
     assert lb1.node.cli("online", "Dicom", "rs1").returncode == 0
+    code, body = lb1.curl("DELETE", "/api/v1/virtual_services/Dicom/real_servers/rs3")
+    assert code == 200, body
     wait_for(lambda: lb1.node.ha()["replication"]["state"] == "unreachable", 15, "unreachable")
-    # Unchecked while the peer is away: committed here (the peer would refuse it: below).
-    code, body = lb1.curl("POST", "/api/v1/virtual_services", secure)
-    assert code == 201, body
     text = lb1.node.ha()["replication"]["text"]
     print(f"lb1 while lb2 is stopped: {text}")
     assert text.startswith("peer unreachable since ") and "1 revision behind" in text
     assert "ha peer: 198.18.0.3: replication peer unreachable" in lb1.node.cli("status").stdout
+    lb2.start()
+    started = time.monotonic()
+    wait_for(lambda: lb2.node.admin_states()["Dicom/rs1"] == "online", 20, "lb2 caught up")
+    figures["caught up after the peer was ready again (s)"] = time.monotonic() - started
+    assert "rs3" not in lb2.node.config.read_text()  # (its status lists it while it drains)
+    wait_for(lambda: lb1.node.ha()["replication"]["state"] == "in-sync", 10, "in sync again")
+
+    # Away again, while a change it would refuse is made (unchecked: the peer is away).
+    lb2.node.stop()
+    assert lb1.node.cli("drain", "Dicom", "rs1").returncode == 0
+    code, body = lb1.curl("POST", "/api/v1/virtual_services", secure)
+    assert code == 201, body
     lb2.start()
     # Back, the peer refuses the state (the certificate is missing there): refused whole, said
     # on both nodes, and lb1 stays behind.
     wait_for(lambda: lb1.node.ha()["replication"]["state"] == "refused", 20, "refused")
     print(f"lb1 once lb2 is back: {lb1.node.ha()['replication']['text']}")
     assert "web.pem" in lb1.node.ha()["replication"]["text"]
-    assert lb2.node.admin_states()["Dicom/rs1"] == "drain" and "Secure" not in lb2.node.servers()
+    assert lb2.node.admin_states()["Dicom/rs1"] == "online" and "Secure" not in lb2.node.servers()
     assert any("refused revision" in m for m in lb2.node.events())
     # The operator takes the service out again: the pair catches up.
     started = time.monotonic()
     code, body = lb1.curl("DELETE", "/api/v1/virtual_services/Secure")
     assert code == 200, body
-    wait_for(lambda: lb2.node.admin_states()["Dicom/rs1"] == "online", 20, "lb2 caught up")
+    wait_for(lambda: lb2.node.admin_states()["Dicom/rs1"] == "drain", 20, "lb2 caught up")
     figures["caught up after the refused state was withdrawn (s)"] = time.monotonic() - started
     wait_for(lambda: lb1.node.ha()["replication"]["state"] == "in-sync", 10, "in sync again")
 
