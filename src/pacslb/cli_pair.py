@@ -43,6 +43,8 @@ def status_lines(status: dict[str, Any]) -> list[str]:
             reach = "not polled yet"
         lines.append(f"peer: {peer['address']}:{peer['port']}: {role}, {reach}")
         lines.append(f"peer certificate: {peer['fingerprint']} (paired {peer['paired_at']})")
+        if peer.get("error"):
+            lines.append(f"peer error: {peer['error']}")
     lines.append(f"replication: {status['replication']['text']}")
     if status.get("problem"):
         lines.append(f"PROBLEM: {status['problem']}")

@@ -344,6 +344,26 @@ def test_pairing_pins_the_certificate_checks_the_token_and_unpairs(
     assert "pacslb_ha_peer_reachable 1.0" in metrics and "pacslb_ha_in_sync 1.0" in metrics
     assert "pacslb_ha_revisions_behind 0.0" in metrics
 
+    # The peer's certificate replaced (a new one generated at its start): nothing is sent to
+    # it any more; pairing again with the new fingerprint pins that one.
+    lb2.node.stop()
+    for name in ("webui-cert.pem", "webui-key.pem"):
+        (lb2.node.state / name).unlink()
+    lb2.start()
+    renewed = lb2.node.fingerprint()
+    assert renewed != fingerprint
+    wait_for(lambda: (lb1.node.ha()["peer"]["error"] or "").find("not the pinned") > 0, 15, "pin")
+    listing = lb1.node.cli("ha", "status").stdout
+    print(listing)
+    assert f"presented a certificate with fingerprint {renewed}" in listing
+    assert "nothing was sent" in listing
+    token = lb2.node.token("pairing-again")
+    done = lb1.node.cli(
+        "ha", "pair", lb2.node.address, "--token", token, "--fingerprint", renewed.lower()
+    )
+    assert done.returncode == 0 and "trusted on first use" not in done.stdout, done.stderr
+    wait_for(lambda: lb1.node.ha()["replication"]["state"] == "in-sync", 10, "in sync again")
+
     # Unpair on the active node: the pairing and the tokens each was given go on both.
     done = lb1.node.cli("ha", "unpair")
     assert done.returncode == 0 and "on both nodes" in done.stdout, done.stdout + done.stderr
@@ -351,7 +371,7 @@ def test_pairing_pins_the_certificate_checks_the_token_and_unpairs(
         assert not (lb.node.state / "ha-peer.json").exists()
         assert lb.node.ha()["paired"] is False
     assert "ha-peer" not in lb1.node.cli("token", "list").stdout
-    assert "pairing" not in lb2.node.cli("token", "list").stdout
+    assert "pairing" not in lb2.node.cli("token", "list").stdout  # both tokens used to pair
 
 
 @pytest.mark.browser

@@ -80,6 +80,7 @@ class Replicator:
         self._cache: tuple[c.Config, Any, str] | None = None  # (config, admin states, digest)
         self._refused_at = 0.0  # monotonic time of the last refused push
         self.last_push_ms: float | None = None
+        self.last_error: str | None = None
         self._started = False  # the process has started (no sync before that)
         self._looping = False  # the sync loop runs (only while paired)
 
@@ -146,6 +147,7 @@ class Replicator:
                 "role": str(view.role) if view and view.role else None,
                 "reachable": view.reachable if view else None,
                 "unreachable_since": view.unreachable_since if view else None,
+                "error": self.last_error,  # why the last call to it failed
             }
         return {
             "enabled": ha_enabled(process.config),
@@ -313,6 +315,7 @@ class Replicator:
             await self.push()
 
     def _heard(self, body: dict[str, Any]) -> None:
+        self.last_error = None
         before = self.view
         if before is not None and not before.reachable:
             self.record_event(f"peer {self.peer_name} answers again")
@@ -333,6 +336,7 @@ class Replicator:
             self.record_event(change.message, data={"split_brain": change.started})
 
     def _unreachable(self, exc: Exception) -> None:
+        self.last_error = str(exc)
         before = self.view
         if before is not None and not before.reachable:
             return
@@ -343,7 +347,7 @@ class Replicator:
             self.view = r.PeerView(
                 False, since, before.role, before.digest, before.generation, before.applied_revision
             )
-        kind = "refuses our pinned certificate" if isinstance(exc, WrongCertificate) else ""
+        kind = "not the pinned certificate" if isinstance(exc, WrongCertificate) else ""
         self.record_event(f"peer {self.peer_name} unreachable{': ' + kind if kind else ''}: {exc}")
 
     async def push(self) -> None:
