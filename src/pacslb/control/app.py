@@ -431,7 +431,6 @@ class ControlProcess:
 
         HA (control/replica.py): refused on the passive node; the peer prepares it first.
         `replicated`: the peer's replica, which the guard lets through and does not send back."""
-        self.replica.refuse_if_not_allowed(replicated)
         base_revision, base_text, base_config = self.revision, self._text, self.config
         base = self.config_path.resolve().parent
         source = f"{by or 'api'} change"

@@ -172,9 +172,13 @@ class Replicator:
     # --- the guard -------------------------------------------------------------------------
 
     def refuse_if_not_allowed(self, replicated: bool) -> None:
-        """PassiveNode on the passive node, SplitBrain while both are active; replication
-        calls from the paired peer are the exception."""
-        if replicated:
+        """PassiveNode on the passive node of a pair, SplitBrain while both are active;
+        replication calls from the paired peer are the exception.
+
+        Only once paired: the nodes of an HA pair that is not paired (whose services are kept
+        alike by other means, a configuration tool writing both files and reloading both) take
+        changes as standalone nodes do; nothing would carry a change from one to the other."""
+        if replicated or self.record is None:
             return
         if self.process.ha.role is Role.PASSIVE:
             raise PassiveNode(
@@ -232,12 +236,19 @@ class Replicator:
         self, config: c.Config, replicated: bool = False, changed: bool = True
     ) -> AsyncIterator[None]:
         """Around a config change's commit and apply: the guard before it, replication after
-        it (when it went through). `changed` False: the same config again (a reload of an
-        unchanged file), which needs neither."""
-        if changed:
+        it (when it went through). Neither for the same config again (`changed` False: a
+        reload of an unchanged file), nor for a change of `node:` only: it never leaves the
+        node, so it is this node's own to make, on the passive node too (its priority, its
+        WebUI...), and there is nothing to replicate."""
+        node_only = (
+            changed
+            and not replicated
+            and config.virtual_services == self.process.config.virtual_services
+        )
+        if changed and not node_only:
             await self.before_change(config, replicated)
         yield
-        if changed:
+        if changed and not node_only:
             self.after_change(replicated)
 
     def after_change(self, replicated: bool) -> None:

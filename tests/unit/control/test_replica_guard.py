@@ -37,6 +37,19 @@ virtual_services:
 WEB_CONFIG = CONFIG.replace("{enabled: false}", '{listen: "127.0.0.1:9443"}')
 
 
+PEER = "127.10.2.9"  # the paired peer's address here: loopback, nothing listens (no call
+# reaches it in these tests: every refusal comes before the peer would be asked)
+
+
+def paired(process: ControlProcess) -> None:
+    """Pair the process with PEER as control/pairing.py would record it."""
+    from pacslb.control.peer import PeerRecord, save_record
+
+    record = PeerRecord(PEER, 9, "AB:" * 31 + "AB", "pacslb_x_y", "none", "now")
+    save_record(process.replica.path, record)
+    process.replica.record = record
+
+
 def run(tmp_path: Path, body: object) -> None:
     path = tmp_path / "pacslb.yaml"
     path.write_text(CONFIG)
@@ -58,8 +71,13 @@ def test_the_passive_node_refuses_every_change_but_the_peers(tmp_path: Path) -> 
     async def body(process: ControlProcess) -> None:
         assert process.ha.role is Role.STANDALONE
         process.ha.set(Role.PASSIVE)
+        # Not paired: nothing carries changes between the nodes, so they are taken here.
+        result = await process.set_admin("Web", "Srv1", AdminState.DRAIN, by="admin")
+        assert result["state"] == "drain"
+        await process.set_admin("Web", "Srv1", AdminState.ONLINE, by="admin")
+        paired(process)
         changed = process.config.model_copy(update={"virtual_services": []})
-        with pytest.raises(PassiveNode, match=r"make changes on the active node 198\.18\.0\.2"):
+        with pytest.raises(PassiveNode, match=r"make changes on the active node 127\.10\.2\.9"):
             await process.apply_config(changed, "delete everything", by="admin")
         with pytest.raises(PassiveNode):
             await process.set_admin("Web", "Srv1", AdminState.DRAIN, by="admin")
@@ -69,9 +87,18 @@ def test_the_passive_node_refuses_every_change_but_the_peers(tmp_path: Path) -> 
         assert process.revision == 1 and process.admin.all() == {}
         events = [e.message for e in process.events.query("config", None, None, 50)]
         assert not any("applying revision 2" in m for m in events)
+        # node: is this node's own (never replicated): changed on the passive node too.
+        process.config_path.write_text(CONFIG)  # the refused edit undone
+        node = process.config.node.model_copy(
+            update={"proxy": process.config.node.proxy.model_copy(update={"workers": 3})}
+        )
+        result = await process.apply_config(process.config.model_copy(update={"node": node}))
+        assert result["changed"] and process.revision == 2
+        process.config_path.write_text(process.store.text(2).replace("workers: 3", "workers: 2"))
+        assert (await process.reload())["changed"] and process.revision == 3
         # What the paired peer replicates is applied (into the file as it was: a hand edit
         # left in it would be refused to the peer as well, and shown as the refusal's reason).
-        process.config_path.write_text(CONFIG)
+        process.config_path.write_text(process.store.text(3))
         result = await process.apply_config(changed, "replicated", "ha-peer", replicated=True)
         assert result["changed"] and process.config.virtual_services == []
 
@@ -81,10 +108,11 @@ def test_the_passive_node_refuses_every_change_but_the_peers(tmp_path: Path) -> 
 def test_split_brain_refuses_changes_on_the_active_node_too(tmp_path: Path) -> None:
     async def body(process: ControlProcess) -> None:
         process.ha.set(Role.ACTIVE)
-        process.replica.watch.observe(Role.ACTIVE, Role.ACTIVE, "peer 198.18.0.2")
+        paired(process)
+        process.replica.watch.observe(Role.ACTIVE, Role.ACTIVE, f"peer {PEER}")
         with pytest.raises(SplitBrain, match="split brain"):
             await process.set_admin("Web", "Srv1", AdminState.HALT)
-        process.replica.watch.observe(Role.ACTIVE, Role.PASSIVE, "peer 198.18.0.2")
+        process.replica.watch.observe(Role.ACTIVE, Role.PASSIVE, f"peer {PEER}")
         assert (await process.set_admin("Web", "Srv1", AdminState.HALT))["state"] == "halt"
 
     run(tmp_path, body)
@@ -94,22 +122,23 @@ def test_the_api_answers_409_naming_the_active_node(tmp_path: Path) -> None:
     with web_client(tmp_path, WEB_CONFIG) as (client, process):
         csrf = login(client)
         process.ha.set(Role.PASSIVE)
+        paired(process)
         r = client.post(
             "/api/v1/virtual_services/Web/real_servers/Srv1/drain", headers=headers(csrf)
         )
         assert r.status_code == 409
         assert r.json()["detail"] == (
-            "this node is the passive node of an HA pair; make changes on the active node "
-            "198.18.0.2"
+            f"this node is the passive node of an HA pair; make changes on the active node {PEER}"
         )
         r = client.delete("/api/v1/virtual_services/Web", headers=headers(csrf))
-        assert r.status_code == 409 and "active node 198.18.0.2" in r.json()["detail"]
+        assert r.status_code == 409 and f"active node {PEER}" in r.json()["detail"]
         status = client.get("/api/v1/ha/status").json()
-        assert status["role"] == "passive" and status["paired"] is False
-        assert status["replication"]["text"] == "not paired"
+        assert status["role"] == "passive" and status["paired"] is True
+        assert status["peer"]["address"] == PEER and status["peer"]["reachable"] is None
         page = client.get("/ha").text
-        assert 'id="ha-role">passive' in page and 'id="ha-peer">not paired' in page
-        process.replica.watch.observe(Role.ACTIVE, Role.ACTIVE, "peer 198.18.0.2")
+        assert 'id="ha-role">passive' in page
+        assert f'id="ha-peer">{PEER}:9: role unknown, not polled yet' in page
+        process.replica.watch.observe(Role.ACTIVE, Role.ACTIVE, f"peer {PEER}")
         assert (
             'id="split-brain"' in client.get("/").text
             and 'id="split-brain"' in client.get("/ha").text
