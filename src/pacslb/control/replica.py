@@ -3,9 +3,11 @@
 State transfer, not an op log (core/replication.py says what is replicated and why a
 generation decides the direction). The parts, all on the control process's loop:
 
-- **The guard** (`before_change` / `after_change`, called by ControlProcess around every config
-  change and admin state change). On the passive node every change is refused, naming the
-  active one; during a split brain too, on both. On the node that makes a change, the peer is
+- **The guard** (`change()` around every config change's commit, `refuse_if_not_allowed` and
+  `after_change` around an admin state change, called by ControlProcess). Once paired, on the
+  passive node every change of services or admin states is refused, naming the active one;
+  during a split brain too, on both (a change of `node:` only is the node's own, always
+  taken). On the node that makes a change, the peer is
   first asked to *prepare* it (validate the services with its own `node:` and its own files);
   a refusal refuses the change here as well, naming the peer's problems. A peer that does not
   answer does not stop the change: this node keeps serving and committing, and is behind.
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -111,10 +114,9 @@ class Replicator:
         return cache[2]
 
     def _save(self, **changes: Any) -> None:
+        """The pairing record with `changes` (generation, applied revision), kept on disk."""
         if self.record is None:
             return
-        import dataclasses
-
         self.record = dataclasses.replace(self.record, **changes)
         save_record(self.path, self.record)
 
