@@ -90,12 +90,13 @@ def _row(
 
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| advert_int | fault | service | gap (s) | back after (s) | failed tries |",
-        "|---|---|---|---|---|---|",
+        "| advert_int | round | fault | service | gap (s) | back after (s) | failed tries |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['advert_int']:g} (VRRPv{r['vrrp']}) | {r['fault']} | {r['service']} | "
+            f"| {r['advert_int']:g} (VRRPv{r['vrrp']}) | {r['round']} | {r['fault']} | "
+            f"{r['service']} | "
             f"{r['gap_s']:.2f} | {r['back_s']:.2f} | {r['failed']} |"
         )
     return "\n".join(lines)

@@ -19,6 +19,8 @@ import pytest
 import yaml
 
 from tests.netns.ha_pair import (
+    HTTP_VIP,
+    NAT_VIP,
     PROBES,
     Outage,
     Pair,
@@ -57,6 +59,18 @@ def bounded(outages: dict[str, dict[str, Outage]]) -> None:
 
 
 def test_two_arm_http_and_nat_survive_every_fault(two_arm_pair: Pair) -> None:
+    # The passive node is ready before it is needed: its proxy listens on the VIP it does not
+    # hold (IP_FREEBIND), its kernel tables hold the same services, its checks run.
+    passive = two_arm_pair.other(two_arm_pair.wait_one_active())
+    assert HTTP_VIP not in passive.addresses()
+    assert f"{HTTP_VIP}:80" in passive.host.run("ss", "-ltnH")
+    assert NAT_VIP in passive.host.run("nft", "list", "table", "ip", "pacslb")
+    health = {
+        (svc["label"], rs["label"]): rs["health"]
+        for svc in passive.run.status()["services"]
+        for rs in svc["real_servers"]
+    }
+    assert set(health.values()) == {"up"}, health
     bounded(fault_sequence(two_arm_pair, PROBES["two-arm"]))
 
 

@@ -39,6 +39,7 @@ from typing import Any
 
 from pacslb import config as c
 from pacslb.core import keepalived as k
+from pacslb.core.doctor import HOST, Finding, Level
 from pacslb.core.ha_role import HaState, Role, ha_enabled
 from pacslb.errors import PacslbError
 
@@ -47,6 +48,7 @@ from pacslb.errors import PacslbError
 RESTART_DELAYS = (0.2, 1.0, 2.0, 5.0, 10.0, 30.0)
 RESTART_RESET = 60.0
 STOP_TIMEOUT = 5.0  # seconds for keepalived to leave after SIGTERM before SIGKILL
+EARLY_EXIT = 10.0  # keepalived that exits this soon after its start makes the node not ready
 RELEASE_TIMEOUT = 5.0  # seconds for this node to stop being MASTER once released
 LOG_LIMIT = 1 << 20  # keepalived.log is started afresh above this size
 INSTALL_HINT = "apt-get install keepalived"
@@ -139,16 +141,39 @@ def drop_addresses(addresses: tuple[k.Floating, ...]) -> list[str]:
     return removed
 
 
+def _wait_gone(paths: k.KeepalivedPaths, timeout: float) -> None:
+    """Until our VRRP child named in its pid file has exited (bounded; then SIGKILL)."""
+    try:
+        pid = int(paths.vrrp_pid.read_text().strip())
+    except (OSError, ValueError):
+        return
+    deadline = time.monotonic() + timeout
+    while _is_keepalived(pid, paths.config):
+        if time.monotonic() >= deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            return
+        time.sleep(0.02)
+
+
+def _is_keepalived(pid: int, config: Path) -> bool:
+    """`pid` is a live keepalived running on `config` (not a reused pid)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    ours = os.fsencode(str(config)) in cmdline
+    return ours and state != "Z" and Path(os.fsdecode(cmdline[0])).name == "keepalived"
+
+
 def _alive_keepalived(paths: k.KeepalivedPaths) -> int | None:
     """The pid of a keepalived left running on our config (`stop --keep-data-plane`)."""
     try:
         pid = int(paths.pid.read_text().strip())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except (OSError, ValueError):
         return None
-    if not cmdline or Path(os.fsdecode(cmdline[0])).name != "keepalived":
-        return None
-    return pid if os.fsencode(str(paths.config)) in cmdline else None
+    return pid if _is_keepalived(pid, paths.config) else None
 
 
 class KeepalivedSupervisor:
@@ -167,6 +192,7 @@ class KeepalivedSupervisor:
         self.text = ""  # keepalived.conf as last written
         self.addresses: tuple[k.Floating, ...] = ()
         self.problem: str | None = None  # why HA cannot run (not ready while set)
+        self.failing: str | None = None  # keepalived dies at start (not ready while set)
         self.pid: int | None = None
         self.restarts = 0
         self.started_at = 0.0
@@ -296,6 +322,7 @@ class KeepalivedSupervisor:
                 self._on_state(state)
 
     def _on_state(self, state: k.VrrpState) -> None:
+        self.failing = None  # it runs: it reports
         old = self.ha.role
         if not self.ha.set(state.role):
             return
@@ -322,7 +349,8 @@ class KeepalivedSupervisor:
             try:
                 await self._start(binary)
             except OSError as exc:
-                self._fail(f"keepalived could not be started: {exc}")
+                self.failing = f"keepalived could not be started: {exc}"
+                self.note(self.failing, {})
             else:
                 code = await self._wait_exit()
                 if self._closing:
@@ -330,6 +358,14 @@ class KeepalivedSupervisor:
                 ran = time.monotonic() - self.started_at
                 if ran >= RESTART_RESET:
                     delay = 0
+                if ran < EARLY_EXIT:  # not ready until it reports a state again
+                    self.failing = (
+                        f"keepalived exited ({code}) {ran:.1f} s after it started: see "
+                        f"{self.paths.log}"
+                    )
+                # Its VRRP child outlives it for a moment (it was told to stop); a keepalived
+                # started meanwhile would find its pid file and leave at once.
+                await asyncio.to_thread(_wait_gone, self.paths, STOP_TIMEOUT)
                 removed = await asyncio.to_thread(drop_addresses, self.addresses)
                 self.ha.set(Role.STOPPED)
                 self._role_changed.set()
@@ -358,7 +394,9 @@ class KeepalivedSupervisor:
             self.note(f"keepalived (pid {adopted}) left running by the last run: adopted", {})
             self._on_state(k.VrrpState("MASTER" if held else "BACKUP", None))
             return
-        await asyncio.to_thread(self._spawn, binary)
+        # In the loop's thread, not to_thread: a stop that cancels this task must never find
+        # a keepalived started behind its back (a few file operations and a fork: ms).
+        self._spawn(binary)
         self.note(f"keepalived started (pid {self.pid})", {"pid": self.pid})
 
     def _spawn(self, binary: str) -> None:
@@ -490,7 +528,7 @@ class KeepalivedSupervisor:
     # --- views ---------------------------------------------------------------------------
 
     def not_ready(self) -> list[str]:
-        return [] if self.problem is None else [f"ha: {self.problem}"]
+        return [f"ha: {p}" for p in (self.problem, self.failing) if p is not None]
 
     def status(self) -> dict[str, Any]:
         return {
@@ -513,3 +551,35 @@ def stop_left_keepalived(state_dir: Path) -> list[str]:
     while time.monotonic() < deadline and _alive_keepalived(paths) == pid:
         time.sleep(0.05)
     return [f"stopped keepalived (pid {pid}): the floating addresses went to the peer"]
+
+
+def doctor_findings(config: c.Config) -> list[Finding]:
+    """`pacslb doctor`: an HA node needs keepalived, and warns of unauthenticated VRRPv3."""
+    ha = config.node.ha
+    if ha is None or not ha.enabled:
+        return []
+    binary = find_keepalived()
+    if binary is None:
+        return [
+            Finding(
+                "keepalived",
+                Level.PROBLEM,
+                HOST,
+                "node.ha is enabled and keepalived is not installed: the floating addresses "
+                "cannot be held",
+                INSTALL_HINT,
+            )
+        ]
+    out = [Finding("keepalived", Level.OK, HOST, f"keepalived at {binary} (node.ha)")]
+    if k.vrrp_version(ha.advert_int) == 3:
+        out.append(
+            Finding(
+                "keepalived",
+                Level.WARNING,
+                HOST,
+                f"node.ha.advert_int {ha.advert_int:g} needs VRRPv3, which has no "
+                "authentication: keep the pair on a segment only trusted hosts reach",
+                "a whole-second advert_int (VRRPv2) authenticates the adverts",
+            )
+        )
+    return out

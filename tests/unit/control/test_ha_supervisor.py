@@ -11,16 +11,18 @@ from typing import Any
 import pytest
 
 from pacslb import config as c
-from pacslb.control.ha import HaError, KeepalivedSupervisor
+from pacslb.control.ha import HaError, KeepalivedSupervisor, doctor_findings, find_keepalived
+from pacslb.core.doctor import Level
 from pacslb.core.ha_role import HaState, Role
 
 
-def config(enabled: bool = True, interface: str = "lo") -> c.Config:
+def config(enabled: bool = True, interface: str = "lo", **more: Any) -> c.Config:
     ha = {
         "enabled": enabled,
         "interface": interface,
         "peers": ["198.18.0.3"],
         "secret": "s" * 16,
+        **more,
     }
     return c.Config.model_validate({"version": 1, "node": {"ha": ha}, "virtual_services": []})
 
@@ -68,3 +70,38 @@ def test_without_ha_the_node_is_standalone_and_release_says_why_not(tmp_path: Pa
     asyncio.run(main())
     assert supervisor.ha.role is Role.STANDALONE and supervisor.not_ready() == []
     assert supervisor.status()["role"] == "standalone"
+
+
+def test_a_keepalived_that_dies_at_start_is_not_ready_and_started_again(tmp_path: Path) -> None:
+    """/bin/false stands for a keepalived that exits at once (a real process, not a mock)."""
+    cfg = config(address="198.18.0.2")  # lo has no global address to send adverts from
+    notes: list[str] = []
+    supervisor = KeepalivedSupervisor(
+        tmp_path, HaState(Role.STARTING), lambda m, d: notes.append(m), lambda: "/bin/false"
+    )
+
+    async def main() -> list[str]:
+        await supervisor.configure(cfg)
+        for _ in range(100):  # bounded: 5 s
+            if supervisor.restarts >= 1 and supervisor.failing:
+                break
+            await asyncio.sleep(0.05)
+        reasons = supervisor.not_ready()
+        await supervisor.close()
+        return reasons
+
+    reasons = asyncio.run(main())
+    assert len(reasons) == 1 and reasons[0].startswith("ha: keepalived exited (status 1)"), reasons
+    assert any("starting it again in 0.2 s" in n for n in notes), notes
+    assert supervisor.ha.role is Role.STOPPED and supervisor.pid is None
+    assert (tmp_path / "keepalived" / "keepalived.conf").exists()
+
+
+def test_doctor_finds_keepalived_and_warns_that_vrrpv3_is_unauthenticated() -> None:
+    if find_keepalived() is None:
+        pytest.skip("keepalived is not installed here (CI installs it)")
+    assert doctor_findings(config(enabled=False)) == []
+    plain = doctor_findings(config())
+    assert [(f.check, f.level) for f in plain] == [("keepalived", Level.OK)]
+    fast = doctor_findings(config(advert_int=0.3))
+    assert fast[-1].level is Level.WARNING and "no authentication" in fast[-1].message
