@@ -565,6 +565,7 @@ class ControlProcess:
         self.config, self._text, self.revision = config, text, rev.number
         self.broken_file = None  # what runs is a config applied now, no longer the fallback
         self._record("config", f"applying revision {rev.number}: {comment}")
+        self.replica.committed()  # the HA peer may be sent it now (control/replica.py)
         self._update_leaving(previous, config)
         try:
             self._prune_admin()

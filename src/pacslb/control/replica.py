@@ -85,6 +85,7 @@ class Replicator:
         self.last_push_ms: float | None = None
         self.last_error: str | None = None
         self._started = False  # the process has started (no sync before that)
+        self._unsent = False  # a local config change is being applied, not yet sent
         self._looping = False  # the sync loop runs (only while paired)
 
     # --- identity and state --------------------------------------------------------------
@@ -247,11 +248,23 @@ class Replicator:
             and not replicated
             and config.virtual_services == self.process.config.virtual_services
         )
+        local = changed and not node_only and not replicated
         if changed and not node_only:
             await self.before_change(config, replicated)
+        self._unsent = local
         yield
-        if changed and not node_only:
-            self.after_change(replicated)
+        if local:
+            self.committed()  # unless the apply said so already, as it began
+        elif changed:
+            self._cache = None
+
+    def committed(self) -> None:
+        """The change is committed here and is the running config: the peer may have it now,
+        while this node publishes it, not only once the apply's last steps (the engines,
+        keepalived, the placement check: a second or so on a loaded host) are done."""
+        if self._unsent:
+            self._unsent = False
+            self.after_change(replicated=False)
 
     def after_change(self, replicated: bool) -> None:
         """Called once a change is committed and applied here."""
