@@ -28,6 +28,7 @@ from tests.netns.topology import (
     ROOT,
     Host,
     Topology,
+    add_ipv6,
     ha_one_arm,
     ha_two_arm,
     named_servers,
@@ -37,6 +38,7 @@ SECRET = "pacslb-netns-pair-secret"  # test data: the pair's shared secret
 PROBE = [sys.executable, str(ROOT / "tests/netns/ha_probe.py")]
 HTTP_VIP = "198.18.1.100"
 NAT_VIP = "198.18.1.101"
+HTTP_VIP6 = "2001:2:1::100"  # the l7-http service's IPv6 VIP (two-arm), in the same instance
 DR_VIP = "198.18.0.100"
 
 
@@ -74,6 +76,17 @@ def two_arm_config(me: str, peer: str, priority: int, advert_int: float = 1.0) -
             {
                 "label": "Web",
                 "vip": HTTP_VIP,
+                "ports": [80],
+                "mode": "l7-http",
+                "health_check": check(8081),
+                "real_servers": [
+                    {"label": "rs1", "address": "198.18.2.11", "port": 8081},
+                    {"label": "rs2", "address": "198.18.2.12", "port": 8081},
+                ],
+            },
+            {
+                "label": "Web6",
+                "vip": HTTP_VIP6,
                 "ports": [80],
                 "mode": "l7-http",
                 "health_check": check(8081),
@@ -137,8 +150,9 @@ class Node:
     links: tuple[str, ...]
 
     def keepalived_pids(self) -> list[int]:
+        """The VRRP child's pid, then the parent's."""
         pids = []
-        for name in ("keepalived.pid", "vrrp.pid"):
+        for name in ("vrrp.pid", "keepalived.pid"):
             with contextlib.suppress(OSError, ValueError):
                 pids.append(int((self.run.state_dir / "keepalived" / name).read_text()))
         return pids
@@ -309,7 +323,8 @@ def restart(node: Node) -> None:
 
 
 def kill_keepalived(node: Node) -> None:
-    """SIGKILL keepalived's parent and its VRRP child: no priority-0 advert is sent."""
+    """SIGKILL keepalived's VRRP child, then its parent: no priority-0 advert is sent (the
+    parent first would let the child hear of it and leave gracefully)."""
     for pid in node.keepalived_pids():
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
@@ -330,7 +345,11 @@ def stop_all(pair: Pair) -> None:
 
 
 PROBES = {
-    "two-arm": [("l7-http", "http", HTTP_VIP, 80), ("l4-nat", "line", NAT_VIP, 104)],
+    "two-arm": [
+        ("l7-http", "http", HTTP_VIP, 80),
+        ("l7-http IPv6", "http", HTTP_VIP6, 80),
+        ("l4-nat", "line", NAT_VIP, 104),
+    ],
     "one-arm": [("l4-dr", "line", DR_VIP, 8080)],
 }
 
@@ -341,6 +360,9 @@ def running_pair(shape: str, tmp: Path, advert_int: float = 1.0) -> Iterator[Pai
     l4-dr), its real servers, and both nodes running; everything stopped and deleted after."""
     if shape == "two-arm":
         with ha_two_arm(servers=2) as topo:
+            for lb in ("lb1", "lb2"):  # as a configured host: IPv6 addresses survive links
+                topo.hosts[lb].sysctl("net.ipv6.conf.all.keep_addr_on_down", "1")  # down/up
+            add_ipv6(topo)  # the client and both nodes on 2001:2:1::/64: an IPv6 VIP floats too
             named_servers(topo, [8080])
             http_servers(topo)
             configs = {
@@ -348,7 +370,8 @@ def running_pair(shape: str, tmp: Path, advert_int: float = 1.0) -> Iterator[Pai
                 "lb2": two_arm_config("198.18.1.3", "198.18.1.2", 100, advert_int),
             }
             links = {"lb1": ("eth0", "eth1"), "lb2": ("eth0", "eth1")}
-            pair = start_pair(topo, tmp, configs, links, (HTTP_VIP, NAT_VIP, HA_GATEWAY))
+            floating = (HTTP_VIP, HTTP_VIP6, NAT_VIP, HA_GATEWAY)
+            pair = start_pair(topo, tmp, configs, links, floating)
             try:
                 yield pair
             finally:

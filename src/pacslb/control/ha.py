@@ -49,6 +49,7 @@ RESTART_DELAYS = (0.2, 1.0, 2.0, 5.0, 10.0, 30.0)
 RESTART_RESET = 60.0
 STOP_TIMEOUT = 5.0  # seconds for keepalived to leave after SIGTERM before SIGKILL
 EARLY_EXIT = 10.0  # keepalived that exits this soon after its start makes the node not ready
+RETRY = 5.0  # seconds between tries while HA cannot run (keepalived missing, no interface)
 RELEASE_TIMEOUT = 5.0  # seconds for this node to stop being MASTER once released
 LOG_LIMIT = 1 << 20  # keepalived.log is started afresh above this size
 INSTALL_HINT = "apt-get install keepalived"
@@ -204,66 +205,89 @@ class KeepalivedSupervisor:
         self._partial = b""
         self._role_changed = asyncio.Event()
         self._lock = asyncio.Lock()
+        self._retry: asyncio.Task[None] | None = None
+        self._releasing = False
 
     # --- configure -----------------------------------------------------------------------
 
     async def configure(self, config: c.Config) -> None:
-        """Make keepalived match `config`: start it, reload it, or stop it (HA turned off)."""
+        """Make keepalived match `config`: start it, reload it, or stop it (HA turned off).
+        Never raises for the host's sake: what stops HA is a not-ready reason instead."""
         async with self._lock:
-            self.config = config
-            if not ha_enabled(config):
-                if self._runner is not None:
-                    await self._stop(keep_running=False)
-                    self.note("HA turned off: keepalived stopped", {})
-                self.problem = None
-                self.ha.set(Role.STANDALONE)
-                return
-            if self.ha.role is Role.STANDALONE:
-                self.ha.set(Role.STARTING)
-            binary = self.find()
-            if binary is None:
-                self._fail(f"keepalived is not installed ({INSTALL_HINT})")
-                return
             try:
-                text, addresses = await asyncio.to_thread(self._render, config)
-            except (HaError, ValueError) as exc:
-                self._fail(str(exc))
-                return
-            if self.problem is not None:
-                self.note(f"keepalived can run again: {self.problem} is resolved", {})
+                await self._configure(config)
+            except OSError as exc:  # the state dir refused a file, the FIFO...
+                self._fail(f"keepalived's files in {self.paths.directory}: {exc}")
+
+    async def _configure(self, config: c.Config) -> None:
+        self.config = config
+        if not ha_enabled(config):
+            if self._runner is not None:
+                await self._stop(keep_running=False)
+                self.note("HA turned off: keepalived stopped", {})
             self.problem = None
-            old = {a.cidr for a in self.addresses}
-            changed = text != self.text
-            self.text, self.addresses = text, addresses
-            if changed:
-                await asyncio.to_thread(self._write_config, text)
-            if self._runner is None:
-                self._closing = False
-                self._open_fifo()
-                self._runner = asyncio.get_running_loop().create_task(self._run(binary))
-            elif changed:
-                new = {a.cidr for a in addresses}
-                added, removed = sorted(new - old), sorted(old - new)
-                self._signal(signal.SIGHUP)
-                what = "; ".join(
-                    part
-                    for part in (
-                        f"added {', '.join(added)}" if added else "",
-                        f"removed {', '.join(removed)}" if removed else "",
-                    )
-                    if part
+            self.ha.set(Role.STANDALONE)
+            return
+        if self.ha.role is Role.STANDALONE:
+            self.ha.set(Role.STARTING)
+        binary = self.find()
+        if binary is None:
+            self._fail(f"keepalived is not installed ({INSTALL_HINT})")
+            return
+        try:
+            text, addresses = await asyncio.to_thread(self._render, config)
+        except (HaError, ValueError) as exc:
+            self._fail(str(exc))
+            return
+        if self.problem is not None:
+            self.note(f"keepalived can run again: {self.problem} is resolved", {})
+        self.problem = None
+        old = {a.cidr for a in self.addresses}
+        changed = text != self.text
+        if changed:
+            await asyncio.to_thread(self._write_config, text)
+        self.text, self.addresses = text, addresses  # once written: a failed write is retried
+        if self._runner is None:
+            self._closing = False
+            self._open_fifo()
+            self._runner = asyncio.get_running_loop().create_task(self._run(binary))
+        elif changed:
+            new = {a.cidr for a in addresses}
+            added, removed = sorted(new - old), sorted(old - new)
+            self._signal(signal.SIGHUP)
+            what = "; ".join(
+                part
+                for part in (
+                    f"added {', '.join(added)}" if added else "",
+                    f"removed {', '.join(removed)}" if removed else "",
                 )
-                self.note(
-                    f"keepalived reloaded: {what or 'settings changed'}",
-                    {"added": added, "removed": removed},
-                )
+                if part
+            )
+            self.note(
+                f"keepalived reloaded: {what or 'settings changed'}",
+                {"added": added, "removed": removed},
+            )
 
     def _fail(self, problem: str) -> None:
+        """HA cannot run now (not ready, naming `problem`); tried again every RETRY s."""
         if problem != self.problem:
             self.note(f"HA cannot run: {problem}", {"problem": problem})
         self.problem = problem
         if self._runner is None:  # a running keepalived goes on with its last config
             self.ha.set(Role.STOPPED)
+        if self._retry is None:
+            self._retry = asyncio.get_running_loop().create_task(self._retry_later())
+
+    async def _retry_later(self) -> None:
+        """Configure again now and then, so that a cause fixed on the host (keepalived
+        installed, the interface back) ends the problem by itself."""
+        try:
+            while self.problem is not None and not self._closing and self.config is not None:
+                await asyncio.sleep(RETRY)
+                if self.problem is not None and not self._closing:
+                    await self.configure(self.config)
+        finally:
+            self._retry = None
 
     def _render(self, config: c.Config) -> tuple[str, tuple[k.Floating, ...]]:
         ha = config.node.ha
@@ -449,6 +473,9 @@ class KeepalivedSupervisor:
     # --- stop ----------------------------------------------------------------------------
 
     async def close(self, keep_running: bool = False) -> None:
+        self._closing = True  # no retry starts keepalived again
+        if self._retry is not None:
+            self._retry.cancel()
         async with self._lock:
             if self._runner is not None:
                 await self._stop(keep_running)
@@ -500,6 +527,15 @@ class KeepalivedSupervisor:
             )
         if self.ha.role is not Role.ACTIVE:
             raise HaError(f"this node is {self.ha.role}, not active: it holds nothing to hand over")
+        if self._releasing:
+            raise HaError("a hand-over is already under way")
+        self._releasing = True
+        try:
+            return await self._release(ha, by, timeout)
+        finally:
+            self._releasing = False
+
+    async def _release(self, ha: c.HASettings, by: str, timeout: float) -> dict[str, Any]:
         who = f" by {by}" if by else ""
         self.note(f"hand-over asked{who}: releasing the floating addresses to the peer", {})
         started = time.monotonic()

@@ -105,3 +105,36 @@ def test_doctor_finds_keepalived_and_warns_that_vrrpv3_is_unauthenticated() -> N
     assert [(f.check, f.level) for f in plain] == [("keepalived", Level.OK)]
     fast = doctor_findings(config(advert_int=0.3))
     assert fast[-1].level is Level.WARNING and "no authentication" in fast[-1].message
+
+
+def test_once_keepalived_is_installed_it_starts_by_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pacslb.control.ha as ha_module
+
+    monkeypatch.setattr(ha_module, "RETRY", 0.05)  # seconds between tries (5 in production)
+    installed: list[str] = []  # /bin/false, "installed" later, stands for keepalived
+    supervisor = KeepalivedSupervisor(
+        tmp_path,
+        HaState(Role.STARTING),
+        lambda m, d: None,
+        lambda: installed[0] if installed else None,
+    )
+
+    async def main() -> tuple[list[str], int | None, list[str]]:
+        await supervisor.configure(config(address="198.18.0.2"))
+        before = supervisor.not_ready()
+        installed.append("/bin/false")
+        for _ in range(100):  # bounded: 5 s
+            if supervisor.restarts >= 1:
+                break
+            await asyncio.sleep(0.05)
+        after = supervisor.not_ready()
+        restarts = supervisor.restarts
+        await supervisor.close()
+        return before, restarts, after
+
+    before, restarts, after = asyncio.run(main())
+    assert before == ["ha: keepalived is not installed (apt-get install keepalived)"]
+    assert restarts and restarts >= 1  # it was started (and, being /bin/false, started again)
+    assert not any("not installed" in reason for reason in after), after
