@@ -86,6 +86,8 @@ class Replicator:
         self.last_error: str | None = None
         self._started = False  # the process has started (no sync before that)
         self._unsent = False  # a local config change is being applied, not yet sent
+        # A replica being applied: its services, and set once it is committed and running.
+        self._replica_commit: tuple[list[c.VirtualService], asyncio.Event] | None = None
         self._looping = False  # the sync loop runs (only while paired)
 
     # --- identity and state --------------------------------------------------------------
@@ -261,7 +263,11 @@ class Replicator:
     def committed(self) -> None:
         """The change is committed here and is the running config: the peer may have it now,
         while this node publishes it, not only once the apply's last steps (the engines,
-        keepalived, the placement check: a second or so on a loaded host) are done."""
+        keepalived, the placement check: a second or so on a loaded host) are done. A replica
+        being received is answered as committed from here on too (see `_apply_replica`)."""
+        waiting = self._replica_commit
+        if waiting is not None and self.process.config.virtual_services == waiting[0]:
+            waiting[1].set()
         if self._unsent:
             self._unsent = False
             self.after_change(replicated=False)
@@ -463,7 +469,7 @@ class Replicator:
             )
             raise
         comment = f"replicated from {self.peer_name} revision {revision}"
-        result = await process.apply_config(config, comment, by=PEER_BY, replicated=True)
+        result = await self._apply_replica(config, comment)
         current = process.admin.all()
         changed = []
         for key in sorted(set(current) | set(admin)):
@@ -487,6 +493,31 @@ class Replicator:
             "generation": self.generation,
             "applied_revision": revision,
         }
+
+    async def _apply_replica(self, config: c.Config, comment: str) -> dict[str, Any]:
+        """apply_config for a replica, answered once it is committed and running here: the
+        rest of the apply (engines, keepalived, the placement check) goes on meanwhile, so the
+        peer's next push (a drain right after) does not wait a second for it. Nothing can
+        undo a change after its commit (committed revision-first or not at all), so the answer
+        is the same; a refusal comes before the commit and is answered as before."""
+        process = self.process
+        committed = asyncio.Event()
+        self._replica_commit = (config.virtual_services, committed)
+        apply = asyncio.ensure_future(
+            process.apply_config(config, comment, by=PEER_BY, replicated=True)
+        )
+        waiter = asyncio.ensure_future(committed.wait())
+        try:
+            await asyncio.wait({apply, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            self._replica_commit = None
+        if apply.done():
+            result: dict[str, Any] = apply.result()  # ConfigError, ConfigConflict: refused
+            return result
+        process._tasks.add(apply)  # the rest of the apply: its failure is an event, as always
+        apply.add_done_callback(process._finished)
+        return {"revision": process.revision, "changed": True}
 
 
 def _peer_problems(answer: Answer, peer: str) -> list[Problem]:
