@@ -290,6 +290,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     )
     if (ha := status.get("ha")) and ha["role"] != "standalone":
         print(f"ha: {ha['role']} since {ha['since']} ({_ago(ha['since'])})")
+        if ha.get("peer"):  # paired (control/replica.py)
+            print(f"ha peer: {ha['peer']['address']}: replication {ha['replication']['text']}")
     for reason in status.get("not_ready", []):
         print(f"not ready: {reason}")
     for reason in status.get("degraded", []):
@@ -736,6 +738,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("schema", help="print the config's JSON Schema")
     p.set_defaults(func=cmd_schema)
+
+    from pacslb.cli_pair import add_token_commands
+
+    add_token_commands(sub, locate, _state_dir)  # pacslb token create|list|revoke
     return parser
 
 

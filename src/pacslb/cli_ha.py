@@ -44,3 +44,7 @@ def add_ha_commands(sub: Any, locate: Callable[[argparse.ArgumentParser], None])
     )
     locate(p)
     p.set_defaults(func=cmd_ha_release)
+
+    from pacslb.cli_pair import add_pair_commands  # pair, unpair, status, takeover, fingerprint
+
+    add_pair_commands(commands, locate, _state_dir)

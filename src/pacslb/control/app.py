@@ -26,7 +26,9 @@ from pacslb.control.checker import HealthChecker
 from pacslb.control.events import Event, EventLog
 from pacslb.control.ha import KeepalivedSupervisor
 from pacslb.control.journal import SystemLog
+from pacslb.control.pairing import Pairing
 from pacslb.control.probes import ProbeResult
+from pacslb.control.replica import Replicator
 from pacslb.control.sdnotify import Notifier, status_line
 from pacslb.control.startup import BrokenFile, unplaceable
 from pacslb.control.store import (
@@ -129,6 +131,8 @@ class ControlProcess:
         self.keepalived = KeepalivedSupervisor(
             self.state_dir, self.ha, lambda message, data: self._record("ha", message, data=data)
         )
+        self.replica = Replicator(self)
+        self.pairing = Pairing(self, self.replica)
         self.plan: Plan | None = None
         self.started = datetime.now(UTC)
         self.revision = 0
@@ -197,6 +201,7 @@ class ControlProcess:
         await self.publish()
         await self.keepalived.configure(self.config)  # the data plane first, then the addresses
         self._started_up = True
+        self.replica.start()
 
     @property
     def ready(self) -> bool:
@@ -369,9 +374,10 @@ class ControlProcess:
             raise UnknownTarget(f"{service} has no real server {server!r} (known: {known})")
 
     async def set_admin(
-        self, service: str, server: str, state: AdminState, by: str = ""
+        self, service: str, server: str, state: AdminState, by: str = "", replicated: bool = False
     ) -> dict[str, Any]:
         self._check_target(service, server)
+        self.replica.refuse_if_not_allowed(replicated)
         previous = self.admin.get(service, server)
         try:
             self.admin.set(service, server, state)
@@ -381,6 +387,7 @@ class ControlProcess:
         if previous is not state:
             who = f" by {by}" if by else ""
             self._record("admin", f"{previous} -> {state}{who}", (service, server))
+            self.replica.after_change(replicated)
         await self.publish()
         return {
             "service": service,
@@ -410,11 +417,16 @@ class ControlProcess:
                 self._record("config", f"reload refused: {len(exc.problems)} problems")
                 raise
             changed = text != self._text
-            rev = await self._commit(text, comment, "", write_file=False)
-            return {**await self._apply(rev, text, config, comment), "changed": changed}
+            async with self.replica.change(config, changed=changed):  # HA: control/replica.py
+                rev = await self._commit(text, comment, "", write_file=False)
+                return {**await self._apply(rev, text, config, comment), "changed": changed}
 
     async def apply_config(
-        self, new: c.Config | dict[str, Any] | str, comment: str = "", by: str = ""
+        self,
+        new: c.Config | dict[str, Any] | str,
+        comment: str = "",
+        by: str = "",
+        replicated: bool = False,
     ) -> dict[str, Any]:
         """Apply a new config from the API or WebUI: validate it, save it as a revision,
         write it to the config file (so a restart keeps it), then publish.
@@ -429,7 +441,10 @@ class ControlProcess:
         running config, the config file and the revisions stay as they were. ConfigConflict
         when another change was applied while this one was being validated (it was made from
         a config no longer in force); HandEdited (a ConfigConflict) when the config file no
-        longer holds the running revision: the operator's edit is never overwritten."""
+        longer holds the running revision: the operator's edit is never overwritten.
+
+        HA (control/replica.py): refused on the passive node; the peer prepares it first.
+        `replicated`: the peer's replica, which the guard lets through and does not send back."""
         base_revision, base_text, base_config = self.revision, self._text, self.config
         base = self.config_path.resolve().parent
         source = f"{by or 'api'} change"
@@ -457,10 +472,12 @@ class ControlProcess:
                     f"the config changed while this change was checked (revision "
                     f"{base_revision} -> {self.revision}); nothing was applied: retry it"
                 )
-            rev = await self._commit(text, comment or source, by, write_file=True)
+            async with self.replica.change(config, replicated):
+                rev = await self._commit(text, comment or source, by, write_file=True)
+                result = await self._apply(rev, text, config, comment or source)
             if layout_lost:  # only once the file was rewritten: a refused change lost nothing
                 self._record("config", f"the config file's layout could not be kept: {layout_lost}")
-            return {**await self._apply(rev, text, config, comment or source), "changed": True}
+            return {**result, "changed": True}
 
     def _edited_text(
         self, text: str, old: c.Config, new: c.Config, source: str, exists: Any
@@ -562,6 +579,7 @@ class ControlProcess:
         self.config, self._text, self.revision = config, text, rev.number
         self.broken_file = None  # what runs is a config applied now, no longer the fallback
         self._record("config", f"applying revision {rev.number}: {comment}")
+        self.replica.committed()  # the HA peer may be sent it now (control/replica.py)
         self._update_leaving(previous, config)
         try:
             self._prune_admin()
@@ -729,7 +747,7 @@ class ControlProcess:
             "uptime_s": round((datetime.now(UTC) - self.started).total_seconds(), 1),
             # The data planes this config uses (the others are idle and hold nothing).
             "engines": sorted({svc["forwarded_by"] for svc in services}),
-            "ha": self.keepalived.status(),  # this node's role in an HA pair, and since when
+            "ha": {**self.keepalived.status(), **self.replica.status_json()},  # role, peer
             "services": services,
             **self.engine_status(),  # "proxy": {"workers": [...], "restarts": {...}}
         }

@@ -105,6 +105,12 @@ class ControlServer:
             return await demo.command(process, request)
         if cmd == "plan":
             return json.loads(process.current_plan().to_json())
+        if isinstance(cmd, str) and cmd.startswith(
+            "ha-"
+        ):  # pacslb ha ... (control/pair_commands.py)
+            from pacslb.control.pair_commands import handle
+
+            return await handle(process, request)
         if cmd == "stop":
             keep = bool(request.get("keep_data_plane", False))
             process.request_stop(keep_data_plane=keep)

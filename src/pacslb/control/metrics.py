@@ -165,6 +165,31 @@ class PacslbCollector(Collector):
         )
         degraded.add_metric([], float(bool(status["degraded"])))
         yield from (ready, degraded, _ha_role(status["ha"]["role"]))
+        yield from self._ha(status.get("ha"))
+
+    def _ha(self, ha: dict[str, Any] | None) -> Iterator[Metric]:
+        """Replication of an HA pair (control/replica.py); nothing on a node without node.ha."""
+        if ha is None or not (ha["enabled"] or ha["paired"]):
+            return
+        peer = ha["peer"] or {}
+        reachable = GaugeMetricFamily(
+            "pacslb_ha_peer_reachable",
+            "1 while the paired peer answers (0: unreachable or unpaired)",
+        )
+        reachable.add_metric([], float(bool(peer.get("reachable"))))
+        behind = GaugeMetricFamily(
+            "pacslb_ha_revisions_behind", "revisions of this node the peer has not applied yet"
+        )
+        behind.add_metric([], float(ha["replication"]["behind"]))
+        in_sync = GaugeMetricFamily(
+            "pacslb_ha_in_sync", "1 when the peer holds the same services and admin states"
+        )
+        in_sync.add_metric([], float(ha["replication"]["state"] == "in-sync"))
+        split = GaugeMetricFamily(
+            "pacslb_ha_split_brain", "1 while both nodes of the pair say they are active"
+        )
+        split.add_metric([], float(ha["split_brain"]))
+        yield from (reachable, behind, in_sync, split)
 
     def _engines(self) -> Iterator[Metric]:
         applied = GaugeMetricFamily(

@@ -54,7 +54,7 @@ MODES = ["l7-http", "l7-tcp", "l4-dr", "l4-nat", "l4-snat"]
 SCHEDULERS = ["wlc", "wrr", "lc", "rr", "sh"]
 PERSISTENCE = ["none", "source-ip", "http-cookie"]
 CHECKS = ["connect", "http", "dicom-echo", "external", "none"]
-EVENT_KINDS = ["health", "admin", "config", "plan", "engine", "process", "auth", "webui"]
+EVENT_KINDS = ["health", "admin", "config", "plan", "engine", "process", "auth", "webui", "ha"]
 LOG_PAGE = 100  # events on one page of the log
 
 
