@@ -320,7 +320,7 @@ class KernelEngine:
             slots = {svc.label: self._deal(svc) for svc in nft.kernel_services(view)}
             if slots != self._slots:
                 ruleset = nft.render(view, self._seen, slots, self._live or nft.LiveObjects())
-                self._run(ruleset.elements)
+                self._run(ruleset.slots)
                 self._slots = slots
 
     def _count_active(self, services: tuple[PlanService, ...]) -> dict[ServerKey, int]:
