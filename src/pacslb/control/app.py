@@ -120,6 +120,7 @@ class ControlProcess:
         # This node's HA role: set by the keepalived supervisor, read by replication, state
         # sync, the API and the WebUI (core/ha_role.py).
         self.ha = HaState(Role.STARTING if ha_enabled(config) else Role.STANDALONE)
+        self.ha_sync: Any = None  # state sync and conntrackd (control/hasync.py), with node.ha
         self.plan: Plan | None = None
         self.started = datetime.now(UTC)
         self.revision = 0
@@ -186,6 +187,9 @@ class ControlProcess:
         self._prune_admin()
         self.checker.configure(self.config)
         await self.publish()
+        from pacslb.control.hasync import start_ha_sync
+
+        self.ha_sync = await start_ha_sync(self)
         self._started_up = True
 
     @property
@@ -231,6 +235,8 @@ class ControlProcess:
 
     async def stop(self) -> None:
         await self.checker.close()
+        if self.ha_sync is not None:
+            await self.ha_sync.close()
         keep = self.keep_data_plane
         for engine in self.engines:
             with contextlib.suppress(Exception):
