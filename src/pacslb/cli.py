@@ -177,11 +177,13 @@ def _state_dir(args: argparse.Namespace) -> Path:
 def data_planes(state_dir: Path, config: Config) -> list[Engine]:
     """The kernel engine (layer 4; idle, needing no root, while no service uses it) and the
     built-in proxy (layer 7; starts its processes only when a service needs them)."""
+    from pacslb.core.ha_role import ha_enabled
     from pacslb.engines.kernel import KernelEngine
     from pacslb.engines.proxy import ProxyEngine
 
     proxy = config.node.proxy
-    return [KernelEngine(state_dir), ProxyEngine(state_dir, proxy.workers, proxy.spare)]
+    kernel = KernelEngine(state_dir, place_vips=not ha_enabled(config))  # HA: keepalived's
+    return [kernel, ProxyEngine(state_dir, proxy.workers, proxy.spare)]
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -665,7 +667,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=cmd_admin)
 
     p = sub.add_parser("events", help="the event log: health, admin, config, plan")
-    kinds = ["health", "admin", "config", "plan", "engine", "process", "auth", "webui"]
+    kinds = ["health", "admin", "config", "plan", "engine", "process", "auth", "webui", "ha"]
     p.add_argument("--kind", choices=kinds)
     p.add_argument("--service")
     p.add_argument("--limit", type=int, default=50)

@@ -24,6 +24,7 @@ from pacslb import __version__
 from pacslb import config as c
 from pacslb.control.checker import HealthChecker
 from pacslb.control.events import Event, EventLog
+from pacslb.control.ha import KeepalivedSupervisor
 from pacslb.control.probes import ProbeResult
 from pacslb.control.startup import BrokenFile, unplaceable
 from pacslb.control.store import (
@@ -120,6 +121,7 @@ class ControlProcess:
         # This node's HA role: set by the keepalived supervisor, read by replication, state
         # sync, the API and the WebUI (core/ha_role.py).
         self.ha = HaState(Role.STARTING if ha_enabled(config) else Role.STANDALONE)
+        self.keepalived = KeepalivedSupervisor(self.state_dir, self.ha, self._ha_note)
         self.ha_sync: Any = None  # state sync and conntrackd (control/hasync.py), with node.ha
         self.plan: Plan | None = None
         self.started = datetime.now(UTC)
@@ -189,7 +191,8 @@ class ControlProcess:
         await self.publish()
         from pacslb.control.hasync import start_ha_sync
 
-        self.ha_sync = await start_ha_sync(self)
+        self.ha_sync = await start_ha_sync(self)  # listening for the role before it is known
+        await self.keepalived.configure(self.config)  # the data plane first, then the addresses
         self._started_up = True
 
     @property
@@ -204,7 +207,7 @@ class ControlProcess:
         for name, record in sorted(self.engine_records.items()):
             if record.error is not None:
                 reasons.append(f"{name}: apply failed: {record.error}")
-        return reasons
+        return reasons + self.keepalived.not_ready()
 
     def degraded(self) -> list[str]:
         """What runs differs from what the operator asked for, though it forwards.
@@ -234,10 +237,13 @@ class ControlProcess:
             self._record("process", f"warning: {advice}")
 
     async def stop(self) -> None:
-        await self.checker.close()
+        if self.ha_sync is not None:
+            await self.ha_sync.flush()  # the newest flows to the peers before it takes over
+        keep = self.keep_data_plane
+        await self.keepalived.close(keep_running=keep)  # the peer takes over, then we stop
         if self.ha_sync is not None:
             await self.ha_sync.close()
-        keep = self.keep_data_plane
+        await self.checker.close()
         for engine in self.engines:
             with contextlib.suppress(Exception):
                 await engine.close(keep_running=keep)
@@ -557,6 +563,7 @@ class ControlProcess:
             self._record("admin", f"admin state not pruned: {exc}")
         self.checker.configure(config)
         await self.publish()
+        await self.keepalived.configure(config)
         # After the publish: awaited before it, a health change meanwhile would publish the new
         # config before _update_leaving's removals were known.
         await self._check_placement(config)
@@ -716,9 +723,13 @@ class ControlProcess:
             "uptime_s": round((datetime.now(UTC) - self.started).total_seconds(), 1),
             # The data planes this config uses (the others are idle and hold nothing).
             "engines": sorted({svc["forwarded_by"] for svc in services}),
+            "ha": self.keepalived.status(),  # this node's role in an HA pair, and since when
             "services": services,
             **self.engine_status(),  # "proxy": {"workers": [...], "restarts": {...}}
         }
+
+    def _ha_note(self, message: str, data: dict[str, Any]) -> None:
+        self._record("ha", message, data=data)
 
     def _record(
         self,

@@ -7,6 +7,7 @@ for the control process to stop (the node still serves, it only loses flows at a
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,12 @@ class HaSync:
     def __init__(self) -> None:
         self.statesync: StateSync | None = None
         self.conntrackd: ConntrackdSupervisor | None = None
+
+    async def flush(self) -> None:
+        """One last round of state sync (a graceful stop of the active node), at most 1 s."""
+        if self.statesync is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.statesync.round(), 1.0)
 
     async def close(self) -> None:
         for part in (self.statesync, self.conntrackd):

@@ -97,6 +97,8 @@ class ControlServer:
             return [json.loads(e.to_json()) for e in events]
         if cmd == "reload":
             return await process.reload()
+        if cmd == "ha-release":  # hand the floating addresses to the peer (maintenance)
+            return await process.keepalived.release(by=str(request.get("by", "")))
         if cmd == "plan":
             return json.loads(process.current_plan().to_json())
         if cmd == "stop":

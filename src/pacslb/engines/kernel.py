@@ -47,8 +47,12 @@ class KernelEngine:
         nft_runner: Nft | None = None,
         host: Host | None = None,
         notify: Callable[[str], None] | None = None,
+        place_vips: bool = True,
     ) -> None:
         self.state_dir = state_dir
+        # False in an HA pair: keepalived owns every floating address (control/ha.py), and a
+        # VIP this engine added would stay on the passive node as well.
+        self.place_vips = place_vips
         self._nft = nft_runner
         self.host = host or Host()
         self.notify = notify or (lambda message: None)
@@ -258,14 +262,16 @@ class KernelEngine:
         A VIP routed to this host by a router (not in any attached subnet) needs no address.
         Forwarding is switched on for NAT and SNAT."""
         added = self._addresses()
-        wanted = {svc.vip for svc in services}
+        if not self.place_vips:  # keepalived's now: forgotten here, never deleted (the
+            added = {}  # active node's keepalived holds them; a restart of it clears leftovers)
+        wanted = {svc.vip for svc in services} if self.place_vips else set()
         for address, device in list(added.items()):
             if address not in wanted:
                 self.host.del_address(address, device)
                 del added[address]
                 self.notify(f"removed VIP {address} from {device}")
         for svc in services:
-            if svc.vip in added:
+            if svc.vip in added or not self.place_vips:
                 continue
             route = self.host.route(svc.vip)
             if route.local or route.gateway:
