@@ -39,6 +39,7 @@ BASE_INTERVAL = 0.25  # seconds between rounds while listing the maps is cheap
 MAX_INTERVAL = 5.0
 LISTING_SHARE = 4  # a round at least every this many listings' time: <= 25 % of a core
 FULL_EVERY = 10.0  # seconds between rounds that send every entry
+HELLO_EVERY = 1.0  # seconds between heartbeats of a node standing by
 IMPORT_GATHER = 0.02  # seconds datagrams are gathered into one import (one transaction)
 BURST = 64  # datagrams sent before yielding to the loop
 
@@ -71,6 +72,8 @@ class StateSync:
         self._flush: asyncio.Task[None] | None = None
         self._pending: list[Entry] = []
         self._sticky_cursor = 0
+        self._boots: dict[str, int] = {}  # peer address -> its boot id, as last heard
+        self._last_hello = 0.0
         self.interval = BASE_INTERVAL
         self.last_listing_s = 0.0
         self.last_round_entries = 0
@@ -125,24 +128,44 @@ class StateSync:
                 self._said.pop("send", None)
 
     async def round(self) -> int:
-        """One round of sending (on the active node only); the number of entries sent."""
-        if self.ha.role is not Role.ACTIVE or self._transport is None:
+        """One round of sending (on the active node); the number of entries sent. A node
+        standing by sends only a heartbeat now and then, so that the active node learns of a
+        peer that has (re)started and sends it everything at once."""
+        if self._transport is None:
+            return 0
+        if self.ha.role is not Role.ACTIVE:
+            now = time.monotonic()
+            if now - self._last_hello >= HELLO_EVERY:
+                self._last_hello = now
+                self._send(self._sealer.seal([], time.time()))
             return 0
         loop = asyncio.get_running_loop()
         entries: list[Entry] = []
+        listed: list[MapEntry] = []
         kernel = self._engine("kernel", "export_state")
         if kernel is not None:
             started = loop.time()
-            listed: list[MapEntry] = await asyncio.to_thread(kernel.export_state)
+            listed = await asyncio.to_thread(kernel.export_state)
             self.last_listing_s = loop.time() - started
             self.interval = min(
                 MAX_INTERVAL, max(BASE_INTERVAL, LISTING_SHARE * self.last_listing_s)
             )
-            changed, _full = self._deltas.round(listed, time.time())
-            entries += changed
+        changed, full = self._deltas.round(listed, time.time())
+        entries += changed
+        if full:
+            self._sticky_cursor = 0  # the proxy's sticky entries in full as well
         entries += await self._stickies()
         datagrams = self._sealer.seal(entries, time.time())
-        for i, datagram in enumerate(datagrams):
+        for start in range(0, len(datagrams), BURST):
+            self._send(datagrams[start : start + BURST])
+            await asyncio.sleep(0)  # a full refresh of 20k entries must not stall the loop
+        self.last_round_entries = len(entries)
+        return len(entries)
+
+    def _send(self, datagrams: list[bytes]) -> None:
+        if self._transport is None:
+            return
+        for datagram in datagrams:
             for peer in sorted(self.peers):
                 try:
                     self._transport.sendto(datagram, (peer, self.port))
@@ -150,10 +173,6 @@ class StateSync:
                     self._trouble(f"peer {peer}", f"state sync to {peer} failed: {exc}")
                 else:
                     self.sent += 1
-            if i % BURST == BURST - 1:
-                await asyncio.sleep(0)  # a full refresh of 20k entries must not stall the loop
-        self.last_round_entries = len(entries)
-        return len(entries)
 
     async def _stickies(self) -> list[Entry]:
         """The proxy's sticky entries new since the last round, when it offers them."""
@@ -182,12 +201,15 @@ class StateSync:
             self._trouble("unknown-peer", f"state sync: datagram from {source}, not a peer")
             return
         try:
-            got = self._opener.open(data, time.time())
+            got = self._opener.open(data, time.time(), source)
         except WireError as exc:
             self.rejected[exc.reason] += 1
             self._trouble(exc.reason, f"state sync: datagram from {source} rejected: {exc}")
             return
         self.received += 1
+        if self._boots.get(source) != got.boot:  # a peer new to us, or restarted
+            self._boots[source] = got.boot
+            self._deltas.force_full()
         if got.entries:
             self._pending.extend(got.entries)
             if self._flush is None or self._flush.done():

@@ -224,7 +224,9 @@ class Opener:
     def __post_init__(self) -> None:
         self._key = sync_key(self.secret)
 
-    def open(self, datagram: bytes, now: float) -> Received:
+    def open(self, datagram: bytes, now: float, source: str = "") -> Received:
+        """`source`: the sender's address; with the node name it tells senders apart (the
+        nodes of a group may share a host name)."""
         if len(datagram) < len(MAGIC) + MAC_SIZE + 2 or not datagram.startswith(MAGIC):
             raise WireError("not-sync", "no pacslb state sync magic")
         mac = datagram[len(MAGIC) : len(MAGIC) + MAC_SIZE]
@@ -243,7 +245,7 @@ class Opener:
         sent_at = sent_ms / 1000
         if abs(now - sent_at) > MAX_SKEW:
             raise WireError("stale", f"sent {now - sent_at:+.1f} s from now (clocks apart?)")
-        self._admit(node, boot, seq, sent_at)
+        self._admit(f"{source}/{node}", boot, seq, sent_at)
         entries = tuple(entry_from_wire(item) for item in items)
         return Received(node, boot, seq, sent_at, entries)
 
@@ -296,6 +298,10 @@ class Deltas:
         if full:
             self._last_full = now
         return out, full
+
+    def force_full(self) -> None:
+        """The next round sends everything (a peer that has just started knows nothing)."""
+        self._last_full = None
 
     def known(self, entries: Iterable[MapEntry], now: float) -> None:
         """Entries this node imported from a peer: not new, so not sent back as if they were
