@@ -724,6 +724,7 @@ class ControlProcess:
             # The data planes this config uses (the others are idle and hold nothing).
             "engines": sorted({svc["forwarded_by"] for svc in services}),
             "ha": self.keepalived.status(),  # this node's role in an HA pair, and since when
+            "ha_sync": self.ha_sync.status() if self.ha_sync else None,  # control/hasync.py
             "services": services,
             **self.engine_status(),  # "proxy": {"workers": [...], "restarts": {...}}
         }
