@@ -119,25 +119,15 @@ class CStore:
         client.run("tc", "qdisc", "replace", "dev", "eth0", "root", "tbf", "rate", SHAPED,
                    "burst", "64kb", "latency", "2s")  # fmt: skip
         files = sorted(str(p) for p in self.src.iterdir())
+        argv = ["env", "TCP_NODELAY=1", STORESCU, "-aet", "MODALITY", "-aec", "PACS", vip, "104"]
         self.proc = client.popen(
-            [
-                "env",
-                "TCP_NODELAY=1",
-                STORESCU,
-                "-aet",
-                "MODALITY",
-                "-aec",
-                "PACS",
-                vip,
-                "104",
-                *files,
-            ],  # fmt: skip
+            [*argv, *files],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
 
     def result(self) -> str:
-        """ "intact" when every image arrived byte for byte (storescu succeeded), else why not."""
+        """`intact` when every image arrived byte for byte (storescu succeeded), else why not."""
         from tests.integration.test_tcp_proxy import dataset_part
 
         try:
