@@ -150,3 +150,26 @@ def test_forged_and_foreign_datagrams_are_counted_and_change_nothing() -> None:
             await b.close()
 
     asyncio.run(main())
+
+
+def test_the_counters_are_in_metrics_by_reason() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from pacslb.control.hasync import HaSync, metrics
+
+    sync = HaSync()
+    sync.statesync = StateSync(settings(A, B), HaState(Role.ACTIVE), [], lambda m: None)
+    sync.statesync.sent, sync.statesync.received = 7, 5
+    sync.statesync.rejected["bad-mac"] = 2
+
+    class Collector:
+        def collect(self) -> Any:
+            return metrics(sync)
+
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(Collector())  # type: ignore[arg-type]
+    text = generate_latest(reg).decode()
+    assert "pacslb_sync_sent_total 7.0" in text
+    assert "pacslb_sync_received_total 5.0" in text
+    assert 'pacslb_sync_rejected_total{reason="bad-mac"} 2.0' in text
+    assert 'pacslb_sync_rejected_total{reason="replay"} 0.0' in text
