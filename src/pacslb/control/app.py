@@ -563,6 +563,9 @@ class ControlProcess:
             self._record("admin", f"admin state not pruned: {exc}")
         self.checker.configure(config)
         await self.publish()
+        from pacslb.control.hasync import reconfigure_ha_sync
+
+        self.ha_sync = await reconfigure_ha_sync(self, self.ha_sync, previous)
         await self.keepalived.configure(config)
         # After the publish: awaited before it, a health change meanwhile would publish the new
         # config before _update_leaving's removals were known.

@@ -118,7 +118,8 @@ class ConntrackdSupervisor:
     # --- role changes --------------------------------------------------------------------
 
     def _role_changed(self, old: Role, new: Role) -> None:
-        self._on(new)
+        if not self._stopping:  # a supervisor replaced by a reload stays subscribed, idle
+            self._on(new)
 
     def _on(self, role: Role) -> None:
         steps = {

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from pacslb import config as c
 from pacslb.core import conntrackd as conntrackd_conf
 from pacslb.core.ha_role import ha_enabled
 
@@ -45,6 +46,21 @@ class HaSync:
             "state_sync": self.statesync.status() if self.statesync else None,
             "conntrackd": self.conntrackd.status() if self.conntrackd else None,
         }
+
+
+async def reconfigure_ha_sync(
+    process: ControlProcess, sync: HaSync | None, old: c.Config
+) -> HaSync | None:
+    """A config applied at run time: state sync and conntrackd start again when what they run
+    with changed (node.ha, or the NAT services' addresses that conntrackd's filter names)."""
+    new = process.config
+    if old.node.ha == new.node.ha and conntrackd_conf.inputs(old) == conntrackd_conf.inputs(new):
+        return sync
+    if sync is not None:
+        await sync.close()
+    if ha_enabled(new) or sync is not None:
+        process._record("ha", "HA settings or NAT services changed: state sync restarted")
+    return await start_ha_sync(process)
 
 
 async def start_ha_sync(process: ControlProcess) -> HaSync | None:

@@ -114,6 +114,7 @@ class StateSync:
         if self._transport is not None:
             self._transport.close()
             self._transport = None
+            await asyncio.sleep(0)  # the socket closes on the loop's next turn: free the port
 
     # --- sending -------------------------------------------------------------------------
 

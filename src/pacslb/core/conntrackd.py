@@ -61,6 +61,13 @@ def wanted(config: c.Config) -> bool:
     return ha is not None and ha.enabled and bool(nat_services(config))
 
 
+def inputs(config: c.Config) -> tuple[object, ...]:
+    """What the rendered config depends on besides this node's address: equal inputs, no
+    restart of conntrackd (a restart empties its caches until the peer resyncs them)."""
+    ha = config.node.ha
+    return (wanted(config), ha, tuple(_addresses(config)), tuple(_protocols(config)))
+
+
 def _addresses(config: c.Config) -> list[str]:
     found: set[str] = set()
     for vs in nat_services(config):

@@ -173,3 +173,45 @@ def test_the_counters_are_in_metrics_by_reason() -> None:
     assert "pacslb_sync_received_total 5.0" in text
     assert 'pacslb_sync_rejected_total{reason="bad-mac"} 2.0' in text
     assert 'pacslb_sync_rejected_total{reason="replay"} 0.0' in text
+
+
+def test_a_reload_restarts_state_sync_only_when_its_settings_changed(tmp_path: Any) -> None:
+    from types import SimpleNamespace
+
+    from pacslb.control.hasync import reconfigure_ha_sync, start_ha_sync
+
+    def config(peer: str, enabled: bool = True) -> c.Config:
+        return c.Config.model_validate(
+            {
+                "version": 1,
+                "node": {"ha": {**settings(A, peer).model_dump(), "enabled": enabled}},
+                "virtual_services": [],
+            }
+        )
+
+    async def main() -> None:
+        events: list[str] = []
+        process = SimpleNamespace(
+            config=config(B),
+            ha=HaState(Role.PASSIVE),
+            engines=[],
+            state_dir=tmp_path,
+            _record=lambda kind, message: events.append(message),
+        )
+        sync = await start_ha_sync(process)  # type: ignore[arg-type]
+        assert sync is not None and sync.statesync is not None and sync.conntrackd is None
+        try:
+            same = await reconfigure_ha_sync(process, sync, config(B))  # type: ignore[arg-type]
+            assert same is sync
+            old = process.config
+            process.config = config("127.10.3.3")
+            moved = await reconfigure_ha_sync(process, sync, old)  # type: ignore[arg-type]
+            assert moved is not sync and moved is not None and moved.statesync is not None, events
+            assert moved.statesync.peers == {"127.10.3.3"}
+            old, process.config = process.config, config(B, enabled=False)
+            assert await reconfigure_ha_sync(process, moved, old) is None  # type: ignore[arg-type]
+        finally:
+            await sync.close()
+        assert any("restarted" in e for e in events)
+
+    asyncio.run(main())
