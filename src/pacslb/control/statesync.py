@@ -39,6 +39,7 @@ BASE_INTERVAL = 0.25  # seconds between rounds while listing the maps is cheap
 MAX_INTERVAL = 5.0
 LISTING_SHARE = 4  # a round at least every this many listings' time: <= 25 % of a core
 FULL_EVERY = 10.0  # seconds between rounds that send every entry
+COMPLETE_EVERY = 2.0  # seconds (at least) between listings of the whole flow maps
 HELLO_EVERY = 1.0  # seconds between heartbeats of a node standing by
 IMPORT_GATHER = 0.02  # seconds datagrams are gathered into one import (one transaction)
 BURST = 64  # datagrams sent before yielding to the loop
@@ -75,7 +76,9 @@ class StateSync:
         self._boots: dict[str, int] = {}  # peer address -> its boot id, as last heard
         self._last_hello = 0.0
         self.interval = BASE_INTERVAL
-        self.last_listing_s = 0.0
+        self.last_listing_s = 0.0  # the last complete listing's cost
+        self.last_recent_s = 0.0  # the last round's listing of recent flows
+        self._next_complete = 0.0
         self.last_round_entries = 0
         # /metrics: datagrams sent and received, and rejected ones by reason.
         self.sent = 0
@@ -144,14 +147,20 @@ class StateSync:
         entries: list[Entry] = []
         listed: list[MapEntry] = []
         kernel = self._engine("kernel", "export_state")
+        now = loop.time()
+        # The whole flow map now and then (its cost grows with the open flows); the flows of
+        # the last seconds (nft.RECENT_TIMEOUT) and the persistence maps every round.
+        complete = self._deltas.full_due(time.time()) or now >= self._next_complete
         if kernel is not None:
-            started = loop.time()
-            listed = await asyncio.to_thread(kernel.export_state)
-            self.last_listing_s = loop.time() - started
-            self.interval = min(
-                MAX_INTERVAL, max(BASE_INTERVAL, LISTING_SHARE * self.last_listing_s)
-            )
-        changed, full = self._deltas.round(listed, time.time())
+            listed = await asyncio.to_thread(kernel.export_state, complete)
+            cost = loop.time() - now
+            if complete:
+                self.last_listing_s = cost
+                self._next_complete = now + max(COMPLETE_EVERY, LISTING_SHARE * cost)
+            else:
+                self.last_recent_s = cost
+                self.interval = min(MAX_INTERVAL, max(BASE_INTERVAL, LISTING_SHARE * cost))
+        changed, full = self._deltas.round(listed, time.time(), complete)
         entries += changed
         if full:
             self._sticky_cursor = 0  # the proxy's sticky entries in full as well
@@ -268,6 +277,7 @@ class StateSync:
             "peers": sorted(self.peers),
             "interval_s": round(self.interval, 3),
             "last_listing_ms": round(self.last_listing_s * 1000, 1),
+            "last_recent_listing_ms": round(self.last_recent_s * 1000, 1),
             "last_round_entries": self.last_round_entries,
             "sent": self.sent,
             "received": self.received,

@@ -38,6 +38,10 @@ CLOSING_TIMEOUT = 60  # seconds a closing DR flow is kept after its last packet 
 # A refused connection is answered by the server straight to the client (the LB never sees
 # the RST), so without this it would hold its flow entry, and count as open, for `idle`.
 HANDSHAKE_TIMEOUT = 30
+# Seconds a new DR flow is also kept in the service's `_recent` map: what HA state sync lists
+# every round (a few seconds of new flows, however many are open), so that a flow reaches the
+# peers within a round of its first packet; the whole flow map is listed less often.
+RECENT_TIMEOUT = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +218,12 @@ def _dr_service(t: _Table, svc: PlanService, facts: KernelFacts, slots: tuple[st
         f"typeof {key} : ether daddr; flags dynamic,timeout; timeout {idle}s; size {FLOW_SIZE};",
     )
     t.declare(
+        "map",
+        f"{sid}_recent",
+        f"typeof {key} : ether daddr; flags dynamic,timeout; timeout {RECENT_TIMEOUT}s; "
+        f"size {FLOW_SIZE};",
+    )
+    t.declare(
         "set",
         f"{sid}_closing",
         f"typeof {key}; flags dynamic,timeout; timeout {CLOSING_TIMEOUT}s; size {FLOW_SIZE};",
@@ -269,6 +279,7 @@ def _dr_service(t: _Table, svc: PlanService, facts: KernelFacts, slots: tuple[st
         f"{sid}_new",
         *remember,
         f"add @{sid}_flows {{ {key}{first} : ether daddr }}",
+        f"add @{sid}_recent {{ {key} : ether daddr }}",
         f"counter name ether daddr map @{sid}_fc",
         f"goto {sid}_out",
     )

@@ -13,16 +13,37 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from pacslb.core.nft import TABLE
+from pacslb.core.nft import HANDSHAKE_TIMEOUT, TABLE
 from pacslb.core.syncwire import Field, MapEntry
 
 SYNCED_MAP = re.compile(r"^s[0-9a-f]{8}_(flows|persist_\d+)$")
+RECENT_MAP = re.compile(r"^(s[0-9a-f]{8})_recent$")
 BATCH = 2000  # elements per transaction: ~60 ms each (measured, add+delete+add), so an import
 # of 20k entries never holds the nftables lock for long
 
 
 def is_synced(name: str) -> bool:
     return SYNCED_MAP.match(name) is not None
+
+
+def listed_in_round(name: str, complete: bool) -> bool:
+    """Which maps a round lists: every synced map when `complete`; else the persistence maps
+    and, for DR flows, only the `_recent` maps (the flows of the last few seconds)."""
+    if complete:
+        return is_synced(name)
+    return RECENT_MAP.match(name) is not None or (is_synced(name) and "_persist_" in name)
+
+
+def as_flow(entry: MapEntry) -> MapEntry:
+    """A `_recent` map's entry as the peers' flow map takes it: still in its handshake (the
+    next complete listing brings its real expiry)."""
+    match = RECENT_MAP.match(entry.map)
+    if match is None:
+        return entry
+    name = f"{match.group(1)}_flows"
+    return MapEntry(
+        entry.family, name, entry.key, entry.value, HANDSHAKE_TIMEOUT, HANDSHAKE_TIMEOUT
+    )
 
 
 def entry_of(family: str, name: str, element: Any) -> MapEntry | None:

@@ -280,9 +280,16 @@ class Deltas:
         self._told: dict[tuple[str, str, tuple[Field, ...], Field], float] = {}  # -> deadline
         self._last_full: float | None = None
 
-    def round(self, entries: Iterable[MapEntry], now: float) -> tuple[list[MapEntry], bool]:
-        """(entries to send, whether this is a full round)."""
-        full = self._last_full is None or now - self._last_full >= self.full_every
+    def full_due(self, now: float) -> bool:
+        return self._last_full is None or now - self._last_full >= self.full_every
+
+    def round(
+        self, entries: Iterable[MapEntry], now: float, complete: bool = True
+    ) -> tuple[list[MapEntry], bool]:
+        """(entries to send, whether this is a full round). `complete`: `entries` is all there
+        is (what is not listed is gone); else a part (the recent flows), and only a complete
+        listing makes a full round."""
+        full = complete and self.full_due(now)
         out: list[MapEntry] = []
         told: dict[tuple[str, str, tuple[Field, ...], Field], float] = {}
         for entry in entries:
@@ -293,8 +300,11 @@ class Deltas:
                 out.append(entry)
                 told[entry.ident] = deadline
             else:
-                told[entry.ident] = before  # entries gone from the listing are forgotten
-        self._told = told
+                told[entry.ident] = before
+        if complete:
+            self._told = told  # entries gone from a complete listing are forgotten
+        else:
+            self._told.update(told)
         if full:
             self._last_full = now
         return out, full

@@ -423,18 +423,19 @@ class KernelEngine:
 
     # --- state sync (control/statesync.py) ----------------------------------------------
 
-    def export_state(self) -> list[MapEntry]:
+    def export_state(self, complete: bool = True) -> list[MapEntry]:
         """Every DR per-flow entry and source-IP persistence entry (DR and NAT) as the kernel
-        holds them now, with their time left. Blocking (a listing of 20k entries takes ~0.3 s):
-        call it on a worker thread."""
+        holds them now, with their time left; with `complete=False`, of the DR flows only those
+        of the last few seconds (nft.RECENT_TIMEOUT). Blocking (a listing of 20k entries takes
+        0.3-0.6 s): call it on a worker thread."""
         out: list[MapEntry] = []
         for family, name in sorted(self._live.maps if self._live else ()):
-            if not syncmaps.is_synced(name):
+            if not syncmaps.listed_in_round(name, complete):
                 continue
             for element in self._elements(f"map {family} {nft.TABLE} {name}"):
                 entry = syncmaps.entry_of(family, name, element)
                 if entry is not None:
-                    out.append(entry)
+                    out.append(syncmaps.as_flow(entry))
         return out
 
     def import_state(self, entries: list[MapEntry], replace: bool = False) -> int:

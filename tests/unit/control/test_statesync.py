@@ -27,8 +27,10 @@ class Kernel:
         self.entries = list(entries or [])
         self.imports: list[tuple[list[MapEntry], bool]] = []
 
-    def export_state(self) -> list[MapEntry]:
-        return list(self.entries)
+    def export_state(self, complete: bool = True) -> list[MapEntry]:
+        """All entries when `complete`; else none of the long-lived ones (as the kernel engine
+        lists only the recent flows then)."""
+        return list(self.entries) if complete else []
 
     def import_state(self, entries: list[MapEntry], replace: bool = False) -> int:
         self.imports.append((entries, replace))

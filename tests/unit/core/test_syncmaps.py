@@ -41,3 +41,17 @@ def test_import_keeps_or_replaces_in_one_transaction_per_batch() -> None:
         for i in range(4500)
     ]
     assert [n for _, n in import_scripts(many, replace=False)] == [2000, 2000, 500]
+
+
+def test_a_round_lists_the_recent_flows_and_takes_them_as_flows_in_their_handshake() -> None:
+    from pacslb.core.syncmaps import as_flow, listed_in_round
+
+    assert listed_in_round("s0a1b2c3d_recent", complete=False)
+    assert listed_in_round("s0a1b2c3d_persist_60", complete=False)
+    assert not listed_in_round("s0a1b2c3d_flows", complete=False)
+    assert listed_in_round("s0a1b2c3d_flows", complete=True)
+    assert not listed_in_round("s0a1b2c3d_recent", complete=True)  # the flows map has them all
+    recent = MapEntry("netdev", "s0a1b2c3d_recent", (1, 4000, "198.18.0.10"), "02:00", 0, 2.5)
+    assert as_flow(recent) == MapEntry(
+        "netdev", "s0a1b2c3d_flows", (1, 4000, "198.18.0.10"), "02:00", 30, 30.0
+    )

@@ -136,3 +136,16 @@ def test_deltas_send_what_is_new_or_still_in_use_and_everything_now_and_then() -
     # Entries imported from a peer are not news to send back.
     deltas2.known([flow(9, 100)], NOW + 100)
     assert deltas2.round([flow(1, 299), flow(9, 100)], NOW + 100.5) == ([], False)
+
+
+def test_a_partial_listing_forgets_nothing_and_makes_no_full_round() -> None:
+    deltas = Deltas(full_every=10.0)
+    a, b = flow(1, 290), flow(2, 290)
+    assert deltas.round([a, b], NOW) == ([a, b], True)
+    # Only the recent flows listed: a and b are not gone, and not sent again.
+    c = flow(3, 30)
+    assert deltas.round([c], NOW + 1, complete=False) == ([c], False)
+    assert deltas.round([a, b, c], NOW + 2) == ([], False)
+    later = flow(3, 12)  # its expiry where the peers were told it is
+    assert deltas.round([later], NOW + 20, complete=False) == ([], False)  # no full round here
+    assert deltas.full_due(NOW + 20)
