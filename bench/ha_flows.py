@@ -8,6 +8,8 @@ held connection is pinged through the new node. Designs, for l4-dr and l4-nat:
 - `sync`: state sync (DR flows, persistence) and conntrackd (NAT flows), the flows a second old;
 - `sync, young flows`: the same, the addresses moved right after the last connection opened
   (younger than one sync round: what the deterministic table must save);
+- `sync (conntrackd injecting), young flows` (l4-nat): conntrackd without its external cache,
+  the peer's flows injected into the standing-by kernel all along (nothing to commit);
 - `no sync`: neither; a packet of a flow the new node has not seen is placed by the
   deterministic table (core/hashslots.py) alone.
 
@@ -32,7 +34,12 @@ sys.path[:0] = [str(ROOT), str(ROOT / "src")]
 from tests.netns.test_ha_sync import dr_takeover, nat_takeover  # noqa: E402
 from tests.netns.topology import Topology, ha_one_arm, ha_two_arm, named_servers  # noqa: E402
 
-DESIGNS = [("sync", True, True), ("sync, young flows", True, False), ("no sync", False, True)]
+DESIGNS = [
+    ("sync", True, True),
+    ("sync, young flows", True, False),
+    ("sync (conntrackd injecting), young flows", True, False),
+    ("no sync", False, True),
+]
 
 
 def takeovers(held: int, rounds: int) -> dict[tuple[str, str], list[int]]:
@@ -46,18 +53,28 @@ def takeovers(held: int, rounds: int) -> dict[tuple[str, str], list[int]]:
             named_servers(topo, [4000, 5000])
             for r in range(rounds):
                 for design, sync, settle in DESIGNS:
+                    inject = "injecting" in design
+                    if inject and mode != "l4-nat":
+                        continue  # conntrackd carries NAT flows only
                     with tempfile.TemporaryDirectory() as tmp:
-                        got = run_one(takeover, topo, Path(tmp), sync, held, settle)
+                        got = run_one(takeover, topo, Path(tmp), sync, held, settle, inject)
                     out.setdefault((mode, design), []).append(got)
                     print(f"  {mode} {design} round {r + 1}: {got}/{held}", flush=True)
     return out
 
 
 def run_one(
-    takeover: object, topo: Topology, tmp: Path, sync: bool, held: int, settle: bool
+    takeover: object,
+    topo: Topology,
+    tmp: Path,
+    sync: bool,
+    held: int,
+    settle: bool,
+    inject: bool = False,
 ) -> int:
+    extra = {"inject": True} if inject else {}
     try:
-        got = takeover(topo, tmp, sync, held, settle)  # type: ignore[operator]
+        got = takeover(topo, tmp, sync, held, settle, **extra)  # type: ignore[operator]
     except (AssertionError, TimeoutError) as exc:  # a check of the test helper: report it
         import traceback
 
@@ -141,7 +158,10 @@ def main() -> None:
     for design, _, _ in DESIGNS:
         cells = []
         for mode in ("l4-dr", "l4-nat"):
-            got = results[(mode, design)]
+            got = results.get((mode, design))
+            if not got:
+                cells.append("-")
+                continue
             cells.append(f"{statistics.median(got):g}/{args.held} (min {min(got)})")
         print(f"| {design} | {cells[0]} | {cells[1]} |")
     print("\n| flow map entries | listing (JSON, parsed) ms | import on the peer ms |")

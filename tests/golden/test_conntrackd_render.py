@@ -48,6 +48,25 @@ def test_a_nat_pair_syncs_its_services_flows_to_the_peer(tmp_path: Path) -> None
     assert "Port 9446" in text  # not pacslb's own state sync port
     assert "198.18.0.11" not in text  # the DR service's flows are not conntrack's
     parses(text, tmp_path)
+    # Without the external cache: the peer's flows straight into the kernel.
+    injecting = conntrackd.render(config, "198.18.1.2", FILES, inject=True)
+    assert injecting == text.replace("DisableExternalCache off", "DisableExternalCache on")
+    parses(injecting, tmp_path)
+
+
+def test_the_role_changes_run_what_primary_backup_sh_runs() -> None:
+    flags = {
+        (role, inject): [flag for flag, _ in conntrackd.steps(role, inject)]
+        for role in ("active", "passive", "fault", "stopped")
+        for inject in (False, True)
+    }
+    assert flags[("active", False)] == ["-c", "-f", "-R", "-B"]
+    assert flags[("passive", False)] == ["-t", "-n"]
+    assert flags[("fault", False)] == ["-t"]
+    # Injecting: nothing to commit, and the peer's flows in the kernel keep their timers.
+    assert flags[("active", True)] == ["-f", "-R", "-B"]
+    assert flags[("passive", True)] == ["-n"]
+    assert flags[("fault", True)] == [] and flags[("stopped", False)] == []
 
 
 def test_more_than_one_peer_syncs_by_multicast(tmp_path: Path) -> None:

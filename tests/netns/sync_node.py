@@ -3,7 +3,8 @@ the real kernel engine (nftables), state sync (control/statesync.py) and, for NA
 (control/conntrackd.py), with this node's HA role set by the test through stdin, as the
 keepalived supervisor sets it from VRRP's notify events.
 
-sync_node.py CONFIG STATE_DIR [--no-sync]
+sync_node.py CONFIG STATE_DIR [--no-sync] [--inject]   (--inject: conntrackd without its
+                                                        external cache)
     {"op": "role", "role": "active"}  -> "ok"   (active | passive | fault)
     {"op": "status"}                  -> state sync and conntrackd status
     {"op": "entries"}                 -> the synced maps' entries as the kernel lists them
@@ -32,7 +33,7 @@ def note(message: str) -> None:
     print(f"event: {message}", file=sys.stderr, flush=True)
 
 
-async def main(config_path: Path, state_dir: Path, sync_on: bool) -> None:
+async def main(config_path: Path, state_dir: Path, sync_on: bool, inject: bool) -> None:
     _, config = read_config(config_path)
     assert config.node.ha is not None
     engine = KernelEngine(state_dir, notify=note)
@@ -44,7 +45,7 @@ async def main(config_path: Path, state_dir: Path, sync_on: bool) -> None:
         await sync.start()
         parts.append(sync)
         if conntrackd.wanted(config):
-            supervisor = ConntrackdSupervisor(config, state_dir, ha, note)
+            supervisor = ConntrackdSupervisor(config, state_dir, ha, note, inject)
             await supervisor.start()
             parts.append(supervisor)
     loop = asyncio.get_running_loop()
@@ -71,4 +72,7 @@ async def main(config_path: Path, state_dir: Path, sync_on: bool) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(Path(sys.argv[1]), Path(sys.argv[2]), "--no-sync" not in sys.argv))
+    flags = sys.argv[3:]
+    asyncio.run(
+        main(Path(sys.argv[1]), Path(sys.argv[2]), "--no-sync" not in flags, "--inject" in flags)
+    )

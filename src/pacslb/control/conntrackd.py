@@ -30,8 +30,11 @@ Note = Callable[[str], None]
 
 
 class ConntrackdSupervisor:
-    def __init__(self, config: c.Config, state_dir: Path, ha: HaState, note: Note) -> None:
+    def __init__(
+        self, config: c.Config, state_dir: Path, ha: HaState, note: Note, inject: bool = False
+    ) -> None:
         self.config = config
+        self.inject = inject
         self.files = render.ConntrackdFiles.under(state_dir)
         self.ha = ha
         self.note = note
@@ -46,7 +49,7 @@ class ConntrackdSupervisor:
     async def start(self) -> None:
         local = await _local_address(self.config)
         self.files.config.parent.mkdir(parents=True, exist_ok=True)
-        self.files.config.write_text(render.render(self.config, local, self.files))
+        self.files.config.write_text(render.render(self.config, local, self.files, self.inject))
         self.ha.subscribe(self._role_changed)
         self._task = asyncio.get_running_loop().create_task(self._supervise())
 
@@ -122,11 +125,7 @@ class ConntrackdSupervisor:
             self._on(new)
 
     def _on(self, role: Role) -> None:
-        steps = {
-            Role.ACTIVE: render.ON_ACTIVE,
-            Role.PASSIVE: render.ON_PASSIVE,
-            Role.FAULT: render.ON_FAULT,
-        }.get(role)
+        steps = render.steps(str(role), self.inject)
         if not steps:
             return
         previous = self._transition

@@ -8,11 +8,13 @@ maps with the time they have left (control of what to send, the codec and the re
 are pure: core/syncwire.py, core/syncmaps.py). So the node that takes over already holds the
 flows and the persistent clients of the one it replaces.
 
-How often: listing a map costs ~15 us an entry (0.3 s at 20k, measured), so a round comes
-every BASE_INTERVAL while that is cheap and every 4 listings' worth when it is not (a quarter
-of a core at most). A flow is thus known to the peers within about BASE_INTERVAL of its first
-packet at small scale, about 1.2 s at 20k flows; one younger than that at a takeover is
-picked by the deterministic table (core/hashslots.py), which every node computes alike.
+How often: listing a map costs 15-30 us an entry (0.3-0.6 s at 20k, measured). So a round
+lists only the DR flows of the last few seconds (the `_recent` maps, nft.RECENT_TIMEOUT) and the
+persistence maps, every BASE_INTERVAL while that is cheap and every 4 listings' worth when it is
+not (a quarter of a core at most); the whole flow maps (for the expiry of flows still in use)
+every COMPLETE_EVERY s or 4 listings' worth. A new flow is thus known to the peers within about
+BASE_INTERVAL of its first packet however many are open; one younger than that at a takeover
+is picked by the deterministic table (core/hashslots.py), which every node computes alike.
 
 Failures (a peer that cannot be reached, nftables refusing an import, a forged datagram) are
 counted and reported as events once per distinct trouble; they never stop the control loop.
@@ -35,7 +37,7 @@ from pacslb import config as c
 from pacslb.core.ha_role import HaState, Role
 from pacslb.core.syncwire import Deltas, Entry, MapEntry, Opener, Sealer, StickyEntry, WireError
 
-BASE_INTERVAL = 0.25  # seconds between rounds while listing the maps is cheap
+BASE_INTERVAL = 0.1  # seconds between rounds while listing the recent flows is cheap
 MAX_INTERVAL = 5.0
 LISTING_SHARE = 4  # a round at least every this many listings' time: <= 25 % of a core
 FULL_EVERY = 10.0  # seconds between rounds that send every entry

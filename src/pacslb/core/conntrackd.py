@@ -84,9 +84,11 @@ def _tag(address: str, destination: bool = False) -> str:
     return f"IPv{version}_Destination_Address" if destination else f"IPv{version}_address"
 
 
-def render(config: c.Config, local: str, files: ConntrackdFiles) -> str:
+def render(config: c.Config, local: str, files: ConntrackdFiles, inject: bool = False) -> str:
     """The whole conntrackd.conf. `local` is this node's address on the sync link
-    (node.ha.address, or the interface's first address as the supervisor found it)."""
+    (node.ha.address, or the interface's first address as the supervisor found it).
+    `inject`: no external cache, the peer's flows go straight into this node's kernel table
+    (DisableExternalCache on): nothing to commit at a takeover (measured: bench/ha_flows.py)."""
     ha = config.node.ha
     if ha is None:
         raise ValueError("conntrackd needs node.ha")
@@ -94,7 +96,8 @@ def render(config: c.Config, local: str, files: ConntrackdFiles) -> str:
     if not peers:
         raise ValueError("conntrackd needs node.ha.peers")
     port = sync_port(ha)
-    lines = ["Sync {", "\tMode FTFW {", "\t\tDisableExternalCache off", "\t}"]
+    cache = "on" if inject else "off"
+    lines = ["Sync {", "\tMode FTFW {", f"\t\tDisableExternalCache {cache}", "\t}"]
     if len(peers) == 1:
         lines += [
             "\tUDP {",
@@ -166,3 +169,16 @@ ON_PASSIVE: Sequence[tuple[str, str]] = (
     ("-n", "ask the active node for a resync"),
 )
 ON_FAULT: Sequence[tuple[str, str]] = (("-t", "shorten the kernel's conntrack timers"),)
+# With `inject` the peer's flows are in the kernel already, and must not have their timers cut.
+ON_ACTIVE_INJECTED: Sequence[tuple[str, str]] = ON_ACTIVE[1:]
+ON_PASSIVE_INJECTED: Sequence[tuple[str, str]] = ON_PASSIVE[1:]
+
+
+def steps(role: str, inject: bool) -> Sequence[tuple[str, str]]:
+    """The conntrackd commands for a role change (primary-backup.sh's; see ON_*)."""
+    table = {
+        "active": ON_ACTIVE_INJECTED if inject else ON_ACTIVE,
+        "passive": ON_PASSIVE_INJECTED if inject else ON_PASSIVE,
+        "fault": () if inject else ON_FAULT,
+    }
+    return table.get(role, ())
