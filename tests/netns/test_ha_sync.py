@@ -264,7 +264,7 @@ def dr_takeover(
             # Their server and time left came across with them (idle 1800 s; persistence
             # 600 s); a flow is first sent in its handshake, its later expiry with the next
             # listing of the whole map (every 2 s or more).
-            wait_until(lambda: same_flows(a, b), 10, "the flows' expiry on the peer", step=0.2)
+            wait_until(lambda: same_flows(a, b), 20, "the flows' expiry on the peer", step=0.2)
             mine = {tuple(e["key"]): e for e in a.entries("_persist_")}
             theirs = {tuple(e["key"]): e for e in b.entries("_persist_")}
             persist = theirs[(client.address,)]

@@ -78,8 +78,8 @@ class StateSync:
         self._boots: dict[str, int] = {}  # peer address -> its boot id, as last heard
         self._last_hello = 0.0
         self.interval = BASE_INTERVAL
-        self.last_listing_s = 0.0  # the last complete listing's cost
-        self.last_recent_s = 0.0  # the last round's listing of recent flows
+        self.last_listing_s = 0.0  # complete listings' cost (moving average)
+        self.last_recent_s = 0.0  # the rounds' listings of recent flows (moving average)
         self._next_complete = 0.0
         self.last_round_entries = 0
         # /metrics: datagrams sent and received, and rejected ones by reason.
@@ -155,13 +155,18 @@ class StateSync:
         complete = self._deltas.full_due(time.time()) or now >= self._next_complete
         if kernel is not None:
             listed = await asyncio.to_thread(kernel.export_state, complete)
+            # Paced by a moving average of the cost, not the last one: one listing slowed by a
+            # busy moment must not hold the next rounds back for seconds.
             cost = loop.time() - now
             if complete:
-                self.last_listing_s = cost
-                self._next_complete = now + max(COMPLETE_EVERY, LISTING_SHARE * cost)
+                self.last_listing_s = _smooth(self.last_listing_s, cost)
+                wait = max(COMPLETE_EVERY, LISTING_SHARE * self.last_listing_s)
+                self._next_complete = now + wait
             else:
-                self.last_recent_s = cost
-                self.interval = min(MAX_INTERVAL, max(BASE_INTERVAL, LISTING_SHARE * cost))
+                self.last_recent_s = _smooth(self.last_recent_s, cost)
+                self.interval = min(
+                    MAX_INTERVAL, max(BASE_INTERVAL, LISTING_SHARE * self.last_recent_s)
+                )
         changed, full = self._deltas.round(listed, time.time(), complete)
         entries += changed
         if full:
@@ -286,6 +291,11 @@ class StateSync:
             "imported": self.imported,
             "rejected": dict(self.rejected),
         }
+
+
+def _smooth(average: float, sample: float) -> float:
+    """An exponential moving average (a fifth of the new sample); the first sample as is."""
+    return sample if average == 0.0 else 0.8 * average + 0.2 * sample
 
 
 class _Protocol(asyncio.DatagramProtocol):
