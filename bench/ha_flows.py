@@ -8,8 +8,10 @@ held connection is pinged through the new node. Designs, for l4-dr and l4-nat:
 - `sync`: state sync (DR flows, persistence) and conntrackd (NAT flows), the flows a second old;
 - `sync, young flows`: the same, the addresses moved right after the last connection opened
   (younger than one sync round: what the deterministic table must save);
-- `sync (conntrackd injecting), young flows` (l4-nat): conntrackd without its external cache,
-  the peer's flows injected into the standing-by kernel all along (nothing to commit);
+- `sync (conntrackd committing at the takeover), young flows` (l4-nat): conntrackd with its
+  external cache, committed into the kernel when the node becomes active (Debian's
+  primary-backup.sh); the default injects the peer's flows into the standing-by kernel all
+  along, leaving nothing to commit;
 - `no sync`: neither; a packet of a flow the new node has not seen is placed by the
   deterministic table (core/hashslots.py) alone.
 
@@ -37,7 +39,7 @@ from tests.netns.topology import Topology, ha_one_arm, ha_two_arm, named_servers
 DESIGNS = [
     ("sync", True, True),
     ("sync, young flows", True, False),
-    ("sync (conntrackd injecting), young flows", True, False),
+    ("sync (conntrackd committing at the takeover), young flows", True, False),
     ("no sync", False, True),
 ]
 
@@ -53,8 +55,8 @@ def takeovers(held: int, rounds: int) -> dict[tuple[str, str], list[int]]:
             named_servers(topo, [4000, 5000])
             for r in range(rounds):
                 for design, sync, settle in DESIGNS:
-                    inject = "injecting" in design
-                    if inject and mode != "l4-nat":
+                    inject = "committing" not in design
+                    if not inject and mode != "l4-nat":
                         continue  # conntrackd carries NAT flows only
                     with tempfile.TemporaryDirectory() as tmp:
                         got = run_one(takeover, topo, Path(tmp), sync, held, settle, inject)
@@ -72,7 +74,7 @@ def run_one(
     settle: bool,
     inject: bool = False,
 ) -> int:
-    extra = {"inject": True} if inject else {}
+    extra = {} if inject else {"inject": False}
     try:
         got = takeover(topo, tmp, sync, held, settle, **extra)  # type: ignore[operator]
     except (AssertionError, TimeoutError) as exc:  # a check of the test helper: report it

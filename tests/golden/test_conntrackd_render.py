@@ -48,10 +48,10 @@ def test_a_nat_pair_syncs_its_services_flows_to_the_peer(tmp_path: Path) -> None
     assert "Port 9446" in text  # not pacslb's own state sync port
     assert "198.18.0.11" not in text  # the DR service's flows are not conntrack's
     parses(text, tmp_path)
-    # Without the external cache: the peer's flows straight into the kernel.
-    injecting = conntrackd.render(config, "198.18.1.2", FILES, inject=True)
-    assert injecting == text.replace("DisableExternalCache off", "DisableExternalCache on")
-    parses(injecting, tmp_path)
+    # The design measured against the default: the external cache, committed at a takeover.
+    committing = conntrackd.render(config, "198.18.1.2", FILES, inject=False)
+    assert committing == text.replace("DisableExternalCache on", "DisableExternalCache off")
+    parses(committing, tmp_path)
 
 
 def test_the_role_changes_run_what_primary_backup_sh_runs() -> None:

@@ -3,8 +3,8 @@ the real kernel engine (nftables), state sync (control/statesync.py) and, for NA
 (control/conntrackd.py), with this node's HA role set by the test through stdin, as the
 keepalived supervisor sets it from VRRP's notify events.
 
-sync_node.py CONFIG STATE_DIR [--no-sync] [--inject]   (--inject: conntrackd without its
-                                                        external cache)
+sync_node.py CONFIG STATE_DIR [--no-sync] [--commit]   (--commit: conntrackd with its external
+                                                        cache, committed at the takeover)
     {"op": "role", "role": "active"}  -> "ok"   (active | passive | fault)
     {"op": "status"}                  -> state sync and conntrackd status
     {"op": "entries"}                 -> the synced maps' entries as the kernel lists them
@@ -73,6 +73,5 @@ async def main(config_path: Path, state_dir: Path, sync_on: bool, inject: bool) 
 
 if __name__ == "__main__":
     flags = sys.argv[3:]
-    asyncio.run(
-        main(Path(sys.argv[1]), Path(sys.argv[2]), "--no-sync" not in flags, "--inject" in flags)
-    )
+    sync_on, inject = "--no-sync" not in flags, "--commit" not in flags
+    asyncio.run(main(Path(sys.argv[1]), Path(sys.argv[2]), sync_on, inject))

@@ -31,7 +31,7 @@ Note = Callable[[str], None]
 
 class ConntrackdSupervisor:
     def __init__(
-        self, config: c.Config, state_dir: Path, ha: HaState, note: Note, inject: bool = False
+        self, config: c.Config, state_dir: Path, ha: HaState, note: Note, inject: bool = True
     ) -> None:
         self.config = config
         self.inject = inject
