@@ -29,7 +29,7 @@ import ipaddress
 import secrets
 import socket
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -40,6 +40,7 @@ from pacslb.core.syncwire import Deltas, Entry, MapEntry, Opener, Sealer, Sticky
 BASE_INTERVAL = 0.1  # seconds between rounds while listing the recent flows is cheap
 MAX_INTERVAL = 5.0
 LISTING_SHARE = 4  # a round at least every this many listings' time: <= 25 % of a core
+PACE_OVER = 3  # listings whose least cost paces the rounds
 FULL_EVERY = 10.0  # seconds between rounds that send every entry
 COMPLETE_EVERY = 2.0  # seconds (at least) between listings of the whole flow maps
 HELLO_EVERY = 1.0  # seconds between heartbeats of a node standing by
@@ -78,8 +79,10 @@ class StateSync:
         self._boots: dict[str, int] = {}  # peer address -> its boot id, as last heard
         self._last_hello = 0.0
         self.interval = BASE_INTERVAL
-        self.last_listing_s = 0.0  # complete listings' cost (moving average)
-        self.last_recent_s = 0.0  # the rounds' listings of recent flows (moving average)
+        self.last_listing_s = 0.0  # the last complete listing's cost
+        self.last_recent_s = 0.0  # the last round's listing of recent flows
+        self._complete_costs: deque[float] = deque([0.0, 0.0], maxlen=PACE_OVER)
+        self._recent_costs: deque[float] = deque([0.0, 0.0], maxlen=PACE_OVER)
         self._next_complete = 0.0
         self.last_round_entries = 0
         # /metrics: datagrams sent and received, and rejected ones by reason.
@@ -155,18 +158,19 @@ class StateSync:
         complete = self._deltas.full_due(time.time()) or now >= self._next_complete
         if kernel is not None:
             listed = await asyncio.to_thread(kernel.export_state, complete)
-            # Paced by a moving average of the cost, not the last one: one listing slowed by a
-            # busy moment must not hold the next rounds back for seconds.
+            # Paced by the least of the last few costs, not the last one: a listing slowed by
+            # a busy moment (or the first, cold one) must not hold the next rounds back for
+            # seconds; a cost that lasts does pace them.
             cost = loop.time() - now
+            costs = self._complete_costs if complete else self._recent_costs
+            costs.append(cost)
             if complete:
-                self.last_listing_s = _smooth(self.last_listing_s, cost)
-                wait = max(COMPLETE_EVERY, LISTING_SHARE * self.last_listing_s)
+                self.last_listing_s = cost
+                wait = max(COMPLETE_EVERY, LISTING_SHARE * min(costs))
                 self._next_complete = now + wait
             else:
-                self.last_recent_s = _smooth(self.last_recent_s, cost)
-                self.interval = min(
-                    MAX_INTERVAL, max(BASE_INTERVAL, LISTING_SHARE * self.last_recent_s)
-                )
+                self.last_recent_s = cost
+                self.interval = min(MAX_INTERVAL, max(BASE_INTERVAL, LISTING_SHARE * min(costs)))
         changed, full = self._deltas.round(listed, time.time(), complete)
         entries += changed
         if full:
@@ -291,11 +295,6 @@ class StateSync:
             "imported": self.imported,
             "rejected": dict(self.rejected),
         }
-
-
-def _smooth(average: float, sample: float) -> float:
-    """An exponential moving average (a fifth of the new sample); the first sample as is."""
-    return sample if average == 0.0 else 0.8 * average + 0.2 * sample
 
 
 class _Protocol(asyncio.DatagramProtocol):
