@@ -39,6 +39,7 @@ from tests.netns.topology import Topology, ha_one_arm, ha_two_arm, named_servers
 DESIGNS = [
     ("sync", True, True),
     ("sync, young flows", True, False),
+    ("sync (conntrackd committing at the takeover)", True, True),
     ("sync (conntrackd committing at the takeover), young flows", True, False),
     ("no sync", False, True),
 ]
