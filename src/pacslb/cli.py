@@ -281,6 +281,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         + ("ready" if status["ready"] else "NOT READY")
         + (", DEGRADED" if status.get("degraded") else "")
     )
+    if (ha := status.get("ha")) and ha["role"] != "standalone":
+        print(f"ha: {ha['role']} since {ha['since']} ({_ago(ha['since'])})")
     for reason in status.get("not_ready", []):
         print(f"not ready: {reason}")
     for reason in status.get("degraded", []):
@@ -371,6 +373,9 @@ def cmd_teardown(args: argparse.Namespace) -> int:
     else:
         raise PacslbError(f"pacslb is running with {state_dir}: stop it first")
     done = stop_workers(state_dir)
+    from pacslb.control.ha import stop_left_keepalived
+
+    done += stop_left_keepalived(state_dir)  # left holding the addresses by --keep-data-plane
     try:
         done += KernelEngine(state_dir).teardown()
     except EngineError:
@@ -683,6 +688,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     locate(p)
     p.set_defaults(func=cmd_stop)
+
+    from pacslb.cli_ha import add_ha_commands
+
+    add_ha_commands(sub, locate)
 
     p = sub.add_parser("reload", help="re-read the config file of the running pacslb")
     locate(p)

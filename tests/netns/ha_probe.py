@@ -28,8 +28,9 @@ def attempt(kind: str, host: str, port: int) -> str | None:
             sock.settimeout(TRY)
             sock.connect((host, port))
             if kind == "http":
+                name = f"[{host}]" if ":" in host else host
                 sock.sendall(
-                    f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+                    f"GET / HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n".encode()
                 )
             data = b""
             while b"\n" not in data:

@@ -101,6 +101,9 @@ def run(config: c.Config | None, host: Host | None = None) -> list[Finding]:
             findings += _direct_routing(probe, host, root)
         for nat in nat_probes(config):
             findings += _nat_route_back(nat, host, root)
+        from pacslb.control.ha import doctor_findings
+
+        findings += doctor_findings(config)  # an HA node's keepalived
     return findings
 
 

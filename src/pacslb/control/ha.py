@@ -39,6 +39,7 @@ from typing import Any
 
 from pacslb import config as c
 from pacslb.core import keepalived as k
+from pacslb.core.doctor import HOST, Finding, Level
 from pacslb.core.ha_role import HaState, Role, ha_enabled
 from pacslb.errors import PacslbError
 
@@ -47,6 +48,8 @@ from pacslb.errors import PacslbError
 RESTART_DELAYS = (0.2, 1.0, 2.0, 5.0, 10.0, 30.0)
 RESTART_RESET = 60.0
 STOP_TIMEOUT = 5.0  # seconds for keepalived to leave after SIGTERM before SIGKILL
+EARLY_EXIT = 10.0  # keepalived that exits this soon after its start makes the node not ready
+RETRY = 5.0  # seconds between tries while HA cannot run (keepalived missing, no interface)
 RELEASE_TIMEOUT = 5.0  # seconds for this node to stop being MASTER once released
 LOG_LIMIT = 1 << 20  # keepalived.log is started afresh above this size
 INSTALL_HINT = "apt-get install keepalived"
@@ -87,7 +90,8 @@ def host_facts(ha: c.HASettings, vips: list[str]) -> tuple[str, dict[str, str]]:
     names = {link["ifname"] for link in links}
     if ha.interface not in names:
         raise HaError(f"node.ha.interface {ha.interface}: no such interface on this host")
-    vip_set = set(vips)
+    # Ours, never the node's own (the active node holds them): not a source, not a subnet.
+    vip_set = set(vips) | {g.address.split("/")[0] for g in ha.gateways}
     source = str(ha.address) if ha.address is not None else None
     family = ipaddress.ip_address(str(ha.peers[0])).version if ha.peers else 4
     device_of: dict[str, str] = {}
@@ -118,6 +122,12 @@ def host_facts(ha: c.HASettings, vips: list[str]) -> tuple[str, dict[str, str]]:
     return source, device_of
 
 
+def holds_addresses(addresses: tuple[k.Floating, ...]) -> bool:
+    """Whether this host has every one of `addresses` (and there is at least one)."""
+    have = {a.get("local") for link in _ip("addr", "show") for a in link.get("addr_info", [])}
+    return bool(addresses) and all(a.address in have for a in addresses)
+
+
 def drop_addresses(addresses: tuple[k.Floating, ...]) -> list[str]:
     """Take our floating addresses off this host (keepalived died holding them)."""
     removed = []
@@ -133,27 +143,58 @@ def drop_addresses(addresses: tuple[k.Floating, ...]) -> list[str]:
     return removed
 
 
+def _wait_gone(paths: k.KeepalivedPaths, timeout: float) -> None:
+    """Until our VRRP child named in its pid file has exited (bounded; then SIGKILL)."""
+    try:
+        pid = int(paths.vrrp_pid.read_text().strip())
+    except (OSError, ValueError):
+        return
+    deadline = time.monotonic() + timeout
+    while _is_keepalived(pid, paths.config):
+        if time.monotonic() >= deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            return
+        time.sleep(0.02)
+
+
+def _is_keepalived(pid: int, config: Path) -> bool:
+    """`pid` is a live keepalived running on `config` (not a reused pid)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    ours = os.fsencode(str(config)) in cmdline
+    return ours and state != "Z" and Path(os.fsdecode(cmdline[0])).name == "keepalived"
+
+
 def _alive_keepalived(paths: k.KeepalivedPaths) -> int | None:
     """The pid of a keepalived left running on our config (`stop --keep-data-plane`)."""
     try:
         pid = int(paths.pid.read_text().strip())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except (OSError, ValueError):
         return None
-    if not cmdline or Path(os.fsdecode(cmdline[0])).name != "keepalived":
-        return None
-    return pid if os.fsencode(str(paths.config)) in cmdline else None
+    return pid if _is_keepalived(pid, paths.config) else None
 
 
 class KeepalivedSupervisor:
-    def __init__(self, state_dir: Path, ha: HaState, note: Note) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        ha: HaState,
+        note: Note,
+        find: Callable[[], str | None] = find_keepalived,
+    ) -> None:
         self.paths = k.KeepalivedPaths.under(state_dir)
+        self.find = find  # where keepalived is on this host (None: not installed)
         self.ha = ha
         self.note = note
         self.config: c.Config | None = None
         self.text = ""  # keepalived.conf as last written
         self.addresses: tuple[k.Floating, ...] = ()
         self.problem: str | None = None  # why HA cannot run (not ready while set)
+        self.failing: str | None = None  # keepalived dies at start (not ready while set)
         self.pid: int | None = None
         self.restarts = 0
         self.started_at = 0.0
@@ -165,66 +206,89 @@ class KeepalivedSupervisor:
         self._partial = b""
         self._role_changed = asyncio.Event()
         self._lock = asyncio.Lock()
+        self._retry: asyncio.Task[None] | None = None
+        self._releasing = False
 
     # --- configure -----------------------------------------------------------------------
 
     async def configure(self, config: c.Config) -> None:
-        """Make keepalived match `config`: start it, reload it, or stop it (HA turned off)."""
+        """Make keepalived match `config`: start it, reload it, or stop it (HA turned off).
+        Never raises for the host's sake: what stops HA is a not-ready reason instead."""
         async with self._lock:
-            self.config = config
-            if not ha_enabled(config):
-                if self._runner is not None:
-                    await self._stop(keep_running=False)
-                    self.note("HA turned off: keepalived stopped", {})
-                self.problem = None
-                self.ha.set(Role.STANDALONE)
-                return
-            if self.ha.role is Role.STANDALONE:
-                self.ha.set(Role.STARTING)
-            binary = find_keepalived()
-            if binary is None:
-                self._fail(f"keepalived is not installed ({INSTALL_HINT})")
-                return
             try:
-                text, addresses = await asyncio.to_thread(self._render, config)
-            except (HaError, ValueError) as exc:
-                self._fail(str(exc))
-                return
-            if self.problem is not None:
-                self.note(f"keepalived can run again: {self.problem} is resolved", {})
+                await self._configure(config)
+            except OSError as exc:  # the state dir refused a file, the FIFO...
+                self._fail(f"keepalived's files in {self.paths.directory}: {exc}")
+
+    async def _configure(self, config: c.Config) -> None:
+        self.config = config
+        if not ha_enabled(config):
+            if self._runner is not None:
+                await self._stop(keep_running=False)
+                self.note("HA turned off: keepalived stopped", {})
             self.problem = None
-            old = {a.cidr for a in self.addresses}
-            changed = text != self.text
-            self.text, self.addresses = text, addresses
-            if changed:
-                await asyncio.to_thread(self._write_config, text)
-            if self._runner is None:
-                self._closing = False
-                self._open_fifo()
-                self._runner = asyncio.get_running_loop().create_task(self._run(binary))
-            elif changed:
-                new = {a.cidr for a in addresses}
-                added, removed = sorted(new - old), sorted(old - new)
-                self._signal(signal.SIGHUP)
-                what = "; ".join(
-                    part
-                    for part in (
-                        f"added {', '.join(added)}" if added else "",
-                        f"removed {', '.join(removed)}" if removed else "",
-                    )
-                    if part
+            self.ha.set(Role.STANDALONE)
+            return
+        if self.ha.role is Role.STANDALONE:
+            self.ha.set(Role.STARTING)
+        binary = self.find()
+        if binary is None:
+            self._fail(f"keepalived is not installed ({INSTALL_HINT})")
+            return
+        try:
+            text, addresses = await asyncio.to_thread(self._render, config)
+        except (HaError, ValueError) as exc:
+            self._fail(str(exc))
+            return
+        if self.problem is not None:
+            self.note(f"keepalived can run again: {self.problem} is resolved", {})
+        self.problem = None
+        old = {a.cidr for a in self.addresses}
+        changed = text != self.text
+        if changed:
+            await asyncio.to_thread(self._write_config, text)
+        self.text, self.addresses = text, addresses  # once written: a failed write is retried
+        if self._runner is None:
+            self._closing = False
+            self._open_fifo()
+            self._runner = asyncio.get_running_loop().create_task(self._run(binary))
+        elif changed:
+            new = {a.cidr for a in addresses}
+            added, removed = sorted(new - old), sorted(old - new)
+            self._signal(signal.SIGHUP)
+            what = "; ".join(
+                part
+                for part in (
+                    f"added {', '.join(added)}" if added else "",
+                    f"removed {', '.join(removed)}" if removed else "",
                 )
-                self.note(
-                    f"keepalived reloaded: {what or 'settings changed'}",
-                    {"added": added, "removed": removed},
-                )
+                if part
+            )
+            self.note(
+                f"keepalived reloaded: {what or 'settings changed'}",
+                {"added": added, "removed": removed},
+            )
 
     def _fail(self, problem: str) -> None:
+        """HA cannot run now (not ready, naming `problem`); tried again every RETRY s."""
         if problem != self.problem:
             self.note(f"HA cannot run: {problem}", {"problem": problem})
         self.problem = problem
         if self._runner is None:  # a running keepalived goes on with its last config
             self.ha.set(Role.STOPPED)
+        if self._retry is None:
+            self._retry = asyncio.get_running_loop().create_task(self._retry_later())
+
+    async def _retry_later(self) -> None:
+        """Configure again now and then, so that a cause fixed on the host (keepalived
+        installed, the interface back) ends the problem by itself."""
+        try:
+            while self.problem is not None and not self._closing and self.config is not None:
+                await asyncio.sleep(RETRY)
+                if self.problem is not None and not self._closing:
+                    await self.configure(self.config)
+        finally:
+            self._retry = None
 
     def _render(self, config: c.Config) -> tuple[str, tuple[k.Floating, ...]]:
         ha = config.node.ha
@@ -283,6 +347,7 @@ class KeepalivedSupervisor:
                 self._on_state(state)
 
     def _on_state(self, state: k.VrrpState) -> None:
+        self.failing = None  # it runs: it reports
         old = self.ha.role
         if not self.ha.set(state.role):
             return
@@ -295,8 +360,9 @@ class KeepalivedSupervisor:
             Role.STOPPED: "VRRP stopped",
         }.get(state.role, "")
         self.note(
-            f"role {old} -> {state.role} (VRRP {state.state}, priority {state.priority}): "
-            f"this node {what}",
+            f"role {old} -> {state.role} (VRRP {state.state}"
+            + (f", priority {state.priority}" if state.priority is not None else "")
+            + f"): this node {what}",
             {"previous": str(old), "role": str(state.role), "vrrp": state.state},
         )
 
@@ -308,7 +374,8 @@ class KeepalivedSupervisor:
             try:
                 await self._start(binary)
             except OSError as exc:
-                self._fail(f"keepalived could not be started: {exc}")
+                self.failing = f"keepalived could not be started: {exc}"
+                self.note(self.failing, {})
             else:
                 code = await self._wait_exit()
                 if self._closing:
@@ -316,6 +383,14 @@ class KeepalivedSupervisor:
                 ran = time.monotonic() - self.started_at
                 if ran >= RESTART_RESET:
                     delay = 0
+                if ran < EARLY_EXIT:  # not ready until it reports a state again
+                    self.failing = (
+                        f"keepalived exited ({code}) {ran:.1f} s after it started: see "
+                        f"{self.paths.log}"
+                    )
+                # Its VRRP child outlives it for a moment (it was told to stop); a keepalived
+                # started meanwhile would find its pid file and leave at once.
+                await asyncio.to_thread(_wait_gone, self.paths, STOP_TIMEOUT)
                 removed = await asyncio.to_thread(drop_addresses, self.addresses)
                 self.ha.set(Role.STOPPED)
                 self._role_changed.set()
@@ -336,10 +411,17 @@ class KeepalivedSupervisor:
         if adopted is not None:
             self._pidfd = os.pidfd_open(adopted)
             self.pid = adopted
-            os.kill(adopted, signal.SIGHUP)  # the config written now; its state to the FIFO
+            os.kill(adopted, signal.SIGHUP)  # the config written now
+            # keepalived 2.2.7 reports no state on a reload (fifo_write_vrrp_states_on_reload
+            # wrote nothing here), so the role is read from the addresses: it holds them
+            # exactly while MASTER. Its next transition comes through the FIFO as usual.
+            held = await asyncio.to_thread(holds_addresses, self.addresses)
             self.note(f"keepalived (pid {adopted}) left running by the last run: adopted", {})
+            self._on_state(k.VrrpState("MASTER" if held else "BACKUP", None))
             return
-        await asyncio.to_thread(self._spawn, binary)
+        # In the loop's thread, not to_thread: a stop that cancels this task must never find
+        # a keepalived started behind its back (a few file operations and a fork: ms).
+        self._spawn(binary)
         self.note(f"keepalived started (pid {self.pid})", {"pid": self.pid})
 
     def _spawn(self, binary: str) -> None:
@@ -392,6 +474,9 @@ class KeepalivedSupervisor:
     # --- stop ----------------------------------------------------------------------------
 
     async def close(self, keep_running: bool = False) -> None:
+        self._closing = True  # no retry starts keepalived again
+        if self._retry is not None:
+            self._retry.cancel()
         async with self._lock:
             if self._runner is not None:
                 await self._stop(keep_running)
@@ -443,6 +528,15 @@ class KeepalivedSupervisor:
             )
         if self.ha.role is not Role.ACTIVE:
             raise HaError(f"this node is {self.ha.role}, not active: it holds nothing to hand over")
+        if self._releasing:
+            raise HaError("a hand-over is already under way")
+        self._releasing = True
+        try:
+            return await self._release(ha, by, timeout)
+        finally:
+            self._releasing = False
+
+    async def _release(self, ha: c.HASettings, by: str, timeout: float) -> dict[str, Any]:
         who = f" by {by}" if by else ""
         self.note(f"hand-over asked{who}: releasing the floating addresses to the peer", {})
         started = time.monotonic()
@@ -460,12 +554,18 @@ class KeepalivedSupervisor:
             raise HaError(f"this node was still active {timeout:g} s after the release") from None
         finally:
             await asyncio.to_thread(self.paths.release_file.write_text, "0\n")
+        with contextlib.suppress(TimeoutError):  # FAULT ends (BACKUP) once the file is read
+            async with asyncio.timeout(2.0):
+                while self.ha.role is Role.FAULT:
+                    self._role_changed.clear()
+                    await self._role_changed.wait()
+        self.note(f"released: this node is {self.ha.role}", {"seconds": round(seconds, 3)})
         return {"released": True, "role": str(self.ha.role), "seconds": round(seconds, 3)}
 
     # --- views ---------------------------------------------------------------------------
 
     def not_ready(self) -> list[str]:
-        return [] if self.problem is None else [f"ha: {self.problem}"]
+        return [f"ha: {p}" for p in (self.problem, self.failing) if p is not None]
 
     def status(self) -> dict[str, Any]:
         return {
@@ -488,3 +588,35 @@ def stop_left_keepalived(state_dir: Path) -> list[str]:
     while time.monotonic() < deadline and _alive_keepalived(paths) == pid:
         time.sleep(0.05)
     return [f"stopped keepalived (pid {pid}): the floating addresses went to the peer"]
+
+
+def doctor_findings(config: c.Config) -> list[Finding]:
+    """`pacslb doctor`: an HA node needs keepalived, and warns of unauthenticated VRRPv3."""
+    ha = config.node.ha
+    if ha is None or not ha.enabled:
+        return []
+    binary = find_keepalived()
+    if binary is None:
+        return [
+            Finding(
+                "keepalived",
+                Level.PROBLEM,
+                HOST,
+                "node.ha is enabled and keepalived is not installed: the floating addresses "
+                "cannot be held",
+                INSTALL_HINT,
+            )
+        ]
+    out = [Finding("keepalived", Level.OK, HOST, f"keepalived at {binary} (node.ha)")]
+    if k.vrrp_version(ha.advert_int) == 3:
+        out.append(
+            Finding(
+                "keepalived",
+                Level.WARNING,
+                HOST,
+                f"node.ha.advert_int {ha.advert_int:g} needs VRRPv3, which has no "
+                "authentication: keep the pair on a segment only trusted hosts reach",
+                "a whole-second advert_int (VRRPv2) authenticates the adverts",
+            )
+        )
+    return out

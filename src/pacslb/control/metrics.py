@@ -168,7 +168,7 @@ class PacslbCollector(Collector):
             "status: degraded says which)",
         )
         degraded.add_metric([], float(bool(status["degraded"])))
-        yield from (ready, degraded)
+        yield from (ready, degraded, _ha_role(status["ha"]["role"]))
 
     def _engines(self) -> Iterator[Metric]:
         applied = GaugeMetricFamily(
@@ -217,6 +217,20 @@ class PacslbCollector(Collector):
         for reason, n in sorted(proxy["restarts"].items()):
             restarts.add_metric([reason], float(n))
         yield from (up, configured, restarts)
+
+
+def _ha_role(current: str) -> Metric:
+    """1 for this node's HA role (active holds the floating addresses), 0 for the others."""
+    from pacslb.core.ha_role import Role
+
+    role = GaugeMetricFamily(
+        "pacslb_ha_role",
+        "1 for this node's role in an HA pair (standalone without one)",
+        labels=["role"],
+    )
+    for name in Role:
+        role.add_metric([str(name)], float(str(name) == current))
+    return role
 
 
 def registry(process: ControlProcess) -> CollectorRegistry:

@@ -52,7 +52,7 @@ def problems_json(exc: ConfigError) -> dict[str, Any]:
 
 def create_app(process: ControlProcess, store: AuthStore | None = None) -> FastAPI:
     """The ASGI app; tests drive it with httpx/TestClient, `pacslb run` serves it over HTTPS."""
-    from pacslb.control import api, metrics, webui
+    from pacslb.control import api, ha_api, metrics, webui
     from pacslb.control.app import UnknownTarget
     from pacslb.control.front import FrontDoor
 
@@ -78,6 +78,7 @@ def create_app(process: ControlProcess, store: AuthStore | None = None) -> FastA
     app.state.metrics = metrics.registry(process)
     app.include_router(api.router)
     app.include_router(api.metrics_router)
+    app.include_router(ha_api.router)
     app.include_router(webui.router)
     app.mount("/static", StaticFiles(directory=WEBUI_DIR / "static"), name="static")
 

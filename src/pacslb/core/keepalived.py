@@ -8,12 +8,13 @@ each `node.ha.gateways` entry (the l4-nat real servers' default gateway). Choice
   connection a second time. The first node up (or the higher priority when both start
   together) becomes MASTER.
 - Unicast adverts to `node.ha.peers` from `unicast_src_ip`: no multicast needed.
-- The addresses are all `virtual_ipaddress_excluded`, none in `virtual_ipaddress`: VRRPv2
-  adverts then carry no address list, and keepalived drops an advert whose list differs from
-  its own ("one or more VIP associated with VRID mismatch actual MASTER advert"). With the VIPs
-  in the advert, a service added on the active node before the passive one has the revision
-  would make the passive node ignore the master's adverts and take the addresses too (split
-  brain). Excluded addresses also mix IPv4 and IPv6 in one instance.
+- The floating addresses are all `virtual_ipaddress_excluded`: keepalived 2.2.7 ignores an
+  advert whose address list differs from its own ("ip address associated with VRID 51 not
+  present in MASTER advert"), and with the VIPs in the adverts a service added on the active
+  node before the passive one has the revision made the passive one take the addresses too
+  (measured: both MASTER). The adverts carry one fixed address instead, derived from the VRID
+  and held on lo with host scope (VRRPv3 refuses an instance without one). Excluded addresses
+  also mix IPv4 and IPv6 in one instance.
 - Authentication: VRRPv2's simple password (8 characters derived from `node.ha.secret`), the
   only one keepalived has besides the deprecated AH. It is a clear-text guard against a
   foreign or misconfigured VRRP speaker on the segment, not a defence against an attacker who
@@ -131,6 +132,15 @@ def floating_addresses(
     return tuple(out)
 
 
+def advert_address(virtual_router_id: int, family: int) -> str:
+    """The one address the adverts carry: derived from the VRID only, so both nodes agree
+    whatever their services; link-local (IPv4) or in a made-up unique-local prefix (IPv6,
+    "pacslb" in hex), on lo with host scope."""
+    if family == 6:
+        return f"fd70:6163:736c:6200::{virtual_router_id:x}/128"
+    return f"169.254.{virtual_router_id}.1/32"
+
+
 def _advert_int(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
@@ -149,6 +159,8 @@ def render(
     lines = [
         "# Written by pacslb from node.ha and the virtual services; edits are overwritten.",
         "global_defs {",
+        "    # No script runs; named so that a reload does not warn of a missing script user.",
+        "    script_user root",
         f'    vrrp_notify_fifo "{paths.notify_fifo}"',
         "    fifo_write_vrrp_states_on_reload",
         "}",
@@ -182,6 +194,9 @@ def render(
         ]
     else:
         lines.append("    # VRRPv3 (sub-second adverts) has no authentication (RFC 5798 §9).")
+    others = sorted({a.device for a in addresses} - {ha.interface})
+    if others:  # a link of ours that is down (the real servers' side) is a FAULT as well
+        lines += ["    track_interface {", *(f"        {d}" for d in others), "    }"]
     lines += [
         "    track_file {",
         f"        {TRACK_FILE} weight 0",
@@ -189,6 +204,12 @@ def render(
         f"    garp_master_delay {GARP_MASTER_DELAY}",
         f"    garp_master_repeat {GARP_MASTER_REPEAT}",
         f"    garp_master_refresh {GARP_MASTER_REFRESH}",
+        "    # The adverts carry only this fixed address, the same on both nodes (VRRPv3 needs",
+        "    # one): held on lo, host scope, it is never seen on the network.",
+        "    virtual_ipaddress {",
+        f"        {advert_address(ha.virtual_router_id, ipaddress.ip_address(source).version)}"
+        " dev lo scope host",
+        "    }",
         "    # Not in the adverts (see core/keepalived.py): a VIP list that differs between the",
         "    # nodes while a revision is replicated must not make either ignore the other.",
         "    virtual_ipaddress_excluded {",

@@ -693,4 +693,9 @@ def ha_problems(ha: c.HASettings) -> list[Problem]:
         out.append(Problem("node.ha.peers", f"{ha.address} is this node's own address"))
     if len(set(ha.peers)) != len(ha.peers):
         out.append(Problem("node.ha.peers", "a peer is listed twice"))
+    families = {p.version for p in ha.peers} | ({ha.address.version} if ha.address else set())
+    if len(families) > 1:  # one VRRP instance speaks one address family
+        out.append(
+            Problem("node.ha.peers", "node.ha.address and every peer must be all IPv4 or all IPv6")
+        )
     return out

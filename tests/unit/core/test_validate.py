@@ -260,6 +260,12 @@ def test_ha_peer_cannot_be_this_node() -> None:
     assert "own address" in found["node.ha.peers"]
 
 
+def test_ha_address_and_peers_speak_one_family() -> None:
+    ha = {"enabled": True, "interface": "eth0", "secret": "s" * 16}
+    found = problems(svc(), node={"ha": {**ha, "address": "10.0.0.2", "peers": ["2001:db8::3"]}})
+    assert "all IPv4 or all IPv6" in found["node.ha.peers"]
+
+
 def test_unknown_check_type_lists_the_choices() -> None:
     found = problems(svc(health_check={"type": "ping"}))
     message = found["virtual_services[0].health_check"]
