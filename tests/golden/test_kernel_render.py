@@ -98,6 +98,14 @@ def test_an_admin_change_is_an_element_update_of_the_same_shape() -> None:
     check("mixed-halt.elements.nft", halted.elements)
 
 
+def test_a_wlc_re_deal_refills_only_the_slot_tables() -> None:
+    """Once a second for `wlc`: the deterministic hash tables and the counter maps stay."""
+    slots = rendered("mixed").slots
+    check("mixed.slots.nft", slots)
+    refilled = {line.split()[4] for line in slots.splitlines() if line.startswith("flush")}
+    assert refilled and all(name.endswith("_slots") for name in refilled)
+
+
 def test_an_update_of_live_tables_flushes_and_deletes_what_went() -> None:
     _, config = read_config(HERE / "mixed.yaml")
     plan = build_plan(config)

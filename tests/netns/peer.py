@@ -7,6 +7,9 @@ peer.py client VIP PORT         a driver: JSON commands on stdin, one JSON answe
     {"op": "open", "n": 3}        -> names of 3 new held connections
     {"op": "once", "n": 10}       -> names of 10 connections opened and closed
     {"op": "ping"}                -> "ok" | "reset" | "closed" | "timeout" per held one
+    {"op": "ping", "within": 3}   -> the same, every held one pinged at once, answers awaited
+                                     for at most `within` seconds in all (100 dead flows must
+                                     not cost 100 timeouts)
     {"op": "bulk", "bytes": N}    -> bytes received on a new connection
     {"op": "close"}               -> closes the held connections
 """
@@ -113,6 +116,8 @@ def client(vip: str, port: int) -> None:
                     s.close()
                 names.append(name)
             answer = names
+        elif op == "ping" and "within" in cmd:
+            answer = ping_all(held, float(cmd["within"]))
         elif op == "ping":
             answer = [ping(s) for s in held]
         elif op == "bulk":
@@ -142,6 +147,45 @@ def client(vip: str, port: int) -> None:
         else:
             answer = f"unknown op {op}"
         print(json.dumps(answer), flush=True)
+
+
+def ping_all(held: list[socket.socket], within: float) -> list[str]:
+    import selectors
+
+    answers = ["timeout"] * len(held)
+    got = [b""] * len(held)
+    sel = selectors.DefaultSelector()
+    for i, s in enumerate(held):
+        try:
+            s.sendall(b"ping\n")
+        except OSError as exc:
+            answers[i] = "reset" if isinstance(exc, ConnectionResetError) else f"error: {exc}"
+            continue
+        s.setblocking(False)
+        sel.register(s, selectors.EVENT_READ, i)
+    deadline = time.monotonic() + within
+    while sel.get_map() and (left := deadline - time.monotonic()) > 0:
+        for key, _ in sel.select(left):
+            i = key.data
+            s = held[i]
+            try:
+                part = s.recv(64)
+            except ConnectionResetError:
+                answers[i] = "reset"
+                sel.unregister(s)
+                continue
+            except OSError as exc:
+                answers[i] = f"error: {exc}"
+                sel.unregister(s)
+                continue
+            got[i] += part
+            if not part or got[i].endswith(b"\n"):
+                answers[i] = "ok" if got[i] == b"ping\n" else ("closed" if not part else "odd")
+                sel.unregister(s)
+    for s in held:
+        s.setblocking(True)
+        s.settimeout(TIMEOUT)
+    return answers
 
 
 def ping(s: socket.socket) -> str:

@@ -287,8 +287,11 @@ class Client:
     def once(self, n: int) -> list[str]:
         return list(self.ask(op="once", n=n))  # type: ignore[call-overload]
 
-    def ping(self) -> list[str]:
-        return list(self.ask(op="ping"))  # type: ignore[call-overload]
+    def ping(self, within: float | None = None) -> list[str]:
+        """Each held connection's answer; `within`: all at once, waiting that long at most."""
+        if within is None:
+            return list(self.ask(op="ping"))  # type: ignore[call-overload]
+        return list(self.ask(op="ping", within=within))  # type: ignore[call-overload]
 
     def bulk(self, nbytes: int) -> int:
         return int(self.ask(op="bulk", bytes=nbytes))  # type: ignore[call-overload]

@@ -133,6 +133,7 @@ class ControlProcess:
         )
         self.replica = Replicator(self)
         self.pairing = Pairing(self, self.replica)
+        self.ha_sync: Any = None  # state sync and conntrackd (control/hasync.py), with node.ha
         self.plan: Plan | None = None
         self.started = datetime.now(UTC)
         self.revision = 0
@@ -199,6 +200,9 @@ class ControlProcess:
         self._prune_admin()
         self.checker.configure(self.config)
         await self.publish()
+        from pacslb.control.hasync import start_ha_sync
+
+        self.ha_sync = await start_ha_sync(self)  # listening for the role before it is known
         await self.keepalived.configure(self.config)  # the data plane first, then the addresses
         self._started_up = True
         self.replica.start()
@@ -245,8 +249,12 @@ class ControlProcess:
             self._record("process", f"warning: {advice}")
 
     async def stop(self) -> None:
+        if self.ha_sync is not None:
+            await self.ha_sync.flush()  # the newest flows to the peers before it takes over
         keep = self.keep_data_plane
         await self.keepalived.close(keep_running=keep)  # the peer takes over, then we stop
+        if self.ha_sync is not None:
+            await self.ha_sync.close()
         await self.checker.close()
         for engine in self.engines:
             with contextlib.suppress(Exception):
@@ -587,6 +595,9 @@ class ControlProcess:
             self._record("admin", f"admin state not pruned: {exc}")
         self.checker.configure(config)
         await self.publish()
+        from pacslb.control.hasync import reconfigure_ha_sync
+
+        self.ha_sync = await reconfigure_ha_sync(self, self.ha_sync, previous)
         await self.keepalived.configure(config)
         # After the publish: awaited before it, a health change meanwhile would publish the new
         # config before _update_leaving's removals were known.
@@ -748,6 +759,7 @@ class ControlProcess:
             # The data planes this config uses (the others are idle and hold nothing).
             "engines": sorted({svc["forwarded_by"] for svc in services}),
             "ha": {**self.keepalived.status(), **self.replica.status_json()},  # role, peer
+            "ha_sync": self.ha_sync.status() if self.ha_sync else None,  # control/hasync.py
             "services": services,
             **self.engine_status(),  # "proxy": {"workers": [...], "restarts": {...}}
         }

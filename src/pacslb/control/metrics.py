@@ -148,6 +148,10 @@ class PacslbCollector(Collector):
         yield from (vs_up, vs_active, no_server)
         yield from self._engines()
         yield from self._workers(status.get("proxy"))
+        if getattr(self.process, "ha_sync", None) is not None:  # HA state sync and conntrackd
+            from pacslb.control.hasync import metrics as ha_sync_metrics
+
+            yield from ha_sync_metrics(self.process.ha_sync)
         revision = GaugeMetricFamily("pacslb_config_revision", "config revision in force")
         revision.add_metric([], float(status["revision"]))
         yield revision

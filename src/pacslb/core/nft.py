@@ -25,6 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from pacslb import config as c
+from pacslb.core.hashslots import HASH_SLOTS, hash_slots
 from pacslb.core.plan import Plan, PlanService
 from pacslb.core.slots import FALLBACK, SLOTS
 from pacslb.core.state import AdminState
@@ -37,6 +38,10 @@ CLOSING_TIMEOUT = 60  # seconds a closing DR flow is kept after its last packet 
 # A refused connection is answered by the server straight to the client (the LB never sees
 # the RST), so without this it would hold its flow entry, and count as open, for `idle`.
 HANDSHAKE_TIMEOUT = 30
+# Seconds a new DR flow is also kept in the service's `_recent` map: what HA state sync lists
+# every round (a few seconds of new flows, however many are open), so that a flow reaches the
+# peers within a round of its first packet; the whole flow map is listed less often.
+RECENT_TIMEOUT = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +218,12 @@ def _dr_service(t: _Table, svc: PlanService, facts: KernelFacts, slots: tuple[st
         f"typeof {key} : ether daddr; flags dynamic,timeout; timeout {idle}s; size {FLOW_SIZE};",
     )
     t.declare(
+        "map",
+        f"{sid}_recent",
+        f"typeof {key} : ether daddr; flags dynamic,timeout; timeout {RECENT_TIMEOUT}s; "
+        f"size {FLOW_SIZE};",
+    )
+    t.declare(
         "set",
         f"{sid}_closing",
         f"typeof {key}; flags dynamic,timeout; timeout {CLOSING_TIMEOUT}s; size {FLOW_SIZE};",
@@ -223,6 +234,7 @@ def _dr_service(t: _Table, svc: PlanService, facts: KernelFacts, slots: tuple[st
         "typeof meta mark : ether daddr; flags interval;",
         _ranges(slots, mac),
     )
+    t.refill("map", f"{sid}_hash", "typeof meta mark : ether daddr;", _hash_elements(svc, mac))
     t.refill("set", f"{sid}_halted", "typeof ether daddr;", sorted({mac[s] for s in _halted(svc)}))
     t.refill("set", f"{sid}_alive", "typeof ether daddr;", sorted({mac[s] for s in _alive(svc)}))
     fc = [f'{mac[rs.label]} : "{flow_counter(svc.label, rs.label)}"' for rs in svc.real_servers]
@@ -232,14 +244,6 @@ def _dr_service(t: _Table, svc: PlanService, facts: KernelFacts, slots: tuple[st
     persist = _persist_map(svc)
     source = _source_key(svc)
     pick = [f"ether daddr set {key} map @{sid}_flows goto {sid}_known"]
-    if tcp:
-        # A packet of a connection we hold no entry for (lost with a table, or from before an
-        # HA takeover): a hash of the client keeps it on one server, it is not a new flow.
-        pick.append(
-            f"tcp flags & (syn | ack) != syn meta mark set jhash {l3} saddr . th sport "
-            f"mod {SLOTS} seed 0x4b50 ether daddr set meta mark map @{sid}_slots "
-            f"meta mark set 0 goto {sid}_new"
-        )
     if persist:
         t.declare(
             "map",
@@ -250,6 +254,14 @@ def _dr_service(t: _Table, svc: PlanService, facts: KernelFacts, slots: tuple[st
         # A persistent client goes back to its server, drained or not, while it is alive.
         pick.append(
             f"ether daddr set {source} map @{persist} ether daddr @{sid}_alive goto {sid}_new"
+        )
+    if tcp:
+        # A packet of a connection we hold no entry for (begun on another node before an HA
+        # takeover, or lost with a table): not a new flow. Every node picks its server alike
+        # (core/hashslots.py: from the Plan only, never from this node's live counts).
+        pick.append(
+            f"tcp flags & (syn | ack) != syn meta mark set {_hash_picker(svc)} "
+            f"ether daddr set meta mark map @{sid}_hash meta mark set 0 goto {sid}_new"
         )
     pick += [
         f"meta mark set {_slot_picker(svc)}",
@@ -267,6 +279,7 @@ def _dr_service(t: _Table, svc: PlanService, facts: KernelFacts, slots: tuple[st
         f"{sid}_new",
         *remember,
         f"add @{sid}_flows {{ {key}{first} : ether daddr }}",
+        f"add @{sid}_recent {{ {key} : ether daddr }}",
         f"counter name ether daddr map @{sid}_fc",
         f"goto {sid}_out",
     )
@@ -349,6 +362,18 @@ def _macs(svc: PlanService, facts: KernelFacts) -> dict[str, str]:
     return out
 
 
+def _hash_picker(svc: PlanService) -> str:
+    """The same on every node: jhash with a fixed seed over the client's address and port."""
+    return f"jhash {_l3(svc)} saddr . th sport mod {HASH_SLOTS} seed 0x4b50"
+
+
+def _hash_elements(svc: PlanService, value: Mapping[str, str]) -> list[str]:
+    """The deterministic table as map elements (one per slot: a plain map, no intervals)."""
+    ids = {rs.label: server_id(svc.label, rs.label) for rs in svc.real_servers}
+    table = hash_slots(svc, ids)
+    return [f"{i} : {value[label]}" for i, label in enumerate(table)]
+
+
 def _slot_picker(svc: PlanService) -> str:
     if svc.scheduler is c.SchedulerName.SH:  # source hash: a client keeps its slot
         return f"jhash {_l3(svc)} saddr mod {SLOTS} seed 0x4b50"
@@ -381,6 +406,7 @@ def _nat_service(t: _Table, svc: PlanService, slots: tuple[str, ...]) -> None:
         (f"{m} : {to}" for m, to in without_port),
     )
     t.refill("set", f"{sid}_alive", "typeof ct mark;", (mark[lb] for lb in _alive(svc)))
+    t.refill("map", f"{sid}_hash", "typeof meta mark : ct mark;", _hash_elements(svc, mark))
     persist = _persist_map(svc)
     source = _source_key(svc)
     rules = []
@@ -397,6 +423,14 @@ def _nat_service(t: _Table, svc: PlanService, slots: tuple[str, ...]) -> None:
             f"meta mark set {source} map @{persist}",
             f"meta mark @{sid}_alive ct mark set meta mark",
         ]
+    if svc.protocol == "tcp":
+        # A connection conntrack picked up mid-stream (begun on another node before an HA
+        # takeover that conntrackd did not carry): the pick every node makes alike
+        # (core/hashslots.py), not a new flow's.
+        rules.append(
+            f"ct mark 0 tcp flags & (syn | ack) != syn meta mark set {_hash_picker(svc)} "
+            f"ct mark set meta mark map @{sid}_hash"
+        )
     rules += [
         f"ct mark 0 meta mark set {_slot_picker(svc)}",
         f"ct mark 0 ct mark set meta mark map @{sid}_slots",
@@ -507,6 +541,9 @@ class Ruleset:
     elements: str
     live: LiveObjects
     shape: str  # the structure without elements: equal shapes -> the element update suffices
+    # Only the slot tables refilled: what a `wlc` re-deal changes (about once a second),
+    # without the deterministic tables and the counter maps that only a new Plan changes.
+    slots: str = ""
 
 
 def render(
@@ -537,7 +574,13 @@ def render(
                 _dr_service(t, svc, facts, slots.get(svc.label, ()))
         else:
             _nat_table(t, by_family[family], slots)
-    return Ruleset(_script(tables, live), _refills(tables), _live_after(tables), _shape(tables))
+    return Ruleset(
+        _script(tables, live),
+        _refills(tables),
+        _live_after(tables),
+        _shape(tables),
+        _refills(tables, only_suffix="_slots"),
+    )
 
 
 def _script(tables: Mapping[str, _Table], live: LiveObjects) -> str:
@@ -585,10 +628,12 @@ def _script(tables: Mapping[str, _Table], live: LiveObjects) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _refills(tables: Mapping[str, _Table]) -> str:
+def _refills(tables: Mapping[str, _Table], only_suffix: str = "") -> str:
     lines: list[str] = []
     for family, t in tables.items():
         for kind, name, items in t.static:
+            if not name.endswith(only_suffix):
+                continue
             lines.append(f"flush {kind} {family} {TABLE} {name}")
             if items:
                 lines.append(f"add element {family} {TABLE} {name} {{ {', '.join(items)} }}")

@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from pacslb import config as c
-from pacslb.core import nft
+from pacslb.core import nft, syncmaps
 from pacslb.core.plan import Plan, PlanService, ServerKey
 from pacslb.core.slots import service_slots
 from pacslb.core.state import Health
+from pacslb.core.syncwire import MapEntry
 from pacslb.engines.base import Counters
 from pacslb.engines.host import Host
 from pacslb.engines.nftables import Nft
@@ -334,7 +335,7 @@ class KernelEngine:
             slots = {svc.label: self._deal(svc) for svc in nft.kernel_services(view)}
             if slots != self._slots:
                 ruleset = nft.render(view, self._seen, slots, self._live or nft.LiveObjects())
-                self._run(ruleset.elements)
+                self._run(ruleset.slots)
                 self._slots = slots
 
     def _count_active(self, services: tuple[PlanService, ...]) -> dict[ServerKey, int]:
@@ -427,6 +428,43 @@ class KernelEngine:
         async with self._lock:
             if self._plan is plan:
                 await self._apply(plan, refresh_facts=True)
+
+    # --- state sync (control/statesync.py) ----------------------------------------------
+
+    def export_state(self, complete: bool = True) -> list[MapEntry]:
+        """Every DR per-flow entry and source-IP persistence entry (DR and NAT) as the kernel
+        holds them now, with their time left; with `complete=False`, of the DR flows only those
+        of the last few seconds (nft.RECENT_TIMEOUT). Blocking (a listing of 20k entries takes
+        0.3-0.6 s): call it on a worker thread."""
+        out: list[MapEntry] = []
+        for family, name in sorted(self._live.maps if self._live else ()):
+            if not syncmaps.listed_in_round(name, complete):
+                continue
+            for element in self._elements(f"map {family} {nft.TABLE} {name}"):
+                entry = syncmaps.entry_of(family, name, element)
+                if entry is not None:
+                    out.append(syncmaps.as_flow(entry))
+        return out
+
+    def import_state(self, entries: list[MapEntry], replace: bool = False) -> int:
+        """Add entries a peer sent to this node's maps; the number added. Entries of maps this
+        node does not have (another Plan, or none yet) are left out. `replace`: see
+        core/syncmaps.import_scripts. Blocking: call it on a worker thread. Raises EngineError
+        when nftables refuses a batch (the other batches are still added)."""
+        live = self._live.maps if self._live else frozenset()
+        usable = [e for e in entries if (e.family, e.map) in live]
+        failed: list[str] = []
+        done = 0
+        for script, count in syncmaps.import_scripts(usable, replace):
+            try:
+                self.nftables.run(script)
+            except EngineError as exc:
+                failed.append(str(exc))
+            else:
+                done += count
+        if failed:
+            raise EngineError(f"{len(failed)} import batch(es) refused: {failed[0]}")
+        return done
 
     # --- views and stop ------------------------------------------------------------------
 
