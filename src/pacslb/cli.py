@@ -197,7 +197,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     import asyncio
 
     from pacslb.control import doctor, startup
-    from pacslb.control.app import ControlProcess, serve
+    from pacslb.control.app import ControlProcess
+    from pacslb.control.serve import serve
     from pacslb.control.store import read_config
 
     broken: startup.BrokenFile | None = None

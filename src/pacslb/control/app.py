@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import dataclasses
 import os
-import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from pacslb.control.probes import ProbeResult
 from pacslb.control.replica import Replicator
 from pacslb.control.sdnotify import Notifier, status_line
 from pacslb.control.startup import BrokenFile, unplaceable
+from pacslb.control.status import status_json
 from pacslb.control.store import (
     AdminStateStore,
     ConfigConflict,
@@ -54,7 +54,6 @@ from pacslb.core.validate import dump_text, load_data, load_text
 from pacslb.core.yaml_edit import EditError, edit_text
 from pacslb.engines.base import Counters, Engine
 from pacslb.errors import ConfigError, EngineError, PacslbError
-from pacslb.proxy.runtime import NO_SERVER
 
 
 class UnknownTarget(PacslbError):
@@ -698,71 +697,8 @@ class ControlProcess:
         return out
 
     def status(self) -> dict[str, Any]:
-        plan = self.plan or self.current_plan()
-        counters = self.counters()
-        services = []
-        for svc in plan.services:
-            servers = []
-            for rs in svc.real_servers:
-                key = (svc.label, rs.label)
-                target = self.checker.target(key)
-                last = None
-                if target is not None and target.last is not None:
-                    last = {
-                        "ok": target.last.ok,
-                        "reason": target.last.reason,
-                        "latency_ms": round(target.last.latency * 1000, 3),
-                        "at": datetime.fromtimestamp(target.last_at or 0, UTC).isoformat(),
-                        "checks": target.checks,
-                    }
-                count = counters.get(key)
-                servers.append(
-                    {
-                        "label": rs.label,
-                        "address": rs.address,
-                        "port": rs.port,
-                        "weight": rs.weight,
-                        "effective_weight": rs.effective_weight,
-                        "admin": str(rs.admin),
-                        "health": str(rs.health),
-                        "last_check": last,
-                        "connections": None if count is None else dataclasses.asdict(count),
-                    }
-                )
-            services.append(
-                {
-                    "label": svc.label,
-                    "vip": svc.vip,
-                    "ports": list(svc.ports),
-                    "protocol": svc.protocol,
-                    "mode": str(svc.mode),
-                    "scheduler": str(svc.scheduler),
-                    "persistence": svc.persistence.kind,
-                    "forwarded_by": "kernel" if svc.mode.is_kernel else "proxy",
-                    # l7-http requests answered 503 by the proxy: no server could take them
-                    "no_server": no_server.responses.get("5xx", 0)
-                    if (no_server := counters.get((svc.label, NO_SERVER)))
-                    else 0,
-                    "real_servers": servers,
-                }
-            )
-        return {
-            "pacslb": __version__,
-            "pid": os.getpid(),
-            "config": str(self.config_path),
-            "revision": self.revision,
-            "ready": self.ready,
-            "not_ready": self.not_ready(),  # why not, one line each
-            "degraded": self.degraded(),  # forwarding, but not what the config file says
-            "started": self.started.isoformat(timespec="seconds"),
-            "uptime_s": round((datetime.now(UTC) - self.started).total_seconds(), 1),
-            # The data planes this config uses (the others are idle and hold nothing).
-            "engines": sorted({svc["forwarded_by"] for svc in services}),
-            "ha": {**self.keepalived.status(), **self.replica.status_json()},  # role, peer
-            "ha_sync": self.ha_sync.status() if self.ha_sync else None,  # control/hasync.py
-            "services": services,
-            **self.engine_status(),  # "proxy": {"workers": [...], "restarts": {...}}
-        }
+        """Every VIP and real server, live: `pacslb status`, GET /api/v1/status, the WebUI."""
+        return status_json(self)
 
     def _record(
         self,
@@ -776,51 +712,3 @@ class ControlProcess:
         if self.events.echo:  # not when stdout is the journal, which has the event already
             with contextlib.suppress(OSError, ValueError):  # stdout gone (EPIPE): go on
                 print(event, flush=True)
-
-
-async def serve(process: ControlProcess) -> None:
-    """Run the control process until SIGTERM/SIGINT; SIGHUP reloads the config."""
-    from pacslb.control.local import ControlServer
-
-    loop = asyncio.get_running_loop()
-    # Handlers first: a stop asked for during start-up waits for start() to finish and then
-    # stops everything it started (else a proxy worker in its own session would be orphaned).
-    loop.add_signal_handler(signal.SIGTERM, process.request_stop)
-    loop.add_signal_handler(signal.SIGINT, process.request_stop)
-    loop.add_signal_handler(signal.SIGHUP, lambda: process._background(_reload_quietly(process)))
-    # The socket next: once the data plane answers on a VIP, `pacslb status` answers too
-    # (its "ready" says whether start-up has finished).
-    server = ControlServer(process, process.state_dir / "control.sock")
-    await server.start()
-    web = await _start_web(process)
-    try:
-        await process.start()
-        process.notifier.ready(status_line(process))  # systemd: started (Type=notify)
-        await process.wait_stopped()
-    finally:
-        process.notifier.stopping()
-        if web is not None:
-            await web.close()
-        await server.close()
-        await process.stop()
-
-
-async def _start_web(process: ControlProcess) -> Any:
-    """The WebUI, REST API and /metrics (control/web.py); None when node.webui is disabled."""
-    if not process.config.node.webui.enabled:
-        return None
-    from pacslb.control.web import WebServer
-
-    web = WebServer(process)
-    try:
-        await web.start()
-    except Exception as exc:  # no WebUI is bad; no load balancer would be worse
-        process._record("webui", f"WebUI not started: {exc!r}")
-        await web.close()
-        return None
-    return web
-
-
-async def _reload_quietly(process: ControlProcess) -> None:
-    with contextlib.suppress(ConfigError):
-        await process.reload()

@@ -235,8 +235,9 @@ def run(
     process with the servers attached for --fail; until stopped."""
     import uvloop
 
-    from pacslb.control.app import ControlProcess, serve
+    from pacslb.control.app import ControlProcess
     from pacslb.control.demo import attach
+    from pacslb.control.serve import serve
     from pacslb.control.store import read_config, write_atomic
 
     try:
