@@ -112,12 +112,18 @@ def cmd_token(args: argparse.Namespace) -> int:
     from pacslb.core.auth import Role
 
     where = args.locate_state_dir(args)
+    if not where.is_dir():  # a token for a node that is not there would be a token for nobody
+        print(
+            f"pacslb token: no state directory {where} (pacslb has not run there): name the "
+            "node's with --state-dir DIR or --config FILE",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     store = AuthStore(where)
     if args.action == "create":
         if not args.name:
             print("pacslb token create: a NAME is needed", file=sys.stderr)
             return EXIT_FAILED
-        where.mkdir(parents=True, exist_ok=True)
         info, token = store.create_token(args.name, Role(args.role), "cli")
         print(token)
         print(

@@ -10,6 +10,7 @@ before the next fault is done to whichever node is active then.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -18,10 +19,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.netns.conftest import PACSLB
 from tests.netns.ha_pair import (
     HTTP_VIP,
     NAT_VIP,
     PROBES,
+    Node,
     Outage,
     Pair,
     events_say,
@@ -72,7 +75,20 @@ def test_two_arm_http_and_nat_survive_every_fault(two_arm_pair: Pair) -> None:
         for rs in svc["real_servers"]
     }
     assert set(health.values()) == {"up"}, health
+    # doctor on each node: the active one sees the real servers' replies come back through
+    # the floating gateway it holds; the passive one cannot see them and says why, rather than
+    # naming its own address as the gateway to set.
+    active = two_arm_pair.other(passive)
+    assert nat_route(active) == {"ok"}
+    assert nat_route(passive) == {"skipped"}
     bounded(fault_sequence(two_arm_pair, PROBES["two-arm"]))
+
+
+def nat_route(node: Node) -> set[str]:
+    """The levels of `pacslb doctor`'s nat-route findings on `node` (run in its namespace)."""
+    argv = [*PACSLB, "doctor", "--json", str(node.run.config_path)]
+    found = json.loads(node.host.run(*argv, check=False))
+    return {f["level"] for f in found["findings"] if f["check"] == "nat-route"}
 
 
 def test_one_arm_dr_survives_every_fault(one_arm_pair: Pair) -> None:

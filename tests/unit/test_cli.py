@@ -144,3 +144,17 @@ def test_passwd_sets_a_hashed_password_and_refuses_a_short_one(
     argv = ["passwd", "--user", "ro", "--role", "readonly", "--password-stdin"]
     assert main([*argv, "--state-dir", str(tmp_path)]) == 0
     assert AuthStore(tmp_path).check_password("ro", "a long password") is Role.READONLY
+
+
+def test_token_needs_the_state_directory_of_a_node(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "not-a-node"
+    argv = ["token", "create", "pairing", "--role", "admin", "--state-dir", str(missing)]
+    assert main(argv) != 0
+    assert "no state directory" in capsys.readouterr().err
+    assert not missing.exists()  # nothing made: a token for no node is a token for nobody
+    missing.mkdir()
+    assert main(argv) == 0
+    token = capsys.readouterr().out.strip()
+    assert token.startswith("pacslb_")

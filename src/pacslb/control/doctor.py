@@ -18,7 +18,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -99,8 +99,9 @@ def run(config: c.Config | None, host: Host | None = None) -> list[Finding]:
         findings += _forwarding(config)
         for probe in dr_probes(config):
             findings += _direct_routing(probe, host, root)
+        gateways = floating_gateways(config)
         for nat in nat_probes(config):
-            findings += _nat_route_back(nat, host, root)
+            findings += _nat_route_back(nat, host, root, gateways)
         from pacslb.control.ha import doctor_findings
 
         findings += doctor_findings(config)  # an HA node's keepalived
@@ -503,7 +504,20 @@ def _networks_on(host: Host, device: str) -> list[ipaddress.IPv4Network | ipaddr
     return out
 
 
-def _nat_route_back(probe: NatProbe, host: Host, root: bool) -> list[Finding]:
+def floating_gateways(config: c.Config) -> list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]:
+    """The real servers' floating default gateways of an HA node (node.ha.gateways)."""
+    ha = config.node.ha
+    if ha is None or not ha.enabled:
+        return []
+    return [ipaddress.ip_interface(g.address) for g in ha.gateways]
+
+
+def _nat_route_back(
+    probe: NatProbe,
+    host: Host,
+    root: bool,
+    gateways: Sequence[ipaddress.IPv4Interface | ipaddress.IPv6Interface] = (),
+) -> list[Finding]:
     """Does each real server's reply to a client come back through this host?
 
     The real server's own routes cannot be read from here, so the load balancer asks it: two
@@ -518,9 +532,28 @@ def _nat_route_back(probe: NatProbe, host: Host, root: bool) -> list[Finding]:
         return [Finding("nat-route", Level.SKIPPED, probe.service, "the NAT probe needs root")]
     out: list[Finding] = []
     hops: dict[str, tuple[str, str, Reach]] = {}  # address -> (label, next hop, reach)
+    held = host.addresses() if gateways else set()
+    floats: dict[str, str] = {}  # real server address -> its floating gateway
     for label, address, _ in probe.servers:
-        where = reach(address, host)
         subject = probe.subject(label, address)
+        floating = next((g for g in gateways if ipaddress.ip_address(address) in g.network), None)
+        if floating is not None and str(floating.ip) not in held:
+            # An HA node that does not hold the floating gateway (the passive one): the real
+            # server's replies go to the node that holds it, and this one cannot see them.
+            out.append(
+                Finding(
+                    "nat-route",
+                    Level.SKIPPED,
+                    subject,
+                    f"this node does not hold the floating gateway {floating.ip} (node.ha."
+                    "gateways): the real servers' replies go to the node that holds it; run "
+                    "doctor on the active node",
+                )
+            )
+            continue
+        where = reach(address, host)
+        if floating is not None:  # the real servers' gateway is the floating address
+            floats[address] = str(floating.ip)
         if where.error or where.local or not where.source:
             what = where.error or "an address of this host, not a real server"
             out.append(Finding("nat-route", Level.PROBLEM, subject, what))
@@ -556,5 +589,8 @@ def _nat_route_back(probe: NatProbe, host: Host, root: bool) -> list[Finding]:
             if (address, "direct") in syns:
                 direct = (address, "direct") in answered
                 via_us = (address, "client") in answered
-                out.append(nat_route_finding(probe, label, address, where, direct, via_us, client))
+                gateway = floats.get(address)
+                out.append(
+                    nat_route_finding(probe, label, address, where, direct, via_us, client, gateway)
+                )
     return out

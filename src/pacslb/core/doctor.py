@@ -242,12 +242,15 @@ def nat_route_finding(
     direct: bool,
     from_client: bool,
     client: str,
+    gateway: str | None = None,
 ) -> Finding:
     """The answers to two SYNs sent to a NAT real server on its own port: one from this host's
     address on its segment (`direct`: does it answer at all?) and one from a client-like address
-    off its segment (`from_client`: does the reply to a client come back through us?)."""
+    off its segment (`from_client`: does the reply to a client come back through us?).
+    `gateway`: the floating gateway of an HA pair, which the server must use (not this node's
+    own address)."""
     subject = probe.subject(label, address)
-    gateway = reach.source or "the load balancer's address on its segment"
+    gateway = gateway or reach.source or "the load balancer's address on its segment"
     fix = f"on {label}: make {gateway} its default gateway (pacslb realserver --config FILE)"
     if from_client:
         return Finding(
@@ -261,7 +264,8 @@ def nat_route_finding(
             "nat-route",
             Level.PROBLEM,
             subject,
-            f"answers this host directly but its reply to a client address ({client}) does not "
+            f"answers this host directly but its reply to an address off its segment ({client}) "
+            "does not "
             f"come back through the load balancer on {reach.device}: its default gateway is not "
             "the load balancer, so NAT connections will hang after the client's SYN",
             fix,
