@@ -114,7 +114,11 @@
     const r = await fetch(url, { method: "POST", credentials: "same-origin",
       headers: { "X-CSRF-Token": csrf() } });
     if (!r.ok) {
-      alert("Refused: " + r.status + " " + (await r.text()));
+      // The API's refusals name their reason in "detail" (a passive HA node names the active one)
+      const text = await r.text();
+      let why = text;
+      try { why = JSON.parse(text).detail || text; } catch (e) { /* not JSON: as it came */ }
+      alert("Refused: " + why);
     } else {
       const done = { drain: "is draining: no new connections, open ones finish.",
         halt: "is halted: no traffic at all.", online: "is online." }[f.action.value];
