@@ -259,6 +259,7 @@ class Pairing:
         self.replicator.record, self.replicator.problem = record, None
         self.replicator.view = None
         self.replicator.refused = None
+        self.replicator.conflicted = False
         self.replicator.wake()
 
     # --- the peer's side of pairing ----------------------------------------------------------
@@ -361,6 +362,7 @@ class Pairing:
         self.replicator.record = None
         self.replicator.view = None
         self.replicator.refused = None
+        self.replicator.conflicted = False
         self.replicator.watch = r.SplitBrainWatch()
 
     def left(self) -> dict[str, Any]:
