@@ -392,3 +392,38 @@ def test_a_push_answered_409_is_tried_again_at_the_next_poll(tmp_path: Path) -> 
             await server.wait_closed()
 
     run(tmp_path, body)
+
+
+def test_a_conflict_shows_everywhere_and_the_ha_page_resolves_it(tmp_path: Path) -> None:
+    """The conflict as the sync loop records it (the pair end to end: tests/netns): the HA page
+    and the Overview show it, /metrics has the gauge, and "Keep this node's state" makes this
+    node's state the newer one (a generation above both; the peer's counts as the common one),
+    so that it is pushed."""
+    from pacslb.core import replication as r
+
+    with web_client(tmp_path, WEB_CONFIG) as (client, process):
+        csrf = login(client)
+        process.ha.set(Role.ACTIVE)
+        paired(process)
+        replica = process.replica
+        replica._save(generation=2, common_digest="agreed")
+        replica.view = r.PeerView(True, None, Role.PASSIVE, "theirs", 4, 0, 5)
+        replica._observe_conflict(replica.own_digest(), replica.view)
+        assert replica.conflicted
+        events = [e.message for e in process.events.query("ha", None, None, 50)]
+        assert any("replication conflict: this node (revision 1" in m for m in events)
+        assert any("peer 127.10.2.9 (revision 5, state theirs)" in m for m in events)
+        page = client.get("/ha").text
+        assert 'id="conflict"' in page and 'id="resolve"' in page
+        assert 'id="conflict"' in client.get("/").text
+        assert "pacslb_ha_conflict 1.0" in client.get("/metrics").text
+        status = client.get("/api/v1/ha/status").json()
+        assert status["conflict"] is True and status["replication"]["state"] == "conflict"
+        r2 = client.post("/ha/resolve", data={"csrf_token": csrf})
+        assert r2.status_code == 200 and "Kept this node&#39;s state (revision 1)" in r2.text
+        assert replica.generation == 5 and replica.record is not None
+        assert replica.record.common_digest == "theirs" and not replica.conflicted
+        own, theirs = replica.own_digest(), r.PeerView(True, None, Role.PASSIVE, "theirs", 4, 0, 5)
+        still = r.in_conflict(own, "theirs", replica.record.common_digest)
+        assert not still and r.should_push(Role.ACTIVE, 5, own, theirs, False, still)  # pushes
+        assert "pacslb_ha_conflict 0.0" in client.get("/metrics").text
