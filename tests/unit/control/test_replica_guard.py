@@ -427,3 +427,64 @@ def test_a_conflict_shows_everywhere_and_the_ha_page_resolves_it(tmp_path: Path)
         still = r.in_conflict(own, "theirs", replica.record.common_digest)
         assert not still and r.should_push(Role.ACTIVE, 5, own, theirs, False, still)  # pushes
         assert "pacslb_ha_conflict 0.0" in client.get("/metrics").text
+
+
+def test_a_hanging_push_does_not_stop_the_polls_nor_split_brain_detection(
+    tmp_path: Path,
+) -> None:
+    """A peer that answers its status but never answers the push: the push runs as its own
+    task (up to its deadline), the next poll goes on at once and still sees split brain."""
+    import datetime
+    import ssl
+
+    from pacslb.control.peer import PeerRecord, save_record
+    from pacslb.core import certs
+    from pacslb.core.replication import fingerprint
+
+    cert, key = certs.self_signed("peer", datetime.datetime.now(datetime.UTC), ["peer"])
+    (tmp_path / "peer.pem").write_bytes(cert + key)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(tmp_path / "peer.pem")
+    pinned = fingerprint(ssl.PEM_cert_to_DER_cert(cert.decode()))
+    roles = ["passive", "active"]  # the peer's answers to the two polls
+    held: list[asyncio.StreamWriter] = []
+
+    async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(5):
+                head = await reader.readuntil(b"\r\n\r\n")
+        except (TimeoutError, OSError, asyncio.IncompleteReadError):
+            writer.close()
+            return
+        if not head.startswith(b"GET /api/v1/ha/status"):
+            held.append(writer)  # the push: never answered
+            return
+        body = json.dumps({"role": roles.pop(0), "digest": "other", "generation": 0}).encode()
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+        writer.close()
+
+    async def body(process: ControlProcess) -> None:
+        server = await asyncio.start_server(peer, STALL_HOST, 0, ssl=ctx)
+        port = server.sockets[0].getsockname()[1]
+        replica = process.replica
+        try:
+            record = PeerRecord(STALL_HOST, port, pinned, "t", "none", "now", generation=3)
+            save_record(replica.path, record)
+            replica.record = record
+            process.ha.set(Role.ACTIVE)
+            await replica.sync_once()
+            pushing = replica._pushing
+            assert pushing is not None and not pushing.done()
+            started = time.monotonic()
+            await replica.sync_once()
+            assert time.monotonic() - started < 2 and not pushing.done()
+            assert replica.watch.split  # seen while the push hangs
+        finally:
+            if replica._pushing is not None:
+                replica._pushing.cancel()
+            for writer in held:
+                writer.close()
+            server.close()
+
+    run(tmp_path, body)
