@@ -116,7 +116,10 @@ async def hello(
     nonce = body.get("nonce")
     if not isinstance(nonce, str) or not 16 <= len(nonce) <= 128:
         raise HTTPException(422, "nonce: 16 to 128 characters expected")
-    return process_of(request).pairing.hello(nonce)
+    try:
+        return process_of(request).pairing.hello(nonce)
+    except PairingError as exc:  # this node's certificate unreadable, say
+        raise _refused(exc) from None
 
 
 @router.post("/join")
