@@ -12,7 +12,10 @@ paired through the CLI on the active node, as an operator does it.
   ends by priority once the rule is gone (lb1, the higher, keeps the addresses);
 - a passive node that was stopped catches up when it returns;
 - `pacslb ha takeover` on the passive node moves the addresses; the new active node's changes
-  flow the other way.
+  flow the other way;
+- pairing through a TLS-terminating relay (its own certificate) is refused even trusted on
+  first use; a peer holding other services needs --force; edits on both sides of a partition
+  are a conflict on both (nothing replicated) until `pacslb ha resolve --keep-this`.
 """
 
 from __future__ import annotations
