@@ -48,6 +48,11 @@ def status_lines(status: dict[str, Any]) -> list[str]:
     lines.append(f"replication: {status['replication']['text']}")
     if status.get("problem"):
         lines.append(f"PROBLEM: {status['problem']}")
+    if status.get("conflict"):
+        lines.append(
+            "CONFLICT: both nodes changed since they last agreed; nothing is replicated until "
+            "`pacslb ha resolve --keep-this` on the node whose state is to win"
+        )
     if status.get("split_brain"):
         lines.append("SPLIT BRAIN: both nodes are active; config changes are refused on both")
     lines.append(f"config revision here: {status['revision']}")
@@ -76,6 +81,7 @@ def cmd_ha_pair(args: argparse.Namespace) -> int:
     if token in (None, "-"):
         token = sys.stdin.readline().strip()
     payload = {"cmd": "ha-pair", "address": args.address, "token": token}
+    payload["force"] = args.force
     result = _request(args, {**payload, "fingerprint": args.fingerprint}, PAIR_TIMEOUT)
     print(f"paired with {result['peer']}")
     print(f"  peer certificate SHA-256 fingerprint: {result['fingerprint']}")
@@ -98,6 +104,18 @@ def cmd_ha_unpair(args: argparse.Namespace) -> int:
             f"unpaired from {result['unpaired']} here; the peer could not be told "
             f"({result['note']}): run `pacslb ha unpair` on it too"
         )
+    return EXIT_OK
+
+
+def cmd_ha_resolve(args: argparse.Namespace) -> int:
+    if not args.keep_this:
+        print(
+            "pacslb ha resolve: say --keep-this (run it on the node whose state is to win)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    result = _request(args, {"cmd": "ha-resolve"})
+    print(f"kept this node's state (revision {result['revision']}); it is pushed to the peer")
     return EXIT_OK
 
 
@@ -158,6 +176,17 @@ def add_pair_commands(
     p.add_argument("address", help="the peer's WebUI/API: ADDR[:PORT] (port 9443 by default)")
     p.add_argument("--token", help="an admin API token of the peer (- reads it from stdin)")
     p.add_argument("--fingerprint", help="the peer certificate's SHA-256 fingerprint, to check")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="pair even when the peer is active or holds other services (this node's replace them)",
+    )
+    p = add(
+        "resolve",
+        "a replication conflict (both nodes changed): keep this node's state",
+        cmd_ha_resolve,
+    )
+    p.add_argument("--keep-this", action="store_true", help="this node's state wins")
     add(
         "unpair", "remove the pairing on both nodes (and the tokens they were given)", cmd_ha_unpair
     )

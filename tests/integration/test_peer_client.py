@@ -5,6 +5,7 @@ chunked ones too; a peer that does not answer is an error within the timeout."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import ssl
 import time
@@ -105,5 +106,50 @@ def test_chunked_answers_and_timeouts(tmp_path: Path) -> None:
             for s in (server, silent):
                 s.close()
             await server.wait_closed()
+
+    asyncio.run(main())
+
+
+def test_one_deadline_for_the_whole_call(tmp_path: Path) -> None:
+    """A peer that takes most of the deadline to complete TLS and then never answers: the call
+    ends at the one deadline, not at a deadline per phase (connect+TLS, then request)."""
+    ctx, pinned = tls_context(tmp_path, "peer")
+
+    async def main() -> None:
+        held: list[asyncio.StreamWriter] = []
+
+        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            held.append(writer)  # TLS done by the server; no answer ever comes
+
+        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError, ConnectionError):
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+
+        async def late(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            """A relay that holds the first bytes (the ClientHello) 0.8 s: TLS completes late."""
+            held.append(writer)
+            await asyncio.sleep(0.8)
+            up_reader, up_writer = await asyncio.open_connection(HOST, tls_port)
+            held.append(up_writer)
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+        tls_server = await asyncio.start_server(silent, HOST, 0, ssl=ctx)
+        tls_port = tls_server.sockets[0].getsockname()[1]
+        relay = await asyncio.start_server(late, HOST, 0)
+        port = relay.sockets[0].getsockname()[1]
+        try:
+            started = time.monotonic()
+            with pytest.raises(PeerError, match=r"did not answer within 1 s"):
+                await PeerClient(HOST, port, pinned, "t", timeout=1.0).get("/x")
+            took = time.monotonic() - started
+            print(f"call to a late-TLS, silent peer with a 1 s deadline: {took:.2f} s")
+            assert took < 1.5, took  # per phase it was 0.8 + 1 = 1.8 s
+        finally:
+            for writer in held:
+                writer.close()
+            relay.close()
+            tls_server.close()
 
     asyncio.run(main())

@@ -12,7 +12,10 @@ paired through the CLI on the active node, as an operator does it.
   ends by priority once the rule is gone (lb1, the higher, keeps the addresses);
 - a passive node that was stopped catches up when it returns;
 - `pacslb ha takeover` on the passive node moves the addresses; the new active node's changes
-  flow the other way.
+  flow the other way;
+- pairing through a TLS-terminating relay (its own certificate) is refused even trusted on
+  first use; a peer holding other services needs --force; edits on both sides of a partition
+  are a conflict on both (nothing replicated) until `pacslb ha resolve --keep-this`.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import datetime
 import json
 import shutil
 import stat
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -282,8 +286,122 @@ def test_pairing_pins_the_certificate_checks_the_token_and_unpairs(
     for lb in (lb1, lb2):
         assert not (lb.node.state / "ha-peer.json").exists()
         assert lb.node.ha()["paired"] is False
-    assert "ha-peer" not in lb1.node.cli("token", "list").stdout
-    assert "pairing" not in lb2.node.cli("token", "list").stdout  # both tokens used to pair
+    # Only the tokens the pairing minted go: the operator's own tokens of lb2 stay its own.
+    for lb in (lb1, lb2):
+        assert "ha-peer" not in lb.node.cli("token", "list").stdout
+    assert "pairing-again" in lb2.node.cli("token", "list").stdout
+
+
+def partition(lb: Lb, on: bool) -> None:
+    """Everything from the other node dropped on lb's input: VRRP and the API alike."""
+    peer = LB1 if lb.node.address.startswith(LB2) else LB2
+    if on:
+        lb.host.run("nft", "add table inet partition")
+        lb.host.run(
+            "nft",
+            "add chain inet partition input { type filter hook input priority -300 ; }",
+        )
+        lb.host.run("nft", "add rule inet partition input ip saddr", peer, "drop")
+    else:
+        lb.host.run("nft", "delete", "table", "inet", "partition")
+
+
+def test_pairing_refusals_and_a_conflict_after_a_partition(
+    pair: tuple[Lb, Lb, Path], tmp_path: Path
+) -> None:
+    lb1, lb2, _ = pair
+
+    # A man in the middle: a TLS-terminating relay (its own certificate) in lb1's namespace
+    # relays to lb2. Trusted on first use, the proofs still refuse it: lb2 proves the secret
+    # over its own certificate, not the relay's that lb1 sees.
+    cert, key = certs.self_signed("relay", datetime.datetime.now(datetime.UTC), ["relay"])
+    (tmp_path / "relay.pem").write_bytes(cert + key)
+    relay = lb1.host.popen(
+        [
+            sys.executable,
+            str(ROOT / "tests/netns/tls_relay.py"),
+            "127.0.0.1",
+            "21100",
+            LB2,
+            str(PORT),
+            str(tmp_path / "relay.pem"),
+        ],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert relay.stdout is not None and relay.stdout.readline().strip() == b"ready"
+        done = lb1.node.cli("ha", "pair", "127.0.0.1:21100", "--token", lb2.node.token("mitm"))
+        print(done.stderr)
+        assert done.returncode == 1 and "does not prove" in done.stderr, done.stderr
+        assert "presents its own certificate" in done.stderr
+    finally:
+        relay.terminate()
+        relay.wait(10)
+    for lb in (lb1, lb2):
+        assert lb.node.ha()["paired"] is False
+        assert "ha-peer" not in lb.node.cli("token", "list").stdout  # the minted one revoked
+
+    # A peer that holds other services: refused unless forced (they would be replaced).
+    code, body = lb2.curl(
+        "POST",
+        "/api/v1/virtual_services/Dicom/real_servers",
+        {"label": "rs9", "address": "198.18.0.19"},
+    )
+    assert code == 201, body  # unpaired: lb2 takes changes as a standalone node does
+    token = lb2.node.token("pairing")
+    done = lb1.node.cli("ha", "pair", lb2.node.address, "--token", token)
+    assert done.returncode == 1 and "--force" in done.stderr, done.stderr
+    assert "has 1 virtual service(s) and this node 1, different ones" in done.stderr
+    done = lb1.node.cli("ha", "pair", lb2.node.address, "--token", token, "--force")
+    assert done.returncode == 0, done.stderr
+    wait_for(lambda: "rs9" not in lb2.node.servers()["Dicom"], 10, "rs9 replaced on lb2")
+    wait_for(lambda: lb1.node.ha()["replication"]["state"] == "in-sync", 10, "in sync")
+    wait_for(lambda: lb2.node.ha()["replication"]["state"] == "in-sync", 10, "lb2 in sync")
+    # The operator's token on lb2 is not the replication credential: lb2 minted its own.
+    assert "ha-peer" in lb2.node.cli("token", "list").stdout
+
+    # A partition: each node active, each takes an edit; when the link returns neither
+    # overwrites the other: a conflict on both, until the operator keeps one side.
+    partition(lb2, True)
+    try:
+        wait_for(lambda: lb2.role() == "active", 20, "lb2 active (partition)")
+        wait_for(lambda: lb1.node.ha()["replication"]["state"] == "unreachable", 15, "away 1")
+        wait_for(lambda: lb2.node.ha()["replication"]["state"] == "unreachable", 15, "away 2")
+        assert lb1.node.cli("drain", "Dicom", "rs1").returncode == 0
+        done = lb2.node.cli("halt", "Dicom", "rs2")
+        assert done.returncode == 0, done.stderr
+    finally:
+        partition(lb2, False)
+    wait_for(lambda: lb2.role() == "passive", 20, "lb2 passive again")
+    for lb in (lb1, lb2):
+        wait_for(lambda lb=lb: lb.node.ha()["replication"]["state"] == "conflict", 15, "conflict")
+    time.sleep(2)  # a few polls: still nothing replicated either way
+    assert lb1.node.admin_states() == {"Dicom/rs1": "drain", "Dicom/rs2": "online"}
+    assert lb2.node.admin_states() == {"Dicom/rs1": "online", "Dicom/rs2": "halt"}
+    for lb in (lb1, lb2):
+        text = lb.node.ha()["replication"]["text"]
+        assert "pacslb ha resolve --keep-this" in text, text
+        assert any("replication conflict: this node (revision" in m for m in lb.node.events())
+        code, metrics = lb.curl("GET", "/metrics")
+        assert "pacslb_ha_conflict 1.0" in metrics
+        code, page = lb.curl("GET", "/")
+        assert 'id="conflict"' in page
+        assert "CONFLICT" in lb.node.cli("ha", "status").stdout
+    print(lb1.node.ha()["replication"]["text"])
+    # The operator keeps lb2's state (edits made there): it replaces lb1's.
+    done = lb2.node.cli("ha", "resolve", "--keep-this")
+    assert done.returncode == 0, done.stderr
+    wait_for(lambda: lb1.node.admin_states()["Dicom/rs2"] == "halt", 15, "lb2's state on lb1")
+    assert lb1.node.admin_states()["Dicom/rs1"] == "online"
+    for lb in (lb1, lb2):
+        wait_for(lambda lb=lb: lb.node.ha()["replication"]["state"] == "in-sync", 15, "in sync")
+    assert any("conflict resolved by the operator" in m for m in lb2.node.events())
+
+    # Unpair: only the tokens the pairing minted go; the operator's stay.
+    assert lb1.node.cli("ha", "unpair").returncode == 0
+    for lb in (lb1, lb2):
+        assert "ha-peer" not in lb.node.cli("token", "list").stdout
+    assert "pairing" in lb2.node.cli("token", "list").stdout
 
 
 @pytest.mark.browser

@@ -298,6 +298,9 @@ class Security:
         return any(address in net for net in self.metrics_allow)
 
 
+PEER_TOKEN = "token:ha-peer"  # the principal of a token minted by HA pairing
+
+
 def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
@@ -312,6 +315,10 @@ async def reader(request: Request) -> Principal:
     who = getattr(request.state, "principal", None) or security(request).principal(request)
     if who is None:
         raise HTTPException(401, NO_CREDENTIALS)
+    if who.name == PEER_TOKEN and not request.url.path.startswith("/api/v1/ha/"):
+        # The tokens an HA pairing mints for the peer (control/pairing.py) replicate, nothing
+        # else: a peer's token that leaked is no admin token of the whole node.
+        raise HTTPException(403, "the HA peer token may call /api/v1/ha/* only")
     if request.method not in SAFE_METHODS:
         await _check_csrf(request, who)
     return who

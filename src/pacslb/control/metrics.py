@@ -193,7 +193,12 @@ class PacslbCollector(Collector):
             "pacslb_ha_split_brain", "1 while both nodes of the pair say they are active"
         )
         split.add_metric([], float(ha["split_brain"]))
-        yield from (reachable, behind, in_sync, split)
+        conflict = GaugeMetricFamily(
+            "pacslb_ha_conflict",
+            "1 while both nodes changed since they last agreed (resolve: pacslb ha resolve)",
+        )
+        conflict.add_metric([], float(bool(ha.get("conflict"))))
+        yield from (reachable, behind, in_sync, split, conflict)
 
     def _engines(self) -> Iterator[Metric]:
         applied = GaugeMetricFamily(

@@ -3,8 +3,10 @@
 For operators: `GET /api/v1/ha/status` (any reader), `POST /api/v1/ha/pair {address, token,
 fingerprint?}`, `POST /api/v1/ha/unpair`, `POST /api/v1/ha/takeover` (admins). Between the nodes:
 `hello` and `join` (the pairing handshake, with an admin token of this node), and `prepare`,
-`replica` and `leave`, which only the paired peer may call (with the token it was given at
-pairing). `POST /api/v1/ha/release` is the keepalived side's (control/ha.py).
+`replica` and `leave`, which only the paired peer may call (with the token this node minted for
+it at pairing; no other token, admin or not). `POST /api/v1/ha/resolve` (admins): a
+replication conflict is resolved by keeping this node's state. `POST /api/v1/ha/release` is
+the keepalived side's (control/ha.py).
 """
 
 from __future__ import annotations
@@ -32,6 +34,11 @@ class PairRequest(BaseModel):
         max_length=200,
         description="the SHA-256 fingerprint of the peer's certificate, to check (unset: "
         "trusted on first use and returned)",
+    )
+    force: bool = Field(
+        False,
+        description="pair even when the peer is active or holds other services (they are "
+        "replaced by this node's)",
     )
 
 
@@ -68,7 +75,9 @@ async def status(request: Request, who: Reader) -> dict[str, Any]:
 async def pair(request: Request, body: PairRequest, who: Admin) -> dict[str, Any]:
     """Pair with the peer (run on the node that is to be active): pins its certificate."""
     try:
-        return await process_of(request).pairing.pair(body.address, body.token, body.fingerprint)
+        return await process_of(request).pairing.pair(
+            body.address, body.token, body.fingerprint, body.force
+        )
     except PairingError as exc:
         raise _refused(exc) from None
 
@@ -79,6 +88,12 @@ async def unpair(request: Request, who: Admin) -> dict[str, Any]:
         return await process_of(request).pairing.unpair()
     except PairingError as exc:
         raise _refused(exc) from None
+
+
+@router.post("/resolve")
+async def resolve(request: Request, who: Admin) -> dict[str, Any]:
+    """A replication conflict (both nodes changed): keep this node's state; it is pushed."""
+    return process_of(request).replica.resolve()
 
 
 @router.post("/takeover")
@@ -101,7 +116,10 @@ async def hello(
     nonce = body.get("nonce")
     if not isinstance(nonce, str) or not 16 <= len(nonce) <= 128:
         raise HTTPException(422, "nonce: 16 to 128 characters expected")
-    return process_of(request).pairing.hello(nonce)
+    try:
+        return process_of(request).pairing.hello(nonce)
+    except PairingError as exc:  # this node's certificate unreadable, say
+        raise _refused(exc) from None
 
 
 @router.post("/join")
@@ -110,7 +128,7 @@ async def join(
 ) -> dict[str, Any]:
     """Pairing, step 3: the pairing node's address, fingerprint, token and proof."""
     try:
-        return process_of(request).pairing.join(body, bearer(request))
+        return process_of(request).pairing.join(body)
     except PairingError as exc:
         raise _refused(exc) from None
 

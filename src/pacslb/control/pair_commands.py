@@ -23,7 +23,10 @@ async def handle(process: ControlProcess, request: dict[str, Any]) -> Any:
             str(request["address"]),
             str(request["token"]),
             str(fingerprint) if fingerprint else None,
+            bool(request.get("force")),
         )
+    if cmd == "ha-resolve":
+        return process.replica.resolve()
     if cmd == "ha-unpair":
         return await process.pairing.unpair()
     if cmd == "ha-takeover":

@@ -13,6 +13,7 @@ from fastapi.responses import HTMLResponse, Response
 from pacslb.control.api import Admin, Reader, process_of
 from pacslb.control.auth import Principal
 from pacslb.control.pairing import PairingError
+from pacslb.control.store import ConfigConflict
 from pacslb.control.webui import form_of, page
 
 router = APIRouter(include_in_schema=False)
@@ -53,8 +54,18 @@ async def pair(request: Request, who: Admin) -> Response:
     pairing = process_of(request).pairing
     address, token = form.get("address", "").strip(), form.get("token", "").strip()
     fingerprint = form.get("fingerprint", "").strip() or None
+    force = bool(form.get("force"))
     done = "Paired with {peer}; its certificate fingerprint {fingerprint} is pinned."
-    return await _act(request, who, lambda: pairing.pair(address, token, fingerprint), done)
+    return await _act(request, who, lambda: pairing.pair(address, token, fingerprint, force), done)
+
+
+@router.post("/ha/resolve")
+async def resolve(request: Request, who: Admin) -> Response:
+    try:
+        result = process_of(request).replica.resolve()
+    except ConfigConflict as exc:
+        return _page(request, who, error=str(exc), status=409)
+    return _page(request, who, message=f"Kept this node's state (revision {result['revision']}).")
 
 
 @router.post("/ha/unpair")

@@ -5,15 +5,24 @@ The handshake (`pair`, run on this node, with `hello` and `join` answered by the
 1. TLS to the peer's WebUI; the SHA-256 fingerprint of the certificate it presents is pinned.
    The operator may pass the fingerprint to check (read on the peer's console); otherwise it
    is trusted on first use and printed, as SSH does at its first contact.
-2. `POST /api/v1/ha/hello {nonce}` with the peer's token: the peer answers whether node.ha is
-   enabled there and proves it holds the same node.ha.secret (HMAC of our nonce), with a nonce
-   of its own. The secret never travels.
-3. This node makes an admin API token for the peer (`ha-peer`) and sends `POST /api/v1/ha/join`:
-   its address and port, its certificate's fingerprint, that token, and its own proof of the
-   secret over the peer's nonce. The peer stores the pairing; so does this node.
+2. `POST /api/v1/ha/hello {nonce}` with the operator's token of the peer: the peer answers
+   whether node.ha is enabled there, its role and replicated state, and proves it holds the
+   same node.ha.secret: an HMAC of our nonce *and of its own certificate's fingerprint*, with
+   a nonce of its own. The secret never travels. This node checks the proof against the
+   fingerprint it pinned: a relay in the middle presenting another certificate fails here, so
+   trust on first use is safe as long as both nodes hold the secret.
+3. This node refuses to go on unless it is active, and (unless forced) when the peer is active
+   or holds other services: its state would replace the peer's.
+4. This node mints a token for the peer (`ha-peer`) and sends `POST /api/v1/ha/join`: its
+   address and port, its certificate's fingerprint, that token, and its proof of the secret
+   over the peer's nonce, both fingerprints (the peer's as pinned here, its own) and those join
+   fields; the peer checks it with its own certificate's fingerprint, mints a token of its own
+   for this node and answers it. Each node calls the other with the token the other minted: the
+   operator's token is used for hello and join only. `ha-peer` tokens may call /api/v1/ha/*
+   only (control/auth.py), and the replication calls accept only the pairing's own token.
 Then replication pushes this node's state to the peer (a higher generation: see
 core/replication.py). `unpair` removes the pairing on both nodes and revokes, on each, the
-token the other was given.
+token it minted for the other (never an operator's token).
 """
 
 from __future__ import annotations
@@ -38,7 +47,6 @@ from pacslb.control.peer import (
 )
 from pacslb.core import replication as r
 from pacslb.core.auth import Role as UserRole
-from pacslb.core.auth import token_id
 from pacslb.core.ha_role import Role, ha_enabled
 from pacslb.errors import PacslbError
 
@@ -49,6 +57,14 @@ if TYPE_CHECKING:
 DEFAULT_PORT = 9443  # node.webui.listen's default port
 PEER_TOKEN_NAME = "ha-peer"
 NONCE_LIFETIME = 60.0  # seconds a `hello` nonce may wait for its `join`
+
+
+def join_fields(
+    peer_print: str, own_print: str, host: str, port: int, token: str
+) -> tuple[str, ...]:
+    """What the join proof covers: the pinned certificates (the pairing node's view of the
+    peer's, its own) and the join's address, port and token."""
+    return (peer_print, own_print, host, str(port), token)
 
 
 class PairingError(PacslbError):
@@ -78,13 +94,15 @@ class Pairing:
     # --- this node pairs -------------------------------------------------------------------
 
     async def pair(
-        self, address: str, token: str, fingerprint: str | None = None
+        self, address: str, token: str, fingerprint: str | None = None, force: bool = False
     ) -> dict[str, Any]:
         secret = self._secret()
-        if self.process.ha.role is Role.PASSIVE:  # its config would replace the active one's
+        role = self.process.ha.role
+        if role is not Role.ACTIVE:  # its config would replace the active one's
             raise PairingError(
-                "this node is the passive one: pair from the active node (its configuration "
-                "becomes the pair's)"
+                f"this node is {role}, not active: pair from the active node (its "
+                "configuration becomes the pair's); a node that is not active (keepalived "
+                "stopped or in fault, a fresh install) must not replace the pair's services"
             )
         try:
             host, port = host_port(address, DEFAULT_PORT)
@@ -111,27 +129,43 @@ class Pairing:
         body = hello if isinstance(hello, dict) else {}
         if not body.get("enabled"):
             raise PairingError(f"node.ha is not enabled on the peer {host}: enable it there first")
-        if not r.proof_ok(secret, r.PROOF_PEER, nonce, str(body.get("proof", ""))):
+        if not r.proof_ok(secret, r.PROOF_PEER, nonce, str(body.get("proof", "")), seen):
             raise PairingError(
-                f"the peer {host} does not have this node's node.ha.secret: set the same "
-                "secret on both nodes"
+                f"the peer {host} does not prove this node's node.ha.secret for the "
+                f"certificate {seen} seen here: either the secrets differ (set the same "
+                "secret on both nodes) or something between the nodes presents its own "
+                "certificate: not paired"
             )
+        if not force:
+            self._check_peer_state(host, body)
         own_host, own_port = self._own_address(host, port)
         own_print = self.own_fingerprint()
         old = self.replicator.record
         if old is not None:  # paired before (with this peer or another): its token goes
             self.auth.revoke(old.given_token_id)
         info, given = self.auth.create_token(PEER_TOKEN_NAME, UserRole.ADMIN, "ha pairing")
+        peer_nonce = str(body.get("nonce", ""))
         join = {
             "address": own_host,
             "port": own_port,
             "fingerprint": own_print,
             "token": given,
-            "nonce": body.get("nonce"),
-            "proof": r.proof(secret, r.PROOF_ACTIVE, str(body.get("nonce", ""))),
+            "nonce": peer_nonce,
+            "proof": r.proof(
+                secret,
+                r.PROOF_ACTIVE,
+                peer_nonce,
+                *join_fields(seen, own_print, own_host, own_port, given),
+            ),
         }
         try:
-            await self._call(client, "/api/v1/ha/join", join)
+            joined = await self._call(client, "/api/v1/ha/join", join)
+            minted = str(joined.get("token") or "") if isinstance(joined, dict) else ""
+            if not minted:
+                raise PairingError(
+                    f"the peer {host} gave no token of its own at join (an older pacslb?): "
+                    "not paired"
+                )
         except PairingError:
             self.auth.revoke(info.id)
             raise
@@ -140,7 +174,7 @@ class Pairing:
             host=host,
             port=port,
             fingerprint=seen,
-            token=token.strip(),
+            token=minted,  # the peer's own token for this node, not the operator's
             given_token_id=info.id,
             paired_at=_now(),
             # Higher than the peer's: this node's config is the pair's from now on.
@@ -159,6 +193,25 @@ class Pairing:
             "own_address": f"{own_host}:{own_port}",
             "own_fingerprint": own_print,
         }
+
+    def _check_peer_state(self, host: str, hello: dict[str, Any]) -> None:
+        """Refuse (unless forced) a pairing that would overwrite a peer that serves: an active
+        peer, or one whose services differ from this node's (this node's replace them)."""
+        if hello.get("role") == Role.ACTIVE:
+            raise PairingError(
+                f"the peer {host} says it is active too: pairing now would replace its "
+                "services with this node's; fix VRRP first (one active node), or pair with "
+                "--force to replace them anyway"
+            )
+        peer_services = int(hello.get("services") or 0)
+        own_services = len(self.process.config.virtual_services)
+        if peer_services and hello.get("digest") != self.replicator.own_digest():
+            what = "none" if own_services == 0 else f"{own_services}, different ones"
+            raise PairingError(
+                f"the peer {host} has {peer_services} virtual service(s) and this node {what}: "
+                "pairing replaces the peer's services and admin states with this node's; pair "
+                "with --force if that is what you want"
+            )
 
     async def _call(self, client: PeerClient, path: str, body: dict[str, Any]) -> Any:
         try:
@@ -206,6 +259,7 @@ class Pairing:
         self.replicator.record, self.replicator.problem = record, None
         self.replicator.view = None
         self.replicator.refused = None
+        self.replicator.conflicted = False
         self.replicator.wake()
 
     # --- the peer's side of pairing ----------------------------------------------------------
@@ -219,22 +273,24 @@ class Pairing:
         ha = self.process.config.node.ha
         return {
             "enabled": enabled,
-            "proof": r.proof(ha.secret, r.PROOF_PEER, nonce)
+            # Bound to this node's own certificate: the pairing node checks it against the one
+            # it sees, which a relay in the middle cannot make match (core/replication.py).
+            "proof": r.proof(ha.secret, r.PROOF_PEER, nonce, self.own_fingerprint())
             if enabled and ha and ha.secret
             else None,
             "nonce": mine,
             "role": str(self.process.ha.role),
             "generation": self.replicator.generation,
+            "digest": self.replicator.own_digest(),
+            "services": len(self.process.config.virtual_services),
         }
 
-    def join(self, body: dict[str, Any], bearer: str) -> dict[str, Any]:
+    def join(self, body: dict[str, Any]) -> dict[str, Any]:
         secret = self._secret()
         nonce = str(body.get("nonce", ""))
         issued = self._nonces.pop(nonce, None)
         if issued is None or time.monotonic() - issued > NONCE_LIFETIME:
             raise PairingError("unknown or expired pairing nonce: start the pairing again")
-        if not r.proof_ok(secret, r.PROOF_ACTIVE, nonce, str(body.get("proof", ""))):
-            raise PairingError("the pairing node does not have this node's node.ha.secret")
         try:
             host = str(body["address"])
             port = int(body["port"])
@@ -242,16 +298,25 @@ class Pairing:
             token = str(body["token"])
         except (KeyError, TypeError, ValueError) as exc:
             raise PairingError(f"malformed join: {exc}") from None
+        # Checked with this node's own certificate: the pairing node's proof covers the one it
+        # saw, so a relay presenting another certificate fails here.
+        fields = join_fields(self.own_fingerprint(), str(body["fingerprint"]), host, port, token)
+        if not r.proof_ok(secret, r.PROOF_ACTIVE, nonce, str(body.get("proof", "")), *fields):
+            raise PairingError(
+                "the pairing node does not prove this node's node.ha.secret for this node's "
+                "certificate and its join: the secrets differ, or something between the nodes "
+                "presents its own certificate"
+            )
         old = self.replicator.record
-        used = token_id(bearer) or ""
-        if old is not None and old.given_token_id != used:
+        if old is not None:  # the token minted for the previous pairing goes
             self.auth.revoke(old.given_token_id)
+        info, minted = self.auth.create_token(PEER_TOKEN_NAME, UserRole.ADMIN, f"ha pairing {host}")
         record = PeerRecord(
             host=host,
             port=port,
             fingerprint=fingerprint,
             token=token,
-            given_token_id=used,
+            given_token_id=info.id,
             paired_at=_now(),
             generation=old.generation if old else self.replicator.generation,
             applied_revision=old.applied_revision if old else 0,
@@ -261,7 +326,7 @@ class Pairing:
             f"paired with {host}:{port} (certificate {fingerprint}) at its request; its config "
             "is replicated here"
         )
-        return {"paired": True}
+        return {"paired": True, "token": minted}
 
     # --- unpairing and takeover ------------------------------------------------------------
 
@@ -297,6 +362,7 @@ class Pairing:
         self.replicator.record = None
         self.replicator.view = None
         self.replicator.refused = None
+        self.replicator.conflicted = False
         self.replicator.watch = r.SplitBrainWatch()
 
     def left(self) -> dict[str, Any]:

@@ -80,16 +80,12 @@ def host_port(address: str, default_port: int) -> tuple[str, int]:
     return host, int(port) if port else default_port
 
 
-async def _connect(
-    host: str, port: int, timeout: float
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str]:
+async def _connect(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str]:
+    """Connect and complete TLS; the caller's deadline bounds it (one for the whole call)."""
     try:
-        async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(
-                host, port, ssl=_tls(), server_hostname=None, limit=MAX_ANSWER
-            )
-    except TimeoutError:
-        raise PeerError(f"{host}:{port} did not answer within {timeout:g} s") from None
+        reader, writer = await asyncio.open_connection(
+            host, port, ssl=_tls(), server_hostname=None, limit=MAX_ANSWER
+        )
     except (OSError, ssl.SSLError) as exc:
         raise PeerError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
     tls = writer.get_extra_info("ssl_object")
@@ -102,7 +98,11 @@ async def _connect(
 
 async def certificate_fingerprint(host: str, port: int, timeout: float = TIMEOUT) -> str:
     """The SHA-256 fingerprint of the certificate host:port presents (first contact)."""
-    _, writer, seen = await _connect(host, port, timeout)
+    try:
+        async with asyncio.timeout(timeout):
+            _, writer, seen = await _connect(host, port)
+    except TimeoutError:
+        raise PeerError(f"{host}:{port} did not answer within {timeout:g} s") from None
     writer.close()
     with contextlib.suppress(Exception):
         await writer.wait_closed()
@@ -137,9 +137,19 @@ class PeerClient:
         self, method: str, path: str, body: Any = None, timeout: float | None = None
     ) -> Answer:
         """One request; PeerError when the peer cannot be reached or gives no HTTP answer,
-        WrongCertificate (nothing sent) when its certificate is not the pinned one."""
+        WrongCertificate (nothing sent) when its certificate is not the pinned one.
+
+        `timeout` is one deadline for the whole call (connect, TLS, request, answer), not one
+        per phase: a peer that accepts TCP and then stalls costs the caller `timeout`, once."""
         limit = timeout or self.timeout
-        reader, writer, seen = await _connect(self.host, self.port, limit)
+        try:
+            async with asyncio.timeout(limit):
+                return await self._exchange(method, path, body)
+        except TimeoutError:
+            raise PeerError(f"{self.name} did not answer within {limit:g} s") from None
+
+    async def _exchange(self, method: str, path: str, body: Any) -> Answer:
+        reader, writer, seen = await _connect(self.host, self.port)
         try:
             if seen != self.pinned:
                 raise WrongCertificate(
@@ -159,16 +169,13 @@ class PeerClient:
             if body is not None:
                 head.append("Content-Type: application/json")
             try:
-                async with asyncio.timeout(limit):
-                    writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + payload)
-                    await writer.drain()
-                    raw = await reader.read(MAX_ANSWER + 65536)
-                    while chunk := await reader.read(65536):
-                        raw += chunk
-                        if len(raw) > MAX_ANSWER + 65536:
-                            raise PeerError(f"{self.name}: answer larger than {MAX_ANSWER} bytes")
-            except TimeoutError:
-                raise PeerError(f"{self.name} did not answer within {limit:g} s") from None
+                writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + payload)
+                await writer.drain()
+                raw = await reader.read(MAX_ANSWER + 65536)
+                while chunk := await reader.read(65536):
+                    raw += chunk
+                    if len(raw) > MAX_ANSWER + 65536:
+                        raise PeerError(f"{self.name}: answer larger than {MAX_ANSWER} bytes")
             except (OSError, ssl.SSLError) as exc:
                 raise PeerError(f"{self.name}: connection failed: {exc}") from None
             return parse_answer(raw, self.name)
@@ -237,6 +244,10 @@ class PeerRecord:
     paired_at: str
     generation: int = 0
     applied_revision: int = 0  # the peer's revision this node last applied from a replica
+    # The last state both nodes held (digest) and this node's generation then: a conflict is
+    # both nodes changed since (core/replication.py:in_conflict). None: not synced once yet.
+    common_digest: str | None = None
+    common_generation: int = 0
 
     @property
     def name(self) -> str:
@@ -254,6 +265,8 @@ class PeerRecord:
             "paired_at": self.paired_at,
             "generation": self.generation,
             "applied_revision": self.applied_revision,
+            "common_digest": self.common_digest,
+            "common_generation": self.common_generation,
         }
 
     @classmethod
@@ -268,6 +281,8 @@ class PeerRecord:
             paired_at=str(data["paired_at"]),
             generation=int(data.get("generation", 0)),
             applied_revision=int(data.get("applied_revision", 0)),
+            common_digest=str(data["common_digest"]) if data.get("common_digest") else None,
+            common_generation=int(data.get("common_generation", 0)),
         )
 
 

@@ -4,17 +4,21 @@ State transfer, not an op log (core/replication.py says what is replicated and w
 generation decides the direction). The parts, all on the control process's loop:
 
 - **The guard** (`change()` around every config change's commit, `refuse_if_not_allowed` and
-  `after_change` around an admin state change, called by ControlProcess). Once paired, on the
-  passive node every change of services or admin states is refused, naming the active one;
-  during a split brain too, on both (a change of `node:` only is the node's own, always
+  `after_change` around an admin state change, called by ControlProcess). Once paired, changes
+  of services or admin states are taken on the active node only: on the passive node and on a
+  node starting, stopped or in fault every one is refused, naming the peer (a node that is not
+  active must never raise its generation: its state would win); during a split brain too, on
+  both (a change of `node:` only is the node's own, always
   taken). On the node that makes a change, the peer is
   first asked to *prepare* it (validate the services with its own `node:` and its own files);
   a refusal refuses the change here as well, naming the peer's problems. A peer that does not
   answer does not stop the change: this node keeps serving and committing, and is behind.
 - **The sync loop**: polls the peer's `GET /api/v1/ha/status` every second (role, digest and
-  generation of its replicated state), reports split brain, and pushes this node's state
-  (`PUT /api/v1/ha/replica`) whenever it holds the newer one, with a bounded back-off while the
-  peer does not answer.
+  generation of its replicated state), reports split brain and conflicts (both nodes changed
+  since the last state they agreed on: nothing is pushed until an operator keeps one side,
+  `resolve`), and pushes this node's state (`PUT /api/v1/ha/replica`) whenever it holds the
+  newer one, with a bounded back-off while the peer does not answer. A push runs as its own
+  task, so a peer that stalls it does not stop the polls (split brain is still seen).
 - **The receiving side** (`prepare`, `receive`): a replica is applied as an ordinary revision
   of this node's own config file (its `node:` kept, its file's layout kept) plus admin states.
 
@@ -54,7 +58,7 @@ POLL = 1.0  # seconds between polls of the peer's status (split brain within a f
 BACKOFF_MAX = 2.0  # longest wait between tries while the peer does not answer
 PREPARE_TIMEOUT = 5.0  # the peer validates a whole config: more than one poll's time
 PUSH_TIMEOUT = 15.0  # ... and applies it (a revision, a Plan to its engines)
-REFUSED_RETRY = 30.0  # seconds before a state the peer refused is offered again
+REFUSED_RETRY = 30.0  # seconds before a state the peer refused (422) is offered again
 PEER_BY = "ha-peer"  # the author of replicated revisions and admin changes
 
 
@@ -89,6 +93,9 @@ class Replicator:
         # A replica being applied: its services, and set once it is committed and running.
         self._replica_commit: tuple[list[c.VirtualService], asyncio.Event] | None = None
         self._looping = False  # the sync loop runs (only while paired)
+        self._pushing: asyncio.Task[None] | None = None  # a push in flight (one at a time)
+        self.conflicted = False  # both nodes changed since they last agreed (see resolve)
+        self._push_error: str | None = None  # the last failed push's reason (event once)
 
     # --- identity and state --------------------------------------------------------------
 
@@ -134,6 +141,7 @@ class Replicator:
             view if self.record is not None else None,
             self.refused,
             self.watch.split,
+            self.conflicted,
         )
 
     def status_json(self) -> dict[str, Any]:
@@ -163,6 +171,7 @@ class Replicator:
             "peer": peer,
             "replication": {"state": rep.state, "text": rep.text, "behind": rep.behind},
             "split_brain": self.watch.split,
+            "conflict": self.conflicted,
             "revision": process.revision,
             "digest": self.own_digest(),
             "generation": self.generation,
@@ -185,10 +194,18 @@ class Replicator:
         changes as standalone nodes do; nothing would carry a change from one to the other."""
         if replicated or self.record is None:
             return
-        if self.process.ha.role is Role.PASSIVE:
+        role = self.process.ha.role
+        if role is Role.PASSIVE:
             raise PassiveNode(
                 "this node is the passive node of an HA pair; make changes on the active node "
                 f"{self.peer_name}"
+            )
+        if role is not Role.ACTIVE and role is not Role.STANDALONE:
+            # Starting, stopped (keepalived down), fault: such a node's change would raise its
+            # generation, and the higher generation wins whatever the roles.
+            raise PassiveNode(
+                f"this node is {role}, not the active node of its HA pair: changes are taken "
+                f"on the active node only (the peer {self.peer_name} when it is active)"
             )
         if self.watch.split:
             raise SplitBrain(
@@ -338,13 +355,86 @@ class Replicator:
         view = self.view
         assert view is not None
         own = self.own_digest()
+        if view.digest == own:
+            self._agreed(own)
+        self._observe_conflict(own, view)
         # A refused state is not sent again at every poll, but now and then: the cause may be
         # gone (the peer's hand-edited file put back, a change that raced it).
         retry = time.monotonic() - self._refused_at > REFUSED_RETRY
-        if (own != self._refused_digest or retry) and r.should_push(
-            self.process.ha.role, self.generation, own, view, self.watch.split
+        pushing = self._pushing is not None and not self._pushing.done()
+        if (
+            not pushing
+            and (own != self._refused_digest or retry)
+            and r.should_push(
+                self.process.ha.role, self.generation, own, view, self.watch.split, self.conflicted
+            )
         ):
+            # Its own task: a peer that stalls a push (up to PUSH_TIMEOUT) must not stop the
+            # polls, nor split brain detection.
+            self._pushing = asyncio.ensure_future(self._push_guarded())
+            self.process._tasks.add(self._pushing)
+            self._pushing.add_done_callback(self.process._tasks.discard)
+
+    async def _push_guarded(self) -> None:
+        try:
             await self.push()
+        except PeerError as exc:
+            self.last_error = str(exc)
+            if self._push_error != str(exc):
+                self._push_error = str(exc)
+                self.record_event(f"push to peer {self.peer_name} failed: {exc}; tried again")
+        except Exception as exc:  # a bug here must not end replication for good
+            self.record_event(f"replication push: {exc!r}")
+
+    def _agreed(self, digest: str) -> None:
+        """Both nodes hold `digest`: the last common state, remembered (conflict detection)."""
+        record = self.record
+        if record is not None and record.common_digest != digest:
+            self._save(common_digest=digest, common_generation=self.generation)
+        if self.conflicted:
+            self.conflicted = False
+            self.record_event("replication conflict over: both nodes hold the same state")
+
+    def _observe_conflict(self, own: str, view: r.PeerView) -> None:
+        record = self.record
+        common = record.common_digest if record else None
+        now = r.in_conflict(own, view.digest, common)
+        if now and not self.conflicted:
+            self.record_event(
+                f"replication conflict: this node (revision {self.process.revision}, state "
+                f"{own}) and peer {self.peer_name} (revision {view.revision}, state "
+                f"{view.digest}) both changed since they last agreed (state {common}); nothing "
+                "is replicated until an operator keeps one side: `pacslb ha resolve "
+                "--keep-this` on the node whose state is to win",
+                data={
+                    "conflict": True,
+                    "revision": self.process.revision,
+                    "peer_revision": view.revision,
+                },
+            )
+        self.conflicted = now
+
+    def resolve(self) -> dict[str, Any]:
+        """The operator keeps this node's state: it becomes the newer one (a generation above
+        both) and the peer's state counts as the last common one, so this node pushes and the
+        peer takes it (the peer, still in conflict, pushes nothing meanwhile)."""
+        record, view = self.record, self.view
+        if record is None:
+            raise ConfigConflict("this node is not paired")
+        if view is None or not view.reachable or view.digest is None:
+            raise ConfigConflict(f"the peer {self.peer_name} does not answer: nothing to resolve")
+        generation = max(self.generation, view.generation) + 1
+        self._save(generation=generation, common_digest=view.digest)
+        was = self.conflicted
+        self.conflicted = False
+        self.refused = self._refused_digest = None
+        self.record_event(
+            f"replication {'conflict ' if was else ''}resolved by the operator: this node's "
+            f"state (revision {self.process.revision}) is kept and replaced peer "
+            f"{self.peer_name}'s (revision {view.revision})"
+        )
+        self.wake()
+        return {"kept": "this node", "revision": self.process.revision, "generation": generation}
 
     def _heard(self, body: dict[str, Any]) -> None:
         self.last_error = None
@@ -362,6 +452,7 @@ class Replicator:
             str(body.get("digest")),
             int(body.get("generation") or 0),
             int(body.get("applied_revision") or 0),
+            int(body.get("revision") or 0),
         )
         change = self.watch.observe(self.process.ha.role, role, f"peer {self.peer_name}")
         if change is not None:
@@ -395,7 +486,7 @@ class Replicator:
         answer = await record.client().put("/api/v1/ha/replica", body, timeout=PUSH_TIMEOUT)
         elapsed = (time.monotonic() - started) * 1000
         if answer.ok and isinstance(answer.body, dict):
-            self.refused = self._refused_digest = None
+            self.refused = self._refused_digest = self._push_error = None
             self.last_push_ms = round(elapsed, 1)
             if self.view is not None:
                 self.view = r.PeerView(
@@ -405,17 +496,29 @@ class Replicator:
                     str(answer.body.get("digest")),
                     int(answer.body.get("generation") or 0),
                     int(answer.body.get("applied_revision") or 0),
+                    int(answer.body.get("revision") or 0),
                 )
+            if answer.body.get("digest") == own:
+                self._agreed(own)
             self.record_event(
                 f"replicated revision {revision} to peer {self.peer_name} (applied there as "
                 f"revision {answer.body.get('revision')}, {elapsed:.0f} ms)",
                 data={"revision": revision, "ms": round(elapsed, 1)},
             )
             return
-        if answer.status == 422:
-            reason = "; ".join(p.message for p in _peer_problems(answer, self.peer_name)[:3])
-        else:
+        if answer.status != 422:
+            # Not a refusal of the state: a change racing it there (409), a server error, a
+            # token problem. Tried again at the next poll; said once, the status shows it.
             reason = f"{answer.status}: {answer.detail()}"
+            self.last_error = f"push: {reason}"
+            if self._push_error != reason:
+                self._push_error = reason
+                self.record_event(
+                    f"peer {self.peer_name} did not take revision {revision} ({reason}); "
+                    "tried again at the next poll"
+                )
+            return
+        reason = "; ".join(p.message for p in _peer_problems(answer, self.peer_name)[:3])
         again = self.refused == reason and self._refused_digest == own
         self.refused, self._refused_digest = reason, own
         self._refused_at = time.monotonic()
@@ -471,16 +574,33 @@ class Replicator:
         comment = f"replicated from {self.peer_name} revision {revision}"
         result = await self._apply_replica(config, comment)
         current = process.admin.all()
-        changed = []
+        changed, failed = [], []
         for key in sorted(set(current) | set(admin)):
             want = admin.get(key, AdminState.ONLINE)
             if current.get(key, AdminState.ONLINE) is want:
                 continue
-            with contextlib.suppress(PacslbError):  # a server gone with the config: pruned
+            try:
                 await process.set_admin(*key, want, by=PEER_BY, replicated=True)
                 changed.append(f"{key[0]}/{key[1]} {want}")
-        self._save(generation=generation, applied_revision=revision)
+            except PacslbError as exc:  # a server gone with the config is pruned: no match
+                failed.append(f"{key[0]}/{key[1]} {want}: {exc}")
         self._cache = None
+        sent = r.digest(
+            {"virtual_services": body.get("virtual_services"), "admin": body.get("admin", {})}
+        )
+        if self.own_digest() != sent:
+            # Not the peer's state after all: its generation is not taken (it would count as in
+            # sync, and the digests never match: pushed every second forever). 422, the reason.
+            why = "; ".join(failed[:3]) or "the applied state differs from the one sent"
+            self.record_event(
+                f"replica of peer {self.peer_name} revision {revision} not fully applied: {why}"
+            )
+            raise ConfigError(
+                [Problem("admin", f"the replicated state could not be applied whole: {why}")],
+                source,
+            )
+        self._save(generation=generation, applied_revision=revision)
+        self._agreed(sent)
         what = f"revision {result['revision']}" if result["changed"] else "no config change"
         admin_text = f"; admin: {', '.join(changed)}" if changed else ""
         self.record_event(

@@ -54,14 +54,19 @@ def normal_fingerprint(text: str) -> str:
     return ":".join(hexdigits[i : i + 2] for i in range(0, 64, 2))
 
 
-def proof(secret: str, purpose: str, nonce: str) -> str:
-    """HMAC-SHA256 of a nonce under node.ha.secret: shows the secret without sending it."""
-    message = f"pacslb-ha-pair\0{purpose}\0{nonce}".encode()
+def proof(secret: str, purpose: str, nonce: str, *bound: str) -> str:
+    """HMAC-SHA256 under node.ha.secret of a nonce and the `bound` fields: shows the secret
+    without sending it. The bound fields are what the proof vouches for: the certificate
+    fingerprints each side pinned and the join's address, port and token. A relay in the
+    middle (its own certificate towards the pairing node) cannot make the proofs match the
+    certificates each node really sees without the secret, so trust on first use is safe
+    when both nodes hold it."""
+    message = "\0".join(("pacslb-ha-pair", purpose, nonce, *bound)).encode()
     return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
 
 
-def proof_ok(secret: str, purpose: str, nonce: str, given: str) -> bool:
-    return hmac.compare_digest(proof(secret, purpose, nonce), given)
+def proof_ok(secret: str, purpose: str, nonce: str, given: str, *bound: str) -> bool:
+    return hmac.compare_digest(proof(secret, purpose, nonce, *bound), given)
 
 
 # --- the replicated state --------------------------------------------------------------------
@@ -119,13 +124,15 @@ class PeerView:
     digest: str | None  # the peer's replicated state, from its last answer
     generation: int  # the peer's generation, from its last answer
     applied_revision: int  # the revision of ours the peer last applied (0: none)
+    revision: int = 0  # the peer's own config revision, from its last answer
 
 
 @dataclass(frozen=True, slots=True)
 class Replication:
     """A node's replication state, as status, the WebUI and /metrics give it."""
 
-    state: str  # in-sync | behind | ahead | unreachable | refused | split-brain | not-paired
+    state: str  # in-sync | behind | ahead | unreachable | refused | split-brain | conflict |
+    # not-paired
     text: str  # the words for a person
     behind: int  # revisions the peer has not applied yet (0 when in sync)
 
@@ -137,10 +144,20 @@ def replication_status(
     peer: PeerView | None,
     refused: str | None,
     split: bool,
+    conflicted: bool = False,
 ) -> Replication:
     """The one line a node shows about replication (`pacslb ha status`, the Overview)."""
     if peer is None:
         return Replication("not-paired", "not paired", 0)
+    if conflicted and not split and peer.reachable:
+        return Replication(
+            "conflict",
+            f"conflict: both nodes changed since they last agreed (this node revision "
+            f"{own_revision}, the peer revision {peer.revision}); nothing is replicated until "
+            "an operator keeps one side (`pacslb ha resolve --keep-this` on the node whose "
+            "state is to win, or the WebUI HA page)",
+            0,
+        )
     behind = 0
     if peer.digest != own_digest and own_generation >= peer.generation:
         behind = max(own_revision - peer.applied_revision, 1)
@@ -168,15 +185,30 @@ def when(moment: float | None) -> str:
     return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def in_conflict(own_digest: str, peer_digest: str | None, common_digest: str | None) -> bool:
+    """Both nodes changed since the last state they agreed on (`common_digest`, remembered
+    whenever both held the same state): edits on both sides of a partition. Neither side may
+    overwrite the other then; an operator chooses. Unknown (None) common state: no conflict
+    (a pairing that has not synced once yet)."""
+    if common_digest is None or peer_digest is None or own_digest == peer_digest:
+        return False
+    return own_digest != common_digest and peer_digest != common_digest
+
+
 def should_push(
-    own_role: Role, own_generation: int, own_digest: str, peer: PeerView, split: bool
+    own_role: Role,
+    own_generation: int,
+    own_digest: str,
+    peer: PeerView,
+    split: bool,
+    conflicted: bool = False,
 ) -> bool:
     """Whether this node sends its state to the peer now: the peer answers, no split brain,
     and this node holds the newer state: a higher generation (even on the passive node: it can
     only have one from changes made while it was active that the peer never received, say
     while the link was down), or the same generation with a different state (a push that was
     lost), which the active node settles."""
-    if split or not peer.reachable:
+    if split or conflicted or not peer.reachable:
         return False
     if peer.digest == own_digest:
         return False

@@ -110,3 +110,51 @@ def test_split_brain_begins_and_ends_once_naming_who_kept_the_addresses() -> Non
     kept = watch.observe(Role.ACTIVE, Role.PASSIVE, "peer 198.18.0.3")
     assert kept is not None and kept.message == "split brain ended: this node kept the addresses"
     assert not r.split_brain(Role.ACTIVE, None)  # an unreachable peer is no split brain
+
+
+PEER_CERT = r.fingerprint(b"the peer's certificate")
+RELAY_CERT = r.fingerprint(b"a relay's certificate")
+OWN_CERT = r.fingerprint(b"the pairing node's certificate")
+
+
+def test_the_proofs_cover_the_certificates_each_node_sees_and_the_join() -> None:
+    """A relay between the nodes (its own certificate towards the pairing node, relaying hello
+    and join to the peer) cannot make the proofs pass: the peer proves the secret over its own
+    certificate, which is not the one the pairing node pinned; and the pairing node's join
+    proof covers the relay's certificate (what it saw), which is not the peer's own."""
+    secret = "a shared secret for the pair"
+    # hello: the peer proves over its own certificate; the pairing node checks against the one
+    # it sees: through the relay, the relay's.
+    hello = r.proof(secret, r.PROOF_PEER, "nonce-1", PEER_CERT)
+    assert r.proof_ok(secret, r.PROOF_PEER, "nonce-1", hello, PEER_CERT)  # direct: passes
+    assert not r.proof_ok(secret, r.PROOF_PEER, "nonce-1", hello, RELAY_CERT)  # relayed
+    # join: the pairing node proves over (the peer's certificate as it saw it, its own, the
+    # join's address, port, token); the peer checks with its own certificate.
+    fields = ("198.18.0.2", "9443", "pacslb_id_secret")
+    join = r.proof(secret, r.PROOF_ACTIVE, "nonce-2", RELAY_CERT, OWN_CERT, *fields)
+    assert not r.proof_ok(secret, r.PROOF_ACTIVE, "nonce-2", join, PEER_CERT, OWN_CERT, *fields)
+    direct = r.proof(secret, r.PROOF_ACTIVE, "nonce-2", PEER_CERT, OWN_CERT, *fields)
+    assert r.proof_ok(secret, r.PROOF_ACTIVE, "nonce-2", direct, PEER_CERT, OWN_CERT, *fields)
+    # The join's fields cannot be swapped by a relay either (its own token, address, cert).
+    for i, other in enumerate((RELAY_CERT, "198.18.0.66", "9444", "pacslb_relay_token")):
+        tampered = list((PEER_CERT, OWN_CERT, *fields))
+        tampered[1 if i == 0 else i + 1] = other
+        assert not r.proof_ok(secret, r.PROOF_ACTIVE, "nonce-2", direct, *tampered)
+
+
+def test_a_conflict_is_both_nodes_changed_since_they_last_agreed() -> None:
+    conflict = r.in_conflict
+    assert not conflict("a", "a", "a")  # in sync
+    assert not conflict("b", "a", "a")  # this node changed: it pushes
+    assert not conflict("a", "b", "a")  # the peer changed: it pushes here
+    assert conflict("b", "c", "a")  # both changed (edits on both sides of a partition)
+    assert not conflict("b", "b", "a")  # both made the same change: nothing to resolve
+    assert not conflict("b", "c", None)  # never synced yet: no common state to compare
+    assert not conflict("b", None, "a")  # the peer's state unknown (not polled)
+    # In conflict nothing is pushed, either way, whatever the generations and roles.
+    assert not r.should_push(Role.ACTIVE, 9, "b", view(digest="c"), False, True)
+    assert not r.should_push(Role.PASSIVE, 9, "b", view(digest="c"), False, True)
+    words = r.replication_status("b", 2, 7, view(digest="c", revision=5), None, False, True)
+    assert words.state == "conflict"
+    assert "this node revision 7, the peer revision 5" in words.text
+    assert "pacslb ha resolve --keep-this" in words.text
