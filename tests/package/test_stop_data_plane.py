@@ -3,8 +3,8 @@ control process is gone, on an HA pair in network namespaces (real keepalived, r
 workers of an l7-http service):
 
 - the control process SIGKILLed as systemd does at TimeoutStopSec (SERVICE_RESULT=timeout,
-  no stop intent recorded): keepalived and the workers are stopped and the peer holds every
-  floating address;
+  no stop intent recorded): keepalived and the workers are stopped (a hung one, SIGSTOPped,
+  is SIGKILLed) and the peer holds every floating address;
 - after `pacslb stop --keep-data-plane` (SERVICE_RESULT=success): both are kept, the marker is
   consumed, and the next ExecStopPost (no marker) stops them;
 - a control process that died unasked (SERVICE_RESULT=signal): kept for the restart to adopt.
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -105,9 +106,11 @@ def test_exec_stop_post_ends_keepalived_and_workers_of_a_killed_control_process(
     assert all(alive(p) for p in keepalived + workers)
     assert pair.holders() == [active.name]
 
+    os.kill(workers[0], signal.SIGSTOP)  # a hung worker, too: it answers nothing now
     out = exec_stop_post(active, "timeout")
     print(out)
     assert "data plane stopped" in out
+    assert f"killed (it did not stop in 10 s) proxy worker {workers[0]}" in out, out
     assert not any(alive(p) for p in keepalived + workers), out
     assert not list(active.run.state_dir.glob("proxy-*.sock")) or worker_pids_gone(active)
     wait_holder(pair, survivor)  # the priority-0 advert: the peer took every address

@@ -12,14 +12,20 @@ The kernel tables stay, as after any stop: `pacslb teardown` ends them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import select
+import signal
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pacslb.core.stop_intent import KEEP, STOP, keeps_data_plane
+from pacslb.errors import EngineError
 
 MARKER = "stop-intent"
+WORKER_STOP_TIMEOUT = 10.0  # a worker ends its connections and exits well within this
 
 
 def record(state_dir: Path, keep: bool) -> None:
@@ -48,18 +54,70 @@ def take(state_dir: Path) -> str | None:
 
 
 def stop_data_plane(state_dir: Path, service_result: str | None) -> list[str]:
-    """What ExecStopPost does; returns lines saying what was done and why."""
+    """What ExecStopPost does; returns lines saying what was done and why. EngineError (after
+    trying both) if keepalived or a worker would not end."""
     from pacslb.control.ha import stop_left_keepalived
-    from pacslb.engines.proxy import stop_workers
 
     keep, why = keeps_data_plane(take(state_dir), service_result)
     if keep:
         return [f"data plane kept: {why}"]
+    done = [f"data plane stopped: {why}"]
+    failed = []
     # keepalived first: the peer takes the addresses (priority-0 advert) before the workers
     # that serve them stop, so clients move rather than meet a refusal here.
-    done = stop_left_keepalived(state_dir)
-    done += stop_workers(state_dir)
-    return [f"data plane stopped: {why}", *done]
+    try:
+        done += stop_left_keepalived(state_dir)
+    except EngineError as exc:
+        failed.append(str(exc))
+    try:
+        done += end_workers(state_dir)
+    except EngineError as exc:
+        failed.append(str(exc))
+    if failed:
+        raise EngineError("; ".join([*done, *failed]))
+    return done
+
+
+def end_workers(state_dir: Path, timeout: float = WORKER_STOP_TIMEOUT) -> list[str]:
+    """Stop every proxy worker listening in `state_dir`; one that does not stop within
+    `timeout` (hung: it may not even answer) is SIGKILLed. Found by the kernel's record of
+    who listens on its socket (engines/unix_peer.py), held by a pidfd, so a worker that no
+    longer answers is found too and no other process is ever signalled."""
+    from pacslb.engines.unix_peer import listener
+
+    done = []
+    for path in sorted(state_dir.glob("proxy-*.sock")):
+        found = listener(path)
+        if found is None:
+            continue  # a stale socket file
+        pid, pidfd = found
+        try:
+            with contextlib.suppress(OSError, ValueError):
+                _ask_stop(path)  # it closes its listeners and ends its connections
+            how = "stopped"
+            if not _exited(pidfd, timeout):
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                how = f"killed (it did not stop in {timeout:g} s)"
+                if not _exited(pidfd, 5.0):
+                    raise EngineError(f"proxy worker {pid} ({path.name}) survived SIGKILL")
+        finally:
+            os.close(pidfd)
+        done.append(f"{how} proxy worker {pid} ({path.name})")
+    return done
+
+
+def _ask_stop(path: Path) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(2.0)
+        sock.connect(str(path))
+        sock.sendall(b'{"cmd": "stop"}\n')
+        sock.makefile("rb").readline()
+
+
+def _exited(pidfd: int, timeout: float) -> bool:
+    poll = select.poll()
+    poll.register(pidfd, select.POLLIN)  # readable once the process has exited
+    return bool(poll.poll(timeout * 1000))
 
 
 def add_parser(
