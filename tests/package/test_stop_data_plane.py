@@ -26,19 +26,21 @@ import pytest
 from pacslb.core.stop_intent import keeps_data_plane
 from tests.netns.conftest import PACSLB
 from tests.netns.ha_pair import Node, Pair, restart, running_pair
+from tests.package.test_unit_capabilities import sandbox
 
 UNIT = Path(__file__).resolve().parents[2] / "packaging" / "deb" / "pacslb.service"
 
 
 def exec_stop_post(node: Node, service_result: str) -> str:
-    """The unit's ExecStopPost line, with this node's state dir, in its namespace, with the
+    """The unit's ExecStopPost line, with this node's state dir, in its namespace, under the
+    unit's capability bounding set and no_new_privs (as systemd runs it), with the
     SERVICE_RESULT systemd would give it."""
     line = next(ln for ln in UNIT.read_text().splitlines() if ln.startswith("ExecStopPost="))
     argv = line.split("=", 1)[1].split()
     assert argv[0] == "/usr/bin/pacslb" and "/var/lib/pacslb" in argv
     argv = [*PACSLB, *(str(node.run.state_dir) if a == "/var/lib/pacslb" else a for a in argv[1:])]
     done = subprocess.run(
-        ["ip", "netns", "exec", node.host.ns, *argv],
+        ["ip", "netns", "exec", node.host.ns, *sandbox(), *argv],
         capture_output=True,
         text=True,
         timeout=60,
@@ -167,3 +169,6 @@ def test_a_plain_stop_intent_wins_over_a_crash_result() -> None:
     assert keeps_data_plane(None, "timeout")[0] is False
     assert keeps_data_plane(None, "exit-code")[0] is False
     assert keeps_data_plane(None, "core-dump")[0] is True
+    # An older pacslb's `stop --keep-data-plane` (the first upgrade onto this one) writes no
+    # intent and exits 0: what it kept must stay for the new version's start.
+    assert keeps_data_plane(None, "success")[0] is True

@@ -26,6 +26,11 @@ def keeps_data_plane(intent: str | None, service_result: str | None) -> tuple[bo
         return True, "stopped with --keep-data-plane: the next `pacslb run` adopts the data plane"
     if intent == STOP:
         return False, "asked to stop without --keep-data-plane"
+    if service_result == "success":
+        # Exited cleanly with no intent recorded: a pacslb from before the marker (the first
+        # upgrade onto this version: its `stop --keep-data-plane` writes none). A clean plain
+        # stop leaves nothing running anyway; a kept data plane must stay for the new start.
+        return True, "the control process exited cleanly (no stop intent recorded)"
     if service_result in CRASHES:
         # Died unasked while running (no stop intent was written): Restart=on-failure starts it
         # again within RestartSec and the new process adopts the workers and keepalived, as
