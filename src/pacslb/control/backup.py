@@ -7,8 +7,9 @@ What a backup holds (a gzip'd tar):
                            admin states (admin-state.json), WebUI users with their password
                            hashes (webui-users.json), API token hashes (api-tokens.json), the
                            device-cookie key, the WebUI's generated certificate and key (a peer
-                           or a browser may have pinned it), and any other state file a part of
-                           pacslb keeps there (HA pairing, say)
+                           or a browser may have pinned it), HA pairing (ha-peer.json), and
+                           the files inside it the config names; a file no part of pacslb keeps
+                           is left out (a restore would refuse it: control/restore_policy.py)
     files/<absolute path>  the config file and every certificate and key the config names
                            (virtual_services[].tls, node.webui), restored to the same paths
 Left out, being runtime or logs: sockets, locks, pid files, *.log, events.jsonl and rotated
@@ -18,7 +19,9 @@ temp files and the folders an earlier restore set aside. Kept with the rest: HA 
 (ha-peer.json: the peer's pinned certificate and token).
 
 Restore checks everything before it writes anything: the archive must read to its end (a
-truncated or corrupt one is refused), every member must be a plain file with a safe name, the
+truncated or corrupt one is refused), every member must be a plain file with a safe name and one
+a backup holds, without setuid/setgid/sticky bits (control/restore_policy.py: the manifest is
+not trusted to say where files go; modes are clamped), the
 manifest must list exactly the members present with matching sizes and sha256 (a member changed
 or added afterwards is refused), and the restored state must read back (the revision index and
 every revision's sha256, the admin states, users and tokens) from a staging folder. The target
