@@ -690,6 +690,10 @@ def build_parser() -> argparse.ArgumentParser:
     locate(p)
     p.set_defaults(func=cmd_teardown)
 
+    from pacslb.control import stop_intent
+
+    stop_intent.add_parser(sub, locate, _state_dir)  # stop-data-plane: the unit's ExecStopPost
+
     p = sub.add_parser("passwd", help="set the password of a WebUI/REST API user")
     p.add_argument("--user", default="admin", help="user name (default admin)")
     p.add_argument(

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from pacslb import __version__
 from pacslb import config as c
+from pacslb.control import stop_intent
 from pacslb.control.checker import HealthChecker
 from pacslb.control.events import Event, EventLog
 from pacslb.control.ha import KeepalivedSupervisor
@@ -113,6 +114,7 @@ class ControlProcess:
         self.config = config
         self.state_dir = state_dir or config.node.state_dir
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        stop_intent.forget(self.state_dir)  # an earlier stop's, read by ExecStopPost
         self.store = ConfigStore(self.state_dir)
         self.admin = AdminStateStore(self.state_dir / "admin-state.json")
         self.events = EventLog(
@@ -270,6 +272,10 @@ class ControlProcess:
         on serving the last Plan, as after a crash, for the next `pacslb run` to adopt: a
         restart or an upgrade that drops no connection (`pacslb stop --keep-data-plane`)."""
         self.keep_data_plane = keep_data_plane
+        # For pacslb.service's ExecStopPost, should this process hang from here on and be
+        # SIGKILLed: it stops the data plane unless this says keep (control/stop_intent.py).
+        with contextlib.suppress(OSError):
+            stop_intent.record(self.state_dir, keep_data_plane)
         self._stopping.set()
 
     async def wait_stopped(self) -> None:

@@ -7,8 +7,9 @@ What a backup holds (a gzip'd tar):
                            admin states (admin-state.json), WebUI users with their password
                            hashes (webui-users.json), API token hashes (api-tokens.json), the
                            device-cookie key, the WebUI's generated certificate and key (a peer
-                           or a browser may have pinned it), and any other state file a part of
-                           pacslb keeps there (HA pairing, say)
+                           or a browser may have pinned it), HA pairing (ha-peer.json), and
+                           the files inside it the config names; a file no part of pacslb keeps
+                           is left out (a restore would refuse it: control/restore_policy.py)
     files/<absolute path>  the config file and every certificate and key the config names
                            (virtual_services[].tls, node.webui), restored to the same paths
 Left out, being runtime or logs: sockets, locks, pid files, *.log, events.jsonl and rotated
@@ -18,7 +19,9 @@ temp files and the folders an earlier restore set aside. Kept with the rest: HA 
 (ha-peer.json: the peer's pinned certificate and token).
 
 Restore checks everything before it writes anything: the archive must read to its end (a
-truncated or corrupt one is refused), every member must be a plain file with a safe name, the
+truncated or corrupt one is refused), every member must be a plain file with a safe name and one
+a backup holds, without setuid/setgid/sticky bits (control/restore_policy.py: the manifest is
+not trusted to say where files go; modes are clamped), the
 manifest must list exactly the members present with matching sizes and sha256 (a member changed
 or added afterwards is refused), and the restored state must read back (the revision index and
 every revision's sha256, the admin states, users and tokens) from a staging folder. The target
@@ -61,7 +64,10 @@ FORMAT = "pacslb-backup"
 FORMAT_VERSION = 1
 MANIFEST = "MANIFEST.json"
 MAX_TOTAL = 512 * 1024 * 1024  # a state directory is kilobytes; this bounds a hostile archive
-SKIP_NAMES = frozenset({"events.jsonl", "kernel-addresses.json", "control.sock", ".lock"})
+# stop-intent: how the last stop was asked for, read by the unit's ExecStopPost (runtime).
+SKIP_NAMES = frozenset(
+    {"events.jsonl", "kernel-addresses.json", "control.sock", ".lock", "stop-intent"}
+)
 SKIP_SUFFIXES = (".log", ".lock", ".sock", ".tmp", ".pid", ".fifo", ".1", ".gz")
 SKIP_PREFIXES = ("pre-restore-", ".restore-", ".")
 # What the HA supervisors render and run from (config made from pacslb.yaml at each start, pid
@@ -194,10 +200,23 @@ def write_archive(path: Path, members: list[Member], meta: dict[str, Any]) -> No
 
 
 def backup(archive: Path, state_dir: Path, config_file: Path | None) -> dict[str, Any]:
+    """The archive, holding only what a restore accepts (control/restore_policy.py): a file
+    of the state directory no part of pacslb keeps (put there by hand, say) is left out and
+    listed in the returned `left_out`, rather than make the whole backup unrestorable."""
+    from pacslb.control.restore_policy import RestoreRefused, judge
+
     members = collect(state_dir, config_file)
     meta = manifest(members, state_dir, config_file)
+    try:
+        _, refused = judge(meta, {m.name: m for m in members})
+    except RestoreRefused as exc:  # the config file itself (its name, or it does not read)
+        raise BackupError(f"a restore would refuse this backup: {exc}") from None
+    if refused:
+        left = {name for name, _ in refused}
+        members = [m for m in members if m.name not in left]
+        meta = manifest(members, state_dir, config_file)
     write_archive(archive, members, meta)
-    return meta
+    return {**meta, "left_out": [f"{name} ({why})" for name, why in refused]}
 
 
 # --- restore -------------------------------------------------------------------------------
@@ -286,13 +305,13 @@ def _running(state_dir: Path) -> bool:
     return sock.exists() and socket_answers(sock)
 
 
-def _stage(staging: Path, members: dict[str, Member]) -> None:
+def _stage(staging: Path, members: dict[str, Member], modes: dict[str, int]) -> None:
     for name, member in members.items():
         if not name.startswith("state/"):
             continue
         path = staging / name.removeprefix("state/")
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        write_atomic(path, member.data, member.mode or 0o600)
+        write_atomic(path, member.data, modes[name])
 
 
 def _check_staged(staging: Path) -> None:
@@ -319,7 +338,13 @@ def restore(
 ) -> dict[str, Any]:
     """Restore `archive` into `state_dir` (and the outside files to their paths, `files`).
     Returns what was done; BackupError, having changed nothing, when it cannot be."""
+    from pacslb.control.restore_policy import RestoreRefused, allowed
+
     meta, members = read_archive(archive)
+    try:
+        modes = allowed(meta, members)  # where each member may go, and its clamped mode
+    except RestoreRefused as exc:
+        raise BackupError(f"{archive}: refused, nothing was changed: {exc}") from None
     if _running(state_dir):
         raise BackupError(
             f"pacslb is running on {state_dir}: stop it first (pacslb stop --state-dir "
@@ -333,12 +358,14 @@ def restore(
             "pre-restore-TIME/ inside it); nothing was changed"
         )
     outside = {
-        Path("/" + name.removeprefix("files/")): m
+        Path("/" + name.removeprefix("files/")): (m, modes[name])
         for name, m in members.items()
         if name.startswith("files/") and files
     }
     conflicts = [
-        str(p) for p, m in outside.items() if p.exists() and _read(p)[0] != m.data and not force
+        str(p)
+        for p, (m, _) in outside.items()
+        if p.exists() and _read(p)[0] != m.data and not force
     ]
     if conflicts:
         raise BackupError(
@@ -350,7 +377,7 @@ def restore(
     staging = state_dir / f".restore-{secrets.token_hex(4)}"
     staging.mkdir(mode=0o700)
     try:
-        _stage(staging, members)
+        _stage(staging, members, modes)
         try:
             _check_staged(staging)
         except BackupError:
@@ -367,11 +394,11 @@ def restore(
         with contextlib.suppress(OSError):
             shutil.rmtree(staging)
     written = []
-    for path, member in outside.items():
+    for path, (member, mode) in outside.items():
         if path.exists() and _read(path)[0] == member.data:
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, member.data, member.mode or 0o600)
+        write_atomic(path, member.data, mode)
         written.append(str(path))
     revisions = ConfigStore(state_dir).revisions()
     return {

@@ -61,6 +61,13 @@ def cmd_backup(args: argparse.Namespace) -> int:
     members = meta["members"]
     size = sum(m["size"] for m in members)
     print(f"wrote {args.file}: {len(members)} files ({size} bytes) from {state_dir}")
+    print(
+        "it holds credentials (password hashes, API tokens, private keys, the HA peer's API "
+        "token in plain text): store it as you store this node's own secrets (mode 0600)",
+        file=sys.stderr,
+    )
+    for left in meta["left_out"]:
+        print(f"note: left out {left}", file=sys.stderr)
     if config is None:
         print(
             "note: no config file in it (none given with --config, and no pacslb running "

@@ -27,6 +27,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import select
 import shutil
 import signal
 import stat
@@ -41,7 +42,7 @@ from pacslb import config as c
 from pacslb.core import keepalived as k
 from pacslb.core.doctor import HOST, Finding, Level
 from pacslb.core.ha_role import HaState, Role, ha_enabled
-from pacslb.errors import PacslbError
+from pacslb.errors import EngineError, PacslbError
 
 # Seconds before starting keepalived again after it died: longer each time in a row, back to
 # the first once it has run for RESTART_RESET seconds.
@@ -578,15 +579,28 @@ class KeepalivedSupervisor:
 
 
 def stop_left_keepalived(state_dir: Path) -> list[str]:
-    """`pacslb teardown`: end a keepalived left running by `stop --keep-data-plane`."""
+    """`pacslb teardown` and `stop-data-plane`: end a keepalived left running (by `stop
+    --keep-data-plane`, or by a control process that was killed). Held by a pidfd opened
+    before the check that it is our keepalived: the signal cannot reach a process given its
+    pid since."""
     paths = k.KeepalivedPaths.under(state_dir)
     pid = _alive_keepalived(paths)
     if pid is None:
         return []
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT
-    while time.monotonic() < deadline and _alive_keepalived(paths) == pid:
-        time.sleep(0.05)
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return []
+    try:
+        if _alive_keepalived(paths) != pid:  # exited between the check and the pidfd
+            return []
+        signal.pidfd_send_signal(pidfd, signal.SIGTERM)  # priority-0 advert: the peer takes over
+        poll = select.poll()
+        poll.register(pidfd, select.POLLIN)  # readable once it has exited
+        if not poll.poll(STOP_TIMEOUT * 1000):
+            raise EngineError(f"keepalived (pid {pid}) did not stop in {STOP_TIMEOUT:g} s")
+    finally:
+        os.close(pidfd)
     return [f"stopped keepalived (pid {pid}): the floating addresses went to the peer"]
 
 
