@@ -217,6 +217,6 @@ def render(
 def _dump(value: Any, flow: bool | None = None) -> str:
     # flow=None: block style outside, `{a: 1}` for leaf mappings, as the DESIGN example reads.
     text: str = yaml.dump(
-        value, Dumper=IndentedDumper, sort_keys=False, default_flow_style=flow, width=100
+        value, Dumper=IndentedDumper, sort_keys=False, default_flow_style=flow, width=4096
     )
     return text
