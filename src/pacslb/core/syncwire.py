@@ -28,6 +28,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pacslb.core import hakeys
+
 MAGIC = b"PLS1"
 MAC_SIZE = 32
 MAX_DATAGRAM = 1400  # bytes: below a 1500 MTU with IP and UDP headers, never fragmented
@@ -43,8 +45,9 @@ Field = int | str
 
 
 def sync_key(secret: str) -> bytes:
-    """The HMAC key: derived, so the VRRP password and the sync key are not the same bytes."""
-    return hashlib.sha256(b"pacslb state sync v1\0" + secret.encode()).digest()
+    """The HMAC key: from the secret's scrypt master with its own label (core/hakeys.py), so
+    the VRRP password heard on the link tells nothing of it."""
+    return hakeys.sync_key(secret)
 
 
 @dataclass(frozen=True, slots=True)
