@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pacslb import config as c
+from pacslb.control.hostaddr import global_addresses
 from pacslb.core import conntrackd as render
 from pacslb.core.ha_role import HaState, Role
 
@@ -201,14 +201,9 @@ async def _local_address(config: c.Config) -> str:
         return str(ha.address)
     if not ha.interface:
         raise ValueError("conntrackd needs node.ha.address or node.ha.interface")
-    proc = await asyncio.create_subprocess_exec(
-        "ip", "-j", "addr", "show", "dev", ha.interface, stdout=asyncio.subprocess.PIPE
-    )
-    out, _ = await proc.communicate()
-    for link in json.loads(out or b"[]"):
-        for info in link.get("addr_info", []):
-            if info.get("scope") == "global":
-                return str(info["local"])
+    addresses = await global_addresses(ha.interface)
+    if addresses:
+        return addresses[0]
     raise ValueError(f"node.ha.interface {ha.interface} has no address for conntrackd's sync")
 
 

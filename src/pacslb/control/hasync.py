@@ -24,6 +24,18 @@ if TYPE_CHECKING:
     from pacslb.control.statesync import StateSync
 
 
+REJECT_REASONS = (
+    "bad-mac",
+    "replay",
+    "stale",
+    "reflected",
+    "misdirected",
+    "malformed",
+    "not-sync",
+    "unknown-peer",
+)
+
+
 class HaSync:
     def __init__(self) -> None:
         self.statesync: StateSync | None = None
@@ -109,11 +121,20 @@ def metrics(sync: HaSync) -> Iterator[Metric]:
         rejected = CounterMetricFamily(
             "pacslb_sync_rejected",
             "state sync datagrams dropped, by reason (bad-mac: not this group's secret; "
-            "replay; stale: clocks more than 30 s apart; malformed; not-sync; unknown-peer)",
+            "replay; stale: clocks more than 30 s apart; reflected: this node's own datagram "
+            "sent back, or one addressed to its sender; misdirected: addressed to other nodes; "
+            "malformed; not-sync; unknown-peer)",
             labels=["reason"],
         )
-        for reason in ("bad-mac", "replay", "stale", "malformed", "not-sync", "unknown-peer"):
+        for reason in REJECT_REASONS:
             rejected.add_metric([reason], float(s.rejected.get(reason, 0)))
+        held = CounterMetricFamily(
+            "pacslb_sync_events_held_back",
+            "state sync troubles not recorded as events (at most one per kind a minute), by kind",
+            labels=["kind"],
+        )
+        for kind, count in sorted(s.throttle.held_total.items()):
+            held.add_metric([kind], float(count))
         imported = CounterMetricFamily(
             "pacslb_sync_imported_entries", "flow and persistence entries taken from peers"
         )
@@ -122,7 +143,7 @@ def metrics(sync: HaSync) -> Iterator[Metric]:
             "pacslb_sync_interval_seconds", "seconds between rounds of sending (on the active node)"
         )
         interval.add_metric([], s.interval)
-        yield from (sent, received, rejected, imported, interval)
+        yield from (sent, received, rejected, held, imported, interval)
     d = sync.conntrackd
     if d is not None:
         up = GaugeMetricFamily("pacslb_conntrackd_up", "1 while conntrackd runs")

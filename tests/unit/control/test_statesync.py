@@ -133,8 +133,10 @@ def test_forged_and_foreign_datagrams_are_counted_and_change_nothing() -> None:
         b = StateSync(settings(B, A), HaState(Role.PASSIVE), [kb], notes.append)
         await b.start()
         try:
-            good = Sealer(SECRET, "lb1", 1).seal([flow(1)], time.time())[0]
-            wrong = Sealer("not the group's secret!", "lb1", 1).seal([flow(2)], 1e9)[0]
+            good = Sealer(SECRET, "lb1", 1, receivers=[B]).seal([flow(1)], time.time())[0]
+            wrong = Sealer("not the group's secret!", "lb1", 1, receivers=[B]).seal([flow(2)], 1e9)[
+                0
+            ]
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
                 s.bind((A, 0))  # the peer's address: authenticated by the MAC only
                 s.sendto(wrong, (B, PORT))
