@@ -57,6 +57,14 @@ class HaState:
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
+    def unsubscribe(self, listener: Listener) -> None:
+        """Stop telling `listener` (a part that closes); no error when it was not told."""
+        self._listeners = [known for known in self._listeners if known != listener]
+
+    @property
+    def listeners(self) -> int:
+        return len(self._listeners)
+
     def set(self, role: Role) -> bool:
         """Make `role` current; True (and every listener told) when it changed."""
         old = self.role
