@@ -215,6 +215,17 @@ def metrics(sync: HaSync) -> Iterator[Metric]:
         )
         interval.add_metric([], s.interval)
         yield from (sent, received, rejected, held, imported, interval)
+        mirror = next((e.sticky for e in s.engines if hasattr(e, "sticky")), None)
+        if mirror is not None and hasattr(mirror, "skipped"):
+            skipped = CounterMetricFamily(
+                "pacslb_sync_sticky_skipped",
+                "l7 sticky entries from the peer not taken, by reason (malformed; "
+                "unknown-service: no source-ip persistence here; full: the table's bound)",
+                labels=["reason"],
+            )
+            for reason in ("malformed", "unknown-service", "full"):
+                skipped.add_metric([reason], float(mirror.skipped.get(reason, 0)))
+            yield skipped
     d = sync.conntrackd
     if d is not None:
         up = GaugeMetricFamily("pacslb_conntrackd_up", "1 while conntrackd runs")
