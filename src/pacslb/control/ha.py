@@ -39,6 +39,8 @@ from typing import Any
 
 from pacslb import config as c
 from pacslb.core import keepalived as k
+from pacslb.core.conntrackd import sync_port as conntrackd_sync_port
+from pacslb.core.conntrackd import wanted as conntrackd_wanted
 from pacslb.core.doctor import HOST, Finding, Level
 from pacslb.core.ha_role import HaState, ListenerError, Role, ha_enabled
 from pacslb.errors import PacslbError
@@ -631,7 +633,8 @@ def stop_left_keepalived(state_dir: Path) -> list[str]:
 
 
 def doctor_findings(config: c.Config) -> list[Finding]:
-    """`pacslb doctor`: an HA node needs keepalived, and warns of unauthenticated VRRPv3."""
+    """`pacslb doctor`: an HA node needs keepalived, and warns of unauthenticated VRRPv3 and
+    of conntrackd's unauthenticated sync (NAT services)."""
     ha = config.node.ha
     if ha is None or not ha.enabled:
         return []
@@ -657,6 +660,18 @@ def doctor_findings(config: c.Config) -> list[Finding]:
                 f"node.ha.advert_int {ha.advert_int:g} needs VRRPv3, which has no "
                 "authentication: keep the pair on a segment only trusted hosts reach",
                 "a whole-second advert_int (VRRPv2) authenticates the adverts",
+            )
+        )
+    if conntrackd_wanted(config):
+        out.append(
+            Finding(
+                "conntrackd",
+                Level.WARNING,
+                HOST,
+                f"NAT services under HA: conntrackd's sync (UDP {conntrackd_sync_port(ha)} on "
+                f"{ha.interface}) is unauthenticated and injects into the kernel's conntrack "
+                "table: the HA link must be a dedicated or isolated segment",
+                "a back-to-back cable or a VLAN only the two nodes are on (docs/ha.md)",
             )
         )
     return out

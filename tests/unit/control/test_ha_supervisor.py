@@ -180,3 +180,21 @@ def test_a_turn_that_raises_is_an_event_and_supervision_goes_on(
     assert any("supervision failed: TimeoutExpired" in n for n in notes), notes
     assert restarts >= 2  # started again after the failed turn, and again
     assert ha.role is Role.STOPPED  # not left ACTIVE with no keepalived
+
+
+def test_doctor_warns_that_conntrackd_sync_needs_an_isolated_link_with_nat_services() -> None:
+    if find_keepalived() is None:
+        pytest.skip("keepalived is not installed here (CI installs it)")
+    nat = {
+        "label": "Nat",
+        "vip": "198.18.1.100",
+        "ports": [4000],
+        "mode": "l4-nat",
+        "real_servers": [{"label": "a", "address": "198.18.2.11"}],
+    }
+    plain = config()
+    with_nat = plain.model_copy(update={"virtual_services": [c.VirtualService.model_validate(nat)]})
+    assert not any(f.check == "conntrackd" for f in doctor_findings(plain))
+    [warning] = [f for f in doctor_findings(with_nat) if f.check == "conntrackd"]
+    assert warning.level is Level.WARNING
+    assert "unauthenticated" in warning.message and "isolated segment" in warning.message
