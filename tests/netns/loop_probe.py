@@ -2,7 +2,8 @@
 thread and the loop applies Plans (drains), run inside a namespace with `ip netns exec`.
 
 loop_probe.py STATE_DIR FLOWS APPLIES -> one JSON line: {"listing_s", "entries", "max_lag_s",
-"applies"}: the loop's worst lateness (a 5 ms ticker) over the listings' whole time.
+"applies", "slowest_apply_s"}: the loop's worst lateness (a 5 ms ticker) over the listings'
+whole time, and the slowest apply meanwhile.
 """
 
 from __future__ import annotations
@@ -80,10 +81,13 @@ async def main(state_dir: Path, flows: int, applies: int) -> None:
     lister = threading.Thread(target=list_repeatedly)
     lister.start()
     done = 0
+    slowest = 0.0
     drained = AdminState.DRAIN
     while not listed.is_set() and done < applies:  # drains and undrains while it lists
         admin = {("DICOM", "a"): drained}
+        began = time.monotonic()
         await engine.apply(build_plan(config, admin=admin))
+        slowest = max(slowest, time.monotonic() - began)
         drained = AdminState.ONLINE if drained is AdminState.DRAIN else AdminState.DRAIN
         done += 1
         await asyncio.sleep(0.01)
@@ -91,7 +95,17 @@ async def main(state_dir: Path, flows: int, applies: int) -> None:
     stop = True
     await tick
     await engine.close()
-    print(json.dumps({**result, "max_lag_s": round(lag, 4), "applies": done}), flush=True)
+    print(
+        json.dumps(
+            {
+                **result,
+                "max_lag_s": round(lag, 4),
+                "applies": done,
+                "slowest_apply_s": round(slowest, 4),
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":
