@@ -27,6 +27,7 @@ SCRYPT_P = 1
 
 VRRP_LABEL = b"pacslb vrrp password"
 SYNC_LABEL = b"pacslb state sync"
+PAIRING_LABEL = b"pacslb pairing proof"
 _ALPHABET = string.ascii_letters + string.digits  # keepalived takes printable text; no quoting
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from pacslb.core import hakeys
 from pacslb.core.ha_role import Role
 from pacslb.core.state import AdminState
 
@@ -55,9 +56,13 @@ def normal_fingerprint(text: str) -> str:
 
 
 def proof(secret: str, purpose: str, nonce: str) -> str:
-    """HMAC-SHA256 of a nonce under node.ha.secret: shows the secret without sending it."""
+    """HMAC-SHA256 of a nonce under a key derived from node.ha.secret (scrypt, then a label of
+    its own: core/hakeys.py): shows the secret without sending it, and a proof obtained for a
+    chosen nonce lets nobody test guesses of the secret cheaply."""
     message = f"pacslb-ha-pair\0{purpose}\0{nonce}".encode()
-    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+    return hmac.new(
+        hakeys.derive(secret, hakeys.PAIRING_LABEL), message, hashlib.sha256
+    ).hexdigest()
 
 
 def proof_ok(secret: str, purpose: str, nonce: str, given: str) -> bool:

@@ -40,3 +40,15 @@ def test_the_state_sync_key_and_the_vrrp_password_are_independent() -> None:
     old = hashlib.sha256(b"pacslb state sync v1\0" + SECRET.encode()).digest()
     assert key != old and key != hmac.new(SECRET.encode(), b"", hashlib.sha256).digest()
     assert k.auth_pass(SECRET) not in key.hex()
+
+
+def test_the_pairing_proof_is_keyed_by_its_own_derived_key() -> None:
+    from pacslb.core import replication as r
+
+    given = r.proof(SECRET, r.PROOF_PEER, "nonce-1")
+    message = f"pacslb-ha-pair\0{r.PROOF_PEER}\0nonce-1".encode()
+    fast = hmac.new(SECRET.encode(), message, hashlib.sha256).hexdigest()
+    assert given != fast  # not testable at HMAC speed against guesses of the secret
+    key = hakeys.derive(SECRET, hakeys.PAIRING_LABEL)
+    assert given == hmac.new(key, message, hashlib.sha256).hexdigest()
+    assert key not in (syncwire.sync_key(SECRET), hakeys.derive(SECRET, hakeys.VRRP_LABEL))
