@@ -17,7 +17,9 @@ BASE_INTERVAL of its first packet however many are open; one younger than that a
 is picked by the deterministic table (core/hashslots.py), which every node computes alike.
 
 Failures (a peer that cannot be reached, nftables refusing an import, a forged datagram) are
-counted and reported as events once per distinct trouble; they never stop the control loop.
+counted in /metrics and reported as events once per distinct trouble and at most once a minute
+per kind (with the count held back: a peer's clock 30 s off must not make an event per
+datagram); they never stop the control loop.
 """
 
 from __future__ import annotations
