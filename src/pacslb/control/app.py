@@ -232,6 +232,8 @@ class ControlProcess:
         that does fail on them is not ready as well, naming its own error."""
         reasons = [] if self.broken_file is None else [self.broken_file.reason()]
         reasons += [f"cannot be placed on this host: {p}" for p in self.placement_problems]
+        if self.ha_sync is not None:  # state sync or conntrackd failing to start (hasync.py)
+            reasons += self.ha_sync.degraded()
         return reasons
 
     def _check_descriptor_limit(self) -> None:

@@ -12,17 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pacslb import config as c
+from pacslb.control.hostaddr import global_addresses
 from pacslb.core import conntrackd as render
 from pacslb.core.ha_role import HaState, Role
 
 BINARY = "conntrackd"
 COMMAND_TIMEOUT = 10.0  # seconds for one `conntrackd -C conf -X` command
+OUTPUT_LIMIT = 1 << 20  # bytes of the daemon's output file before it is rotated (.1)
 RESTART_PAUSES = (0.5, 1.0, 2.0, 5.0, 10.0)  # after a death at start, then again and again
 STABLE = 30.0  # seconds of life after which a death starts the pauses over
 
@@ -44,6 +45,7 @@ class ConntrackdSupervisor:
         self._task: asyncio.Task[None] | None = None
         self._transition: asyncio.Task[None] | None = None
         self._stopping = False
+        self._subscribed = False
         self._binary = shutil.which(BINARY) or f"/usr/sbin/{BINARY}"
 
     async def start(self) -> None:
@@ -51,10 +53,14 @@ class ConntrackdSupervisor:
         self.files.config.parent.mkdir(parents=True, exist_ok=True)
         self.files.config.write_text(render.render(self.config, local, self.files, self.inject))
         self.ha.subscribe(self._role_changed)
+        self._subscribed = True
         self._task = asyncio.get_running_loop().create_task(self._supervise())
 
     async def close(self) -> None:
         self._stopping = True
+        if self._subscribed:  # a reload makes a new supervisor: this one hears no more
+            self.ha.unsubscribe(self._role_changed)
+            self._subscribed = False
         for task in (self._transition, self._task):
             if task is not None:
                 task.cancel()
@@ -83,15 +89,23 @@ class ConntrackdSupervisor:
             # (primary-backup.sh removes it too); ours is only ever ours, under the state dir.
             self.files.lock.unlink(missing_ok=True)
             started = loop.time()
+            # Its output goes to a file, not a pipe: a pipe read only at its exit would hold
+            # everything it printed for its whole life in memory.
+            output = self.files.output
+            with contextlib.suppress(OSError):
+                if output.stat().st_size > OUTPUT_LIMIT:
+                    output.replace(output.with_suffix(".out.1"))
             try:
-                self.proc = await asyncio.create_subprocess_exec(
-                    self._binary,
-                    "-C",
-                    str(self.files.config),
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=asyncio.subprocess.DEVNULL,
-                    stderr=asyncio.subprocess.PIPE,
-                )
+                with open(output, "ab") as out:
+                    mark = out.tell()
+                    self.proc = await asyncio.create_subprocess_exec(
+                        self._binary,
+                        "-C",
+                        str(self.files.config),
+                        stdin=asyncio.subprocess.DEVNULL,
+                        stdout=out,
+                        stderr=out,
+                    )
             except OSError as exc:
                 self.note(f"conntrackd could not be started: {exc}")
                 code: int | None = None
@@ -101,8 +115,8 @@ class ConntrackdSupervisor:
                     self.note(f"conntrackd started (pid {self.proc.pid}), FTFW sync of NAT flows")
                 if self.ha.role in (Role.ACTIVE, Role.PASSIVE):
                     self._on(self.ha.role)  # its caches start empty: resync for the role
-                _, err_bytes = await self.proc.communicate()
-                code, err = self.proc.returncode, err_bytes.decode(errors="replace").strip()
+                code = await self.proc.wait()
+                err = _output_since(output, mark)
             if self._stopping:
                 return
             lived = loop.time() - started
@@ -201,15 +215,21 @@ async def _local_address(config: c.Config) -> str:
         return str(ha.address)
     if not ha.interface:
         raise ValueError("conntrackd needs node.ha.address or node.ha.interface")
-    proc = await asyncio.create_subprocess_exec(
-        "ip", "-j", "addr", "show", "dev", ha.interface, stdout=asyncio.subprocess.PIPE
-    )
-    out, _ = await proc.communicate()
-    for link in json.loads(out or b"[]"):
-        for info in link.get("addr_info", []):
-            if info.get("scope") == "global":
-                return str(info["local"])
+    addresses = await global_addresses(ha.interface)
+    if addresses:
+        return addresses[0]
     raise ValueError(f"node.ha.interface {ha.interface} has no address for conntrackd's sync")
+
+
+def _output_since(path: Path, offset: int) -> str:
+    """What the daemon printed since `offset` (its last run), at most the last 4 KiB."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, 2)
+            f.seek(max(offset, size - 4096))
+            return f.read().decode(errors="replace").strip()
+    except OSError:
+        return ""
 
 
 def _log_tail(path: Path) -> str:

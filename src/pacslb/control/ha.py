@@ -40,8 +40,10 @@ from typing import Any
 
 from pacslb import config as c
 from pacslb.core import keepalived as k
+from pacslb.core.conntrackd import sync_port as conntrackd_sync_port
+from pacslb.core.conntrackd import wanted as conntrackd_wanted
 from pacslb.core.doctor import HOST, Finding, Level
-from pacslb.core.ha_role import HaState, Role, ha_enabled
+from pacslb.core.ha_role import HaState, ListenerError, Role, ha_enabled
 from pacslb.errors import EngineError, PacslbError
 
 # Seconds before starting keepalived again after it died: longer each time in a row, back to
@@ -228,10 +230,10 @@ class KeepalivedSupervisor:
                 await self._stop(keep_running=False)
                 self.note("HA turned off: keepalived stopped", {})
             self.problem = None
-            self.ha.set(Role.STANDALONE)
+            self._set_role(Role.STANDALONE)
             return
         if self.ha.role is Role.STANDALONE:
-            self.ha.set(Role.STARTING)
+            self._set_role(Role.STARTING)
         binary = self.find()
         if binary is None:
             self._fail(f"keepalived is not installed ({INSTALL_HINT})")
@@ -276,7 +278,7 @@ class KeepalivedSupervisor:
             self.note(f"HA cannot run: {problem}", {"problem": problem})
         self.problem = problem
         if self._runner is None:  # a running keepalived goes on with its last config
-            self.ha.set(Role.STOPPED)
+            self._set_role(Role.STOPPED)
         if self._retry is None:
             self._retry = asyncio.get_running_loop().create_task(self._retry_later())
 
@@ -347,10 +349,18 @@ class KeepalivedSupervisor:
             if state is not None:
                 self._on_state(state)
 
+    def _set_role(self, role: Role) -> bool:
+        """HaState.set, with a listener's failure an event (the others were told)."""
+        try:
+            return self.ha.set(role)
+        except ListenerError as exc:
+            self.note(f"role {role}: {exc}", {"role": str(role)})
+            return True
+
     def _on_state(self, state: k.VrrpState) -> None:
         self.failing = None  # it runs: it reports
         old = self.ha.role
-        if not self.ha.set(state.role):
+        if not self._set_role(state.role):
             return
         self._role_changed.set()
         held = len(self.addresses)
@@ -370,41 +380,73 @@ class KeepalivedSupervisor:
     # --- the child -----------------------------------------------------------------------
 
     async def _run(self, binary: str) -> None:
+        """Start keepalived, wait for it to exit, start it again: for as long as HA runs.
+        Any trouble in one turn (an `ip` that hangs, an unreadable answer) is an event and a
+        pause, never the end of the supervision (a role left ACTIVE with nobody watching)."""
         delay = 0
         while not self._closing:
             try:
-                await self._start(binary)
-            except OSError as exc:
-                self.failing = f"keepalived could not be started: {exc}"
-                self.note(self.failing, {})
+                turned = await self._turn(binary, delay)
+            except Exception as exc:
+                await self._turn_failed(exc, delay)
             else:
-                code = await self._wait_exit()
-                if self._closing:
+                if turned is None:
                     return
-                ran = time.monotonic() - self.started_at
-                if ran >= RESTART_RESET:
-                    delay = 0
-                if ran < EARLY_EXIT:  # not ready until it reports a state again
-                    self.failing = (
-                        f"keepalived exited ({code}) {ran:.1f} s after it started: see "
-                        f"{self.paths.log}"
-                    )
-                # Its VRRP child outlives it for a moment (it was told to stop); a keepalived
-                # started meanwhile would find its pid file and leave at once.
-                await asyncio.to_thread(_wait_gone, self.paths, STOP_TIMEOUT)
-                removed = await asyncio.to_thread(drop_addresses, self.addresses)
-                self.ha.set(Role.STOPPED)
-                self._role_changed.set()
-                self.note(
-                    f"keepalived (pid {self.pid}) exited ({code}) after {ran:.1f} s"
-                    + (f"; took away {', '.join(removed)}" if removed else "")
-                    + f"; starting it again in {RESTART_DELAYS[delay]:g} s",
-                    {"code": code, "removed": removed},
-                )
+                delay = turned
             self.pid = None
             await asyncio.sleep(RESTART_DELAYS[delay])
             delay = min(delay + 1, len(RESTART_DELAYS) - 1)
             self.restarts += 1
+
+    async def _turn(self, binary: str, delay: int) -> int | None:
+        """One start and exit of keepalived: the next delay's index (None: we are closing)."""
+        try:
+            await self._start(binary)
+        except OSError as exc:
+            self.failing = f"keepalived could not be started: {exc}"
+            self.note(self.failing, {})
+            return delay
+        code = await self._wait_exit()
+        if self._closing:
+            return None
+        ran = time.monotonic() - self.started_at
+        if ran >= RESTART_RESET:
+            delay = 0
+        if ran < EARLY_EXIT:  # not ready until it reports a state again
+            self.failing = (
+                f"keepalived exited ({code}) {ran:.1f} s after it started: see {self.paths.log}"
+            )
+        # Its VRRP child outlives it for a moment (it was told to stop); a keepalived
+        # started meanwhile would find its pid file and leave at once.
+        await asyncio.to_thread(_wait_gone, self.paths, STOP_TIMEOUT)
+        removed = await asyncio.to_thread(drop_addresses, self.addresses)
+        self._set_role(Role.STOPPED)
+        self._role_changed.set()
+        self.note(
+            f"keepalived (pid {self.pid}) exited ({code}) after {ran:.1f} s"
+            + (f"; took away {', '.join(removed)}" if removed else "")
+            + f"; starting it again in {RESTART_DELAYS[delay]:g} s",
+            {"code": code, "removed": removed},
+        )
+        return delay
+
+    async def _turn_failed(self, exc: Exception, delay: int) -> None:
+        """A turn that raised: said, and the state made safe. The pidfd is let go (the next
+        turn adopts a keepalived still running, whose FIFO still tells the role); with none
+        running the role is STOPPED and its addresses are taken away."""
+        self.failing = f"keepalived supervision failed: {exc!r}"
+        self.note(f"{self.failing}; trying again in {RESTART_DELAYS[delay]:g} s", {})
+        if self._pidfd is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self._pidfd)
+            with contextlib.suppress(OSError):
+                os.close(self._pidfd)
+            self._pidfd = None
+        with contextlib.suppress(Exception):
+            if await asyncio.to_thread(_alive_keepalived, self.paths) is None:
+                self._set_role(Role.STOPPED)
+                self._role_changed.set()
+                await asyncio.to_thread(drop_addresses, self.addresses)
 
     async def _start(self, binary: str) -> None:
         adopted = _alive_keepalived(self.paths)
@@ -498,7 +540,7 @@ class KeepalivedSupervisor:
                 self._signal(signal.SIGKILL)
                 await asyncio.to_thread(drop_addresses, self.addresses)
             self.note(f"keepalived (pid {pid}) stopped", {})
-            self.ha.set(Role.STOPPED)
+            self._set_role(Role.STOPPED)
         if runner is not None:
             runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -605,7 +647,8 @@ def stop_left_keepalived(state_dir: Path) -> list[str]:
 
 
 def doctor_findings(config: c.Config) -> list[Finding]:
-    """`pacslb doctor`: an HA node needs keepalived, and warns of unauthenticated VRRPv3."""
+    """`pacslb doctor`: an HA node needs keepalived, and warns of unauthenticated VRRPv3 and
+    of conntrackd's unauthenticated sync (NAT services)."""
     ha = config.node.ha
     if ha is None or not ha.enabled:
         return []
@@ -631,6 +674,18 @@ def doctor_findings(config: c.Config) -> list[Finding]:
                 f"node.ha.advert_int {ha.advert_int:g} needs VRRPv3, which has no "
                 "authentication: keep the pair on a segment only trusted hosts reach",
                 "a whole-second advert_int (VRRPv2) authenticates the adverts",
+            )
+        )
+    if conntrackd_wanted(config):
+        out.append(
+            Finding(
+                "conntrackd",
+                Level.WARNING,
+                HOST,
+                f"NAT services under HA: conntrackd's sync (UDP {conntrackd_sync_port(ha)} on "
+                f"{ha.interface}) is unauthenticated and injects into the kernel's conntrack "
+                "table: the HA link must be a dedicated or isolated segment",
+                "a back-to-back cable or a VLAN only the two nodes are on (docs/ha.md)",
             )
         )
     return out

@@ -17,7 +17,9 @@ BASE_INTERVAL of its first packet however many are open; one younger than that a
 is picked by the deterministic table (core/hashslots.py), which every node computes alike.
 
 Failures (a peer that cannot be reached, nftables refusing an import, a forged datagram) are
-counted and reported as events once per distinct trouble; they never stop the control loop.
+counted in /metrics and reported as events once per distinct trouble and at most once a minute
+per kind (with the count held back: a peer's clock 30 s off must not make an event per
+datagram); they never stop the control loop.
 """
 
 from __future__ import annotations
@@ -34,8 +36,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from pacslb import config as c
+from pacslb.control.hostaddr import global_addresses
 from pacslb.core.ha_role import HaState, Role
 from pacslb.core.syncwire import Deltas, Entry, MapEntry, Opener, Sealer, StickyEntry, WireError
+from pacslb.core.throttle import Throttle
 
 BASE_INTERVAL = 0.1  # seconds between rounds while listing the recent flows is cheap
 MAX_INTERVAL = 5.0
@@ -65,18 +69,22 @@ class StateSync:
         self.ha = ha
         self.engines = engines
         self.note = note
-        self.node = node or (str(settings.address) if settings.address else socket.gethostname())
         self.peers = {str(ipaddress.ip_address(p)) for p in settings.peers}
         self.port = int(settings.sync_port)
-        self._sealer = Sealer(settings.secret, self.node, secrets.randbits(62))
-        self._opener = Opener(settings.secret)
+        self.boot = secrets.randbits(62)
+        # This node's identity on the wire: its HA address (node.ha.address, else the HA
+        # interface's primary address, read at start), unique in the group where host names
+        # may not be (nodes in namespaces share one).
+        self.addresses = frozenset({str(settings.address)} if settings.address else ())
+        self.node = node or (str(settings.address) if settings.address else socket.gethostname())
+        self._keys()
         self._deltas = Deltas(FULL_EVERY)
         self._transport: asyncio.DatagramTransport | None = None
         self._task: asyncio.Task[None] | None = None
         self._flush: asyncio.Task[None] | None = None
         self._pending: list[Entry] = []
         self._sticky_cursor = 0
-        self._boots: dict[str, int] = {}  # peer address -> its boot id, as last heard
+        self._boots: dict[str, int] = {}  # peer node (authenticated) -> its boot id, last heard
         self._last_hello = 0.0
         self.interval = BASE_INTERVAL
         self.last_listing_s = 0.0  # the last complete listing's cost
@@ -91,12 +99,28 @@ class StateSync:
         self.imported = 0
         self.rejected: Counter[str] = Counter()
         self._said: dict[str, str] = {}  # trouble kind -> last message (once per distinct one)
+        self.throttle = Throttle()  # and at most one event per kind a minute, with a count
+
+    def _keys(self) -> None:
+        secret = self.settings.secret
+        assert secret is not None
+        self._sealer = Sealer(secret, self.node, self.boot, receivers=sorted(self.peers))
+        self._opener = Opener(secret, self.node, self.boot, self.addresses)
 
     # --- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Listen and send. OSError when it cannot (yet): no address on the HA interface at
+        boot, the port still taken by the last run; control/hasync.py tries again."""
         loop = asyncio.get_running_loop()
         host = str(self.settings.address) if self.settings.address else None
+        if host is None and self.settings.interface:
+            found = await global_addresses(self.settings.interface)
+            if not found:
+                raise OSError(f"node.ha.interface {self.settings.interface} has no address yet")
+            self.addresses = frozenset(found)
+            self.node = found[0]
+            self._keys()
         family = socket.AF_INET
         if any(":" in p for p in self.peers) or (host and ":" in host):
             family = socket.AF_INET6
@@ -225,11 +249,11 @@ class StateSync:
             got = self._opener.open(data, time.time(), source)
         except WireError as exc:
             self.rejected[exc.reason] += 1
-            self._trouble(exc.reason, f"state sync: datagram from {source} rejected: {exc}")
+            self._trouble(exc.reason, f"state sync: a datagram from {source} rejected: {exc}")
             return
         self.received += 1
-        if self._boots.get(source) != got.boot:  # a peer new to us, or restarted
-            self._boots[source] = got.boot
+        if self._boots.get(got.node) != got.boot:  # a peer new to us, or restarted
+            self._boots[got.node] = got.boot
             self._deltas.force_full()
         if got.entries:
             self._pending.extend(got.entries)
@@ -278,9 +302,15 @@ class StateSync:
         return None
 
     def _trouble(self, kind: str, message: str) -> None:
-        if self._said.get(kind) != message:
+        """An event once per distinct message of a kind, and at most one per kind a minute
+        (a count of the ones held back goes with the next; all are in /metrics)."""
+        if self._said.get(kind) == message:
+            self.throttle.hold(kind)
+            return
+        text = self.throttle.text(kind, message, time.monotonic())
+        if text is not None:
             self._said[kind] = message
-            self.note(message)
+            self.note(text)
 
     def status(self) -> dict[str, Any]:
         return {
@@ -294,6 +324,7 @@ class StateSync:
             "received": self.received,
             "imported": self.imported,
             "rejected": dict(self.rejected),
+            "events_held_back": dict(self.throttle.held_total),
         }
 
 

@@ -563,7 +563,7 @@ async def view_config(request: Request, who: Reader) -> Response:
         render = getattr(engine, "ruleset_text", None)  # the kernel engine offers its nftables
         if callable(render):
             try:
-                text = str(render())
+                text = str(await asyncio.to_thread(render))  # nft's lock: off the loop
                 if text.strip():  # no Layer 4 service, no tables: no empty box either
                     rulesets.append((engine.name, text))
             except Exception as exc:  # a view must not fail because an engine could not render

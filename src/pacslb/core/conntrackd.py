@@ -39,6 +39,11 @@ class ConntrackdFiles:
     lock: Path
     log: Path
 
+    @property
+    def output(self) -> Path:
+        """What the daemon prints (stderr and stdout), beside its own log."""
+        return self.log.with_name("conntrackd.out")
+
     @staticmethod
     def under(state_dir: Path) -> ConntrackdFiles:
         d = state_dir / "conntrackd"

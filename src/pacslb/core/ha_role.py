@@ -32,6 +32,18 @@ class Role(StrEnum):
 Listener = Callable[[Role, Role], None]  # (old, new)
 
 
+class ListenerError(Exception):
+    """Listeners that raised on a role change, raised once every listener has run (the role is
+    set and the others were told). The shell that sets the role reports it."""
+
+    def __init__(self, role: Role, errors: list[Exception]) -> None:
+        super().__init__(
+            f"{len(errors)} listener(s) failed on the change to {role}: "
+            + "; ".join(repr(e) for e in errors)
+        )
+        self.errors = errors
+
+
 class HaState:
     """The current role, since when (monotonic and wall clock), and who wants to hear of a
     change. Listeners run in the caller's thread (the event loop) and must not block."""
@@ -45,6 +57,14 @@ class HaState:
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
+    def unsubscribe(self, listener: Listener) -> None:
+        """Stop telling `listener` (a part that closes); no error when it was not told."""
+        self._listeners = [known for known in self._listeners if known != listener]
+
+    @property
+    def listeners(self) -> int:
+        return len(self._listeners)
+
     def set(self, role: Role) -> bool:
         """Make `role` current; True (and every listener told) when it changed."""
         old = self.role
@@ -52,8 +72,14 @@ class HaState:
             return False
         self.role = role
         self.since, self.since_wall = time.monotonic(), time.time()
+        failed: list[Exception] = []
         for listener in list(self._listeners):
-            listener(old, role)
+            try:
+                listener(old, role)
+            except Exception as exc:  # the next listeners must hear of the change all the same
+                failed.append(exc)
+        if failed:
+            raise ListenerError(role, failed)
         return True
 
 

@@ -15,8 +15,10 @@ each `node.ha.gateways` entry (the l4-nat real servers' default gateway). Choice
   (measured: both MASTER). The adverts carry one fixed address instead, derived from the VRID
   and held on lo with host scope (VRRPv3 refuses an instance without one). Excluded addresses
   also mix IPv4 and IPv6 in one instance.
-- Authentication: VRRPv2's simple password (8 characters derived from `node.ha.secret`), the
-  only one keepalived has besides the deprecated AH. It is a clear-text guard against a
+- Authentication: VRRPv2's simple password (8 characters derived from `node.ha.secret` by
+  scrypt and a label of its own, core/hakeys.py: an advert heard lets nobody test guesses of
+  the secret cheaply, nor tells the state sync key), the only one keepalived has besides the
+  deprecated AH. It is a clear-text guard against a
   foreign or misconfigured VRRP speaker on the segment, not a defence against an attacker who
   sees the adverts. VRRPv3 (RFC 5798), which an advert interval below a second needs (v2
   counts whole seconds), has no authentication at all: a sub-second pair is unauthenticated.
@@ -30,7 +32,6 @@ each `node.ha.gateways` entry (the l4-nat real servers' default gateway). Choice
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import re
 from collections.abc import Mapping
@@ -38,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pacslb import config as c
+from pacslb.core import hakeys
 from pacslb.core.ha_role import Role
 
 INSTANCE = "pacslb"  # the VRRP instance's name, as the notify FIFO reports it
@@ -104,9 +106,10 @@ def vrrp_version(advert_int: float) -> int:
 
 
 def auth_pass(secret: str) -> str:
-    """The 8 characters VRRPv2 carries (keepalived uses only the first 8): derived from the
-    pair's secret so that both nodes agree and the secret itself never goes on the wire."""
-    return hashlib.sha256(b"pacslb vrrp password\0" + secret.encode()).hexdigest()[:8]
+    """The 8 characters VRRPv2 carries in clear: derived from the pair's secret by a slow KDF
+    with a label of its own (core/hakeys.py), so that both nodes agree, and one advert heard
+    lets nobody test guesses of the secret cheaply nor learn the state sync key."""
+    return hakeys.vrrp_password(secret)
 
 
 def floating_addresses(

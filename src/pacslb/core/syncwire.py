@@ -6,10 +6,12 @@ entries (`StickyEntry`). conntrack state of NAT flows travels by conntrackd, not
 
 A datagram (UDP, one per MAX_DATAGRAM bytes at most, so that none is fragmented on a 1500-byte
 link) is `MAGIC | HMAC-SHA256(key, body) | body`, body a compact JSON object: the sender's node
-name, its boot id (random per process), a sequence number and its wall clock in ms, and the
-entries. The key is derived from `node.ha.secret`. A receiver (`Opener`) drops what is not
-authentic, is older than MAX_SKEW, or was seen before (a sliding window of sequence numbers
-per sender, as IPsec's anti-replay window): a captured datagram replayed later does nothing.
+name, its boot id (random per process), a sequence number and its wall clock in ms, the
+addresses it sends to, and the entries. The key is derived from `node.ha.secret`. A receiver
+(`Opener`) drops what is not authentic, is older than MAX_SKEW, was seen before (a sliding
+window of sequence numbers per sending node, as IPsec's anti-replay window: a captured datagram
+replayed later does nothing), carries its own node name or boot id (its own datagram sent back
+to it), or was addressed to others (the address it claims to come from, or none of ours).
 
 Every node may send and every node receives from every peer: the design holds for N nodes
 (and for N active nodes behind ECMP, where each sends the entries it made). `Deltas` decides
@@ -28,6 +30,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pacslb.core import hakeys
+
 MAGIC = b"PLS1"
 MAC_SIZE = 32
 MAX_DATAGRAM = 1400  # bytes: below a 1500 MTU with IP and UDP headers, never fragmented
@@ -43,8 +47,9 @@ Field = int | str
 
 
 def sync_key(secret: str) -> bytes:
-    """The HMAC key: derived, so the VRRP password and the sync key are not the same bytes."""
-    return hashlib.sha256(b"pacslb state sync v1\0" + secret.encode()).digest()
+    """The HMAC key: from the secret's scrypt master with its own label (core/hakeys.py), so
+    the VRRP password heard on the link tells nothing of it."""
+    return hakeys.sync_key(secret)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,16 +175,25 @@ class Received:
 class Sealer:
     """Packs entries into authenticated datagrams of at most MAX_DATAGRAM bytes."""
 
-    def __init__(self, secret: str, node: str, boot: int, limit: int = MAX_DATAGRAM) -> None:
+    def __init__(
+        self,
+        secret: str,
+        node: str,
+        boot: int,
+        limit: int = MAX_DATAGRAM,
+        receivers: Sequence[str] = (),
+    ) -> None:
         self._key = sync_key(secret)
         self.node = node
         self.boot = boot
         self.seq = 0
         self.limit = limit
+        self.receivers = sorted(receivers)  # in the HMAC'd body: whom the datagram is for
 
     def seal(self, entries: Iterable[Entry], now: float) -> list[bytes]:
         """Datagrams carrying `entries` (one empty one when there are none: a heartbeat)."""
-        room = self.limit - len(MAGIC) - MAC_SIZE - 96  # the body's fields besides entries
+        # The body's fields besides entries (the receivers' addresses: up to 41 bytes each).
+        room = self.limit - len(MAGIC) - MAC_SIZE - 96 - sum(len(r) + 3 for r in self.receivers)
         batches: list[list[str]] = [[]]
         used = 0
         for entry in entries:
@@ -196,7 +210,13 @@ class Sealer:
     def _one(self, items: Sequence[str], now: float) -> bytes:
         self.seq += 1
         head = json.dumps(
-            {"n": self.node, "b": self.boot, "q": self.seq, "t": int(now * 1000)},
+            {
+                "n": self.node,
+                "b": self.boot,
+                "q": self.seq,
+                "t": int(now * 1000),
+                "r": self.receivers,
+            },
             separators=(",", ":"),
         )
         body = (head[:-1] + ',"e":[' + ",".join(items) + "]}").encode()
@@ -215,9 +235,15 @@ class _Seen:
 @dataclass
 class Opener:
     """Checks and decodes datagrams; raises WireError (reason: a metrics label) for any that
-    is not authentic, stale, replayed or broken. One Opener serves every peer."""
+    is not authentic, stale, replayed, reflected, misdirected or broken. One Opener serves
+    every peer. `node`, `boot`: this node's own (its own datagrams sent back to it are
+    dropped); `addresses`: this node's (a datagram must name one of them as a receiver; empty:
+    not checked)."""
 
     secret: str
+    node: str = ""
+    boot: int | None = None
+    addresses: frozenset[str] = frozenset()
     _key: bytes = field(init=False)
     _seen: dict[str, _Seen] = field(default_factory=dict)
 
@@ -225,8 +251,7 @@ class Opener:
         self._key = sync_key(self.secret)
 
     def open(self, datagram: bytes, now: float, source: str = "") -> Received:
-        """`source`: the sender's address; with the node name it tells senders apart (the
-        nodes of a group may share a host name)."""
+        """`source`: the address the datagram came from."""
         if len(datagram) < len(MAGIC) + MAC_SIZE + 2 or not datagram.startswith(MAGIC):
             raise WireError("not-sync", "no pacslb state sync magic")
         mac = datagram[len(MAGIC) : len(MAGIC) + MAC_SIZE]
@@ -236,16 +261,28 @@ class Opener:
         try:
             data = json.loads(body)
             node, boot, seq, sent_ms, items = data["n"], data["b"], data["q"], data["t"], data["e"]
+            receivers = data["r"]
         except (ValueError, KeyError, TypeError) as exc:
             raise WireError("malformed", str(exc)) from None
         if not (isinstance(node, str) and isinstance(boot, int) and isinstance(seq, int)):
             raise WireError("malformed", "header fields")
         if not isinstance(items, list) or not isinstance(sent_ms, int):
             raise WireError("malformed", "header fields")
+        if not isinstance(receivers, list) or not all(isinstance(r, str) for r in receivers):
+            raise WireError("malformed", "receivers")
+        if node == self.node or boot == self.boot:
+            raise WireError("reflected", "carries this node's own name or boot id")
+        if source and source in receivers:
+            raise WireError("reflected", f"addressed to {source}, the address it came from")
+        if self.addresses and not self.addresses.intersection(receivers):
+            raise WireError("misdirected", "addressed to other nodes, not this one")
         sent_at = sent_ms / 1000
         if abs(now - sent_at) > MAX_SKEW:
-            raise WireError("stale", f"sent {now - sent_at:+.1f} s from now (clocks apart?)")
-        self._admit(f"{source}/{node}", boot, seq, sent_at)
+            # No figure in the text: it goes into events, which must not differ per datagram.
+            raise WireError("stale", f"sent more than {MAX_SKEW:g} s from now (clocks apart?)")
+        # Keyed by the authenticated node name, not the address: the window holds whichever
+        # address a peer's datagram comes from.
+        self._admit(node, boot, seq, sent_at)
         entries = tuple(entry_from_wire(item) for item in items)
         return Received(node, boot, seq, sent_at, entries)
 

@@ -369,6 +369,7 @@ class ProxyEngine:
             self._spawn_task(self._watchdog())
             await self.sticky.seed(self.workers)  # entries the peer sent before we started
         previous, self._last_plan = self._last_plan, plan
+        self.sticky.plan_applied(plan)  # learnt entries live no longer than their timeout
         self._sticky_services = any(
             not s.mode.is_kernel and s.persistence.kind == "source-ip" for s in plan.services
         )
@@ -704,7 +705,9 @@ class ProxyEngine:
     def import_sticky(self, entries: list[dict[str, Any]]) -> None:
         """Entries from the peer node (export_sticky's form): every worker adds those it does
         not have, with their ttl; an existing live entry is kept. Handed to the workers in the
-        background (`await self.sticky.settled()` waits); ValueError for a bad entry."""
+        background (`await self.sticky.settled()` waits). A bad entry is skipped and counted
+        (self.sticky.skipped), the others are taken; ValueError only when `entries` is not a
+        list."""
         self.sticky.learn(entries, self.workers)
 
     def _event(self, worker: Worker, reason: str, message: str, **data: Any) -> None:

@@ -18,8 +18,8 @@ timeout, so that the peer's copy lives as long as the client's connections do he
 from __future__ import annotations
 
 import asyncio
-import math
 import time
+from collections import Counter
 from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -35,6 +35,10 @@ from pacslb.proxy.sticky_share import SharedEntry, parse_entries
 READ_TIMEOUT = 3.0
 PUSH_TIMEOUT = 10.0  # a seed or a peer's entries, outside the watchdog's loop
 PURGE_INTERVAL = 10.0
+# Entries learnt from the peer: a bound on the mirror (a peer gone wrong must not grow it
+# without end), and the longest ttl taken before a Plan tells the services' timeouts.
+MAX_HELD = 500_000
+MAX_LEARNT_TTL = 86_400.0
 
 
 def replaces_steered_listeners(old: Plan | None, new: Plan) -> bool:
@@ -89,6 +93,18 @@ class StickyMirror:
         self._cursors: dict[str, tuple[int, Any]] = {}  # worker name -> (its pid, its cursor)
         self._purged_at = 0.0
         self._pushes: set[asyncio.Task[None]] = set()
+        # service -> its source-ip persistence timeout, from the Plan in force (None: no Plan
+        # yet); a learnt entry lives no longer than its service's timeout.
+        self.timeouts: dict[str, float] | None = None
+        self.skipped: Counter[str] = Counter()  # learnt entries not taken, by reason
+        self.last_skip = ""  # why the last one was not taken
+
+    def plan_applied(self, plan: Plan) -> None:
+        self.timeouts = {
+            s.label: float(s.persistence.timeout)
+            for s in plan.services
+            if not s.mode.is_kernel and s.persistence.kind == "source-ip"
+        }
 
     def __len__(self) -> int:
         return len(self._held)
@@ -212,25 +228,54 @@ class StickyMirror:
         out.reverse()
         return out, self.seq
 
-    def learn(self, raw: Any, workers: Iterable[StickyWorker]) -> None:
+    def learn(self, raw: Any, workers: Iterable[StickyWorker]) -> int:
         """Entries from the peer: kept here (a replaced worker gets them too) and handed to
-        every worker in the background. ValueError naming a bad entry; nothing is taken then."""
-        entries = parse_entries(raw)
+        every worker in the background; the number taken. Each entry is checked on its own:
+        a bad one (malformed, a service without source-ip persistence here, the table full)
+        is skipped and counted in `skipped`, and the others are taken. A ttl beyond the
+        service's persistence timeout is cut to it."""
+        if not isinstance(raw, list):
+            raise ValueError(f"sticky entries must be a list, got {type(raw).__name__}")
         now = time.monotonic()
         taken = []
-        for entry in entries:
+        for i, item in enumerate(raw):
+            try:
+                [entry] = parse_entries([item])
+            except ValueError as exc:
+                self._skip("malformed", str(exc).replace("sticky entry [0]", f"sticky entry [{i}]"))
+                continue
             ident = (entry.service, entry.key)
             held = self._held.get(ident)
             if held is not None and held.worker and (held.open or held.expires_at > now):
                 continue  # a live entry of this node's workers is kept, in every worker
-            if entry.ttl > 0 and math.isfinite(entry.ttl):
-                self._held.pop(ident, None)
-                self._held[ident] = _Held(
-                    0, entry.server, now + entry.ttl, entry.ttl, False, "", now
-                )
-                taken.append(entry)
+            limit = self._limit(entry.service)
+            if limit is None:
+                self._skip("unknown-service", f"{entry.service}: no source-ip persistence here")
+                continue
+            ttl = min(entry.ttl, limit)
+            if ttl <= 0:
+                continue  # it expired on its way here
+            if ident not in self._held and len(self._held) >= MAX_HELD:
+                self._purge(now)
+                if len(self._held) >= MAX_HELD:
+                    self._skip("full", f"{MAX_HELD} entries held: {entry.key} not taken")
+                    continue
+            self._held.pop(ident, None)
+            self._held[ident] = _Held(0, entry.server, now + ttl, ttl, False, "", now)
+            taken.append(SharedEntry(entry.service, entry.key, entry.server, ttl))
         if taken:
             self._push(taken, list(workers))
+        return len(taken)
+
+    def _limit(self, service: str) -> float | None:
+        """The longest a learnt entry of `service` may live; None: not taken."""
+        if self.timeouts is None:
+            return MAX_LEARNT_TTL  # no Plan yet: kept for the first one, bounded anyway
+        return self.timeouts.get(service)
+
+    def _skip(self, reason: str, detail: str) -> None:
+        self.skipped[reason] += 1
+        self.last_skip = detail
 
     def _push(self, entries: list[SharedEntry], workers: list[StickyWorker]) -> None:
         payload = {"cmd": "sticky-import", "entries": [e.as_dict() for e in entries]}

@@ -138,3 +138,63 @@ def test_once_keepalived_is_installed_it_starts_by_itself(
     assert before == ["ha: keepalived is not installed (apt-get install keepalived)"]
     assert restarts and restarts >= 1  # it was started (and, being /bin/false, started again)
     assert not any("not installed" in reason for reason in after), after
+
+
+def test_a_turn_that_raises_is_an_event_and_supervision_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ip` hanging while the addresses are taken away (subprocess.TimeoutExpired) used to end
+    the supervision for good: keepalived never started again, the role left as it was."""
+    import subprocess
+
+    import pacslb.control.ha as ha_module
+
+    real_drop = ha_module.drop_addresses
+    hangs = [True]
+
+    def drop_hanging_once(addresses: Any) -> list[str]:
+        if hangs:
+            hangs.clear()
+            raise subprocess.TimeoutExpired(["ip", "addr", "del"], 5)
+        return real_drop(addresses)
+
+    monkeypatch.setattr(ha_module, "drop_addresses", drop_hanging_once)
+    notes: list[str] = []
+    ha = HaState(Role.STARTING)
+    supervisor = KeepalivedSupervisor(
+        tmp_path, ha, lambda m, d: notes.append(m), lambda: "/bin/false"
+    )
+
+    async def main() -> int:
+        await supervisor.configure(config(address="198.18.0.2"))
+        ha.set(Role.ACTIVE)  # as keepalived's FIFO would have said before it died
+        for _ in range(200):  # bounded: 10 s
+            if supervisor.restarts >= 2:
+                break
+            await asyncio.sleep(0.05)
+        restarts = supervisor.restarts
+        await supervisor.close()
+        return restarts
+
+    restarts = asyncio.run(main())
+    assert any("supervision failed: TimeoutExpired" in n for n in notes), notes
+    assert restarts >= 2  # started again after the failed turn, and again
+    assert ha.role is Role.STOPPED  # not left ACTIVE with no keepalived
+
+
+def test_doctor_warns_that_conntrackd_sync_needs_an_isolated_link_with_nat_services() -> None:
+    if find_keepalived() is None:
+        pytest.skip("keepalived is not installed here (CI installs it)")
+    nat = {
+        "label": "Nat",
+        "vip": "198.18.1.100",
+        "ports": [4000],
+        "mode": "l4-nat",
+        "real_servers": [{"label": "a", "address": "198.18.2.11"}],
+    }
+    plain = config()
+    with_nat = plain.model_copy(update={"virtual_services": [c.VirtualService.model_validate(nat)]})
+    assert not any(f.check == "conntrackd" for f in doctor_findings(plain))
+    [warning] = [f for f in doctor_findings(with_nat) if f.check == "conntrackd"]
+    assert warning.level is Level.WARNING
+    assert "unauthenticated" in warning.message and "isolated segment" in warning.message

@@ -95,7 +95,8 @@ def forged(items: list[object]) -> bytes:
 
     from pacslb.core.syncwire import sync_key
 
-    body = json.dumps({"n": "lb1", "b": 1, "q": 1, "t": int(NOW * 1000), "e": items}).encode()
+    head = {"n": "lb1", "b": 1, "q": 1, "t": int(NOW * 1000), "r": [], "e": items}
+    body = json.dumps(head).encode()
     return MAGIC + hmac.new(sync_key(SECRET), body, hashlib.sha256).digest() + body
 
 
@@ -149,3 +150,55 @@ def test_a_partial_listing_forgets_nothing_and_makes_no_full_round() -> None:
     later = flow(3, 12)  # its expiry where the peers were told it is
     assert deltas.round([later], NOW + 20, complete=False) == ([], False)  # no full round here
     assert deltas.full_due(NOW + 20)
+
+
+def test_a_nodes_own_datagram_sent_back_to_it_is_dropped() -> None:
+    """Reflection: a datagram lb1 sent to lb2, replayed to lb1 as if from lb2."""
+    mine = Sealer(SECRET, "198.18.0.2", boot=7, receivers=["198.18.0.3"])
+    datagram = mine.seal([flow(1)], NOW)[0]
+    me = Opener(SECRET, "198.18.0.2", 7, frozenset({"198.18.0.2"}))
+    for source in ("198.18.0.3", ""):
+        with pytest.raises(WireError) as exc:
+            me.open(datagram, NOW, source)
+        assert exc.value.reason == "reflected"
+    # Our boot id under another name is ours as well.
+    renamed = Sealer(SECRET, "someone", boot=7, receivers=["198.18.0.2"]).seal([], NOW)[0]
+    with pytest.raises(WireError) as exc:
+        me.open(renamed, NOW, "198.18.0.3")
+    assert exc.value.reason == "reflected"
+
+
+def test_a_datagram_names_its_receivers_and_only_they_take_it() -> None:
+    to_b = Sealer(SECRET, "198.18.0.2", boot=7, receivers=["198.18.0.3"]).seal([flow(1)], NOW)[0]
+    c_node = Opener(SECRET, "198.18.0.4", 9, frozenset({"198.18.0.4"}))
+    with pytest.raises(WireError) as exc:
+        c_node.open(to_b, NOW, "198.18.0.2")
+    assert exc.value.reason == "misdirected"
+    b_node = Opener(SECRET, "198.18.0.3", 8, frozenset({"198.18.0.3"}))
+    assert b_node.open(to_b, NOW, "198.18.0.2").node == "198.18.0.2"
+    # The receivers are under the MAC: rewriting them breaks it.
+    forged_to_c = to_b.replace(b'"r":["198.18.0.3"]', b'"r":["198.18.0.4"]')
+    assert forged_to_c != to_b
+    with pytest.raises(WireError) as exc:
+        c_node.open(forged_to_c, NOW, "198.18.0.2")
+    assert exc.value.reason == "bad-mac"
+
+
+def test_the_replay_window_is_the_sending_nodes_whatever_address_it_comes_from() -> None:
+    datagram = Sealer(SECRET, "lb1", boot=1, receivers=["198.18.0.3"]).seal([flow(1)], NOW)[0]
+    opener = Opener(SECRET, "lb2", 2)
+    opener.open(datagram, NOW, "198.18.0.2")
+    with pytest.raises(WireError) as exc:
+        opener.open(datagram, NOW, "198.18.0.5")  # the same datagram from another address
+    assert exc.value.reason == "replay"
+
+
+def test_a_stale_datagrams_reason_is_the_same_text_whatever_the_skew() -> None:
+    """One text for every stale datagram, so that events are not one per datagram."""
+    sealer = Sealer(SECRET, "lb1", boot=1)
+    texts = set()
+    for skew in (31.0, 45.5, 300.0):
+        with pytest.raises(WireError) as exc:
+            Opener(SECRET).open(sealer.seal([], NOW)[0], NOW + skew)
+        texts.add(str(exc.value))
+    assert len(texts) == 1

@@ -159,16 +159,21 @@ def test_learnt_entries_reach_every_worker_and_are_not_exported() -> None:
         b.place("10.0.0.9")
         await mirror.collect([a, b])
         assert [e["key"] for e in mirror.export(cursor)[0]] == ["10.0.0.9"]
-        with pytest.raises(ValueError, match=r"sticky entry \[1\]\.ttl"):
-            mirror.learn(
-                [
-                    {"service": "Viewer", "key": "10.0.0.20", "server": "Srv1", "ttl": 5},
-                    {"service": "Viewer", "key": "10.0.0.21", "server": "Srv1", "ttl": -1},
-                ],
-                [a, b],
-            )
+        taken = mirror.learn(
+            [
+                {"service": "Viewer", "key": "10.0.0.20", "server": "Srv1", "ttl": 5},
+                {"service": "Viewer", "key": "10.0.0.21", "server": "Srv1", "ttl": -1},
+            ],
+            [a, b],
+        )
         await mirror.settled()
-        assert a.server_of("10.0.0.20") is None  # nothing taken from a bad list
+        # One bad entry is skipped and counted; the good ones of the same batch are taken.
+        assert taken == 1 and a.server_of("10.0.0.20") == "Srv1"
+        assert a.server_of("10.0.0.21") is None
+        assert mirror.skipped["malformed"] == 1
+        assert mirror.last_skip.startswith("sticky entry [1].ttl")
+        with pytest.raises(ValueError, match="must be a list"):
+            mirror.learn({"not": "a list"}, [a, b])
 
     asyncio.run(scenario())
 
@@ -199,3 +204,31 @@ def test_which_plans_replace_a_steered_listener() -> None:
     cookie = {"type": "http-cookie"}
     assert not replaces_steered_listeners(plan(cookie, "a"), plan(cookie, "b"))  # not steered
     assert not replaces_steered_listeners(build_plan(config(), revision=1), plan())  # new VIP
+
+
+def test_a_learnt_ttl_is_cut_to_the_services_timeout_and_the_table_is_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import pacslb.engines.proxy_sticky as proxy_sticky
+
+    async def scenario() -> None:
+        mirror = StickyMirror()
+        mirror.plan_applied(plan(timeout=60))
+        a = InProcessWorker("proxy-0", plan(timeout=60))
+        huge = {"service": "Viewer", "key": "10.0.1.1", "server": "Srv1", "ttl": 1e12}
+        elsewhere = {"service": "Nowhere", "key": "10.0.1.2", "server": "Srv1", "ttl": 30}
+        assert mirror.learn([huge, elsewhere], [a]) == 1
+        await mirror.settled()
+        [held] = mirror.entries()
+        assert held["key"] == "10.0.1.1" and held["ttl"] <= 60  # not a 30,000-year entry
+        assert mirror.skipped["unknown-service"] == 1
+        monkeypatch.setattr(proxy_sticky, "MAX_HELD", 3)
+        batch = [
+            {"service": "Viewer", "key": f"10.0.2.{i}", "server": "Srv1", "ttl": 30}
+            for i in range(5)
+        ]
+        assert mirror.learn(batch, [a]) == 2  # 1 held + 2 = 3: the bound
+        assert len(mirror) == 3 and mirror.skipped["full"] == 3
+        await mirror.settled()
+
+    asyncio.run(scenario())
