@@ -12,6 +12,7 @@ workers of an l7-http service):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -91,8 +92,27 @@ def wait_holder(pair: Pair, node: Node, timeout: float = 15.0) -> None:
 def pair(tmp_path: Path) -> Iterator[Pair]:
     if os.geteuid() != 0:
         pytest.skip("needs root: network namespaces (CI runs as root)")
-    with running_pair("two-arm", tmp_path) as made:
-        yield made
+    try:
+        with running_pair("two-arm", tmp_path) as made:
+            yield made
+    finally:
+        stop_strays(tmp_path)
+
+
+def stop_strays(tmp_path: Path) -> None:
+    """Kill, by pid, any process of this test still running: one whose command line names the
+    test's own directory (a worker a test left serving on purpose, whatever became of it)."""
+    mark = str(tmp_path).encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if mark in cmdline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry.name), signal.SIGKILL)
 
 
 def test_exec_stop_post_ends_keepalived_and_workers_of_a_killed_control_process(
