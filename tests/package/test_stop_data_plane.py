@@ -99,6 +99,18 @@ def pair(tmp_path: Path) -> Iterator[Pair]:
         stop_strays(tmp_path)
 
 
+def processes_naming(path: Path, program: str) -> list[int]:
+    """Pids of `program` processes whose command line names `path`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+                if Path(argv[0].decode()).name == program and str(path).encode() in b" ".join(argv):
+                    found.append(int(entry.name))
+    return found
+
+
 def stop_strays(tmp_path: Path) -> None:
     """Kill, by pid, any process of this test still running: one whose command line names the
     test's own directory (a worker a test left serving on purpose, whatever became of it)."""
@@ -122,10 +134,14 @@ def test_exec_stop_post_ends_keepalived_and_workers_of_a_killed_control_process(
     survivor = pair.other(active)
     keepalived, workers = active.keepalived_pids(), worker_pids(active)
     assert keepalived and workers
+    conntrackd = processes_naming(active.run.state_dir / "conntrackd", "conntrackd")
+    assert conntrackd  # two-arm: an l4-nat service, so conntrackd syncs it
     kill_control(active)
     # KillMode=process: without ExecStopPost both go on, and the node keeps the addresses.
     time.sleep(3)  # three adverts: the peer would have taken over by now had keepalived gone
     assert all(alive(p) for p in keepalived + workers)
+    # conntrackd forwards nothing: it ended with its parent, freeing its port for the next one.
+    assert not any(alive(p) for p in conntrackd)
     assert pair.holders() == [active.name]
 
     os.kill(workers[0], signal.SIGSTOP)  # a hung worker, too: it answers nothing now

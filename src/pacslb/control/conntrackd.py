@@ -99,7 +99,7 @@ class ConntrackdSupervisor:
                 with open(output, "ab") as out:
                     mark = out.tell()
                     self.proc = await asyncio.create_subprocess_exec(
-                        self._binary,
+                        *_dies_with_us(self._binary),
                         "-C",
                         str(self.files.config),
                         stdin=asyncio.subprocess.DEVNULL,
@@ -238,3 +238,13 @@ def _log_tail(path: Path) -> str:
     except OSError:
         return ""
     return lines[-1] if lines else ""
+
+
+def _dies_with_us(binary: str) -> list[str]:
+    """conntrackd ends with the control process that started it (SIGTERM as its parent dies,
+    kept across exec by setpriv --pdeathsig). Unlike keepalived and the proxy workers it
+    forwards nothing: killed with the control process (`KillMode=process`, a crash), it would
+    hold the sync port and socket and keep the next control process's conntrackd from
+    starting; that one resyncs from the peer at once instead."""
+    setpriv = shutil.which("setpriv")  # util-linux: on every Debian system
+    return [setpriv, "--pdeathsig", "TERM", binary] if setpriv else [binary]
