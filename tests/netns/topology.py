@@ -166,14 +166,26 @@ def add_ipv6(topo: Topology, gateway: str | None = None) -> None:
             host.run("ip", "-6", "route", "add", "default", "via", gateway)
 
 
+GATEWAY = "198.18.2.1"  # the real servers' default gateway in the two-arm shapes
+HA_GATEWAY = GATEWAY  # in ha_two_arm no node owns it: the HA pair floats it (node.ha.gateways)
+
+
+def _lbs(pair: bool) -> list[str]:
+    return ["lb1", "lb2"] if pair else ["lb"]
+
+
 @contextlib.contextmanager
-def one_arm(servers: int = 2, vip: str = "198.18.0.100", dr: bool = True) -> Iterator[Topology]:
+def one_arm(
+    servers: int = 2, vip: str = "198.18.0.100", dr: bool = True, pair: bool = False
+) -> Iterator[Topology]:
+    """Client .10, the load balancer .2 (`pair`: lb1 .2 and lb2 .3), real servers .11-."""
     require_root_and_nft()
     topo = Topology()
     try:
         topo.bridge("br0")
         topo.host("client", ("br0", "198.18.0.10/24"))
-        topo.host("lb", ("br0", "198.18.0.2/24"))
+        for i, name in enumerate(_lbs(pair)):
+            topo.host(name, ("br0", f"198.18.0.{2 + i}/24"))
         for i in range(1, servers + 1):
             rs = topo.host(f"rs{i}", ("br0", f"198.18.0.{10 + i}/24"))
             if dr:
@@ -184,67 +196,42 @@ def one_arm(servers: int = 2, vip: str = "198.18.0.100", dr: bool = True) -> Ite
 
 
 @contextlib.contextmanager
-def two_arm(servers: int = 2, gateway: bool = True) -> Iterator[Topology]:
+def two_arm(servers: int = 2, gateway: bool = True, pair: bool = False) -> Iterator[Topology]:
+    """Clients on 198.18.1.0/24, real servers on 198.18.2.0/24 behind the load balancer
+    (198.18.1.2 / 198.18.2.1, their gateway). `pair`: lb1 198.18.1.2 / 198.18.2.2 and lb2
+    198.18.1.3 / 198.18.2.3, and the gateway 198.18.2.1 is held by neither until the HA pair
+    floats it, as the guide requires for NAT."""
     require_root_and_nft()
     topo = Topology()
     try:
         topo.bridge("br0")
         topo.bridge("br1")
         topo.host("client", ("br0", "198.18.1.10/24"))
-        topo.host("lb", ("br0", "198.18.1.2/24"), ("br1", "198.18.2.1/24"))
+        for i, name in enumerate(_lbs(pair)):
+            inside = f"198.18.2.{2 + i}" if pair else GATEWAY
+            topo.host(name, ("br0", f"198.18.1.{2 + i}/24"), ("br1", f"{inside}/24"))
         for i in range(1, servers + 1):
             rs = topo.host(f"rs{i}", ("br1", f"198.18.2.{10 + i}/24"))
             if gateway:
-                rs.run("ip", "route", "add", "default", "via", "198.18.2.1")
+                rs.run("ip", "route", "add", "default", "via", GATEWAY)
         # The client reaches the real servers' subnet only through the LB's VIP.
         yield topo
     finally:
         topo.close()
 
 
-@contextlib.contextmanager
-def ha_one_arm(servers: int = 2, vip: str = "198.18.0.100", dr: bool = True) -> Iterator[Topology]:
-    """one_arm() with two load balancers: lb1 198.18.0.2 and lb2 198.18.0.3 (the VIP floats
-    between them: keepalived, unicast VRRP)."""
-    require_root_and_nft()
-    topo = Topology()
-    try:
-        topo.bridge("br0")
-        topo.host("client", ("br0", "198.18.0.10/24"))
-        topo.host("lb1", ("br0", "198.18.0.2/24"))
-        topo.host("lb2", ("br0", "198.18.0.3/24"))
-        for i in range(1, servers + 1):
-            rs = topo.host(f"rs{i}", ("br0", f"198.18.0.{10 + i}/24"))
-            if dr:
-                real_server_setup(rs, vip)
-        yield topo
-    finally:
-        topo.close()
+def ha_one_arm(
+    servers: int = 2, vip: str = "198.18.0.100", dr: bool = True
+) -> contextlib.AbstractContextManager[Topology]:
+    """one_arm() with two load balancers, lb1 and lb2 (the VIP floats between them)."""
+    return one_arm(servers, vip, dr, pair=True)
 
 
-HA_GATEWAY = "198.18.2.1"  # the real servers' default gateway in ha_two_arm: a floating address
-
-
-@contextlib.contextmanager
-def ha_two_arm(servers: int = 2, gateway: bool = True) -> Iterator[Topology]:
-    """two_arm() with two load balancers: lb1 198.18.1.2 / 198.18.2.2 and lb2 198.18.1.3 /
-    198.18.2.3. The real servers' gateway 198.18.2.1 is held by neither until the HA pair
-    floats it (node.ha.gateways), as the guide requires for NAT."""
-    require_root_and_nft()
-    topo = Topology()
-    try:
-        topo.bridge("br0")
-        topo.bridge("br1")
-        topo.host("client", ("br0", "198.18.1.10/24"))
-        topo.host("lb1", ("br0", "198.18.1.2/24"), ("br1", "198.18.2.2/24"))
-        topo.host("lb2", ("br0", "198.18.1.3/24"), ("br1", "198.18.2.3/24"))
-        for i in range(1, servers + 1):
-            rs = topo.host(f"rs{i}", ("br1", f"198.18.2.{10 + i}/24"))
-            if gateway:
-                rs.run("ip", "route", "add", "default", "via", HA_GATEWAY)
-        yield topo
-    finally:
-        topo.close()
+def ha_two_arm(
+    servers: int = 2, gateway: bool = True
+) -> contextlib.AbstractContextManager[Topology]:
+    """two_arm() with two load balancers, lb1 and lb2, and a floating gateway."""
+    return two_arm(servers, gateway, pair=True)
 
 
 def named_servers(topo: Topology, ports: Sequence[int]) -> None:
