@@ -54,6 +54,7 @@ class Mode(StrEnum):
     L4_SNAT = "l4-snat"
     L7_TCP = "l7-tcp"
     L7_HTTP = "l7-http"
+    L7_DICOM = "l7-dicom"
 
     @property
     def is_kernel(self) -> bool:
@@ -129,8 +130,19 @@ class CookiePersistence(Model):
         return value
 
 
+class CallingAEPersistence(Model):
+    """l7-dicom: a modality (its calling AE title) sticks to one real server, so that a study's
+    images are not scattered over the archive nodes. Timeout as source-ip (IPVS templates)."""
+
+    type: Literal["calling-ae"] = "calling-ae"
+    timeout: int = Field(
+        3600, ge=1, le=7 * 86400, description="seconds an entry outlives its last association"
+    )
+
+
 Persistence = Annotated[
-    NoPersistence | SourceIPPersistence | CookiePersistence, Field(discriminator="type")
+    NoPersistence | SourceIPPersistence | CookiePersistence | CallingAEPersistence,
+    Field(discriminator="type"),
 ]
 
 
@@ -263,7 +275,17 @@ class RealServer(Model):
         0, ge=0, description="after max_connections, take new ones again below this (0 = 3/4 max)"
     )
     max_connections: int = Field(0, ge=0, description="0 = unlimited")
-    reencrypt: bool = Field(False, description="l7-http: TLS to the real server")
+    reencrypt: bool = Field(False, description="l7-http, l7-dicom: TLS to the real server")
+    ae_title: AETitle | None = Field(
+        None,
+        description="l7-dicom: the called AE title this server answers to, written into the "
+        "client's A-ASSOCIATE-RQ in place of the one the client called; unset = unchanged",
+    )
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae(cls, value: str | None) -> str | None:
+        return None if value is None else _ae_title(value)
 
 
 class Fallback(Model):
@@ -355,6 +377,50 @@ def parse_ports(value: Any) -> Any:
     return ports
 
 
+SOURCE_KINDS = ("auto", "vip", "client")
+
+
+class AERoute(Model):
+    """l7-dicom: associations calling this AE title go to these real servers only."""
+
+    called_ae: AETitle
+    real_servers: list[Label] = Field(min_length=1, description="labels of the service's servers")
+
+    @field_validator("called_ae")
+    @classmethod
+    def _ae(cls, value: str) -> str:
+        return _ae_title(value)
+
+
+class DicomSettings(Model):
+    """l7-dicom: how the proxy reads the client's A-ASSOCIATE-RQ before it picks a server."""
+
+    routes: list[AERoute] = Field(
+        default_factory=list, description="called AE title -> real servers; none = any server"
+    )
+    unknown_called_ae: Literal["reject", "any"] = Field(
+        "reject",
+        description="with routes: a called AE no route names is refused with A-ASSOCIATE-RJ "
+        "(called-AE-not-recognised), or balanced over all servers ('any')",
+    )
+    request_timeout: Seconds = Field(
+        10.0, description="seconds a client has to send its whole A-ASSOCIATE-RQ (then A-ABORT)"
+    )
+    max_request: int = Field(
+        65536,
+        ge=74,
+        le=1 << 20,
+        description="bytes an A-ASSOCIATE-RQ may have; a longer one is refused unread",
+    )
+    drain_limit: float = Field(
+        3600.0,
+        ge=0,
+        le=7 * 86400,
+        description="seconds a drained server's associations may run on before they are ended "
+        "with A-ABORT; 0 = until the client releases them",
+    )
+
+
 class VirtualService(Model):
     label: Label
     vip: IPAddress
@@ -370,6 +436,14 @@ class VirtualService(Model):
     timeouts: Timeouts = Field(default_factory=Timeouts)
     passive: PassiveHealth = Field(default_factory=PassiveHealth)
     tls: TlsTermination | None = None
+    dicom: DicomSettings | None = Field(None, description="l7-dicom only; unset = the defaults")
+    source: str = Field(
+        "auto",
+        description="l7 modes: the source address of connections to the real servers: 'auto' "
+        "(the load balancer's own address towards the server, chosen by the kernel), 'vip', "
+        "'client' (transparent: the client's own address; the servers' gateway must be the "
+        "load balancer) or a fixed local address",
+    )
     max_connections: int = Field(
         0,
         ge=0,
@@ -383,6 +457,18 @@ class VirtualService(Model):
     @classmethod
     def _ports(cls, value: Any) -> Any:
         return parse_ports(value)
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, value: str) -> str:
+        if value in SOURCE_KINDS:
+            return value
+        try:
+            return str(ipaddress.ip_address(value.strip()))
+        except ValueError:
+            raise ValueError(
+                f"{value!r} is not 'auto', 'vip', 'client' or an IP address of this node"
+            ) from None
 
 
 def _network(value: Any) -> Any:

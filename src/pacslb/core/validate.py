@@ -40,6 +40,7 @@ _PERSISTENCE_TAGS: dict[str, type[BaseModel]] = {
     "none": c.NoPersistence,
     "source-ip": c.SourceIPPersistence,
     "http-cookie": c.CookiePersistence,
+    "calling-ae": c.CallingAEPersistence,
 }
 _MODEL_AT: dict[str, type[BaseModel]] = {
     "node": c.Node,
@@ -52,6 +53,8 @@ _MODEL_AT: dict[str, type[BaseModel]] = {
     "timeouts": c.Timeouts,
     "tls": c.TlsTermination,
     "certificates": c.CertificatePair,
+    "dicom": c.DicomSettings,
+    "routes": c.AERoute,
 }
 _UNION_FIELDS = {
     "health_check": _CHECK_TAGS,
@@ -221,6 +224,8 @@ _PLACES: dict[str, tuple[str, type[BaseModel]]] = {
     "timeouts": ("a service's timeouts", c.Timeouts),
     "tls": ("a service's tls", c.TlsTermination),
     "certificates": ("tls.certificates", c.CertificatePair),
+    "dicom": ("a service's dicom", c.DicomSettings),
+    "routes": ("dicom.routes", c.AERoute),
     **{f"check:{t}": ("a health check", m) for t, m in _CHECK_TAGS.items()},
     **{f"persistence:{t}": (f"{t} persistence", m) for t, m in _PERSISTENCE_TAGS.items()},
 }

@@ -414,7 +414,7 @@ def test_pydantic_wording_is_translated_into_what_is_wanted() -> None:
 def test_an_unknown_key_in_a_service_gets_the_services_keys_and_a_close_match() -> None:
     message = by_where(RADIOLOGY)["McK-Radiology_Web › schedular"].message
     assert "did you mean 'scheduler'?" in message
-    assert "allowed here: fallback, health_check, label, max_connections, mode" in message
+    assert "allowed here: dicom, fallback, health_check, label, max_connections, mode" in message
     assert "virtual_services" not in message
 
 
@@ -425,7 +425,8 @@ def test_did_you_mean_at_every_level() -> None:
     assert "did you mean 'dicom-echo'?" in check
     rs = [{"label": "A", "address": "10.0.0.1", "wieght": 5}]
     found_rs = problems(svc(real_servers=rs))["virtual_services[0].real_servers[0].wieght"]
-    assert "did you mean 'weight'?" in found_rs and "allowed here: address, label" in found_rs
+    assert "did you mean 'weight'?" in found_rs
+    assert "allowed here: address, ae_title, label" in found_rs
     timeouts = problems(svc(timeouts={"idel": 5}))["virtual_services[0].timeouts.idel"]
     assert "did you mean 'idle'?" in timeouts
     # a setting written at the wrong level (indented wrongly) is told where it belongs
