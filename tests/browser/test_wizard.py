@@ -188,7 +188,7 @@ def test_wizard_sets_up_the_proxy_variant_that_forwards(
         page.click("#wizard-review")
 
         yaml_text = page.inner_text("#wizard-yaml")
-        for key, vip in vips.items():
+        for vip in vips.values():
             assert f"vip: {vip}" in yaml_text, yaml_text
         assert "mode: l7-http" in yaml_text and "mode: l7-tcp" in yaml_text, yaml_text
         assert "persistence: {type: http-cookie}" in yaml_text, yaml_text
