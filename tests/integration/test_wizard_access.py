@@ -73,7 +73,8 @@ def test_the_passive_node_of_a_pair_refuses_the_apply(tmp_path: Path) -> None:
         process.ha.set(Role.PASSIVE)
         paired(process)
         login(client)
-        assert "not the active node of its HA pair" in client.get("/wizard").text
+        notes = client.get("/wizard").text
+        assert "This node refuses changes now: this node is the passive node of an HA pair" in notes
         form = addresses() | {"csrf_token": csrf_of(client)}
         review = client.post("/wizard/review", data=form)
         assert review.status_code == 200

@@ -42,10 +42,15 @@ router = APIRouter(include_in_schema=False)
 SOURCE = "first-run wizard"
 
 
-def _locked(process: ControlProcess) -> bool:
-    """The paired node that is not active refuses changes (control/replica.py)."""
-    ha = process.status().get("ha") or {}
-    return bool(ha.get("paired") and ha.get("role") != "active")
+def _locked(process: ControlProcess) -> str:
+    """Why this node refuses changes now (the passive node of an HA pair, a split brain), in
+    the HA guard's own words; "" when it takes them. Asked of the guard itself
+    (control/replica.py), so the page says what the apply would meet."""
+    try:
+        process.replica.refuse_if_not_allowed(replicated=False)
+    except ConfigConflict as exc:
+        return str(exc)
+    return ""
 
 
 def _context(process: ControlProcess, **more: Any) -> dict[str, Any]:
