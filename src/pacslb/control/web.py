@@ -52,7 +52,7 @@ def problems_json(exc: ConfigError) -> dict[str, Any]:
 
 def create_app(process: ControlProcess, store: AuthStore | None = None) -> FastAPI:
     """The ASGI app; tests drive it with httpx/TestClient, `pacslb run` serves it over HTTPS."""
-    from pacslb.control import api, demo, ha_api, metrics, pair_api, pair_webui, webui
+    from pacslb.control import api, demo, ha_api, metrics, pair_api, pair_webui, webui, wizard
     from pacslb.control.app import UnknownTarget
     from pacslb.control.front import FrontDoor
 
@@ -82,6 +82,7 @@ def create_app(process: ControlProcess, store: AuthStore | None = None) -> FastA
     app.include_router(pair_api.router)
     app.include_router(pair_webui.router)
     app.include_router(webui.router)
+    app.include_router(wizard.router)  # the first-run wizard
     app.include_router(demo.router)  # 404 unless this is `pacslb demo`
     app.mount("/static", StaticFiles(directory=WEBUI_DIR / "static"), name="static")
 

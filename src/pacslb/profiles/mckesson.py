@@ -220,3 +220,18 @@ def _dump(value: Any, flow: bool | None = None) -> str:
         value, Dumper=IndentedDumper, sort_keys=False, default_flow_style=flow, width=4096
     )
     return text
+
+
+def services(
+    variant: str, vips: Mapping[str, str], rips: Mapping[str, Sequence[str]], **options: Any
+) -> list[dict[str, Any]]:
+    """The five services as data with exactly these addresses, in SERVICES order, not yet
+    validated: no example address fills a gap (the WebUI's first-run wizard, control/wizard.py,
+    validates them beside the node's own settings and names each empty field). `options` are
+    service_config's (dicom_check, called_ae...)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r} (choose {', '.join(VARIANTS)})")
+    return [
+        service_config(spec, variant, vips.get(spec.key, ""), rips.get(spec.key, ()), **options)
+        for spec in SERVICES
+    ]
