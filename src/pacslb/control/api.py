@@ -470,6 +470,19 @@ async def events(
     return [json.loads(e.to_json()) for e in found]
 
 
+@router.post("/alerts/test", tags=["alerts"])
+async def alert_test(request: Request, who: Admin) -> dict[str, Any]:
+    """Send a test message through every alert channel now; per channel whether it was
+    delivered and, if not, why (409 when no channel is configured)."""
+    from pacslb.control.alerts import NoAlertChannels
+
+    process = process_of(request)
+    try:
+        return {"channels": await process.alerts.test(by=who.name)}
+    except NoAlertChannels as exc:
+        raise HTTPException(409, str(exc)) from None
+
+
 def engines_json(process: ControlProcess) -> list[dict[str, Any]]:
     out = []
     for engine in process.engines:
