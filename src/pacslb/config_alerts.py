@@ -175,13 +175,13 @@ class WebhookAlerts(_Model):
 class AlertSettings(_Model):
     """Alerts that reach a person: grouped, rate-limited, to email, syslog and a webhook."""
 
-    email: EmailAlerts | None = None
-    syslog: SyslogAlerts | None = None
-    webhook: WebhookAlerts | None = None
+    email: EmailAlerts | None = Field(None, description="mail through an SMTP relay")
+    syslog: SyslogAlerts | None = Field(None, description="RFC 5424 syslog, local or remote")
+    webhook: WebhookAlerts | None = Field(None, description="an HTTP POST of JSON")
     events: list[Topic] = Field(
         default_factory=lambda: list(ALERT_TOPICS),
         description="what alerts: health (server down/up), admin (drain/halt/online), engine "
-        "(apply failures), ha (role changes), certificate (expiry)",
+        "(apply failures), ha (role changes), certificate (expiry); default: all of them",
     )
     group_window: float = Field(
         10.0,
@@ -202,7 +202,8 @@ class AlertSettings(_Model):
     )
     certificate_days: list[Annotated[int, Field(ge=1, le=3650)]] = Field(
         default_factory=lambda: [30, 7, 1],
-        description="days before a certificate expires that it alerts (the WebUI's, services' tls)",
+        description="days before a certificate expires that it alerts (the WebUI's, services' "
+        "tls); default: 30, 7, 1",
     )
 
     def channels(self) -> list[str]:

@@ -58,7 +58,7 @@ class Mailbox:
     users: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         with self.lock:
             self.mails.append(message_from_bytes(envelope.content))
             user = session.auth_data.login.decode() if session.auth_data else ""
@@ -96,10 +96,14 @@ def smtp_relay(
         context.load_cert_chain(str(tls[0]), str(tls[1]))
 
         def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, data: Any):  # type: ignore[no-untyped-def]
-            ok = isinstance(data, LoginPassword) and (
-                data.login.decode(),
-                data.password.decode(),
-            ) == login
+            ok = (
+                isinstance(data, LoginPassword)
+                and (
+                    data.login.decode(),
+                    data.password.decode(),
+                )
+                == login
+            )
             return AuthResult(success=ok, handled=False, auth_data=data)
 
         kwargs = {
@@ -225,7 +229,7 @@ def syslog_stream(
                     conn = context.wrap_socket(conn, server_side=True)
                 with conn:
                     read_octet_counted(conn, collector)
-            except BaseException as exc:  # noqa: BLE001 - reported by the test
+            except BaseException as exc:
                 errors.append(exc)
 
     thread = threading.Thread(target=serve, daemon=True)
@@ -246,7 +250,7 @@ _HEADER = re.compile(
     rb"(?P<hostname>[\x21-\x7e]{1,255}) (?P<app>[\x21-\x7e]{1,48}) "
     rb"(?P<procid>[\x21-\x7e]{1,128}) (?P<msgid>[\x21-\x7e]{1,32}) "
 )
-_NAME = re.compile(rb'[!#-<>-\\^-~]{1,32}')  # PRINTUSASCII except '=', ' ', ']', '"'
+_NAME = re.compile(rb"[!#-<>-\\^-~]{1,32}")  # PRINTUSASCII except '=', ' ', ']', '"'
 
 
 def parse_rfc5424(line: bytes) -> dict[str, Any]:
@@ -339,7 +343,7 @@ def webhook(host: str, port: int, fail_first: int = 0) -> Iterator[Hook]:
     hook = Hook(fail_first=fail_first)
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             with hook.lock:
                 status = 500 if len(hook.answered) < hook.fail_first else 200

@@ -11,6 +11,7 @@ phase's own spread plus a margin for the shared machine."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import statistics
 import threading
 import time
@@ -35,7 +36,7 @@ def refusing(host: str, port: int) -> Iterator[list[object]]:
 
 def intervals(times: list[float], start: float, end: float) -> list[float]:
     inside = [t for t in times if start <= t <= end]
-    return [b - a for a, b in zip(inside, inside[1:], strict=False)]
+    return [b - a for a, b in itertools.pairwise(inside)]
 
 
 @pytest.mark.parametrize("relay", ["hangs", "refuses"])

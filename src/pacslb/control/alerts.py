@@ -24,7 +24,14 @@ from pacslb import config as c
 from pacslb.config_alerts import AlertSettings
 from pacslb.control.alert_senders import DeliveryFailed, Sender, senders
 from pacslb.control.events import Event
-from pacslb.core.alerts import Gate, Grouper, Message, change_of, expiry_changes, test_message
+from pacslb.core.alerts import (
+    Gate,
+    Grouper,
+    Message,
+    change_of,
+    delivery_test_message,
+    expiry_changes,
+)
 from pacslb.errors import PacslbError
 
 Record = Callable[[str, dict[str, Any]], None]  # (message, data): an event of kind "alert"
@@ -237,7 +244,7 @@ class AlertService:
             )
         who = f" by {by}" if by else ""
         self.record(f"test message sent{who}", {"test": True})
-        message = test_message(self.node, datetime.now(UTC).isoformat(timespec="seconds"))
+        message = delivery_test_message(self.node, datetime.now(UTC).isoformat(timespec="seconds"))
         reasons = await asyncio.gather(*(ch.deliver(message) for ch in self.channels))
         return {
             ch.name: {"delivered": reason is None, "reason": reason or ""}

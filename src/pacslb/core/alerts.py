@@ -181,7 +181,7 @@ def _title(lines: list[Line], node: str) -> str:
     return f"[pacslb {node}] {head}: {', '.join(parts)}: {names}"
 
 
-def test_message(node: str, at: str) -> Message:
+def delivery_test_message(node: str, at: str) -> Message:
     line = Line("alerts", "test", "notice", "test message: this channel reaches you", 1, at)
     return Message(f"[pacslb {node}] TEST: alert delivery", (line,), node, test=True)
 
