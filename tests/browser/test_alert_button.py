@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from tests.browser.chromium import ARGS, CHROMIUM, logged_in, shot
 from tests.integration.alert_peers import BLOCK, free_port, smtp_relay, wait_for
 from tests.peers.procs import running

@@ -205,10 +205,13 @@ class AlertService:
     async def _tick(self) -> None:
         while True:
             now = time.monotonic()
-            self._flush(now)
-            if now >= self._next_cert_check:
-                self._next_cert_check = now + CERT_CHECK
-                await self._check_certificates()
+            try:
+                self._flush(now)
+                if now >= self._next_cert_check:
+                    self._next_cert_check = now + CERT_CHECK
+                    await self._check_certificates()
+            except Exception as exc:  # a bug here must not end alerting for good: said, retried
+                self.record(f"alerts: {exc!r}", {"error": repr(exc)})
             dues = [self.grouper.next_due(), self._next_cert_check]
             dues += [ch.gate.next_due() for ch in self.channels]
             soonest = min((d for d in dues if d is not None), default=now + MAX_SLEEP)
