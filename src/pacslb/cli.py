@@ -653,19 +653,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=cmd_admin)
 
     p = sub.add_parser("events", help="the event log: health, admin, config, plan")
-    kinds = [
-        "health",
-        "admin",
-        "config",
-        "plan",
-        "engine",
-        "process",
-        "auth",
-        "webui",
-        "ha",
-        "alert",
-    ]
-    p.add_argument("--kind", choices=kinds)
+    from pacslb.control.events import EVENT_KINDS
+
+    p.add_argument("--kind", choices=EVENT_KINDS)
     p.add_argument("--service")
     p.add_argument("--limit", type=int, default=50)
     locate(p)

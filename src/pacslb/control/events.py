@@ -23,6 +23,18 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from pacslb.control.journal import SystemLog
 
+EVENT_KINDS = (
+    "health",
+    "admin",
+    "config",
+    "plan",
+    "engine",
+    "process",
+    "auth",
+    "webui",
+    "ha",
+    "alert",
+)
 MAX_BYTES = 16 * 1024 * 1024
 KEEP_IN_MEMORY = 2000
 

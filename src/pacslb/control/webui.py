@@ -37,6 +37,7 @@ from pacslb.control.auth import (
     security,
 )
 from pacslb.control.doctor import reach
+from pacslb.control.events import EVENT_KINDS
 from pacslb.control.store import ConfigConflict, HandEdited, StorageError
 from pacslb.control.web import WEBUI_DIR
 from pacslb.core.auth import Role
@@ -54,18 +55,6 @@ MODES = ["l7-http", "l7-tcp", "l4-dr", "l4-nat", "l4-snat"]
 SCHEDULERS = ["wlc", "wrr", "lc", "rr", "sh"]
 PERSISTENCE = ["none", "source-ip", "http-cookie"]
 CHECKS = ["connect", "http", "dicom-echo", "external", "none"]
-EVENT_KINDS = [
-    "health",
-    "admin",
-    "config",
-    "plan",
-    "engine",
-    "process",
-    "auth",
-    "webui",
-    "ha",
-    "alert",
-]
 LOG_PAGE = 100  # events on one page of the log
 
 
@@ -666,7 +655,7 @@ async def logs(
 async def alert_test(request: Request, who: Admin) -> Response:
     """The Logs page's "Send test alert": the result per channel, shown on the page."""
     process = process_of(request)
-    results = await process.alerts.test(by=who.name) if process.alerts.channels else {}
+    results = await process.alerts.test(by=who.name) if process.alerts.channels else None
     return page(
         request,
         who,
