@@ -73,6 +73,8 @@ def change_of(
         if data.get("recovered"):
             return Change(kind, data["engine"], "resolved", message, at)
         return None
+    if kind == "ha" and "role" in data and "previous" not in data:
+        return Change(kind, "this node", "problem", message, at)  # a role it could not take
     if kind == "ha" and "role" in data and data.get("previous") != data["role"]:
         state: State = "problem" if data["role"] in ("fault", "stopped") else "notice"
         if data.get("previous") in ("fault", "stopped") and state == "notice":

@@ -48,6 +48,8 @@ def test_which_events_alert() -> None:
     assert change_of("ha", "m", "", "", ha, AT, ALERT_TOPICS).state == "problem"  # type: ignore[union-attr]
     ha = {"previous": "fault", "role": "passive", "vrrp": "BACKUP"}
     assert change_of("ha", "m", "", "", ha, AT, ALERT_TOPICS).state == "resolved"  # type: ignore[union-attr]
+    failed = {"role": "active"}  # control/ha.py: the addresses could not be taken
+    assert change_of("ha", "role active: ...", "", "", failed, AT, ALERT_TOPICS).state == "problem"  # type: ignore[union-attr]
     assert change_of("config", "applying revision 3", "", "", {}, AT, ALERT_TOPICS) is None
     assert change_of("health", "m", "Rack", "S1", {"current": "down"}, AT, ["admin"]) is None
 
