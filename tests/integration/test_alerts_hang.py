@@ -87,6 +87,12 @@ def test_a_hanging_or_refusing_relay_delays_no_health_check(tmp_path: Path, rela
 
             failed = [e for e in run.events("alert") if "not delivered" in e["message"]]
             downs = [e for e in run.events("health") if e["data"].get("current") == "down"]
+            # Stopping is not held up either: queues get their grace (2 s), threads stuck on
+            # the relay are daemons that end by their own timeout.
+            stopping = time.monotonic()
+            run.proc.terminate()
+            run.proc.wait(15)
+            stop_seconds = time.monotonic() - stopping
     finally:
         for s in servers:
             s.stop()
@@ -99,7 +105,8 @@ def test_a_hanging_or_refusing_relay_delays_no_health_check(tmp_path: Path, rela
         f"\n{relay}: probe intervals calm median {statistics.median(calm):.3f} s "
         f"max deviation {calm_spread * 1000:.0f} ms (n={len(calm)}); during the alert storm "
         f"median {statistics.median(storm):.3f} s max deviation {storm_spread * 1000:.0f} ms "
-        f"(n={len(storm)}); {len(failed)} deliveries failed, {len(downs)} down transitions"
+        f"(n={len(storm)}); {len(failed)} deliveries failed, {len(downs)} down transitions; "
+        f"stopped in {stop_seconds:.2f} s"
     )
     # The relay really was in the way: deliveries failed meanwhile, for the relay's reason.
     assert failed, "no delivery failed: the relay was never tried"
@@ -110,9 +117,13 @@ def test_a_hanging_or_refusing_relay_delays_no_health_check(tmp_path: Path, rela
     assert test_result and test_result[0].startswith("email: failed: "), test_result
     # Health checks went on as before: each flapping server was seen down several times...
     assert len(downs) >= 2 * len(flapping), len(downs)
-    # ...and the measured server's probes kept their rhythm: the same count per second and
-    # no interval beyond the calm phase's spread (plus 150 ms for a shared 2-core machine);
-    # a loop stalled behind the relay would show an interval near its 2 s timeout.
+    # ...and the measured server's probes kept their rhythm: the same median and count, all
+    # but the worst interval within the calm phase's spread plus 50 ms, and even the worst
+    # (one scheduling hiccup of a shared 2-core machine) far below the relay's 2 s timeout,
+    # which is what a loop stalled behind the relay would show.
     assert abs(statistics.median(storm) - statistics.median(calm)) < 0.1 * INTERVAL
-    assert storm_spread <= calm_spread + 0.15, (calm_spread, storm_spread)
+    second_worst = sorted(abs(i - INTERVAL) for i in storm)[-2]
+    assert second_worst <= calm_spread + 0.05, (calm_spread, second_worst)
+    assert storm_spread < SMTP_TIMEOUT / 4, (calm_spread, storm_spread)
     assert len(storm) >= 0.8 * len(calm), (len(calm), len(storm))
+    assert stop_seconds < SMTP_TIMEOUT + 3.0, stop_seconds

@@ -2,9 +2,9 @@
 
 Each `send()` either returns (delivered) or raises DeliveryFailed with a reason a person can
 act on; the caller (control/alerts.py) bounds it with the channel's timeout. Blocking client
-libraries (smtplib, urllib: the standard library's, no extra dependency) run in a thread of
-the channel's own, so a relay that hangs holds that thread and never the event loop, the
-health checks or another channel.
+libraries (smtplib, urllib: the standard library's, no extra dependency) run in threads of
+the channel's own (at most MAX_THREADS), so a relay that hangs holds those and never the event
+loop, the health checks, another channel or the process's exit.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import os
 import smtplib
 import socket
 import ssl
+import threading
 import urllib.error
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
@@ -59,18 +59,48 @@ def _secret(path: Path) -> str:
         raise DeliveryFailed(f"cannot read {path}: {exc}") from None
 
 
+MAX_THREADS = 4  # a channel's blocking deliveries still running (a hung relay) before it refuses
+
+
 class _Threaded:
-    """A sender whose blocking client runs in a thread of its own (one: messages in order)."""
+    """A sender whose blocking client runs in threads of its own, daemon threads: one stuck on
+    a hung relay ends by its socket timeout and never holds up the process's exit (an executor's
+    threads are joined at exit)."""
 
     def __init__(self, name: str) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"alert-{name}")
+        self.thread_name = f"alert-{name}"
+        self._running = 0
 
     async def _run(self, call: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, call, *args)
+        if self._running >= MAX_THREADS:
+            raise DeliveryFailed(f"{self._running} earlier deliveries still hang; not tried")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+
+        def settle(result: Any, error: BaseException | None) -> None:
+            self._running -= 1
+            if future.done():  # the caller's timeout came first
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+
+        def work() -> None:
+            result, error = None, None
+            try:
+                result = call(*args)
+            except BaseException as exc:  # handed to the awaiting task, as an executor would
+                error = exc
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
+                loop.call_soon_threadsafe(settle, result, error)
+
+        self._running += 1
+        threading.Thread(target=work, name=self.thread_name, daemon=True).start()
+        return await future
 
     def close(self) -> None:
-        # Do not wait: a thread stuck on a hung relay ends by its own socket timeout.
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        pass  # a thread still running ends by its own socket timeout
 
 
 class EmailSender(_Threaded):

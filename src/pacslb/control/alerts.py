@@ -141,7 +141,9 @@ class AlertService:
         """Take the alert settings of a config being applied (in the event loop)."""
         self._loop, self._loop_thread = asyncio.get_running_loop(), threading.get_ident()
         settings = config.node.alerts
-        self.certificates = certificate_files(config, base_dir, state_dir)
+        certificates = certificate_files(config, base_dir, state_dir)
+        if certificates != self.certificates:  # a new service's certificate: look at it now
+            self.certificates, self._next_cert_check = certificates, 0.0
         if settings != self.settings:
             old = self.channels
             self.settings = settings
