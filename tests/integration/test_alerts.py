@@ -250,8 +250,10 @@ def test_syslog_over_tls_and_the_rest_api_test_endpoint(
             login = client.post("/api/v1/session", json={"username": "admin", "password": PASSWORD})
             csrf = login.json()["csrf_token"]
             answer = client.post("/api/v1/alerts/test", headers={"X-CSRF-Token": csrf})
+            counts = client.get("/api/v1/alerts").json()["channels"]["syslog"]
         assert answer.status_code == 200, answer.text
         assert answer.json() == {"channels": {"syslog": {"delivered": True, "reason": ""}}}
+        assert (counts["delivered"], counts["failed"], counts["dropped"]) == (1, 0, 0), counts
         wait_for(lambda: collector.lines, 5, "the line over TLS")
         assert collector.parsed()[0]["msgid"] == "TEST"
 

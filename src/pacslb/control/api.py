@@ -470,6 +470,13 @@ async def events(
     return [json.loads(e.to_json()) for e in found]
 
 
+@router.get("/alerts", tags=["alerts"])
+async def alert_channels(request: Request, who: Reader) -> dict[str, Any]:
+    """Per alert channel: messages delivered, failed, dropped (queue full), queued, held by the
+    rate limit, and the last failure's reason."""
+    return {"channels": process_of(request).alerts.status()}
+
+
 @router.post("/alerts/test", tags=["alerts"])
 async def alert_test(request: Request, who: Admin) -> dict[str, Any]:
     """Send a test message through every alert channel now; per channel whether it was
