@@ -26,6 +26,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from pacslb import config as c
+from pacslb import config_alerts as ca
 
 OUTPUT = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 
@@ -37,6 +38,10 @@ SECTIONS: list[tuple[str, type[BaseModel], str]] = [
     ("node.proxy", c.ProxySettings, "`node.proxy`"),
     ("node.ha", c.HASettings, "`node.ha` (the HA pair: see [ha.md](ha.md))"),
     ("node.ha.gateways[]", c.FloatingAddress, "each item of `node.ha.gateways`"),
+    ("node.alerts", ca.AlertSettings, "`node.alerts` (see [alerts.md](alerts.md))"),
+    ("node.alerts.email", ca.EmailAlerts, "`node.alerts.email`"),
+    ("node.alerts.syslog", ca.SyslogAlerts, "`node.alerts.syslog`"),
+    ("node.alerts.webhook", ca.WebhookAlerts, "`node.alerts.webhook`"),
     ("virtual_services[]", c.VirtualService, "each item of `virtual_services`"),
     ("real_servers[]", c.RealServer, "each item of a service's `real_servers`"),
     ("fallback", c.Fallback, "a service's `fallback`"),

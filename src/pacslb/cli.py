@@ -653,8 +653,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=cmd_admin)
 
     p = sub.add_parser("events", help="the event log: health, admin, config, plan")
-    kinds = ["health", "admin", "config", "plan", "engine", "process", "auth", "webui", "ha"]
-    p.add_argument("--kind", choices=kinds)
+    from pacslb.control.events import EVENT_KINDS
+
+    p.add_argument("--kind", choices=EVENT_KINDS)
     p.add_argument("--service")
     p.add_argument("--limit", type=int, default=50)
     locate(p)
@@ -673,6 +674,9 @@ def build_parser() -> argparse.ArgumentParser:
     from pacslb.cli_ha import add_ha_commands
 
     add_ha_commands(sub, locate)
+    from pacslb.cli_alert import add_alert_commands
+
+    add_alert_commands(sub, locate)
 
     p = sub.add_parser("reload", help="re-read the config file of the running pacslb")
     locate(p)

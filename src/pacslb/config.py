@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from pacslb.config_alerts import AlertSettings
+
 
 def _ip(value: Any) -> Any:
     """Parse here so a bad address gets one clear message instead of one per union member."""
@@ -623,6 +625,9 @@ class Node(Model):
     state_dir: Path = Path("/var/lib/pacslb")
     proxy: ProxySettings = Field(default_factory=ProxySettings)
     ha: HASettings | None = None
+    alerts: AlertSettings | None = Field(
+        None, description="alerts by email, syslog and webhook (docs/alerts.md); unset = none"
+    )
 
 
 class Config(Model):

@@ -470,6 +470,26 @@ async def events(
     return [json.loads(e.to_json()) for e in found]
 
 
+@router.get("/alerts", tags=["alerts"])
+async def alert_channels(request: Request, who: Reader) -> dict[str, Any]:
+    """Per alert channel: messages delivered, failed, dropped (queue full), queued, held by the
+    rate limit, and the last failure's reason."""
+    return {"channels": process_of(request).alerts.status()}
+
+
+@router.post("/alerts/test", tags=["alerts"])
+async def alert_test(request: Request, who: Admin) -> dict[str, Any]:
+    """Send a test message through every alert channel now; per channel whether it was
+    delivered and, if not, why (409 when no channel is configured)."""
+    from pacslb.control.alerts import NoAlertChannels
+
+    process = process_of(request)
+    try:
+        return {"channels": await process.alerts.test(by=who.name)}
+    except NoAlertChannels as exc:
+        raise HTTPException(409, str(exc)) from None
+
+
 def engines_json(process: ControlProcess) -> list[dict[str, Any]]:
     out = []
     for engine in process.engines:

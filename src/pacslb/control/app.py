@@ -22,6 +22,7 @@ from typing import Any, Literal
 from pacslb import __version__
 from pacslb import config as c
 from pacslb.control import stop_intent
+from pacslb.control.alerts import AlertService
 from pacslb.control.checker import HealthChecker
 from pacslb.control.events import Event, EventLog
 from pacslb.control.ha import KeepalivedSupervisor
@@ -120,6 +121,8 @@ class ControlProcess:
         self.events = EventLog(
             self.state_dir / "events.jsonl", system_log=SystemLog.from_environment()
         )
+        self.alerts = AlertService(lambda message, data: self._record("alert", message, data=data))
+        self.events.observers.append(self.alerts.observe)
         self.notifier = Notifier()  # systemd's Type=notify ($NOTIFY_SOCKET); else does nothing
         self.engines = list(engines)
         for engine in self.engines:  # engines that report what they did to the host (VIPs added)
@@ -200,6 +203,7 @@ class ControlProcess:
         self._record("config", f"applying revision {rev.number} {source}")
         self._prune_admin()
         self.checker.configure(self.config)
+        self._configure_alerts(self.config)
         await self.publish()
         from pacslb.control.hasync import start_ha_sync
 
@@ -259,6 +263,7 @@ class ControlProcess:
         if self.ha_sync is not None:
             await self.ha_sync.close()
         await self.checker.close()
+        await self.alerts.close()  # the last changes out, within a grace of seconds
         for engine in self.engines:
             with contextlib.suppress(Exception):
                 await engine.close(keep_running=keep)
@@ -326,7 +331,8 @@ class ControlProcess:
                 self.engine_records[engine.name] = EngineRecord(time.time())
                 if engine.name in self._failed_engines:
                     self._failed_engines.discard(engine.name)
-                    self._record("engine", f"{engine.name}: plan applied again")
+                    data = {"engine": engine.name, "recovered": True}
+                    self._record("engine", f"{engine.name}: plan applied again", data=data)
         return plan
 
     def _engine_failed(self, name: str, error: str) -> None:
@@ -336,7 +342,9 @@ class ControlProcess:
         before = self.engine_records.get(name, EngineRecord())
         self.engine_records[name] = EngineRecord(before.applied_at, error, time.time())
         if error != before.error:  # once per distinct failure, not at every retry
-            self._record("engine", f"{name}: apply failed: {error}")
+            self._record(
+                "engine", f"{name}: apply failed: {error}", data={"engine": name, "error": error}
+            )
         if not self._retrying:
             self._retrying = True
             self._background(self._retry_failed_engines())
@@ -401,7 +409,8 @@ class ControlProcess:
             raise
         if previous is not state:
             who = f" by {by}" if by else ""
-            self._record("admin", f"{previous} -> {state}{who}", (service, server))
+            data = {"previous": str(previous), "state": str(state)}
+            self._record("admin", f"{previous} -> {state}{who}", (service, server), data)
             self.replica.after_change(replicated)
         await self.publish()
         return {
@@ -601,6 +610,7 @@ class ControlProcess:
         except (OSError, PacslbError) as exc:  # committed already: a stale entry is harmless
             self._record("admin", f"admin state not pruned: {exc}")
         self.checker.configure(config)
+        self._configure_alerts(config)
         await self.publish()
         from pacslb.control.hasync import reconfigure_ha_sync
 
@@ -679,6 +689,10 @@ class ControlProcess:
                 self._engine_failed(name, message)
 
         return note
+
+    def _configure_alerts(self, config: c.Config) -> None:
+        base = self.config_path.resolve().parent
+        self.alerts.configure(config, base, self.state_dir)
 
     def _prune_admin(self) -> None:
         valid = {

@@ -14,7 +14,7 @@ import json
 import os
 import sys
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +23,18 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from pacslb.control.journal import SystemLog
 
+EVENT_KINDS = (
+    "health",
+    "admin",
+    "config",
+    "plan",
+    "engine",
+    "process",
+    "auth",
+    "webui",
+    "ha",
+    "alert",
+)
 MAX_BYTES = 16 * 1024 * 1024
 KEEP_IN_MEMORY = 2000
 
@@ -62,6 +74,9 @@ class EventLog:
         # system log has just sent the event to (it would show twice in `journalctl`).
         self.echo = system_log is None or not system_log.duplicates_stdout
         self.recent: deque[Event] = deque(maxlen=KEEP_IN_MEMORY)
+        # Called with each event once it is kept (control/alerts.py); an observer must not
+        # block, and one that raises loses nothing here.
+        self.observers: list[Callable[[Event], None]] = []
         path.parent.mkdir(parents=True, exist_ok=True)
         for event in read_events(path):
             self.recent.append(event)
@@ -85,6 +100,12 @@ class EventLog:
         except OSError as exc:
             with contextlib.suppress(OSError, ValueError):
                 print(f"pacslb: cannot write {self.path}: {exc}", file=sys.stderr)
+        for observe in self.observers:
+            try:
+                observe(event)
+            except Exception as exc:  # an observer's bug must not lose or stall the record
+                with contextlib.suppress(OSError, ValueError):
+                    print(f"pacslb: event observer failed: {exc!r}", file=sys.stderr)
         return event
 
     def query(

@@ -103,6 +103,8 @@ class ControlServer:
             from pacslb.control import demo
 
             return await demo.command(process, request)
+        if cmd == "alert-test":  # `pacslb alert test`
+            return await process.alerts.test(by=str(request.get("by", "")))
         if cmd == "plan":
             return json.loads(process.current_plan().to_json())
         if isinstance(cmd, str) and cmd.startswith(

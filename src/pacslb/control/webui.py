@@ -37,6 +37,7 @@ from pacslb.control.auth import (
     security,
 )
 from pacslb.control.doctor import reach
+from pacslb.control.events import EVENT_KINDS
 from pacslb.control.store import ConfigConflict, HandEdited, StorageError
 from pacslb.control.web import WEBUI_DIR
 from pacslb.core.auth import Role
@@ -54,7 +55,6 @@ MODES = ["l7-http", "l7-tcp", "l4-dr", "l4-nat", "l4-snat"]
 SCHEDULERS = ["wlc", "wrr", "lc", "rr", "sh"]
 PERSISTENCE = ["none", "source-ip", "http-cookie"]
 CHECKS = ["connect", "http", "dicom-echo", "external", "none"]
-EVENT_KINDS = ["health", "admin", "config", "plan", "engine", "process", "auth", "webui", "ha"]
 LOG_PAGE = 100  # events on one page of the log
 
 
@@ -646,6 +646,23 @@ async def logs(
         kind=kind,
         kinds=EVENT_KINDS,
         services=process.config.virtual_services,
+        alert_channels=[ch.name for ch in process.alerts.channels],
+        alert_results=None,
+    )
+
+
+@router.post("/alerts/test", response_class=HTMLResponse)
+async def alert_test(request: Request, who: Admin) -> Response:
+    """The Logs page's "Send test alert": the result per channel, shown on the page."""
+    process = process_of(request)
+    results = await process.alerts.test(by=who.name) if process.alerts.channels else None
+    return page(
+        request,
+        who,
+        "alert_test.html",
+        nav="logs",
+        alert_channels=[ch.name for ch in process.alerts.channels],
+        alert_results=results,
     )
 
 

@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from pacslb import config as c
+from pacslb import config_alerts as ca
 from pacslb.core.wording import did_you_mean, format_path, located, plain
 from pacslb.errors import ConfigError, Problem
 
@@ -55,6 +56,10 @@ _MODEL_AT: dict[str, type[BaseModel]] = {
     "certificates": c.CertificatePair,
     "dicom": c.DicomSettings,
     "routes": c.AERoute,
+    "alerts": ca.AlertSettings,
+    "email": ca.EmailAlerts,
+    "syslog": ca.SyslogAlerts,
+    "webhook": ca.WebhookAlerts,
 }
 _UNION_FIELDS = {
     "health_check": _CHECK_TAGS,
@@ -226,6 +231,10 @@ _PLACES: dict[str, tuple[str, type[BaseModel]]] = {
     "certificates": ("tls.certificates", c.CertificatePair),
     "dicom": ("a service's dicom", c.DicomSettings),
     "routes": ("dicom.routes", c.AERoute),
+    "alerts": ("node.alerts", ca.AlertSettings),
+    "email": ("node.alerts.email", ca.EmailAlerts),
+    "syslog": ("node.alerts.syslog", ca.SyslogAlerts),
+    "webhook": ("node.alerts.webhook", ca.WebhookAlerts),
     **{f"check:{t}": ("a health check", m) for t, m in _CHECK_TAGS.items()},
     **{f"persistence:{t}": (f"{t} persistence", m) for t, m in _PERSISTENCE_TAGS.items()},
 }
@@ -680,7 +689,26 @@ def node_problems(node: c.Node, file_exists: FileExists | None = None) -> list[P
         path = getattr(webui, field)
         if path is not None and file_exists is not None and not file_exists(path):
             out.append(Problem(f"node.webui.{field}", f"no such file: {path}"))
+    if node.alerts is not None and file_exists is not None:
+        out += [
+            Problem(f"node.alerts.{where}", f"no such file: {path}")
+            for where, path in alert_files(node)
+            if not file_exists(path)
+        ]
     return out
+
+
+def alert_files(node: c.Node) -> list[tuple[str, Path]]:
+    """(place in node.alerts, file) of every file the alert channels read."""
+    alerts = node.alerts
+    found = []
+    for channel in ("email", "syslog", "webhook"):
+        model = getattr(alerts, channel, None)
+        for field in ("ca_file", "password_file", "token_file"):
+            path = getattr(model, field, None)
+            if path is not None:
+                found.append((f"{channel}.{field}", path))
+    return found
 
 
 def ha_problems(ha: c.HASettings) -> list[Problem]:

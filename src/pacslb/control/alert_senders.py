@@ -1,0 +1,289 @@
+"""The alert channels' I/O: one message to the SMTP relay, the syslog collector, the webhook.
+
+Each `send()` either returns (delivered) or raises DeliveryFailed with a reason a person can
+act on; the caller (control/alerts.py) bounds it with the channel's timeout. Blocking client
+libraries (smtplib, urllib: the standard library's, no extra dependency) run in threads of
+the channel's own (at most MAX_THREADS), so a relay that hangs holds those and never the event
+loop, the health checks, another channel or the process's exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import smtplib
+import socket
+import ssl
+import threading
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+from pathlib import Path
+from typing import Any, Protocol
+
+from pacslb import __version__
+from pacslb.config_alerts import EmailAlerts, SyslogAlerts, WebhookAlerts
+from pacslb.core.alerts import UDP_LIMIT, Message, octet_counted, rfc5424
+
+
+class DeliveryFailed(Exception):
+    """The channel did not take the message: the reason, for the `alert` event."""
+
+
+class Sender(Protocol):
+    name: str
+    timeout: float
+
+    async def send(self, message: Message) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _tls_context(verify: bool, ca_file: Path | None) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _secret(path: Path) -> str:
+    """A password or token from its file (read at each delivery: a rotated secret needs no
+    restart); its first line, without the newline an editor adds."""
+    try:
+        return path.read_text(encoding="utf-8").splitlines()[0].strip()
+    except (OSError, UnicodeDecodeError, IndexError) as exc:
+        raise DeliveryFailed(f"cannot read {path}: {exc}") from None
+
+
+MAX_THREADS = 4  # a channel's blocking deliveries still running (a hung relay) before it refuses
+
+
+class _Threaded:
+    """A sender whose blocking client runs in threads of its own, daemon threads: one stuck on
+    a hung relay ends by its socket timeout and never holds up the process's exit (an executor's
+    threads are joined at exit)."""
+
+    def __init__(self, name: str) -> None:
+        self.thread_name = f"alert-{name}"
+        self._running = 0
+
+    async def _run(self, call: Any, *args: Any) -> Any:
+        if self._running >= MAX_THREADS:
+            raise DeliveryFailed(f"{self._running} earlier deliveries still hang; not tried")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+
+        def settle(result: Any, error: BaseException | None) -> None:
+            self._running -= 1
+            if future.done():  # the caller's timeout came first
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+
+        def work() -> None:
+            result, error = None, None
+            try:
+                result = call(*args)
+            except BaseException as exc:  # handed to the awaiting task, as an executor would
+                error = exc
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
+                loop.call_soon_threadsafe(settle, result, error)
+
+        self._running += 1
+        threading.Thread(target=work, name=self.thread_name, daemon=True).start()
+        return await future
+
+    def close(self) -> None:
+        pass  # a thread still running ends by its own socket timeout
+
+
+class EmailSender(_Threaded):
+    name = "email"
+
+    def __init__(self, settings: EmailAlerts) -> None:
+        super().__init__(self.name)
+        self.settings = settings
+        self.timeout = settings.timeout
+
+    async def send(self, message: Message) -> None:
+        await self._run(self._deliver, message)
+
+    def _mail(self, message: Message) -> EmailMessage:
+        mail = EmailMessage()
+        mail["Subject"] = message.title
+        mail["From"] = self.settings.sender
+        mail["To"] = ", ".join(self.settings.recipients)
+        mail["Date"] = formatdate(localtime=False, usegmt=True)
+        mail["Message-ID"] = make_msgid(domain=self.settings.sender.rpartition("@")[2])
+        mail["X-Pacslb-State"] = message.state
+        mail.set_content(message.text())
+        return mail
+
+    def _deliver(self, message: Message) -> None:
+        s = self.settings
+        context = _tls_context(s.tls_verify, s.ca_file)
+        # smtplib's timeout bounds each socket operation; the caller bounds the whole delivery
+        timeout = s.timeout
+        try:
+            smtp: smtplib.SMTP
+            if s.security == "tls":
+                smtp = smtplib.SMTP_SSL(
+                    s.host, s.effective_port(), timeout=timeout, context=context
+                )
+            else:
+                smtp = smtplib.SMTP(s.host, s.effective_port(), timeout=timeout)
+            with smtp:
+                smtp.ehlo()
+                if s.security == "starttls":
+                    smtp.starttls(context=context)  # refuses if the relay does not offer it
+                    smtp.ehlo()
+                if s.username is not None and s.password_file is not None:
+                    smtp.login(s.username, _secret(s.password_file))
+                refused = smtp.send_message(self._mail(message))
+            if refused:
+                raise DeliveryFailed(f"recipients refused: {', '.join(sorted(refused))}")
+        except smtplib.SMTPNotSupportedError as exc:
+            raise DeliveryFailed(f"the relay does not offer it: {exc}") from None
+        except smtplib.SMTPResponseException as exc:
+            error = exc.smtp_error
+            text = error.decode(errors="replace") if isinstance(error, bytes) else str(error)
+            raise DeliveryFailed(f"the relay answered {exc.smtp_code} {text}".strip()) from None
+        except smtplib.SMTPException as exc:
+            raise DeliveryFailed(f"SMTP: {exc}") from None
+        except TimeoutError:
+            raise DeliveryFailed(f"no answer from {s.host}:{s.effective_port()}") from None
+        except ssl.SSLError as exc:
+            raise DeliveryFailed(f"TLS with {s.host}: {exc.reason or exc}") from None
+        except OSError as exc:
+            raise DeliveryFailed(f"{s.host}:{s.effective_port()}: {exc.strerror or exc}") from None
+
+
+class SyslogSender:
+    name = "syslog"
+
+    def __init__(self, settings: SyslogAlerts) -> None:
+        self.settings = settings
+        self.timeout = settings.timeout
+        self.hostname = socket.gethostname()
+
+    def close(self) -> None:
+        pass
+
+    def frame(self, message: Message) -> bytes:
+        s = self.settings
+        now = datetime.now(UTC)
+        return rfc5424(message, s.facility, s.app_name, self.hostname, os.getpid(), now)
+
+    async def send(self, message: Message) -> None:
+        s = self.settings
+        line = self.frame(message)
+        try:
+            if s.transport in ("local", "udp"):
+                await self._datagram(line)
+            else:
+                await self._stream(octet_counted(line))
+        except ssl.SSLError as exc:
+            raise DeliveryFailed(f"TLS with {s.host}: {exc.reason or exc}") from None
+        except OSError as exc:
+            where = s.socket if s.transport == "local" else f"{s.host}:{s.effective_port()}"
+            raise DeliveryFailed(f"{where}: {exc.strerror or exc}") from None
+
+    async def _datagram(self, line: bytes) -> None:
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        if s.transport == "local":
+            family, address = socket.AF_UNIX, str(s.socket)
+            target: Any = address
+        else:
+            assert s.host is not None  # the model requires it
+            infos = await loop.getaddrinfo(s.host, s.effective_port(), type=socket.SOCK_DGRAM)
+            family, target = infos[0][0], infos[0][4]
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, target)
+            await loop.sock_sendall(sock, line[:UDP_LIMIT])
+
+    async def _stream(self, frame: bytes) -> None:
+        s = self.settings
+        context = _tls_context(s.tls_verify, s.ca_file) if s.transport == "tls" else None
+        _, writer = await asyncio.open_connection(s.host, s.effective_port(), ssl=context)
+        try:
+            writer.write(frame)
+            await writer.drain()
+        finally:
+            writer.close()
+            # written and flushed: the collector closing first is no failure
+            with contextlib.suppress(OSError, ssl.SSLError):
+                await writer.wait_closed()
+
+
+class WebhookSender(_Threaded):
+    name = "webhook"
+
+    def __init__(self, settings: WebhookAlerts) -> None:
+        super().__init__(self.name)
+        self.settings = settings
+        # Every attempt and the waits between them: the caller's bound on one delivery.
+        waits = sum(settings.backoff * 2**i for i in range(settings.retries))
+        self.timeout = settings.timeout * (settings.retries + 1) + waits
+
+    async def send(self, message: Message) -> None:
+        s = self.settings
+        body = message.to_json()
+        for attempt in range(s.retries + 1):
+            try:
+                await self._run(self._post, body)
+                return
+            except DeliveryFailed as exc:
+                if attempt == s.retries or "(not retried)" in str(exc):
+                    tries = f" after {attempt + 1} attempts" if attempt else ""
+                    raise DeliveryFailed(f"{exc}{tries}") from None
+            await asyncio.sleep(s.backoff * 2**attempt)
+
+    def _post(self, body: bytes) -> None:
+        s = self.settings
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": f"pacslb/{__version__}",
+            **s.headers,
+        }
+        if s.token_file is not None:
+            headers["Authorization"] = f"Bearer {_secret(s.token_file)}"
+        request = urllib.request.Request(s.url, data=body, headers=headers, method="POST")
+        context = _tls_context(s.tls_verify, s.ca_file) if s.url.startswith("https:") else None
+        try:
+            with urllib.request.urlopen(request, timeout=s.timeout, context=context) as answer:
+                answer.read(65536)
+        except urllib.error.HTTPError as exc:
+            # 4xx (but 408, 429) says the request is wrong: sending it again will not help
+            final = exc.code < 500 and exc.code not in (408, 429)
+            raise DeliveryFailed(
+                f"HTTP {exc.code} {exc.reason}{' (not retried)' if final else ''}"
+            ) from None
+        except urllib.error.URLError as exc:
+            reason = exc.reason
+            text = getattr(reason, "strerror", None) or str(reason)
+            raise DeliveryFailed(f"{s.url}: {text}") from None
+        except TimeoutError:
+            raise DeliveryFailed(f"{s.url}: no answer in {s.timeout:g} s") from None
+        except OSError as exc:
+            raise DeliveryFailed(f"{s.url}: {exc.strerror or exc}") from None
+
+
+def senders(
+    email: EmailAlerts | None, syslog: SyslogAlerts | None, webhook: WebhookAlerts | None
+) -> list[Sender]:
+    out: list[Sender] = []
+    if email is not None:
+        out.append(EmailSender(email))
+    if syslog is not None:
+        out.append(SyslogSender(syslog))
+    if webhook is not None:
+        out.append(WebhookSender(webhook))
+    return out

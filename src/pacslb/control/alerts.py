@@ -1,0 +1,297 @@
+"""Alert delivery: events in (an EventLog observer), grouped messages out to every channel.
+
+The observer only classifies the event and notes the change (core/alerts.py): it never waits,
+so recording an event stays as fast as before. A task of its own closes each group window and
+offers the message to every channel's rate limit; each channel has a bounded queue and a
+worker that delivers one message at a time within the channel's timeout. A channel that is
+slow, hangs or refuses fills its own queue (the overflow is dropped, and said); every outcome
+is an `alert` event. Certificates are checked for expiry once an hour.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pacslb import config as c
+from pacslb.config_alerts import AlertSettings
+from pacslb.control.alert_senders import DeliveryFailed, Sender, senders
+from pacslb.control.events import Event
+from pacslb.core.alerts import (
+    Gate,
+    Grouper,
+    Message,
+    change_of,
+    delivery_test_message,
+    expiry_changes,
+)
+from pacslb.errors import PacslbError
+
+Record = Callable[[str, dict[str, Any]], None]  # (message, data): an event of kind "alert"
+CERT_CHECK = 3600.0  # seconds between certificate expiry checks
+MAX_SLEEP = 60.0  # the ticker wakes at least this often
+CLOSE_GRACE = 2.0  # seconds a stopping process gives the queues to empty
+
+
+class NoAlertChannels(PacslbError):
+    """`pacslb alert test` on a node with no channel configured."""
+
+
+class Channel:
+    """One destination: its sender, rate limit, bounded queue and delivery worker."""
+
+    def __init__(self, sender: Sender, settings: AlertSettings, record: Record) -> None:
+        self.sender = sender
+        self.gate = Gate(settings.rate_limit)
+        self.queue: asyncio.Queue[Message] = asyncio.Queue(settings.queue)
+        self.record = record
+        self.delivered = 0
+        self.failed = 0
+        self.dropped = 0
+        self.last_error = ""
+        self.task = asyncio.get_running_loop().create_task(self._work())
+
+    @property
+    def name(self) -> str:
+        return self.sender.name
+
+    def put(self, message: Message) -> None:
+        try:
+            self.queue.put_nowait(message)
+        except asyncio.QueueFull:
+            self.dropped += 1
+            self.record(
+                f"{self.name}: queue full ({self.queue.maxsize} messages waiting), dropped: "
+                f"{message.title}",
+                {"channel": self.name, "dropped": self.dropped},
+            )
+
+    async def _work(self) -> None:
+        while True:
+            message = await self.queue.get()
+            try:
+                await self.deliver(message)
+            finally:
+                self.queue.task_done()
+
+    async def deliver(self, message: Message) -> str | None:
+        """Send one message within the channel's timeout; the reason it failed, or None."""
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(self.sender.timeout):
+                await self.sender.send(message)
+        except DeliveryFailed as exc:
+            reason = str(exc)
+        except TimeoutError:
+            reason = f"no delivery within {self.sender.timeout:g} s"
+        except Exception as exc:  # a bug in a sender must not end the worker
+            reason = repr(exc)
+        else:
+            self.delivered += 1
+            seconds = round(time.monotonic() - started, 3)
+            self.record(
+                f"{self.name}: delivered: {message.title}",
+                {"channel": self.name, "delivered": True, "seconds": seconds},
+            )
+            return None
+        self.failed += 1
+        self.last_error = reason
+        self.record(
+            f"{self.name}: not delivered: {reason} ({message.title})",
+            {"channel": self.name, "delivered": False, "reason": reason},
+        )
+        return reason
+
+    async def close(self, grace: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                await self.queue.join()
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+        self.sender.close()
+
+
+class AlertService:
+    def __init__(self, record: Record, node: str | None = None) -> None:
+        self.record = record
+        self.node = node or socket.gethostname()
+        self.settings: AlertSettings | None = None
+        self.channels: list[Channel] = []
+        self.grouper = Grouper(10.0, self.node)
+        self.certificates: list[Path] = []
+        self._sent_expiry: set[tuple[str, datetime, int]] = set()
+        self._next_cert_check = 0.0
+        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        self._ticker: asyncio.Task[None] | None = None
+        self._closing: set[asyncio.Task[Any]] = set()  # replaced channels emptying their queues
+
+    # --- configuration -------------------------------------------------------------------
+
+    def configure(self, config: c.Config, base_dir: Path, state_dir: Path) -> None:
+        """Take the alert settings of a config being applied (in the event loop)."""
+        self._loop, self._loop_thread = asyncio.get_running_loop(), threading.get_ident()
+        settings = config.node.alerts
+        certificates = certificate_files(config, base_dir, state_dir)
+        if certificates != self.certificates:  # a new service's certificate: look at it now
+            self.certificates, self._next_cert_check = certificates, 0.0
+        if settings != self.settings:
+            old = self.channels
+            self.settings = settings
+            self.channels = [] if settings is None else self._channels(settings)
+            for channel in old:  # queued messages of a replaced channel go out through it
+                self._spawn(channel.close(CLOSE_GRACE))
+            self.grouper.window = settings.group_window if settings else 0.0
+            self._next_cert_check = 0.0
+        if self._ticker is None and settings is not None:
+            self._ticker = self._loop.create_task(self._tick())
+        self._wake.set()
+
+    def _channels(self, settings: AlertSettings) -> list[Channel]:
+        made = senders(settings.email, settings.syslog, settings.webhook)
+        return [Channel(sender, settings, self.record) for sender in made]
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def close(self) -> None:
+        """Send what is due (a stopping node's last changes), then stop within CLOSE_GRACE."""
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        self._flush(time.monotonic(), final=True)
+        await asyncio.gather(*(ch.close(CLOSE_GRACE) for ch in self.channels))
+        self.channels = []
+
+    # --- events in -------------------------------------------------------------------------
+
+    def observe(self, event: Event) -> None:
+        """EventLog observer: note an alertable change; never blocks, never raises."""
+        settings = self.settings
+        if settings is None or event.kind == "alert" or not self.channels:
+            return
+        change = change_of(
+            event.kind,
+            event.message,
+            event.service,
+            event.server,
+            event.data,
+            event.at,
+            settings.events,
+        )
+        if change is None or self._loop is None:
+            return
+        if threading.get_ident() == self._loop_thread:
+            self._add(change)
+        else:  # an event recorded from a worker thread
+            self._loop.call_soon_threadsafe(self._add, change)
+
+    def _add(self, change: Any) -> None:
+        self.grouper.add(change, time.monotonic())
+        self._wake.set()
+
+    # --- messages out ----------------------------------------------------------------------
+
+    async def _tick(self) -> None:
+        while True:
+            now = time.monotonic()
+            try:
+                self._flush(now)
+                if now >= self._next_cert_check:
+                    self._next_cert_check = now + CERT_CHECK
+                    await self._check_certificates()
+            except Exception as exc:  # a bug here must not end alerting for good: said, retried
+                self.record(f"alerts: {exc!r}", {"error": repr(exc)})
+            dues = [self.grouper.next_due(), self._next_cert_check]
+            dues += [ch.gate.next_due() for ch in self.channels]
+            soonest = min((d for d in dues if d is not None), default=now + MAX_SLEEP)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                wait = min(max(soonest - time.monotonic(), 0.0), MAX_SLEEP)
+                await asyncio.wait_for(self._wake.wait(), wait)
+
+    def _flush(self, now: float, final: bool = False) -> None:
+        message = self.grouper.due(float("inf") if final else now)
+        for channel in self.channels:
+            ready = channel.gate.offer(message, now) if message else channel.gate.due(now)
+            if ready is not None:
+                channel.put(ready)
+
+    async def _check_certificates(self) -> None:
+        if self.settings is None or "certificate" not in self.settings.events:
+            return
+        found = await asyncio.to_thread(expiry_dates, self.certificates)
+        days = self.settings.certificate_days
+        for change in expiry_changes(found, datetime.now(UTC), days, self._sent_expiry):
+            self._add(change)
+
+    # --- the test message ------------------------------------------------------------------
+
+    async def test(self, by: str = "") -> dict[str, dict[str, Any]]:
+        """Send a test message through every channel now (past grouping and the rate limit);
+        per channel: delivered, or the reason it was not."""
+        if not self.channels:
+            raise NoAlertChannels(
+                "no alert channel is configured: add node.alerts.email, syslog or webhook "
+                "(docs/alerts.md)"
+            )
+        who = f" by {by}" if by else ""
+        self.record(f"test message sent{who}", {"test": True})
+        message = delivery_test_message(self.node, datetime.now(UTC).isoformat(timespec="seconds"))
+        reasons = await asyncio.gather(*(ch.deliver(message) for ch in self.channels))
+        return {
+            ch.name: {"delivered": reason is None, "reason": reason or ""}
+            for ch, reason in zip(self.channels, reasons, strict=True)
+        }
+
+    def status(self) -> dict[str, Any]:
+        return {
+            ch.name: {
+                "delivered": ch.delivered,
+                "failed": ch.failed,
+                "dropped": ch.dropped,
+                "queued": ch.queue.qsize(),
+                "held": ch.gate.holding,
+                "last_error": ch.last_error,
+            }
+            for ch in self.channels
+        }
+
+
+def certificate_files(config: c.Config, base_dir: Path, state_dir: Path) -> list[Path]:
+    """The certificates whose expiry alerts: the WebUI's (the generated one if none is set)
+    and every l7-http service's TLS certificates."""
+    webui = config.node.webui
+    files = []
+    if webui.enabled:
+        files.append(webui.certificate or state_dir / "webui-cert.pem")
+    for vs in config.virtual_services:
+        files += [pair.certificate for pair in vs.tls.certificates] if vs.tls else []
+    return list(dict.fromkeys(p if p.is_absolute() else base_dir / p for p in files))
+
+
+def expiry_dates(paths: list[Path]) -> list[tuple[str, datetime]]:
+    """(file, notAfter of its first certificate) of each readable PEM file; others are skipped
+    (a missing file is the validator's and the engine's to report)."""
+    from cryptography import x509
+
+    out = []
+    for path in paths:
+        try:
+            cert = x509.load_pem_x509_certificate(path.read_bytes())
+        except (OSError, ValueError):
+            continue
+        out.append((str(path), cert.not_valid_after_utc))
+    return out

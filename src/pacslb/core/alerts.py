@@ -1,0 +1,314 @@
+"""Alerts: which events reach a person, grouped into messages, rate-limited per channel.
+
+Pure: events come in as values, time as `now` (monotonic seconds for windows and limits, a
+datetime for certificate expiry), messages go out as values; control/alerts.py does the I/O.
+
+Grouping: the first change opens a window of `group_window` seconds; every change within it
+joins the same message, so a rack of twenty servers failing in one second is one message that
+lists them, and a server flapping down and up within the window is one line saying so. A
+recovery is a "resolved" line (a message of recoveries only is titled RESOLVED). The rate
+limit is per channel: past it, messages are held and merged into one that goes out as soon
+as the limit allows again, so nothing is lost and nothing floods.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from pacslb.config_alerts import FACILITIES
+
+State = Literal["problem", "resolved", "notice"]
+# RFC 5424 §6.2.1 severities: what each state maps to on syslog
+SEVERITY = {"problem": 3, "notice": 5, "resolved": 5}  # err, notice, notice
+SYSLOG_FACILITY = {name: code for code, name in enumerate(FACILITIES)}
+PEN = 32473  # RFC 5612's documentation enterprise number, for our SD-ID (RFC 5424 §7.2.2)
+UDP_LIMIT = 2048  # RFC 5426 §3.2: receivers SHOULD take 2048 octets; longer is truncated
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One alertable change of one subject (a real server, an engine, this node, a file)."""
+
+    topic: str  # health, admin, engine, ha, certificate, test
+    subject: str  # e.g. "McK-Radiology_DICOM/McK-Radiology_Srv1"
+    state: State
+    text: str  # what happened, e.g. "up -> down: connection refused"
+    at: str  # when (the event's ISO time)
+
+
+def change_of(
+    kind: str,
+    message: str,
+    service: str,
+    server: str,
+    data: Mapping[str, Any],
+    at: str,
+    topics: Iterable[str],
+) -> Change | None:
+    """The alertable change an event says, or None (not a kind that alerts, or not enabled)."""
+    if kind not in topics:
+        return None
+    subject = "/".join(p for p in (service, server) if p)
+    if kind == "health" and "current" in data:
+        current, previous = data["current"], data.get("previous", "")
+        if current == "down":
+            return Change(kind, subject, "problem", message, at)
+        if current == "up" and previous == "down":
+            return Change(kind, subject, "resolved", message, at)
+        return None  # unknown -> up: a server seen for the first time, nothing to say
+    if kind == "admin" and "state" in data:
+        admin = data["state"]
+        if admin == data.get("previous"):
+            return None
+        # halt cuts connections on purpose: worth a person's eye; drain and online are notes
+        return Change(kind, subject, "problem" if admin == "halt" else "notice", message, at)
+    if kind == "engine" and "engine" in data:
+        if "error" in data:
+            return Change(kind, data["engine"], "problem", message, at)
+        if data.get("recovered"):
+            return Change(kind, data["engine"], "resolved", message, at)
+        return None
+    if kind == "ha" and "role" in data and "previous" not in data:
+        return Change(kind, "this node", "problem", message, at)  # a role it could not take
+    if kind == "ha" and "role" in data and data.get("previous") != data["role"]:
+        state: State = "problem" if data["role"] in ("fault", "stopped") else "notice"
+        if data.get("previous") in ("fault", "stopped") and state == "notice":
+            state = "resolved"
+        return Change(kind, "this node", state, message, at)
+    if kind == "certificate":
+        return Change(kind, subject or data.get("file", ""), "problem", message, at)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One subject's net outcome within a message."""
+
+    subject: str
+    topic: str
+    state: State
+    text: str
+    changes: int  # how many changes it went through in the window (flapping > 1)
+    at: str
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """What a channel sends: a title and one line per subject."""
+
+    title: str
+    lines: tuple[Line, ...]
+    node: str
+    held: int = 0  # messages merged into this one by the rate limit
+    test: bool = False
+
+    @property
+    def state(self) -> State:
+        states = {line.state for line in self.lines}
+        if "problem" in states:
+            return "problem"
+        return "resolved" if states == {"resolved"} else "notice"
+
+    @property
+    def severity(self) -> int:
+        return SEVERITY[self.state]
+
+    def text(self) -> str:
+        """The plain-text body of a mail (and the webhook's `text`)."""
+        out = [self.title, ""]
+        for line in self.lines:
+            flap = f" (changed {line.changes} times)" if line.changes > 1 else ""
+            out.append(f"{line.state.upper():<9} {line.subject}: {line.text}{flap}  [{line.at}]")
+        if self.held:
+            out += ["", f"{self.held} messages held by the rate limit are merged into this one."]
+        out += ["", f"-- pacslb on {self.node}"]
+        return "\n".join(out) + "\n"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "title": self.title,
+            "state": self.state,
+            "node": self.node,
+            "test": self.test,
+            "held": self.held,
+            "items": [
+                {
+                    "subject": line.subject,
+                    "topic": line.topic,
+                    "state": line.state,
+                    "text": line.text,
+                    "changes": line.changes,
+                    "at": line.at,
+                }
+                for line in self.lines
+            ],
+        }
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.to_dict(), separators=(",", ":")).encode()
+
+
+def compose(changes: Iterable[Change], node: str, held: int = 0) -> Message:
+    """One message for a window's changes: one line per subject, its last state winning (a
+    server down then up again within the window is a notice that it flapped)."""
+    by_subject: dict[tuple[str, str], list[Change]] = {}
+    for ch in changes:
+        by_subject.setdefault((ch.topic, ch.subject), []).append(ch)
+    lines = []
+    for (topic, subject), seen in by_subject.items():
+        last = seen[-1]
+        state = last.state
+        if len(seen) > 1 and seen[0].state == "problem" and last.state == "resolved":
+            state = "notice"  # went wrong and recovered within the window: flapped
+        lines.append(Line(subject, topic, state, last.text, len(seen), last.at))
+    lines.sort(key=lambda ln: (ln.state != "problem", ln.state != "resolved", ln.subject))
+    return Message(_title(lines, node), tuple(lines), node, held)
+
+
+def _title(lines: list[Line], node: str) -> str:
+    counts = {s: sum(1 for ln in lines if ln.state == s) for s in ("problem", "resolved", "notice")}
+    if counts["problem"]:
+        head = "PROBLEM"
+    elif counts["resolved"] and not counts["notice"]:
+        head = "RESOLVED"
+    else:
+        head = "NOTICE"
+    parts = [f"{n} {word}" for word, n in counts.items() if n]
+    names = ", ".join(ln.subject for ln in lines[:3]) + (", …" if len(lines) > 3 else "")
+    return f"[pacslb {node}] {head}: {', '.join(parts)}: {names}"
+
+
+def delivery_test_message(node: str, at: str) -> Message:
+    line = Line("alerts", "test", "notice", "test message: this channel reaches you", 1, at)
+    return Message(f"[pacslb {node}] TEST: alert delivery", (line,), node, test=True)
+
+
+class Grouper:
+    """Gathers changes for `window` seconds from the first one, then gives one message."""
+
+    def __init__(self, window: float, node: str) -> None:
+        self.window = window
+        self.node = node
+        self._changes: list[Change] = []
+        self._opened: float | None = None
+
+    def add(self, change: Change, now: float) -> None:
+        if self._opened is None:
+            self._opened = now
+        self._changes.append(change)
+
+    def next_due(self) -> float | None:
+        return None if self._opened is None else self._opened + self.window
+
+    def due(self, now: float) -> Message | None:
+        if self._opened is None or now < self._opened + self.window:
+            return None
+        message = compose(self._changes, self.node)
+        self._changes, self._opened = [], None
+        return message
+
+
+@dataclass
+class Gate:
+    """A channel's rate limit: at most `limit` messages in any `period` seconds (0 = none).
+    A message past the limit is held; held ones go out merged, once the limit allows."""
+
+    limit: int
+    period: float = 3600.0
+    _sent: deque[float] = field(default_factory=deque)
+    _held: list[Message] = field(default_factory=list)
+
+    def _allowed(self, now: float) -> bool:
+        while self._sent and self._sent[0] <= now - self.period:
+            self._sent.popleft()
+        return self.limit == 0 or len(self._sent) < self.limit
+
+    def offer(self, message: Message, now: float) -> Message | None:
+        """The message to send now (this one, or it merged with held ones), or None: held."""
+        self._held.append(message)
+        return self.due(now)
+
+    def due(self, now: float) -> Message | None:
+        if not self._held or not self._allowed(now):
+            return None
+        held, self._held = self._held, []
+        self._sent.append(now)
+        if len(held) == 1:
+            return held[0]
+        changes = [
+            Change(ln.topic, ln.subject, ln.state, ln.text, ln.at) for m in held for ln in m.lines
+        ]
+        return compose(changes, held[-1].node, held=len(held))
+
+    def next_due(self) -> float | None:
+        if not self._held:
+            return None
+        return self._sent[0] + self.period if self._sent else 0.0
+
+    @property
+    def holding(self) -> int:
+        return len(self._held)
+
+
+def expiry_changes(
+    certificates: Iterable[tuple[str, datetime]],
+    now: datetime,
+    days: Iterable[int],
+    sent: set[tuple[str, datetime, int]],
+) -> list[Change]:
+    """A change for each certificate that has come within one of `days` of its expiry since the
+    last call (`sent`, updated here, remembers what was said: each threshold alerts once)."""
+    out = []
+    for name, not_after in certificates:
+        left = not_after - now
+        crossed = [d for d in sorted(days) if left <= timedelta(days=d)]
+        if not crossed or (name, not_after, crossed[0]) in sent:
+            continue
+        for d in crossed:  # the ones passed meanwhile need no alert of their own any more
+            sent.add((name, not_after, d))
+        if left <= timedelta(0):
+            text = f"expired on {not_after:%Y-%m-%d %H:%M} UTC"
+        else:
+            text = f"expires in {_days(left)} (on {not_after:%Y-%m-%d %H:%M} UTC)"
+        out.append(Change("certificate", name, "problem", text, now.isoformat()))
+    return out
+
+
+def _days(left: timedelta) -> str:
+    days = left.total_seconds() / 86400
+    return f"{days:.0f} days" if days >= 2 else f"{left.total_seconds() / 3600:.0f} hours"
+
+
+# --- syslog (RFC 5424) ---------------------------------------------------------------------
+
+
+def _sd_escape(value: str) -> str:
+    """RFC 5424 §6.3.3: '"', '\\' and ']' are escaped in a PARAM-VALUE."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
+
+
+def rfc5424(
+    message: Message, facility: str, app_name: str, hostname: str, procid: int, now: datetime
+) -> bytes:
+    """One RFC 5424 syslog message: HEADER, STRUCTURED-DATA with the counts, MSG in ASCII
+    (non-ASCII escaped, so no BOM is needed: §6.4's MSG-ANY)."""
+    pri = SYSLOG_FACILITY[facility] * 8 + message.severity
+    stamp = now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    host = "".join(ch for ch in hostname if "!" <= ch <= "~")[:255] or "-"
+    counts = {s: sum(1 for ln in message.lines if ln.state == s) for s in SEVERITY}
+    params = " ".join(f'{k}="{_sd_escape(str(v))}"' for k, v in counts.items())
+    sd = f'[alert@{PEN} state="{message.state}" {params} held="{message.held}"]'
+    body = message.title + "".join(f"; {ln.state} {ln.subject}: {ln.text}" for ln in message.lines)
+    body = body.encode("ascii", "backslashreplace").decode().replace("\n", " ")
+    msgid = "TEST" if message.test else message.state.upper()
+    return f"<{pri}>1 {stamp} {host} {app_name} {procid} {msgid} {sd} {body}".encode()
+
+
+def octet_counted(frame: bytes) -> bytes:
+    """RFC 6587 §3.4.1 octet counting (also RFC 5425 §4.3 over TLS): 'LEN SP MSG'."""
+    return str(len(frame)).encode() + b" " + frame

@@ -1,0 +1,115 @@
+"""The alert service behind an EventLog (control/alerts.py), in this process: the events that
+the control process records for HA role changes, engine failures and admin changes reach a
+real syslog socket (transport local: a Unix datagram socket, as /dev/log is) as RFC 5424
+lines, grouped; and a certificate near its expiry alerts once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import socket
+from pathlib import Path
+
+from tests.integration.alert_peers import parse_rfc5424
+
+from pacslb.control.alerts import AlertService
+from pacslb.control.events import Event, EventLog
+from pacslb.core.certs import self_signed
+from pacslb.core.validate import load_text
+
+
+def config(tmp: Path, sock: Path, extra: str = "") -> str:
+    return f"""version: 1
+node:
+  state_dir: {tmp / "state"}
+  webui: {{certificate: {tmp / "web.pem"}, key: {tmp / "web.key"}}}
+  alerts:
+    syslog: {{transport: local, socket: {sock}, facility: local7}}
+    group_window: 0.3
+{extra}"""
+
+
+def web_certificate(tmp: Path, days: int) -> None:
+    now = datetime.datetime.now(datetime.UTC)
+    cert, key = self_signed("lb1", now, days=days)
+    (tmp / "web.pem").write_bytes(cert)
+    (tmp / "web.key").write_bytes(key)
+
+
+async def receive(sock: socket.socket, count: int, timeout: float = 5.0) -> list[bytes]:
+    loop = asyncio.get_running_loop()
+    got = []
+    async with asyncio.timeout(timeout):
+        while len(got) < count:
+            got.append(await loop.sock_recv(sock, 65536))
+    return got
+
+
+def test_ha_engine_and_admin_events_reach_local_syslog_grouped(tmp_path: Path) -> None:
+    web_certificate(tmp_path, days=400)  # far from expiry: no certificate alert
+    path = tmp_path / "log.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as collector:
+        collector.bind(str(path))
+        collector.setblocking(False)
+
+        async def scenario() -> list[bytes]:
+            log = EventLog(tmp_path / "events.jsonl")
+            service = AlertService(lambda m, d: log.record(Event("alert", m, data=d)), node="lb1")
+            log.observers.append(service.observe)
+            service.configure(load_text(config(tmp_path, path)), tmp_path, tmp_path / "state")
+            ha = {"previous": "active", "role": "fault", "vrrp": "FAULT"}
+            log.record(Event("ha", "role active -> fault (VRRP FAULT)", data=ha))
+            failed = {"engine": "kernel", "error": "nft: Operation not permitted"}
+            log.record(Event("engine", "kernel: apply failed: ...", data=failed))
+            halt = {"previous": "online", "state": "halt"}
+            log.record(Event("admin", "online -> halt by admin", "Rack", "Srv01", data=halt))
+            log.record(Event("config", "applying revision 2"))  # not an alert
+            first = await receive(collector, 1)
+            back = {"engine": "kernel", "recovered": True}
+            log.record(Event("engine", "kernel: plan applied again", data=back))
+            second = await receive(collector, 1)
+            await service.close()
+            kinds = [e.data.get("delivered") for e in log.query(kind="alert")]
+            assert kinds == [True, True], log.query(kind="alert")
+            return first + second
+
+        lines = asyncio.run(scenario())
+    problem, resolved = (parse_rfc5424(line) for line in lines)
+    assert (problem["facility"], problem["severity"], problem["msgid"]) == (23, 3, "PROBLEM")
+    assert problem["sd"]["alert@32473"]["problem"] == "3", problem  # one message, three lines
+    for subject in (
+        "this node: role active -> fault",
+        "kernel: kernel: apply failed",
+        "Rack/Srv01",
+    ):
+        assert subject in problem["msg"], problem["msg"]
+    assert resolved["msgid"] == "RESOLVED" and "kernel: plan applied again" in resolved["msg"]
+
+
+def test_a_certificate_near_expiry_alerts_once(tmp_path: Path) -> None:
+    web_certificate(tmp_path, days=5)  # inside 30 and 7: one alert, not two
+    path = tmp_path / "log.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as collector:
+        collector.bind(str(path))
+        collector.setblocking(False)
+
+        async def scenario() -> list[bytes]:
+            log = EventLog(tmp_path / "events.jsonl")
+            service = AlertService(lambda m, d: log.record(Event("alert", m, data=d)), "lb1")
+            log.observers.append(service.observe)
+            loaded = load_text(config(tmp_path, path))
+            service.configure(loaded, tmp_path, tmp_path / "state")
+            got = await receive(collector, 1)
+            service.configure(loaded, tmp_path, tmp_path / "state")  # a reload: no repeat
+            await asyncio.sleep(1.0)
+            await service.close()
+            return got
+
+        (line,) = asyncio.run(scenario())
+        with contextlib.suppress(BlockingIOError):
+            extra = collector.recv(65536)
+            raise AssertionError(f"a second certificate alert: {extra!r}")
+    parsed = parse_rfc5424(line)
+    assert parsed["msgid"] == "PROBLEM", parsed
+    assert f"{tmp_path / 'web.pem'}: expires in 5 days" in parsed["msg"], parsed["msg"]
