@@ -65,11 +65,23 @@ def nft_script(wanted: bool) -> str:
             f"\tchain {CHAIN} {{",
             "\t\ttype filter hook prerouting priority mangle; policy accept;",
             "\t\t# replies to the proxy's transparent upstream sockets: delivered here",
-            f"\t\tmeta l4proto tcp socket transparent 1 meta mark set meta mark | {MARK:#x}",
+            f"\t\t{MARKING}",
             "\t}",
             "}",
         ]
     return "\n".join(lines) + "\n"
+
+
+MARKING = f"meta l4proto tcp socket transparent 1 meta mark set meta mark | {MARK:#x}"
+
+
+def nft_command() -> str:
+    """The marking as one shell command (doctor's fix)."""
+    return (
+        f"nft 'add table inet {TABLE}; add chain inet {TABLE} {CHAIN} {{ type filter hook "
+        f"prerouting priority mangle; policy accept; }}; add rule inet {TABLE} {CHAIN} "
+        f"{MARKING}'"
+    )
 
 
 def rule_step(version: int) -> RoutingStep:
