@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from pacslb.core.validate import load_data
 from tests.unit.core.test_validate import problems, svc
+
+from pacslb.core.validate import load_data
 
 
 def test_source_is_for_layer7_modes_only() -> None:

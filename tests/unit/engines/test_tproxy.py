@@ -102,7 +102,7 @@ def test_applied_whole_then_idempotent_then_removed_with_the_last_service() -> N
 def test_a_failed_step_undoes_what_was_done_and_says_which() -> None:
     nft, host = Nft(), Host(fail_on="-6 rule add")
     rules = TproxyRules(lambda: nft, host)  # type: ignore[arg-type,return-value]
-    with pytest.raises(EngineError, match="transparent mode .*Operation not permitted"):
+    with pytest.raises(EngineError, match=r"transparent mode .*Operation not permitted"):
         rules.apply(frozenset({4, 6}))
     assert not nft.table and not any(host.rules.values()) and not any(host.routes.values())
     host.fail_on = ""
