@@ -37,6 +37,7 @@ VIP6 = v6(VIP)  # 2001:2:1::100
 CLIENT, CLIENT6 = "198.18.1.10", v6("198.18.1.10")
 SECOND_CLIENT = "198.18.1.11"  # another address of the client host: pooled upstreams split
 LB_INSIDE = GATEWAY  # the LB's own address on the servers' segment (what `auto` shows)
+LB_OUTSIDE = "198.18.1.2"  # its address on the clients' segment (a fixed source)
 STORESCP, STORESCU = "/usr/bin/storescp", "/usr/bin/storescu"
 DCMTK_ENV = {"TCP_NODELAY": "1"}  # dcmtk leaves Nagle on otherwise (research/dicom.md)
 
@@ -98,6 +99,9 @@ def config(source: str = "client") -> dict[str, Any]:
             service("Web6", "l7-http", VIP6, 81, 8081, source=source),
             service("Dicom", "l7-tcp", VIP, 104, 11112, source=source, servers=("rs1",)),
             service("TcpAuto", "l7-tcp", VIP, 90, 8080, source="auto"),
+            service("TcpVip", "l7-tcp", VIP, 91, 8080, source="vip"),
+            service("TcpFixed", "l7-tcp", VIP, 92, 8080, source=LB_OUTSIDE),
+            service("WebVip", "l7-http", VIP, 93, 8081, source="vip"),
         ],
     }
 
@@ -210,6 +214,20 @@ def test_l7_http_real_servers_log_each_clients_own_address_v4_and_v6(estate: Est
         assert seen[f"/a{round_}"] == seen[f"/b{round_}"] == CLIENT, seen
         assert seen[f"/c{round_}"] == seen[f"/d{round_}"] == SECOND_CLIENT, seen
         assert seen[f"/e{round_}"] == CLIENT6, seen
+
+
+def test_vip_and_fixed_sources_are_what_the_real_servers_see(estate: Estate) -> None:
+    for port, expected in ((91, VIP), (92, LB_OUTSIDE)):
+        c = Client(estate.client, VIP, port)
+        assert [c.peer() for _ in range(2)] == [expected] * 2, port
+        c.close()
+    for i in range(2):
+        estate.client.run("curl", "-sS", "--max-time", "5", f"http://{VIP}:93/vip{i}")
+    wait_until(lambda: sum("/vip" in line for line in estate.access_log()) == 2, 5, "log", step=0.1)
+    assert {line for line in estate.access_log() if "/vip" in line} == {
+        f"{VIP} /vip0",
+        f"{VIP} /vip1",
+    }
 
 
 def test_a_c_store_through_the_transparent_vip_arrives_intact(estate: Estate) -> None:
