@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import re
 import shutil
 import statistics
@@ -86,37 +87,67 @@ def config() -> dict[str, Any]:
     return {"version": 1, "node": {"proxy": {"workers": 1}}, "virtual_services": services}
 
 
-def iperf(client: Host, port: int, seconds: float) -> float | None:
+Sample = tuple[float, float]  # (rate, the proxy worker's CPU µs per unit: request or MB)
+
+
+def iperf(client: Host, port: int, seconds: float) -> tuple[float, float] | None:
+    """(Gbit/s, MB moved)."""
     argv = ["iperf3", "-c", VIP, "-p", str(port), "-t", f"{seconds:g}", "-P", "1", "-J"]
     done = in_namespace(client, argv, seconds)
     with contextlib.suppress(ValueError, KeyError):
-        return float(json.loads(done.stdout)["end"]["sum_received"]["bits_per_second"]) / 1e9
+        got = json.loads(done.stdout)["end"]["sum_received"]
+        return float(got["bits_per_second"]) / 1e9, float(got["bytes"]) / 1e6
     log(f"iperf3 on {port}: {done.stderr.strip()[:200] or done.stdout[:200]}")
     return None
 
 
-def wrk(client: Host, port: int, seconds: float, close: bool) -> float | None:
+def wrk(client: Host, port: int, seconds: float, close: bool) -> tuple[float, float] | None:
+    """(requests/s, requests)."""
     argv = ["wrk", "-c16", "-t1", f"-d{seconds:g}s"]
     if close:
         argv += ["-H", "Connection: close"]
     done = in_namespace(client, [*argv, f"http://{VIP}:{port}/{FILE_1K}"], seconds)
     rate = re.search(r"Requests/sec:\s+([\d.]+)", done.stdout)
+    count = re.search(r"(\d+) requests in", done.stdout)
     bad = re.search(r"(Non-2xx or 3xx responses: \d+|Socket errors: [^\n]*)", done.stdout)
     if bad:
         log(f"wrk on {port}: {bad.group(1)}")
-    return float(rate.group(1)) if rate else None
+    return (float(rate.group(1)), float(count.group(1))) if rate and count else None
 
 
-def measure(client: Host, workload: str, source: str, seconds: float) -> float | None:
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (/proc/PID/stat fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def worker_pid(state: Path) -> int:
+    """The one proxy worker of the run whose state directory is `state`."""
+    needle = f"{state}/proxy-0.sock".encode()
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                if needle in (proc / "cmdline").read_bytes():
+                    return int(proc.name)
+    raise RuntimeError(f"no proxy worker for {state}")
+
+
+def measure(client: Host, worker: int, workload: str, source: str, seconds: float) -> Sample | None:
     _, _, port = WORKLOADS[workload]
     port += SOURCES.index(source)
+    before = cpu_seconds(worker)
     if workload == "tcp-bulk":
-        return iperf(client, port, seconds)
-    return wrk(client, port, seconds, close=workload != "http-ka")
+        done = iperf(client, port, seconds)
+    else:
+        done = wrk(client, port, seconds, close=workload != "http-ka")
+    if done is None:
+        return None
+    rate, units = done
+    return rate, (cpu_seconds(worker) - before) * 1e6 / max(units, 1.0)
 
 
 @contextlib.contextmanager
-def estate() -> Iterator[tuple[Host, Pacslb]]:
+def estate() -> Iterator[tuple[Host, Pacslb, int]]:
     work = Path(tempfile.mkdtemp(prefix="tproxy-bench-"))
     try:
         with two_arm(servers=1, gateway=True) as topo:
@@ -132,35 +163,40 @@ def estate() -> Iterator[tuple[Host, Pacslb]]:
             run.start()
             try:
                 wait_port(client, VIP, WORKLOADS["tcp-conn"][2] + 1)
-                yield client, run
+                yield client, run, worker_pid(state)
             finally:
                 run.stop()
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-UNIT = {"tcp-bulk": "Gbit/s", "tcp-conn": "conn/s", "http-ka": "req/s", "http-close": "conn/s"}
+UNIT = {"tcp-bulk": ("Gbit/s", "MB"), "tcp-conn": ("conn/s", "conn")}
+UNIT |= {"http-ka": ("req/s", "req"), "http-close": ("conn/s", "conn")}
 
 
-def table(samples: dict[tuple[str, str], list[float | None]]) -> str:
+def table(samples: dict[tuple[str, str], list[Sample | None]]) -> str:
     lines = [
-        "| workload | auto | client | client/auto | per round |",
-        "|---|---|---|---|---|",
+        "| workload | auto | client | client/auto | per round | CPU µs/unit auto | client "
+        "| CPU client/auto |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for workload in WORKLOADS:
         auto, client = samples[(workload, "auto")], samples[(workload, "client")]
         good_a = [v for v in auto if v]
         good_c = [v for v in client if v]
         if not good_a or not good_c:
-            lines.append(f"| {workload} | failed | failed | | |")
+            lines.append(f"| {workload} | failed | failed | | | | | |")
             continue
-        ma, mc = statistics.median(good_a), statistics.median(good_c)
-        rounds = " ".join(f"{c / a:.2f}" for a, c in zip(auto, client, strict=True) if a and c)
+        ma, mc = (statistics.median(v[0] for v in good) for good in (good_a, good_c))
+        ca, cc = (statistics.median(v[1] for v in good) for good in (good_a, good_c))
+        rounds = " ".join(
+            f"{c[0] / a[0]:.2f}" for a, c in zip(auto, client, strict=True) if a and c
+        )
         digits = 2 if workload == "tcp-bulk" else 0
-        unit = UNIT[workload]
+        rate, unit = UNIT[workload]
         lines.append(
-            f"| {workload} ({unit}) | {ma:.{digits}f} | {mc:.{digits}f} | {mc / ma:.2f}× "
-            f"| {rounds} |"
+            f"| {workload} ({rate}) | {ma:.{digits}f} | {mc:.{digits}f} | {mc / ma:.2f}× "
+            f"| {rounds} | {ca:.1f} /{unit} | {cc:.1f} /{unit} | {cc / ca:.2f}× |"
         )
     return "\n".join(lines)
 
@@ -170,17 +206,17 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args()
-    samples: dict[tuple[str, str], list[float | None]] = {
+    samples: dict[tuple[str, str], list[Sample | None]] = {
         (w, s): [] for w in WORKLOADS for s in SOURCES
     }
-    with estate() as (client, run):
+    with estate() as (client, run, worker):
         rules = run.lb.run("ip", "rule", "show", "pref", "21584").strip()
         log(f"transparent mode's rule: {rules or 'MISSING'}")
         for r in range(args.rounds):
             order = SOURCES if r % 2 == 0 else SOURCES[::-1]
             for workload in WORKLOADS:
                 for source in order:
-                    value = measure(client, workload, source, args.seconds)
+                    value = measure(client, worker, workload, source, args.seconds)
                     samples[(workload, source)].append(value)
                     log(f"round {r + 1} {workload} {source}: {value}")
     print(table(samples))
