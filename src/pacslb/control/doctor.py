@@ -118,7 +118,7 @@ def placement(config: c.Config, host: Host | None = None) -> list[Finding]:
     ones `pacslb run` refuses to start on (unless --degraded). Quick, and sending nothing: a
     real server that is down or not set up yet (ARP, the VIP on its loopback, its gateway) is
     the health checks' business, and must not keep the load balancer from starting after a
-    power cut. Only layer 4 services need anything of the host here."""
+    power cut. Only layer 4 and transparent services need anything of the host here."""
     if not needs_root(config):
         return []
     host = host or Host()
@@ -176,7 +176,8 @@ def _root(config: c.Config | None, root: bool) -> Finding:
         "root",
         Level.PROBLEM,
         HOST,
-        "not running as root: the layer 4 modes (nftables) and these probes need it",
+        "not running as root: the layer 4 modes (nftables), transparent services (source: "
+        "client: IP_TRANSPARENT and policy routing) and these probes need it",
         "run pacslb as root",
     )
 
