@@ -90,9 +90,18 @@ class KernelEngine:
             await self._apply(plan)
 
     async def _apply(self, plan: Plan, refresh_facts: bool = False) -> None:
-        # First, so that the proxy (the next engine) finds the return path in place.
-        for done in await asyncio.to_thread(self.tproxy.apply, tproxy.families(plan)):
-            self.notify(done)
+        # First, so that the proxy (the next engine) finds the return path in place. A failure
+        # there fails this apply (retried, not ready, named) but does not hold back the layer 4
+        # services' own changes.
+        try:
+            for done in await asyncio.to_thread(self.tproxy.apply, tproxy.families(plan)):
+                self.notify(done)
+        except EngineError:
+            await self._apply_layer4(plan, refresh_facts)
+            raise
+        await self._apply_layer4(plan, refresh_facts)
+
+    async def _apply_layer4(self, plan: Plan, refresh_facts: bool) -> None:
         services = nft.kernel_services(plan)
         idle = not services and self._live is None and not self._addresses()
         if idle and not await asyncio.to_thread(self._tables_left):

@@ -4,6 +4,8 @@ undone on a failure, removed with the last transparent service."""
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,6 +13,7 @@ import pytest
 from pacslb import config as c
 from pacslb.core import tproxy
 from pacslb.core.plan import build_plan
+from pacslb.engines.kernel import KernelEngine
 from pacslb.engines.tproxy import TproxyRules
 from pacslb.errors import EngineError
 
@@ -126,3 +129,43 @@ def test_without_transparent_services_nftables_is_never_touched() -> None:
 
     host = Host()
     assert TproxyRules(no_nft, host).apply(frozenset()) == []  # type: ignore[arg-type]
+
+
+def test_a_failed_return_path_fails_the_apply_but_not_the_layer4_services(tmp_path: Path) -> None:
+    from tests.unit.engines.test_kernel_engine import FakeHost, FakeNft, config
+
+    class RefusingHost(FakeHost):
+        def ip(self, *args: str) -> Any:
+            if "add" in args or "replace" in args:
+                raise EngineError("RTNETLINK answers: Operation not permitted")
+            return []
+
+    nft = FakeNft()
+    kernel = KernelEngine(tmp_path, nft_runner=nft, host=RefusingHost())  # type: ignore[arg-type]
+    cfg = config("l4-nat")
+    transparent = c.VirtualService.model_validate(
+        {
+            "label": "Archive",
+            "vip": "198.18.0.101",
+            "ports": [104],
+            "mode": "l7-tcp",
+            "source": "client",
+            "real_servers": [{"label": "a", "address": "198.18.0.11"}],
+        }
+    )
+    cfg = cfg.model_copy(update={"virtual_services": [*cfg.virtual_services, transparent]})
+
+    async def scenario() -> None:
+        with pytest.raises(EngineError, match="transparent mode"):
+            await kernel.apply(build_plan(cfg))
+        await kernel.close()
+
+    asyncio.run(scenario())
+    # the table was made and taken back; the l4-nat service's table went in all the same
+    assert any("add table ip pacslb" in s for s in nft.scripts), nft.scripts
+    # (a clean slate at the first look, then made, then undone)
+    assert [s for s in nft.scripts if tproxy.TABLE in s] == [
+        tproxy.nft_script(False),
+        tproxy.nft_script(True),
+        tproxy.nft_script(False),
+    ]
