@@ -82,12 +82,15 @@ class NatServer:
     def why(self, mark: str) -> list[str]:
         """Why the load balancer must be its default gateway, as comment lines."""
         if self.services:
-            reason = "which undoes the address translation"
-        else:
-            reason = "where the proxy's connection (from the client's own address) ends"
+            return [
+                f"{mark} replies to clients must go back through the load balancer, which "
+                "undoes the",
+                f"{mark} address translation, so the load balancer is the default gateway.",
+            ]
         return [
-            f"{mark} replies to clients must go back through the load balancer, {reason},",
-            f"{mark} so the load balancer is the default gateway.",
+            f"{mark} replies to clients must go back through the load balancer: the proxy",
+            f"{mark} connects from the client's own address, so the load balancer is the",
+            f"{mark} default gateway.",
         ]
 
 
@@ -187,6 +190,16 @@ def nat_linux(server: NatServer, gateway: str | None, interface: str = "eth0") -
     return "\n".join(out) + "\n"
 
 
+def _windows_intro(server: NatServer) -> list[str]:
+    if server.transparent:
+        return [f"REM {server.what()} on a Windows real server:", *server.why("REM")]
+    return [  # as the McKesson guide's chapter shows it
+        f"REM {server.what()} on a Windows real server: replies to",
+        "REM clients must go back through the load balancer, which undoes the address",
+        "REM translation, so the load balancer is the default gateway.",
+    ]
+
+
 def nat_windows(server: NatServer, gateway: str | None, lan: str = "net") -> str:
     """Commands for an elevated Command Prompt (and the PowerShell equivalent) that make the
     load balancer a Windows real server's default gateway; `route -p` and New-NetRoute keep
@@ -195,8 +208,7 @@ def nat_windows(server: NatServer, gateway: str | None, lan: str = "net") -> str
     v6 = ":" in via
     prefix = "::/0" if v6 else "0.0.0.0/0"
     out = [
-        f"REM {server.what()} on a Windows real server:",
-        *server.why("REM"),
+        *_windows_intro(server),
         *_gateway_note(server, gateway, "REM"),
         f'REM The LAN adapter is named "{lan}" here (--lan-adapter). Remove the old default',
         "REM gateway (also in the adapter's IPv4 properties, or it comes back), then add:",

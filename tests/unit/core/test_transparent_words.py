@@ -94,7 +94,7 @@ def test_realserver_gives_transparent_servers_the_gateway_step() -> None:
     )
     assert "# transparent l7 (Archive) on a Linux real server" in text
     assert "ip route replace default via 198.18.2.1 dev eth0" in text
-    assert "where the proxy's connection (from the client's own address) ends" in text
+    assert "connects from the client's own address, so the load balancer is the" in text
     assert "layer 7 (Web): real servers need no change" in text
     assert "Archive" not in text.split("layer 7 (")[-1]  # transparent ones do need a change
 
