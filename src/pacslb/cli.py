@@ -511,11 +511,14 @@ def cmd_realserver(args: argparse.Namespace) -> int:
         config = load_config_file(Path(args.config))
         nat = realserver.nat_servers(config)
         gateways = {n.address: args.gateway for n in nat if args.gateway}
-        if nat and not args.gateway:  # the LB's own address on each server's segment
+        if nat and not args.gateway:  # an HA pair's floating gateway, else the LB's own
+            gateways = realserver.floating_gateways(config)  # address on the segment
             from pacslb.control.doctor import reach
             from pacslb.engines.host import Host
 
             for n in nat:
+                if n.address in gateways:
+                    continue
                 r = reach(n.address, Host())
                 if r.source and not (r.gateway or r.local or r.error):
                     gateways[n.address] = r.source

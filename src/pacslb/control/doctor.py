@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from pacslb import config as c
-from pacslb.core import nft, packets
+from pacslb.core import nft, packets, tproxy
 from pacslb.core.doctor import (
     HOST,
     DrProbe,
@@ -32,6 +32,7 @@ from pacslb.core.doctor import (
     Level,
     NatProbe,
     Reach,
+    TproxyState,
     arp_findings,
     dr_probes,
     nat_probes,
@@ -39,6 +40,9 @@ from pacslb.core.doctor import (
     needs_forwarding,
     needs_root,
     route_finding,
+    source_address_findings,
+    tproxy_findings,
+    transparent_versions,
     unresolved_finding,
     vip_finding,
 )
@@ -97,6 +101,7 @@ def run(config: c.Config | None, host: Host | None = None) -> list[Finding]:
     findings += _dry_runs(config, host, root)
     if config is not None:
         findings += _forwarding(config)
+        findings += _transparent(config, host, root)
         for probe in dr_probes(config):
             findings += _direct_routing(probe, host, root)
         gateways = floating_gateways(config)
@@ -113,7 +118,7 @@ def placement(config: c.Config, host: Host | None = None) -> list[Finding]:
     ones `pacslb run` refuses to start on (unless --degraded). Quick, and sending nothing: a
     real server that is down or not set up yet (ARP, the VIP on its loopback, its gateway) is
     the health checks' business, and must not keep the load balancer from starting after a
-    power cut. Only layer 4 services need anything of the host here."""
+    power cut. Only layer 4 and transparent services need anything of the host here."""
     if not needs_root(config):
         return []
     host = host or Host()
@@ -131,6 +136,35 @@ def placement(config: c.Config, host: Host | None = None) -> list[Finding]:
 # --- host ----------------------------------------------------------------------------------
 
 
+def _transparent(config: c.Config, host: Host, root: bool) -> list[Finding]:
+    """Transparent services' return path (core/tproxy.py), and fixed source addresses."""
+    wanted = transparent_versions(config)
+    findings: list[Finding] = []
+    if wanted:
+        rules: dict[int, bool] = {}
+        routes: dict[int, bool] = {}
+        for version in wanted:
+            try:
+                rules[version] = tproxy.has_rule(host.ip(f"-{version}", "rule", "show"))
+            except EngineError:
+                rules[version] = False
+            try:
+                listed = host.ip(f"-{version}", "route", "show", "table", str(tproxy.ROUTE_TABLE))
+                routes[version] = tproxy.has_route(listed, version)
+            except EngineError:  # no such table: no route
+                routes[version] = False
+        marking: bool | None = None
+        if root:
+            try:
+                marking = tproxy.has_marking(Nft().run(f"list table inet {tproxy.TABLE}"))
+            except EngineError:  # no such table
+                marking = False
+        findings += tproxy_findings(wanted, TproxyState(marking, rules, routes))
+    if any(s.source not in ("auto", "client") for s in config.virtual_services):
+        findings += source_address_findings(config, host.addresses())
+    return findings
+
+
 def _root(config: c.Config | None, root: bool) -> Finding:
     if root:
         return Finding("root", Level.OK, HOST, "running as root (layer 4 modes need it)")
@@ -142,7 +176,8 @@ def _root(config: c.Config | None, root: bool) -> Finding:
         "root",
         Level.PROBLEM,
         HOST,
-        "not running as root: the layer 4 modes (nftables) and these probes need it",
+        "not running as root: the layer 4 modes (nftables), transparent services (source: "
+        "client: IP_TRANSPARENT and policy routing) and these probes need it",
         "run pacslb as root",
     )
 

@@ -15,6 +15,7 @@ from enum import StrEnum
 from typing import Any
 
 from pacslb import config as c
+from pacslb.core import tproxy
 from pacslb.core.realserver import fix_command
 
 HOST = "this host"
@@ -129,7 +130,116 @@ def needs_forwarding(config: c.Config) -> bool:
 
 
 def needs_root(config: c.Config) -> bool:
-    return any(s.mode.is_kernel for s in config.virtual_services)
+    """Layer 4 modes (nftables), and transparent l7 services (IP_TRANSPARENT, and their
+    policy routing)."""
+    return any(s.mode.is_kernel or s.source == "client" for s in config.virtual_services)
+
+
+# --- transparent mode (source: client) ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TproxyState:
+    """What the host holds of transparent mode's return path (core/tproxy.py); None: could
+    not be read (nftables needs root)."""
+
+    marking: bool | None
+    rules: Mapping[int, bool]  # IP version -> our policy rule is there
+    routes: Mapping[int, bool]  # IP version -> the local route in our table is there
+
+
+def transparent_versions(config: c.Config) -> dict[int, list[str]]:
+    """IP version -> the transparent services whose upstream connections use it."""
+    out: dict[int, list[str]] = {}
+    for svc in config.virtual_services:
+        if svc.source != "client" or svc.mode.is_kernel:
+            continue
+        addresses = [rs.address for rs in svc.real_servers]
+        if svc.fallback is not None:
+            addresses.append(svc.fallback.address)
+        for version in sorted({a.version for a in addresses}):
+            out.setdefault(version, []).append(svc.label)
+    return out
+
+
+def tproxy_findings(wanted: Mapping[int, list[str]], state: TproxyState) -> list[Finding]:
+    """One finding per piece of the return path each IP version needs, naming what is
+    missing and the command that puts it back (pacslb puts all of it there at start)."""
+    out: list[Finding] = []
+    if not wanted:
+        return out
+    every = sorted({label for labels in wanted.values() for label in labels})
+    if state.marking is None:
+        out.append(Finding("tproxy-nft", Level.SKIPPED, HOST, "reading nftables needs root", ""))
+    elif state.marking:
+        out.append(
+            Finding(
+                "tproxy-nft",
+                Level.OK,
+                HOST,
+                f"table inet {tproxy.TABLE} marks the replies to transparent connections",
+            )
+        )
+    else:
+        out.append(
+            Finding(
+                "tproxy-nft",
+                Level.PROBLEM,
+                HOST,
+                f"no table inet {tproxy.TABLE} marking replies to transparent sockets: the "
+                f"real servers' answers to {', '.join(every)} clients are not delivered to "
+                "the proxy, so those connections hang",
+                f"restart pacslb (it sets the table up), or: {tproxy.nft_command()}",
+            )
+        )
+    for version, labels in sorted(wanted.items()):
+        for ok, step, name in (
+            (state.rules.get(version, False), tproxy.rule_step(version), "policy rule"),
+            (state.routes.get(version, False), tproxy.route_step(version), "local route"),
+        ):
+            subject = f"IPv{version} ({', '.join(labels)})"
+            if ok:
+                out.append(
+                    Finding(f"tproxy-{name.split()[1]}", Level.OK, subject, f"{name} in place")
+                )
+                continue
+            out.append(
+                Finding(
+                    f"tproxy-{name.split()[1]}",
+                    Level.PROBLEM,
+                    subject,
+                    f"the {name} of transparent mode is missing: replies from the real servers"
+                    " to clients' addresses are not delivered to the proxy",
+                    step.what,
+                )
+            )
+    return out
+
+
+def source_address_findings(config: c.Config, addresses: set[str]) -> list[Finding]:
+    """A service's fixed source address (or its VIP, for `source: vip`) that this host does
+    not have: its connections fail until it does. A warning, not a problem: in an HA pair the
+    address may float here only when this node becomes active."""
+    out = []
+    for svc in config.virtual_services:
+        if svc.source in ("auto", "client") or svc.mode.is_kernel:
+            continue
+        address = str(svc.vip) if svc.source == "vip" else svc.source
+        if address in addresses:
+            out.append(Finding("source", Level.OK, svc.label, f"source {address} is on this host"))
+        else:
+            out.append(
+                Finding(
+                    "source",
+                    Level.WARNING,
+                    svc.label,
+                    f"source {address} is not an address of this host (yet): connections "
+                    "to the real servers fail until it is (fine on the passive node of a "
+                    "pair, whose keepalived brings it on takeover)",
+                    f"ip addr add {address}/{128 if ':' in address else 32} dev <interface>",
+                )
+            )
+    return out
 
 
 # --- findings from probe answers ---------------------------------------------------------

@@ -109,6 +109,7 @@ class PlanService:
     tls: PlanTls | None = None
     passive: PlanPassive = PlanPassive()
     max_connections: int = 0  # client connections per proxy worker; 0: core.budget's share
+    source: str = "auto"  # l7: auto | vip | client | an address (proxy/source.py)
 
     def server(self, label: str) -> PlanRealServer | None:
         return next((rs for rs in self.real_servers if rs.label == label), None)
@@ -217,6 +218,7 @@ def build_service(
             p.consecutive_failures, p.ejection, max(p.ejection, p.max_ejection), p.server_errors
         ),
         max_connections=vs.max_connections,
+        source=vs.source,
     )
 
 

@@ -1,4 +1,5 @@
-"""What a real server needs for Direct Routing and NAT, as commands an operator can paste.
+"""What a real server needs for Direct Routing, NAT and transparent l7, as commands an
+operator can paste.
 
 In DR the load balancer hands a client's packet to the real server unchanged but for the
 destination MAC, so the packet is still addressed to the VIP: the real server must own the
@@ -15,6 +16,11 @@ translation. Unless the clients share the server's segment, that means the load 
 (its address on the servers' segment; in an HA pair the floating gateway address) is the
 server's default gateway. l4-snat also rewrites the source to the load balancer's own address,
 so the reply comes back by itself: real servers need no change.
+
+A transparent l7 service (`source: client`, docs/transparent.md) connects to the real server
+from the client's own address, so its servers need the same gateway step as l4-nat: their
+replies must reach the load balancer, where the proxy's socket takes them. In an HA pair the
+gateway is the floating one (node.ha.gateways), which the active node holds.
 
 Pure text: no I/O; `pacslb realserver` prints it and `pacslb doctor` points at it.
 """
@@ -58,27 +64,77 @@ def dr_servers(config: c.Config) -> list[DrServer]:
 
 @dataclass(frozen=True, slots=True)
 class NatServer:
-    """One real server address of the config's l4-nat services."""
+    """One real server address whose replies to clients must come back through the load
+    balancer: of l4-nat services, or of transparent l7 services (`source: client`)."""
 
     address: str
     labels: tuple[str, ...]
     services: tuple[str, ...]  # the l4-nat services it serves
+    transparent: tuple[str, ...] = ()  # the transparent l7 services it serves
+
+    def what(self) -> str:
+        """e.g. "l4-nat (Web), transparent l7 (Archive)"."""
+        parts = [f"l4-nat ({', '.join(self.services)})"] if self.services else []
+        if self.transparent:
+            parts.append(f"transparent l7 ({', '.join(self.transparent)})")
+        return ", ".join(parts)
+
+    def why(self, mark: str) -> list[str]:
+        """Why the load balancer must be its default gateway, as comment lines."""
+        if self.services:
+            return [
+                f"{mark} replies to clients must go back through the load balancer, which "
+                "undoes the",
+                f"{mark} address translation, so the load balancer is the default gateway.",
+            ]
+        return [
+            f"{mark} replies to clients must go back through the load balancer: the proxy",
+            f"{mark} connects from the client's own address, so the load balancer is the",
+            f"{mark} default gateway.",
+        ]
+
+
+def _gateway_needing(svc: c.VirtualService) -> bool:
+    return svc.mode is c.Mode.L4_NAT or (not svc.mode.is_kernel and svc.source == "client")
 
 
 def nat_servers(config: c.Config) -> list[NatServer]:
-    """Real servers of the config's l4-nat services, grouped by address, in config order."""
+    """Real servers of the config's l4-nat and transparent l7 services, grouped by address,
+    in config order."""
     labels: dict[str, list[str]] = {}
     services: dict[str, list[str]] = {}
+    transparent: dict[str, list[str]] = {}
     for svc in config.virtual_services:
-        if svc.mode is not c.Mode.L4_NAT:
+        if not _gateway_needing(svc):
             continue
+        kind = services if svc.mode is c.Mode.L4_NAT else transparent
         for rs in svc.real_servers:
             address = str(rs.address)
-            for items, value in ((labels, rs.label), (services, svc.label)):
+            services.setdefault(address, [])
+            transparent.setdefault(address, [])
+            for items, value in ((labels, rs.label), (kind, svc.label)):
                 seen = items.setdefault(address, [])
                 if value not in seen:
                     seen.append(value)
-    return [NatServer(a, tuple(labels[a]), tuple(services[a])) for a in labels]
+    return [
+        NatServer(a, tuple(labels[a]), tuple(services[a]), tuple(transparent[a])) for a in labels
+    ]
+
+
+def floating_gateways(config: c.Config) -> dict[str, str]:
+    """Real server address -> the HA pair's floating gateway on its subnet (node.ha.gateways):
+    what a NAT or transparent server's default route must point at in a pair."""
+    ha = config.node.ha
+    if ha is None or not ha.enabled:
+        return {}
+    nets = [ipaddress.ip_interface(g.address) for g in ha.gateways]
+    out = {}
+    for server in nat_servers(config):
+        address = ipaddress.ip_address(server.address)
+        floating = next((n for n in nets if address in n.network), None)
+        if floating is not None:
+            out[server.address] = str(floating.ip)
+    return out
 
 
 def snat_services(config: c.Config) -> list[str]:
@@ -86,8 +142,11 @@ def snat_services(config: c.Config) -> list[str]:
 
 
 def proxied_services(config: c.Config) -> list[str]:
-    """The layer 7 services: the proxy connects from the load balancer's own address."""
-    return [s.label for s in config.virtual_services if not s.mode.is_kernel]
+    """The layer 7 services that connect from the load balancer's own address (not the
+    transparent ones, whose servers need the gateway step)."""
+    return [
+        s.label for s in config.virtual_services if not s.mode.is_kernel and s.source != "client"
+    ]
 
 
 GATEWAY_PLACEHOLDER = "LB_GATEWAY"
@@ -114,9 +173,8 @@ def nat_linux(server: NatServer, gateway: str | None, interface: str = "eth0") -
     ip = "ip -6" if ":" in via else "ip"
     family = "ipv6" if ":" in via else "ipv4"
     out = [
-        f"# l4-nat ({', '.join(server.services)}) on a Linux real server (run as root):",
-        "# replies to clients must go back through the load balancer, which undoes the",
-        "# address translation, so the load balancer is the default gateway.",
+        f"# {server.what()} on a Linux real server (run as root):",
+        *server.why("#"),
         *_gateway_note(server, gateway, "#"),
         f"{ip} route replace default via {via} dev {interface}",
         "",
@@ -132,6 +190,16 @@ def nat_linux(server: NatServer, gateway: str | None, interface: str = "eth0") -
     return "\n".join(out) + "\n"
 
 
+def _windows_intro(server: NatServer) -> list[str]:
+    if server.transparent:
+        return [f"REM {server.what()} on a Windows real server:", *server.why("REM")]
+    return [  # as the McKesson guide's chapter shows it
+        f"REM {server.what()} on a Windows real server: replies to",
+        "REM clients must go back through the load balancer, which undoes the address",
+        "REM translation, so the load balancer is the default gateway.",
+    ]
+
+
 def nat_windows(server: NatServer, gateway: str | None, lan: str = "net") -> str:
     """Commands for an elevated Command Prompt (and the PowerShell equivalent) that make the
     load balancer a Windows real server's default gateway; `route -p` and New-NetRoute keep
@@ -140,9 +208,7 @@ def nat_windows(server: NatServer, gateway: str | None, lan: str = "net") -> str
     v6 = ":" in via
     prefix = "::/0" if v6 else "0.0.0.0/0"
     out = [
-        f"REM l4-nat ({', '.join(server.services)}) on a Windows real server: replies to",
-        "REM clients must go back through the load balancer, which undoes the address",
-        "REM translation, so the load balancer is the default gateway.",
+        *_windows_intro(server),
         *_gateway_note(server, gateway, "REM"),
         f'REM The LAN adapter is named "{lan}" here (--lan-adapter). Remove the old default',
         "REM gateway (also in the adapter's IPv4 properties, or it comes back), then add:",
@@ -282,8 +348,8 @@ def for_config(
         )
     if not blocks:
         return (
-            f"{mark} no l4-dr or l4-nat virtual service in this config: real servers need no "
-            "change\n"
+            f"{mark} no l4-dr, l4-nat or transparent l7 virtual service in this config: real "
+            "servers need no change\n"
         )
     return "\n".join(blocks)
 

@@ -599,6 +599,49 @@ def service_problems(
             out.append(Problem(f"{base}.fallback.port", "l4-dr cannot translate ports"))
         if mode.is_kernel and fb.address.version != vs.vip.version:
             out.append(Problem(f"{base}.fallback.address", f"{mode} cannot mix IPv4 and IPv6"))
+    return out + _source_problems(base, vs)
+
+
+def _source_problems(base: str, vs: c.VirtualService) -> list[Problem]:
+    """`source:` (proxy/source.py). Whether a fixed address is up on this node is doctor's
+    question, not the config's: in an HA pair it may float to this node only later."""
+    source = vs.source
+    if source == "auto":
+        return []
+    where = f"{base}.source"
+    if vs.mode.is_kernel:
+        return [
+            Problem(
+                where,
+                f"source needs an l7 mode, not {vs.mode}: l4-nat keeps the client's address "
+                "already, and l4-snat uses the load balancer's",
+            )
+        ]
+    if source == "vip" and vs.vip.is_unspecified:
+        return [Problem(where, f"source vip needs a specific VIP, not {vs.vip}")]
+    if source == "client":
+        own = None if vs.vip.is_unspecified else vs.vip.version  # the clients' family
+        what = "a transparent connection keeps the client's address, whose family is the VIP's"
+    elif source == "vip":
+        own, what = vs.vip.version, "connections from the VIP"
+    else:
+        address = ipaddress.ip_address(source)
+        if address.is_unspecified or address.is_multicast:
+            return [Problem(where, f"{source} cannot be a source address; use auto")]
+        own, what = address.version, f"connections from {source}"
+    out = []
+    servers = [(f"{base}.real_servers[{j}]", rs.address) for j, rs in enumerate(vs.real_servers)]
+    if vs.fallback is not None:
+        servers.append((f"{base}.fallback", vs.fallback.address))
+    for path, address in servers:
+        if own is not None and address.version != own:
+            out.append(
+                Problem(
+                    f"{path}.address",
+                    f"source {source}: {what} (IPv{own}), cannot reach an IPv{address.version} "
+                    f"server ({address}); use source auto, or servers of the same family",
+                )
+            )
     return out
 
 

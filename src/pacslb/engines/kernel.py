@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pacslb import config as c
-from pacslb.core import nft, syncmaps
+from pacslb.core import nft, syncmaps, tproxy
 from pacslb.core.plan import Plan, PlanService, ServerKey
 from pacslb.core.slots import service_slots
 from pacslb.core.state import Health
@@ -31,6 +31,7 @@ from pacslb.core.syncwire import MapEntry
 from pacslb.engines.base import Counters
 from pacslb.engines.host import Host
 from pacslb.engines.nftables import Nft
+from pacslb.engines.tproxy import TproxyRules
 from pacslb.errors import EngineError
 
 POLL_INTERVAL = 1.0
@@ -56,6 +57,8 @@ class KernelEngine:
         self._nft = nft_runner
         self.host = host or Host()
         self.notify = notify or (lambda message: None)
+        # transparent l7 services' return path (source: client), kept beside the l4 tables
+        self.tproxy = TproxyRules(lambda: self.nftables, self.host)
         self._plan: Plan | None = None  # the last Plan applied
         self._view: Plan | None = None  # what was rendered: without DR servers lacking a MAC
         self._unresolved: set[tuple[str, str]] = set()  # those servers (service, label)
@@ -87,6 +90,18 @@ class KernelEngine:
             await self._apply(plan)
 
     async def _apply(self, plan: Plan, refresh_facts: bool = False) -> None:
+        # First, so that the proxy (the next engine) finds the return path in place. A failure
+        # there fails this apply (retried, not ready, named) but does not hold back the layer 4
+        # services' own changes.
+        try:
+            for done in await asyncio.to_thread(self.tproxy.apply, tproxy.families(plan)):
+                self.notify(done)
+        except EngineError:
+            await self._apply_layer4(plan, refresh_facts)
+            raise
+        await self._apply_layer4(plan, refresh_facts)
+
+    async def _apply_layer4(self, plan: Plan, refresh_facts: bool) -> None:
         services = nft.kernel_services(plan)
         idle = not services and self._live is None and not self._addresses()
         if idle and not await asyncio.to_thread(self._tables_left):
@@ -492,7 +507,7 @@ class KernelEngine:
             self.host.del_address(address, device)
             done.append(f"removed VIP {address} from {device}")
         self._addresses_file.unlink(missing_ok=True)
-        return done
+        return done + self.tproxy.remove()
 
     async def close(self, keep_running: bool = False) -> None:
         """Stop counting; the tables stay either way, so forwarding goes on while pacslb is

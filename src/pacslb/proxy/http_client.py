@@ -40,6 +40,7 @@ from pacslb.proxy.http_states import (
 )
 from pacslb.proxy.http_upstream import Upstream
 from pacslb.proxy.runtime import FALLBACK, NO_SERVER, ServerStats
+from pacslb.proxy.source import SourceError, bind_address, bind_failed, open_upstream
 from pacslb.proxy.tls import upstream_tls
 
 if TYPE_CHECKING:
@@ -332,7 +333,9 @@ class ClientConnection(asyncio.Protocol):
                 if cookies:
                     self.set_cookie = self.listener.cookie_fields(runtime, rs.label)
         if rs is not None:
-            key: Key = (rs.label, rs.address, rs.port or self.listener.vip_port, rs.reencrypt)
+            port = rs.port or self.listener.vip_port
+            bind = bind_address(runtime.service, self.ip, rs.address)
+            key: Key = (rs.label, rs.address, port, rs.reencrypt, bind)
             if retry_status:
                 # Another server takes it: the request moves off the one that failed.
                 self.stats.requests -= 1
@@ -349,7 +352,9 @@ class ClientConnection(asyncio.Protocol):
                 self.stats = runtime.stats.setdefault(NO_SERVER, ServerStats())
                 self._proxy_error(503)
                 return
-            key = (FALLBACK, fallback.address, fallback.port or self.listener.vip_port, False)
+            port = fallback.port or self.listener.vip_port
+            bind = bind_address(runtime.service, self.ip, fallback.address)
+            key = (FALLBACK, fallback.address, port, False, bind)
         self.label = key[0]
         self.key = key
         self.stats = runtime.opened(key[0], self)
@@ -368,14 +373,25 @@ class ClientConnection(asyncio.Protocol):
         self.connecting = self.loop.create_task(self._connect(key))
 
     async def _connect(self, key: Key) -> None:
-        label, address, port, tls = key
+        label, address, port, tls, bind = key
         runtime = self.runtime
         pool = self.listener.pool
         try:
             async with asyncio.timeout(runtime.service.timeouts.connect):
-                _, up = await self.loop.create_connection(
-                    lambda: Upstream(pool, key), address, port, ssl=upstream_tls() if tls else None
+                _, up = await open_upstream(
+                    self.loop,
+                    lambda: Upstream(pool, key),
+                    (address, port),
+                    bind,
+                    runtime.service.source == "client",
+                    upstream_tls() if tls else None,
                 )
+        except SourceError as exc:  # our bind failed, not the server: no passive health
+            self.connecting = None
+            bind_failed(runtime.service.label, bind, exc.cause)
+            if self.state == C_CONNECT and self.req is not None:
+                self._proxy_error(503)
+            return
         except (OSError, TimeoutError, ValueError) as exc:  # ssl.SSLError is an OSError
             self.connecting = None
             if self.state != C_CONNECT or self.req is None:

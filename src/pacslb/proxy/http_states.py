@@ -35,4 +35,7 @@ U_CLOSED = 4
 HOLD = 1  # read ahead of the exchange in progress
 UPSTREAM_FULL = 2  # the upstream's write buffer is full
 
-Key = tuple[str, str, int, bool]  # (server label, address, port, TLS)
+# (server label, address, port, TLS, bound source address or "" for the kernel's choice):
+# with `source: client` an upstream connection carries one client's address, so it is pooled
+# and reused for that client only.
+Key = tuple[str, str, int, bool, str]

@@ -37,6 +37,7 @@ import time
 
 from pacslb.proxy.budget import ServiceBudget, out_of_descriptors
 from pacslb.proxy.runtime import FALLBACK, ServerStats, ServiceRuntime
+from pacslb.proxy.source import bind_address, bind_failed, upstream_socket
 
 __all__ = ["HAVE_SPLICE", "KEEPALIVE", "TcpListener"]
 
@@ -67,7 +68,6 @@ _LINGER_RST = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
 # which saves five setsockopt calls per client; elsewhere they are set per connection.
 _INHERITS_OPTIONS = sys.platform.startswith("linux")
 ACCEPT_PAUSE = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-_SOCK_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
 
 
 def _socket_options() -> list[tuple[int, int, int]]:
@@ -92,10 +92,6 @@ _OPTIONS = _socket_options()
 def _set_options(sock: socket.socket) -> None:
     for level, name, value in _OPTIONS:
         sock.setsockopt(level, name, value)
-
-
-def _family(address: str) -> socket.AddressFamily:
-    return socket.AF_INET6 if ":" in address else socket.AF_INET
 
 
 class TcpListener:
@@ -611,10 +607,15 @@ class _Connection:
             label, address, port = target
             self.label = label
             self.stats = self.runtime.opened(label, self)
-            server = socket.socket(_family(address), socket.SOCK_STREAM | _SOCK_NONBLOCK)
+            service = self.runtime.service
+            bind = bind_address(service, self.client_ip, address)
+            try:
+                server = upstream_socket(address, bind, service.source == "client")
+            except OSError as exc:  # the source, not the server, failed: no passive health
+                bind_failed(service.label, bind, exc)
+                self._close(reset=True)
+                return
             self.server = server
-            if not _SOCK_NONBLOCK:
-                server.setblocking(False)
             _set_options(server)
             err = server.connect_ex((address, port))
             if err == 0:

@@ -56,6 +56,9 @@ class FakeHost:
     def enable_forwarding(self, version: int) -> bool:
         return False
 
+    def ip(self, *args: str) -> Any:
+        return []  # no policy rule of transparent mode (engines/tproxy.py) on this host
+
 
 def config(mode: str = "l4-dr") -> c.Config:
     return c.Config.model_validate(
