@@ -27,6 +27,8 @@ from tests.integration.dicom_proxy_support import (
 )
 from tests.peers.procs import stop, wait_until
 
+from pacslb.proxy import notices
+
 pytestmark = pytest.mark.timeout(180)
 
 VIP = "127.10.4.12"
@@ -131,6 +133,7 @@ def test_halt_and_drain_cap_end_an_association_with_a_abort(
         with DicomVip(proxy_loop, VIP, servers, **settings).serving() as vip:
             # The study four times over (2,000 C-STOREs): still running when the cap, checked
             # each second, is reached.
+            vip.loop.call(notices._last.clear)  # (the same key in the other case)
             proc = start_store(vip, study * 4)
             try:
                 placed_on(vip)
@@ -144,6 +147,9 @@ def test_halt_and_drain_cap_end_an_association_with_a_abort(
             vip.wait_idle()
             stats = vip.stats("X")
             assert stats["assoc_aborted"] == 1 and stats["assoc_active"] == 0
+            events = [str(n["message"]) for n in vip.loop.call(notices.take)]
+            why = "drain limit of 0.2 s reached" if how == "drain-limit" else "halted"
+            assert any("ended with A-ABORT" in e and why in e for e in events), events
             # The archive kept whole images only: storescp wrote what it got complete.
             received = sorted((tmp_path / "x").iterdir())
             assert received

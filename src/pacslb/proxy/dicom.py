@@ -299,13 +299,20 @@ class DicomConnection(_Connection):
             return
         self.cut_reason = reason
         log.info("ending %r with A-ABORT: %s", self, reason)
+        service, label = self.runtime.service.label, self.label or ""
+        notice(
+            f"association ended with A-ABORT: {reason}",
+            service,
+            label,
+            key=f"dicom-cut/{service}/{label}",
+        )
         up.cut()
         down.cut()
         self._linger_timer = self.loop.call_later(CUT_GRACE, self._close, True)
 
     def abort(self) -> None:
         """Halt, removal, idle timeout: an A-ABORT at a PDU boundary rather than a reset."""
-        self.cut("the real server was halted or removed, or the association idled")
+        self.cut("the real server was halted or removed, or the association was idle too long")
 
     # --- refusing --------------------------------------------------------------------------
 
