@@ -352,6 +352,9 @@ class DicomConnection(_Connection):
             if self._linger_timer is not None:
                 self._linger_timer.cancel()
                 self._linger_timer = None
+            if self.server is not None:
+                with contextlib.suppress(OSError):  # the server has its A-ABORT: FIN now
+                    self.server.shutdown(socket.SHUT_WR)
             self._linger(CUT_GRACE, CUT_LINGER_BYTES)
             return
         super().direction_done()
