@@ -29,7 +29,10 @@ BATCH = 1 << 18  # bytes of whole PDUs gathered in the pipe before they are writ
 # 2, reason 0 reason-not-specified): a halt or a drain cap is no protocol fault of either peer.
 ABORT = abort_pdu(source=2, reason=0)
 _PEEK = socket.MSG_PEEK
-_HEAD = bytearray(HEADER)  # where headers are peeked into (one loop thread: one buffer)
+# A peek takes up to PEEK bytes: the header, and for a small PDU (a DIMSE response) the whole
+# of it, which says whether more follows. One buffer: one loop thread uses it.
+PEEK = 256
+_HEAD = bytearray(PEEK)
 _LENGTH = struct.Struct(">I").unpack_from  # a PDU's length field, at offset 2 of its header
 
 
@@ -84,6 +87,7 @@ class DicomPump(_Pump):
         src_fd, pipe_w = self.src_fd, self.pipe_w
         need = tracker.need
         p_data = 0
+        window = 0  # bytes known to be in the socket (from the last peek), 0: unknown
         n = self.pending
         moved = 0
         dry = False
@@ -117,10 +121,14 @@ class DicomPump(_Pump):
                         dry = not need
                         continue
                     try:
-                        got = peek(_HEAD, HEADER, _PEEK)
+                        got = peek(_HEAD, PEEK, _PEEK)
                     except (BlockingIOError, InterruptedError):
                         dry = True
                         continue
+                    # Fewer bytes than asked: that is all the socket holds now, so once they
+                    # are moved it is empty and no read need fail to say so (a C-STORE-RSP,
+                    # a C-ECHO: the whole PDU is seen in this one peek).
+                    window = got if got < PEEK else 0
                     if got < HEADER:
                         if not got:
                             self.eof = True
@@ -153,6 +161,9 @@ class DicomPump(_Pump):
                 need -= k
                 n += k
                 dry = k < want
+                if window:
+                    window -= k
+                    dry = dry or window <= 0
         except BlockingIOError:  # the destination is full (every read handles its own)
             self._sync(need, p_data)
             if n and not self.eof:
