@@ -243,8 +243,6 @@ class DicomConnection(_Connection):
         if len(self.tried) < min(MAX_TRIES, len(runtime.service.real_servers)):
             rs = runtime.pick(self.sticky_key, self.tried, allowed=self.allowed)
             if rs is not None:
-                if rs.ae_title is not None and self.request is not None:
-                    self.rq = rewrite_called_ae(self.rq, rs.ae_title)
                 return rs.label, rs.address, rs.port or port
         # No fallback ("sorry") server for DICOM: a modality understands an
         # A-ASSOCIATE-RJ, and an archive it did not call would take its images.
@@ -275,7 +273,13 @@ class DicomConnection(_Connection):
         pipes = self.listener._pipes
         up.open(pipes)
         down.open(pipes)
-        up.preload(self.rq)  # the request, as read (or with the server's called AE)
+        # The request as read, or with the called AE of the server it went to (the one
+        # connected now: an earlier attempt on another server left the bytes as they were).
+        placed = self.runtime.server(self.label or "")
+        rq = self.rq
+        if placed is not None and placed.ae_title is not None:
+            rq = rewrite_called_ae(rq, placed.ae_title)
+        up.preload(rq)
         self.rq = b""
         self.started = time.monotonic()
         for stats in (self.stats, self.ae_stats):
