@@ -141,3 +141,29 @@ def test_a_halt_mid_pdu_waits_for_its_end_then_aborts_both_sides(
             assert vip.stats("A")["assoc_aborted"] == 1
     finally:
         archive.close()
+
+
+def test_the_drain_cap_leaves_an_association_that_is_releasing(proxy_loop: ProxyLoop) -> None:
+    """The client has sent A-RELEASE-RQ (the archive is slow to answer): the association is
+    ending by itself, so the drain cap does not abort it."""
+    archive = Archive()
+    try:
+        servers = [{"label": "A", "address": PEER, "port": archive.port}]
+        settings = {"dicom": {"drain_limit": 0.1}}
+        with DicomVip(proxy_loop, VIP, servers, **settings).serving() as vip:
+            client = associated(vip)
+            sent = p_data(100, 1) + pdu(0x05, bytes(4))
+            client.sendall(sent)
+            wait_until(lambda: len(archive.received) == len(sent), 10, "the release request")
+            vip.set_admin(A="drain")
+            time.sleep(1.5)  # past the cap and at least one check of it (each second)
+            assert bytes(archive.received) == sent  # no A-ABORT came
+            client.settimeout(0.2)
+            with pytest.raises(TimeoutError):
+                client.recv(1)  # nor to the client
+            client.close()
+            assert archive.closed.wait(10)
+            vip.wait_idle()
+            assert vip.stats("A")["assoc_aborted"] == 0
+    finally:
+        archive.close()

@@ -102,7 +102,8 @@ class DicomListener(TcpListener):
                     start = since.get(conn.label or "")
                     if start is not None and now - start >= limit:
                         assert isinstance(conn, DicomConnection)
-                        conn.cut(f"drain limit of {limit:g} s reached")
+                        if not conn.releasing:  # a release under way ends it anyway
+                            conn.cut(f"drain limit of {limit:g} s reached")
         finally:
             if not self._closed or self.connections:
                 self._schedule_drain_check()
@@ -151,6 +152,12 @@ class DicomConnection(_Connection):
         rq = self.request
         who = f"{rq.calling_ae}->{rq.called_ae} " if rq is not None else ""
         return f"<dicom {who}{self.client_ip} -> {self.label}>"
+
+    @property
+    def releasing(self) -> bool:
+        """The client has sent its A-RELEASE-RQ: the association is ending by itself."""
+        up = self.up
+        return isinstance(up, DicomPump | DicomCopyPump) and up.tracker.releases > 0
 
     @property
     def dicom(self) -> PlanDicom:
