@@ -4,7 +4,7 @@ halt in the middle of a PDU that waits for the PDU's end before the A-ABORT.
 The peers here are raw sockets (a test that needs bytes at exact places cannot use a DICOM
 toolkit, which writes whole PDUs): a client that writes PDUs in awkward pieces, and an
 "archive" thread that answers the request with an A-ASSOCIATE-AC and records every byte.
-Both relays are run: splice, and recv/send.
+Both relays are run: splice (its hot loop in C and in Python), and recv/send.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from collections.abc import Iterator
 import pytest
 from tests.integration.dicom_proxy_support import PEER, DicomVip, ProxyLoop, associate_rq, read_pdu
 from tests.peers.procs import wait_until
+
+from pacslb.proxy import dicom_pumps
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -64,6 +66,16 @@ class Archive:
 
     def close(self) -> None:
         self.sock.close()
+
+
+@pytest.fixture(params=["C", "Python"], autouse=True)
+def hot_loop(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each test with the splice relay's hot loop in C (_pdufast, where built) and in Python."""
+    if request.param == "C" and not dicom_pumps.COMPILED:
+        pytest.skip("pacslb.proxy._pdufast is not built here (`make` builds it)")
+    if request.param == "Python":
+        monkeypatch.setattr(dicom_pumps, "_relay", None)
+    return str(request.param)
 
 
 @pytest.fixture(scope="module")

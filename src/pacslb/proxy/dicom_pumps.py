@@ -16,6 +16,7 @@ import contextlib
 import os
 import socket
 import struct
+from collections.abc import Callable
 
 from pacslb.core.dicom import P_DATA_TF
 from pacslb.core.dicom_assoc import HEADER, PduTracker, abort_pdu
@@ -34,6 +35,23 @@ _PEEK = socket.MSG_PEEK
 PEEK = 256
 _HEAD = bytearray(PEEK)
 _LENGTH = struct.Struct(">I").unpack_from  # a PDU's length field, at offset 2 of its header
+
+# The hot loop in C where it is built (_pdufast.c: whole P-DATA-TF PDUs, nothing else);
+# without it, the same loop runs in Python below. PACSLB_PDU_PYTHON=1 forces Python (tests).
+_relay: Callable[[int, int, int, int], tuple[int, int, int, int]] | None = None
+_STOP_DRY, _STOP_EOF, _STOP_HEADER, _STOP_LIMIT = 0, 1, 2, 3
+if not os.environ.get("PACSLB_PDU_PYTHON"):
+    try:
+        from pacslb.proxy import _pdufast
+    except ImportError:
+        pass
+    else:
+        if (_pdufast.PEEK, _pdufast.CHUNK) != (PEEK, CHUNK):
+            raise ImportError("pacslb.proxy._pdufast was built with other limits")
+        _relay = _pdufast.relay
+        _STOP_DRY, _STOP_EOF = _pdufast.STOP_DRY, _pdufast.STOP_EOF
+        _STOP_HEADER, _STOP_LIMIT = _pdufast.STOP_HEADER, _pdufast.STOP_LIMIT
+COMPILED = _relay is not None
 
 
 class DicomPump(_Pump):
@@ -82,6 +100,7 @@ class DicomPump(_Pump):
         if self.conn.closed:
             return
         splice = os.splice
+        fast = _relay
         tracker = self.tracker
         peek = self.src.recv_into
         src_fd, pipe_w = self.src_fd, self.pipe_w
@@ -106,6 +125,22 @@ class DicomPump(_Pump):
                     self.account(moved)
                     self.wait_source()
                     return
+                if fast is not None and not self.cutting and not tracker.partial:
+                    # Whole P-DATA-TF PDUs in C, until anything else needs a decision.
+                    got, need, seen, stop = fast(src_fd, pipe_w, need, BATCH - n)
+                    n += got
+                    p_data += seen
+                    if stop == _STOP_LIMIT:
+                        continue
+                    if stop == _STOP_DRY:
+                        dry = True
+                        continue
+                    if stop == _STOP_EOF:
+                        self.eof = True
+                        continue
+                    if stop < 0:
+                        raise OSError(-stop, os.strerror(-stop))
+                    # _STOP_HEADER: at a boundary, a header for the Python below
                 if not need:
                     if self.cutting and not tracker.partial:
                         n += os.write(pipe_w, ABORT)
