@@ -1,4 +1,4 @@
-"""`pacslb proxy`: the built-in data plane process (l7-tcp and l7-http listeners).
+"""`pacslb proxy`: the built-in data plane process (l7-tcp, l7-dicom and l7-http listeners).
 
 It runs apart from the control process so that forwarding never stalls behind WebUI or health
 check work and survives a control-plane crash: it keeps serving its last Plan, and the next
@@ -186,8 +186,9 @@ class ProxyProcess:
 
     def _steer(self, services: dict[str, PlanService]) -> list[str]:
         """Steer each listener's clients to one worker by address when its service keeps
-        source-ip persistence (each worker has its own table); the kernel's 4-tuple hash
-        otherwise, which spreads one busy client's connections over every worker."""
+        source-ip persistence (each worker has its own table), all of them to one worker for
+        calling-ae persistence; the kernel's 4-tuple hash otherwise, which spreads one busy
+        client's connections over every worker."""
         if self.workers is None:
             return []
         errors = []
@@ -199,6 +200,11 @@ class ProxyProcess:
             granularity = None
             if p.kind == "source-ip":
                 granularity = p.granularity_v6 if sock.family == socket.AF_INET6 else p.granularity
+            elif p.kind == "calling-ae":
+                # Every client to one worker (all addresses masked to nothing): the kernel
+                # cannot steer by AE title, and one worker's table keeps a modality on one
+                # archive from its first association (sharing between workers lags ~1 s).
+                granularity = 0
             want = (id(sock), self.workers, granularity)
             if self._steered.get(addr) == want:
                 continue
@@ -223,6 +229,12 @@ class ProxyProcess:
                 tcp = TcpListener(sock, runtime, addr[1], budget=self.budgets[spec.service])
                 tcp.start()
                 return tcp
+            if spec.mode is Mode.L7_DICOM:
+                from pacslb.proxy.dicom import DicomListener
+
+                dicom = DicomListener(sock, runtime, addr[1], budget=self.budgets[spec.service])
+                dicom.start()
+                return dicom
             from pacslb.proxy.http import HttpListener
             from pacslb.proxy.tls import tls_context
 
