@@ -84,6 +84,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
             rips,
             dicom_check=args.dicom_check,
             called_ae=args.called_ae,
+            dicom_mode=args.dicom_mode,
             state_dir=args.state_dir,
             webui_listen=args.webui_listen,
         )
@@ -592,6 +593,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["connect", "echo"],
         default="connect",
         help="check the DICOM service by TCP connect (the guide) or a DICOM C-ECHO",
+    )
+    p.add_argument(
+        "--dicom-mode",
+        choices=["l7-dicom"],
+        help="DICOM service mode instead of the variant's: l7-dicom (calling-AE persistence)",
     )
     p.add_argument("--called-ae", default="ANY-SCP", help="the archive's AE title (C-ECHO)")
     p.add_argument("--state-dir", help="node.state_dir to write into the config")

@@ -28,6 +28,9 @@ FileExists = Callable[[Path], bool]
 
 # Field name (or tagged-union tag) in an error location -> the model found there; used to list
 # the settings allowed where an unknown one was written.
+# DICOM TLS (PS3.15 Annex B) is terminated by the proxy so that it can read the A-ASSOCIATE-RQ.
+_TLS_MODES = (c.Mode.L7_HTTP, c.Mode.L7_DICOM)
+
 _CHECK_TAGS: dict[str, type[BaseModel]] = {
     "connect": c.ConnectCheck,
     "http": c.HttpCheck,
@@ -498,8 +501,10 @@ def service_problems(
             Problem(f"{base}.persistence.type", f"http-cookie needs mode l7-http, not {mode}")
         )
     if vs.tls is not None:
-        if mode is not c.Mode.L7_HTTP:
-            out.append(Problem(f"{base}.tls", f"TLS termination needs mode l7-http, not {mode}"))
+        if mode not in _TLS_MODES:
+            out.append(
+                Problem(f"{base}.tls", f"TLS termination needs mode l7-http or l7-dicom, not {mode}")
+            )
         for port in vs.tls.ports or []:
             if port not in vs.ports:
                 out.append(
@@ -568,9 +573,11 @@ def service_problems(
                     f"{mode} cannot mix IPv4 and IPv6 (VIP {vs.vip}, real server {rs.address})",
                 )
             )
-        if rs.reencrypt and mode is not c.Mode.L7_HTTP:
+        if rs.reencrypt and mode not in _TLS_MODES:
             out.append(
-                Problem(f"{path}.reencrypt", f"re-encryption needs mode l7-http, not {mode}")
+                Problem(
+                    f"{path}.reencrypt", f"re-encryption needs mode l7-http or l7-dicom, not {mode}"
+                )
             )
         if rs.min_connections and not rs.max_connections:
             out.append(
