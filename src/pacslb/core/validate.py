@@ -503,7 +503,9 @@ def service_problems(
     if vs.tls is not None:
         if mode not in _TLS_MODES:
             out.append(
-                Problem(f"{base}.tls", f"TLS termination needs mode l7-http or l7-dicom, not {mode}")
+                Problem(
+                    f"{base}.tls", f"TLS termination needs mode l7-http or l7-dicom, not {mode}"
+                )
             )
         for port in vs.tls.ports or []:
             if port not in vs.ports:

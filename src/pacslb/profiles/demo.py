@@ -13,8 +13,8 @@ to one /24: VIPs .30-.50, real servers .1-.10).
 Failure on demand (`pacslb demo --fail SERVER`, the API's /api/v1/demo, the System Overview's
 Fail button): a failing web server answers its check URL (and /) with 503, as a broken
 application does; a failing DICOM server stops listening, as a stopped archive does (its
-C-ECHO check is refused). Nothing in the checker knows: it sees what a real failure shows. The demo's
-checks run every 2 s and fall after 2 failures, so a failure turns red within about 4 s.
+C-ECHO check is refused). Nothing in the checker knows: it sees what a real failure shows. The
+demo's checks run every 2 s and fall after 2 failures, so a failure turns red within about 4 s.
 """
 
 from __future__ import annotations
