@@ -26,11 +26,11 @@ __all__ = ["dump_text", "format_path", "load_data", "load_text", "parse_yaml"]
 
 FileExists = Callable[[Path], bool]
 
-# Field name (or tagged-union tag) in an error location -> the model found there; used to list
-# the settings allowed where an unknown one was written.
 # DICOM TLS (PS3.15 Annex B) is terminated by the proxy so that it can read the A-ASSOCIATE-RQ.
 _TLS_MODES = (c.Mode.L7_HTTP, c.Mode.L7_DICOM)
 
+# Field name (or tagged-union tag) in an error location -> the model found there; used to list
+# the settings allowed where an unknown one was written.
 _CHECK_TAGS: dict[str, type[BaseModel]] = {
     "connect": c.ConnectCheck,
     "http": c.HttpCheck,
@@ -575,11 +575,9 @@ def service_problems(
                     f"{mode} cannot mix IPv4 and IPv6 (VIP {vs.vip}, real server {rs.address})",
                 )
             )
-        if rs.reencrypt and mode not in _TLS_MODES:
+        if rs.reencrypt and mode is not c.Mode.L7_HTTP:
             out.append(
-                Problem(
-                    f"{path}.reencrypt", f"re-encryption needs mode l7-http or l7-dicom, not {mode}"
-                )
+                Problem(f"{path}.reencrypt", f"re-encryption needs mode l7-http, not {mode}")
             )
         if rs.min_connections and not rs.max_connections:
             out.append(
