@@ -308,6 +308,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         restarts = sorted(proxy.get("restarts", {}).items())
         faults = ", ".join(f"{n} {why}" for why, n in restarts if n)
         print(f"proxy workers: {workers}{spare}" + (f"  (replaced: {faults})" if faults else ""))
+    from pacslb.control.status import dicom_server_text, dicom_text
+
     for svc in status["services"]:
         ports = ",".join(str(p) for p in svc["ports"])
         print(
@@ -325,6 +327,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 count += f" retried={conns['retries']}"
             if conns and conns.get("ejected"):
                 count += " EJECTED"  # passive health has it out (in that many workers)
+            count += dicom_server_text(rs)
             last = rs["last_check"]
             check = f"{last['reason']} ({_ago(last['at'])})" if last else "not checked yet"
             print(
@@ -332,6 +335,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f"{rs['admin']:<6} w={rs['effective_weight']}/{rs['weight']:<5} "
                 f"conns={count:<9} {check}"
             )
+        for line in dicom_text(svc):  # l7-dicom: associations per service and calling AE
+            print(line)
     return EXIT_OK
 
 
@@ -594,11 +599,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="connect",
         help="check the DICOM service by TCP connect (the guide) or a DICOM C-ECHO",
     )
-    p.add_argument(
-        "--dicom-mode",
-        choices=["l7-dicom"],
-        help="DICOM service mode instead of the variant's: l7-dicom (calling-AE persistence)",
-    )
+    p.add_argument("--dicom-mode", choices=["l7-dicom"], help="the DICOM service's mode")
     p.add_argument("--called-ae", default="ANY-SCP", help="the archive's AE title (C-ECHO)")
     p.add_argument("--state-dir", help="node.state_dir to write into the config")
     p.add_argument("--webui-listen", help="node.webui.listen, e.g. 127.0.0.1:9443")

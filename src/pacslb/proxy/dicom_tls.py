@@ -1,0 +1,496 @@
+"""DICOM TLS for `l7-dicom` (PS3.15 Annex B, port 2762): terminate TLS on the VIP, read the
+A-ASSOCIATE-RQ from the decrypted stream, route it by AE title, relay to the archive in plain
+TCP or, for a real server with `reencrypt: true`, in TLS again.
+
+splice cannot carry TLS (the kernel would move ciphertext), so this relay holds the bytes:
+asyncio protocols on uvloop's transports, both ways, with backpressure: when one side's write
+buffer passes HIGH_WATER the other side stops reading until it drains below LOW_WATER, so an
+association holds at most about 2 × HIGH_WATER of relayed data whatever the peers do.
+
+What the plaintext `l7-dicom` listener does, this one does too, with the same pure core
+(pacslb.core.dicom_assoc): the request is judged from its header before its body is read
+(a request past `dicom.max_request` is refused unread), a client that sends no whole request
+within `dicom.request_timeout` gets an A-ABORT, an unknown called AE or no usable server gets
+the A-ASSOCIATE-RJ PS3.8 defines, the called AE is rewritten for a server with an `ae_title`,
+and the PDU headers of the relayed stream are followed (P-DATA count, release, abort) without
+parsing data sets. A halt ends an association with A-ABORT to both sides, each sent only at a
+PDU boundary of the direction it travels (never inside a PDU).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import socket
+import ssl
+import time
+from typing import Any
+
+from pacslb.core.dicom_assoc import (
+    ABORT_NOT_SPECIFIED,
+    REJECT_NO_SERVER,
+    Abort,
+    AssociateRequest,
+    AssociateRqError,
+    PduTracker,
+    Reject,
+    parse_associate_rq,
+    rewrite_called_ae,
+    rq_length,
+)
+from pacslb.core.plan import PlanRealServer
+from pacslb.proxy.budget import ServiceBudget, out_of_descriptors
+from pacslb.proxy.runtime import ServerStats, ServiceRuntime
+from pacslb.proxy.tcp import ACCEPT_BATCH, ACCEPT_PAUSE, ACCEPT_RETRY, KEEPALIVE, MAX_TRIES
+
+__all__ = ["HIGH_WATER", "DicomTlsListener", "upstream_context"]
+
+log = logging.getLogger(__name__)
+
+HIGH_WATER = 256 * 1024  # bytes buffered towards one peer before the other is paused
+LOW_WATER = 64 * 1024
+ABORT_FLUSH = 2.0  # seconds an A-ABORT may take to leave before the connection is reset
+SWEEP = 1.0  # seconds between checks of request deadlines and idle associations
+
+
+@functools.cache
+def upstream_context() -> ssl.SSLContext:
+    """Re-encryption to archives: as l7-http's (proxy/tls.py), the server's certificate is not
+    verified (archives carry private-CA or self-signed ones; the point is an encrypted hop),
+    and no ALPN is offered: DICOM has no ALPN name."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+def _tune(transport: asyncio.BaseTransport) -> None:
+    """TCP_NODELAY (dcmtk's 12-byte PDU headers stall on Nagle, research/dicom.md) and
+    keepalive (associations may be quiet for minutes) on the transport's socket."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        idle, interval, count = KEEPALIVE
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
+
+
+class DicomTlsListener:
+    """Accepts TLS clients on one listening socket (owned from now on, closed in close());
+    `runtime` may be replaced at any time: new associations use the current one."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        runtime: ServiceRuntime,
+        vip_port: int,
+        context: ssl.SSLContext,
+        budget: ServiceBudget | None = None,
+    ) -> None:
+        self.sock = sock
+        self.runtime = runtime
+        self.vip_port = vip_port
+        self.context = context
+        self.budget = budget if budget is not None else ServiceBudget(runtime.service.label)
+        self.associations: set[_Association] = set()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._handshakes: set[asyncio.Task[Any]] = set()
+        self._accepting = False
+        self._closed = False
+        self._retry: asyncio.TimerHandle | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        if self.loop is not None or self._closed:
+            raise RuntimeError("listener already started or closed")
+        self.loop = asyncio.get_running_loop()
+        self._resume()
+        self._sweeper = self.loop.call_later(SWEEP, self._sweep)
+
+    def close(self) -> None:
+        """Stop accepting; associations in progress go on until they end (a removed VIP)."""
+        if self._closed:
+            return
+        self._closed = True
+        self.budget.stop_waiting(self)
+        self._pause()
+        if self._retry is not None:
+            self._retry.cancel()
+        self.sock.close()
+        self._finish_if_idle()
+
+    def abort_all(self) -> int:
+        """End every association with A-ABORT (process shutdown); returns how many."""
+        found = list(self.associations)
+        for assoc in found:
+            assoc.abort()
+        for task in list(self._handshakes):
+            task.cancel()
+        return len(found)
+
+    def resume_accepting(self) -> None:
+        if self._retry is None:
+            self._resume()
+
+    # --- accepting ------------------------------------------------------------------------
+
+    def _resume(self) -> None:
+        self._retry = None
+        if not self._closed and not self._accepting and self.loop is not None:
+            self.loop.add_reader(self.sock.fileno(), self._accept)
+            self._accepting = True
+
+    def _pause(self) -> None:
+        if self._accepting and self.loop is not None:
+            self.loop.remove_reader(self.sock.fileno())
+            self._accepting = False
+
+    def _accept(self) -> None:
+        loop = self.loop
+        assert loop is not None
+        room = self.budget.room()
+        if room <= 0:
+            self._pause()
+            self.budget.wait(self, f"{self.sock.getsockname()[0]}:{self.vip_port}")
+            return
+        for _ in range(min(ACCEPT_BATCH, room)):
+            try:
+                conn, addr = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as exc:
+                if exc.errno in ACCEPT_PAUSE:
+                    out_of_descriptors(self.budget.label, f"port {self.vip_port}", exc)
+                    self._pause()
+                    self._retry = loop.call_later(ACCEPT_RETRY, self._resume)
+                else:
+                    log.error("accept on port %s: %s", self.vip_port, exc)
+                return
+            conn.setblocking(False)
+            self.budget.take()  # from accept, through the handshake, to the association's end
+            assoc = _Association(self, addr[0])
+            timeout = self._settings().request_timeout
+            task = loop.create_task(
+                loop.connect_accepted_socket(
+                    lambda a=assoc: _ClientSide(a),  # type: ignore[misc]
+                    conn,
+                    ssl=self.context,
+                    ssl_handshake_timeout=timeout,
+                )
+            )
+            self._handshakes.add(task)
+            task.add_done_callback(functools.partial(self._handshake_done, assoc))
+
+    def _handshake_done(self, assoc: _Association, task: asyncio.Task[Any]) -> None:
+        self._handshakes.discard(task)
+        if task.cancelled() or task.exception() is not None:
+            # A failed handshake never became an association: nothing to answer in DICOM.
+            if not task.cancelled():
+                log.debug("TLS client %s lost in its handshake: %r", assoc.client_ip, task.exception())
+            self.budget.give()
+            self._finish_if_idle()
+
+    def _settings(self) -> Any:
+        return self.runtime.service.dicom
+
+    # --- bookkeeping ----------------------------------------------------------------------
+
+    def forget(self, assoc: _Association) -> None:
+        if assoc in self.associations:
+            self.associations.remove(assoc)
+            self.budget.give()
+        self._finish_if_idle()
+
+    def _finish_if_idle(self) -> None:
+        if self._closed and not self.associations and not self._handshakes:
+            if self._sweeper is not None:
+                self._sweeper.cancel()
+                self._sweeper = None
+
+    def _sweep(self) -> None:
+        """Requests past their deadline get A-ABORT; quiet associations past timeouts.idle end."""
+        self._sweeper = None
+        assert self.loop is not None
+        now = time.monotonic()
+        idle = self.runtime.service.timeouts.idle
+        for assoc in list(self.associations):
+            assoc.check(now, idle)
+        if not self._closed or self.associations or self._handshakes:
+            self._sweeper = self.loop.call_later(SWEEP, self._sweep)
+
+
+class _ClientSide(asyncio.Protocol):
+    """The client's TLS transport: its callbacks go to the association."""
+
+    __slots__ = ("assoc",)
+
+    def __init__(self, assoc: _Association) -> None:
+        self.assoc = assoc
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.assoc.client_made(transport)  # type: ignore[arg-type]
+
+    def data_received(self, data: bytes) -> None:
+        self.assoc.from_client(data)
+
+    def eof_received(self) -> bool:
+        self.assoc.side_ended(client=True)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.assoc.side_lost(client=True, exc=exc)
+
+    def pause_writing(self) -> None:
+        self.assoc.pause(client_full=True)
+
+    def resume_writing(self) -> None:
+        self.assoc.resume(client_full=True)
+
+
+class _ServerSide(asyncio.Protocol):
+    """The real server's transport (plain, or TLS when it re-encrypts)."""
+
+    __slots__ = ("assoc",)
+
+    def __init__(self, assoc: _Association) -> None:
+        self.assoc = assoc
+
+    def data_received(self, data: bytes) -> None:
+        self.assoc.from_server(data)
+
+    def eof_received(self) -> bool:
+        self.assoc.side_ended(client=False)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.assoc.side_lost(client=False, exc=exc)
+
+    def pause_writing(self) -> None:
+        self.assoc.pause(client_full=False)
+
+    def resume_writing(self) -> None:
+        self.assoc.resume(client_full=False)
+
+
+class _Association:
+    """One client: reading its A-ASSOCIATE-RQ, connecting, relaying, ended."""
+
+    def __init__(self, listener: DicomTlsListener, client_ip: str) -> None:
+        self.listener = listener
+        self.runtime = listener.runtime
+        self.client_ip = client_ip
+        self.client: asyncio.Transport | None = None
+        self.server: asyncio.Transport | None = None
+        self.request = bytearray()
+        self.parsed: AssociateRequest | None = None
+        self.label: str | None = None
+        self.stats: ServerStats | None = None
+        self.up = PduTracker()  # client -> server
+        self.down = PduTracker()  # server -> client
+        self.started = time.monotonic()
+        self.deadline = self.started + self.listener._settings().request_timeout
+        self.last_active = self.started
+        self.seen = 0
+        self.ended = False
+        self._connecting: asyncio.Task[None] | None = None
+
+    # --- the request ----------------------------------------------------------------------
+
+    def client_made(self, transport: asyncio.Transport) -> None:
+        self.client = transport
+        transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
+        _tune(transport)
+        self.listener.associations.add(self)
+
+    def from_client(self, data: bytes) -> None:
+        if self.server is not None:
+            self._relay(data, self.server, self.up, inbound=True)
+            return
+        if self._connecting is not None:
+            # PS3.8 §9.2: nothing may follow the RQ before the AC; a client that sends on is
+            # told so once the association is refused or accepted (kept in order here).
+            self.request += data
+            return
+        self.request += data
+        try:
+            total = rq_length(self.request[:6], self._max_request())
+            if not total or len(self.request) < total:
+                return
+            request = parse_associate_rq(bytes(self.request), self._max_request())
+        except AssociateRqError as exc:
+            self._refuse(exc.answer, f"{exc.kind}: {exc}")
+            return
+        self.parsed = request
+        assert self.listener.loop is not None
+        self._connecting = self.listener.loop.create_task(self._connect(request))
+
+    def _max_request(self) -> int:
+        settings = self.listener._settings()
+        return int(settings.max_request)
+
+    async def _connect(self, request: AssociateRequest) -> None:
+        """Try up to MAX_TRIES servers (DESIGN §8: a failed connect is not the client's
+        business), then answer A-ASSOCIATE-RJ transient."""
+        from pacslb.proxy.dicom import choose_server  # the plaintext listener's choice
+
+        loop = self.listener.loop
+        assert loop is not None
+        tried: list[str] = []
+        while len(tried) < MAX_TRIES and not self.ended:
+            choice = choose_server(self.runtime, request, self.client_ip, tried)
+            if not isinstance(choice, PlanRealServer):
+                self._refuse(choice, f"{choice.text}: called AE {request.called_ae!r}")
+                return
+            tried.append(choice.label)
+            port = choice.port or self.listener.vip_port
+            context = upstream_context() if choice.reencrypt else None
+            self.label = choice.label
+            self.stats = self.runtime.opened(choice.label, self)
+            try:
+                async with asyncio.timeout(self.runtime.service.timeouts.connect):
+                    transport, _ = await loop.create_connection(
+                        lambda: _ServerSide(self),
+                        choice.address,
+                        port,
+                        ssl=context,
+                        server_hostname="" if context else None,
+                    )
+            except (OSError, TimeoutError, ssl.SSLError) as exc:
+                self.runtime.closed(choice.label, self)
+                self.runtime.connect_failed(choice.label, f"{type(exc).__name__}: {exc}")
+                self.label, self.stats = None, None
+                continue
+            if self.ended:
+                transport.close()
+                self.runtime.closed(choice.label, self)
+                return
+            self.server = transport  # type: ignore[assignment]
+            transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
+            _tune(transport)
+            first = bytes(self.request[: request.length])
+            rest = bytes(self.request[request.length :])
+            self.request = bytearray()
+            title = getattr(choice, "ae_title", None)
+            if title:
+                first = rewrite_called_ae(first, title)
+            self._relay(first, transport, self.up, inbound=True)  # type: ignore[arg-type]
+            if rest:
+                self._relay(rest, transport, self.up, inbound=True)  # type: ignore[arg-type]
+            return
+        self._refuse(REJECT_NO_SERVER, f"no real server answered ({', '.join(tried) or 'none'})")
+
+    def _refuse(self, answer: Reject | Abort, why: str) -> None:
+        """Answer the client in DICOM (RJ or A-ABORT), then close; nothing reached a server."""
+        log.info("%s: %s refused: %s", self.runtime.service.label, self.client_ip, why)
+        if self.client is not None and not self.client.is_closing():
+            self.client.write(answer.pdu())
+            self.client.close()  # after the answer has left
+        self._end()
+
+    # --- relaying -------------------------------------------------------------------------
+
+    def _relay(
+        self, data: bytes, to: asyncio.Transport, tracker: PduTracker, inbound: bool
+    ) -> None:
+        to.write(data)
+        tracker.feed(data)
+        stats = self.stats
+        if stats is not None:
+            if inbound:
+                stats.bytes_in += len(data)
+            else:
+                stats.bytes_out += len(data)
+
+    def from_server(self, data: bytes) -> None:
+        if self.client is not None and not self.client.is_closing():
+            self._relay(data, self.client, self.down, inbound=False)
+
+    def pause(self, client_full: bool) -> None:
+        # The side that is full stops the other one reading: bounded memory per association.
+        other = self.server if client_full else self.client
+        if other is not None:
+            other.pause_reading()
+
+    def resume(self, client_full: bool) -> None:
+        other = self.server if client_full else self.client
+        if other is not None and not other.is_closing():
+            other.resume_reading()
+
+    def side_ended(self, client: bool) -> None:
+        """EOF from one side: the other is closed once what is buffered for it has left
+        (asyncio's TLS transport cannot half-close)."""
+        other = self.server if client else self.client
+        if other is not None:
+            other.close()
+        if client and self.server is None:
+            self._end()
+
+    def side_lost(self, client: bool, exc: Exception | None) -> None:
+        other = self.server if client else self.client
+        if other is not None and not other.is_closing():
+            if exc is None:
+                other.close()
+            else:
+                other.abort()
+        if client or self.client is None or self.client.is_closing():
+            self._end()
+
+    # --- ending ---------------------------------------------------------------------------
+
+    def abort(self) -> None:
+        """Halt (and shutdown): A-ABORT to each side whose direction is between two PDUs, as
+        PS3.8 §9.3.8 source 2 (service-provider); then close, reset if it does not flush."""
+        if self.ended:
+            return
+        pdu = ABORT_NOT_SPECIFIED.pdu()
+        for transport, tracker in ((self.client, self.down), (self.server, self.up)):
+            if transport is None or transport.is_closing():
+                continue
+            if tracker.at_boundary:
+                transport.write(pdu)
+                transport.close()
+            else:
+                transport.abort()  # inside a PDU: an A-ABORT there would be garbage
+        loop = self.listener.loop
+        if loop is not None:
+            loop.call_later(ABORT_FLUSH, self._reset)
+        self._end()
+
+    def _reset(self) -> None:
+        # A peer that does not read keeps the A-ABORT in our buffer: reset it instead.
+        for transport in (self.client, self.server):
+            if transport is not None:
+                with contextlib.suppress(Exception):
+                    transport.abort()
+
+    def check(self, now: float, idle: float) -> None:
+        if self.server is None and self._connecting is None and now >= self.deadline:
+            self._refuse(ABORT_NOT_SPECIFIED, "no whole A-ASSOCIATE-RQ within the request timeout")
+            return
+        moved = self.up.pdus + self.down.pdus
+        if moved != self.seen:
+            self.seen, self.last_active = moved, now
+        elif self.server is not None and now - self.last_active >= idle:
+            log.debug("idle association of %s ended after %.0f s", self.client_ip, idle)
+            self.abort()
+
+    def _end(self) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        task = self._connecting
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()
+        if self.label is not None:
+            self.runtime.closed(self.label, self)
+            self.runtime.release(self.client_ip, self.label)
+        self.listener.forget(self)
