@@ -56,7 +56,11 @@ class Balancer:
             # answer, so the entry goes and the client is scheduled anew.
             sticky.forget(client_ip)
 
-        chosen = self.scheduler.choose(candidates, _flow_key(sticky.mask(client_ip)))
+        key = b""
+        if self._hashes:  # hashed by the masked address, or the AE title of calling-ae
+            masked = sticky.mask(client_ip)
+            key = _flow_key(masked) if sticky.keys_addresses else masked.encode()
+        chosen = self.scheduler.choose(candidates, key)
         if chosen is not None:
             sticky.attach(client_ip, chosen, now)
         return chosen

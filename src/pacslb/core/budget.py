@@ -76,7 +76,7 @@ def service_needs(services: Iterable[ServiceView]) -> list[ServiceNeed]:
 
 def connection_cost(mode: Mode, splice: bool) -> int:
     """Descriptors one client connection of this mode holds at most."""
-    return SPLICE_COST if mode is Mode.L7_TCP and splice else PLAIN_COST
+    return SPLICE_COST if mode in (Mode.L7_TCP, Mode.L7_DICOM) and splice else PLAIN_COST
 
 
 def reserve(services: Sequence[ServiceNeed]) -> int:

@@ -331,7 +331,17 @@ class PduTracker:
     peeked to `header()` and reports what it moved with `advance()`. A relay that holds the
     bytes gives them to `feed()`. Headers split across reads are kept (`partial`)."""
 
-    __slots__ = ("aborts", "last", "need", "p_data", "partial", "pdus", "release_rps", "releases")
+    __slots__ = (
+        "aborts",
+        "first",
+        "last",
+        "need",
+        "p_data",
+        "partial",
+        "pdus",
+        "release_rps",
+        "releases",
+    )
 
     def __init__(self) -> None:
         self.need = 0  # bytes up to the end of the current PDU, its header included
@@ -342,6 +352,7 @@ class PduTracker:
         self.release_rps = 0  # A-RELEASE-RP seen
         self.aborts = 0
         self.last = 0  # type of the last PDU whose header was seen
+        self.first = 0  # type of the first (from a server: AC, RJ or A-ABORT)
 
     @property
     def at_boundary(self) -> bool:
@@ -353,6 +364,8 @@ class PduTracker:
         The unknown types are counted too (the relay carries them; the peers judge them)."""
         kind = head[0]
         total = HEADER + int.from_bytes(head[2:6], "big")
+        if not self.pdus:
+            self.first = kind
         self.pdus += 1
         self.last = kind
         if kind == P_DATA_TF:
@@ -372,8 +385,10 @@ class PduTracker:
             raise ValueError(f"moved {moved} bytes past a PDU boundary ({self.need} left)")
         self.need -= moved
 
-    def feed(self, data: bytes | bytearray | memoryview) -> None:
-        """Bytes relayed in order: every header inside them is seen."""
+    def feed(self, data: bytes | bytearray | memoryview) -> int:
+        """Bytes relayed in order: every header inside them is seen. Returns how many of
+        them began a P-DATA-TF PDU."""
+        before = self.p_data
         view = memoryview(data)
         offset, size = 0, len(view)
         while offset < size:
@@ -387,6 +402,7 @@ class PduTracker:
             offset += len(piece)
             if len(piece) < want:
                 self.partial += piece
-                return
+                break
             head, self.partial = self.partial + piece, b""
             self.need = self.header(head) - HEADER
+        return self.p_data - before

@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
-__all__ = ["StickyChange", "StickyEntry", "StickyTable"]
+__all__ = ["StickyChange", "StickyEntry", "StickyTable", "TitleStickyTable"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +67,8 @@ class StickyTable:
     `detach()` must be called once for every `attach()`; `expire(now)` should be called
     periodically to purge dead entries (lookups ignore them either way).
     """
+
+    keys_addresses = True  # keys are (masked) client addresses
 
     def __init__(self, timeout: float, granularity_v4: int = 32, granularity_v6: int = 128) -> None:
         if not (math.isfinite(timeout) and timeout > 0):
@@ -251,3 +253,19 @@ class StickyTable:
         ]
         heapq.heapify(self._heap)
         self._seq = len(self._heap)
+
+
+class TitleStickyTable(StickyTable):
+    """calling-ae persistence (l7-dicom): the key is the modality's calling AE title, so every
+    association of one modality lands on one archive node, whatever address it comes from.
+    The same template semantics as source-ip: alive while an association is open and
+    `timeout` seconds after the last one ends."""
+
+    keys_addresses = False
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(timeout)
+
+    def mask(self, client_ip: str) -> str:
+        """The key as given: an AE title has no prefix to mask."""
+        return client_ip

@@ -32,6 +32,7 @@ class PlanRealServer:
     min_connections: int = 0
     max_connections: int = 0
     reencrypt: bool = False
+    ae_title: str | None = None  # l7-dicom: the called AE written into the client's request
 
     @property
     def takes_new_connections(self) -> bool:
@@ -49,7 +50,7 @@ _LOSES_CLIENTS = frozenset({AdminState.HALT, AdminState.REMOVING})
 
 @dataclass(frozen=True, slots=True)
 class PlanPersistence:
-    kind: str = "none"  # none | source-ip | http-cookie
+    kind: str = "none"  # none | source-ip | http-cookie | calling-ae
     timeout: int = 0
     granularity: int = 32
     granularity_v6: int = 128
@@ -95,6 +96,27 @@ class PlanTls:
 
 
 @dataclass(frozen=True, slots=True)
+class PlanDicom:
+    """l7-dicom: what the proxy does with the client's A-ASSOCIATE-RQ (config.DicomSettings)."""
+
+    routes: tuple[tuple[str, tuple[str, ...]], ...] = ()  # called AE -> real server labels
+    unknown_called_ae: str = "reject"  # reject | any
+    request_timeout: float = 10.0
+    max_request: int = 65536
+    drain_limit: float = 3600.0  # 0: a drained server's associations run until released
+
+    def servers_for(self, called_ae: str) -> tuple[str, ...] | None:
+        """The labels an association calling `called_ae` may go to: () = any server, None =
+        refuse it (routes are set, none names this title, and unknown titles are refused)."""
+        if not self.routes:
+            return ()
+        for title, labels in self.routes:
+            if title == called_ae:
+                return labels
+        return () if self.unknown_called_ae == "any" else None
+
+
+@dataclass(frozen=True, slots=True)
 class PlanService:
     label: str
     vip: str
@@ -109,6 +131,7 @@ class PlanService:
     tls: PlanTls | None = None
     passive: PlanPassive = PlanPassive()
     max_connections: int = 0  # client connections per proxy worker; 0: core.budget's share
+    dicom: PlanDicom | None = None  # l7-dicom only
 
     def server(self, label: str) -> PlanRealServer | None:
         return next((rs for rs in self.real_servers if rs.label == label), None)
@@ -156,6 +179,8 @@ def _persistence(p: c.Persistence) -> PlanPersistence:
         return PlanPersistence("source-ip", p.timeout, p.granularity, p.granularity_v6)
     if isinstance(p, c.CookiePersistence):
         return PlanPersistence("http-cookie", cookie=p.cookie, cookie_max_age=p.max_age)
+    if isinstance(p, c.CallingAEPersistence):
+        return PlanPersistence("calling-ae", p.timeout)
     return PlanPersistence()
 
 
@@ -184,6 +209,7 @@ def build_service(
                 min_connections=rs.min_connections,
                 max_connections=rs.max_connections,
                 reencrypt=rs.reencrypt,
+                ae_title=rs.ae_title,
             )
         )
     configured = {rs.label for rs in vs.real_servers}
@@ -217,6 +243,20 @@ def build_service(
             p.consecutive_failures, p.ejection, max(p.ejection, p.max_ejection), p.server_errors
         ),
         max_connections=vs.max_connections,
+        dicom=_dicom(vs),
+    )
+
+
+def _dicom(vs: c.VirtualService) -> PlanDicom | None:
+    if vs.mode is not c.Mode.L7_DICOM:
+        return None
+    d = vs.dicom or c.DicomSettings()
+    return PlanDicom(
+        routes=tuple((r.called_ae, tuple(r.real_servers)) for r in d.routes),
+        unknown_called_ae=d.unknown_called_ae,
+        request_timeout=d.request_timeout,
+        max_request=d.max_request,
+        drain_limit=d.drain_limit,
     )
 
 

@@ -507,6 +507,7 @@ def service_problems(
         out.append(
             Problem(f"{base}.persistence.type", f"http-cookie needs mode l7-http, not {mode}")
         )
+    out += _dicom_problems(base, vs)
     if vs.tls is not None:
         if mode not in _TLS_MODES:
             out.append(
@@ -606,6 +607,51 @@ def service_problems(
             out.append(Problem(f"{base}.fallback.port", "l4-dr cannot translate ports"))
         if mode.is_kernel and fb.address.version != vs.vip.version:
             out.append(Problem(f"{base}.fallback.address", f"{mode} cannot mix IPv4 and IPv6"))
+    return out
+
+
+def _dicom_problems(base: str, vs: c.VirtualService) -> list[Problem]:
+    """The l7-dicom settings: only with that mode, and routes that name the service's servers."""
+    mode = vs.mode
+    out: list[Problem] = []
+    dicom = mode is c.Mode.L7_DICOM
+    if isinstance(vs.persistence, c.CallingAEPersistence) and not dicom:
+        out.append(
+            Problem(
+                f"{base}.persistence.type",
+                f"calling-ae needs mode l7-dicom (the proxy reads the AE title), not {mode}",
+            )
+        )
+    if vs.dicom is not None and not dicom:
+        out.append(Problem(f"{base}.dicom", f"DICOM settings need mode l7-dicom, not {mode}"))
+    for j, rs in enumerate(vs.real_servers):
+        if rs.ae_title is not None and not dicom:
+            out.append(
+                Problem(
+                    f"{base}.real_servers[{j}].ae_title",
+                    f"an AE title rewrite needs mode l7-dicom, not {mode}",
+                )
+            )
+    if vs.dicom is None:
+        return out
+    labels = {rs.label for rs in vs.real_servers}
+    seen: dict[str, int] = {}
+    for j, route in enumerate(vs.dicom.routes):
+        path = f"{base}.dicom.routes[{j}]"
+        if route.called_ae in seen:
+            out.append(
+                Problem(
+                    f"{path}.called_ae",
+                    f"{route.called_ae!r} is already routed by routes[{seen[route.called_ae]}]",
+                )
+            )
+        seen.setdefault(route.called_ae, j)
+        for k, label in enumerate(route.real_servers):
+            if label not in labels:
+                hint = did_you_mean(label, sorted(labels))
+                out.append(
+                    Problem(f"{path}.real_servers[{k}]", f"no real server {label!r} here{hint}")
+                )
     return out
 
 

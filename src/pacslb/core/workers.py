@@ -28,8 +28,23 @@ HANG_AFTER = 2.5
 # ServerStats.as_dict() fields that add up across workers; `active` and `ejected` (in how many
 # workers passive health has the server out now) are not totals: a replaced worker's
 # connections and ejections are gone with it, so they are not carried over.
-TOTALS = ("total", "bytes_in", "bytes_out", "connect_failures", "requests", "retries", "ejections")
-SUMMED = ("active", "ejected", *TOTALS)
+# The l7-dicom counters (proxy/runtime.ServerStats) likewise; `assoc_seconds` is a float.
+TOTALS = (
+    "total",
+    "bytes_in",
+    "bytes_out",
+    "connect_failures",
+    "requests",
+    "retries",
+    "ejections",
+    "associations",
+    "assoc_rejected",
+    "assoc_aborted",
+    "pdata_pdus",
+    "assoc_seconds",
+)
+SUMMED = ("active", "ejected", "assoc_active", *TOTALS)
+_FLOATS = frozenset({"assoc_seconds"})
 
 # One worker's counters ({"cmd": "counters"}, or "counters" in {"cmd": "report"}):
 # {service: {server: ServerStats.as_dict()}}.
@@ -54,12 +69,13 @@ class PingWatch:
 
 @dataclass(slots=True)
 class ServerTally:
-    values: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SUMMED, 0))
+    values: dict[str, Any] = field(default_factory=lambda: dict.fromkeys(SUMMED, 0))
     responses: dict[str, int] = field(default_factory=dict)
 
     def add(self, stats: Mapping[str, Any], names: Iterable[str]) -> None:
         for name in names:
-            self.values[name] += int(stats.get(name, 0))
+            value = stats.get(name, 0)
+            self.values[name] += float(value) if name in _FLOATS else int(value)
         for cls, n in stats.get("responses", {}).items():
             self.responses[cls] = self.responses.get(cls, 0) + int(n)
 

@@ -25,6 +25,13 @@ class Counters:
     ejections: int = 0  # built-in proxy: times passive health took the server out
     ejected: int = 0  # built-in proxy: in how many workers passive health has it out now
     responses: dict[str, int] = field(default_factory=dict)  # l7-http: "2xx" -> responses
+    # l7-dicom (rows per real server, NO_SERVER, and "ae:" + calling AE title):
+    associations: int = 0  # A-ASSOCIATE-RQs forwarded
+    assoc_active: int = 0  # associations open now
+    assoc_rejected: int = 0  # A-ASSOCIATE-RJ (the proxy's or the server's)
+    assoc_aborted: int = 0  # ended by A-ABORT from any side
+    pdata_pdus: int = 0  # P-DATA-TF PDUs relayed, both directions
+    assoc_seconds: float = 0.0  # durations of ended associations, summed
 
 
 class Engine(Protocol):

@@ -12,13 +12,13 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from pacslb.core.balancer import Balancer
 from pacslb.core.passive import PassiveHealth
-from pacslb.core.persistence import StickyTable
+from pacslb.core.persistence import StickyTable, TitleStickyTable
 from pacslb.core.plan import PlanEndpoint, PlanRealServer, PlanService
 from pacslb.core.schedule import make_scheduler
 from pacslb.core.state import AdminState, Health
@@ -50,6 +50,13 @@ class ServerStats:
     failing: int = 0  # passive health: failures in a row (a response or relayed byte: 0)
     ejections: int = 0  # times passive health took the server out of rotation
     ejected: bool = False  # out of rotation now (passive health, this worker)
+    # l7-dicom (proxy/dicom.py), as exported under these names (see STATUS/docs):
+    associations: int = 0  # A-ASSOCIATE-RQs forwarded here
+    assoc_active: int = 0
+    assoc_rejected: int = 0  # A-ASSOCIATE-RJ: the proxy's own, or the server's
+    assoc_aborted: int = 0  # ended by an A-ABORT, from any side (the proxy's included)
+    pdata_pdus: int = 0  # P-DATA-TF PDUs relayed, both directions
+    assoc_seconds: float = 0.0  # durations of the associations that ended, summed
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -63,6 +70,20 @@ class ServerStats:
             "retries": self.retries,
             "ejections": self.ejections,
             "ejected": int(self.ejected),
+        } | (
+            self.dicom_dict()
+            if self.associations or self.assoc_rejected or self.assoc_aborted
+            else {}
+        )
+
+    def dicom_dict(self) -> dict[str, object]:
+        return {
+            "associations": self.associations,
+            "assoc_active": self.assoc_active,
+            "assoc_rejected": self.assoc_rejected,
+            "assoc_aborted": self.assoc_aborted,
+            "pdata_pdus": self.pdata_pdus,
+            "assoc_seconds": round(self.assoc_seconds, 3),
         }
 
 
@@ -70,6 +91,11 @@ FALLBACK = "__fallback__"
 # The row of requests no server could take (the proxy's 503, as HAProxy counts a backend
 # without servers): `pacslb status` shows its 5xx as the service's `no_server`.
 NO_SERVER = "__no_server__"
+# l7-dicom: the counters of one calling AE title are the row "ae:" + title (no real server
+# label has a colon); at most MAX_CALLING_AES titles per service, the rest share "ae:*", so a
+# client sending random titles cannot grow the worker's memory.
+CALLING_AE_ROW = "ae:"
+MAX_CALLING_AES = 256
 
 
 class LiveServer:
@@ -125,16 +151,18 @@ class ServiceRuntime:
         self.cookie_name: bytes | None = None
         self.passive = PassiveHealth(service.passive)
         self._returns: dict[str, asyncio.TimerHandle] = {}  # ejected server -> its return
+        self.drained_since: dict[str, float] = {}  # drained or leaving server -> since when
+        self._calling_aes = 0
         self.update(service)
 
     @staticmethod
     def _balancer(service: PlanService) -> Balancer:
         p = service.persistence
-        sticky = (
-            StickyTable(float(p.timeout), p.granularity, p.granularity_v6)
-            if p.kind == "source-ip"
-            else None
-        )
+        sticky: StickyTable | None = None
+        if p.kind == "source-ip":
+            sticky = StickyTable(float(p.timeout), p.granularity, p.granularity_v6)
+        elif p.kind == "calling-ae":
+            sticky = TitleStickyTable(float(p.timeout))
         return Balancer(make_scheduler(str(service.scheduler)), sticky)
 
     def update(self, service: PlanService) -> None:
@@ -169,6 +197,13 @@ class ServiceRuntime:
             # failed in traffic is better than none.
             for label in self.passive.out():
                 self._return(label, "no other server is available")
+        now = time.monotonic()
+        draining = {AdminState.DRAIN, AdminState.REMOVING}
+        self.drained_since = {
+            rs.label: self.drained_since.get(rs.label, now)
+            for rs in service.real_servers
+            if rs.admin in draining
+        }
         for rs in service.real_servers:
             if not rs.keeps_existing:
                 self.balancer.server_lost(rs.label)
@@ -192,10 +227,17 @@ class ServiceRuntime:
         return [live for live in self._live if live.key not in skip]
 
     def pick(
-        self, client_ip: str, exclude: Iterable[str] = (), now: float | None = None
+        self,
+        client_ip: str,
+        exclude: Iterable[str] = (),
+        now: float | None = None,
+        allowed: Collection[str] = (),
     ) -> PlanRealServer | None:
         """The real server for a new connection (persistence, then the scheduler), or None.
 
+        `client_ip` is the persistence key: the client's address, or for calling-ae
+        persistence the calling AE title. `allowed`, when not empty, limits the choice to
+        these labels (l7-dicom routes by called AE).
         A returned server is a placed connection: call `release()` when it ends."""
         sticky = self.balancer.sticky
         if sticky is None:
@@ -205,7 +247,11 @@ class ServiceRuntime:
             if now - self._expired_at > 1.0:
                 self._expired_at = now
                 sticky.expire(now)  # bounded memory: drop entries of clients long gone
-        candidates = self._live if not exclude else self.candidates(exclude)
+        if allowed:
+            skip = set(exclude)
+            candidates = [v for v in self._live if v.key in allowed and v.key not in skip]
+        else:
+            candidates = self._live if not exclude else self.candidates(exclude)
         label = self.balancer.pick(candidates, client_ip, now)
         return None if label is None else self._servers[label]
 
@@ -260,6 +306,21 @@ class ServiceRuntime:
             conns = self.connections.get(label)
             if conns is not None:
                 conns.discard(conn)
+
+    def calling_ae_stats(self, title: str) -> ServerStats:
+        """The counters row of a calling AE title (bounded, see MAX_CALLING_AES)."""
+        key = CALLING_AE_ROW + title
+        stats = self.stats.get(key)
+        if stats is None:
+            if self._calling_aes >= MAX_CALLING_AES:
+                key = CALLING_AE_ROW + "*"
+                stats = self.stats.get(key)
+                if stats is not None:
+                    return stats
+            else:
+                self._calling_aes += 1
+            stats = self.stats[key] = ServerStats()
+        return stats
 
     def connect_failed(self, label: str, reason: str = "connect failed") -> None:
         self.stats.setdefault(label, ServerStats()).connect_failures += 1

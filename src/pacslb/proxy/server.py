@@ -1,4 +1,4 @@
-"""`pacslb proxy`: the built-in data plane process (l7-tcp and l7-http listeners).
+"""`pacslb proxy`: the built-in data plane process (l7-tcp, l7-dicom and l7-http listeners).
 
 It runs apart from the control process so that forwarding never stalls behind WebUI or health
 check work and survives a control-plane crash: it keeps serving its last Plan, and the next
@@ -223,6 +223,12 @@ class ProxyProcess:
                 tcp = TcpListener(sock, runtime, addr[1], budget=self.budgets[spec.service])
                 tcp.start()
                 return tcp
+            if spec.mode is Mode.L7_DICOM:
+                from pacslb.proxy.dicom import DicomListener
+
+                dicom = DicomListener(sock, runtime, addr[1], budget=self.budgets[spec.service])
+                dicom.start()
+                return dicom
             from pacslb.proxy.http import HttpListener
             from pacslb.proxy.tls import tls_context
 

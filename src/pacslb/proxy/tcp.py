@@ -218,10 +218,14 @@ class TcpListener:
                     return
                 log.error("accept on port %s: %s", self.vip_port, exc)
                 return
-            conn = _Connection(self, client, addr[0])
+            conn = self._connection(client, addr[0])
             self.connections.add(conn)
             budget.take()
             conn.start()
+
+    def _connection(self, client: socket.socket, client_ip: str) -> _Connection:
+        """A new client's connection (l7-dicom's listener makes its own kind)."""
+        return _Connection(self, client, client_ip)
 
     # --- idle sweep ------------------------------------------------------------------------
 
