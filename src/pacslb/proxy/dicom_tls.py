@@ -28,6 +28,7 @@ import ssl
 import time
 from typing import Any
 
+from pacslb.core.dicom import A_ASSOCIATE_RJ
 from pacslb.core.dicom_assoc import (
     ABORT_NOT_SPECIFIED,
     REJECT_NO_SERVER,
@@ -40,9 +41,11 @@ from pacslb.core.dicom_assoc import (
     rewrite_called_ae,
     rq_length,
 )
-from pacslb.core.plan import PlanRealServer
+from pacslb.core.plan import PlanDicom
 from pacslb.proxy.budget import ServiceBudget, out_of_descriptors
-from pacslb.proxy.runtime import ServerStats, ServiceRuntime
+from pacslb.proxy.dicom import route
+from pacslb.proxy.notices import notice
+from pacslb.proxy.runtime import NO_SERVER, ServerStats, ServiceRuntime
 from pacslb.proxy.tcp import ACCEPT_BATCH, ACCEPT_PAUSE, ACCEPT_RETRY, KEEPALIVE, MAX_TRIES
 
 __all__ = ["HIGH_WATER", "DicomTlsListener", "upstream_context"]
@@ -52,7 +55,8 @@ log = logging.getLogger(__name__)
 HIGH_WATER = 256 * 1024  # bytes buffered towards one peer before the other is paused
 LOW_WATER = 64 * 1024
 ABORT_FLUSH = 2.0  # seconds an A-ABORT may take to leave before the connection is reset
-SWEEP = 1.0  # seconds between checks of request deadlines and idle associations
+SWEEP = 1.0  # seconds between checks of request deadlines, idle associations, the drain cap
+_DEFAULTS = PlanDicom()
 
 
 @functools.cache
@@ -178,7 +182,7 @@ class DicomTlsListener:
             conn.setblocking(False)
             self.budget.take()  # from accept, through the handshake, to the association's end
             assoc = _Association(self, addr[0])
-            timeout = self._settings().request_timeout
+            timeout = self.settings().request_timeout
             task = loop.create_task(
                 loop.connect_accepted_socket(
                     lambda a=assoc: _ClientSide(a),  # type: ignore[misc]
@@ -195,12 +199,13 @@ class DicomTlsListener:
         if task.cancelled() or task.exception() is not None:
             # A failed handshake never became an association: nothing to answer in DICOM.
             if not task.cancelled():
-                log.debug("TLS client %s lost in its handshake: %r", assoc.client_ip, task.exception())
+                why = task.exception()
+                log.debug("TLS client %s lost in its handshake: %r", assoc.client_ip, why)
             self.budget.give()
             self._finish_if_idle()
 
-    def _settings(self) -> Any:
-        return self.runtime.service.dicom
+    def settings(self) -> PlanDicom:
+        return self.runtime.service.dicom or _DEFAULTS
 
     # --- bookkeeping ----------------------------------------------------------------------
 
@@ -211,19 +216,27 @@ class DicomTlsListener:
         self._finish_if_idle()
 
     def _finish_if_idle(self) -> None:
-        if self._closed and not self.associations and not self._handshakes:
-            if self._sweeper is not None:
-                self._sweeper.cancel()
-                self._sweeper = None
+        idle = self._closed and not self.associations and not self._handshakes
+        if idle and self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
 
     def _sweep(self) -> None:
-        """Requests past their deadline get A-ABORT; quiet associations past timeouts.idle end."""
+        """Requests past their deadline get A-ABORT; associations quiet for timeouts.idle, or
+        held by a drained server past dicom.drain_limit (counted from the drain), end with
+        A-ABORT at PDU boundaries."""
         self._sweeper = None
         assert self.loop is not None
         now = time.monotonic()
-        idle = self.runtime.service.timeouts.idle
+        runtime = self.runtime
+        idle = runtime.service.timeouts.idle
+        limit = self.settings().drain_limit
         for assoc in list(self.associations):
-            assoc.check(now, idle)
+            drained = runtime.drained_since.get(assoc.label or "")
+            if limit > 0 and drained is not None and now - drained >= limit:
+                assoc.abort(f"drain limit of {limit:g} s reached")
+            else:
+                assoc.check(now, idle)
         if not self._closed or self.associations or self._handshakes:
             self._sweeper = self.loop.call_later(SWEEP, self._sweep)
 
@@ -288,20 +301,26 @@ class _Association:
         self.listener = listener
         self.runtime = listener.runtime
         self.client_ip = client_ip
+        self.sticky_key = client_ip  # the calling AE title under calling-ae persistence
         self.client: asyncio.Transport | None = None
         self.server: asyncio.Transport | None = None
         self.request = bytearray()
-        self.parsed: AssociateRequest | None = None
         self.label: str | None = None
         self.stats: ServerStats | None = None
+        self.ae_stats: ServerStats | None = None
         self.up = PduTracker()  # client -> server
         self.down = PduTracker()  # server -> client
-        self.started = time.monotonic()
-        self.deadline = self.started + self.listener._settings().request_timeout
-        self.last_active = self.started
+        self.started = 0.0  # when relaying began (0: not yet)
+        self.deadline = time.monotonic() + listener.settings().request_timeout
+        self.last_active = time.monotonic()
+        self.moved = 0  # bytes relayed, both ways (the idle check compares it)
         self.seen = 0
+        self.cut_reason = ""
         self.ended = False
         self._connecting: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<dicom-tls {self.client_ip} -> {self.label}>"
 
     # --- the request ----------------------------------------------------------------------
 
@@ -315,85 +334,110 @@ class _Association:
         if self.server is not None:
             self._relay(data, self.server, self.up, inbound=True)
             return
-        if self._connecting is not None:
-            # PS3.8 §9.2: nothing may follow the RQ before the AC; a client that sends on is
-            # told so once the association is refused or accepted (kept in order here).
-            self.request += data
-            return
         self.request += data
+        if self._connecting is not None or self.ended:
+            return  # kept: PS3.8 lets nothing follow the RQ before the AC; the server judges
+        settings = self.listener.settings()
         try:
-            total = rq_length(self.request[:6], self._max_request())
+            total = rq_length(self.request[:6], settings.max_request)
             if not total or len(self.request) < total:
                 return
-            request = parse_associate_rq(bytes(self.request), self._max_request())
+            # Exactly the request: a client that sent more before the answer is refused by
+            # the parser (what the plaintext listener, which reads no byte past it, sees too).
+            request = parse_associate_rq(bytes(self.request), settings.max_request)
         except AssociateRqError as exc:
-            self._refuse(exc.answer, f"{exc.kind}: {exc}")
+            self.refuse(exc.answer, exc.kind, str(exc))
             return
-        self.parsed = request
         assert self.listener.loop is not None
         self._connecting = self.listener.loop.create_task(self._connect(request))
 
-    def _max_request(self) -> int:
-        settings = self.listener._settings()
-        return int(settings.max_request)
-
-    async def _connect(self, request: AssociateRequest) -> None:
-        """Try up to MAX_TRIES servers (DESIGN §8: a failed connect is not the client's
-        business), then answer A-ASSOCIATE-RJ transient."""
-        from pacslb.proxy.dicom import choose_server  # the plaintext listener's choice
-
+    async def _connect(self, rq: AssociateRequest) -> None:
+        """Route by called AE (proxy/dicom.py's rules), pick (persistence by calling AE when
+        set), connect; a failed connect tries another server (DESIGN §8), up to MAX_TRIES,
+        then A-ASSOCIATE-RJ transient."""
+        runtime = self.runtime
+        self.ae_stats = runtime.calling_ae_stats(rq.calling_ae)
+        allowed = route(self.listener.settings(), rq)
+        if isinstance(allowed, Reject):
+            self.refuse(allowed, "unknown-called-ae", f"called AE {rq.called_ae!r} has no route")
+            return
+        if runtime.service.persistence.kind == "calling-ae":
+            self.sticky_key = rq.calling_ae
         loop = self.listener.loop
         assert loop is not None
         tried: list[str] = []
-        while len(tried) < MAX_TRIES and not self.ended:
-            choice = choose_server(self.runtime, request, self.client_ip, tried)
-            if not isinstance(choice, PlanRealServer):
-                self._refuse(choice, f"{choice.text}: called AE {request.called_ae!r}")
-                return
-            tried.append(choice.label)
-            port = choice.port or self.listener.vip_port
-            context = upstream_context() if choice.reencrypt else None
-            self.label = choice.label
-            self.stats = self.runtime.opened(choice.label, self)
+        while len(tried) < min(MAX_TRIES, len(runtime.service.real_servers)):
+            rs = runtime.pick(self.sticky_key, tried, allowed=allowed)
+            if rs is None:
+                break
+            tried.append(rs.label)
+            context = upstream_context() if rs.reencrypt else None
+            self.label = rs.label
+            self.stats = runtime.opened(rs.label, self)
             try:
-                async with asyncio.timeout(self.runtime.service.timeouts.connect):
+                async with asyncio.timeout(runtime.service.timeouts.connect):
                     transport, _ = await loop.create_connection(
                         lambda: _ServerSide(self),
-                        choice.address,
-                        port,
+                        rs.address,
+                        rs.port or self.listener.vip_port,
                         ssl=context,
                         server_hostname="" if context else None,
                     )
             except (OSError, TimeoutError, ssl.SSLError) as exc:
-                self.runtime.closed(choice.label, self)
-                self.runtime.connect_failed(choice.label, f"{type(exc).__name__}: {exc}")
-                self.label, self.stats = None, None
+                self._unplace()
+                runtime.connect_failed(rs.label, f"{type(exc).__name__}: {exc}")
                 continue
-            if self.ended:
+            if self.ended:  # the client left (or a halt came) while we connected
                 transport.close()
-                self.runtime.closed(choice.label, self)
                 return
-            self.server = transport  # type: ignore[assignment]
-            transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
-            _tune(transport)
-            first = bytes(self.request[: request.length])
-            rest = bytes(self.request[request.length :])
-            self.request = bytearray()
-            title = getattr(choice, "ae_title", None)
-            if title:
-                first = rewrite_called_ae(first, title)
-            self._relay(first, transport, self.up, inbound=True)  # type: ignore[arg-type]
-            if rest:
-                self._relay(rest, transport, self.up, inbound=True)  # type: ignore[arg-type]
+            self._relay_from(transport, rq, rs.ae_title)
             return
-        self._refuse(REJECT_NO_SERVER, f"no real server answered ({', '.join(tried) or 'none'})")
+        what = f"{rq.calling_ae} -> {rq.called_ae}"
+        tried_text = f" (tried {', '.join(tried)})" if tried else ""
+        self.refuse(REJECT_NO_SERVER, "no-server", f"no real server for {what}{tried_text}")
 
-    def _refuse(self, answer: Reject | Abort, why: str) -> None:
-        """Answer the client in DICOM (RJ or A-ABORT), then close; nothing reached a server."""
-        log.info("%s: %s refused: %s", self.runtime.service.label, self.client_ip, why)
+    def _relay_from(
+        self, server: asyncio.Transport, rq: AssociateRequest, title: str | None
+    ) -> None:
+        """Connected: the request goes out first (with the server's own called AE if it has
+        one), then what the client sent after it, then both ways as it comes."""
+        self.server = server
+        server.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
+        _tune(server)
+        first = bytes(self.request[: rq.length])
+        rest = bytes(self.request[rq.length :])
+        self.request = bytearray()
+        if title is not None:
+            first = rewrite_called_ae(first, title)
+        self.started = time.monotonic()
+        for stats in (self.stats, self.ae_stats):
+            if stats is not None:
+                stats.associations += 1
+                stats.assoc_active += 1
+        self._relay(first, server, self.up, inbound=True)
+        if rest:
+            self._relay(rest, server, self.up, inbound=True)
+
+    def refuse(self, answer: Reject | Abort, kind: str, message: str) -> None:
+        """Answer the client in DICOM (RJ or A-ABORT), count and report it, then close;
+        nothing reached a real server."""
+        if self.ended:
+            return
+        service = self.runtime.service.label
+        verb = "rejected" if isinstance(answer, Reject) else "aborted"
+        text = f"association {verb} ({answer.text}): {message}"
+        log.info("%s: %s, TLS client %s", service, text, self.client_ip)
+        notice(text, service, key=f"dicom-{kind}/{service}")
+        for stats in (self.runtime.stats.setdefault(NO_SERVER, ServerStats()), self.ae_stats):
+            if stats is None:
+                continue
+            if isinstance(answer, Reject):
+                stats.assoc_rejected += 1
+            else:
+                stats.assoc_aborted += 1
         if self.client is not None and not self.client.is_closing():
             self.client.write(answer.pdu())
-            self.client.close()  # after the answer has left
+            self.client.close()  # once the answer has left
         self._end()
 
     # --- relaying -------------------------------------------------------------------------
@@ -402,9 +446,12 @@ class _Association:
         self, data: bytes, to: asyncio.Transport, tracker: PduTracker, inbound: bool
     ) -> None:
         to.write(data)
-        tracker.feed(data)
-        stats = self.stats
-        if stats is not None:
+        self.moved += len(data)
+        p_data = tracker.feed(data)
+        for stats in (self.stats, self.ae_stats):
+            if stats is None:
+                continue
+            stats.pdata_pdus += p_data
             if inbound:
                 stats.bytes_in += len(data)
             else:
@@ -417,7 +464,7 @@ class _Association:
     def pause(self, client_full: bool) -> None:
         # The side that is full stops the other one reading: bounded memory per association.
         other = self.server if client_full else self.client
-        if other is not None:
+        if other is not None and not other.is_closing():
             other.pause_reading()
 
     def resume(self, client_full: bool) -> None:
@@ -427,7 +474,7 @@ class _Association:
 
     def side_ended(self, client: bool) -> None:
         """EOF from one side: the other is closed once what is buffered for it has left
-        (asyncio's TLS transport cannot half-close)."""
+        (asyncio's TLS transport cannot half-close; after A-RELEASE-RP nothing follows)."""
         other = self.server if client else self.client
         if other is not None:
             other.close()
@@ -446,11 +493,17 @@ class _Association:
 
     # --- ending ---------------------------------------------------------------------------
 
-    def abort(self) -> None:
-        """Halt (and shutdown): A-ABORT to each side whose direction is between two PDUs, as
-        PS3.8 §9.3.8 source 2 (service-provider); then close, reset if it does not flush."""
+    def abort(self, reason: str = "the real server was halted or removed") -> None:
+        """Halt, removal, drain cap, idle: A-ABORT (PS3.8 §9.3.8, source 2 service-provider) to
+        each side whose direction is between two PDUs, then close; a side inside a PDU is
+        reset (an A-ABORT there would be garbage); a reset too if it does not flush in time."""
         if self.ended:
             return
+        if self.server is None:
+            self.refuse(ABORT_NOT_SPECIFIED, "cut", reason)  # not relaying yet
+            return
+        self.cut_reason = reason
+        log.info("ending %r with A-ABORT: %s", self, reason)
         pdu = ABORT_NOT_SPECIFIED.pdu()
         for transport, tracker in ((self.client, self.down), (self.server, self.up)):
             if transport is None or transport.is_closing():
@@ -459,10 +512,9 @@ class _Association:
                 transport.write(pdu)
                 transport.close()
             else:
-                transport.abort()  # inside a PDU: an A-ABORT there would be garbage
-        loop = self.listener.loop
-        if loop is not None:
-            loop.call_later(ABORT_FLUSH, self._reset)
+                transport.abort()
+        if self.listener.loop is not None:
+            self.listener.loop.call_later(ABORT_FLUSH, self._reset)
         self._end()
 
     def _reset(self) -> None:
@@ -474,14 +526,19 @@ class _Association:
 
     def check(self, now: float, idle: float) -> None:
         if self.server is None and self._connecting is None and now >= self.deadline:
-            self._refuse(ABORT_NOT_SPECIFIED, "no whole A-ASSOCIATE-RQ within the request timeout")
+            message = "no whole A-ASSOCIATE-RQ within dicom.request_timeout"
+            self.refuse(ABORT_NOT_SPECIFIED, "timeout", message)
             return
-        moved = self.up.pdus + self.down.pdus
-        if moved != self.seen:
-            self.seen, self.last_active = moved, now
+        if self.moved != self.seen:
+            self.seen, self.last_active = self.moved, now
         elif self.server is not None and now - self.last_active >= idle:
-            log.debug("idle association of %s ended after %.0f s", self.client_ip, idle)
-            self.abort()
+            self.abort(f"idle for {idle:g} s")
+
+    def _unplace(self) -> None:
+        label, self.label, self.stats = self.label, None, None
+        if label is not None:
+            self.runtime.closed(label, self)
+            self.runtime.release(self.sticky_key, label)
 
     def _end(self) -> None:
         if self.ended:
@@ -490,7 +547,19 @@ class _Association:
         task = self._connecting
         if task is not None and not task.done() and task is not asyncio.current_task():
             task.cancel()
-        if self.label is not None:
-            self.runtime.closed(self.label, self)
-            self.runtime.release(self.client_ip, self.label)
+        self._account_end()
+        self._unplace()
         self.listener.forget(self)
+
+    def _account_end(self) -> None:
+        if not self.started:
+            return
+        seconds = time.monotonic() - self.started
+        rejected = self.down.first == A_ASSOCIATE_RJ  # the server's own RJ
+        aborted = bool(self.cut_reason) or self.up.aborts > 0 or self.down.aborts > 0
+        for stats in (self.stats, self.ae_stats):
+            if stats is not None:
+                stats.assoc_active -= 1
+                stats.assoc_seconds += seconds
+                stats.assoc_rejected += rejected
+                stats.assoc_aborted += aborted
