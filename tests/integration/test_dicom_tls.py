@@ -277,3 +277,27 @@ def test_halt_ends_a_live_tls_association_with_a_abort(
             wait_for(lambda: vip.open_associations() == 0, 5, "the association to end")
             stats = vip.stats("Pacs")
     assert stats["assoc_aborted"] == 1 and stats["assoc_active"] == 0
+
+
+def test_drain_cap_ends_a_held_tls_association_with_a_abort(
+    proxy_loop: ProxyLoop, pem: tuple[str, str], tmp_path: Path
+) -> None:
+    rx = tmp_path / "rx"
+    rx.mkdir()
+    with storescp(rx, "PACS1") as port:
+        servers = [{"label": "Pacs", "address": HOST, "port": port}]
+        dicom_settings = {"drain_limit": 1}
+        with tls_vip(
+            proxy_loop, "127.10.5.33", pem, real_servers=servers, dicom=dicom_settings
+        ) as vip:
+            with tls_client(vip) as sock:
+                sock.sendall(dicom.associate_rq("PACS1", "MODALITY"))
+                assert read_pdu(sock)[:1] == b"\x02"
+                vip.set_admin(Pacs="drain")
+                # Drained: the association runs on, until the cap (1 s here) ends it.
+                assert vip.open_associations() == 1
+                sock.settimeout(5)
+                assert read_pdu(sock) == bytes([7, 0, 0, 0, 0, 4, 0, 0, 2, 0])
+            wait_for(lambda: vip.open_associations() == 0, 5, "the association to end")
+            stats = vip.stats("Pacs")
+    assert stats["assoc_aborted"] == 1 and stats["associations"] == 1

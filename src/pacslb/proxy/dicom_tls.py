@@ -336,7 +336,7 @@ class _Association:
             return
         self.request += data
         if self._connecting is not None or self.ended:
-            return  # kept: PS3.8 lets nothing follow the RQ before the AC; the server judges
+            return  # what came with the RQ's last read: the server judges it (PS3.8 §9.2)
         settings = self.listener.settings()
         try:
             total = rq_length(self.request[:6], settings.max_request)
@@ -349,6 +349,8 @@ class _Association:
             self.refuse(exc.answer, exc.kind, str(exc))
             return
         assert self.listener.loop is not None
+        assert self.client is not None
+        self.client.pause_reading()  # until the server is there: nothing piles up meanwhile
         self._connecting = self.listener.loop.create_task(self._connect(request))
 
     async def _connect(self, rq: AssociateRequest) -> None:
@@ -417,6 +419,8 @@ class _Association:
         self._relay(first, server, self.up, inbound=True)
         if rest:
             self._relay(rest, server, self.up, inbound=True)
+        if self.client is not None and not self.client.is_closing():
+            self.client.resume_reading()
 
     def refuse(self, answer: Reject | Abort, kind: str, message: str) -> None:
         """Answer the client in DICOM (RJ or A-ABORT), count and report it, then close;
