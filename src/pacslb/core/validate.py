@@ -649,9 +649,8 @@ def _dicom_problems(base: str, vs: c.VirtualService) -> list[Problem]:
         for k, label in enumerate(route.real_servers):
             if label not in labels:
                 hint = did_you_mean(label, sorted(labels))
-                out.append(
-                    Problem(f"{path}.real_servers[{k}]", f"no real server {label!r} here{hint}")
-                )
+                message = f"no real server {label!r} in this service{hint}"
+                out.append(Problem(f"{path}.real_servers[{k}]", message))
     return out
 
 

@@ -55,6 +55,8 @@ DRAIN_CHECK = 1.0  # seconds between checks of the drain cap (dicom.drain_limit)
 CUT_GRACE = 10.0  # seconds a cut association has to reach a PDU boundary (then a reset)
 LINGER = 2.0  # seconds a refused client's further bytes are read and dropped
 LINGER_BYTES = 4 << 20  # ... and at most this many, so that the answer is read before a RST
+CUT_LINGER_BYTES = 1 << 30  # after a cut: the rest of a data set being written (a cine loop)
+_SINK = bytearray(1 << 16)  # where dropped bytes go
 _DEFAULTS = PlanDicom()
 
 
@@ -115,6 +117,7 @@ class DicomConnection(_Connection):
         "ae_stats",
         "allowed",
         "cut_reason",
+        "lingering",
         "request",
         "rq",
         "rq_buf",
@@ -134,6 +137,7 @@ class DicomConnection(_Connection):
         self.ae_stats: ServerStats | None = None
         self.started = 0.0
         self.cut_reason = ""
+        self.lingering = False
         self._rq_timer: asyncio.TimerHandle | None = None
         self._linger_timer: asyncio.TimerHandle | None = None
 
@@ -328,21 +332,35 @@ class DicomConnection(_Connection):
         self._stop_connecting()
         self._linger()
 
-    def _linger(self) -> None:
+    def direction_done(self) -> None:
+        up, down = self.up, self.down
+        if self.cut_reason and up is not None and down is not None and up.done and down.done:
+            # Both A-ABORTs are out. The client may still be writing a data set and reads
+            # the A-ABORT only after it: keep reading its bytes (dropped) until it closes, or
+            # it would get a reset (EPIPE) instead of the abort.
+            if self._linger_timer is not None:
+                self._linger_timer.cancel()
+                self._linger_timer = None
+            self._linger(CUT_GRACE, CUT_LINGER_BYTES)
+            return
+        super().direction_done()
+
+    def _linger(self, seconds: float = LINGER, limit: int = LINGER_BYTES) -> None:
         """Half-close towards the client, read and drop until its EOF (bounded), then close."""
         self.closed = True  # from now on nothing is relayed; _finish_linger releases all
+        self.lingering = True
         with contextlib.suppress(OSError):
             self.client.shutdown(socket.SHUT_WR)
         fd = self.client.fileno()
-        budget = [LINGER_BYTES]
+        budget = [limit]
 
         def drop() -> None:
             try:
                 while budget[0] > 0:
-                    data = self.client.recv(65536)
-                    if not data:
+                    k = self.client.recv_into(_SINK)
+                    if not k:
                         break
-                    budget[0] -= len(data)
+                    budget[0] -= k
             except (BlockingIOError, InterruptedError):
                 if budget[0] > 0:
                     return
@@ -355,9 +373,12 @@ class DicomConnection(_Connection):
         except Exception:
             self._finish_linger()
             return
-        self._linger_timer = self.loop.call_later(LINGER, self._finish_linger)
+        self._linger_timer = self.loop.call_later(seconds, self._finish_linger)
 
     def _finish_linger(self) -> None:
+        if not self.lingering:
+            return
+        self.lingering = False
         if self._linger_timer is not None:
             self._linger_timer.cancel()
             self._linger_timer = None

@@ -28,9 +28,10 @@ BATCH = 1 << 18  # bytes of whole PDUs gathered in the pipe before they are writ
 # 2, reason 0 reason-not-specified): a halt or a drain cap is no protocol fault of either peer.
 ABORT = abort_pdu(source=2, reason=0)
 _PEEK = socket.MSG_PEEK
+_HEAD = bytearray(HEADER)  # where headers are peeked into (one loop thread: one buffer)
 
 
-def _saw(pump: DicomPump, head: bytes) -> int:
+def _saw(pump: DicomPump, head: bytes | bytearray) -> int:
     """A header at a boundary: tracked and counted; the PDU's total length."""
     total = pump.tracker.header(head)
     if head[0] == P_DATA_TF:
@@ -110,23 +111,26 @@ class DicomPump(_Pump):
                     partial = tracker.partial
                     want = HEADER - len(partial)
                     try:
-                        head = src.recv(want, _PEEK)
+                        got = src.recv_into(_HEAD, want, _PEEK)
                     except (BlockingIOError, InterruptedError):
                         dry = True
                         continue
-                    if not head:
+                    if not got:
                         self.eof = True
                         continue
-                    if len(head) < want:
+                    if got < want:
                         # A header split across segments: take its bytes now (a peek would
                         # see them again at every wake-up) and pass them on in order.
-                        head = src.recv(len(head))
-                        n += os.write(pipe_w, head)
-                        tracker.partial = partial + head
+                        piece = src.recv(got)
+                        n += os.write(pipe_w, piece)
+                        tracker.partial = partial + piece
                         dry = True
                         continue
-                    tracker.partial = b""
-                    need = _saw(self, partial + head) - len(partial)
+                    if partial:
+                        tracker.partial = b""
+                        need = _saw(self, partial + _HEAD[:want]) - len(partial)
+                    else:
+                        need = _saw(self, _HEAD)
                     tracker.need = need
                 want = need if need < CHUNK else CHUNK
                 try:

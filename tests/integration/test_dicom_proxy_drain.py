@@ -1,0 +1,150 @@
+"""l7-dicom drain and halt, association-aware, against dcmtk storescu/storescp.
+
+Drain: a 500-image C-STORE in flight on a server that is drained finishes, every image
+byte-identical at the archive, while new associations go to the other server. The drain cap
+(dicom.drain_limit) and halt end an association with A-ABORT at a PDU boundary, which storescu
+reports as an abort (not a reset).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tests.integration.dicom_proxy_support import (
+    DCMTK_ENV,
+    PEER,
+    STORESCU,
+    DicomVip,
+    ProxyLoop,
+    echo,
+    storescp,
+    write_ct_series,
+)
+from tests.peers.procs import stop, wait_until
+
+pytestmark = pytest.mark.timeout(180)
+
+VIP = "127.10.4.12"
+
+
+@pytest.fixture(scope="module")
+def proxy_loop() -> Iterator[ProxyLoop]:
+    loop = ProxyLoop()
+    try:
+        yield loop
+    finally:
+        loop.close()
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """500 CT images, 256×256 (128 KiB each: 64 MB in all)."""
+    return write_ct_series(tmp_path_factory.mktemp("study"), count=500, size=256)
+
+
+def dataset(data: bytes) -> bytes:
+    """A Part-10 file's data set: what follows the preamble, DICM and the meta group
+    (PS3.10 §7.1: the meta group starts with its group length, Explicit VR LE)."""
+    assert data[128:132] == b"DICM"
+    group, element, vr, _, length = struct.unpack_from("<HH2sHI", data, 132)
+    assert (group, element, vr) == (2, 0, b"UL")
+    return data[132 + 12 + length :]
+
+
+def digests(paths: list[Path]) -> set[str]:
+    return {hashlib.sha256(dataset(p.read_bytes())).hexdigest() for p in paths}
+
+
+def start_store(vip: DicomVip, study: list[Path], calling: str = "CT_1") -> subprocess.Popen[str]:
+    argv = [STORESCU, "-aet", calling, "-aec", "ARCHIVE", VIP, str(vip.port)]
+    argv += [str(p) for p in study]
+    return subprocess.Popen(
+        argv, env=DCMTK_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def placed_on(vip: DicomVip) -> str:
+    """The server the (one) running association is on, once it is relaying P-DATA."""
+    found: list[str] = []
+
+    def relaying() -> bool:
+        for label in ("X", "Y"):
+            stats = vip.stats(label)
+            if stats.get("assoc_active") and stats.get("pdata_pdus", 0) > 20:
+                found.append(label)
+                return True
+        return False
+
+    wait_until(relaying, 20, "the C-STORE to start")
+    return found[0]
+
+
+def test_drain_lets_a_500_image_store_finish_while_new_ones_go_elsewhere(
+    proxy_loop: ProxyLoop, tmp_path: Path, study: list[Path]
+) -> None:
+    with storescp(tmp_path / "x") as port_x, storescp(tmp_path / "y") as port_y:
+        servers = [
+            {"label": "X", "address": PEER, "port": port_x},
+            {"label": "Y", "address": PEER, "port": port_y},
+        ]
+        with DicomVip(proxy_loop, VIP, servers).serving() as vip:
+            proc = start_store(vip, study)
+            try:
+                busy = placed_on(vip)
+                other = "Y" if busy == "X" else "X"
+                vip.set_admin(**{busy: "drain"})
+                for _ in range(5):  # new associations meanwhile: all on the other server
+                    done = echo(VIP, vip.port, "ARCHIVE", "WS_2")
+                    assert done.returncode == 0, done.stdout + done.stderr
+                assert vip.stats(other)["associations"] == 5
+                assert vip.stats(busy)["assoc_active"] == 1, "the store was still running"
+                out, _ = proc.communicate(timeout=120)
+            finally:
+                stop(proc)  # type: ignore[arg-type]
+            assert proc.returncode == 0, out
+            received = sorted((tmp_path / busy.lower()).iterdir())
+            assert len(received) == 500
+            assert digests(received) == digests(study)  # byte-identical data sets
+            vip.wait_idle()
+            stats = vip.stats(busy)
+            assert stats["associations"] == 1 and stats["assoc_aborted"] == 0
+            assert stats["pdata_pdus"] >= 500 * 2  # a command and at least one data PDU each
+
+
+def storescu_reports_abort(out: str) -> bool:
+    # dcmtk: "Peer aborted Association (or never connected)" (DUL_PEERABORTEDASSOCIATION)
+    return "Peer aborted Association" in out or "Association Aborted" in out
+
+
+@pytest.mark.parametrize("how", ["halt", "drain-limit"])
+def test_halt_and_drain_cap_end_an_association_with_a_abort(
+    proxy_loop: ProxyLoop, tmp_path: Path, study: list[Path], how: str
+) -> None:
+    with storescp(tmp_path / "x") as port_x:
+        servers = [{"label": "X", "address": PEER, "port": port_x}]
+        settings = {"dicom": {"drain_limit": 0.2}} if how == "drain-limit" else {}
+        with DicomVip(proxy_loop, VIP, servers, **settings).serving() as vip:
+            # The study four times over (2,000 C-STOREs): still running when the cap, checked
+            # each second, is reached.
+            proc = start_store(vip, study * 4)
+            try:
+                placed_on(vip)
+                vip.set_admin(X="halt" if how == "halt" else "drain")
+                out, _ = proc.communicate(timeout=60)
+            finally:
+                stop(proc)  # type: ignore[arg-type]
+            assert proc.returncode != 0
+            assert storescu_reports_abort(out), out
+            assert "Connection reset" not in out, out
+            vip.wait_idle()
+            stats = vip.stats("X")
+            assert stats["assoc_aborted"] == 1 and stats["assoc_active"] == 0
+            # The archive kept whole images only: storescp wrote what it got complete.
+            received = sorted((tmp_path / "x").iterdir())
+            assert received
+            assert digests(received) <= digests(study)
