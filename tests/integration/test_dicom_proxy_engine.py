@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pynetdicom import AE
+from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from tests.integration.dicom_proxy_support import PEER, storescp
+from tests.integration.dicom_proxy_support import PEER, echo, storescp
 from tests.integration.test_proxy_engine import _alive, answers, cli, server_status, wait
 from tests.peers.procs import running
 
@@ -100,3 +100,60 @@ virtual_services:
         finally:
             if proxy_pid is not None and _alive(proxy_pid):
                 os.kill(proxy_pid, signal.SIGKILL)
+
+
+def test_calling_ae_persistence_holds_across_two_workers(tmp_path: Path) -> None:
+    """Two workers share the VIP port: every association of a modality still lands on one
+    archive (the listener steers a calling-ae service's clients to one worker). Archives are
+    pynetdicom SCPs that record the calling AE of each association they accept."""
+    seen: dict[str, list[str]] = {"A": [], "B": []}
+    scps = []
+    for name in seen:
+        ae = AE(ae_title="ARCHIVE")
+        ae.add_supported_context(Verification)
+
+        def accepted(event: Any, name: str = name) -> None:
+            seen[name].append(event.assoc.requestor.ae_title.strip())
+
+        scps.append(
+            ae.start_server((PEER, 0), block=False, evt_handlers=[(evt.EVT_ACCEPTED, accepted)])
+        )
+    with socket.socket() as probe:
+        probe.bind((VIP, 0))
+        vip_port = probe.getsockname()[1]
+    config, state = tmp_path / "pacslb.yaml", tmp_path / "state"
+    servers = "\n".join(
+        f"      - {{label: {name}, address: {PEER}, port: {scp.server_address[1]}}}"
+        for name, scp in zip(seen, scps, strict=True)
+    )
+    config.write_text(
+        f"""version: 1
+node: {{webui: {{enabled: false}}, proxy: {{workers: 2}}}}
+virtual_services:
+  - label: Dicom
+    vip: {VIP}
+    ports: [{vip_port}]
+    mode: l7-dicom
+    scheduler: rr
+    persistence: {{type: calling-ae, timeout: 600}}
+    health_check: {{type: none}}
+    real_servers:
+{servers}
+"""
+    )
+    argv = [sys.executable, "-m", "pacslb.cli", "run", str(config), "--state-dir", str(state)]
+    try:
+        with running(argv, VIP, vip_port, log=tmp_path / "run.log"):
+            wait(lambda: answers(state), 15, "the control process")
+            for _ in range(20):
+                for modality in ("CT_1", "MR_2"):
+                    done = echo(VIP, vip_port, "ARCHIVE", modality)
+                    assert done.returncode == 0, done.stdout + done.stderr
+            cli(state, "stop")
+    finally:
+        for scp in scps:
+            scp.shutdown()
+    for modality in ("CT_1", "MR_2"):
+        where = {name for name, callers in seen.items() if modality in callers}
+        assert len(where) == 1, (modality, seen)
+        assert sum(callers.count(modality) for callers in seen.values()) == 20

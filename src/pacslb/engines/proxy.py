@@ -32,7 +32,12 @@ from typing import Any
 from pacslb.core.plan import Plan, ServerKey
 from pacslb.core.workers import CounterSum, PingWatch, WorkerCounters
 from pacslb.engines.base import Counters
-from pacslb.engines.proxy_sticky import StickyMirror, outcome, replaces_steered_listeners
+from pacslb.engines.proxy_sticky import (
+    SHARED_KINDS,
+    StickyMirror,
+    outcome,
+    replaces_steered_listeners,
+)
 from pacslb.engines.unix_peer import listener
 from pacslb.errors import EngineError
 
@@ -371,7 +376,7 @@ class ProxyEngine:
         previous, self._last_plan = self._last_plan, plan
         self.sticky.plan_applied(plan)  # learnt entries live no longer than their timeout
         self._sticky_services = any(
-            not s.mode.is_kernel and s.persistence.kind == "source-ip" for s in plan.services
+            not s.mode.is_kernel and s.persistence.kind in SHARED_KINDS for s in plan.services
         )
         line = _apply_line(plan, len(self.workers))  # encoded once, sent to every worker at once
         gives = [self._give_plan(worker, line) for worker in self.workers]

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 from pacslb.core.plan import Plan
 from pacslb.errors import EngineError
 from pacslb.proxy.server import wanted_listeners
-from pacslb.proxy.sticky_share import SharedEntry, parse_entries
+from pacslb.proxy.sticky_share import SharedEntry, is_address, parse_entries
 
 # The per-second read and share run in the watchdog's loop: a worker that stops answering must
 # not hold it up for long (its pings decide whether it is hung). 10,000 entries took 0.1-0.3 s
@@ -38,6 +38,10 @@ PURGE_INTERVAL = 10.0
 # Entries learnt from the peer: a bound on the mirror (a peer gone wrong must not grow it
 # without end), and the longest ttl taken before a Plan tells the services' timeouts.
 MAX_HELD = 500_000
+# Persistence whose entries the workers (and the HA pair) share: source-ip, and l7-dicom's
+# calling-ae (a modality's associations may be accepted by any worker: the kernel cannot
+# steer by AE title, so sharing is what keeps a modality on one archive across workers).
+SHARED_KINDS = ("source-ip", "calling-ae")
 MAX_LEARNT_TTL = 86_400.0
 
 
@@ -51,7 +55,7 @@ def replaces_steered_listeners(old: Plan | None, new: Plan) -> bool:
     if old is None:
         return False
     before = wanted_listeners(old)
-    steered = {s.label for s in new.services if s.persistence.kind == "source-ip"}
+    steered = {s.label for s in new.services if s.persistence.kind in SHARED_KINDS}
     return any(
         addr in before and before[addr] != spec and spec.service in steered
         for addr, spec in wanted_listeners(new).items()
@@ -93,18 +97,18 @@ class StickyMirror:
         self._cursors: dict[str, tuple[int, Any]] = {}  # worker name -> (its pid, its cursor)
         self._purged_at = 0.0
         self._pushes: set[asyncio.Task[None]] = set()
-        # service -> its source-ip persistence timeout, from the Plan in force (None: no Plan
+        # service -> its shared persistence timeout, from the Plan in force (None: no Plan
         # yet); a learnt entry lives no longer than its service's timeout.
         self.timeouts: dict[str, float] | None = None
+        self.by_title: set[str] = set()  # services whose keys are calling AE titles
         self.skipped: Counter[str] = Counter()  # learnt entries not taken, by reason
         self.last_skip = ""  # why the last one was not taken
 
     def plan_applied(self, plan: Plan) -> None:
-        self.timeouts = {
-            s.label: float(s.persistence.timeout)
-            for s in plan.services
-            if not s.mode.is_kernel and s.persistence.kind == "source-ip"
-        }
+        shared = [s for s in plan.services if not s.mode.is_kernel]
+        shared = [s for s in shared if s.persistence.kind in SHARED_KINDS]
+        self.timeouts = {s.label: float(s.persistence.timeout) for s in shared}
+        self.by_title = {s.label for s in shared if s.persistence.kind == "calling-ae"}
 
     def __len__(self) -> int:
         return len(self._held)
@@ -250,7 +254,11 @@ class StickyMirror:
                 continue  # a live entry of this node's workers is kept, in every worker
             limit = self._limit(entry.service)
             if limit is None:
-                self._skip("unknown-service", f"{entry.service}: no source-ip persistence here")
+                self._skip("unknown-service", f"{entry.service}: no shared persistence here")
+                continue
+            if (entry.service in self.by_title) == is_address(entry.key):
+                what = "an IP address" if entry.service in self.by_title else "no IP address"
+                self._skip("malformed", f"sticky entry [{i}].key: {what} for {entry.service}")
                 continue
             ttl = min(entry.ttl, limit)
             if ttl <= 0:

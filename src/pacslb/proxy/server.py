@@ -186,8 +186,9 @@ class ProxyProcess:
 
     def _steer(self, services: dict[str, PlanService]) -> list[str]:
         """Steer each listener's clients to one worker by address when its service keeps
-        source-ip persistence (each worker has its own table); the kernel's 4-tuple hash
-        otherwise, which spreads one busy client's connections over every worker."""
+        source-ip persistence (each worker has its own table), all of them to one worker for
+        calling-ae persistence; the kernel's 4-tuple hash otherwise, which spreads one busy
+        client's connections over every worker."""
         if self.workers is None:
             return []
         errors = []
@@ -199,6 +200,11 @@ class ProxyProcess:
             granularity = None
             if p.kind == "source-ip":
                 granularity = p.granularity_v6 if sock.family == socket.AF_INET6 else p.granularity
+            elif p.kind == "calling-ae":
+                # Every client to one worker (all addresses masked to nothing): the kernel
+                # cannot steer by AE title, and one worker's table keeps a modality on one
+                # archive from its first association (sharing between workers lags ~1 s).
+                granularity = 0
             want = (id(sock), self.workers, granularity)
             if self._steered.get(addr) == want:
                 continue

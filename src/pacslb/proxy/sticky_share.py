@@ -34,6 +34,21 @@ class SharedEntry:
         return {"service": self.service, "key": self.key, "server": self.server, "ttl": self.ttl}
 
 
+def is_address(key: str) -> bool:
+    try:
+        ipaddress.ip_address(key)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_key(key: str) -> bool:
+    """A masked client address (source-ip), or a calling AE title (calling-ae: PS3.5 §6.2,
+    at most 16 printable ASCII characters, no backslash)."""
+    title = len(key) <= 16 and key.isascii() and key.isprintable() and "\\" not in key
+    return title or is_address(key)
+
+
 def parse_entries(raw: Any) -> list[SharedEntry]:
     """Entries from their wire form; ValueError naming the first bad one (nothing is taken
     from a list with a bad entry)."""
@@ -48,10 +63,10 @@ def parse_entries(raw: Any) -> list[SharedEntry]:
         for name, value in (("service", service), ("key", key), ("server", server)):
             if not isinstance(value, str) or not value:
                 raise ValueError(f"{where}.{name}: must be a non-empty string, got {value!r}")
-        try:
-            ipaddress.ip_address(str(key))
-        except ValueError:
-            raise ValueError(f"{where}.key: not an IP address: {key!r}") from None
+        if not _is_key(str(key)):
+            raise ValueError(
+                f"{where}.key: not an IP address nor an AE title (calling-ae): {key!r}"
+            ) from None
         if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not math.isfinite(ttl):
             raise ValueError(f"{where}.ttl: must be a number of seconds, got {ttl!r}")
         if ttl < 0:
@@ -63,7 +78,8 @@ def parse_entries(raw: Any) -> list[SharedEntry]:
 def export(
     runtimes: Mapping[str, ServiceRuntime], since: Mapping[str, Any], now: float | None = None
 ) -> tuple[list[dict[str, Any]], Cursor]:
-    """Entries of every source-ip service changed after cursor `since`, and the next cursor."""
+    """Entries of every source-ip or calling-ae service changed after cursor `since`, and the
+    next cursor."""
     now = time.monotonic() if now is None else now
     out: list[dict[str, Any]] = []
     cursor: Cursor = {}
@@ -95,7 +111,7 @@ def learn(
 ) -> tuple[int, list[SharedEntry]]:
     """Give each entry to its service's table (an existing live entry is kept); returns how many
     were taken, and the entries of services this worker does not run yet (a spare before its
-    first Plan keeps them for then). Entries of a service without source-ip persistence, or
+    first Plan keeps them for then). Entries of a service without such persistence, or
     naming a server the service does not have, are dropped."""
     now = time.monotonic() if now is None else now
     taken = 0
@@ -108,5 +124,8 @@ def learn(
         table = runtime.balancer.sticky
         if table is None or runtime.server(entry.server) is None or entry.ttl <= 0:
             continue  # (a ttl of 0: it expired on its way here)
-        taken += table.learn(entry.key, entry.server, entry.ttl, now)
+        try:
+            taken += table.learn(entry.key, entry.server, entry.ttl, now)
+        except ValueError:
+            continue  # an AE title for a source-ip table (or the reverse): not this kind
     return taken, waiting
