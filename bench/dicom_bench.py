@@ -3,14 +3,16 @@
     PYTHONPATH=$PWD/src .venv/bin/python bench/dicom_bench.py [--images 200] [--rounds 5]
 
 One run, side by side (DESIGN §7: ratios, never absolute pass/fail): dcmtk's storescp is the
-archive; one `pacslb run` holds two services in front of it, `Dicom` (l7-dicom) and `Tcp`
-(l7-tcp), one proxy worker, no health checks (a probe would be an association on storescp).
+archive; one `pacslb run` holds three services in front of it, `Dicom` (l7-dicom), `Tcp`
+(l7-tcp) and `DicomTls` (l7-dicom with DICOM TLS, a throw-away self-signed certificate), one
+proxy worker, no health checks (a probe would be an association on storescp).
 
 - C-STORE: `TCP_NODELAY=1 storescu +sd DIR` sends `--images` synthetic CT (bench/dicom_files.py,
   0.52 MB each) in one association; `--rounds` rounds, each round every target once, in an order
   that rotates so that no target always runs first. Per target the median images/s, and the
   proxy worker's CPU per image (user + system ticks from /proc/PID/stat over the transfers).
-  Every transfer is checked: storescp must have written every image.
+  Every transfer is checked: storescp must have written every image. The TLS target
+  (`storescu +tls KEY CERT -ic`) is beside the goal, to show what terminating TLS costs.
 - Association set-up: a Python client opens `--associations` associations one after another
   (A-ASSOCIATE-RQ of a storescu-sized request, the AC, A-RELEASE-RQ/RP, close) through each
   target; the difference of the mean per association, l7-dicom minus l7-tcp, is what reading
@@ -43,11 +45,14 @@ STORESCU = "/usr/bin/storescu"
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}  # dcmtk leaves Nagle on otherwise
 ARCHIVE, VIP = "127.10.5.60", "127.10.5.61"
 TARGETS = ("l7-dicom", "l7-tcp", "direct")
+# C-STORE also through DICOM TLS (storescu +tls): what terminating TLS costs, beside the goal.
+STORE_TARGETS = (*TARGETS, "l7-dicom-tls")
 
 
-def config(state: Path, base: int) -> str:
-    def service(label: str, port: int, mode: str) -> dict[str, object]:
+def config(state: Path, base: int, pem: tuple[Path, Path]) -> str:
+    def service(label: str, port: int, mode: str, **extra: object) -> dict[str, object]:
         return {
+            **extra,
             "label": label,
             "vip": VIP,
             "ports": [port],
@@ -67,6 +72,12 @@ def config(state: Path, base: int) -> str:
         "virtual_services": [
             service("Dicom", base + 1, "l7-dicom"),
             service("Tcp", base + 2, "l7-tcp"),
+            service(
+                "DicomTls",
+                base + 3,
+                "l7-dicom",
+                tls={"certificates": [{"certificate": str(pem[0]), "key": str(pem[1])}]},
+            ),
         ],
     }
     return json.dumps(data, indent=2) + "\n"  # JSON is YAML
@@ -127,6 +138,18 @@ def associations(address: tuple[str, int], count: int, rq: bytes) -> float:
     return time.perf_counter() - t0
 
 
+def self_signed_pem(work: Path) -> tuple[Path, Path]:
+    """A throw-away certificate and key for the DICOM TLS port (and storescu's own)."""
+    import datetime
+
+    from pacslb.core import certs
+
+    cert, key = certs.self_signed("pacslb-bench", datetime.datetime.now(datetime.UTC))
+    (work / "cert.pem").write_bytes(cert)
+    (work / "key.pem").write_bytes(key)
+    return work / "cert.pem", work / "key.pem"
+
+
 def per_call_us(fn: Callable[[], object], n: int = 2000) -> float:
     fn()
     t0 = time.perf_counter()
@@ -182,7 +205,12 @@ def main() -> int:
     parser.add_argument("--port-base", type=int, default=24100)
     args = parser.parse_args()
     base = args.port_base
-    address = {"l7-dicom": (VIP, base + 1), "l7-tcp": (VIP, base + 2), "direct": (ARCHIVE, base)}
+    address = {
+        "l7-dicom": (VIP, base + 1),
+        "l7-tcp": (VIP, base + 2),
+        "direct": (ARCHIVE, base),
+        "l7-dicom-tls": (VIP, base + 3),
+    }
     procs = Procs()
     with tempfile.TemporaryDirectory(prefix="pacslb-dicom-bench-") as tmp:
         work = Path(tmp)
@@ -190,6 +218,7 @@ def main() -> int:
         rx.mkdir()
         state.mkdir()
         write_ct_series(images, args.images)
+        pem = self_signed_pem(work)
         try:
             # dcmtk 3.6.7's storescp listens on every interface (no bind option): the port
             # is the one in the block's range; clients reach it at ARCHIVE.
@@ -200,15 +229,16 @@ def main() -> int:
                 {"TCP_NODELAY": "1"},
             )
             wait_listening(scp, [("0.0.0.0", base)])
-            (work / "pacslb.yaml").write_text(config(state, base))
+            (work / "pacslb.yaml").write_text(config(state, base, pem))
             argv = [sys.executable, "-m", "pacslb.cli", "run", str(work / "pacslb.yaml")]
             argv += ["--state-dir", str(state)]
             env = {"PYTHONPATH": str(ROOT / "src")}
             run = procs.start("pacslb", argv, work / "pacslb.log", env)
-            wait_listening(run, [address["l7-dicom"], address["l7-tcp"]], timeout=40)
+            proxied = [address[t] for t in STORE_TARGETS if t != "direct"]
+            wait_listening(run, proxied, timeout=40)
             worker = int(ping(state / "proxy-0.sock")["result"]["pid"])
             procs.adopt(worker, "pacslb proxy-0")
-            report(args, address, images, rx, worker)
+            report(args, address, images, rx, worker, pem)
         finally:
             procs.stop_all()
     return 0
@@ -220,15 +250,19 @@ def report(
     images: Path,
     rx: Path,
     worker: int,
+    pem: tuple[Path, Path],
 ) -> None:
-    rates: dict[str, list[float]] = {t: [] for t in TARGETS}
-    ticks: dict[str, int] = dict.fromkeys(TARGETS, 0)
+    rates: dict[str, list[float]] = {t: [] for t in STORE_TARGETS}
+    ticks: dict[str, int] = dict.fromkeys(STORE_TARGETS, 0)
+    n = len(STORE_TARGETS)
     for r in range(args.rounds):
-        order = TARGETS[r % 3 :] + TARGETS[: r % 3]
+        order = STORE_TARGETS[r % n :] + STORE_TARGETS[: r % n]
         for target in order:
             host, port = address[target]
             argv = [STORESCU, "-aet", "BENCH_SCU", "-aec", "ARCHIVE", host, str(port)]
             argv += ["+sd", str(images)]
+            if target == "l7-dicom-tls":  # -ic: the bench's certificate is self-signed
+                argv += ["+tls", str(pem[1]), str(pem[0]), "-ic"]
             u0, s0 = cpu_ticks([worker])
             t0 = time.perf_counter()
             out = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=DCMTK_ENV)
@@ -246,15 +280,16 @@ def report(
     sent = args.images * args.rounds
     mb = sum(f.stat().st_size for f in images.iterdir()) / args.images / 1e6
     print(f"C-STORE {args.images} CT ({mb:.2f} MB each) x {args.rounds} rounds, one association")
-    print(f"{'target':10} {'img/s (median)':>15} {'min':>8} {'max':>8} {'worker CPU/img':>15}")
-    for t in TARGETS:
+    print(f"{'target':12} {'img/s (median)':>15} {'min':>8} {'max':>8} {'worker CPU/img':>15}")
+    for t in STORE_TARGETS:
         cpu = "" if t == "direct" else f"{ticks[t] / CLK_TCK / sent * 1e3:.3f} ms"
-        print(f"{t:10} {median[t]:15.0f} {min(rates[t]):8.0f} {max(rates[t]):8.0f} {cpu:>15}")
+        print(f"{t:12} {median[t]:15.0f} {min(rates[t]):8.0f} {max(rates[t]):8.0f} {cpu:>15}")
     print(
         f"ratios: l7-dicom/l7-tcp {median['l7-dicom'] / median['l7-tcp']:.3f}  "
         f"l7-dicom/direct {median['l7-dicom'] / median['direct']:.3f}  "
         f"l7-tcp/direct {median['l7-tcp'] / median['direct']:.3f}  (goal l7-dicom >= 0.97 l7-tcp)"
     )
+    print(f"DICOM TLS: l7-dicom-tls/l7-dicom {median['l7-dicom-tls'] / median['l7-dicom']:.3f}")
     rq = storescu_rq()
     n = args.associations
     print(f"\nassociation set-up: {n} associations each, RQ of {len(rq)} bytes, one at a time")
