@@ -46,7 +46,14 @@ from pacslb.proxy.budget import ServiceBudget, out_of_descriptors
 from pacslb.proxy.dicom import route
 from pacslb.proxy.notices import notice
 from pacslb.proxy.runtime import NO_SERVER, ServerStats, ServiceRuntime
-from pacslb.proxy.tcp import ACCEPT_BATCH, ACCEPT_PAUSE, ACCEPT_RETRY, KEEPALIVE, MAX_TRIES
+from pacslb.proxy.tcp import (
+    ACCEPT_BATCH,
+    ACCEPT_PAUSE,
+    ACCEPT_RETRY,
+    BACKLOG_DRAIN,
+    KEEPALIVE,
+    MAX_TRIES,
+)
 
 __all__ = ["HIGH_WATER", "DicomTlsListener", "upstream_context"]
 
@@ -119,9 +126,14 @@ class DicomTlsListener:
         self._sweeper = self.loop.call_later(SWEEP, self._sweep)
 
     def close(self) -> None:
-        """Stop accepting; associations in progress go on until they end (a removed VIP)."""
+        """Stop accepting; associations in progress go on until they end (a removed VIP).
+        Clients already in the accept queue are still taken, so that a listener replaced
+        under SO_REUSEPORT drops nobody (as TcpListener)."""
         if self._closed:
             return
+        if self.loop is not None and self._accepting:
+            with contextlib.suppress(Exception):
+                self._accept(drain=True)
         self._closed = True
         self.budget.stop_waiting(self)
         self._pause()
@@ -156,15 +168,16 @@ class DicomTlsListener:
             self.loop.remove_reader(self.sock.fileno())
             self._accepting = False
 
-    def _accept(self) -> None:
+    def _accept(self, drain: bool = False) -> None:
+        """Accept a batch within the budget; `drain` (closing): what the queue holds."""
         loop = self.loop
         assert loop is not None
         room = self.budget.room()
-        if room <= 0:
+        if room <= 0 and not drain:
             self._pause()
             self.budget.wait(self, f"{self.sock.getsockname()[0]}:{self.vip_port}")
             return
-        for _ in range(min(ACCEPT_BATCH, room)):
+        for _ in range(BACKLOG_DRAIN if drain else min(ACCEPT_BATCH, room)):
             try:
                 conn, addr = self.sock.accept()
             except (BlockingIOError, InterruptedError):
