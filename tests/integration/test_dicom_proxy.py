@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from tests.integration.dicom_proxy_support import (
+    DCMTK_ENV,
     PEER,
     DicomVip,
     ProxyLoop,
@@ -22,11 +23,13 @@ from tests.integration.dicom_proxy_support import (
     dcmqrscp,
     echo,
     files_in,
+    free_port,
     read_pdu,
     storescp,
     storescu,
     write_ct_series,
 )
+from tests.peers.procs import running
 
 from pacslb.proxy.runtime import NO_SERVER
 
@@ -178,3 +181,20 @@ def test_calling_ae_persistence_keeps_each_modality_on_one_archive(
             entries = vip.loop.call(lambda: vip.runtime.balancer.sticky.entries())
             assert {e.key for e in entries} == {"CT_1", "MR_2"}
             assert len({e.server for e in entries}) == 2
+
+
+def test_a_servers_own_reject_is_relayed_and_counted(proxy_loop: ProxyLoop, tmp_path: Path) -> None:
+    """storescp --refuse answers every association with A-ASSOCIATE-RJ: the client gets the
+    archive's own answer through the proxy, counted on that server as rejected."""
+    argv = ["/usr/bin/storescp", "--refuse"]
+    with contextlib.ExitStack() as stack:
+        port = free_port()
+        stack.enter_context(running([*argv, str(port)], PEER, port, env=DCMTK_ENV))
+        servers = [{"label": "R", "address": PEER, "port": port}]
+        with DicomVip(proxy_loop, VIP, servers, splice=False).serving() as vip:
+            done = echo(VIP, vip.port, "ANY", "CT_1")
+            assert done.returncode != 0 and "Association Rejected" in done.stdout + done.stderr
+            vip.wait_idle()
+            stats = vip.stats("R")
+            assert stats["associations"] == 1 and stats["assoc_rejected"] == 1
+            assert vip.stats("ae:CT_1")["assoc_rejected"] == 1

@@ -13,6 +13,7 @@ import struct
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.integration.dicom_proxy_support import (
@@ -26,6 +27,8 @@ from tests.integration.dicom_proxy_support import (
     write_ct_series,
 )
 from tests.peers.procs import stop, wait_until
+
+from pacslb.proxy import notices
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -121,20 +124,22 @@ def storescu_reports_abort(out: str) -> bool:
     return "Peer aborted Association" in out or "Association Aborted" in out
 
 
-@pytest.mark.parametrize("how", ["halt", "drain-limit"])
+@pytest.mark.parametrize("how", ["halt", "drain-limit", "halt-without-splice"])
 def test_halt_and_drain_cap_end_an_association_with_a_abort(
     proxy_loop: ProxyLoop, tmp_path: Path, study: list[Path], how: str
 ) -> None:
     with storescp(tmp_path / "x") as port_x:
         servers = [{"label": "X", "address": PEER, "port": port_x}]
-        settings = {"dicom": {"drain_limit": 0.2}} if how == "drain-limit" else {}
-        with DicomVip(proxy_loop, VIP, servers, **settings).serving() as vip:
+        settings: dict[str, Any] = {"dicom": {"drain_limit": 0.2}} if how == "drain-limit" else {}
+        splice = how != "halt-without-splice"  # the recv/send relay (platforms without splice)
+        with DicomVip(proxy_loop, VIP, servers, splice=splice, **settings).serving() as vip:
             # The study four times over (2,000 C-STOREs): still running when the cap, checked
             # each second, is reached.
+            vip.loop.call(notices._last.clear)  # (the same key in the other case)
             proc = start_store(vip, study * 4)
             try:
                 placed_on(vip)
-                vip.set_admin(X="halt" if how == "halt" else "drain")
+                vip.set_admin(X="drain" if how == "drain-limit" else "halt")
                 out, _ = proc.communicate(timeout=60)
             finally:
                 stop(proc)  # type: ignore[arg-type]
@@ -144,6 +149,9 @@ def test_halt_and_drain_cap_end_an_association_with_a_abort(
             vip.wait_idle()
             stats = vip.stats("X")
             assert stats["assoc_aborted"] == 1 and stats["assoc_active"] == 0
+            events = [str(n["message"]) for n in vip.loop.call(notices.take)]
+            why = "drain limit of 0.2 s reached" if how == "drain-limit" else "halted"
+            assert any("ended with A-ABORT" in e and why in e for e in events), events
             # The archive kept whole images only: storescp wrote what it got complete.
             received = sorted((tmp_path / "x").iterdir())
             assert received

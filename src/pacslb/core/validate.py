@@ -632,6 +632,15 @@ def _dicom_problems(base: str, vs: c.VirtualService) -> list[Problem]:
                     f"an AE title rewrite needs mode l7-dicom, not {mode}",
                 )
             )
+    if dicom and vs.fallback is not None:
+        out.append(
+            Problem(
+                f"{base}.fallback",
+                "l7-dicom has no fallback server: with no real server the client gets "
+                "A-ASSOCIATE-RJ (transient), which a modality retries; an archive it did not "
+                "call must not take its images",
+            )
+        )
     if vs.dicom is None:
         return out
     labels = {rs.label for rs in vs.real_servers}

@@ -45,7 +45,13 @@ from pacslb.core.plan import PlanDicom
 from pacslb.proxy.dicom_pumps import DicomCopyPump, DicomPump
 from pacslb.proxy.notices import notice
 from pacslb.proxy.runtime import FALLBACK, NO_SERVER, ServerStats
-from pacslb.proxy.tcp import _INHERITS_OPTIONS, TcpListener, _Connection, _set_options
+from pacslb.proxy.tcp import (
+    _INHERITS_OPTIONS,
+    MAX_TRIES,
+    TcpListener,
+    _Connection,
+    _set_options,
+)
 
 __all__ = ["DicomListener", "route"]
 
@@ -193,14 +199,11 @@ class DicomConnection(_Connection):
             self.rq_buf += data
             if not self.rq_total:
                 self.rq_total = rq_length(self.rq_buf, self.dicom.max_request)
-                if self.rq_total and self.rq_total > len(self.rq_buf):
-                    return  # the body next, exactly its length
             if not self.rq_total or len(self.rq_buf) < self.rq_total:
-                return
+                return  # more of the header, or the body: exactly its declared length
             self._stop_reading_request()
             rq = parse_associate_rq(bytes(self.rq_buf), self.dicom.max_request)
         except AssociateRqError as exc:
-            self._stop_reading_request()
             self.refuse(exc.answer, exc.kind, str(exc))
             return
         self.rq = bytes(self.rq_buf)
@@ -237,7 +240,7 @@ class DicomConnection(_Connection):
     def _target(self) -> tuple[str, str, int] | None:
         runtime = self.runtime
         port = self.listener.vip_port
-        if len(self.tried) < min(3, len(runtime.service.real_servers)):
+        if len(self.tried) < min(MAX_TRIES, len(runtime.service.real_servers)):
             rs = runtime.pick(self.sticky_key, self.tried, allowed=self.allowed)
             if rs is not None:
                 if rs.ae_title is not None and self.request is not None:
@@ -290,22 +293,29 @@ class DicomConnection(_Connection):
         if self.closed:
             return
         up, down = self.up, self.down
-        if not isinstance(up, DicomPump | DicomCopyPump) or not isinstance(
-            down, DicomPump | DicomCopyPump
-        ):
+        if up is None or down is None:
             self.refuse(ABORT_NOT_SPECIFIED, "cut", reason)  # not relaying yet
             return
+        assert isinstance(up, DicomPump | DicomCopyPump)
+        assert isinstance(down, DicomPump | DicomCopyPump)
         if self.cut_reason:
             return
         self.cut_reason = reason
         log.info("ending %r with A-ABORT: %s", self, reason)
+        service, label = self.runtime.service.label, self.label or ""
+        notice(
+            f"association ended with A-ABORT: {reason}",
+            service,
+            label,
+            key=f"dicom-cut/{service}/{label}",
+        )
         up.cut()
         down.cut()
         self._linger_timer = self.loop.call_later(CUT_GRACE, self._close, True)
 
     def abort(self) -> None:
         """Halt, removal, idle timeout: an A-ABORT at a PDU boundary rather than a reset."""
-        self.cut("the real server was halted or removed, or the association idled")
+        self.cut("the real server was halted or removed, or the association was idle too long")
 
     # --- refusing --------------------------------------------------------------------------
 
@@ -315,6 +325,7 @@ class DicomConnection(_Connection):
         kernel does not answer our close with a reset before it has read the answer."""
         if self.closed:
             return
+        self._stop_reading_request()
         service = self.runtime.service.label
         verb = "rejected" if isinstance(answer, Reject) else "aborted"
         text = f"association {verb} ({answer.text}): {message}"

@@ -83,6 +83,11 @@ def test_dicom_settings_only_with_l7_dicom() -> None:
     )
 
 
+def test_no_fallback_server_for_dicom() -> None:
+    found = problems(svc(fallback={"address": "127.0.1.9"}))
+    assert "l7-dicom has no fallback server" in found["virtual_services[0].fallback"]
+
+
 def test_route_labels_must_name_the_services_servers() -> None:
     routes = [
         {"called_ae": "PACS_A", "real_servers": ["Arch1", "Acrh1"]},

@@ -232,3 +232,54 @@ def test_a_learnt_ttl_is_cut_to_the_services_timeout_and_the_table_is_bounded(
         await mirror.settled()
 
     asyncio.run(scenario())
+
+
+def test_calling_ae_entries_are_shared_by_title_and_keys_of_the_wrong_kind_skipped() -> None:
+    def dicom_plan() -> Plan:
+        return build_plan(
+            Config.model_validate(
+                {
+                    "virtual_services": [
+                        {
+                            "label": "Viewer",  # (the helpers above name this service)
+                            "vip": "127.10.4.7",
+                            "ports": [104],
+                            "mode": "l7-dicom",
+                            "persistence": {"type": "calling-ae", "timeout": 600},
+                            "health_check": {"type": "none"},
+                            "real_servers": [
+                                {"label": "Srv1", "address": "127.10.4.8"},
+                                {"label": "Srv2", "address": "127.10.4.9"},
+                            ],
+                        }
+                    ]
+                }
+            ),
+            revision=1,
+        )
+
+    async def scenario() -> None:
+        mirror = StickyMirror()
+        a, b = InProcessWorker("proxy-0", dicom_plan()), InProcessWorker("proxy-1", dicom_plan())
+        mirror.plan_applied(dicom_plan())
+        own = a.place("CT_SCANNER_1", close=False)  # an association open on worker a
+        await mirror.collect([a, b])
+        assert b.server_of("CT_SCANNER_1") == own  # shared with the other worker
+        assert [e["key"] for e in mirror.export(0)[0]] == ["CT_SCANNER_1"]
+        taken = mirror.learn(
+            [
+                {"service": "Viewer", "key": "MR_2", "server": "Srv2", "ttl": 30},
+                {"service": "Viewer", "key": "10.0.0.1", "server": "Srv2", "ttl": 30},
+            ],
+            [a, b],
+        )
+        await mirror.settled()
+        assert taken == 1 and a.server_of("MR_2") == b.server_of("MR_2") == "Srv2"
+        assert mirror.last_skip == "sticky entry [1].key: an IP address for Viewer"
+        source_ip = StickyMirror()
+        source_ip.plan_applied(plan())
+        entry = {"service": "Viewer", "key": "MR_2", "server": "Srv2", "ttl": 9}
+        assert source_ip.learn([entry], []) == 0  # a title for a source-ip service
+        assert source_ip.skipped["malformed"] == 1
+
+    asyncio.run(scenario())
