@@ -212,7 +212,10 @@ def main() -> int:
         "l7-dicom-tls": (VIP, base + 3),
     }
     procs = Procs()
-    with tempfile.TemporaryDirectory(prefix="pacslb-dicom-bench-") as tmp:
+    # In memory where there is /dev/shm (as proxy_bench.py): storescp's writes then cost the
+    # same whatever the disk is doing for the other users of the machine.
+    shm = "/dev/shm" if Path("/dev/shm").is_dir() else None
+    with tempfile.TemporaryDirectory(prefix="pacslb-dicom-bench-", dir=shm) as tmp:
         work = Path(tmp)
         images, rx, state = work / "images", work / "rx", work / "state"
         rx.mkdir()
