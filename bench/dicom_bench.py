@@ -1,6 +1,6 @@
 """l7-dicom vs l7-tcp vs a direct connection: C-STORE throughput, CPU per image, set-up cost.
 
-    PYTHONPATH=$PWD/src .venv/bin/python bench/dicom_bench.py [--images 200] [--rounds 5]
+    .venv/bin/python bench/dicom_bench.py [--images 200] [--rounds 5]
 
 One run, side by side (DESIGN §7: ratios, never absolute pass/fail): dcmtk's storescp is the
 archive; one `pacslb run` holds three services in front of it, `Dicom` (l7-dicom), `Tcp`
