@@ -8,8 +8,9 @@ RUN_DIR ?= $(CURDIR)/state/run
 
 .PHONY: run test lint typecheck unit sysdeps schema docs-config docs-check clean deb
 
-# setup.py builds the one C module (the head parsers' fast path): a change to it reinstalls.
-$(STAMP): pyproject.toml setup.py src/pacslb/core/_headfast.c
+# setup.py builds the C modules (the head parsers' and the DICOM relay's fast paths): a change
+# to one reinstalls.
+$(STAMP): pyproject.toml setup.py src/pacslb/core/_headfast.c src/pacslb/proxy/_pdufast.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'

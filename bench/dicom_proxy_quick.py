@@ -3,9 +3,10 @@
     PYTHONPATH=src:. .venv/bin/python bench/dicom_proxy_quick.py [--count 200] [--rounds 5]
 
 storescu (dcmtk, TCP_NODELAY=1) sends `count` 512×512 CT images to storescp, directly and
-through an l7-tcp and an l7-dicom listener (the same uvloop loop on a thread, splice), in
-interleaved rounds; prints the median images/s of each, the ratios, and the proxy's CPU per
-image (this process's CPU time: the main thread only waits). Addresses: 127.10.4.0/24.
+through an l7-tcp and an l7-dicom listener (the same uvloop loop on a thread, splice), and
+through l7-dicom with its hot loop in Python when _pdufast is built, in interleaved rounds;
+prints the median images/s of each, the ratios, and the proxy's CPU per image (the CPU time
+of the loop's thread). Addresses: 127.10.4.0/24.
 A scratch measurement for issue 19 (l7-dicom ≥ 0.97× l7-tcp); bench/ has the full benchmark.
 """
 
@@ -30,6 +31,7 @@ from tests.peers.procs import running
 
 from pacslb.core.plan import build_plan
 from pacslb.core.validate import load_data
+from pacslb.proxy import dicom_pumps
 from pacslb.proxy.dicom import DicomListener
 from pacslb.proxy.runtime import ServiceRuntime
 from pacslb.proxy.tcp import TcpListener
@@ -69,14 +71,13 @@ def listener(loop: ProxyLoop, mode: str, vip: str, port: int) -> tuple[object, i
     return loop.call(start), vport
 
 
-def store(host: str, port: int, files: list[Path]) -> tuple[float, float]:
-    """Wall seconds and this process's CPU seconds of one storescu run."""
+def store(loop: ProxyLoop, host: str, port: int, files: list[Path]) -> tuple[float, float]:
+    """Wall seconds of one storescu run, and the CPU seconds the proxy's loop thread used."""
     argv = ["/usr/bin/storescu", "-aet", "CT_1", "-aec", "PACS1", host, str(port)]
-    cpu0, t0 = os.times(), time.perf_counter()
+    cpu0, t0 = loop.call(time.thread_time), time.perf_counter()
     subprocess.run([*argv, *map(str, files)], env={**os.environ, **ENV}, check=True)
     wall = time.perf_counter() - t0
-    cpu1 = os.times()
-    return wall, (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
+    return wall, loop.call(time.thread_time) - cpu0
 
 
 def main() -> int:
@@ -103,12 +104,16 @@ def main() -> int:
                     "l7-tcp": ("127.10.4.20", tcp_port),
                     "l7-dicom": ("127.10.4.21", dicom_port),
                 }
+                if dicom_pumps.COMPILED:  # the same listener with its hot loop in Python
+                    targets["l7-dicom-py"] = ("127.10.4.21", dicom_port)
+                compiled = dicom_pumps._relay
                 walls: dict[str, list[float]] = {k: [] for k in targets}
                 cpus: dict[str, list[float]] = {k: [] for k in targets}
-                store(*targets["direct"], files[:10])  # warm-up
+                store(loop, *targets["direct"], files[:10])  # warm-up
                 for _ in range(args.rounds):
                     for name, (host, p) in targets.items():
-                        wall, cpu = store(host, p, files)
+                        dicom_pumps._relay = None if name == "l7-dicom-py" else compiled
+                        wall, cpu = store(loop, host, p, files)
                         walls[name].append(wall)
                         cpus[name].append(cpu)
             finally:
@@ -122,7 +127,10 @@ def main() -> int:
             f"{name:9s} {rate[name]:7.0f} img/s median, {best[name]:7.0f} best"
             f"  proxy CPU {cpu:6.0f} us/image"
         )
-    for a, b in (("l7-dicom", "l7-tcp"), ("l7-tcp", "direct"), ("l7-dicom", "direct")):
+    pairs = [("l7-dicom", "l7-tcp"), ("l7-tcp", "direct"), ("l7-dicom", "direct")]
+    if "l7-dicom-py" in targets:
+        pairs.append(("l7-dicom-py", "l7-tcp"))
+    for a, b in pairs:
         print(f"{a} / {b}: {rate[a] / rate[b]:.3f} median, {best[a] / best[b]:.3f} best")
     return 0
 

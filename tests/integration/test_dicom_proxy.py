@@ -198,3 +198,22 @@ def test_a_servers_own_reject_is_relayed_and_counted(proxy_loop: ProxyLoop, tmp_
             stats = vip.stats("R")
             assert stats["associations"] == 1 and stats["assoc_rejected"] == 1
             assert vip.stats("ae:CT_1")["assoc_rejected"] == 1
+
+
+def test_a_retry_on_another_server_forwards_the_request_as_the_client_sent_it(
+    proxy_loop: ProxyLoop, tmp_path: Path
+) -> None:
+    """A's connect is refused (its rewrite to NODE_A must not stick to the request); the retry
+    on B, an archive answering the VIP's own title, gets the called AE the client sent."""
+    with socket.socket() as dead, dcmqrscp(tmp_path / "b", "VIP_AE") as port_b:
+        dead.bind((PEER, 0))  # bound, not listening: refuses connections
+        servers = [
+            {"label": "A", "address": PEER, "port": dead.getsockname()[1], "ae_title": "NODE_A"},
+            {"label": "B", "address": PEER, "port": port_b},
+        ]
+        with DicomVip(proxy_loop, VIP, servers, scheduler="rr").serving() as vip:
+            for _ in range(4):  # round robin: A comes first at least once
+                done = echo(VIP, vip.port, "VIP_AE", "CT_1")
+                assert done.returncode == 0, done.stdout + done.stderr
+            assert vip.stats("A")["connect_failures"] >= 1
+            assert vip.stats("B")["associations"] == 4

@@ -102,7 +102,8 @@ class DicomListener(TcpListener):
                     start = since.get(conn.label or "")
                     if start is not None and now - start >= limit:
                         assert isinstance(conn, DicomConnection)
-                        conn.cut(f"drain limit of {limit:g} s reached")
+                        if not conn.releasing:  # a release under way ends it anyway
+                            conn.cut(f"drain limit of {limit:g} s reached")
         finally:
             if not self._closed or self.connections:
                 self._schedule_drain_check()
@@ -151,6 +152,12 @@ class DicomConnection(_Connection):
         rq = self.request
         who = f"{rq.calling_ae}->{rq.called_ae} " if rq is not None else ""
         return f"<dicom {who}{self.client_ip} -> {self.label}>"
+
+    @property
+    def releasing(self) -> bool:
+        """The client has sent its A-RELEASE-RQ: the association is ending by itself."""
+        up = self.up
+        return isinstance(up, DicomPump | DicomCopyPump) and up.tracker.releases > 0
 
     @property
     def dicom(self) -> PlanDicom:
@@ -243,8 +250,6 @@ class DicomConnection(_Connection):
         if len(self.tried) < min(MAX_TRIES, len(runtime.service.real_servers)):
             rs = runtime.pick(self.sticky_key, self.tried, allowed=self.allowed)
             if rs is not None:
-                if rs.ae_title is not None and self.request is not None:
-                    self.rq = rewrite_called_ae(self.rq, rs.ae_title)
                 return rs.label, rs.address, rs.port or port
         # No fallback ("sorry") server for DICOM: a modality understands an
         # A-ASSOCIATE-RJ, and an archive it did not call would take its images.
@@ -275,7 +280,13 @@ class DicomConnection(_Connection):
         pipes = self.listener._pipes
         up.open(pipes)
         down.open(pipes)
-        up.preload(self.rq)  # the request, as read (or with the server's called AE)
+        # The request as read, or with the called AE of the server it went to (the one
+        # connected now: an earlier attempt on another server left the bytes as they were).
+        placed = self.runtime.server(self.label or "")
+        rq = self.rq
+        if placed is not None and placed.ae_title is not None:
+            rq = rewrite_called_ae(rq, placed.ae_title)
+        up.preload(rq)
         self.rq = b""
         self.started = time.monotonic()
         for stats in (self.stats, self.ae_stats):
@@ -352,6 +363,9 @@ class DicomConnection(_Connection):
             if self._linger_timer is not None:
                 self._linger_timer.cancel()
                 self._linger_timer = None
+            if self.server is not None:
+                with contextlib.suppress(OSError):  # the server has its A-ABORT: FIN now
+                    self.server.shutdown(socket.SHUT_WR)
             self._linger(CUT_GRACE, CUT_LINGER_BYTES)
             return
         super().direction_done()

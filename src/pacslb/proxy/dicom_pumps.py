@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import struct
+from collections.abc import Callable
 
 from pacslb.core.dicom import P_DATA_TF
 from pacslb.core.dicom_assoc import HEADER, PduTracker, abort_pdu
@@ -28,17 +30,28 @@ BATCH = 1 << 18  # bytes of whole PDUs gathered in the pipe before they are writ
 # 2, reason 0 reason-not-specified): a halt or a drain cap is no protocol fault of either peer.
 ABORT = abort_pdu(source=2, reason=0)
 _PEEK = socket.MSG_PEEK
-_HEAD = bytearray(HEADER)  # where headers are peeked into (one loop thread: one buffer)
+# A peek takes up to PEEK bytes: the header, and for a small PDU (a DIMSE response) the whole
+# of it, which says whether more follows. One buffer: one loop thread uses it.
+PEEK = 256
+_HEAD = bytearray(PEEK)
+_LENGTH = struct.Struct(">I").unpack_from  # a PDU's length field, at offset 2 of its header
 
-
-def _saw(pump: DicomPump, head: bytes | bytearray) -> int:
-    """A header at a boundary: tracked and counted; the PDU's total length."""
-    total = pump.tracker.header(head)
-    if head[0] == P_DATA_TF:
-        pump.stats.pdata_pdus += 1
-        if pump.ae_stats is not None:
-            pump.ae_stats.pdata_pdus += 1
-    return total
+# The hot loop in C where it is built (_pdufast.c: whole P-DATA-TF PDUs, nothing else);
+# without it, the same loop runs in Python below. PACSLB_PDU_PYTHON=1 forces Python (tests).
+_relay: Callable[[int, int, int, int], tuple[int, int, int, int]] | None = None
+_STOP_DRY, _STOP_EOF, _STOP_HEADER, _STOP_LIMIT = 0, 1, 2, 3
+if not os.environ.get("PACSLB_PDU_PYTHON"):
+    try:
+        from pacslb.proxy import _pdufast
+    except ImportError:
+        pass
+    else:
+        if (_pdufast.PEEK, _pdufast.CHUNK) != (PEEK, CHUNK):
+            raise ImportError("pacslb.proxy._pdufast was built with other limits")
+        _relay = _pdufast.relay
+        _STOP_DRY, _STOP_EOF = _pdufast.STOP_DRY, _pdufast.STOP_EOF
+        _STOP_HEADER, _STOP_LIMIT = _pdufast.STOP_HEADER, _pdufast.STOP_LIMIT
+COMPILED = _relay is not None
 
 
 class DicomPump(_Pump):
@@ -79,12 +92,21 @@ class DicomPump(_Pump):
         self.loop.call_soon(self.run)
 
     def run(self) -> None:
-        """Move whole PDUs until the source runs dry or the destination is full."""
+        """Move whole PDUs until the source runs dry or the destination is full.
+
+        The hot loop of a C-STORE (one turn per 16 KiB P-DATA-TF PDU with dcmtk's default
+        maximum length): the tracker's state is kept in locals and written back once per
+        call (`_sync`), P-DATA-TF headers are counted inline, other PDUs go to the tracker."""
         if self.conn.closed:
             return
         splice = os.splice
+        fast = _relay
         tracker = self.tracker
-        src, src_fd, pipe_w = self.src, self.src_fd, self.pipe_w
+        peek = self.src.recv_into
+        src_fd, pipe_w = self.src_fd, self.pipe_w
+        need = tracker.need
+        p_data = 0
+        window = 0  # bytes known to be in the socket (from the last peek), 0: unknown
         n = self.pending
         moved = 0
         dry = False
@@ -98,40 +120,70 @@ class DicomPump(_Pump):
                 if self.eof:
                     break
                 if dry:
+                    self._sync(need, p_data)
                     self.pending = 0
                     self.account(moved)
                     self.wait_source()
                     return
-                need = tracker.need
+                if fast is not None and not self.cutting and not tracker.partial:
+                    # Whole P-DATA-TF PDUs in C, until anything else needs a decision.
+                    got, need, seen, stop = fast(src_fd, pipe_w, need, BATCH - n)
+                    n += got
+                    p_data += seen
+                    if stop == _STOP_LIMIT:
+                        continue
+                    if stop == _STOP_DRY:
+                        dry = True
+                        continue
+                    if stop == _STOP_EOF:
+                        self.eof = True
+                        continue
+                    if stop < 0:
+                        raise OSError(-stop, os.strerror(-stop))
+                    # _STOP_HEADER: at a boundary, a header for the Python below
                 if not need:
                     if self.cutting and not tracker.partial:
                         n += os.write(pipe_w, ABORT)
                         self.eof = True
                         continue
-                    partial = tracker.partial
-                    want = HEADER - len(partial)
+                    if tracker.partial:
+                        got = self._rest_of_header()
+                        if got < 0:
+                            self.eof = True
+                            continue
+                        n += got
+                        need = tracker.need
+                        dry = not need
+                        continue
                     try:
-                        got = src.recv_into(_HEAD, want, _PEEK)
+                        got = peek(_HEAD, PEEK, _PEEK)
                     except (BlockingIOError, InterruptedError):
                         dry = True
                         continue
-                    if not got:
-                        self.eof = True
-                        continue
-                    if got < want:
+                    # Fewer bytes than asked: that is all the socket holds now, so once they
+                    # are moved it is empty and no read need fail to say so (a C-STORE-RSP,
+                    # a C-ECHO: the whole PDU is seen in this one peek).
+                    window = got if got < PEEK else 0
+                    if got < HEADER:
+                        if not got:
+                            self.eof = True
+                            continue
                         # A header split across segments: take its bytes now (a peek would
                         # see them again at every wake-up) and pass them on in order.
-                        piece = src.recv(got)
+                        piece = self.src.recv(got)
                         n += os.write(pipe_w, piece)
-                        tracker.partial = partial + piece
+                        tracker.partial = piece
                         dry = True
                         continue
-                    if partial:
-                        tracker.partial = b""
-                        need = _saw(self, partial + _HEAD[:want]) - len(partial)
-                    else:
-                        need = _saw(self, _HEAD)
-                    tracker.need = need
+                    if _HEAD[0] == P_DATA_TF and tracker.pdus:
+                        p_data += 1
+                        need = HEADER + _LENGTH(_HEAD, 2)[0]
+                    else:  # the first PDU, or a rare one (release, abort, unknown)
+                        self._sync(0, p_data)
+                        p_data = 0
+                        if _HEAD[0] == P_DATA_TF:
+                            self._count(1)
+                        need = tracker.header(_HEAD)
                 want = need if need < CHUNK else CHUNK
                 try:
                     k = splice(src_fd, pipe_w, want, None, None, _SPLICE_FLAGS)
@@ -141,10 +193,14 @@ class DicomPump(_Pump):
                 if not k:
                     self.eof = True
                     continue
-                tracker.need = need - k
+                need -= k
                 n += k
                 dry = k < want
+                if window:
+                    window -= k
+                    dry = dry or window <= 0
         except BlockingIOError:  # the destination is full (every read handles its own)
+            self._sync(need, p_data)
             if n and not self.eof:
                 n += self.fill()
             self.pending = n
@@ -152,12 +208,51 @@ class DicomPump(_Pump):
             self.wait_destination()
             return
         except Exception as exc:  # one connection's failure stays its own
+            self._sync(need, p_data)
             self.account(moved)
             self.conn.fail(exc, server=(n > 0) == self.inbound)
             return
+        self._sync(need, p_data)
         self.pending = 0
         self.account(moved)
         self.finish()
+
+    def _sync(self, need: int, p_data: int) -> None:
+        """Write the hot loop's locals back: where the PDU ends, P-DATA-TF PDUs seen."""
+        tracker = self.tracker
+        tracker.need = need
+        if p_data:
+            tracker.pdus += p_data
+            tracker.p_data += p_data
+            tracker.last = P_DATA_TF
+            self._count(p_data)
+
+    def _count(self, p_data: int) -> None:
+        if p_data:
+            self.stats.pdata_pdus += p_data
+            if self.ae_stats is not None:
+                self.ae_stats.pdata_pdus += p_data
+
+    def _rest_of_header(self) -> int:
+        """The rest of a header split across segments, taken (not peeked) and put in the pipe
+        behind its first bytes: the bytes added, 0 if none came yet, -1 at EOF."""
+        tracker = self.tracker
+        try:
+            piece = self.src.recv(HEADER - len(tracker.partial))
+        except (BlockingIOError, InterruptedError):
+            return 0
+        if not piece:
+            return -1
+        written = os.write(self.pipe_w, piece)
+        head = tracker.partial + piece
+        if len(head) < HEADER:
+            tracker.partial = head
+            return written
+        tracker.partial = b""
+        if head[0] == P_DATA_TF:
+            self._count(1)
+        tracker.need = tracker.header(head) - HEADER
+        return written
 
     def fill(self) -> int:
         """The destination is full: take more of the current PDU into the pipe meanwhile."""
