@@ -246,7 +246,8 @@ class DicomTlsListener:
         limit = self.settings().drain_limit
         for assoc in list(self.associations):
             drained = runtime.drained_since.get(assoc.label or "")
-            if limit > 0 and drained is not None and now - drained >= limit:
+            capped = limit > 0 and drained is not None and now - drained >= limit
+            if capped and not assoc.up.releases:  # a release under way ends it anyway
                 assoc.abort(f"drain limit of {limit:g} s reached")
             else:
                 assoc.check(now, idle)
@@ -521,6 +522,9 @@ class _Association:
             return
         self.cut_reason = reason
         log.info("ending %r with A-ABORT: %s", self, reason)
+        service, label = self.runtime.service.label, self.label or ""
+        text = f"association ended with A-ABORT: {reason}"
+        notice(text, service, label, key=f"dicom-cut/{service}/{label}")  # as proxy/dicom.py
         pdu = ABORT_NOT_SPECIFIED.pdu()
         for transport, tracker in ((self.client, self.down), (self.server, self.up)):
             if transport is None or transport.is_closing():
