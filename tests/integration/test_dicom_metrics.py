@@ -219,3 +219,20 @@ def test_drain_shows_the_associations_a_server_still_holds(node: Node) -> None:
         held.close()
     node.until("released", lambda s: s["dicom"]["total"]["assoc_active"] == 0)
     assert "no assoc (1 opened, 0 aborted)" in node.cli("status").stdout
+
+
+def test_halt_ends_a_tls_association_with_a_abort_and_says_why(node: Node) -> None:
+    held = open_association(node, tls=True)
+    try:
+        node.until("1 association open", lambda s: s["dicom"]["total"]["assoc_active"] == 1)
+        node.cli("halt", "Archive", "Pacs1")
+        held.settimeout(5)
+        assert held.recv(10) == bytes([7, 0, 0, 0, 0, 4, 0, 0, 2, 0])  # A-ABORT, provider
+    finally:
+        held.close()
+    svc = node.until("aborted", lambda s: s["dicom"]["total"]["assoc_aborted"] == 1)
+    assert svc["real_servers"][0]["dicom"]["assoc_active"] == 0
+    deadline = time.monotonic() + 10
+    while "association ended with A-ABORT" not in (events := node.cli("events").stdout):
+        assert time.monotonic() < deadline, events
+        time.sleep(0.2)
