@@ -84,6 +84,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
             rips,
             dicom_check=args.dicom_check,
             called_ae=args.called_ae,
+            dicom_mode=args.dicom_mode,
             state_dir=args.state_dir,
             webui_listen=args.webui_listen,
         )
@@ -267,70 +268,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _ago(iso: str | None) -> str:
-    from datetime import UTC, datetime
-
-    if not iso:
-        return ""
-    seconds = (datetime.now(UTC) - datetime.fromisoformat(iso)).total_seconds()
-    return f"{seconds:.0f}s ago"
-
-
 def cmd_status(args: argparse.Namespace) -> int:
     from pacslb.control.local import request
+    from pacslb.control.status_text import status_text
 
     status = request(_state_dir(args), {"cmd": "status"})
-    if args.json:
-        print(json.dumps(status, indent=2))
-        return EXIT_OK
-    print(
-        f"pacslb {status['pacslb']} pid {status['pid']}  config revision {status['revision']}  "
-        f"up {status['uptime_s']:.0f}s  engines: {', '.join(status['engines']) or 'none'}  "
-        + ("ready" if status["ready"] else "NOT READY")
-        + (", DEGRADED" if status.get("degraded") else "")
-    )
-    if (ha := status.get("ha")) and ha["role"] != "standalone":
-        print(f"ha: {ha['role']} since {ha['since']} ({_ago(ha['since'])})")
-        if ha.get("peer"):  # paired (control/replica.py)
-            print(f"ha peer: {ha['peer']['address']}: replication {ha['replication']['text']}")
-    for reason in status.get("not_ready", []):
-        print(f"not ready: {reason}")
-    for reason in status.get("degraded", []):
-        print(f"degraded: {reason}")
-    proxy = status.get("proxy") or {}
-    if proxy.get("workers"):
-        workers = "  ".join(
-            f"{w['worker']} pid {w['pid'] or '-'} {w['state']} restarts={w['restarts']}"
-            for w in proxy["workers"]
-        )
-        spare = f"  spare pid {proxy['spare']}" if proxy.get("spare") else ""
-        restarts = sorted(proxy.get("restarts", {}).items())
-        faults = ", ".join(f"{n} {why}" for why, n in restarts if n)
-        print(f"proxy workers: {workers}{spare}" + (f"  (replaced: {faults})" if faults else ""))
-    for svc in status["services"]:
-        ports = ",".join(str(p) for p in svc["ports"])
-        print(
-            f"\n{svc['label']}  {svc['vip']}:{ports}/{svc['protocol']}  {svc['mode']}  "
-            f"{svc['scheduler']}  persistence={svc['persistence']}  ({svc['forwarded_by']})"
-        )
-        for rs in svc["real_servers"]:
-            port = f":{rs['port']}" if rs["port"] else ""
-            conns = rs["connections"]
-            count = f"{conns['active']}/{conns['total']}" if conns else "-"
-            if conns and svc["mode"] == "l7-http":
-                errors = conns["responses"].get("5xx", 0)
-                count += f" req={conns['requests']} 5xx={errors}"
-            if conns and conns.get("retries"):
-                count += f" retried={conns['retries']}"
-            if conns and conns.get("ejected"):
-                count += " EJECTED"  # passive health has it out (in that many workers)
-            last = rs["last_check"]
-            check = f"{last['reason']} ({_ago(last['at'])})" if last else "not checked yet"
-            print(
-                f"  {rs['label']:<28} {rs['address'] + port:<22} {rs['health']:<7} "
-                f"{rs['admin']:<6} w={rs['effective_weight']}/{rs['weight']:<5} "
-                f"conns={count:<9} {check}"
-            )
+    print(json.dumps(status, indent=2) if args.json else status_text(status))
     return EXIT_OK
 
 
@@ -596,6 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="connect",
         help="check the DICOM service by TCP connect (the guide) or a DICOM C-ECHO",
     )
+    p.add_argument("--dicom-mode", choices=["l7-dicom"], help="the DICOM service's mode")
     p.add_argument("--called-ae", default="ANY-SCP", help="the archive's AE title (C-ECHO)")
     p.add_argument("--state-dir", help="node.state_dir to write into the config")
     p.add_argument("--webui-listen", help="node.webui.listen, e.g. 127.0.0.1:9443")

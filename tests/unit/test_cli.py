@@ -13,11 +13,14 @@ from pacslb.config import config_json_schema
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("variant", ["dr", "nat-l7", "proxy"])
+@pytest.mark.parametrize(
+    "options",
+    [["--variant", v] for v in ("dr", "nat-l7", "proxy")] + [["--dicom-mode", "l7-dicom"]],
+)
 def test_profile_then_check_exits_zero(
-    variant: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    options: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["profile", "mckesson", "--variant", variant]) == 0
+    assert main(["profile", "mckesson", *options]) == 0
     out = capsys.readouterr()
     assert "replace them" in out.err  # example addresses are flagged
     path = tmp_path / "m.yaml"

@@ -146,6 +146,7 @@ class PacslbCollector(Collector):
         yield from (packets_in, packets_out, failures, requests, retries, ejections, ejected)
         yield from (responses, latency)
         yield from (vs_up, vs_active, no_server)
+        yield from _dicom(status["services"])
         yield from self._engines()
         yield from self._workers(status.get("proxy"))
         if getattr(self.process, "ha_sync", None) is not None:  # HA state sync and conntrackd
@@ -247,6 +248,57 @@ class PacslbCollector(Collector):
         for reason, n in sorted(proxy["restarts"].items()):
             restarts.add_metric([reason], float(n))
         yield from (up, configured, restarts)
+
+
+# l7-dicom figures (control/status.py dicom_summary): name, help, counter or gauge.
+_DICOM_METRICS = (
+    ("associations", "associations", "A-ASSOCIATE-RQs forwarded to a real server", True),
+    ("assoc_active", "associations_active", "associations open now", False),
+    ("assoc_rejected", "associations_rejected", "associations refused with A-ASSOCIATE-RJ", True),
+    ("assoc_aborted", "associations_aborted", "associations ended by an A-ABORT", True),
+    ("pdata_pdus", "pdata_pdus", "P-DATA-TF PDUs relayed, both directions", True),
+    (
+        "assoc_seconds",
+        "association_seconds",
+        "durations of the associations that ended, summed (÷ ended associations = the mean)",
+        True,
+    ),
+    ("bytes_in", "bytes_in", "bytes client -> server", True),
+    ("bytes_out", "bytes_out", "bytes server -> client", True),
+)
+
+
+def _dicom(services: list[dict[str, Any]]) -> Iterator[Metric]:
+    """Per l7-dicom service: each figure per real server, per calling AE title, and the
+    refusals before any server was chosen (unknown called AE, no usable server, a malformed
+    or late request)."""
+    dicom = [svc for svc in services if svc.get("dicom")]
+    if not dicom:
+        return
+    for key, name, text, counter in _DICOM_METRICS:
+        family = CounterMetricFamily if counter else GaugeMetricFamily
+        per_server = family(f"pacslb_dicom_{name}", f"l7-dicom: {text}", labels=RS)
+        per_ae = family(
+            f"pacslb_dicom_calling_ae_{name}",
+            f"l7-dicom: {text}, per calling AE title",
+            labels=["service", "calling_ae"],
+        )
+        for svc in dicom:
+            for rs in svc["real_servers"]:
+                per_server.add_metric([svc["label"], rs["label"]], float(rs["dicom"][key]))
+            for ae in svc["dicom"]["calling_aes"]:
+                per_ae.add_metric([svc["label"], ae["calling_ae"]], float(ae[key]))
+        yield from (per_server, per_ae)
+    refused = CounterMetricFamily(
+        "pacslb_dicom_refused",
+        "l7-dicom: associations the proxy answered itself, before any real server "
+        "(answer: rejected = A-ASSOCIATE-RJ, aborted = A-ABORT)",
+        labels=["service", "answer"],
+    )
+    for svc in dicom:
+        for answer, n in sorted(svc["dicom"]["no_server"].items()):
+            refused.add_metric([svc["label"], answer], float(n))
+    yield refused
 
 
 def _ha_role(current: str) -> Metric:

@@ -413,6 +413,11 @@ async def new_service(request: Request, who: Reader) -> Response:
     return page(request, who, "service.html", nav="services", new=True, **_form_context(blank))
 
 
+def live_service(process: ControlProcess, label: str) -> dict[str, Any] | None:
+    """The service as status shows it now (figures), or None when it is not in force yet."""
+    return next((s for s in process.status()["services"] if s["label"] == label), None)
+
+
 @router.get("/services/{label}", response_class=HTMLResponse)
 async def edit_service(request: Request, label: str, who: Reader) -> Response:
     process = process_of(request)
@@ -427,6 +432,7 @@ async def edit_service(request: Request, label: str, who: Reader) -> Response:
         new=False,
         label=label,
         reached=await interfaces(svc),
+        live=live_service(process, label),  # the figures (l7-dicom: associations)
         **_form_context(svc),
     )
 
@@ -516,8 +522,17 @@ async def edit_server(request: Request, label: str, server: str, who: Reader) ->
     rs = next((r for r in svc.get("real_servers", []) if r["label"] == server), None)
     if rs is None and server != "new":
         raise HTTPException(404, f"{label} has no real server {server!r}")
+    live = live_service(process, label) or {}
+    figures = next((r for r in live.get("real_servers", []) if r["label"] == server), None)
     return page(
-        request, who, "server.html", nav="overview", label=label, rs=rs or {}, new=rs is None
+        request,
+        who,
+        "server.html",
+        nav="overview",
+        label=label,
+        rs=rs or {},
+        new=rs is None,
+        live=figures,
     )
 
 

@@ -28,6 +28,9 @@ __all__ = ["dump_text", "format_path", "load_data", "load_text", "parse_yaml"]
 
 FileExists = Callable[[Path], bool]
 
+# DICOM TLS (PS3.15 Annex B) is terminated by the proxy so that it can read the A-ASSOCIATE-RQ.
+_TLS_MODES = (c.Mode.L7_HTTP, c.Mode.L7_DICOM)
+
 # Field name (or tagged-union tag) in an error location -> the model found there; used to list
 # the settings allowed where an unknown one was written.
 _CHECK_TAGS: dict[str, type[BaseModel]] = {
@@ -470,6 +473,13 @@ def _check_port_problems(
     ]
 
 
+def _dicom_all_tls(vs: c.VirtualService) -> bool:
+    """An l7-dicom service whose every port terminates TLS (proxy/dicom_tls.py relays those)."""
+    if vs.mode is not c.Mode.L7_DICOM or vs.tls is None:
+        return False
+    return not vs.tls.ports or set(vs.ports) <= set(vs.tls.ports)
+
+
 def service_problems(
     index: int, vs: c.VirtualService, file_exists: FileExists | None = None
 ) -> list[Problem]:
@@ -509,8 +519,12 @@ def service_problems(
         )
     out += dicom_problems(base, vs)
     if vs.tls is not None:
-        if mode is not c.Mode.L7_HTTP:
-            out.append(Problem(f"{base}.tls", f"TLS termination needs mode l7-http, not {mode}"))
+        if mode not in _TLS_MODES:
+            out.append(
+                Problem(
+                    f"{base}.tls", f"TLS termination needs mode l7-http or l7-dicom, not {mode}"
+                )
+            )
         for port in vs.tls.ports or []:
             if port not in vs.ports:
                 out.append(
@@ -579,10 +593,12 @@ def service_problems(
                     f"{mode} cannot mix IPv4 and IPv6 (VIP {vs.vip}, real server {rs.address})",
                 )
             )
-        if rs.reencrypt and mode is not c.Mode.L7_HTTP:
-            out.append(
-                Problem(f"{path}.reencrypt", f"re-encryption needs mode l7-http, not {mode}")
+        if rs.reencrypt and mode is not c.Mode.L7_HTTP and not _dicom_all_tls(vs):
+            why = (
+                "re-encryption needs mode l7-http, or l7-dicom with TLS on every port (a "
+                "plaintext l7-dicom port relays with splice, which cannot encrypt)"
             )
+            out.append(Problem(f"{path}.reencrypt", f"{why}; not {mode}"))
         if rs.min_connections and not rs.max_connections:
             out.append(
                 Problem(f"{path}.min_connections", "needs max_connections (the upper threshold)")

@@ -2,7 +2,9 @@
 
 Ten small real servers on 127.0.1.1-10 answer the guide's health-check URLs with the expected
 text (`srvPACS OK`, `OK`) and a page naming themselves, so a browser or curl pointed at a VIP shows
-which server answered. The DICOM real servers answer DICOM C-ECHO on 4000 and 5000 (a
+which server answered. The DICOM service runs in l7-dicom (the profile's `--dicom-mode
+l7-dicom`: the proxy reads each A-ASSOCIATE-RQ, keeps a modality on one server by its calling AE
+title, checks with C-ECHO); its real servers answer DICOM C-ECHO on 4000 and 5000 (a
 Verification SCP: `echoscu` works through the VIP; they store nothing); the Cardiology ones
 answer HTTP on 80 and HTTPS on 443 with a self-signed
 demo certificate. Everything binds to 127.0.0.0/8 only (`--net 127.X.Y` moves the whole demo
@@ -10,9 +12,9 @@ to one /24: VIPs .30-.50, real servers .1-.10).
 
 Failure on demand (`pacslb demo --fail SERVER`, the API's /api/v1/demo, the System Overview's
 Fail button): a failing web server answers its check URL (and /) with 503, as a broken
-application does; a failing DICOM server stops listening, as a stopped archive does (its check
-is a TCP connect). Nothing in the checker knows: it sees what a real failure shows. The demo's
-checks run every 2 s and fall after 2 failures, so a failure turns red within about 4 s.
+application does; a failing DICOM server stops listening, as a stopped archive does (its
+C-ECHO check is refused). Nothing in the checker knows: it sees what a real failure shows. The
+demo's checks run every 2 s and fall after 2 failures, so a failure turns red within about 4 s.
 """
 
 from __future__ import annotations
@@ -68,7 +70,12 @@ def config_text(
 ) -> str:
     vips, rips = addresses(net)
     data, examples = mckesson.build(
-        "proxy", vips, rips, state_dir=str(state_dir), webui_listen=webui_listen
+        "proxy",
+        vips,
+        rips,
+        state_dir=str(state_dir),
+        webui_listen=webui_listen,
+        dicom_mode="l7-dicom",
     )
     for service in data["virtual_services"]:
         service["health_check"].update(DEMO_CHECK)

@@ -229,6 +229,16 @@ class ProxyProcess:
                 tcp = TcpListener(sock, runtime, addr[1], budget=self.budgets[spec.service])
                 tcp.start()
                 return tcp
+            if spec.mode is Mode.L7_DICOM and spec.tls:  # DICOM TLS: splice cannot carry it
+                from pacslb.proxy.dicom_tls import DicomTlsListener
+                from pacslb.proxy.tls import tls_context
+
+                budget = self.budgets[spec.service]
+                dicom_tls = DicomTlsListener(
+                    sock, runtime, addr[1], tls_context(list(spec.tls)), budget
+                )
+                dicom_tls.start()
+                return dicom_tls
             if spec.mode is Mode.L7_DICOM:
                 from pacslb.proxy.dicom import DicomListener
 

@@ -219,6 +219,23 @@ def test_tls_and_reencrypt_need_l7_http() -> None:
     assert "re-encryption needs" in found["virtual_services[0].real_servers[0].reencrypt"]
 
 
+def test_l7_dicom_may_terminate_tls() -> None:
+    # DICOM TLS (PS3.15 Annex B, port 2762): the proxy reads the RQ from the decrypted stream.
+    tls = {"certificates": [{"certificate": "/x.pem"}], "ports": [2762]}
+    config = load_data(
+        {"version": 1, "virtual_services": [svc(mode="l7-dicom", ports=[2762], tls=tls)]}
+    )
+    assert config.virtual_services[0].tls is not None
+    # Re-encryption to the archive too, when every port is TLS (the TLS relay carries it)...
+    rs = [{"label": "A", "address": "10.0.0.1", "reencrypt": True}]
+    data = svc(mode="l7-dicom", ports=[2762], tls=tls, real_servers=rs)
+    assert load_data({"version": 1, "virtual_services": [data]}).virtual_services[0].tls
+    # ...but not when a plaintext port would relay with splice.
+    tls_one = {"certificates": [{"certificate": "/x.pem"}], "ports": [2762]}
+    found = problems(svc(mode="l7-dicom", ports=[104, 2762], tls=tls_one, real_servers=rs))
+    assert "TLS on every port" in found["virtual_services[0].real_servers[0].reencrypt"]
+
+
 def test_kernel_modes_cannot_mix_families_or_use_udp_in_l7() -> None:
     rs = [{"label": "A", "address": "2001:db8::5"}]
     found = problems(

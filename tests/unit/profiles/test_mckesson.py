@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from pacslb.config import CookiePersistence, DicomEchoCheck, HttpCheck, Mode, SourceIPPersistence
+from pacslb.config import (
+    CallingAEPersistence,
+    CookiePersistence,
+    DicomEchoCheck,
+    HttpCheck,
+    Mode,
+    SourceIPPersistence,
+)
 from pacslb.core.validate import load_text
 from pacslb.profiles import mckesson
 
@@ -95,3 +102,27 @@ def test_bad_options_are_refused_clearly() -> None:
         mckesson.build("dr", vips={"pacs": "10.0.0.1"})
     with pytest.raises(ValueError, match="unknown variant"):
         mckesson.build("tunnel")
+
+
+@pytest.mark.parametrize("variant", mckesson.VARIANTS)
+def test_l7_dicom_option_for_the_dicom_service(variant: str) -> None:
+    data, _ = mckesson.build(variant, dicom_mode="l7-dicom", called_ae="MCK_ARCHIVE")
+    text = mckesson.render(data, variant, [])
+    config = load_text(text)
+    dicom = config.virtual_services[0]
+    assert dicom.mode is Mode.L7_DICOM and dicom.ports == [4000, 5000]
+    assert isinstance(dicom.persistence, CallingAEPersistence)
+    assert dicom.persistence.timeout == 3600
+    assert isinstance(dicom.health_check, DicomEchoCheck)
+    assert (dicom.health_check.port, dicom.health_check.called_ae) == (5000, "MCK_ARCHIVE")
+    assert "DICOM service in l7-dicom" in text.splitlines()[0]
+    # The other four services keep the variant's modes.
+    plain, _ = mckesson.build(variant)
+    assert [vs["mode"] for vs in data["virtual_services"][1:]] == [
+        vs["mode"] for vs in plain["virtual_services"][1:]
+    ]
+
+
+def test_unknown_dicom_mode_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown DICOM mode 'l7-smtp'"):
+        mckesson.build("proxy", dicom_mode="l7-smtp")

@@ -67,12 +67,17 @@
         paint(row, c);
         buttons(row, rs.admin);
         set(row, "conns", conns);
+        if (rs.dicom) set(row, "assoc", rs.dicom.assoc_active + " assoc" + (rs.admin === "drain" ? " held" : ""));
         set(row, "weight", rs.effective_weight + "/" + rs.weight);
         set(row, "check", rs.last_check ? rs.last_check.reason : "not checked yet");
       }
       const vip = body.querySelector("tr.vip");
       paint(vip, serviceColour(colours));
       set(vip, "conns", active);
+      if (svc.dicom) {
+        const t = svc.dicom.total;
+        set(vip, "assoc", t.assoc_active + " assoc · " + t.associations + " opened · " + t.assoc_rejected + " rejected · " + t.assoc_aborted + " aborted");
+      }
     }
     readiness(status);
     const rev = document.getElementById("revision");
