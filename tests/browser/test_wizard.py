@@ -194,7 +194,7 @@ def test_wizard_sets_up_the_proxy_variant_that_forwards(
         assert "persistence: {type: http-cookie}" in yaml_text, yaml_text
         assert f'webui: {{listen: "{WEB_HOST}:' in yaml_text, yaml_text  # the node's own, kept
         setup = page.inner_text("#wizard-realserver")
-        assert "no l4-dr or l4-nat virtual service in this config" in setup, setup
+        assert "no l4-dr, l4-nat or transparent l7 virtual service in this config" in setup, setup
         shot(page, "wizard-review.png", tmp_path)
         assert node.config.read_text().count("virtual_services: []") == 1  # not yet applied
 
