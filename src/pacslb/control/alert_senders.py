@@ -62,6 +62,15 @@ def _secret(path: Path) -> str:
 MAX_THREADS = 4  # a channel's blocking deliveries still running (a hung relay) before it refuses
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A webhook's redirect is not followed: urllib would send the next request as a GET
+    without the alert (and count it delivered) and carry the Authorization header to whatever
+    host the Location names. Returning None makes the 3xx an HTTPError, said as a failure."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
 class _Threaded:
     """A sender whose blocking client runs in threads of its own, daemon threads: one stuck on
     a hung relay ends by its socket timeout and never holds up the process's exit (an executor's
@@ -256,15 +265,21 @@ class WebhookSender(_Threaded):
         if s.token_file is not None:
             headers["Authorization"] = f"Bearer {_secret(s.token_file)}"
         request = urllib.request.Request(s.url, data=body, headers=headers, method="POST")
-        context = _tls_context(s.tls_verify, s.ca_file) if s.url.startswith("https:") else None
+        handlers: list[Any] = [_NoRedirect()]
+        if s.url.startswith("https:"):
+            handlers.append(
+                urllib.request.HTTPSHandler(context=_tls_context(s.tls_verify, s.ca_file))
+            )
         try:
-            with urllib.request.urlopen(request, timeout=s.timeout, context=context) as answer:
+            with urllib.request.build_opener(*handlers).open(request, timeout=s.timeout) as answer:
                 answer.read(65536)
         except urllib.error.HTTPError as exc:
-            # 4xx (but 408, 429) says the request is wrong: sending it again will not help
+            # 3xx and 4xx (but 408, 429) say the request is wrong: sending it again won't help
             final = exc.code < 500 and exc.code not in (408, 429)
+            moved = " (a redirect, not followed: set url to where it points)"
             raise DeliveryFailed(
-                f"HTTP {exc.code} {exc.reason}{' (not retried)' if final else ''}"
+                f"HTTP {exc.code} {exc.reason}{moved if 300 <= exc.code < 400 else ''}"
+                f"{' (not retried)' if final else ''}"
             ) from None
         except urllib.error.URLError as exc:
             reason = exc.reason
