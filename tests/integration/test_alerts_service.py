@@ -113,3 +113,58 @@ def test_a_certificate_near_expiry_alerts_once(tmp_path: Path) -> None:
     parsed = parse_rfc5424(line)
     assert parsed["msgid"] == "PROBLEM", parsed
     assert f"{tmp_path / 'web.pem'}: expires in 5 days" in parsed["msg"], parsed["msg"]
+
+
+def health(previous: str, current: str, server: str) -> Event:
+    """A health event as control/app.py records it."""
+    data = {"previous": previous, "current": current, "ok": current == "up"}
+    return Event("health", f"{previous} -> {current}: check", "Rack", server, data=data)
+
+
+def test_an_open_problem_is_resolved_after_its_check_is_edited_or_its_server_removed(
+    tmp_path: Path,
+) -> None:
+    """Srv01's check is edited while it is down (the checker starts it again from unknown, so
+    it comes back as unknown -> up); Srv02 is taken out of the config while down. Both
+    PROBLEMs get their RESOLVED; the re-checked server still down is no second PROBLEM."""
+    web_certificate(tmp_path, days=400)
+    path = tmp_path / "log.sock"
+    servers = """virtual_services:
+  - label: Rack
+    vip: 127.10.6.30
+    ports: [80]
+    mode: l7-tcp
+    real_servers:
+"""
+    both = servers + "      - {label: Srv01, address: 127.10.6.31}\n"
+    both += "      - {label: Srv02, address: 127.10.6.32}\n"
+    one = servers + "      - {label: Srv01, address: 127.10.6.31}\n"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as collector:
+        collector.bind(str(path))
+        collector.setblocking(False)
+
+        async def scenario() -> list[bytes]:
+            log = EventLog(tmp_path / "events.jsonl")
+            service = AlertService(lambda m, d: log.record(Event("alert", m, data=d)), "lb1")
+            log.observers.append(service.observe)
+            service.configure(load_text(config(tmp_path, path, both)), tmp_path, tmp_path)
+            log.record(health("up", "down", "Srv01"))
+            log.record(health("up", "down", "Srv02"))
+            got = await receive(collector, 1)
+            # A reload with Srv02 gone and Srv01's check edited: its tracker starts again.
+            service.configure(load_text(config(tmp_path, path, one)), tmp_path, tmp_path)
+            got += await receive(collector, 1)
+            log.record(health("unknown", "down", "Srv01"))  # still down: said already
+            log.record(health("unknown", "up", "Srv01"))
+            got += await receive(collector, 1)
+            await service.close()
+            return got
+
+        lines = asyncio.run(scenario())
+    problem, removed, back = (parse_rfc5424(line) for line in lines)
+    assert problem["msgid"] == "PROBLEM" and problem["sd"]["alert@32473"]["problem"] == "2"
+    assert removed["msgid"] == "RESOLVED", removed
+    assert "Rack/Srv02: no longer in the configuration" in removed["msg"], removed["msg"]
+    assert back["msgid"] == "RESOLVED", back
+    assert back["sd"]["alert@32473"]["resolved"] == "1", back
+    assert "resolved Rack/Srv01: unknown -> up" in back["msg"], back["msg"]

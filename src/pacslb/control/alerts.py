@@ -25,9 +25,11 @@ from pacslb.config_alerts import AlertSettings
 from pacslb.control.alert_senders import DeliveryFailed, Sender, senders
 from pacslb.control.events import Event
 from pacslb.core.alerts import (
+    Change,
     Gate,
     Grouper,
     Message,
+    OpenProblems,
     change_of,
     delivery_test_message,
     expiry_changes,
@@ -128,6 +130,7 @@ class AlertService:
         self.grouper = Grouper(10.0, self.node)
         self.certificates: list[Path] = []
         self._sent_expiry: set[tuple[str, datetime, int]] = set()
+        self.open_problems = OpenProblems()  # read from any thread, changed in the loop's
         self._next_cert_check = 0.0
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -152,6 +155,11 @@ class AlertService:
                 self._spawn(channel.close(CLOSE_GRACE))
             self.grouper.window = settings.group_window if settings else 0.0
             self._next_cert_check = 0.0
+        # A server taken out while down is checked no more: its open problem is resolved here.
+        subjects = {f"{s.label}/{r.label}" for s in config.virtual_services for r in s.real_servers}
+        at = datetime.now(UTC).isoformat(timespec="seconds")
+        for change in self.open_problems.removed(subjects, at) if self.channels else ():
+            self._add(change)
         if self._ticker is None and settings is not None:
             self._ticker = self._loop.create_task(self._tick())
         self._wake.set()
@@ -190,6 +198,7 @@ class AlertService:
             event.data,
             event.at,
             settings.events,
+            self.open_problems,
         )
         if change is None or self._loop is None:
             return
@@ -198,7 +207,8 @@ class AlertService:
         else:  # an event recorded from a worker thread
             self._loop.call_soon_threadsafe(self._add, change)
 
-    def _add(self, change: Any) -> None:
+    def _add(self, change: Change) -> None:
+        self.open_problems.note(change)
         self.grouper.add(change, time.monotonic())
         self._wake.set()
 

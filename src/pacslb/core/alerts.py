@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -49,16 +49,23 @@ def change_of(
     data: Mapping[str, Any],
     at: str,
     topics: Iterable[str],
+    open_problems: Container[str] = frozenset(),
 ) -> Change | None:
-    """The alertable change an event says, or None (not a kind that alerts, or not enabled)."""
+    """The alertable change an event says, or None (not a kind that alerts, or not enabled).
+
+    `open_problems`: the servers whose PROBLEM went out with no RESOLVED since. A check edited
+    while its server is down starts again from unknown (control/checker.py), so the recovery
+    is "unknown -> up" and a still-down server is "unknown -> down" once more: the first must
+    resolve the open problem, the second is no new one."""
     if kind not in topics:
         return None
     subject = "/".join(p for p in (service, server) if p)
     if kind == "health" and "current" in data:
         current, previous = data["current"], data.get("previous", "")
-        if current == "down":
+        reopened = previous != "up" and subject in open_problems
+        if current == "down" and not reopened:
             return Change(kind, subject, "problem", message, at)
-        if current == "up" and previous == "down":
+        if current == "up" and (previous == "down" or reopened):
             return Change(kind, subject, "resolved", message, at)
         return None  # unknown -> up: a server seen for the first time, nothing to say
     if kind == "admin" and "state" in data:
@@ -83,6 +90,28 @@ def change_of(
     if kind == "certificate":
         return Change(kind, subject or data.get("file", ""), "problem", message, at)
     return None
+
+
+class OpenProblems:
+    """The health subjects (service/server) whose PROBLEM went out with no RESOLVED since."""
+
+    def __init__(self) -> None:
+        self._open: set[str] = set()
+
+    def __contains__(self, subject: object) -> bool:
+        return subject in self._open
+
+    def note(self, change: Change) -> None:
+        if change.topic == "health" and change.state == "problem":
+            self._open.add(change.subject)
+        elif change.topic == "health":
+            self._open.discard(change.subject)
+
+    def removed(self, subjects: Container[str], at: str) -> list[Change]:
+        """A RESOLVED for each open problem whose server is no longer in the config (nobody
+        checks it any more: its recovery would never be said)."""
+        gone = sorted(s for s in self._open if s not in subjects)
+        return [Change("health", s, "resolved", "no longer in the configuration", at) for s in gone]
 
 
 @dataclass(frozen=True, slots=True)

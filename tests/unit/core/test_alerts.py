@@ -12,6 +12,7 @@ from pacslb.core.alerts import (
     Change,
     Gate,
     Grouper,
+    OpenProblems,
     change_of,
     compose,
     delivery_test_message,
@@ -28,6 +29,26 @@ def health(server: str, previous: str, current: str) -> Change | None:
     data = {"previous": previous, "current": current, "ok": current == "up"}
     message = f"{previous} -> {current}: connect refused"
     return change_of("health", message, "Rack", server, data, AT, ALERT_TOPICS)
+
+
+def test_an_open_problem_is_resolved_by_a_recheck_and_by_removal() -> None:
+    """A check edited while its server is down starts from unknown again (control/checker.py)."""
+    still_open = OpenProblems()
+    down = health("S1", "up", "down")
+    assert down is not None
+    still_open.note(down)
+    data = {"previous": "unknown", "current": "down", "ok": False}
+    recheck = ("health", "unknown -> down", "Rack", "S1", data, AT, ALERT_TOPICS)
+    assert change_of(*recheck, still_open) is None  # said already
+    up = {"previous": "unknown", "current": "up", "ok": True}
+    back = change_of("health", "unknown -> up", "Rack", "S1", up, AT, ALERT_TOPICS, still_open)
+    assert back is not None and back.state == "resolved", back
+    assert change_of("health", "unknown -> up", "Rack", "S1", up, AT, ALERT_TOPICS) is None
+    still_open.note(back)
+    assert "Rack/S1" not in still_open and still_open.removed(set(), AT) == []
+    still_open.note(down)
+    gone = still_open.removed({"Rack/S2"}, AT)
+    assert gone == [Change("health", "Rack/S1", "resolved", "no longer in the configuration", AT)]
 
 
 def test_which_events_alert() -> None:
