@@ -79,3 +79,18 @@ def test_a_redirect_is_not_followed_and_the_token_stays_home(tmp_path: Path) -> 
     assert len(seen) == 1, seen  # a redirect is no failure a retry mends
     assert seen[0]["method"] == "POST" and seen[0]["body"] == message.to_json()
     assert other_seen == [], other_seen  # neither the alert nor the token went there
+
+
+def test_a_failure_names_the_receiver_but_not_the_urls_secret_path() -> None:
+    """Receivers such as Teams or Slack put the secret in the URL's path: a failure's reason
+    (an event, the journal, the API, the WebUI) names the host and port only."""
+    port = free_port(HOST)  # nobody listens
+    url = f"http://{HOST}:{port}/hooks/T0001/B0002/s3cretpart?key=s3cretkey"
+    sender = WebhookSender(WebhookAlerts(url=url, retries=0))
+    message = delivery_test_message("lb1", "2026-12-07T03:00:00+00:00")
+    try:
+        asyncio.run(sender.send(message))
+    except DeliveryFailed as exc:
+        reason = str(exc)
+    assert reason.startswith(f"http://{HOST}:{port}: "), reason
+    assert "Connection refused" in reason and "s3cret" not in reason, reason

@@ -17,6 +17,7 @@ import socket
 import ssl
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -241,6 +242,10 @@ class WebhookSender(_Threaded):
         # Every attempt and the waits between them: the caller's bound on one delivery.
         waits = sum(settings.backoff * 2**i for i in range(settings.retries))
         self.timeout = settings.timeout * (settings.retries + 1) + waits
+        # What a failure names: scheme, host and port. Receivers such as Teams or Slack hold
+        # the secret in the path, and a reason goes to events, the journal and the WebUI.
+        parts = urllib.parse.urlsplit(settings.url)
+        self.where = f"{parts.scheme}://{parts.netloc}"
 
     async def send(self, message: Message) -> None:
         s = self.settings
@@ -284,11 +289,11 @@ class WebhookSender(_Threaded):
         except urllib.error.URLError as exc:
             reason = exc.reason
             text = getattr(reason, "strerror", None) or str(reason)
-            raise DeliveryFailed(f"{s.url}: {text}") from None
+            raise DeliveryFailed(f"{self.where}: {text}") from None
         except TimeoutError:
-            raise DeliveryFailed(f"{s.url}: no answer in {s.timeout:g} s") from None
+            raise DeliveryFailed(f"{self.where}: no answer in {s.timeout:g} s") from None
         except OSError as exc:
-            raise DeliveryFailed(f"{s.url}: {exc.strerror or exc}") from None
+            raise DeliveryFailed(f"{self.where}: {exc.strerror or exc}") from None
 
 
 def senders(

@@ -196,6 +196,8 @@ def test_rfc5424_line_parses_strictly() -> None:
         ("{syslog: {transport: tcp}}", "transport tcp needs the collector's host"),
         ("{syslog: {app_name: 'two words'}}", "APP-NAME is 1-48 visible ASCII"),
         ("{webhook: {url: 'http://h/', headers: {'Bad Name': x}}}", "is not a header name"),
+        ("{webhook: {url: 'https://u:pw@h/hook'}}", "no user or password in the url"),
+        ("{webhook: {url: 'http://h/', headers: {authorization: 'Bearer x'}}}", "token_file"),
         ("{events: [health, disk]}", "node.alerts.events[1]"),
         ("{group_windw: 3}", "did you mean 'group_window'"),
         ("{webhook: {url: 'http://h/', token_file: /nonexistent/token}}", "no such file"),
