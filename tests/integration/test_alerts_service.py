@@ -9,12 +9,14 @@ import asyncio
 import contextlib
 import datetime
 import socket
+import time
 from pathlib import Path
 
-from tests.integration.alert_peers import parse_rfc5424
+from tests.integration.alert_peers import free_port, parse_rfc5424, silent_relay
 
 from pacslb.control.alerts import AlertService
 from pacslb.control.events import Event, EventLog
+from pacslb.core.alerts import delivery_test_message
 from pacslb.core.certs import self_signed
 from pacslb.core.validate import load_text
 
@@ -168,3 +170,69 @@ def test_an_open_problem_is_resolved_after_its_check_is_edited_or_its_server_rem
     assert back["msgid"] == "RESOLVED", back
     assert back["sd"]["alert@32473"]["resolved"] == "1", back
     assert "resolved Rack/Srv01: unknown -> up" in back["msg"], back["msg"]
+
+
+def test_close_waits_for_the_channels_a_reload_replaced(tmp_path: Path) -> None:
+    """A reload that changes node.alerts closes the old channels in the background (their
+    queued messages still go out, within the grace); the process's stop must wait for those
+    too and leave no task behind (a task destroyed pending loses its messages). The old
+    channel's relay hangs, so its queued message takes its whole timeout."""
+    host = "127.10.6.22"
+    port = free_port(host)
+    email = "{{host: {h}, port: {p}, security: none, sender: a@lb.example, "
+    email += "recipients: [b@x.example], timeout: {t}}}"
+
+    def settings(timeout: float) -> str:
+        return f"""version: 1
+node:
+  state_dir: {tmp_path / "state"}
+  webui: {{enabled: false}}
+  alerts:
+    email: {email.format(h=host, p=port, t=timeout)}
+"""
+
+    async def scenario() -> tuple[set[asyncio.Task[object]], list[str]]:
+        log = EventLog(tmp_path / "events.jsonl")
+        service = AlertService(lambda m, d: log.record(Event("alert", m, data=d)), "lb1")
+        service.configure(load_text(settings(1.0)), tmp_path, tmp_path)
+        service.channels[0].put(delivery_test_message("lb1", "2026-12-07T03:00:00+00:00"))
+        await asyncio.sleep(0.1)  # its worker took it and waits on the relay
+        service.configure(load_text(settings(2.0)), tmp_path, tmp_path)  # replaced
+        await service.close()
+        left = asyncio.all_tasks() - {asyncio.current_task()}
+        return left, [e.message for e in log.query(kind="alert")]  # type: ignore[return-value]
+
+    with silent_relay(host, port):
+        left, said = asyncio.run(scenario())
+    assert left == set(), left
+    assert any("email: not delivered: no delivery within 1 s" in m for m in said), said
+
+
+def test_stop_right_after_a_change_returns_and_sends_it(tmp_path: Path) -> None:
+    """A change noted just before the stop (a server going down as the checker stops) wakes
+    the ticker in the same turn as close() cancels it: on Python 3.11 asyncio.wait_for then
+    swallowed the cancellation and close() waited for ever. It must return, having sent it."""
+    web_certificate(tmp_path, days=400)
+    path = tmp_path / "log.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as collector:
+        collector.bind(str(path))
+        collector.setblocking(False)
+
+        async def scenario() -> list[bytes]:
+            log = EventLog(tmp_path / "events.jsonl")
+            service = AlertService(lambda m, d: log.record(Event("alert", m, data=d)), "lb1")
+            log.observers.append(service.observe)
+            service.configure(load_text(config(tmp_path, path)), tmp_path, tmp_path)
+            await asyncio.sleep(0.2)  # the ticker waits for its next due time
+            log.record(health("up", "down", "Srv01"))
+            started = time.monotonic()
+            closing = asyncio.ensure_future(service.close())
+            done, _ = await asyncio.wait([closing], timeout=10)
+            # bounded by its grace (2 s), not the ticker's 60 s sleep nor for ever
+            assert done, "close() still runs after 10 s"
+            assert time.monotonic() - started < 5, time.monotonic() - started
+            return await receive(collector, 1)
+
+        (line,) = asyncio.run(scenario())
+    parsed = parse_rfc5424(line)
+    assert parsed["msgid"] == "PROBLEM" and "Rack/Srv01" in parsed["msg"], parsed

@@ -42,6 +42,12 @@ MAX_SLEEP = 60.0  # the ticker wakes at least this often
 CLOSE_GRACE = 2.0  # seconds a stopping process gives the queues to empty
 
 
+async def stopped(task: asyncio.Task[Any]) -> None:
+    """Wait for a task just cancelled to end. Not `suppress(CancelledError): await task`: that
+    would also swallow a cancel of the waiting task itself (a stop with a deadline)."""
+    await asyncio.gather(task, return_exceptions=True)
+
+
 class NoAlertChannels(PacslbError):
     """`pacslb alert test` on a node with no channel configured."""
 
@@ -116,8 +122,7 @@ class Channel:
             async with asyncio.timeout(grace):
                 await self.queue.join()
         self.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.task
+        await stopped(self.task)
         self.sender.close()
 
 
@@ -177,10 +182,10 @@ class AlertService:
         """Send what is due (a stopping node's last changes), then stop within CLOSE_GRACE."""
         if self._ticker is not None:
             self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
+            await stopped(self._ticker)
         self._flush(time.monotonic(), final=True)
-        await asyncio.gather(*(ch.close(CLOSE_GRACE) for ch in self.channels))
+        closing = [*(ch.close(CLOSE_GRACE) for ch in self.channels), *self._closing]
+        await asyncio.gather(*closing)  # a reload's replaced channels too: none left pending
         self.channels = []
 
     # --- events in -------------------------------------------------------------------------
@@ -228,9 +233,12 @@ class AlertService:
             dues += [ch.gate.next_due() for ch in self.channels]
             soonest = min((d for d in dues if d is not None), default=now + MAX_SLEEP)
             self._wake.clear()
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancel that
+            # comes in the turn the event is set (a change just before a stop), and the ticker
+            # then ran on, and close() waited for it, for ever.
             with contextlib.suppress(TimeoutError):
-                wait = min(max(soonest - time.monotonic(), 0.0), MAX_SLEEP)
-                await asyncio.wait_for(self._wake.wait(), wait)
+                async with asyncio.timeout(min(max(soonest - time.monotonic(), 0.0), MAX_SLEEP)):
+                    await self._wake.wait()
 
     def _flush(self, now: float, final: bool = False) -> None:
         message = self.grouper.due(float("inf") if final else now)
