@@ -208,7 +208,9 @@ def _title(lines: list[Line], node: str) -> str:
     else:
         head = "NOTICE"
     parts = [f"{n} {word}" for word, n in counts.items() if n]
-    names = ", ".join(ln.subject for ln in lines[:3]) + (", …" if len(lines) > 3 else "")
+    # ASCII, and how many are not named: a syslog line escapes "…" as \u2026 (rfc5424 below)
+    names = ", ".join(ln.subject for ln in lines[:3])
+    names += f" and {len(lines) - 3} more" if len(lines) > 3 else ""
     return f"[pacslb {node}] {head}: {', '.join(parts)}: {names}"
 
 

@@ -85,7 +85,9 @@ def test_a_rack_going_down_within_the_window_is_one_message() -> None:
     message = grouper.due(105.0)
     assert message is not None and grouper.due(200.0) is None
     assert message.state == "problem" and len(message.lines) == 20
-    assert message.title == "[pacslb lb1] PROBLEM: 20 problem: Rack/S00, Rack/S01, Rack/S02, …"
+    assert message.title == (
+        "[pacslb lb1] PROBLEM: 20 problem: Rack/S00, Rack/S01, Rack/S02 and 17 more"
+    )
     assert message.text().count("PROBLEM   Rack/S") == 20
 
 
