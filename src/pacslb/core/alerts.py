@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from collections import deque
 from collections.abc import Container, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -247,12 +247,15 @@ class Grouper:
 @dataclass
 class Gate:
     """A channel's rate limit: at most `limit` messages in any `period` seconds (0 = none).
-    A message past the limit is held; held ones go out merged, once the limit allows."""
+    A message past the limit is held; held ones go out merged, once the limit allows. They
+    are merged as they come (one line per subject), so an hour of held changes costs the
+    memory of one message, not of every change."""
 
     limit: int
     period: float = 3600.0
     _sent: deque[float] = field(default_factory=deque)
-    _held: list[Message] = field(default_factory=list)
+    _held: Message | None = None
+    _holding: int = 0  # messages merged into _held
 
     def _allowed(self, now: float) -> bool:
         while self._sent and self._sent[0] <= now - self.period:
@@ -261,29 +264,29 @@ class Gate:
 
     def offer(self, message: Message, now: float) -> Message | None:
         """The message to send now (this one, or it merged with held ones), or None: held."""
-        self._held.append(message)
+        if self._held is not None:
+            lines = (*self._held.lines, *message.lines)
+            changes = [Change(ln.topic, ln.subject, ln.state, ln.text, ln.at) for ln in lines]
+            message = compose(changes, message.node)
+        self._held, self._holding = message, self._holding + 1
         return self.due(now)
 
     def due(self, now: float) -> Message | None:
-        if not self._held or not self._allowed(now):
+        if self._held is None or not self._allowed(now):
             return None
-        held, self._held = self._held, []
+        held, holding = self._held, self._holding
+        self._held, self._holding = None, 0
         self._sent.append(now)
-        if len(held) == 1:
-            return held[0]
-        changes = [
-            Change(ln.topic, ln.subject, ln.state, ln.text, ln.at) for m in held for ln in m.lines
-        ]
-        return compose(changes, held[-1].node, held=len(held))
+        return held if holding == 1 else replace(held, held=holding)
 
     def next_due(self) -> float | None:
-        if not self._held:
+        if self._held is None:
             return None
         return self._sent[0] + self.period if self._sent else 0.0
 
     @property
     def holding(self) -> int:
-        return len(self._held)
+        return self._holding
 
 
 def expiry_changes(

@@ -211,3 +211,31 @@ def test_bad_alert_settings_are_named(alerts: str, problem: str) -> None:
     with pytest.raises(ConfigError) as caught:
         load_text(f"version: 1\nnode: {{alerts: {alerts}}}\n", file_exists=lambda p: p.exists())
     assert problem in str(caught.value), str(caught.value)
+
+
+def test_held_messages_are_merged_as_they_come_not_kept_one_by_one() -> None:
+    """An hour past the limit with group_window 0 and a rack flapping: every change is a
+    message, and all are held. Memory must stay bounded by the servers, not the changes."""
+    import gc
+    import tracemalloc
+
+    gate = Gate(limit=1, period=3600.0)
+    assert gate.offer(compose([health("S0", "up", "down")], "lb1"), 0.0) is not None  # type: ignore[list-item]
+    flaps = [health(f"S{i % 20}", *("up", "down") if i % 2 else ("down", "up")) for i in range(40)]
+    changes = [c for c in flaps if c is not None]
+    used = []
+    tracemalloc.start()
+    try:
+        for i in range(6000):  # each a message of its own, as the grouper makes them
+            message = compose([changes[i % len(changes)]], "lb1")
+            assert gate.offer(message, 1.0 + i * 0.1) is None
+            if i in (999, 5999):
+                gc.collect()  # garbage waiting for the collector is no growth
+                used.append(tracemalloc.get_traced_memory()[0])
+    finally:
+        tracemalloc.stop()
+    assert used[1] - used[0] < 50_000, used  # kept one by one: 1.5 MB more
+    assert gate.holding == 6000
+    merged = gate.due(3600.0)
+    assert merged is not None and merged.held == 6000 and len(merged.lines) == 20
+    assert "6000 messages held by the rate limit" in merged.text()
