@@ -146,6 +146,8 @@ def test_a_server_going_down_and_back_mails_syslogs_and_posts(
         assert body["state"] == "problem" and body["items"][0]["subject"] == "Rack/Srv01"
         assert body["items"][0]["topic"] == "health", body
         assert back["state"] == "resolved", back
+        # the mail's text too: what a chat incoming webhook (Slack, Mattermost) shows
+        assert body["text"].startswith("[pacslb ") and "PROBLEM   Rack/Srv01" in body["text"]
 
         delivered = [e for e in run.events("alert") if (e.get("data") or {}).get("delivered")]
         assert {e["data"]["channel"] for e in delivered} == {"email", "syslog", "webhook"}

@@ -165,6 +165,8 @@ class Message:
             "node": self.node,
             "test": self.test,
             "held": self.held,
+            # the mail's body: the field a chat incoming webhook shows (Slack, Mattermost)
+            "text": self.text(),
             "items": [
                 {
                     "subject": line.subject,
