@@ -10,6 +10,7 @@ import contextlib
 import datetime
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from tests.integration.alert_peers import free_port, parse_rfc5424, silent_relay
@@ -39,6 +40,15 @@ def web_certificate(tmp: Path, days: int) -> None:
     (tmp / "web.key").write_bytes(key)
 
 
+@contextlib.contextmanager
+def local_syslog(path: Path) -> Iterator[socket.socket]:
+    """A Unix datagram socket at `path`, as /dev/log is: what transport local sends to."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as collector:
+        collector.bind(str(path))
+        collector.setblocking(False)
+        yield collector
+
+
 async def receive(sock: socket.socket, count: int, timeout: float = 5.0) -> list[bytes]:
     loop = asyncio.get_running_loop()
     got = []
@@ -51,9 +61,7 @@ async def receive(sock: socket.socket, count: int, timeout: float = 5.0) -> list
 def test_ha_engine_and_admin_events_reach_local_syslog_grouped(tmp_path: Path) -> None:
     web_certificate(tmp_path, days=400)  # far from expiry: no certificate alert
     path = tmp_path / "log.sock"
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as collector:
-        collector.bind(str(path))
-        collector.setblocking(False)
+    with local_syslog(path) as collector:
 
         async def scenario() -> list[bytes]:
             log = EventLog(tmp_path / "events.jsonl")
@@ -92,9 +100,7 @@ def test_ha_engine_and_admin_events_reach_local_syslog_grouped(tmp_path: Path) -
 def test_a_certificate_near_expiry_alerts_once(tmp_path: Path) -> None:
     web_certificate(tmp_path, days=5)  # inside 30 and 7: one alert, not two
     path = tmp_path / "log.sock"
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as collector:
-        collector.bind(str(path))
-        collector.setblocking(False)
+    with local_syslog(path) as collector:
 
         async def scenario() -> list[bytes]:
             log = EventLog(tmp_path / "events.jsonl")
@@ -141,9 +147,7 @@ def test_an_open_problem_is_resolved_after_its_check_is_edited_or_its_server_rem
     both = servers + "      - {label: Srv01, address: 127.10.6.31}\n"
     both += "      - {label: Srv02, address: 127.10.6.32}\n"
     one = servers + "      - {label: Srv01, address: 127.10.6.31}\n"
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as collector:
-        collector.bind(str(path))
-        collector.setblocking(False)
+    with local_syslog(path) as collector:
 
         async def scenario() -> list[bytes]:
             log = EventLog(tmp_path / "events.jsonl")
@@ -214,9 +218,7 @@ def test_stop_right_after_a_change_returns_and_sends_it(tmp_path: Path) -> None:
     swallowed the cancellation and close() waited for ever. It must return, having sent it."""
     web_certificate(tmp_path, days=400)
     path = tmp_path / "log.sock"
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as collector:
-        collector.bind(str(path))
-        collector.setblocking(False)
+    with local_syslog(path) as collector:
 
         async def scenario() -> list[bytes]:
             log = EventLog(tmp_path / "events.jsonl")
