@@ -104,3 +104,18 @@ def test_the_review_shows_the_file_exactly_as_the_apply_writes_it(tmp_path: Path
         written = (tmp_path / "pacslb.yaml").read_text()
         assert html.unescape(shown[1]) == written
         assert written.startswith("# the site's own note") and "McK-Cardiology" in written
+
+
+def test_the_installed_files_header_stays_true_after_the_wizard(tmp_path: Path) -> None:
+    """The package's config (`pacslb profile empty`) is edited in place, its comments kept:
+    its first line must not go on saying there are no virtual services."""
+    from pacslb.profiles import empty
+
+    with web_client(tmp_path, empty.render(None, "127.10.6.2:9443")) as (client, process):
+        login(client)
+        form = addresses() | {"csrf_token": csrf_of(client)}
+        assert client.post("/wizard/apply", data=form, follow_redirects=False).status_code == 303
+        assert len(process.config.virtual_services) == 5
+        written = (tmp_path / "pacslb.yaml").read_text()
+    assert written.startswith("# pacslb configuration"), written
+    assert "no virtual services" not in written, written
