@@ -72,7 +72,10 @@ def change_of(
         admin = data["state"]
         if admin == data.get("previous"):
             return None
-        # halt cuts connections on purpose: worth a person's eye; drain and online are notes
+        # halt cuts connections on purpose: worth a person's eye, until it is online again;
+        # drain and online are notes
+        if admin == "online" and data.get("previous") == "halt":
+            return Change(kind, subject, "resolved", message, at)
         return Change(kind, subject, "problem" if admin == "halt" else "notice", message, at)
     if kind == "engine" and "engine" in data:
         if "error" in data:

@@ -239,3 +239,19 @@ def test_held_messages_are_merged_as_they_come_not_kept_one_by_one() -> None:
     merged = gate.due(3600.0)
     assert merged is not None and merged.held == 6000 and len(merged.lines) == 20
     assert "6000 messages held by the rate limit" in merged.text()
+
+
+def test_online_after_a_halt_resolves_it() -> None:
+    """A halt is a PROBLEM (it cuts connections); putting the server back online closes it,
+    or a ticket keyed on PROBLEM/RESOLVED stays open for ever. Other admin moves are notes."""
+
+    def admin(previous: str, state: str) -> str:
+        data = {"previous": previous, "state": state}
+        change = change_of("admin", f"{previous} -> {state}", "Rack", "S1", data, AT, ["admin"])
+        assert change is not None
+        return change.state
+
+    assert admin("online", "halt") == "problem"
+    assert admin("halt", "online") == "resolved"
+    assert admin("halt", "drain") == "notice"
+    assert admin("online", "drain") == "notice" and admin("drain", "online") == "notice"
