@@ -126,7 +126,9 @@ class EmailSender(_Threaded):
 
     def _mail(self, message: Message) -> EmailMessage:
         mail = EmailMessage()
-        mail["Subject"] = message.title
+        # One line: a certificate's file name may hold a line break, which the email package
+        # refuses in a header (every mail naming it would fail) and must not start another.
+        mail["Subject"] = " ".join(message.title.split())
         mail["From"] = self.settings.sender
         mail["To"] = ", ".join(self.settings.recipients)
         mail["Date"] = formatdate(localtime=False, usegmt=True)
