@@ -238,3 +238,40 @@ def test_stop_right_after_a_change_returns_and_sends_it(tmp_path: Path) -> None:
         (line,) = asyncio.run(scenario())
     parsed = parse_rfc5424(line)
     assert parsed["msgid"] == "PROBLEM" and "Rack/Srv01" in parsed["msg"], parsed
+
+
+def test_a_test_message_during_a_reload_reports_the_channels_it_went_through(
+    tmp_path: Path,
+) -> None:
+    """`pacslb alert test` while a reload replaces the channels (here: the mail relay, which
+    hangs, is dropped and syslog added): the answer names the channels the test went through,
+    not the new ones, and does not fail on the changed count."""
+    host = "127.10.6.24"
+    port = free_port(host)
+    email = (
+        f"email: {{host: {host}, port: {port}, security: none, sender: a@lb.example, "
+        "recipients: [b@x.example], timeout: 1}"
+    )
+    web_certificate(tmp_path, days=400)
+    path = tmp_path / "log.sock"
+
+    async def scenario() -> dict[str, dict[str, object]]:
+        log = EventLog(tmp_path / "events.jsonl")
+        service = AlertService(lambda m, d: log.record(Event("alert", m, data=d)), "lb1")
+        before = config(tmp_path, path, "").replace("    syslog:", f"    {email}\n    syslog:")
+        service.configure(load_text(before), tmp_path, tmp_path)
+        testing = asyncio.ensure_future(service.test(by="r18"))
+        await asyncio.sleep(0.2)  # the mail waits on the relay
+        after = config(tmp_path, path, "").replace(
+            "    syslog:", "    webhook: {url: 'http://127.10.6.24:9/'}\n    syslog:"
+        )
+        service.configure(load_text(after), tmp_path, tmp_path)
+        result = await testing
+        await service.close()
+        return result
+
+    with silent_relay(host, port), local_syslog(path):
+        result = asyncio.run(scenario())
+    assert set(result) == {"email", "syslog"}, result
+    assert result["syslog"]["delivered"] is True, result
+    assert result["email"]["reason"] == "no delivery within 1 s", result

@@ -260,7 +260,8 @@ class AlertService:
     async def test(self, by: str = "") -> dict[str, dict[str, Any]]:
         """Send a test message through every channel now (past grouping and the rate limit);
         per channel: delivered, or the reason it was not."""
-        if not self.channels:
+        channels = list(self.channels)  # a reload may replace them while the test runs
+        if not channels:
             raise NoAlertChannels(
                 "no alert channel is configured: add node.alerts.email, syslog or webhook "
                 "(docs/alerts.md)"
@@ -268,10 +269,10 @@ class AlertService:
         who = f" by {by}" if by else ""
         self.record(f"test message sent{who}", {"test": True})
         message = delivery_test_message(self.node, datetime.now(UTC).isoformat(timespec="seconds"))
-        reasons = await asyncio.gather(*(ch.deliver(message) for ch in self.channels))
+        reasons = await asyncio.gather(*(ch.deliver(message) for ch in channels))
         return {
             ch.name: {"delivered": reason is None, "reason": reason or ""}
-            for ch, reason in zip(self.channels, reasons, strict=True)
+            for ch, reason in zip(channels, reasons, strict=True)
         }
 
     def status(self) -> dict[str, Any]:
