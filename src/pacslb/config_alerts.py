@@ -161,12 +161,24 @@ class WebhookAlerts(_Model):
         2.0, gt=0, le=300, description="seconds before the first retry, doubled for each next"
     )
 
+    @field_validator("url")
+    @classmethod
+    def _no_userinfo(cls, value: str) -> str:
+        if "@" in value.split("/", 3)[2]:
+            raise ValueError(
+                "no user or password in the url: the config is shown and kept as "
+                "revisions; put a bearer token in token_file"
+            )
+        return value
+
     @field_validator("headers")
     @classmethod
     def _headers(cls, value: dict[str, str]) -> dict[str, str]:
         for name, text in value.items():
             if not _HEADER_NAME.match(name):
                 raise ValueError(f"{name!r} is not a header name (an RFC 9110 token)")
+            if name.lower() in ("authorization", "proxy-authorization", "cookie"):
+                raise ValueError(f"{name}: a credential does not go in the config: use token_file")
             if any(ch in text for ch in "\r\n\0"):
                 raise ValueError(f"header {name}: a value must not hold CR, LF or NUL")
         return value

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from tests.browser.chromium import ARGS, CHROMIUM, logged_in, shot
-from tests.integration.alert_peers import BLOCK, free_port, smtp_relay, wait_for
-from tests.peers.procs import running
+from tests.integration.alert_peers import BLOCK, free_port, smtp_relay
+from tests.peers.procs import running, wait_until
 
 playwright = pytest.importorskip("playwright.sync_api")
 pytestmark = [
@@ -61,7 +61,7 @@ node:
             assert rows[1].startswith("webhook\tfailed: "), rows
             assert "Connection refused" in rows[1], rows
             shot(page, "alert-test.png", tmp_path)
-            wait_for(lambda: box.mails, 5, "the test mail")
+            wait_until(lambda: box.mails, 5, "the test mail")
             assert "TEST" in box.subjects()[0]
             # The outcome is in the log too, under its own kind.
             page.goto("/logs?kind=alert")

@@ -205,7 +205,7 @@ def test_wizard_sets_up_the_proxy_variant_that_forwards(
         assert page.locator("#wizard-offer").count() == 0
         assert page.locator("tbody.service").count() == 5
         applied = node.config.read_text()
-        assert applied.startswith("# pacslb configuration: no virtual services yet.")  # edited
+        assert applied.startswith("# pacslb configuration, as the package installs")  # edited
         assert "label: McK-Cardiology" in applied and f"vip: {NET}.50" in applied, applied
 
         # Every VIP forwards to the real servers this test started.

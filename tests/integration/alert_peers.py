@@ -26,25 +26,11 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
+from tests.peers.procs import free_port as free_port  # the alert tests import it from here
 
 from pacslb.core.certs import self_signed
 
 BLOCK = "127.10.2"
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for(predicate: Any, timeout: float, what: str, step: float = 0.02) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(step)
-    raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 # --- SMTP ----------------------------------------------------------------------------------

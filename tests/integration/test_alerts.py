@@ -24,10 +24,9 @@ from tests.integration.alert_peers import (
     syslog_stream,
     syslog_udp,
     tls_files,
-    wait_for,
     webhook,
 )
-from tests.peers.procs import running
+from tests.peers.procs import running, wait_until
 
 CLI = [sys.executable, "-m", "pacslb.cli"]
 RELAY, COLLECTOR, HOOK, WEB = f"{BLOCK}.2", f"{BLOCK}.3", f"{BLOCK}.4", f"{BLOCK}.5"
@@ -70,7 +69,7 @@ class Pacslb:
         self.log = tmp / "run.log"
         argv = [*CLI, "run", str(self.config), "--state-dir", str(self.state)]
         self.proc = stack.enter_context(running(argv, log=self.log))
-        wait_for(lambda: self.events("config"), 20, "the control process to start")
+        wait_until(lambda: self.events("config"), 20, "the control process to start")
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -118,11 +117,11 @@ def test_a_server_going_down_and_back_mails_syslogs_and_posts(
         ExitStack() as stack,
     ):
         run = Pacslb(tmp_path, config_text(tmp_path / "state", one, alerts), stack)
-        wait_for(lambda: run.events("health"), 10, "the first health result")
+        wait_until(lambda: run.events("health"), 10, "the first health result")
         one[0].stop()  # the real server goes down
-        wait_for(lambda: len(box.mails) == 1, 15, "the PROBLEM mail")
+        wait_until(lambda: len(box.mails) == 1, 15, "the PROBLEM mail")
         one[0].start()  # and comes back
-        wait_for(lambda: len(box.mails) == 2, 15, "the RESOLVED mail")
+        wait_until(lambda: len(box.mails) == 2, 15, "the RESOLVED mail")
 
         down, up = box.subjects()
         assert "PROBLEM" in down and "Rack/Srv01" in down, down
@@ -132,7 +131,7 @@ def test_a_server_going_down_and_back_mails_syslogs_and_posts(
         assert "RESOLVED  Rack/Srv01: down -> up" in second, second
         assert box.mails[0]["To"] == "pacs-team@hospital.example"
 
-        wait_for(lambda: len(collector.lines) >= 2, 5, "two syslog lines")
+        wait_until(lambda: len(collector.lines) >= 2, 5, "two syslog lines")
         problem, resolved = collector.parsed()[:2]
         assert (problem["facility"], problem["severity"]) == (19, 3), problem  # local3, err
         assert (resolved["facility"], resolved["severity"]) == (19, 5), resolved  # notice
@@ -140,12 +139,14 @@ def test_a_server_going_down_and_back_mails_syslogs_and_posts(
         assert problem["sd"]["alert@32473"]["problem"] == "1", problem
         assert "Rack/Srv01" in problem["msg"]
 
-        wait_for(lambda: len(receiver.received) >= 2, 5, "two webhook posts")
+        wait_until(lambda: len(receiver.received) >= 2, 5, "two webhook posts")
         (headers, body), (_, back) = receiver.received[:2]
         assert headers["Content-Type"] == "application/json" and headers["X-Site"] == "radiology"
         assert body["state"] == "problem" and body["items"][0]["subject"] == "Rack/Srv01"
         assert body["items"][0]["topic"] == "health", body
         assert back["state"] == "resolved", back
+        # the mail's text too: what a chat incoming webhook (Slack, Mattermost) shows
+        assert body["text"].startswith("[pacslb ") and "PROBLEM   Rack/Srv01" in body["text"]
 
         delivered = [e for e in run.events("alert") if (e.get("data") or {}).get("delivered")]
         assert {e["data"]["channel"] for e in delivered} == {"email", "syslog", "webhook"}
@@ -160,13 +161,13 @@ def test_twenty_servers_failing_in_one_second_send_one_message(
     group_window: 3"""
     with smtp_relay(RELAY, smtp) as box, ExitStack() as stack:
         run = Pacslb(tmp_path, config_text(tmp_path / "state", servers, alerts), stack)
-        wait_for(lambda: len(run.events("health")) >= 20, 15, "all twenty checked")
+        wait_until(lambda: len(run.events("health")) >= 20, 15, "all twenty checked")
         started = time.monotonic()
         for s in servers:  # the rack loses power
             s.stop()
         assert time.monotonic() - started < 1.0
-        wait_for(lambda: len(run.events("health")) >= 40, 10, "twenty down events")
-        wait_for(lambda: box.mails, 10, "the mail")
+        wait_until(lambda: len(run.events("health")) >= 40, 10, "twenty down events")
+        wait_until(lambda: box.mails, 10, "the mail")
         time.sleep(3.5)  # a second message would have come by now
         assert len(box.mails) == 1, box.subjects()
         (subject,), (body,) = box.subjects(), box.bodies()
@@ -176,7 +177,7 @@ def test_twenty_servers_failing_in_one_second_send_one_message(
 
         for s in servers:  # power back
             s.start()
-        wait_for(lambda: len(box.mails) == 2, 15, "the RESOLVED mail")
+        wait_until(lambda: len(box.mails) == 2, 15, "the RESOLVED mail")
         time.sleep(3.5)
         assert len(box.mails) == 2, box.subjects()
         assert "RESOLVED: 20 resolved" in box.subjects()[1]
@@ -246,7 +247,7 @@ def test_syslog_over_tls_and_the_rest_api_test_endpoint(
     with syslog_stream(COLLECTOR, port, tls=(cert, key)) as collector, ExitStack() as stack:
         Pacslb(tmp_path, text, stack)
         with httpx.Client(base_url=f"https://{WEB}:{web}", verify=False, timeout=30) as client:
-            wait_for(lambda: _answers(client), 15, "the REST API")
+            wait_until(lambda: _answers(client), 15, "the REST API")
             login = client.post("/api/v1/session", json={"username": "admin", "password": PASSWORD})
             csrf = login.json()["csrf_token"]
             answer = client.post("/api/v1/alerts/test", headers={"X-CSRF-Token": csrf})
@@ -254,7 +255,7 @@ def test_syslog_over_tls_and_the_rest_api_test_endpoint(
         assert answer.status_code == 200, answer.text
         assert answer.json() == {"channels": {"syslog": {"delivered": True, "reason": ""}}}
         assert (counts["delivered"], counts["failed"], counts["dropped"]) == (1, 0, 0), counts
-        wait_for(lambda: collector.lines, 5, "the line over TLS")
+        wait_until(lambda: collector.lines, 5, "the line over TLS")
         assert collector.parsed()[0]["msgid"] == "TEST"
 
 

@@ -20,8 +20,9 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-from tests.integration.alert_peers import BLOCK, Listener, free_port, silent_relay, wait_for
+from tests.integration.alert_peers import BLOCK, Listener, free_port, silent_relay
 from tests.integration.test_alerts import RELAY, Pacslb, config_text
+from tests.peers.procs import wait_until
 
 INTERVAL = 0.3
 SMTP_TIMEOUT = 2.0
@@ -54,7 +55,7 @@ def test_a_hanging_or_refusing_relay_delays_no_health_check(tmp_path: Path, rela
     try:
         with peer as held, ExitStack() as stack:
             run = Pacslb(tmp_path, text, stack)
-            wait_for(lambda: len(run.events("health")) >= 6, 15, "every server checked")
+            wait_until(lambda: len(run.events("health")) >= 6, 15, "every server checked")
             time.sleep(1.0)  # past start-up
             calm_start = time.monotonic()
             time.sleep(PHASE)

@@ -5,6 +5,7 @@ The wizard itself, page by page in Chromium, is tests/browser/test_wizard.py."""
 
 from __future__ import annotations
 
+import html
 import re
 from pathlib import Path
 
@@ -85,3 +86,36 @@ def test_the_passive_node_of_a_pair_refuses_the_apply(tmp_path: Path) -> None:
         assert 'id="wizard-refused"' in refused.text
         assert process.revision == 1 and not process.config.virtual_services
         assert (tmp_path / "pacslb.yaml").read_text() == EMPTY
+
+
+def test_the_review_shows_the_file_exactly_as_the_apply_writes_it(tmp_path: Path) -> None:
+    """The review page's config file (ControlProcess.preview_text) is the file after the
+    apply, comments and all: what the operator read is what went live."""
+    commented = "# the site's own note, kept by every edit\n" + EMPTY
+    with web_client(tmp_path, commented) as (client, _):
+        login(client)
+        form = addresses() | {"csrf_token": csrf_of(client)}
+        review = client.post("/wizard/review", data=form)
+        assert review.status_code == 200
+        shown = re.search(r'<pre class="code" id="wizard-yaml">(.*?)</pre>', review.text, re.S)
+        assert shown is not None
+        done = client.post("/wizard/apply", data=form, follow_redirects=False)
+        assert done.status_code == 303
+        written = (tmp_path / "pacslb.yaml").read_text()
+        assert html.unescape(shown[1]) == written
+        assert written.startswith("# the site's own note") and "McK-Cardiology" in written
+
+
+def test_the_installed_files_header_stays_true_after_the_wizard(tmp_path: Path) -> None:
+    """The package's config (`pacslb profile empty`) is edited in place, its comments kept:
+    its first line must not go on saying there are no virtual services."""
+    from pacslb.profiles import empty
+
+    with web_client(tmp_path, empty.render(None, "127.10.6.2:9443")) as (client, process):
+        login(client)
+        form = addresses() | {"csrf_token": csrf_of(client)}
+        assert client.post("/wizard/apply", data=form, follow_redirects=False).status_code == 303
+        assert len(process.config.virtual_services) == 5
+        written = (tmp_path / "pacslb.yaml").read_text()
+    assert written.startswith("# pacslb configuration"), written
+    assert "no virtual services" not in written, written

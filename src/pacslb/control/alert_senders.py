@@ -17,6 +17,7 @@ import socket
 import ssl
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -60,6 +61,15 @@ def _secret(path: Path) -> str:
 
 
 MAX_THREADS = 4  # a channel's blocking deliveries still running (a hung relay) before it refuses
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A webhook's redirect is not followed: urllib would send the next request as a GET
+    without the alert (and count it delivered) and carry the Authorization header to whatever
+    host the Location names. Returning None makes the 3xx an HTTPError, said as a failure."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
 
 
 class _Threaded:
@@ -116,7 +126,9 @@ class EmailSender(_Threaded):
 
     def _mail(self, message: Message) -> EmailMessage:
         mail = EmailMessage()
-        mail["Subject"] = message.title
+        # One line: a certificate's file name may hold a line break, which the email package
+        # refuses in a header (every mail naming it would fail) and must not start another.
+        mail["Subject"] = " ".join(message.title.split())
         mail["From"] = self.settings.sender
         mail["To"] = ", ".join(self.settings.recipients)
         mail["Date"] = formatdate(localtime=False, usegmt=True)
@@ -232,6 +244,10 @@ class WebhookSender(_Threaded):
         # Every attempt and the waits between them: the caller's bound on one delivery.
         waits = sum(settings.backoff * 2**i for i in range(settings.retries))
         self.timeout = settings.timeout * (settings.retries + 1) + waits
+        # What a failure names: scheme, host and port. Receivers such as Teams or Slack hold
+        # the secret in the path, and a reason goes to events, the journal and the WebUI.
+        parts = urllib.parse.urlsplit(settings.url)
+        self.where = f"{parts.scheme}://{parts.netloc}"
 
     async def send(self, message: Message) -> None:
         s = self.settings
@@ -256,24 +272,30 @@ class WebhookSender(_Threaded):
         if s.token_file is not None:
             headers["Authorization"] = f"Bearer {_secret(s.token_file)}"
         request = urllib.request.Request(s.url, data=body, headers=headers, method="POST")
-        context = _tls_context(s.tls_verify, s.ca_file) if s.url.startswith("https:") else None
+        handlers: list[Any] = [_NoRedirect()]
+        if s.url.startswith("https:"):
+            handlers.append(
+                urllib.request.HTTPSHandler(context=_tls_context(s.tls_verify, s.ca_file))
+            )
         try:
-            with urllib.request.urlopen(request, timeout=s.timeout, context=context) as answer:
+            with urllib.request.build_opener(*handlers).open(request, timeout=s.timeout) as answer:
                 answer.read(65536)
         except urllib.error.HTTPError as exc:
-            # 4xx (but 408, 429) says the request is wrong: sending it again will not help
+            # 3xx and 4xx (but 408, 429) say the request is wrong: sending it again won't help
             final = exc.code < 500 and exc.code not in (408, 429)
+            moved = " (a redirect, not followed: set url to where it points)"
             raise DeliveryFailed(
-                f"HTTP {exc.code} {exc.reason}{' (not retried)' if final else ''}"
+                f"HTTP {exc.code} {exc.reason}{moved if 300 <= exc.code < 400 else ''}"
+                f"{' (not retried)' if final else ''}"
             ) from None
         except urllib.error.URLError as exc:
             reason = exc.reason
             text = getattr(reason, "strerror", None) or str(reason)
-            raise DeliveryFailed(f"{s.url}: {text}") from None
+            raise DeliveryFailed(f"{self.where}: {text}") from None
         except TimeoutError:
-            raise DeliveryFailed(f"{s.url}: no answer in {s.timeout:g} s") from None
+            raise DeliveryFailed(f"{self.where}: no answer in {s.timeout:g} s") from None
         except OSError as exc:
-            raise DeliveryFailed(f"{s.url}: {exc.strerror or exc}") from None
+            raise DeliveryFailed(f"{self.where}: {exc.strerror or exc}") from None
 
 
 def senders(

@@ -25,9 +25,11 @@ from pacslb.config_alerts import AlertSettings
 from pacslb.control.alert_senders import DeliveryFailed, Sender, senders
 from pacslb.control.events import Event
 from pacslb.core.alerts import (
+    Change,
     Gate,
     Grouper,
     Message,
+    OpenProblems,
     change_of,
     delivery_test_message,
     expiry_changes,
@@ -38,6 +40,12 @@ Record = Callable[[str, dict[str, Any]], None]  # (message, data): an event of k
 CERT_CHECK = 3600.0  # seconds between certificate expiry checks
 MAX_SLEEP = 60.0  # the ticker wakes at least this often
 CLOSE_GRACE = 2.0  # seconds a stopping process gives the queues to empty
+
+
+async def stopped(task: asyncio.Task[Any]) -> None:
+    """Wait for a task just cancelled to end. Not `suppress(CancelledError): await task`: that
+    would also swallow a cancel of the waiting task itself (a stop with a deadline)."""
+    await asyncio.gather(task, return_exceptions=True)
 
 
 class NoAlertChannels(PacslbError):
@@ -114,8 +122,7 @@ class Channel:
             async with asyncio.timeout(grace):
                 await self.queue.join()
         self.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.task
+        await stopped(self.task)
         self.sender.close()
 
 
@@ -128,6 +135,7 @@ class AlertService:
         self.grouper = Grouper(10.0, self.node)
         self.certificates: list[Path] = []
         self._sent_expiry: set[tuple[str, datetime, int]] = set()
+        self.open_problems = OpenProblems()  # read from any thread, changed in the loop's
         self._next_cert_check = 0.0
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -152,6 +160,11 @@ class AlertService:
                 self._spawn(channel.close(CLOSE_GRACE))
             self.grouper.window = settings.group_window if settings else 0.0
             self._next_cert_check = 0.0
+        # A server taken out while down is checked no more: its open problem is resolved here.
+        subjects = {f"{s.label}/{r.label}" for s in config.virtual_services for r in s.real_servers}
+        at = datetime.now(UTC).isoformat(timespec="seconds")
+        for change in self.open_problems.removed(subjects, at) if self.channels else ():
+            self._add(change)
         if self._ticker is None and settings is not None:
             self._ticker = self._loop.create_task(self._tick())
         self._wake.set()
@@ -169,10 +182,10 @@ class AlertService:
         """Send what is due (a stopping node's last changes), then stop within CLOSE_GRACE."""
         if self._ticker is not None:
             self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
+            await stopped(self._ticker)
         self._flush(time.monotonic(), final=True)
-        await asyncio.gather(*(ch.close(CLOSE_GRACE) for ch in self.channels))
+        closing = [*(ch.close(CLOSE_GRACE) for ch in self.channels), *self._closing]
+        await asyncio.gather(*closing)  # a reload's replaced channels too: none left pending
         self.channels = []
 
     # --- events in -------------------------------------------------------------------------
@@ -190,6 +203,7 @@ class AlertService:
             event.data,
             event.at,
             settings.events,
+            self.open_problems,
         )
         if change is None or self._loop is None:
             return
@@ -198,7 +212,8 @@ class AlertService:
         else:  # an event recorded from a worker thread
             self._loop.call_soon_threadsafe(self._add, change)
 
-    def _add(self, change: Any) -> None:
+    def _add(self, change: Change) -> None:
+        self.open_problems.note(change)
         self.grouper.add(change, time.monotonic())
         self._wake.set()
 
@@ -218,9 +233,12 @@ class AlertService:
             dues += [ch.gate.next_due() for ch in self.channels]
             soonest = min((d for d in dues if d is not None), default=now + MAX_SLEEP)
             self._wake.clear()
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancel that
+            # comes in the turn the event is set (a change just before a stop), and the ticker
+            # then ran on, and close() waited for it, for ever.
             with contextlib.suppress(TimeoutError):
-                wait = min(max(soonest - time.monotonic(), 0.0), MAX_SLEEP)
-                await asyncio.wait_for(self._wake.wait(), wait)
+                async with asyncio.timeout(min(max(soonest - time.monotonic(), 0.0), MAX_SLEEP)):
+                    await self._wake.wait()
 
     def _flush(self, now: float, final: bool = False) -> None:
         message = self.grouper.due(float("inf") if final else now)
@@ -242,7 +260,8 @@ class AlertService:
     async def test(self, by: str = "") -> dict[str, dict[str, Any]]:
         """Send a test message through every channel now (past grouping and the rate limit);
         per channel: delivered, or the reason it was not."""
-        if not self.channels:
+        channels = list(self.channels)  # a reload may replace them while the test runs
+        if not channels:
             raise NoAlertChannels(
                 "no alert channel is configured: add node.alerts.email, syslog or webhook "
                 "(docs/alerts.md)"
@@ -250,10 +269,10 @@ class AlertService:
         who = f" by {by}" if by else ""
         self.record(f"test message sent{who}", {"test": True})
         message = delivery_test_message(self.node, datetime.now(UTC).isoformat(timespec="seconds"))
-        reasons = await asyncio.gather(*(ch.deliver(message) for ch in self.channels))
+        reasons = await asyncio.gather(*(ch.deliver(message) for ch in channels))
         return {
             ch.name: {"delivered": reason is None, "reason": reason or ""}
-            for ch, reason in zip(self.channels, reasons, strict=True)
+            for ch, reason in zip(channels, reasons, strict=True)
         }
 
     def status(self) -> dict[str, Any]:

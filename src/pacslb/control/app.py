@@ -503,6 +503,17 @@ class ControlProcess:
                 self._record("config", f"the config file's layout could not be kept: {layout_lost}")
             return {**result, "changed": True}
 
+    async def preview_text(self, new: c.Config, source: str) -> str:
+        """The config file as applying `new` now would write it (the running file edited in
+        place, as apply_config does): for a page to show before the apply (the wizard's
+        review). Off the event loop, from one revision's text and config taken together."""
+        text, running = self._text, self.config
+        exists = file_exists(self.config_path.resolve().parent)
+        edited, _, _ = await asyncio.to_thread(
+            self._edited_text, text, running, new, source, exists
+        )
+        return edited
+
     def _edited_text(
         self, text: str, old: c.Config, new: c.Config, source: str, exists: Any
     ) -> tuple[str, c.Config, str]:

@@ -154,9 +154,7 @@ async def _review_page(
     """The config file as the apply will write it (the running file edited in place, as any
     change), and the real servers' set-up for Linux and Windows (`pacslb realserver`)."""
     process = process_of(request)
-    text, _, _ = await asyncio.to_thread(
-        process._edited_text, process._text, process.config, config, SOURCE, file_exists(process)
-    )
+    text = await process.preview_text(config, SOURCE)
     gateways = await asyncio.to_thread(_gateways, realserver.nat_servers(config))
     setup = {os: _realserver_text(config, os, gateways) for os in ("linux", "windows")}
     context = _context(process, form=form, values=form.fields(), yaml=text, setup=setup)

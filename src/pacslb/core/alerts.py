@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Container, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -49,23 +49,33 @@ def change_of(
     data: Mapping[str, Any],
     at: str,
     topics: Iterable[str],
+    open_problems: Container[str] = frozenset(),
 ) -> Change | None:
-    """The alertable change an event says, or None (not a kind that alerts, or not enabled)."""
+    """The alertable change an event says, or None (not a kind that alerts, or not enabled).
+
+    `open_problems`: the servers whose PROBLEM went out with no RESOLVED since. A check edited
+    while its server is down starts again from unknown (control/checker.py), so the recovery
+    is "unknown -> up" and a still-down server is "unknown -> down" once more: the first must
+    resolve the open problem, the second is no new one."""
     if kind not in topics:
         return None
     subject = "/".join(p for p in (service, server) if p)
     if kind == "health" and "current" in data:
         current, previous = data["current"], data.get("previous", "")
-        if current == "down":
+        reopened = previous != "up" and subject in open_problems
+        if current == "down" and not reopened:
             return Change(kind, subject, "problem", message, at)
-        if current == "up" and previous == "down":
+        if current == "up" and (previous == "down" or reopened):
             return Change(kind, subject, "resolved", message, at)
         return None  # unknown -> up: a server seen for the first time, nothing to say
     if kind == "admin" and "state" in data:
         admin = data["state"]
         if admin == data.get("previous"):
             return None
-        # halt cuts connections on purpose: worth a person's eye; drain and online are notes
+        # halt cuts connections on purpose: worth a person's eye, until it is online again;
+        # drain and online are notes
+        if admin == "online" and data.get("previous") == "halt":
+            return Change(kind, subject, "resolved", message, at)
         return Change(kind, subject, "problem" if admin == "halt" else "notice", message, at)
     if kind == "engine" and "engine" in data:
         if "error" in data:
@@ -83,6 +93,28 @@ def change_of(
     if kind == "certificate":
         return Change(kind, subject or data.get("file", ""), "problem", message, at)
     return None
+
+
+class OpenProblems:
+    """The health subjects (service/server) whose PROBLEM went out with no RESOLVED since."""
+
+    def __init__(self) -> None:
+        self._open: set[str] = set()
+
+    def __contains__(self, subject: object) -> bool:
+        return subject in self._open
+
+    def note(self, change: Change) -> None:
+        if change.topic == "health" and change.state == "problem":
+            self._open.add(change.subject)
+        elif change.topic == "health":
+            self._open.discard(change.subject)
+
+    def removed(self, subjects: Container[str], at: str) -> list[Change]:
+        """A RESOLVED for each open problem whose server is no longer in the config (nobody
+        checks it any more: its recovery would never be said)."""
+        gone = sorted(s for s in self._open if s not in subjects)
+        return [Change("health", s, "resolved", "no longer in the configuration", at) for s in gone]
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +168,8 @@ class Message:
             "node": self.node,
             "test": self.test,
             "held": self.held,
+            # the mail's body: the field a chat incoming webhook shows (Slack, Mattermost)
+            "text": self.text(),
             "items": [
                 {
                     "subject": line.subject,
@@ -179,7 +213,9 @@ def _title(lines: list[Line], node: str) -> str:
     else:
         head = "NOTICE"
     parts = [f"{n} {word}" for word, n in counts.items() if n]
-    names = ", ".join(ln.subject for ln in lines[:3]) + (", …" if len(lines) > 3 else "")
+    # ASCII, and how many are not named: a syslog line escapes "…" as \u2026 (rfc5424 below)
+    names = ", ".join(ln.subject for ln in lines[:3])
+    names += f" and {len(lines) - 3} more" if len(lines) > 3 else ""
     return f"[pacslb {node}] {head}: {', '.join(parts)}: {names}"
 
 
@@ -216,12 +252,15 @@ class Grouper:
 @dataclass
 class Gate:
     """A channel's rate limit: at most `limit` messages in any `period` seconds (0 = none).
-    A message past the limit is held; held ones go out merged, once the limit allows."""
+    A message past the limit is held; held ones go out merged, once the limit allows. They
+    are merged as they come (one line per subject), so an hour of held changes costs the
+    memory of one message, not of every change."""
 
     limit: int
     period: float = 3600.0
     _sent: deque[float] = field(default_factory=deque)
-    _held: list[Message] = field(default_factory=list)
+    _held: Message | None = None
+    _holding: int = 0  # messages merged into _held
 
     def _allowed(self, now: float) -> bool:
         while self._sent and self._sent[0] <= now - self.period:
@@ -230,29 +269,29 @@ class Gate:
 
     def offer(self, message: Message, now: float) -> Message | None:
         """The message to send now (this one, or it merged with held ones), or None: held."""
-        self._held.append(message)
+        if self._held is not None:
+            lines = (*self._held.lines, *message.lines)
+            changes = [Change(ln.topic, ln.subject, ln.state, ln.text, ln.at) for ln in lines]
+            message = compose(changes, message.node)
+        self._held, self._holding = message, self._holding + 1
         return self.due(now)
 
     def due(self, now: float) -> Message | None:
-        if not self._held or not self._allowed(now):
+        if self._held is None or not self._allowed(now):
             return None
-        held, self._held = self._held, []
+        held, holding = self._held, self._holding
+        self._held, self._holding = None, 0
         self._sent.append(now)
-        if len(held) == 1:
-            return held[0]
-        changes = [
-            Change(ln.topic, ln.subject, ln.state, ln.text, ln.at) for m in held for ln in m.lines
-        ]
-        return compose(changes, held[-1].node, held=len(held))
+        return held if holding == 1 else replace(held, held=holding)
 
     def next_due(self) -> float | None:
-        if not self._held:
+        if self._held is None:
             return None
         return self._sent[0] + self.period if self._sent else 0.0
 
     @property
     def holding(self) -> int:
-        return len(self._held)
+        return self._holding
 
 
 def expiry_changes(

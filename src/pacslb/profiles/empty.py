@@ -12,7 +12,9 @@ import json
 def render(state_dir: str | None, webui_listen: str | None) -> str:
     listen = webui_listen or "0.0.0.0:9443"
     state = state_dir or "/var/lib/pacslb"
-    return f"""# pacslb configuration: no virtual services yet.
+    # The header stays true once services are added (the WebUI's first-run wizard and every
+    # change edit this file in place, keeping its comments).
+    return f"""# pacslb configuration, as the package installs it (`pacslb profile empty`).
 #
 # Add services in the WebUI (https://{listen.replace("0.0.0.0", "THIS-HOST")}/), through the
 # REST API, or here followed by `pacslb reload` (`pacslb check FILE` finds every problem first).

@@ -12,6 +12,7 @@ from pacslb.core.alerts import (
     Change,
     Gate,
     Grouper,
+    OpenProblems,
     change_of,
     compose,
     delivery_test_message,
@@ -28,6 +29,26 @@ def health(server: str, previous: str, current: str) -> Change | None:
     data = {"previous": previous, "current": current, "ok": current == "up"}
     message = f"{previous} -> {current}: connect refused"
     return change_of("health", message, "Rack", server, data, AT, ALERT_TOPICS)
+
+
+def test_an_open_problem_is_resolved_by_a_recheck_and_by_removal() -> None:
+    """A check edited while its server is down starts from unknown again (control/checker.py)."""
+    still_open = OpenProblems()
+    down = health("S1", "up", "down")
+    assert down is not None
+    still_open.note(down)
+    data = {"previous": "unknown", "current": "down", "ok": False}
+    recheck = ("health", "unknown -> down", "Rack", "S1", data, AT, ALERT_TOPICS)
+    assert change_of(*recheck, still_open) is None  # said already
+    up = {"previous": "unknown", "current": "up", "ok": True}
+    back = change_of("health", "unknown -> up", "Rack", "S1", up, AT, ALERT_TOPICS, still_open)
+    assert back is not None and back.state == "resolved", back
+    assert change_of("health", "unknown -> up", "Rack", "S1", up, AT, ALERT_TOPICS) is None
+    still_open.note(back)
+    assert "Rack/S1" not in still_open and still_open.removed(set(), AT) == []
+    still_open.note(down)
+    gone = still_open.removed({"Rack/S2"}, AT)
+    assert gone == [Change("health", "Rack/S1", "resolved", "no longer in the configuration", AT)]
 
 
 def test_which_events_alert() -> None:
@@ -64,7 +85,9 @@ def test_a_rack_going_down_within_the_window_is_one_message() -> None:
     message = grouper.due(105.0)
     assert message is not None and grouper.due(200.0) is None
     assert message.state == "problem" and len(message.lines) == 20
-    assert message.title == "[pacslb lb1] PROBLEM: 20 problem: Rack/S00, Rack/S01, Rack/S02, …"
+    assert message.title == (
+        "[pacslb lb1] PROBLEM: 20 problem: Rack/S00, Rack/S01, Rack/S02 and 17 more"
+    )
     assert message.text().count("PROBLEM   Rack/S") == 20
 
 
@@ -175,6 +198,8 @@ def test_rfc5424_line_parses_strictly() -> None:
         ("{syslog: {transport: tcp}}", "transport tcp needs the collector's host"),
         ("{syslog: {app_name: 'two words'}}", "APP-NAME is 1-48 visible ASCII"),
         ("{webhook: {url: 'http://h/', headers: {'Bad Name': x}}}", "is not a header name"),
+        ("{webhook: {url: 'https://u:pw@h/hook'}}", "no user or password in the url"),
+        ("{webhook: {url: 'http://h/', headers: {authorization: 'Bearer x'}}}", "token_file"),
         ("{events: [health, disk]}", "node.alerts.events[1]"),
         ("{group_windw: 3}", "did you mean 'group_window'"),
         ("{webhook: {url: 'http://h/', token_file: /nonexistent/token}}", "no such file"),
@@ -186,3 +211,47 @@ def test_bad_alert_settings_are_named(alerts: str, problem: str) -> None:
     with pytest.raises(ConfigError) as caught:
         load_text(f"version: 1\nnode: {{alerts: {alerts}}}\n", file_exists=lambda p: p.exists())
     assert problem in str(caught.value), str(caught.value)
+
+
+def test_held_messages_are_merged_as_they_come_not_kept_one_by_one() -> None:
+    """An hour past the limit with group_window 0 and a rack flapping: every change is a
+    message, and all are held. Memory must stay bounded by the servers, not the changes."""
+    import gc
+    import tracemalloc
+
+    gate = Gate(limit=1, period=3600.0)
+    assert gate.offer(compose([health("S0", "up", "down")], "lb1"), 0.0) is not None  # type: ignore[list-item]
+    flaps = [health(f"S{i % 20}", *("up", "down") if i % 2 else ("down", "up")) for i in range(40)]
+    changes = [c for c in flaps if c is not None]
+    used = []
+    tracemalloc.start()
+    try:
+        for i in range(6000):  # each a message of its own, as the grouper makes them
+            message = compose([changes[i % len(changes)]], "lb1")
+            assert gate.offer(message, 1.0 + i * 0.1) is None
+            if i in (999, 5999):
+                gc.collect()  # garbage waiting for the collector is no growth
+                used.append(tracemalloc.get_traced_memory()[0])
+    finally:
+        tracemalloc.stop()
+    assert used[1] - used[0] < 50_000, used  # kept one by one: 1.5 MB more
+    assert gate.holding == 6000
+    merged = gate.due(3600.0)
+    assert merged is not None and merged.held == 6000 and len(merged.lines) == 20
+    assert "6000 messages held by the rate limit" in merged.text()
+
+
+def test_online_after_a_halt_resolves_it() -> None:
+    """A halt is a PROBLEM (it cuts connections); putting the server back online closes it,
+    or a ticket keyed on PROBLEM/RESOLVED stays open for ever. Other admin moves are notes."""
+
+    def admin(previous: str, state: str) -> str:
+        data = {"previous": previous, "state": state}
+        change = change_of("admin", f"{previous} -> {state}", "Rack", "S1", data, AT, ["admin"])
+        assert change is not None
+        return change.state
+
+    assert admin("online", "halt") == "problem"
+    assert admin("halt", "online") == "resolved"
+    assert admin("halt", "drain") == "notice"
+    assert admin("online", "drain") == "notice" and admin("drain", "online") == "notice"
