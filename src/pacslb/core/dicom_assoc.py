@@ -211,7 +211,8 @@ def _text(value: bytes, what: str) -> str:
 
 def _items(data: bytes, start: int, end: int, where: str) -> list[tuple[int, int, int]]:
     """(type, value start, value end) of each item in data[start:end] (PS3.8 §9.3.2.x)."""
-    out, offset = [], start
+    out: list[tuple[int, int, int]] = []
+    offset = start
     append = out.append
     while offset < end:
         value = offset + 4
