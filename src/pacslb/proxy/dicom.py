@@ -248,12 +248,7 @@ class DicomConnection(_Connection):
         runtime = self.runtime
         port = self.listener.vip_port
         if len(self.tried) < min(MAX_TRIES, len(runtime.service.real_servers)):
-            # Drain means no new association (issue 19), not even from a modality whose
-            # persistence entry names the drained server (the balancer keeps those for l7-tcp
-            # and l4): else its associations keep landing there, the drain never ends, and
-            # the drain cap aborts an association begun a moment before it.
-            skip = [*self.tried, *runtime.drained_since] if runtime.drained_since else self.tried
-            rs = runtime.pick(self.sticky_key, skip, allowed=self.allowed)
+            rs = runtime.pick(self.sticky_key, self.tried, allowed=self.allowed)
             if rs is not None:
                 return rs.label, rs.address, rs.port or port
         # No fallback ("sorry") server for DICOM: a modality understands an
