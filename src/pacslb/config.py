@@ -391,7 +391,9 @@ class AERoute(Model):
     @field_validator("called_ae")
     @classmethod
     def _ae(cls, value: str) -> str:
-        return _ae_title(value)
+        # Leading and trailing spaces are not significant (PS3.5 §6.2), and the proxy reads
+        # the request's called AE without them: the route's title is compared so too.
+        return _ae_title(value).strip(" ")
 
 
 class DicomSettings(Model):

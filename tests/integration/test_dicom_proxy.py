@@ -167,8 +167,10 @@ def test_calling_ae_persistence_keeps_each_modality_on_one_archive(
         with DicomVip(
             proxy_loop, VIP, servers, persistence=persistence, scheduler="rr"
         ).serving() as vip:
-            for i in range(20):
-                for modality in ("CT_1", "MR_2"):
+            # Two in a row from each: round robin alone would split each modality's pair
+            # (alternating ones would fool it: each would meet "its" archive every time).
+            for i in range(10):
+                for modality in ("CT_1", "CT_1", "MR_2", "MR_2"):
                     done = echo(VIP, vip.port, "ARCHIVE", modality)
                     assert done.returncode == 0, (i, done.stderr)
             vip.wait_idle()

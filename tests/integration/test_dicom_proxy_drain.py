@@ -156,3 +156,32 @@ def test_halt_and_drain_cap_end_an_association_with_a_abort(
             received = sorted((tmp_path / "x").iterdir())
             assert received
             assert digests(received) <= digests(study)
+
+
+def test_a_drained_server_takes_no_new_association_from_a_sticky_modality(
+    proxy_loop: ProxyLoop, tmp_path: Path
+) -> None:
+    """Issue 19 item 4: drain = no new associations. A modality whose calling-ae entry names
+    the drained archive goes elsewhere (else its associations keep landing there, the drain
+    never ends, and the drain cap aborts an association that began a moment before it)."""
+    with storescp(tmp_path / "x") as port_x, storescp(tmp_path / "y") as port_y:
+        servers = [
+            {"label": "X", "address": PEER, "port": port_x},
+            {"label": "Y", "address": PEER, "port": port_y},
+        ]
+        sticky = {"type": "calling-ae", "timeout": 600}
+        with DicomVip(proxy_loop, VIP, servers, persistence=sticky).serving() as vip:
+            done = echo(VIP, vip.port, "ARCHIVE", "CT_1")
+            assert done.returncode == 0, done.stdout + done.stderr
+            first = "X" if vip.stats("X").get("associations") else "Y"
+            other = "Y" if first == "X" else "X"
+            vip.set_admin(**{first: "drain"})
+            for _ in range(3):
+                done = echo(VIP, vip.port, "ARCHIVE", "CT_1")
+                assert done.returncode == 0, done.stdout + done.stderr
+            assert vip.stats(first)["associations"] == 1
+            assert vip.stats(other)["associations"] == 3
+            vip.set_admin(**{first: "online"})  # the modality now sticks to the other one
+            done = echo(VIP, vip.port, "ARCHIVE", "CT_1")
+            assert done.returncode == 0, done.stdout + done.stderr
+            assert vip.stats(other)["associations"] == 4

@@ -145,14 +145,17 @@ virtual_services:
     try:
         with running(argv, VIP, vip_port, log=tmp_path / "run.log"):
             wait(lambda: answers(state), 15, "the control process")
-            for _ in range(20):
-                for modality in ("CT_1", "MR_2"):
+            for _ in range(10):  # two in a row from each: round robin alone splits them
+                for modality in ("CT_1", "CT_1", "MR_2", "MR_2"):
                     done = echo(VIP, vip_port, "ARCHIVE", modality)
                     assert done.returncode == 0, done.stdout + done.stderr
             cli(state, "stop")
     finally:
         for scp in scps:
             scp.shutdown()
+    # Keyed by the title, not the one client address both modalities come from: round
+    # robin placed them apart, and each stayed where it was first placed.
+    assert all(seen.values()), seen
     for modality in ("CT_1", "MR_2"):
         where = {name for name, callers in seen.items() if modality in callers}
         assert len(where) == 1, (modality, seen)

@@ -154,7 +154,7 @@ class AssociateRequest:
     called_ae: str
     calling_ae: str
     application_context: str
-    presentation_contexts: tuple[PresentationContext, ...]
+    presentation_contexts: tuple[PresentationContext, ...]  # () when not read (contexts=False)
     max_pdu_length: int | None  # user information sub-item 0x51 (Annex D.1); 0 = unlimited
     length: int
 
@@ -211,30 +211,39 @@ def _text(value: bytes, what: str) -> str:
 
 def _items(data: bytes, start: int, end: int, where: str) -> list[tuple[int, int, int]]:
     """(type, value start, value end) of each item in data[start:end] (PS3.8 §9.3.2.x)."""
-    out, offset = [], start
+    out: list[tuple[int, int, int]] = []
+    offset = start
+    append = out.append
     while offset < end:
-        if offset + 4 > end:
+        value = offset + 4
+        if value > end:
             raise AssociateRqError(
                 "bad-item",
                 f"A-ASSOCIATE-RQ: truncated item header in {where}",
                 ABORT_INVALID_PARAMETER,
             )
-        item_type = data[offset]
-        length = int.from_bytes(data[offset + 2 : offset + 4], "big")
-        if offset + 4 + length > end:
+        stop = value + ((data[offset + 2] << 8) | data[offset + 3])
+        if stop > end:
             raise AssociateRqError(
                 "bad-item",
-                f"A-ASSOCIATE-RQ: item 0x{item_type:02x} in {where} declares {length} bytes, "
-                f"{end - offset - 4} are left",
+                f"A-ASSOCIATE-RQ: item 0x{data[offset]:02x} in {where} declares "
+                f"{stop - value} bytes, {end - value} are left",
                 ABORT_INVALID_PARAMETER,
             )
-        out.append((item_type, offset + 4, offset + 4 + length))
-        offset += 4 + length
+        append((data[offset], value, stop))
+        offset = stop
     return out
 
 
-def parse_associate_rq(data: bytes, max_request: int = 1 << 20) -> AssociateRequest:
-    """Parse one whole A-ASSOCIATE-RQ PDU (exactly its bytes) or raise AssociateRqError."""
+def parse_associate_rq(
+    data: bytes, max_request: int = 1 << 20, contexts: bool = True
+) -> AssociateRequest:
+    """Parse one whole A-ASSOCIATE-RQ PDU (exactly its bytes) or raise AssociateRqError.
+
+    `contexts=False` (the proxy): every item's bounds are checked and at least one
+    presentation context must be there, but the contexts' sub-items are not read (so
+    `presentation_contexts` is empty). Routing needs only the fixed part, the archive judges
+    the contexts, and reading them was 90 % of the parse (storescu sends 128)."""
     total = rq_length(data[:HEADER], max_request)
     if total == 0 or len(data) < total:
         got = len(data)
@@ -262,8 +271,10 @@ def parse_associate_rq(data: bytes, max_request: int = 1 << 20) -> AssociateRequ
             ABORT_INVALID_PARAMETER,
         )
     context_name = ""
-    contexts: list[PresentationContext] = []
+    read: list[PresentationContext] = []
+    count = 0
     max_pdu: int | None = None
+    uids: dict[bytes, str] = {}
     for item_type, start, end in _items(data, FIXED_PART, total, "the variable items"):
         if item_type == 0x10:  # §9.3.2.1 application context
             context_name = _text(data[start:end], "application context name")
@@ -274,13 +285,24 @@ def parse_associate_rq(data: bytes, max_request: int = 1 << 20) -> AssociateRequ
                     "A-ASSOCIATE-RQ: presentation context item shorter than 4 bytes",
                     ABORT_INVALID_PARAMETER,
                 )
+            count += 1
+            if not contexts:
+                continue
             abstract, transfers = "", []
             for sub, s, e in _items(data, start + 4, end, "a presentation context"):
-                if sub == 0x30:
-                    abstract = _text(data[s:e], "abstract syntax")
-                elif sub == 0x40:
-                    transfers.append(_text(data[s:e], "transfer syntax"))
-            contexts.append(PresentationContext(data[start], abstract, tuple(transfers)))
+                if sub == 0x30 or sub == 0x40:
+                    # A request repeats a few UIDs over its contexts (storescu: 128
+                    # contexts, 3 transfer syntaxes each): each distinct one decoded once.
+                    raw = data[s:e]
+                    uid = uids.get(raw)
+                    if uid is None:
+                        what = "abstract syntax" if sub == 0x30 else "transfer syntax"
+                        uid = uids[raw] = _text(raw, what)
+                    if sub == 0x30:
+                        abstract = uid
+                    else:
+                        transfers.append(uid)
+            read.append(PresentationContext(data[start], abstract, tuple(transfers)))
         elif item_type == 0x50:  # §9.3.2.3 user information
             for sub, s, e in _items(data, start, end, "the user information"):
                 if sub == 0x51:  # Annex D.1: maximum length received, 4 bytes
@@ -295,11 +317,11 @@ def parse_associate_rq(data: bytes, max_request: int = 1 << 20) -> AssociateRequ
         raise AssociateRqError(
             "bad-item", "A-ASSOCIATE-RQ: no application context item", ABORT_INVALID_PARAMETER
         )
-    if not contexts:
+    if not count:
         raise AssociateRqError(
             "bad-item", "A-ASSOCIATE-RQ: no presentation context item", ABORT_INVALID_PARAMETER
         )
-    return AssociateRequest(version, called, calling, context_name, tuple(contexts), max_pdu, total)
+    return AssociateRequest(version, called, calling, context_name, tuple(read), max_pdu, total)
 
 
 def called_ae(data: bytes | bytearray) -> str:

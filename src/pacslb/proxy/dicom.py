@@ -209,7 +209,7 @@ class DicomConnection(_Connection):
             if not self.rq_total or len(self.rq_buf) < self.rq_total:
                 return  # more of the header, or the body: exactly its declared length
             self._stop_reading_request()
-            rq = parse_associate_rq(bytes(self.rq_buf), self.dicom.max_request)
+            rq = parse_associate_rq(bytes(self.rq_buf), self.dicom.max_request, contexts=False)
         except AssociateRqError as exc:
             self.refuse(exc.answer, exc.kind, str(exc))
             return

@@ -147,6 +147,9 @@ class DicomPump(_Pump):
                         self.eof = True
                         continue
                     if tracker.partial:
+                        if n:  # taken bytes need an empty pipe (as below)
+                            dry = True
+                            continue
                         got = self._rest_of_header()
                         if got < 0:
                             self.eof = True
@@ -167,6 +170,13 @@ class DicomPump(_Pump):
                     if got < HEADER:
                         if not got:
                             self.eof = True
+                            continue
+                        if n:
+                            # Bytes taken out of the socket must go into the pipe at once,
+                            # which only an empty pipe promises (one of 64 KiB, or one whose
+                            # slots small segments took, is full below BATCH): write on what
+                            # it holds first; the socket, still readable, wakes us again.
+                            dry = True
                             continue
                         # A header split across segments: take its bytes now (a peek would
                         # see them again at every wake-up) and pass them on in order.

@@ -16,6 +16,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from pacslb.config import Mode
 from pacslb.core.balancer import Balancer
 from pacslb.core.passive import PassiveHealth
 from pacslb.core.persistence import StickyTable, TitleStickyTable
@@ -152,6 +153,7 @@ class ServiceRuntime:
         self.passive = PassiveHealth(service.passive)
         self._returns: dict[str, asyncio.TimerHandle] = {}  # ejected server -> its return
         self.drained_since: dict[str, float] = {}  # drained or leaving server -> since when
+        self.drain_is_final = False  # l7-dicom: no new association at all on a drained server
         self._calling_aes = 0
         self.update(service)
 
@@ -204,6 +206,12 @@ class ServiceRuntime:
             for rs in service.real_servers
             if rs.admin in draining
         }
+        # l7-dicom: drain means no new association (issue 19), not even from a modality whose
+        # persistence entry names the drained server (the balancer keeps those for l7-tcp and
+        # l4, as IPVS does): else a busy modality keeps landing there, the drain never ends,
+        # and the drain cap aborts associations begun a moment before it. Here, in pick(),
+        # for every l7-dicom listener (plain and TLS).
+        self.drain_is_final = service.mode is Mode.L7_DICOM
         for rs in service.real_servers:
             if not rs.keeps_existing:
                 self.balancer.server_lost(rs.label)
@@ -247,6 +255,8 @@ class ServiceRuntime:
             if now - self._expired_at > 1.0:
                 self._expired_at = now
                 sticky.expire(now)  # bounded memory: drop entries of clients long gone
+        if self.drain_is_final and self.drained_since:
+            exclude = [*exclude, *self.drained_since]  # the entry then moves (see update)
         if allowed:
             skip = set(exclude)
             candidates = [v for v in self._live if v.key in allowed and v.key not in skip]

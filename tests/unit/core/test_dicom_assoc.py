@@ -132,6 +132,33 @@ def test_item_overruns_and_missing_items() -> None:
     assert caught.value.answer == REJECT_VERSION
 
 
+def test_routing_only_parse_checks_every_item_but_reads_no_context() -> None:
+    """The proxy's parse (contexts=False): the same titles, lengths and refusals of the
+    PDU's items, without decoding the contexts' sub-items (90 % of a full parse)."""
+    data = request(contexts=128)
+    full, lean = parse_associate_rq(data), parse_associate_rq(data, contexts=False)
+    assert len(full.presentation_contexts) == 128 and lean.presentation_contexts == ()
+    assert (lean.called_ae, lean.calling_ae, lean.application_context) == (
+        full.called_ae,
+        full.calling_ae,
+        full.application_context,
+    )
+    assert (lean.max_pdu_length, lean.length) == (full.max_pdu_length, full.length)
+    with pytest.raises(AssociateRqError, match="no presentation context"):
+        parse_associate_rq(request(contexts=0), contexts=False)
+    lying = bytearray(data)
+    lying[74 + 2 : 74 + 4] = (0xFFFF).to_bytes(2, "big")  # application context item lies
+    with pytest.raises(AssociateRqError, match="item 0x10 in the variable items declares"):
+        parse_associate_rq(bytes(lying), contexts=False)
+    # A context's sub-item that lies is the archive's to judge: only the full parse sees it.
+    bad_sub = bytearray(request(contexts=1))
+    first = bad_sub.index(b"\x30\x00")
+    bad_sub[first + 2 : first + 4] = (0x7FFF).to_bytes(2, "big")
+    with pytest.raises(AssociateRqError, match="in a presentation context declares"):
+        parse_associate_rq(bytes(bad_sub))
+    assert parse_associate_rq(bytes(bad_sub), contexts=False).length == len(bad_sub)
+
+
 def test_rewrite_called_ae_keeps_every_length() -> None:
     data = request(called=b"VIP_AE", contexts=5)
     out = rewrite_called_ae(data, "ARCHIVE_NODE_02")

@@ -67,6 +67,15 @@ def test_routes_choose_servers_by_called_ae() -> None:
     assert PlanDicom().servers_for("ANY") == ()  # no routes: any server
 
 
+def test_a_routes_title_matches_without_its_padding() -> None:
+    """PS3.5 §6.2: an AE title's leading and trailing spaces are not significant; the
+    proxy reads the request's called AE without them, so a route's title is kept so too."""
+    routes = [{"called_ae": " PACS_A  ", "real_servers": ["Arch1"]}]
+    plan = build_plan(load_data({"virtual_services": [svc(dicom={"routes": routes})]}))
+    dicom = plan.services[0].dicom
+    assert dicom is not None and dicom.servers_for("PACS_A") == ("Arch1",)
+
+
 def test_dicom_settings_only_with_l7_dicom() -> None:
     service = svc(
         mode="l7-tcp",

@@ -56,6 +56,21 @@ def test_calling_ae_persistence_keys_the_pick_by_title() -> None:
     assert [e.key for e in rt.balancer.sticky.entries(now=20)] == ["CT_1"]
 
 
+def test_a_drained_server_gets_no_new_association_even_from_a_sticky_title() -> None:
+    """Issue 19: drain = no new associations, for every l7-dicom listener (plain and TLS
+    pick here); the title's entry moves to the server chosen instead."""
+    sticky = {"type": "calling-ae", "timeout": 600}
+    rt = runtime(persistence=sticky)
+    first = rt.pick("CT_1", now=0)
+    assert first is not None
+    rt.release("CT_1", first.label, now=1)
+    drained = runtime({first.label: "drain"}, persistence=sticky).service
+    rt.update(drained)
+    moved = rt.pick("CT_1", now=2)
+    assert moved is not None and moved.label != first.label
+    assert rt.pick("CT_1", now=3).label == moved.label  # type: ignore[union-attr]
+
+
 def test_calling_ae_rows_are_bounded() -> None:
     rt = runtime()
     for i in range(MAX_CALLING_AES + 50):
