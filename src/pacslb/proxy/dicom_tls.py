@@ -358,7 +358,7 @@ class _Association:
                 return
             # Exactly the request: a client that sent more before the answer is refused by
             # the parser (what the plaintext listener, which reads no byte past it, sees too).
-            request = parse_associate_rq(bytes(self.request), settings.max_request)
+            request = parse_associate_rq(bytes(self.request), settings.max_request, contexts=False)
         except AssociateRqError as exc:
             self.refuse(exc.answer, exc.kind, str(exc))
             return
