@@ -82,6 +82,7 @@ def _addresses_page(
     ]
     context = _context(process, services=services, form=form, values=form.fields())
     context |= {"variant_title": w.VARIANT_TITLES[form.variant], "checks": w.DICOM_CHECKS}
+    context |= {"dicom_modes": w.DICOM_MODES}
     context |= {"errors": {}, "other": []} | more
     return page(request, who, "wizard_addresses.html", status, **context)
 

@@ -21,6 +21,8 @@ from pacslb.profiles import mckesson
 
 ROWS = 4  # real server fields offered per service; blank ones are left out
 DICOM_CHECKS = ("connect", "echo")  # the profile's: TCP connect (the guide's) or C-ECHO
+VARIANT_MODE = "same as the variant"  # the DICOM service's mode: the variant's, or the profile's
+DICOM_MODES = (VARIANT_MODE, *mckesson.DICOM_MODES)  # others (l7-dicom: AE-title routing)
 # What the operator picks on the first page: a McKesson variant, in the guide's words.
 VARIANT_TITLES = {
     "dr": "Direct Routing (l4-dr): the guide's recommended mode; each real server holds the "
@@ -51,6 +53,7 @@ class WizardForm:
     rips: dict[str, tuple[str, ...]]  # ROWS entries per service key
     dicom_check: str = "connect"
     called_ae: str = ""
+    dicom_mode: str = VARIANT_MODE
 
     @classmethod
     def parse(cls, variant: str, fields: Mapping[str, str]) -> WizardForm:
@@ -60,6 +63,9 @@ class WizardForm:
         check = fields.get("dicom_check", "connect")
         if check not in DICOM_CHECKS:
             raise ValueError(f"unknown DICOM check {check!r}")
+        dicom_mode = fields.get("dicom_mode", VARIANT_MODE)
+        if dicom_mode not in DICOM_MODES:
+            raise ValueError(f"unknown DICOM mode {dicom_mode!r}")
         keys = mckesson.SERVICE_KEYS
         return cls(
             variant,
@@ -70,6 +76,7 @@ class WizardForm:
             },
             check,
             fields.get("called_ae", "").strip(),
+            dicom_mode,
         )
 
     def fields(self) -> dict[str, str]:
@@ -77,7 +84,8 @@ class WizardForm:
         out = {vip_field(k): v for k, v in self.vips.items()}
         for key, rows in self.rips.items():
             out |= {rip_field(key, r): v for r, v in enumerate(rows, start=1)}
-        return out | {"dicom_check": self.dicom_check, "called_ae": self.called_ae}
+        out |= {"dicom_check": self.dicom_check, "called_ae": self.called_ae}
+        return out | {"dicom_mode": self.dicom_mode}
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +109,8 @@ def build(form: WizardForm) -> Built:
     options: dict[str, Any] = {"dicom_check": form.dicom_check}
     if form.called_ae:
         options["called_ae"] = form.called_ae
+    if form.dicom_mode != VARIANT_MODE:
+        options["dicom_mode"] = form.dicom_mode
     services = mckesson.services(
         form.variant,
         form.vips,

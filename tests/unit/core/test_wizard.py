@@ -86,3 +86,21 @@ def test_a_deployment_or_check_no_form_offers_is_refused(
 ) -> None:
     with pytest.raises(ValueError):
         w.WizardForm.parse(variant, fields(**extra))
+
+
+def test_the_dicom_service_can_be_l7_dicom_in_any_variant() -> None:
+    """The profile's --dicom-mode l7-dicom, offered on the address page: the DICOM service
+    becomes l7-dicom with calling-AE persistence; the others keep the variant's modes."""
+    for variant in mckesson.VARIANTS:
+        form = w.WizardForm.parse(variant, fields(dicom_mode="l7-dicom"))
+        assert w.WizardForm.parse(variant, form.fields()) == form  # the review page carries it
+        services = w.build(form).services
+        dicom = services[mckesson.SERVICE_KEYS.index("dicom")]
+        assert dicom["mode"] == "l7-dicom" and dicom["persistence"]["type"] == "calling-ae"
+        load_data({"virtual_services": services})  # and it is a valid deployment
+        plain = w.build(w.WizardForm.parse(variant, fields())).services
+        assert [s["mode"] for s in services if s is not dicom] == [
+            s["mode"] for s in plain if s["label"] != dicom["label"]
+        ]
+    with pytest.raises(ValueError, match="unknown DICOM mode 'l7-bogus'"):
+        w.WizardForm.parse("dr", fields(dicom_mode="l7-bogus"))
