@@ -104,8 +104,9 @@ def _mailbox(value: str) -> str:
 
 
 class SyslogAlerts(_Model):
-    """RFC 5424 messages to the local syslog socket or to a collector: UDP (RFC 5426), TCP
-    with octet counting (RFC 6587 §3.4.1) or TLS (RFC 5425)."""
+    """Syslog to the local socket (the format glibc's syslog(3) writes, which journald and
+    rsyslog parse there) or RFC 5424 to a collector: UDP (RFC 5426), TCP with octet counting
+    (RFC 6587 §3.4.1) or TLS (RFC 5425)."""
 
     transport: Literal["local", "udp", "tcp", "tls"] = Field(
         "local", description="local (the socket below), udp, tcp or tls to `host`"
@@ -118,7 +119,9 @@ class SyslogAlerts(_Model):
     facility: Facility = Field(
         "daemon", description="RFC 5424 facility, e.g. daemon, local0 … local7"
     )
-    app_name: str = Field("pacslb", description="RFC 5424 APP-NAME (1-48 visible ASCII)")
+    app_name: str = Field(
+        "pacslb", description="RFC 5424 APP-NAME, the TAG on the local socket (1-48 visible ASCII)"
+    )
     timeout: Timeout = Field(5.0, description="seconds one delivery may take")
 
     @field_validator("host")
@@ -137,6 +140,9 @@ class SyslogAlerts(_Model):
     def _collector(self) -> SyslogAlerts:
         if self.transport != "local" and self.host is None:
             raise ValueError(f"transport {self.transport} needs the collector's host")
+        if self.transport == "local" and any(ch in self.app_name for ch in ":[]"):
+            # the local format's TAG ends at ':' or '[' (TAG[PID]: MSG)
+            raise ValueError(f"app_name {self.app_name!r}: no ':', '[' or ']' with transport local")
         return self
 
     def effective_port(self) -> int:
@@ -188,7 +194,9 @@ class AlertSettings(_Model):
     """Alerts that reach a person: grouped, rate-limited, to email, syslog and a webhook."""
 
     email: EmailAlerts | None = Field(None, description="mail through an SMTP relay")
-    syslog: SyslogAlerts | None = Field(None, description="RFC 5424 syslog, local or remote")
+    syslog: SyslogAlerts | None = Field(
+        None, description="syslog: the local socket, or RFC 5424 to a collector"
+    )
     webhook: WebhookAlerts | None = Field(None, description="an HTTP POST of JSON")
     events: list[Topic] = Field(
         default_factory=lambda: list(ALERT_TOPICS),

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from pacslb import __version__
 from pacslb.config_alerts import EmailAlerts, SyslogAlerts, WebhookAlerts
-from pacslb.core.alerts import UDP_LIMIT, Message, octet_counted, rfc5424
+from pacslb.core.alerts import UDP_LIMIT, Message, local_syslog_line, octet_counted, rfc5424
 
 
 class DeliveryFailed(Exception):
@@ -188,7 +188,12 @@ class SyslogSender:
         pass
 
     def frame(self, message: Message) -> bytes:
+        """RFC 5424 for a collector; the local socket's own format for /dev/log (what
+        journald and rsyslog's imuxsock parse there, as glibc's syslog(3) writes it)."""
         s = self.settings
+        if s.transport == "local":
+            now = datetime.now().astimezone()  # local time, as syslog(3) stamps it
+            return local_syslog_line(message, s.facility, s.app_name, os.getpid(), now)
         now = datetime.now(UTC)
         return rfc5424(message, s.facility, s.app_name, self.hostname, os.getpid(), now)
 
@@ -196,8 +201,10 @@ class SyslogSender:
         s = self.settings
         line = self.frame(message)
         try:
-            if s.transport in ("local", "udp"):
-                await self._datagram(line)
+            if s.transport == "local":
+                await self._datagram(line)  # one datagram, no octet counting
+            elif s.transport == "udp":
+                await self._datagram(line[:UDP_LIMIT])
             else:
                 await self._stream(octet_counted(line))
         except ssl.SSLError as exc:
@@ -219,7 +226,7 @@ class SyslogSender:
         with socket.socket(family, socket.SOCK_DGRAM) as sock:
             sock.setblocking(False)
             await loop.sock_connect(sock, target)
-            await loop.sock_sendall(sock, line[:UDP_LIMIT])
+            await loop.sock_sendall(sock, line)
 
     async def _stream(self, frame: bytes) -> None:
         s = self.settings

@@ -342,10 +342,33 @@ def rfc5424(
     counts = {s: sum(1 for ln in message.lines if ln.state == s) for s in SEVERITY}
     params = " ".join(f'{k}="{_sd_escape(str(v))}"' for k, v in counts.items())
     sd = f'[alert@{PEN} state="{message.state}" {params} held="{message.held}"]'
-    body = message.title + "".join(f"; {ln.state} {ln.subject}: {ln.text}" for ln in message.lines)
-    body = body.encode("ascii", "backslashreplace").decode().replace("\n", " ")
+    body = _body(message)
     msgid = "TEST" if message.test else message.state.upper()
     return f"<{pri}>1 {stamp} {host} {app_name} {procid} {msgid} {sd} {body}".encode()
+
+
+MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+LOCAL_LIMIT = 8192  # rsyslog's default maxMessageSize; journald takes more
+
+
+def _body(message: Message) -> str:
+    """The MSG part: the title and each line, one line of ASCII (non-ASCII escaped)."""
+    body = message.title + "".join(f"; {ln.state} {ln.subject}: {ln.text}" for ln in message.lines)
+    return body.encode("ascii", "backslashreplace").decode().replace("\n", " ")
+
+
+def local_syslog_line(
+    message: Message, facility: str, tag: str, procid: int, local_now: datetime
+) -> bytes:
+    """One message for the local syslog socket (/dev/log) as glibc's syslog(3) writes it:
+    `<PRI>Mmm dd hh:mm:ss TAG[PID]: MSG`, local time, no hostname (the daemon adds it).
+    journald and rsyslog's imuxsock parse this shape on the local socket; an RFC 5424 line
+    there may be stored unparsed (its header as the text). Month names are English whatever
+    the locale, the day padded with a space (RFC 3164 §4.1.2)."""
+    pri = SYSLOG_FACILITY[facility] * 8 + message.severity
+    t = local_now
+    stamp = f"{MONTHS[t.month - 1]} {t.day:>2} {t.hour:02d}:{t.minute:02d}:{t.second:02d}"
+    return f"<{pri}>{stamp} {tag}[{procid}]: {_body(message)}".encode()[:LOCAL_LIMIT]
 
 
 def octet_counted(frame: bytes) -> bytes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from tests.integration.alert_peers import parse_rfc5424
+from tests.integration.alert_peers import parse_local_syslog, parse_rfc5424
 
 from pacslb.config_alerts import ALERT_TOPICS
 from pacslb.core.alerts import (
@@ -17,6 +17,7 @@ from pacslb.core.alerts import (
     compose,
     delivery_test_message,
     expiry_changes,
+    local_syslog_line,
     octet_counted,
     rfc5424,
 )
@@ -182,6 +183,16 @@ def test_rfc5424_line_parses_strictly() -> None:
     assert octet_counted(b"abc") == b"3 abc"
 
 
+def test_local_socket_line_is_what_syslog3_writes() -> None:
+    change = Change("health", "Rack/Srv1", "resolved", "down -> up: naïve\nok", AT)
+    now = datetime(2026, 3, 7, 1, 2, 3, 456000)  # local time: the day padded with a space
+    line = local_syslog_line(compose([change], "lb1"), "daemon", "pacslb", 4242, now)
+    assert line.startswith(b"<29>Mar  7 01:02:03 pacslb[4242]: [pacslb lb1] RESOLVED: "), line
+    parsed = parse_local_syslog(line)
+    assert (parsed["facility"], parsed["severity"], parsed["day"]) == (3, 5, 7)
+    assert parsed["msg"].endswith("Rack/Srv1: down -> up: na\\xefve ok"), parsed
+
+
 @pytest.mark.parametrize(
     ("alerts", "problem"),
     [
@@ -197,6 +208,7 @@ def test_rfc5424_line_parses_strictly() -> None:
         ("{email: {host: r, sender: 'Me <a@b.c>', recipients: [x@y.z]}}", "not a mail address"),
         ("{syslog: {transport: tcp}}", "transport tcp needs the collector's host"),
         ("{syslog: {app_name: 'two words'}}", "APP-NAME is 1-48 visible ASCII"),
+        ("{syslog: {app_name: 'pacs[lb]'}}", "no ':', '[' or ']' with transport local"),
         ("{webhook: {url: 'http://h/', headers: {'Bad Name': x}}}", "is not a header name"),
         ("{webhook: {url: 'https://u:pw@h/hook'}}", "no user or password in the url"),
         ("{webhook: {url: 'http://h/', headers: {authorization: 'Bearer x'}}}", "token_file"),
