@@ -27,13 +27,13 @@ from pacslb.control.events import Event
 from pacslb.core.alerts import (
     Change,
     Gate,
-    Grouper,
+    Intake,
     Message,
-    OpenProblems,
     change_of,
     delivery_test_message,
     expiry_changes,
 )
+from pacslb.core.ha_role import HaState, Role
 from pacslb.errors import PacslbError
 
 Record = Callable[[str, dict[str, Any]], None]  # (message, data): an event of kind "alert"
@@ -132,10 +132,10 @@ class AlertService:
         self.node = node or socket.gethostname()
         self.settings: AlertSettings | None = None
         self.channels: list[Channel] = []
-        self.grouper = Grouper(10.0, self.node)
+        # grouping, open problems, and whether this node speaks for the servers (HA role)
+        self.intake = Intake(10.0, self.node)
         self.certificates: list[Path] = []
         self._sent_expiry: set[tuple[str, datetime, int]] = set()
-        self.open_problems = OpenProblems()  # read from any thread, changed in the loop's
         self._next_cert_check = 0.0
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -158,12 +158,12 @@ class AlertService:
             self.channels = [] if settings is None else self._channels(settings)
             for channel in old:  # queued messages of a replaced channel go out through it
                 self._spawn(channel.close(CLOSE_GRACE))
-            self.grouper.window = settings.group_window if settings else 0.0
+            self.intake.grouper.window = settings.group_window if settings else 0.0
             self._next_cert_check = 0.0
         # A server taken out while down is checked no more: its open problem is resolved here.
         subjects = {f"{s.label}/{r.label}" for s in config.virtual_services for r in s.real_servers}
         at = datetime.now(UTC).isoformat(timespec="seconds")
-        for change in self.open_problems.removed(subjects, at) if self.channels else ():
+        for change in self.intake.open_problems.removed(subjects, at) if self.channels else ():
             self._add(change)
         if self._ticker is None and settings is not None:
             self._ticker = self._loop.create_task(self._tick())
@@ -203,7 +203,7 @@ class AlertService:
             event.data,
             event.at,
             settings.events,
-            self.open_problems,
+            self.intake.open_problems,  # read from any thread, changed in the loop's
         )
         if change is None or self._loop is None:
             return
@@ -213,9 +213,20 @@ class AlertService:
             self._loop.call_soon_threadsafe(self._add, change)
 
     def _add(self, change: Change) -> None:
-        self.open_problems.note(change)
-        self.grouper.add(change, time.monotonic())
-        self._wake.set()
+        if self.intake.add(change, time.monotonic()):
+            self._wake.set()
+
+    def follow(self, ha: HaState) -> None:
+        """Take this node's HA role now and at each change (an HaState listener, run in the
+        loop before the supervisor records the `ha` event: a takeover's list of servers down
+        and its role change go into the same message)."""
+        self.role_changed(Role.STANDALONE, ha.role)
+        ha.subscribe(self.role_changed)
+
+    def role_changed(self, old: Role, new: Role) -> None:
+        at = datetime.now(UTC).isoformat(timespec="seconds")
+        if self.intake.role(new, time.monotonic(), at):
+            self._wake.set()
 
     # --- messages out ----------------------------------------------------------------------
 
@@ -229,7 +240,7 @@ class AlertService:
                     await self._check_certificates()
             except Exception as exc:  # a bug here must not end alerting for good: said, retried
                 self.record(f"alerts: {exc!r}", {"error": repr(exc)})
-            dues = [self.grouper.next_due(), self._next_cert_check]
+            dues = [self.intake.grouper.next_due(), self._next_cert_check]
             dues += [ch.gate.next_due() for ch in self.channels]
             soonest = min((d for d in dues if d is not None), default=now + MAX_SLEEP)
             self._wake.clear()
@@ -241,7 +252,7 @@ class AlertService:
                     await self._wake.wait()
 
     def _flush(self, now: float, final: bool = False) -> None:
-        message = self.grouper.due(float("inf") if final else now)
+        message = self.intake.grouper.due(float("inf") if final else now)
         for channel in self.channels:
             ready = channel.gate.offer(message, now) if message else channel.gate.due(now)
             if ready is not None:

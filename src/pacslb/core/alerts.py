@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from pacslb.config_alerts import FACILITIES
+from pacslb.core.ha_role import Role
 
 State = Literal["problem", "resolved", "notice"]
 # RFC 5424 §6.2.1 severities: what each state maps to on syslog
@@ -96,25 +97,78 @@ def change_of(
 
 
 class OpenProblems:
-    """The health subjects (service/server) whose PROBLEM went out with no RESOLVED since."""
+    """The health subjects (service/server) whose last health change was a PROBLEM (said by
+    this node, or by the active peer while this one stood by), with that change."""
 
     def __init__(self) -> None:
-        self._open: set[str] = set()
+        self._open: dict[str, Change] = {}
 
     def __contains__(self, subject: object) -> bool:
         return subject in self._open
 
     def note(self, change: Change) -> None:
         if change.topic == "health" and change.state == "problem":
-            self._open.add(change.subject)
+            self._open.setdefault(change.subject, change)  # the first: since when it is down
         elif change.topic == "health":
-            self._open.discard(change.subject)
+            self._open.pop(change.subject, None)
 
     def removed(self, subjects: Container[str], at: str) -> list[Change]:
         """A RESOLVED for each open problem whose server is no longer in the config (nobody
         checks it any more: its recovery would never be said)."""
         gone = sorted(s for s in self._open if s not in subjects)
         return [Change("health", s, "resolved", "no longer in the configuration", at) for s in gone]
+
+    def down_at_takeover(self, at: str) -> list[Change]:
+        """A PROBLEM line for each server down now, for the message of a node taking over."""
+        return [
+            Change(
+                "health",
+                s,
+                "problem",
+                f"down when this node took over: {ch.text} (since {ch.at})",
+                at,
+            )
+            for s, ch in sorted(self._open.items())
+        ]
+
+
+# What the node holding the floating addresses says for an HA pair: both nodes check the same
+# servers and hold the same admin states (replicated), so both saying them would mail every
+# change twice. The rest (engine, ha, certificate) is each node's own.
+PAIR_TOPICS = frozenset({"health", "admin"})
+
+
+class Intake:
+    """Where a change goes: every health change is noted (open problems), and grouped into a
+    message when this node speaks for the servers: it is not in a pair (standalone) or holds
+    the pair's floating addresses (active). The passive node, one starting and one in fault
+    keep quiet about servers. A node that takes the addresses over says, with its role change,
+    which servers are down right then (the old active's PROBLEMs may have been its last word),
+    and their recovery is then its RESOLVED."""
+
+    def __init__(self, window: float, node: str) -> None:
+        self.grouper = Grouper(window, node)
+        self.open_problems = OpenProblems()
+        self.speaks_for_servers = True  # Role.STANDALONE until told otherwise
+
+    def add(self, change: Change, now: float) -> bool:
+        """Note `change`; True when it goes into a message."""
+        self.open_problems.note(change)
+        if change.topic in PAIR_TOPICS and not self.speaks_for_servers:
+            return False
+        self.grouper.add(change, now)
+        return True
+
+    def role(self, role: Role, now: float, at: str) -> list[Change]:
+        """This node's HA role is now `role`; the lines a takeover adds to the next message."""
+        took_over = role.holds_addresses and not self.speaks_for_servers
+        self.speaks_for_servers = role.holds_addresses
+        if not took_over:
+            return []
+        down = self.open_problems.down_at_takeover(at)
+        for change in down:
+            self.grouper.add(change, now)
+        return down
 
 
 @dataclass(frozen=True, slots=True)

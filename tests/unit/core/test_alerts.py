@@ -12,6 +12,7 @@ from pacslb.core.alerts import (
     Change,
     Gate,
     Grouper,
+    Intake,
     OpenProblems,
     change_of,
     compose,
@@ -21,6 +22,7 @@ from pacslb.core.alerts import (
     octet_counted,
     rfc5424,
 )
+from pacslb.core.ha_role import Role
 from pacslb.core.validate import load_text
 
 AT = "2026-12-07T01:00:00.000+00:00"
@@ -267,3 +269,55 @@ def test_online_after_a_halt_resolves_it() -> None:
     assert admin("halt", "online") == "resolved"
     assert admin("halt", "drain") == "notice"
     assert admin("online", "drain") == "notice" and admin("drain", "online") == "notice"
+
+
+def test_in_an_ha_pair_the_active_node_speaks_for_the_servers() -> None:
+    """Fake clock and role: the passive node notes server changes and says none; it says its
+    own (ha, engine); taking over, it says which servers are down then and resolves them."""
+    intake = Intake(5.0, "lb2")
+    assert intake.role(Role.STARTING, 0.0, AT) == []  # HA enabled: not yet speaking
+    assert intake.role(Role.PASSIVE, 1.0, AT) == []
+    down = health("S1", "up", "down")
+    flap = health("S2", "up", "down")
+    assert down is not None and flap is not None
+    assert intake.add(down, 2.0) is False and intake.add(flap, 2.0) is False
+    back = health("S2", "down", "up")
+    assert back is not None and intake.add(back, 3.0) is False  # S2 is up again: not open
+    halt = change_of(
+        "admin", "online -> halt", "Rack", "S3", {"previous": "online", "state": "halt"}, AT,
+        ALERT_TOPICS,
+    )  # fmt: skip
+    assert halt is not None and intake.add(halt, 3.0) is False  # replicated: the active's
+    assert intake.grouper.due(100.0) is None
+    own = Change("engine", "kernel", "problem", "apply failed", AT)
+    assert intake.add(own, 10.0) is True
+    message = intake.grouper.due(15.0)
+    assert message is not None and [ln.subject for ln in message.lines] == ["kernel"]
+
+    taken = intake.role(Role.ACTIVE, 20.0, "2026-12-07T01:05:00+00:00")
+    assert [(c.subject, c.state) for c in taken] == [("Rack/S1", "problem")]
+    assert (
+        taken[0].text == f"down when this node took over: up -> down: connect refused (since {AT})"
+    )
+    role = Change("ha", "this node", "notice", "role passive -> active", AT)
+    assert intake.add(role, 20.0) is True
+    message = intake.grouper.due(25.0)
+    assert message is not None and message.title.startswith("[pacslb lb2] PROBLEM: 1 problem, 1")
+    assert [ln.subject for ln in message.lines] == ["Rack/S1", "this node"]
+    recovered = health("S1", "down", "up")
+    assert recovered is not None and intake.add(recovered, 40.0) is True
+    message = intake.grouper.due(45.0)
+    assert message is not None and message.state == "resolved", message
+    assert intake.role(Role.ACTIVE, 50.0, AT) == []  # no change: nothing to add
+    assert intake.role(Role.FAULT, 51.0, AT) == []  # handed over: quiet again
+    again = health("S1", "up", "down")
+    assert again is not None and intake.add(again, 52.0) is False
+
+
+def test_a_node_not_in_a_pair_says_everything() -> None:
+    intake = Intake(0.0, "lb1")
+    assert intake.role(Role.STANDALONE, 0.0, AT) == []
+    down = health("S1", "up", "down")
+    assert down is not None and intake.add(down, 1.0) is True
+    message = intake.grouper.due(1.0)
+    assert message is not None and message.lines[0].subject == "Rack/S1"
