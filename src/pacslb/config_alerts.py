@@ -16,6 +16,20 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 Timeout = Annotated[float, Field(gt=0, le=300)]
+# Every channel retries a delivery that failed for a passing reason (core/alert_outbox.py)
+Retries = Annotated[
+    int,
+    Field(
+        ge=0,
+        le=10,
+        description="attempts after a passing failure (refused, reset, timeout, SMTP 4xx, "
+        "HTTP 5xx/408/429); other messages go out meanwhile",
+    ),
+]
+Backoff = Annotated[
+    float,
+    Field(gt=0, le=300, description="seconds before the first retry, doubled for each next"),
+]
 
 # An address as RFC 5321 carries it (local@domain), not every RFC 5322 form: a relay given a
 # display name or a comment in MAIL FROM refuses it, and the error would come only at 3 a.m.
@@ -64,7 +78,9 @@ class EmailAlerts(_Model):
     )
     sender: str = Field(description="envelope and From address, e.g. pacslb@hospital.example")
     recipients: list[str] = Field(min_length=1, description="To addresses")
-    timeout: Timeout = Field(15.0, description="seconds one delivery may take, all steps")
+    timeout: Timeout = Field(15.0, description="seconds one attempt may take, all steps")
+    retries: Retries = 3
+    backoff: Backoff = 2.0
 
     @field_validator("host")
     @classmethod
@@ -122,7 +138,9 @@ class SyslogAlerts(_Model):
     app_name: str = Field(
         "pacslb", description="RFC 5424 APP-NAME, the TAG on the local socket (1-48 visible ASCII)"
     )
-    timeout: Timeout = Field(5.0, description="seconds one delivery may take")
+    timeout: Timeout = Field(5.0, description="seconds one attempt may take")
+    retries: Retries = 3
+    backoff: Backoff = 2.0
 
     @field_validator("host")
     @classmethod
@@ -150,7 +168,7 @@ class SyslogAlerts(_Model):
 
 
 class WebhookAlerts(_Model):
-    """An HTTP POST of the alert as JSON; retried with back-off on a failure or a 5xx."""
+    """An HTTP POST of the alert as JSON (retried with back-off, as every channel)."""
 
     url: str = Field(pattern=r"^https?://[^\s/]+(/\S*)?$", description="an http:// or https:// URL")
     headers: dict[str, str] = Field(
@@ -162,10 +180,8 @@ class WebhookAlerts(_Model):
     tls_verify: bool = Field(True, description="verify the receiver's certificate")
     ca_file: Path | None = Field(None, description="PEM CA bundle; unset = the system's")
     timeout: Timeout = Field(10.0, description="seconds one attempt may take")
-    retries: int = Field(3, ge=0, le=10, description="attempts after the first one fails")
-    backoff: float = Field(
-        2.0, gt=0, le=300, description="seconds before the first retry, doubled for each next"
-    )
+    retries: Retries = 3
+    backoff: Backoff = 2.0
 
     @field_validator("url")
     @classmethod

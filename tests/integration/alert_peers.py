@@ -38,14 +38,20 @@ BLOCK = "127.10.2"
 
 @dataclass
 class Mailbox:
-    """What the relay received: the parsed mails and, per mail, the AUTH user if any."""
+    """What the relay received: the parsed mails and, per mail, the AUTH user if any.
+    `answers`: replies to the next DATA commands instead of taking the mail (e.g. a 451)."""
 
     mails: list[Message] = field(default_factory=list)
     users: list[str] = field(default_factory=list)
+    answers: list[str] = field(default_factory=list)
+    refused: list[Message] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         with self.lock:
+            if self.answers:
+                self.refused.append(message_from_bytes(envelope.content))
+                return self.answers.pop(0)
             self.mails.append(message_from_bytes(envelope.content))
             user = session.auth_data.login.decode() if session.auth_data else ""
             self.users.append(user)
@@ -72,10 +78,14 @@ def tls_files(directory: Path, address: str) -> tuple[Path, Path]:
 
 @contextlib.contextmanager
 def smtp_relay(
-    host: str, port: int, tls: tuple[Path, Path] | None = None, login: tuple[str, str] = ("", "")
+    host: str,
+    port: int,
+    tls: tuple[Path, Path] | None = None,
+    login: tuple[str, str] = ("", ""),
+    box: Mailbox | None = None,
 ) -> Iterator[Mailbox]:
     """aiosmtpd; with `tls`, STARTTLS is required and so is AUTH with `login`."""
-    box = Mailbox()
+    box = box or Mailbox()
     kwargs: dict[str, Any] = {}
     if tls is not None:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
