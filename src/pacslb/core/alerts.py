@@ -84,6 +84,11 @@ def change_of(
         if data.get("recovered"):
             return Change(kind, data["engine"], "resolved", message, at)
         return None
+    if kind == "ha" and ("problem" in data or "code" in data):
+        # HA cannot run (keepalived missing, a bad interface) or keepalived exited: the node
+        # holds no floating address, and in a pair says nothing of the servers (Intake): it
+        # must say this. Its next VRRP state is the RESOLVED (stopped -> passive/active).
+        return Change(kind, "this node", "problem", message, at)
     if kind == "ha" and "role" in data and "previous" not in data:
         return Change(kind, "this node", "problem", message, at)  # a role it could not take
     if kind == "ha" and "role" in data and data.get("previous") != data["role"]:

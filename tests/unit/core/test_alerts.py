@@ -74,6 +74,20 @@ def test_which_events_alert() -> None:
     assert change_of("ha", "m", "", "", ha, AT, ALERT_TOPICS).state == "resolved"  # type: ignore[union-attr]
     failed = {"role": "active"}  # control/ha.py: the addresses could not be taken
     assert change_of("ha", "role active: ...", "", "", failed, AT, ALERT_TOPICS).state == "problem"  # type: ignore[union-attr]
+    # control/ha.py: HA cannot run, keepalived exited (the role is stopped: no VRRP line says it)
+    cannot = {"problem": "keepalived is not installed (apt install keepalived)"}
+    assert (
+        change_of("ha", "HA cannot run: ...", "", "", cannot, AT, ALERT_TOPICS).state == "problem"
+    )  # type: ignore[union-attr]
+    exited = {"code": 1, "removed": ["198.18.0.100/32"]}
+    assert (
+        change_of("ha", "keepalived exited", "", "", exited, AT, ALERT_TOPICS).subject
+        == "this node"
+    )  # type: ignore[union-attr]
+    assert (
+        change_of("ha", "keepalived started (pid 42)", "", "", {"pid": 42}, AT, ALERT_TOPICS)
+        is None
+    )
     assert change_of("config", "applying revision 3", "", "", {}, AT, ALERT_TOPICS) is None
     assert change_of("health", "m", "Rack", "S1", {"current": "down"}, AT, ["admin"]) is None
 
