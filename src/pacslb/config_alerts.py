@@ -16,6 +16,20 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 Timeout = Annotated[float, Field(gt=0, le=300)]
+# Every channel retries a delivery that failed for a passing reason (core/alert_outbox.py)
+Retries = Annotated[
+    int,
+    Field(
+        ge=0,
+        le=10,
+        description="attempts after a passing failure (refused, reset, timeout, SMTP 4xx, "
+        "HTTP 5xx/408/429); other messages go out meanwhile",
+    ),
+]
+Backoff = Annotated[
+    float,
+    Field(gt=0, le=300, description="seconds before the first retry, doubled for each next"),
+]
 
 # An address as RFC 5321 carries it (local@domain), not every RFC 5322 form: a relay given a
 # display name or a comment in MAIL FROM refuses it, and the error would come only at 3 a.m.
@@ -64,7 +78,9 @@ class EmailAlerts(_Model):
     )
     sender: str = Field(description="envelope and From address, e.g. pacslb@hospital.example")
     recipients: list[str] = Field(min_length=1, description="To addresses")
-    timeout: Timeout = Field(15.0, description="seconds one delivery may take, all steps")
+    timeout: Timeout = Field(15.0, description="seconds one attempt may take, all steps")
+    retries: Retries = 3
+    backoff: Backoff = 2.0
 
     @field_validator("host")
     @classmethod
@@ -104,8 +120,9 @@ def _mailbox(value: str) -> str:
 
 
 class SyslogAlerts(_Model):
-    """RFC 5424 messages to the local syslog socket or to a collector: UDP (RFC 5426), TCP
-    with octet counting (RFC 6587 §3.4.1) or TLS (RFC 5425)."""
+    """Syslog to the local socket (the format glibc's syslog(3) writes, which journald and
+    rsyslog parse there) or RFC 5424 to a collector: UDP (RFC 5426), TCP with octet counting
+    (RFC 6587 §3.4.1) or TLS (RFC 5425)."""
 
     transport: Literal["local", "udp", "tcp", "tls"] = Field(
         "local", description="local (the socket below), udp, tcp or tls to `host`"
@@ -118,8 +135,12 @@ class SyslogAlerts(_Model):
     facility: Facility = Field(
         "daemon", description="RFC 5424 facility, e.g. daemon, local0 … local7"
     )
-    app_name: str = Field("pacslb", description="RFC 5424 APP-NAME (1-48 visible ASCII)")
-    timeout: Timeout = Field(5.0, description="seconds one delivery may take")
+    app_name: str = Field(
+        "pacslb", description="RFC 5424 APP-NAME, the TAG on the local socket (1-48 visible ASCII)"
+    )
+    timeout: Timeout = Field(5.0, description="seconds one attempt may take")
+    retries: Retries = 3
+    backoff: Backoff = 2.0
 
     @field_validator("host")
     @classmethod
@@ -137,6 +158,9 @@ class SyslogAlerts(_Model):
     def _collector(self) -> SyslogAlerts:
         if self.transport != "local" and self.host is None:
             raise ValueError(f"transport {self.transport} needs the collector's host")
+        if self.transport == "local" and any(ch in self.app_name for ch in ":[]"):
+            # the local format's TAG ends at ':' or '[' (TAG[PID]: MSG)
+            raise ValueError(f"app_name {self.app_name!r}: no ':', '[' or ']' with transport local")
         return self
 
     def effective_port(self) -> int:
@@ -144,7 +168,7 @@ class SyslogAlerts(_Model):
 
 
 class WebhookAlerts(_Model):
-    """An HTTP POST of the alert as JSON; retried with back-off on a failure or a 5xx."""
+    """An HTTP POST of the alert as JSON (retried with back-off, as every channel)."""
 
     url: str = Field(pattern=r"^https?://[^\s/]+(/\S*)?$", description="an http:// or https:// URL")
     headers: dict[str, str] = Field(
@@ -156,10 +180,8 @@ class WebhookAlerts(_Model):
     tls_verify: bool = Field(True, description="verify the receiver's certificate")
     ca_file: Path | None = Field(None, description="PEM CA bundle; unset = the system's")
     timeout: Timeout = Field(10.0, description="seconds one attempt may take")
-    retries: int = Field(3, ge=0, le=10, description="attempts after the first one fails")
-    backoff: float = Field(
-        2.0, gt=0, le=300, description="seconds before the first retry, doubled for each next"
-    )
+    retries: Retries = 3
+    backoff: Backoff = 2.0
 
     @field_validator("url")
     @classmethod
@@ -188,7 +210,9 @@ class AlertSettings(_Model):
     """Alerts that reach a person: grouped, rate-limited, to email, syslog and a webhook."""
 
     email: EmailAlerts | None = Field(None, description="mail through an SMTP relay")
-    syslog: SyslogAlerts | None = Field(None, description="RFC 5424 syslog, local or remote")
+    syslog: SyslogAlerts | None = Field(
+        None, description="syslog: the local socket, or RFC 5424 to a collector"
+    )
     webhook: WebhookAlerts | None = Field(None, description="an HTTP POST of JSON")
     events: list[Topic] = Field(
         default_factory=lambda: list(ALERT_TOPICS),

@@ -38,14 +38,20 @@ BLOCK = "127.10.2"
 
 @dataclass
 class Mailbox:
-    """What the relay received: the parsed mails and, per mail, the AUTH user if any."""
+    """What the relay received: the parsed mails and, per mail, the AUTH user if any.
+    `answers`: replies to the next DATA commands instead of taking the mail (e.g. a 451)."""
 
     mails: list[Message] = field(default_factory=list)
     users: list[str] = field(default_factory=list)
+    answers: list[str] = field(default_factory=list)
+    refused: list[Message] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         with self.lock:
+            if self.answers:
+                self.refused.append(message_from_bytes(envelope.content))
+                return self.answers.pop(0)
             self.mails.append(message_from_bytes(envelope.content))
             user = session.auth_data.login.decode() if session.auth_data else ""
             self.users.append(user)
@@ -72,10 +78,14 @@ def tls_files(directory: Path, address: str) -> tuple[Path, Path]:
 
 @contextlib.contextmanager
 def smtp_relay(
-    host: str, port: int, tls: tuple[Path, Path] | None = None, login: tuple[str, str] = ("", "")
+    host: str,
+    port: int,
+    tls: tuple[Path, Path] | None = None,
+    login: tuple[str, str] = ("", ""),
+    box: Mailbox | None = None,
 ) -> Iterator[Mailbox]:
     """aiosmtpd; with `tls`, STARTTLS is required and so is AUTH with `login`."""
-    box = Mailbox()
+    box = box or Mailbox()
     kwargs: dict[str, Any] = {}
     if tls is not None:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -392,3 +402,35 @@ class Listener:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+
+# The local socket's format, as glibc's syslog(3) writes it: <PRI>Mmm dd hh:mm:ss TAG[PID]: MSG
+_LOCAL = re.compile(
+    rb"<(?P<pri>\d{1,3})>(?P<month>Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) "
+    rb"(?P<day>[ 1-3]\d) (?P<time>\d{2}:\d{2}:\d{2}) "
+    rb"(?P<tag>[^\s:\[\]]{1,48})\[(?P<pid>\d+)\]: (?P<msg>[\x20-\x7e]*)"
+)
+
+
+def parse_local_syslog(line: bytes) -> dict[str, Any]:
+    """Parse one datagram of the local socket's format strictly, or raise ValueError."""
+    match = _LOCAL.fullmatch(line)
+    if match is None:
+        raise ValueError(f"not '<PRI>Mmm dd hh:mm:ss TAG[PID]: MSG': {line[:80]!r}")
+    pri = int(match["pri"])
+    if pri > 191 or (len(match["pri"]) > 1 and match["pri"].startswith(b"0")):
+        raise ValueError(f"PRI {pri} out of range")
+    day = int(match["day"])
+    if not 1 <= day <= 31 or (day < 10 and not match["day"].startswith(b" ")):
+        raise ValueError(f"day {match['day']!r}: 1-31, padded with a space")
+    time.strptime(match["time"].decode(), "%H:%M:%S")
+    return {
+        "facility": pri // 8,
+        "severity": pri % 8,
+        "month": match["month"].decode(),
+        "day": day,
+        "time": match["time"].decode(),
+        "tag": match["tag"].decode(),
+        "pid": int(match["pid"]),
+        "msg": match["msg"].decode(),
+    }

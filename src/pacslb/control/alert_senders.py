@@ -1,7 +1,8 @@
 """The alert channels' I/O: one message to the SMTP relay, the syslog collector, the webhook.
 
-Each `send()` either returns (delivered) or raises DeliveryFailed with a reason a person can
-act on; the caller (control/alerts.py) bounds it with the channel's timeout. Blocking client
+Each `send()` makes one attempt: it returns (delivered) or raises DeliveryFailed with a reason
+a person can act on, and whether the reason may pass (worth another attempt later); the
+caller (control/alerts.py) bounds it with the channel's timeout and retries it. Blocking client
 libraries (smtplib, urllib: the standard library's, no extra dependency) run in threads of
 the channel's own (at most MAX_THREADS), so a relay that hangs holds those and never the event
 loop, the health checks, another channel or the process's exit.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import smtplib
 import socket
@@ -27,16 +29,58 @@ from typing import Any, Protocol
 
 from pacslb import __version__
 from pacslb.config_alerts import EmailAlerts, SyslogAlerts, WebhookAlerts
-from pacslb.core.alerts import UDP_LIMIT, Message, octet_counted, rfc5424
+from pacslb.core.alerts import UDP_LIMIT, Message, local_syslog_line, octet_counted, rfc5424
 
 
 class DeliveryFailed(Exception):
-    """The channel did not take the message: the reason, for the `alert` event."""
+    """The channel did not take the message: the reason, for the `alert` event; `passing`
+    when another attempt later may succeed (a relay restarting, a 4xx, a reset)."""
+
+    def __init__(self, reason: str, passing: bool = False) -> None:
+        super().__init__(reason)
+        self.passing = passing
+
+
+# A peer restarting, busy or briefly unreachable; the local socket gone while syslog restarts
+PASSING_ERRNOS = frozenset(
+    {
+        errno.ECONNREFUSED,
+        errno.ECONNRESET,
+        errno.ECONNABORTED,
+        errno.EPIPE,
+        errno.ETIMEDOUT,
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+        errno.EHOSTDOWN,
+        errno.ENETDOWN,
+        errno.ENOENT,
+        errno.EAGAIN,
+        errno.ENOBUFS,
+    }
+)
+
+
+def passing(exc: BaseException) -> bool:
+    """Whether an I/O error may pass by itself: worth another attempt later. A certificate
+    that does not verify, a name that does not resolve, TLS spoken to a plain port do not."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return False
+    if isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError):
+        return True  # the peer went away mid-handshake: a restart
+    if isinstance(exc, ssl.SSLError):
+        return False
+    if isinstance(exc, TimeoutError | ConnectionError):  # refused, reset (errno or not)
+        return True
+    if isinstance(exc, socket.gaierror):
+        return exc.errno == socket.EAI_AGAIN  # the resolver could not answer now
+    return isinstance(exc, OSError) and exc.errno in PASSING_ERRNOS
 
 
 class Sender(Protocol):
     name: str
-    timeout: float
+    timeout: float  # one attempt
+    retries: int
+    backoff: float
 
     async def send(self, message: Message) -> None: ...
 
@@ -119,7 +163,11 @@ class EmailSender(_Threaded):
     def __init__(self, settings: EmailAlerts) -> None:
         super().__init__(self.name)
         self.settings = settings
-        self.timeout = settings.timeout
+        self.timeout, self.retries, self.backoff = (
+            settings.timeout,
+            settings.retries,
+            settings.backoff,
+        )
 
     async def send(self, message: Message) -> None:
         await self._run(self._deliver, message)
@@ -158,22 +206,34 @@ class EmailSender(_Threaded):
                 if s.username is not None and s.password_file is not None:
                     smtp.login(s.username, _secret(s.password_file))
                 refused = smtp.send_message(self._mail(message))
-            if refused:
+            if refused:  # the others took it: a retry would mail them twice
                 raise DeliveryFailed(f"recipients refused: {', '.join(sorted(refused))}")
         except smtplib.SMTPNotSupportedError as exc:
             raise DeliveryFailed(f"the relay does not offer it: {exc}") from None
         except smtplib.SMTPResponseException as exc:
             error = exc.smtp_error
             text = error.decode(errors="replace") if isinstance(error, bytes) else str(error)
-            raise DeliveryFailed(f"the relay answered {exc.smtp_code} {text}".strip()) from None
+            # RFC 5321 §4.2.1: 4yz is a transient negative reply, 5yz a permanent one
+            reason = f"the relay answered {exc.smtp_code} {text}".strip()
+            raise DeliveryFailed(reason, 400 <= exc.smtp_code < 500) from None
+        except smtplib.SMTPRecipientsRefused as exc:
+            codes = [code for code, _ in exc.recipients.values()]
+            reason = f"recipients refused: {', '.join(sorted(exc.recipients))} ({codes})"
+            raise DeliveryFailed(reason, all(400 <= c < 500 for c in codes)) from None
+        except smtplib.SMTPServerDisconnected as exc:
+            raise DeliveryFailed(
+                f"SMTP: {exc or 'the relay closed the connection'}", True
+            ) from None
         except smtplib.SMTPException as exc:
             raise DeliveryFailed(f"SMTP: {exc}") from None
         except TimeoutError:
-            raise DeliveryFailed(f"no answer from {s.host}:{s.effective_port()}") from None
+            reason = f"no answer from {s.host}:{s.effective_port()}"
+            raise DeliveryFailed(reason, True) from None
         except ssl.SSLError as exc:
-            raise DeliveryFailed(f"TLS with {s.host}: {exc.reason or exc}") from None
+            raise DeliveryFailed(f"TLS with {s.host}: {exc.reason or exc}", passing(exc)) from None
         except OSError as exc:
-            raise DeliveryFailed(f"{s.host}:{s.effective_port()}: {exc.strerror or exc}") from None
+            reason = f"{s.host}:{s.effective_port()}: {exc.strerror or exc}"
+            raise DeliveryFailed(reason, passing(exc)) from None
 
 
 class SyslogSender:
@@ -181,14 +241,23 @@ class SyslogSender:
 
     def __init__(self, settings: SyslogAlerts) -> None:
         self.settings = settings
-        self.timeout = settings.timeout
+        self.timeout, self.retries, self.backoff = (
+            settings.timeout,
+            settings.retries,
+            settings.backoff,
+        )
         self.hostname = socket.gethostname()
 
     def close(self) -> None:
         pass
 
     def frame(self, message: Message) -> bytes:
+        """RFC 5424 for a collector; the local socket's own format for /dev/log (what
+        journald and rsyslog's imuxsock parse there, as glibc's syslog(3) writes it)."""
         s = self.settings
+        if s.transport == "local":
+            now = datetime.now().astimezone()  # local time, as syslog(3) stamps it
+            return local_syslog_line(message, s.facility, s.app_name, os.getpid(), now)
         now = datetime.now(UTC)
         return rfc5424(message, s.facility, s.app_name, self.hostname, os.getpid(), now)
 
@@ -196,15 +265,17 @@ class SyslogSender:
         s = self.settings
         line = self.frame(message)
         try:
-            if s.transport in ("local", "udp"):
-                await self._datagram(line)
+            if s.transport == "local":
+                await self._datagram(line)  # one datagram, no octet counting
+            elif s.transport == "udp":
+                await self._datagram(line[:UDP_LIMIT])
             else:
                 await self._stream(octet_counted(line))
         except ssl.SSLError as exc:
-            raise DeliveryFailed(f"TLS with {s.host}: {exc.reason or exc}") from None
+            raise DeliveryFailed(f"TLS with {s.host}: {exc.reason or exc}", passing(exc)) from None
         except OSError as exc:
             where = s.socket if s.transport == "local" else f"{s.host}:{s.effective_port()}"
-            raise DeliveryFailed(f"{where}: {exc.strerror or exc}") from None
+            raise DeliveryFailed(f"{where}: {exc.strerror or exc}", passing(exc)) from None
 
     async def _datagram(self, line: bytes) -> None:
         s = self.settings
@@ -219,7 +290,7 @@ class SyslogSender:
         with socket.socket(family, socket.SOCK_DGRAM) as sock:
             sock.setblocking(False)
             await loop.sock_connect(sock, target)
-            await loop.sock_sendall(sock, line[:UDP_LIMIT])
+            await loop.sock_sendall(sock, line)
 
     async def _stream(self, frame: bytes) -> None:
         s = self.settings
@@ -241,26 +312,18 @@ class WebhookSender(_Threaded):
     def __init__(self, settings: WebhookAlerts) -> None:
         super().__init__(self.name)
         self.settings = settings
-        # Every attempt and the waits between them: the caller's bound on one delivery.
-        waits = sum(settings.backoff * 2**i for i in range(settings.retries))
-        self.timeout = settings.timeout * (settings.retries + 1) + waits
+        self.timeout, self.retries, self.backoff = (
+            settings.timeout,
+            settings.retries,
+            settings.backoff,
+        )
         # What a failure names: scheme, host and port. Receivers such as Teams or Slack hold
         # the secret in the path, and a reason goes to events, the journal and the WebUI.
         parts = urllib.parse.urlsplit(settings.url)
         self.where = f"{parts.scheme}://{parts.netloc}"
 
     async def send(self, message: Message) -> None:
-        s = self.settings
-        body = message.to_json()
-        for attempt in range(s.retries + 1):
-            try:
-                await self._run(self._post, body)
-                return
-            except DeliveryFailed as exc:
-                if attempt == s.retries or "(not retried)" in str(exc):
-                    tries = f" after {attempt + 1} attempts" if attempt else ""
-                    raise DeliveryFailed(f"{exc}{tries}") from None
-            await asyncio.sleep(s.backoff * 2**attempt)
+        await self._run(self._post, message.to_json())
 
     def _post(self, body: bytes) -> None:
         s = self.settings
@@ -282,20 +345,19 @@ class WebhookSender(_Threaded):
                 answer.read(65536)
         except urllib.error.HTTPError as exc:
             # 3xx and 4xx (but 408, 429) say the request is wrong: sending it again won't help
-            final = exc.code < 500 and exc.code not in (408, 429)
+            again = exc.code >= 500 or exc.code in (408, 429)
             moved = " (a redirect, not followed: set url to where it points)"
-            raise DeliveryFailed(
-                f"HTTP {exc.code} {exc.reason}{moved if 300 <= exc.code < 400 else ''}"
-                f"{' (not retried)' if final else ''}"
-            ) from None
+            reason = f"HTTP {exc.code} {exc.reason}{moved if 300 <= exc.code < 400 else ''}"
+            raise DeliveryFailed(reason, again) from None
         except urllib.error.URLError as exc:
-            reason = exc.reason
-            text = getattr(reason, "strerror", None) or str(reason)
-            raise DeliveryFailed(f"{self.where}: {text}") from None
+            cause = exc.reason
+            text = getattr(cause, "strerror", None) or str(cause)
+            again = isinstance(cause, BaseException) and passing(cause)
+            raise DeliveryFailed(f"{self.where}: {text}", again) from None
         except TimeoutError:
-            raise DeliveryFailed(f"{self.where}: no answer in {s.timeout:g} s") from None
+            raise DeliveryFailed(f"{self.where}: no answer in {s.timeout:g} s", True) from None
         except OSError as exc:
-            raise DeliveryFailed(f"{self.where}: {exc.strerror or exc}") from None
+            raise DeliveryFailed(f"{self.where}: {exc.strerror or exc}", passing(exc)) from None
 
 
 def senders(

@@ -2,10 +2,13 @@
 
 The observer only classifies the event and notes the change (core/alerts.py): it never waits,
 so recording an event stays as fast as before. A task of its own closes each group window and
-offers the message to every channel's rate limit; each channel has a bounded queue and a
-worker that delivers one message at a time within the channel's timeout. A channel that is
-slow, hangs or refuses fills its own queue (the overflow is dropped, and said); every outcome
-is an `alert` event. Certificates are checked for expiry once an hour.
+offers the message to every channel's rate limit; each channel has a bounded outbox and a
+worker that delivers one message at a time within the channel's timeout, and tries a message
+that failed for a passing reason again later while the others go out (core/alert_outbox.py).
+A channel that is slow, hangs or refuses fills its own outbox (the overflow is dropped, and
+said); every outcome is an `alert` event. In an HA pair only the node holding the floating
+addresses speaks for the servers (core/alerts.py Intake). Certificates are checked for expiry
+once an hour.
 """
 
 from __future__ import annotations
@@ -24,16 +27,17 @@ from pacslb import config as c
 from pacslb.config_alerts import AlertSettings
 from pacslb.control.alert_senders import DeliveryFailed, Sender, senders
 from pacslb.control.events import Event
+from pacslb.core.alert_outbox import Outbox, Pending
 from pacslb.core.alerts import (
     Change,
     Gate,
-    Grouper,
+    Intake,
     Message,
-    OpenProblems,
     change_of,
     delivery_test_message,
     expiry_changes,
 )
+from pacslb.core.ha_role import HaState, Role
 from pacslb.errors import PacslbError
 
 Record = Callable[[str, dict[str, Any]], None]  # (message, data): an event of kind "alert"
@@ -53,17 +57,21 @@ class NoAlertChannels(PacslbError):
 
 
 class Channel:
-    """One destination: its sender, rate limit, bounded queue and delivery worker."""
+    """One destination: its sender, rate limit, outbox (bounded, with retries: one mechanism
+    for every channel, core/alert_outbox.py) and delivery worker."""
 
     def __init__(self, sender: Sender, settings: AlertSettings, record: Record) -> None:
         self.sender = sender
         self.gate = Gate(settings.rate_limit)
-        self.queue: asyncio.Queue[Message] = asyncio.Queue(settings.queue)
+        self.outbox = Outbox(settings.queue, sender.retries, sender.backoff)
         self.record = record
         self.delivered = 0
         self.failed = 0
         self.dropped = 0
+        self.retried = 0
         self.last_error = ""
+        self._changed = asyncio.Event()  # a message put, or an attempt ended
+        self._busy = False  # an attempt is running
         self.task = asyncio.get_running_loop().create_task(self._work())
 
     @property
@@ -71,59 +79,104 @@ class Channel:
         return self.sender.name
 
     def put(self, message: Message) -> None:
-        try:
-            self.queue.put_nowait(message)
-        except asyncio.QueueFull:
-            self.dropped += 1
-            self.record(
-                f"{self.name}: queue full ({self.queue.maxsize} messages waiting), dropped: "
-                f"{message.title}",
-                {"channel": self.name, "dropped": self.dropped},
-            )
+        if self.outbox.put(message, time.monotonic()):
+            self._changed.set()
+            return
+        self.dropped += 1
+        self.record(
+            f"{self.name}: queue full ({self.outbox.size} messages waiting), dropped: "
+            f"{message.title}",
+            {"channel": self.name, "dropped": self.dropped},
+        )
 
     async def _work(self) -> None:
         while True:
-            message = await self.queue.get()
+            now = time.monotonic()
+            pending = self.outbox.take(now)
+            if pending is None:  # wait for a new message or the next retry's time
+                due = self.outbox.next_due()
+                self._changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(None if due is None else max(due - now, 0.0)):
+                        await self._changed.wait()
+                continue
+            self._busy = True
             try:
-                await self.deliver(message)
+                await self._deliver(pending)
             finally:
-                self.queue.task_done()
+                self._busy = False
+                self._changed.set()
 
-    async def deliver(self, message: Message) -> str | None:
-        """Send one message within the channel's timeout; the reason it failed, or None."""
-        started = time.monotonic()
+    async def attempt(self, message: Message) -> tuple[str | None, bool]:
+        """One attempt within the channel's timeout: (None, _) delivered, or (the reason it
+        failed, whether it may pass)."""
         try:
             async with asyncio.timeout(self.sender.timeout):
                 await self.sender.send(message)
         except DeliveryFailed as exc:
-            reason = str(exc)
+            return str(exc), exc.passing
         except TimeoutError:
-            reason = f"no delivery within {self.sender.timeout:g} s"
+            return f"no delivery within {self.sender.timeout:g} s", True
         except Exception as exc:  # a bug in a sender must not end the worker
-            reason = repr(exc)
-        else:
+            return repr(exc), False
+        return None, False
+
+    async def _deliver(self, pending: Pending) -> None:
+        started = time.monotonic()
+        message, tries = pending.message, pending.attempts + 1
+        reason, may_pass = await self.attempt(message)
+        now = time.monotonic()
+        data: dict[str, Any] = {"channel": self.name, "delivered": reason is None}
+        if tries > 1:
+            data["attempts"] = tries
+        if reason is None:
             self.delivered += 1
-            seconds = round(time.monotonic() - started, 3)
-            self.record(
-                f"{self.name}: delivered: {message.title}",
-                {"channel": self.name, "delivered": True, "seconds": seconds},
-            )
-            return None
-        self.failed += 1
+            self.outbox.delivered(now)
+            data["seconds"] = round(now - started, 3)
+            after = f" (attempt {tries})" if tries > 1 else ""
+            self.record(f"{self.name}: delivered{after}: {message.title}", data)
+            return
         self.last_error = reason
-        self.record(
-            f"{self.name}: not delivered: {reason} ({message.title})",
-            {"channel": self.name, "delivered": False, "reason": reason},
-        )
-        return reason
+        data["reason"] = reason
+        wait = self.outbox.failed(pending, now, may_pass)
+        if wait is not None:
+            self.retried += 1
+            data["retry_in"] = wait
+            again = f"; attempt {tries} of {self.outbox.retries + 1}, again in {wait:g} s"
+            self.record(f"{self.name}: not delivered: {reason}{again} ({message.title})", data)
+            return
+        self.failed += 1
+        after = f" after {tries} attempts" if tries > 1 else ""
+        self.record(f"{self.name}: not delivered: {reason}{after} ({message.title})", data)
+
+    def record_test(self, message: Message, reason: str | None) -> None:
+        """The outcome of a test message: counted and an event, as a delivery's."""
+        data: dict[str, Any] = {"channel": self.name, "delivered": reason is None, "test": True}
+        if reason is None:
+            self.delivered += 1
+            self.record(f"{self.name}: delivered: {message.title}", data)
+            return
+        self.failed += 1
+        self.last_error = data["reason"] = reason
+        self.record(f"{self.name}: not delivered: {reason} ({message.title})", data)
 
     async def close(self, grace: float) -> None:
+        """Deliver what waits within `grace` (a retry waiting is tried once more, now)."""
+        self.outbox.hurry(time.monotonic())
+        self._changed.set()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace):
-                await self.queue.join()
+                while len(self.outbox) or self._busy:
+                    self._changed.clear()
+                    await self._changed.wait()
         self.task.cancel()
         await stopped(self.task)
         self.sender.close()
+        if len(self.outbox):
+            self.record(
+                f"{self.name}: stopped with {len(self.outbox)} messages not delivered",
+                {"channel": self.name, "undelivered": len(self.outbox)},
+            )
 
 
 class AlertService:
@@ -132,10 +185,10 @@ class AlertService:
         self.node = node or socket.gethostname()
         self.settings: AlertSettings | None = None
         self.channels: list[Channel] = []
-        self.grouper = Grouper(10.0, self.node)
+        # grouping, open problems, and whether this node speaks for the servers (HA role)
+        self.intake = Intake(10.0, self.node)
         self.certificates: list[Path] = []
         self._sent_expiry: set[tuple[str, datetime, int]] = set()
-        self.open_problems = OpenProblems()  # read from any thread, changed in the loop's
         self._next_cert_check = 0.0
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -158,12 +211,12 @@ class AlertService:
             self.channels = [] if settings is None else self._channels(settings)
             for channel in old:  # queued messages of a replaced channel go out through it
                 self._spawn(channel.close(CLOSE_GRACE))
-            self.grouper.window = settings.group_window if settings else 0.0
+            self.intake.grouper.window = settings.group_window if settings else 0.0
             self._next_cert_check = 0.0
         # A server taken out while down is checked no more: its open problem is resolved here.
         subjects = {f"{s.label}/{r.label}" for s in config.virtual_services for r in s.real_servers}
         at = datetime.now(UTC).isoformat(timespec="seconds")
-        for change in self.open_problems.removed(subjects, at) if self.channels else ():
+        for change in self.intake.open_problems.removed(subjects, at) if self.channels else ():
             self._add(change)
         if self._ticker is None and settings is not None:
             self._ticker = self._loop.create_task(self._tick())
@@ -203,7 +256,7 @@ class AlertService:
             event.data,
             event.at,
             settings.events,
-            self.open_problems,
+            self.intake.open_problems,  # read from any thread, changed in the loop's
         )
         if change is None or self._loop is None:
             return
@@ -213,9 +266,20 @@ class AlertService:
             self._loop.call_soon_threadsafe(self._add, change)
 
     def _add(self, change: Change) -> None:
-        self.open_problems.note(change)
-        self.grouper.add(change, time.monotonic())
-        self._wake.set()
+        if self.intake.add(change, time.monotonic()):
+            self._wake.set()
+
+    def follow(self, ha: HaState) -> None:
+        """Take this node's HA role now and at each change (an HaState listener, run in the
+        loop before the supervisor records the `ha` event: a takeover's list of servers down
+        and its role change go into the same message)."""
+        self.role_changed(Role.STANDALONE, ha.role)
+        ha.subscribe(self.role_changed)
+
+    def role_changed(self, old: Role, new: Role) -> None:
+        at = datetime.now(UTC).isoformat(timespec="seconds")
+        if self.intake.role(new, time.monotonic(), at):
+            self._wake.set()
 
     # --- messages out ----------------------------------------------------------------------
 
@@ -229,7 +293,7 @@ class AlertService:
                     await self._check_certificates()
             except Exception as exc:  # a bug here must not end alerting for good: said, retried
                 self.record(f"alerts: {exc!r}", {"error": repr(exc)})
-            dues = [self.grouper.next_due(), self._next_cert_check]
+            dues = [self.intake.grouper.next_due(), self._next_cert_check]
             dues += [ch.gate.next_due() for ch in self.channels]
             soonest = min((d for d in dues if d is not None), default=now + MAX_SLEEP)
             self._wake.clear()
@@ -241,7 +305,7 @@ class AlertService:
                     await self._wake.wait()
 
     def _flush(self, now: float, final: bool = False) -> None:
-        message = self.grouper.due(float("inf") if final else now)
+        message = self.intake.grouper.due(float("inf") if final else now)
         for channel in self.channels:
             ready = channel.gate.offer(message, now) if message else channel.gate.due(now)
             if ready is not None:
@@ -269,10 +333,13 @@ class AlertService:
         who = f" by {by}" if by else ""
         self.record(f"test message sent{who}", {"test": True})
         message = delivery_test_message(self.node, datetime.now(UTC).isoformat(timespec="seconds"))
-        reasons = await asyncio.gather(*(ch.deliver(message) for ch in channels))
+        # One attempt each, within its timeout, no retry: the person waits for the answer.
+        results = await asyncio.gather(*(ch.attempt(message) for ch in channels))
+        for ch, (reason, _) in zip(channels, results, strict=True):
+            ch.record_test(message, reason)
         return {
             ch.name: {"delivered": reason is None, "reason": reason or ""}
-            for ch, reason in zip(channels, reasons, strict=True)
+            for ch, (reason, _) in zip(channels, results, strict=True)
         }
 
     def status(self) -> dict[str, Any]:
@@ -281,7 +348,8 @@ class AlertService:
                 "delivered": ch.delivered,
                 "failed": ch.failed,
                 "dropped": ch.dropped,
-                "queued": ch.queue.qsize(),
+                "queued": len(ch.outbox),
+                "retrying": ch.outbox.retrying,
                 "held": ch.gate.holding,
                 "last_error": ch.last_error,
             }

@@ -472,8 +472,8 @@ async def events(
 
 @router.get("/alerts", tags=["alerts"])
 async def alert_channels(request: Request, who: Reader) -> dict[str, Any]:
-    """Per alert channel: messages delivered, failed, dropped (queue full), queued, held by the
-    rate limit, and the last failure's reason."""
+    """Per alert channel: messages delivered, failed (given up), dropped (queue full), queued,
+    waiting for a retry, held by the rate limit, and the last failure's reason."""
     return {"channels": process_of(request).alerts.status()}
 
 

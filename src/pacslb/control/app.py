@@ -132,6 +132,7 @@ class ControlProcess:
         # This node's HA role: set by the keepalived supervisor, read by replication, state
         # sync, the API and the WebUI (core/ha_role.py).
         self.ha = HaState(Role.STARTING if ha_enabled(config) else Role.STANDALONE)
+        self.alerts.follow(self.ha)  # in a pair, the active node speaks for the servers
         self.keepalived = KeepalivedSupervisor(
             self.state_dir, self.ha, lambda message, data: self._record("ha", message, data=data)
         )

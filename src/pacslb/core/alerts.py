@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from pacslb.config_alerts import FACILITIES
+from pacslb.core.ha_role import Role
 
 State = Literal["problem", "resolved", "notice"]
 # RFC 5424 §6.2.1 severities: what each state maps to on syslog
@@ -83,6 +84,11 @@ def change_of(
         if data.get("recovered"):
             return Change(kind, data["engine"], "resolved", message, at)
         return None
+    if kind == "ha" and ("problem" in data or "code" in data):
+        # HA cannot run (keepalived missing, a bad interface) or keepalived exited: the node
+        # holds no floating address, and in a pair says nothing of the servers (Intake): it
+        # must say this. Its next VRRP state is the RESOLVED (stopped -> passive/active).
+        return Change(kind, "this node", "problem", message, at)
     if kind == "ha" and "role" in data and "previous" not in data:
         return Change(kind, "this node", "problem", message, at)  # a role it could not take
     if kind == "ha" and "role" in data and data.get("previous") != data["role"]:
@@ -96,25 +102,78 @@ def change_of(
 
 
 class OpenProblems:
-    """The health subjects (service/server) whose PROBLEM went out with no RESOLVED since."""
+    """The health subjects (service/server) whose last health change was a PROBLEM (said by
+    this node, or by the active peer while this one stood by), with that change."""
 
     def __init__(self) -> None:
-        self._open: set[str] = set()
+        self._open: dict[str, Change] = {}
 
     def __contains__(self, subject: object) -> bool:
         return subject in self._open
 
     def note(self, change: Change) -> None:
         if change.topic == "health" and change.state == "problem":
-            self._open.add(change.subject)
+            self._open.setdefault(change.subject, change)  # the first: since when it is down
         elif change.topic == "health":
-            self._open.discard(change.subject)
+            self._open.pop(change.subject, None)
 
     def removed(self, subjects: Container[str], at: str) -> list[Change]:
         """A RESOLVED for each open problem whose server is no longer in the config (nobody
         checks it any more: its recovery would never be said)."""
         gone = sorted(s for s in self._open if s not in subjects)
         return [Change("health", s, "resolved", "no longer in the configuration", at) for s in gone]
+
+    def down_at_takeover(self, at: str) -> list[Change]:
+        """A PROBLEM line for each server down now, for the message of a node taking over."""
+        return [
+            Change(
+                "health",
+                s,
+                "problem",
+                f"down when this node took over: {ch.text} (since {ch.at})",
+                at,
+            )
+            for s, ch in sorted(self._open.items())
+        ]
+
+
+# What the node holding the floating addresses says for an HA pair: both nodes check the same
+# servers and hold the same admin states (replicated), so both saying them would mail every
+# change twice. The rest (engine, ha, certificate) is each node's own.
+PAIR_TOPICS = frozenset({"health", "admin"})
+
+
+class Intake:
+    """Where a change goes: every health change is noted (open problems), and grouped into a
+    message when this node speaks for the servers: it is not in a pair (standalone) or holds
+    the pair's floating addresses (active). The passive node, one starting and one in fault
+    keep quiet about servers. A node that takes the addresses over says, with its role change,
+    which servers are down right then (the old active's PROBLEMs may have been its last word),
+    and their recovery is then its RESOLVED."""
+
+    def __init__(self, window: float, node: str) -> None:
+        self.grouper = Grouper(window, node)
+        self.open_problems = OpenProblems()
+        self.speaks_for_servers = True  # Role.STANDALONE until told otherwise
+
+    def add(self, change: Change, now: float) -> bool:
+        """Note `change`; True when it goes into a message."""
+        self.open_problems.note(change)
+        if change.topic in PAIR_TOPICS and not self.speaks_for_servers:
+            return False
+        self.grouper.add(change, now)
+        return True
+
+    def role(self, role: Role, now: float, at: str) -> list[Change]:
+        """This node's HA role is now `role`; the lines a takeover adds to the next message."""
+        took_over = role.holds_addresses and not self.speaks_for_servers
+        self.speaks_for_servers = role.holds_addresses
+        if not took_over:
+            return []
+        down = self.open_problems.down_at_takeover(at)
+        for change in down:
+            self.grouper.add(change, now)
+        return down
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,10 +401,33 @@ def rfc5424(
     counts = {s: sum(1 for ln in message.lines if ln.state == s) for s in SEVERITY}
     params = " ".join(f'{k}="{_sd_escape(str(v))}"' for k, v in counts.items())
     sd = f'[alert@{PEN} state="{message.state}" {params} held="{message.held}"]'
-    body = message.title + "".join(f"; {ln.state} {ln.subject}: {ln.text}" for ln in message.lines)
-    body = body.encode("ascii", "backslashreplace").decode().replace("\n", " ")
+    body = _body(message)
     msgid = "TEST" if message.test else message.state.upper()
     return f"<{pri}>1 {stamp} {host} {app_name} {procid} {msgid} {sd} {body}".encode()
+
+
+MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+LOCAL_LIMIT = 8192  # rsyslog's default maxMessageSize; journald takes more
+
+
+def _body(message: Message) -> str:
+    """The MSG part: the title and each line, one line of ASCII (non-ASCII escaped)."""
+    body = message.title + "".join(f"; {ln.state} {ln.subject}: {ln.text}" for ln in message.lines)
+    return body.encode("ascii", "backslashreplace").decode().replace("\n", " ")
+
+
+def local_syslog_line(
+    message: Message, facility: str, tag: str, procid: int, local_now: datetime
+) -> bytes:
+    """One message for the local syslog socket (/dev/log) as glibc's syslog(3) writes it:
+    `<PRI>Mmm dd hh:mm:ss TAG[PID]: MSG`, local time, no hostname (the daemon adds it).
+    journald and rsyslog's imuxsock parse this shape on the local socket; an RFC 5424 line
+    there may be stored unparsed (its header as the text). Month names are English whatever
+    the locale, the day padded with a space (RFC 3164 §4.1.2)."""
+    pri = SYSLOG_FACILITY[facility] * 8 + message.severity
+    t = local_now
+    stamp = f"{MONTHS[t.month - 1]} {t.day:>2} {t.hour:02d}:{t.minute:02d}:{t.second:02d}"
+    return f"<{pri}>{stamp} {tag}[{procid}]: {_body(message)}".encode()[:LOCAL_LIMIT]
 
 
 def octet_counted(frame: bytes) -> bytes:

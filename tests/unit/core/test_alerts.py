@@ -5,21 +5,24 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from tests.integration.alert_peers import parse_rfc5424
+from tests.integration.alert_peers import parse_local_syslog, parse_rfc5424
 
 from pacslb.config_alerts import ALERT_TOPICS
 from pacslb.core.alerts import (
     Change,
     Gate,
     Grouper,
+    Intake,
     OpenProblems,
     change_of,
     compose,
     delivery_test_message,
     expiry_changes,
+    local_syslog_line,
     octet_counted,
     rfc5424,
 )
+from pacslb.core.ha_role import Role
 from pacslb.core.validate import load_text
 
 AT = "2026-12-07T01:00:00.000+00:00"
@@ -71,6 +74,20 @@ def test_which_events_alert() -> None:
     assert change_of("ha", "m", "", "", ha, AT, ALERT_TOPICS).state == "resolved"  # type: ignore[union-attr]
     failed = {"role": "active"}  # control/ha.py: the addresses could not be taken
     assert change_of("ha", "role active: ...", "", "", failed, AT, ALERT_TOPICS).state == "problem"  # type: ignore[union-attr]
+    # control/ha.py: HA cannot run, keepalived exited (the role is stopped: no VRRP line says it)
+    cannot = {"problem": "keepalived is not installed (apt install keepalived)"}
+    assert (
+        change_of("ha", "HA cannot run: ...", "", "", cannot, AT, ALERT_TOPICS).state == "problem"
+    )  # type: ignore[union-attr]
+    exited = {"code": 1, "removed": ["198.18.0.100/32"]}
+    assert (
+        change_of("ha", "keepalived exited", "", "", exited, AT, ALERT_TOPICS).subject
+        == "this node"
+    )  # type: ignore[union-attr]
+    assert (
+        change_of("ha", "keepalived started (pid 42)", "", "", {"pid": 42}, AT, ALERT_TOPICS)
+        is None
+    )
     assert change_of("config", "applying revision 3", "", "", {}, AT, ALERT_TOPICS) is None
     assert change_of("health", "m", "Rack", "S1", {"current": "down"}, AT, ["admin"]) is None
 
@@ -182,6 +199,16 @@ def test_rfc5424_line_parses_strictly() -> None:
     assert octet_counted(b"abc") == b"3 abc"
 
 
+def test_local_socket_line_is_what_syslog3_writes() -> None:
+    change = Change("health", "Rack/Srv1", "resolved", "down -> up: naïve\nok", AT)
+    now = datetime(2026, 3, 7, 1, 2, 3, 456000)  # local time: the day padded with a space
+    line = local_syslog_line(compose([change], "lb1"), "daemon", "pacslb", 4242, now)
+    assert line.startswith(b"<29>Mar  7 01:02:03 pacslb[4242]: [pacslb lb1] RESOLVED: "), line
+    parsed = parse_local_syslog(line)
+    assert (parsed["facility"], parsed["severity"], parsed["day"]) == (3, 5, 7)
+    assert parsed["msg"].endswith("Rack/Srv1: down -> up: na\\xefve ok"), parsed
+
+
 @pytest.mark.parametrize(
     ("alerts", "problem"),
     [
@@ -197,6 +224,7 @@ def test_rfc5424_line_parses_strictly() -> None:
         ("{email: {host: r, sender: 'Me <a@b.c>', recipients: [x@y.z]}}", "not a mail address"),
         ("{syslog: {transport: tcp}}", "transport tcp needs the collector's host"),
         ("{syslog: {app_name: 'two words'}}", "APP-NAME is 1-48 visible ASCII"),
+        ("{syslog: {app_name: 'pacs[lb]'}}", "no ':', '[' or ']' with transport local"),
         ("{webhook: {url: 'http://h/', headers: {'Bad Name': x}}}", "is not a header name"),
         ("{webhook: {url: 'https://u:pw@h/hook'}}", "no user or password in the url"),
         ("{webhook: {url: 'http://h/', headers: {authorization: 'Bearer x'}}}", "token_file"),
@@ -255,3 +283,55 @@ def test_online_after_a_halt_resolves_it() -> None:
     assert admin("halt", "online") == "resolved"
     assert admin("halt", "drain") == "notice"
     assert admin("online", "drain") == "notice" and admin("drain", "online") == "notice"
+
+
+def test_in_an_ha_pair_the_active_node_speaks_for_the_servers() -> None:
+    """Fake clock and role: the passive node notes server changes and says none; it says its
+    own (ha, engine); taking over, it says which servers are down then and resolves them."""
+    intake = Intake(5.0, "lb2")
+    assert intake.role(Role.STARTING, 0.0, AT) == []  # HA enabled: not yet speaking
+    assert intake.role(Role.PASSIVE, 1.0, AT) == []
+    down = health("S1", "up", "down")
+    flap = health("S2", "up", "down")
+    assert down is not None and flap is not None
+    assert intake.add(down, 2.0) is False and intake.add(flap, 2.0) is False
+    back = health("S2", "down", "up")
+    assert back is not None and intake.add(back, 3.0) is False  # S2 is up again: not open
+    halt = change_of(
+        "admin", "online -> halt", "Rack", "S3", {"previous": "online", "state": "halt"}, AT,
+        ALERT_TOPICS,
+    )  # fmt: skip
+    assert halt is not None and intake.add(halt, 3.0) is False  # replicated: the active's
+    assert intake.grouper.due(100.0) is None
+    own = Change("engine", "kernel", "problem", "apply failed", AT)
+    assert intake.add(own, 10.0) is True
+    message = intake.grouper.due(15.0)
+    assert message is not None and [ln.subject for ln in message.lines] == ["kernel"]
+
+    taken = intake.role(Role.ACTIVE, 20.0, "2026-12-07T01:05:00+00:00")
+    assert [(c.subject, c.state) for c in taken] == [("Rack/S1", "problem")]
+    assert (
+        taken[0].text == f"down when this node took over: up -> down: connect refused (since {AT})"
+    )
+    role = Change("ha", "this node", "notice", "role passive -> active", AT)
+    assert intake.add(role, 20.0) is True
+    message = intake.grouper.due(25.0)
+    assert message is not None and message.title.startswith("[pacslb lb2] PROBLEM: 1 problem, 1")
+    assert [ln.subject for ln in message.lines] == ["Rack/S1", "this node"]
+    recovered = health("S1", "down", "up")
+    assert recovered is not None and intake.add(recovered, 40.0) is True
+    message = intake.grouper.due(45.0)
+    assert message is not None and message.state == "resolved", message
+    assert intake.role(Role.ACTIVE, 50.0, AT) == []  # no change: nothing to add
+    assert intake.role(Role.FAULT, 51.0, AT) == []  # handed over: quiet again
+    again = health("S1", "up", "down")
+    assert again is not None and intake.add(again, 52.0) is False
+
+
+def test_a_node_not_in_a_pair_says_everything() -> None:
+    intake = Intake(0.0, "lb1")
+    assert intake.role(Role.STANDALONE, 0.0, AT) == []
+    down = health("S1", "up", "down")
+    assert down is not None and intake.add(down, 1.0) is True
+    message = intake.grouper.due(1.0)
+    assert message is not None and message.lines[0].subject == "Rack/S1"
