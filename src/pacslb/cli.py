@@ -163,13 +163,10 @@ def cmd_config(args: argparse.Namespace) -> int:
         sys.stdout.write(store.text(args.a))
     elif args.action == "diff":
         sys.stdout.write(store.diff(args.a, args.b))
-    elif args.action == "rollback":
-        rev = store.rollback(args.a, author=os.environ.get("USER", ""))
-        print(f"revision {rev.number}: {rev.comment}")
-    elif args.action == "save":
-        text = Path(args.file).read_text(encoding="utf-8")
-        rev = store.save(text, comment=args.comment, author=os.environ.get("USER", ""))
-        print(f"revision {rev.number}")
+    else:  # rollback, save: through the running pacslb when one runs
+        from pacslb.cli_config import cmd_write
+
+        return cmd_write(args)
     return EXIT_OK
 
 
@@ -558,7 +555,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", type=Path, help="apply the admin states stored here")
     p.set_defaults(func=cmd_plan)
 
-    p = sub.add_parser("config", help="config revisions: list, show, diff, rollback, save")
+    p = sub.add_parser(
+        "config",
+        help="config revisions: list, show, diff, rollback, save (rollback and save go "
+        "through the running pacslb when one runs)",
+    )
     p.add_argument("action", choices=["list", "show", "diff", "rollback", "save"])
     p.add_argument("a", nargs="?", type=int, help="revision (show, diff, rollback)")
     p.add_argument("b", nargs="?", type=int, help="second revision (diff)")
