@@ -397,6 +397,19 @@ def cmd_passwd(args: argparse.Namespace) -> int:
     from pacslb.control.auth import AuthStore
     from pacslb.core.auth import Role, password_problem
 
+    state_dir = _state_dir(args)
+    named = bool(args.state_dir or args.config)
+    if not named and not state_dir.is_dir():
+        # The default (/var/lib/pacslb, made by the package) missing: no node was set up here,
+        # and a reader who left out --state-dir would make one by mistake. A directory named
+        # on the command line is made, so a password can be set before the first start.
+        print(
+            f"pacslb passwd: no state directory {state_dir} (pacslb is not installed or has "
+            "not run there); name the node's with --state-dir DIR or --config FILE; nothing "
+            "changed",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\n")
     else:
@@ -408,7 +421,6 @@ def cmd_passwd(args: argparse.Namespace) -> int:
     if problem:
         print(f"pacslb passwd: {problem}; nothing changed", file=sys.stderr)
         return EXIT_INVALID
-    state_dir = _state_dir(args)
     state_dir.mkdir(parents=True, exist_ok=True)
     role = Role(args.role) if args.role else None
     AuthStore(state_dir).set_password(args.user, password, role)

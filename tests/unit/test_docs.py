@@ -5,6 +5,7 @@ by tests/integration/test_docs_check.py and `make docs-check`.)"""
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -104,3 +105,25 @@ def test_the_demo_docs_check_starts_is_what_make_run_starts() -> None:
     assert "run: $(STAMP)\n\t$(BIN)/pacslb demo --state-dir $(RUN_DIR)\n" in makefile
     source = (ROOT / "scripts" / "docs_check.py").read_text()
     assert '"demo", "--state-dir", "state/run"' in source
+
+
+# The commands that write into the state directory with no pacslb running. Run as a demo block
+# shows them but without --state-dir, they would write into the host's /var/lib/pacslb (docs-check
+# points PACSLB_STATE_DIR at the demo's, a reader's shell does not).
+STATE_WRITERS = re.compile(
+    r"\bpacslb (passwd|token (create|revoke)|config (save|rollback)|restore|teardown|"
+    r"stop-data-plane)\b"
+)
+
+
+def test_commands_that_write_state_name_the_state_directory() -> None:
+    check = script("docs_check")
+    unnamed = [
+        f"{check.rel(b.doc)}:{c.line}: {c.text}"
+        for doc in check.DOCS
+        for b in check.parse(doc)
+        if b.kind in {"tmp", "netns", "demo"}
+        for c in b.commands
+        if STATE_WRITERS.search(c.text) and not re.search(r"--state-dir|--config|-c ", c.text)
+    ]
+    assert unnamed == []
