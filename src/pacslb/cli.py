@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from pacslb import __version__
 from pacslb.config import Config, config_json_schema
-from pacslb.errors import ConfigError, EngineError, PacslbError
+from pacslb.errors import ConfigError, EngineError, PacslbError, Problem
 
 if TYPE_CHECKING:
     from pacslb.core.doctor import Reach
@@ -50,14 +50,35 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(exc, file=sys.stderr)
         return EXIT_INVALID
     servers = sum(len(vs.real_servers) for vs in config.virtual_services)
+    base = Path.cwd() if str(args.file) == "-" else args.file.resolve().parent
+    warnings = secret_warnings(config, base)
     if args.json:
-        print(json.dumps({"valid": True, "source": str(args.file), "problems": []}))
+        found = [w.to_json() for w in warnings]
+        answer = {"valid": True, "source": str(args.file), "problems": [], "warnings": found}
+        print(json.dumps(answer))
     else:
         print(
             f"{args.file}: OK: {len(config.virtual_services)} virtual services, "
             f"{servers} real servers"
         )
+        for warning in warnings:
+            print(f"  warning: {warning}", file=sys.stderr)
     return EXIT_OK
+
+
+def secret_warnings(config: Config, base: Path) -> list[Problem]:
+    """Secret files others may read: a warning, not a problem (a TLS key is not refused for
+    its mode either; the config is right, the file's mode is the host's business)."""
+    from pacslb.core.validate_alerts import secret_file_warnings
+
+    def mode_of(path: Path) -> int | None:
+        try:
+            return (path if path.is_absolute() else base / path).stat().st_mode
+        except OSError:
+            return None  # gone since the check: `no such file` was the validator's to say
+
+    alerts = config.node.alerts
+    return [] if alerts is None else secret_file_warnings(alerts.model_dump(), mode_of)
 
 
 def _pairs(items: Sequence[str], option: str) -> dict[str, list[str]]:
