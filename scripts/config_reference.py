@@ -44,6 +44,8 @@ SECTIONS: list[tuple[str, type[BaseModel], str]] = [
     ("node.alerts.webhook", ca.WebhookAlerts, "`node.alerts.webhook`"),
     ("virtual_services[]", c.VirtualService, "each item of `virtual_services`"),
     ("real_servers[]", c.RealServer, "each item of a service's `real_servers`"),
+    ("dicom", c.DicomSettings, "a service's `dicom` (l7-dicom: see [dicom.md](dicom.md))"),
+    ("dicom.routes[]", c.AERoute, "each item of `dicom.routes`"),
     ("fallback", c.Fallback, "a service's `fallback`"),
     ("timeouts", c.Timeouts, "a service's `timeouts`"),
     ("passive", c.PassiveHealth, "a service's `passive`"),
@@ -52,6 +54,7 @@ SECTIONS: list[tuple[str, type[BaseModel], str]] = [
     ("persistence: none", c.NoPersistence, "a service's `persistence`, `type: none`"),
     ("persistence: source-ip", c.SourceIPPersistence, "`persistence`, `type: source-ip`"),
     ("persistence: http-cookie", c.CookiePersistence, "`persistence`, `type: http-cookie`"),
+    ("persistence: calling-ae", c.CallingAEPersistence, "`persistence`, `type: calling-ae`"),
     ("health_check: connect", c.ConnectCheck, "`health_check`, `type: connect`"),
     ("health_check: http", c.HttpCheck, "`health_check`, `type: http`"),
     ("health_check: dicom-echo", c.DicomEchoCheck, "`health_check`, `type: dicom-echo`"),
@@ -59,7 +62,43 @@ SECTIONS: list[tuple[str, type[BaseModel], str]] = [
     ("health_check: all", c.AllChecks, "`health_check`, `type: all`"),
     ("health_check: none", c.NoCheck, "`health_check`, `type: none`"),
 ]
-ANCHORS = {model: heading for heading, model, _ in SECTIONS}
+
+
+def reachable(root: type[BaseModel]) -> dict[type[BaseModel], str]:
+    """Every model a config can hold, with the first key path where a reader meets it."""
+    found: dict[type[BaseModel], str] = {root: ""}
+
+    def models_in(annotation: Any) -> list[type[BaseModel]]:
+        if isinstance(annotation, type):
+            return [annotation] if issubclass(annotation, BaseModel) else []
+        return [m for arg in typing.get_args(annotation) for m in models_in(arg)]
+
+    queue = [root]
+    while queue:  # bounded: each model is visited once
+        model = queue.pop(0)
+        for name, field in model.model_fields.items():
+            many = typing.get_origin(field.annotation) is list
+            path = f"{found[model]}.{name}".lstrip(".") + ("[]" if many else "")
+            for inner in models_in(field.annotation):
+                if inner not in found:
+                    found[inner] = path
+                    queue.append(inner)
+    return found
+
+
+def all_sections() -> list[tuple[str, type[BaseModel], str]]:
+    """SECTIONS, then every model the config reaches that SECTIONS forgot, under its key path:
+    a model added to config.py is in the reference before anyone writes it a heading."""
+    listed = {model for _, model, _ in SECTIONS}
+    forgotten = [
+        (f"{path} ({model.__name__})", model, f"`{path}`")
+        for model, path in reachable(c.Config).items()
+        if model not in listed
+    ]
+    return SECTIONS + forgotten
+
+
+ANCHORS = {model: heading for heading, model, _ in all_sections()}
 
 # Fields whose meaning the models do not spell out in a description (enums, addresses).
 EXTRA = {
@@ -78,6 +117,7 @@ EXTRA = {
     (c.WebUI, "key"): "PEM private key of `certificate`; unset = inside the certificate",
     (c.AllChecks, "checks"): "checks (connect, http, dicom-echo, external); all must pass",
     (c.TlsTermination, "certificates"): "the first is the default; others are chosen by SNI",
+    (c.AERoute, "called_ae"): "the AE title the client calls (leading/trailing spaces ignored)",
 }
 
 
@@ -128,12 +168,14 @@ def limits(field: FieldInfo) -> str:
     """ge/le/length/pattern constraints, from the field and from its Annotated item type."""
     found: list[str] = []
     metadata = list(field.metadata)
+    infos = [field]
     for arg in typing.get_args(field.annotation):
         if isinstance(arg, FieldInfo):
-            metadata += arg.metadata
+            infos.append(arg)
         for inner in typing.get_args(arg):  # list[Annotated[int, Field(ge=1)]]
             if isinstance(inner, FieldInfo):
-                metadata += inner.metadata
+                infos.append(inner)
+    metadata += [item for info in infos[1:] for item in info.metadata]
     for item in metadata:
         if isinstance(item, annotated_types.Ge):
             found.append(f"≥ {item.ge}")
@@ -145,7 +187,18 @@ def limits(field: FieldInfo) -> str:
             found.append(f"at least {item.min_length} long")
         elif isinstance(item, annotated_types.MaxLen):
             found.append(f"at most {item.max_length} long")
+    for info in infos:
+        if isinstance(info.json_schema_extra, dict):
+            found += schema_limits(info.json_schema_extra)
     return ", ".join(dict.fromkeys(found))
+
+
+def schema_limits(extra: dict[str, Any]) -> list[str]:
+    """Lengths a validator checks with its own message, stated to the schema (config.AETitle)."""
+    low, high = extra.get("minLength"), extra.get("maxLength")
+    if low is not None and high is not None:
+        return [f"{low}-{high} characters"]
+    return [f"at least {low} long"] if low is not None else []
 
 
 def default_text(field: FieldInfo) -> str:
@@ -211,8 +264,9 @@ Rules that relate several fields or services (port translation in Direct Routing
 used twice, ...) are checked by `pacslb check` beyond the per-field limits listed here.
 
 """
-    toc = "".join(f"- [{h}](#{anchor(h)})\n" for h, _, _ in SECTIONS)
-    body = "\n".join(section(h, m, w) for h, m, w in SECTIONS)
+    sections = all_sections()
+    toc = "".join(f"- [{h}](#{anchor(h)})\n" for h, _, _ in sections)
+    body = "\n".join(section(h, m, w) for h, m, w in sections)
     return head + toc + "\n" + body
 
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from pacslb import __version__
 from pacslb.config import Config, config_json_schema
-from pacslb.errors import ConfigError, EngineError, PacslbError
+from pacslb.errors import ConfigError, EngineError, PacslbError, Problem
 
 if TYPE_CHECKING:
     from pacslb.core.doctor import Reach
@@ -50,14 +50,35 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(exc, file=sys.stderr)
         return EXIT_INVALID
     servers = sum(len(vs.real_servers) for vs in config.virtual_services)
+    base = Path.cwd() if str(args.file) == "-" else args.file.resolve().parent
+    warnings = secret_warnings(config, base)
     if args.json:
-        print(json.dumps({"valid": True, "source": str(args.file), "problems": []}))
+        found = [w.to_json() for w in warnings]
+        answer = {"valid": True, "source": str(args.file), "problems": [], "warnings": found}
+        print(json.dumps(answer))
     else:
         print(
             f"{args.file}: OK: {len(config.virtual_services)} virtual services, "
             f"{servers} real servers"
         )
+        for warning in warnings:
+            print(f"  warning: {warning}", file=sys.stderr)
     return EXIT_OK
+
+
+def secret_warnings(config: Config, base: Path) -> list[Problem]:
+    """Secret files others may read: a warning, not a problem (a TLS key is not refused for
+    its mode either; the config is right, the file's mode is the host's business)."""
+    from pacslb.core.validate_alerts import secret_file_warnings
+
+    def mode_of(path: Path) -> int | None:
+        try:
+            return (path if path.is_absolute() else base / path).stat().st_mode
+        except OSError:
+            return None  # gone since the check: `no such file` was the validator's to say
+
+    alerts = config.node.alerts
+    return [] if alerts is None else secret_file_warnings(alerts.model_dump(), mode_of)
 
 
 def _pairs(items: Sequence[str], option: str) -> dict[str, list[str]]:
@@ -163,13 +184,10 @@ def cmd_config(args: argparse.Namespace) -> int:
         sys.stdout.write(store.text(args.a))
     elif args.action == "diff":
         sys.stdout.write(store.diff(args.a, args.b))
-    elif args.action == "rollback":
-        rev = store.rollback(args.a, author=os.environ.get("USER", ""))
-        print(f"revision {rev.number}: {rev.comment}")
-    elif args.action == "save":
-        text = Path(args.file).read_text(encoding="utf-8")
-        rev = store.save(text, comment=args.comment, author=os.environ.get("USER", ""))
-        print(f"revision {rev.number}")
+    else:  # rollback, save: through the running pacslb when one runs
+        from pacslb.cli_config import cmd_write
+
+        return cmd_write(args)
     return EXIT_OK
 
 
@@ -400,6 +418,19 @@ def cmd_passwd(args: argparse.Namespace) -> int:
     from pacslb.control.auth import AuthStore
     from pacslb.core.auth import Role, password_problem
 
+    state_dir = _state_dir(args)
+    named = bool(args.state_dir or args.config)
+    if not named and not state_dir.is_dir():
+        # The default (/var/lib/pacslb, made by the package) missing: no node was set up here,
+        # and a reader who left out --state-dir would make one by mistake. A directory named
+        # on the command line is made, so a password can be set before the first start.
+        print(
+            f"pacslb passwd: no state directory {state_dir} (pacslb is not installed or has "
+            "not run there); name the node's with --state-dir DIR or --config FILE; nothing "
+            "changed",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\n")
     else:
@@ -411,7 +442,6 @@ def cmd_passwd(args: argparse.Namespace) -> int:
     if problem:
         print(f"pacslb passwd: {problem}; nothing changed", file=sys.stderr)
         return EXIT_INVALID
-    state_dir = _state_dir(args)
     state_dir.mkdir(parents=True, exist_ok=True)
     role = Role(args.role) if args.role else None
     AuthStore(state_dir).set_password(args.user, password, role)
@@ -558,7 +588,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", type=Path, help="apply the admin states stored here")
     p.set_defaults(func=cmd_plan)
 
-    p = sub.add_parser("config", help="config revisions: list, show, diff, rollback, save")
+    p = sub.add_parser(
+        "config",
+        help="config revisions: list, show, diff, rollback, save (rollback and save go "
+        "through the running pacslb when one runs)",
+    )
     p.add_argument("action", choices=["list", "show", "diff", "rollback", "save"])
     p.add_argument("a", nargs="?", type=int, help="revision (show, diff, rollback)")
     p.add_argument("b", nargs="?", type=int, help="second revision (diff)")

@@ -218,7 +218,11 @@ def _ae_title(value: str) -> str:
     return value
 
 
-AETitle = Annotated[str, Field(min_length=1, max_length=64)]  # length checked with a clear message
+# The length is checked by _ae_title (each AE field's validator), whose message names DICOM's
+# limit; a max_length here would answer a long title with a bare "at most N characters". The
+# schema (and the reference) still state the limit: 1-16 characters.
+AE_TITLE_LENGTH = {"minLength": 1, "maxLength": 16}
+AETitle = Annotated[str, Field(json_schema_extra=AE_TITLE_LENGTH)]
 
 
 class DicomEchoCheck(_CheckCommon):

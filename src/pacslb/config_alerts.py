@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 Timeout = Annotated[float, Field(gt=0, le=300)]
@@ -74,7 +74,9 @@ class EmailAlerts(_Model):
     ca_file: Path | None = Field(None, description="PEM CA bundle; unset = the system's")
     username: str | None = Field(None, min_length=1, description="AUTH user; unset = no AUTH")
     password_file: Path | None = Field(
-        None, description="file holding the AUTH password (mode 0600), read at each delivery"
+        None,
+        description="file holding the AUTH password (mode 0600), read at each delivery",
+        validate_default=True,  # unset is checked too: a username needs it
     )
     sender: str = Field(description="envelope and From address, e.g. pacslb@hospital.example")
     recipients: list[str] = Field(min_length=1, description="To addresses")
@@ -97,16 +99,26 @@ class EmailAlerts(_Model):
     def _recipients(cls, value: list[str]) -> list[str]:
         return [_mailbox(v) for v in value]
 
-    @model_validator(mode="after")
-    def _credentials(self) -> EmailAlerts:
-        if (self.username is None) != (self.password_file is None):
-            raise ValueError("username and password_file go together (AUTH needs both)")
-        if self.username is not None and self.security == "none":
+    # The rules between fields are field validators reading the fields declared before them
+    # (info.data holds those that were valid), not a model validator: pydantic runs that only
+    # once every field is valid, so `pacslb check` would name these mistakes one pass later.
+
+    @field_validator("username")
+    @classmethod
+    def _auth_encrypted(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("security") == "none":
             raise ValueError(
                 "AUTH over an unencrypted connection would send the password in clear: "
                 "use security: starttls or tls"
             )
-        return self
+        return value
+
+    @field_validator("password_file")
+    @classmethod
+    def _credentials(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if "username" in info.data and (info.data["username"] is None) != (value is None):
+            raise ValueError("username and password_file go together (AUTH needs both)")
+        return value
 
     def effective_port(self) -> int:
         return self.port or {"none": 25, "starttls": 587, "tls": 465}[self.security]
@@ -128,7 +140,11 @@ class SyslogAlerts(_Model):
         "local", description="local (the socket below), udp, tcp or tls to `host`"
     )
     socket: Path = Field(Path("/dev/log"), description="transport local: the syslog socket")
-    host: str | None = Field(None, description="the collector (udp, tcp, tls)")
+    host: str | None = Field(
+        None,
+        description="the collector (udp, tcp, tls)",
+        validate_default=True,  # unset is checked too: a collector's transport needs it
+    )
     port: Port | None = Field(None, description="unset = 514 (udp, tcp), 6514 (tls)")
     tls_verify: bool = Field(True, description="tls: verify the collector's certificate")
     ca_file: Path | None = Field(None, description="tls: PEM CA bundle; unset = the system's")
@@ -144,24 +160,21 @@ class SyslogAlerts(_Model):
 
     @field_validator("host")
     @classmethod
-    def _valid_host(cls, value: str | None) -> str | None:
+    def _valid_host(cls, value: str | None, info: ValidationInfo) -> str | None:
+        transport = info.data.get("transport", "local")  # before the host, as _credentials
+        if value is None and transport != "local":
+            raise ValueError(f"transport {transport} needs the collector's host")
         return None if value is None else _host(value)
 
     @field_validator("app_name")
     @classmethod
-    def _app(cls, value: str) -> str:
+    def _app(cls, value: str, info: ValidationInfo) -> str:
         if not _APP_NAME.match(value):
             raise ValueError(f"{value!r}: APP-NAME is 1-48 visible ASCII characters, no spaces")
-        return value
-
-    @model_validator(mode="after")
-    def _collector(self) -> SyslogAlerts:
-        if self.transport != "local" and self.host is None:
-            raise ValueError(f"transport {self.transport} needs the collector's host")
-        if self.transport == "local" and any(ch in self.app_name for ch in ":[]"):
+        if info.data.get("transport", "local") == "local" and any(ch in value for ch in ":[]"):
             # the local format's TAG ends at ':' or '[' (TAG[PID]: MSG)
-            raise ValueError(f"app_name {self.app_name!r}: no ':', '[' or ']' with transport local")
-        return self
+            raise ValueError(f"app_name {value!r}: no ':', '[' or ']' with transport local")
+        return value
 
     def effective_port(self) -> int:
         return self.port or (6514 if self.transport == "tls" else 514)

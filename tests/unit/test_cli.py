@@ -149,6 +149,27 @@ def test_passwd_sets_a_hashed_password_and_refuses_a_short_one(
     assert AuthStore(tmp_path).check_password("ro", "a long password") is Role.READONLY
 
 
+def test_passwd_without_a_state_directory_makes_no_node(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without --state-dir the default (/var/lib/pacslb) is used: missing there, no pacslb was
+    set up on this host, and a password written would make a state directory for nobody."""
+    import io
+
+    from pacslb.control.auth import AuthStore
+
+    missing = tmp_path / "var-lib-pacslb"
+    monkeypatch.setattr("pacslb.cli.DEFAULT_STATE_DIR", missing)
+    monkeypatch.setattr("sys.stdin", io.StringIO("a long password\n"))
+    assert main(["passwd", "--password-stdin"]) == 1
+    assert f"no state directory {missing}" in capsys.readouterr().err
+    assert not missing.exists()
+    named = tmp_path / "new-node"  # named: made, a password before the first start
+    monkeypatch.setattr("sys.stdin", io.StringIO("a long password\n"))
+    assert main(["passwd", "--password-stdin", "--state-dir", str(named)]) == 0
+    assert AuthStore(named).check_password("admin", "a long password") is not None
+
+
 def test_token_needs_the_state_directory_of_a_node(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

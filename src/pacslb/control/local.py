@@ -68,7 +68,7 @@ class ControlServer:
                     "error": str(exc),
                     "problems": [p.to_json() for p in exc.problems],
                 }
-            except (PacslbError, ValueError, KeyError, TypeError) as exc:
+            except (PacslbError, ValueError, LookupError, TypeError) as exc:
                 answer = {"ok": False, "error": str(exc)}
             writer.write(json.dumps(answer).encode() + b"\n")
             await writer.drain()
@@ -105,6 +105,8 @@ class ControlServer:
             return await demo.command(process, request)
         if cmd == "alert-test":  # `pacslb alert test`
             return await process.alerts.test(by=str(request.get("by", "")))
+        if cmd in ("config-rollback", "config-save"):  # pacslb config rollback|save (cli_config)
+            return await config_change(process, request)
         if cmd == "plan":
             return json.loads(process.current_plan().to_json())
         if isinstance(cmd, str) and cmd.startswith(
@@ -118,6 +120,24 @@ class ControlServer:
             process.request_stop(keep_data_plane=keep)
             return {"pid": os.getpid(), "data_plane": "kept" if keep else "stopped"}
         raise ValueError(f"unknown command {cmd!r}")
+
+
+async def config_change(process: ControlProcess, request: dict[str, Any]) -> dict[str, Any]:
+    """`pacslb config rollback N` and `config save --file F` while pacslb runs: the change
+    as the API makes it (validated, a revision, the config file, the HA peer, applied)."""
+    by = str(request.get("by", ""))
+    if request["cmd"] == "config-rollback":
+        number = int(request["revision"])
+        text = await asyncio.to_thread(process.store.text, number)
+        return await process.apply_config(text, f"rollback to revision {number}", by=by)
+    # The file is read here, not sent: a config may be longer than one request (MAX_REQUEST).
+    file = Path(str(request["file"]))
+    try:
+        text = await asyncio.to_thread(file.read_text, encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PacslbError(f"cannot read {file}: {exc}") from None
+    comment = str(request.get("comment", "")) or f"config save --file {file}"
+    return await process.apply_config(text, comment, by=by)
 
 
 def request(state_dir: Path, payload: dict[str, Any], timeout: float = 10.0) -> Any:

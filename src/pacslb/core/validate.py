@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 
 from pacslb import config as c
 from pacslb import config_alerts as ca
+from pacslb.core.validate_alerts import alert_file_problems
 from pacslb.core.validate_l7 import dicom_problems, source_problems
 from pacslb.core.wording import did_you_mean, format_path, located, plain
 from pacslb.errors import ConfigError, Problem
@@ -406,7 +407,12 @@ def load_data(
     try:
         problems += node_problems(c.Config.model_validate(root).node, file_exists)
     except ValidationError as exc:
-        problems += _structure_problems(exc)[0]
+        found, _ = _structure_problems(exc)
+        problems += found
+        settings = root.get("node")
+        if file_exists is not None and isinstance(settings, dict):  # named in this pass too
+            refused = {p.path for p in found}
+            problems += alert_file_problems(settings.get("alerts"), file_exists, refused)
 
     raw_services = data.get("virtual_services") or []
     if not isinstance(raw_services, list):
@@ -708,25 +714,8 @@ def node_problems(node: c.Node, file_exists: FileExists | None = None) -> list[P
         if path is not None and file_exists is not None and not file_exists(path):
             out.append(Problem(f"node.webui.{field}", f"no such file: {path}"))
     if node.alerts is not None and file_exists is not None:
-        out += [
-            Problem(f"node.alerts.{where}", f"no such file: {path}")
-            for where, path in alert_files(node)
-            if not file_exists(path)
-        ]
+        out += alert_file_problems(node.alerts.model_dump(), file_exists)
     return out
-
-
-def alert_files(node: c.Node) -> list[tuple[str, Path]]:
-    """(place in node.alerts, file) of every file the alert channels read."""
-    alerts = node.alerts
-    found = []
-    for channel in ("email", "syslog", "webhook"):
-        model = getattr(alerts, channel, None)
-        for field in ("ca_file", "password_file", "token_file"):
-            path = getattr(model, field, None)
-            if path is not None:
-                found.append((f"{channel}.{field}", path))
-    return found
 
 
 def ha_problems(ha: c.HASettings) -> list[Problem]:

@@ -214,12 +214,12 @@ def test_local_socket_line_is_what_syslog3_writes() -> None:
     [
         (
             "{email: {host: r, sender: a@b.c, recipients: [x@y.z], username: u}}",
-            "node.alerts.email (line 2): username and password_file go together",
+            "node.alerts.email.password_file (line 2): username and password_file go together",
         ),
         (
             "{email: {host: r, sender: a@b.c, recipients: [x@y.z], username: u, "
             "password_file: /p, security: none}}",
-            "node.alerts.email (line 2): AUTH over an unencrypted connection",
+            "node.alerts.email.username (line 2): AUTH over an unencrypted connection",
         ),
         ("{email: {host: r, sender: 'Me <a@b.c>', recipients: [x@y.z]}}", "not a mail address"),
         ("{syslog: {transport: tcp}}", "transport tcp needs the collector's host"),
