@@ -212,3 +212,61 @@ def test_add_an_l7_dicom_service(tmp_path: Path) -> None:
         svc = process.config.service("Dicom2")
         assert svc is not None and svc.mode is Mode.L7_DICOM
         assert svc.persistence.type == "calling-ae" and svc.persistence.timeout == 600
+
+
+EMPTY = """version: 1
+node:
+  webui: {listen: "127.10.11.9:9443"}
+virtual_services: []
+"""
+
+
+def test_no_empty_table_under_the_no_services_box(tmp_path: Path) -> None:
+    table = re.compile(r'<table class="overview" id="overview"( hidden)?>')
+    with web_client(tmp_path, EMPTY) as (client, _):
+        login(client)
+        page = client.get("/").text
+        found = table.search(page)
+        assert 'id="wizard-offer"' in page and found is not None and found[1] == " hidden"
+    with web_client(tmp_path, dicom_config(tmp_path)) as (client, _):
+        login(client)
+        found = table.search(client.get("/").text)
+        assert found is not None and found[1] is None  # services: the table shows
+
+
+def test_the_mode_is_one_unbreakable_word(tmp_path: Path) -> None:
+    with web_client(tmp_path, dicom_config(tmp_path)) as (client, _):
+        login(client)
+        assert '<span class="mode">l7-dicom</span>' in client.get("/").text
+        css = client.get("/static/app.css").text
+        assert re.search(r"span\.mode[^{]*\{[^}]*white-space: nowrap", css)
+
+
+def test_byte_counts_read_as_in_pacslb_status() -> None:
+    """The DICOM figures' table (the service page's) writes bytes as `pacslb status` does."""
+    from pacslb.control.status import byte_size
+    from pacslb.control.webui import templates
+
+    figures = {"assoc_active": 0, "associations": 3, "assoc_rejected": 0, "assoc_aborted": 0}
+    figures |= {"pdata_pdus": 40, "bytes_in": 1_234_567, "bytes_out": 2_345, "mean_seconds": 1.0}
+    macro = '{% from "_dicom.html" import dicom_table %}{{ dicom_table("t", rows) }}'
+    html = templates.env.from_string(macro).render(rows=[("All", figures)])
+    assert f"{byte_size(1_234_567)} / {byte_size(2_345)}" == "1.2 MB / 2.3 kB"
+    assert '<td class="bytes">1.2 MB / 2.3 kB</td>' in html
+
+
+def test_the_wizard_legend_claims_no_mode_the_select_may_change(tmp_path: Path) -> None:
+    with web_client(tmp_path, EMPTY) as (client, _):
+        login(client)
+        for variant, mode in (("proxy", "l7-tcp"), ("nat-l7", "l4-nat"), ("dr", "l4-dr")):
+            page = client.get(f"/wizard/addresses?variant={variant}").text
+            legend = re.search(r'<fieldset id="service-dicom"><legend>([^<]*)</legend>', page)
+            assert legend is not None, page
+            assert "mode as chosen below" in legend[1] and mode not in legend[1], legend[1]
+            assert 'name="dicom_mode"' in page  # the select that chooses it
+            line = re.search(r'id="service-dicom">.*?<p class="meta">([^<]*)</p>', page, re.S)
+            assert line is not None and f"{mode} (the variant" in line[1]
+            assert "l7-dicom: the proxy reads the association, calling-ae" in line[1]
+            # the other services' legends still say their mode
+            web = re.search(r'<fieldset id="service-web"><legend>([^<]*)</legend>', page)
+            assert web is not None and " · l" in web[1]
