@@ -412,6 +412,10 @@ def _form_context(svc: dict[str, Any]) -> dict[str, Any]:
         "svc": svc,
         "dicom": dicom_settings(svc),
         "timed_persistence": TIMED_PERSISTENCE,
+        "timeout_defaults": {  # each type's own default timeout, as the model has it
+            kind: str(PERSISTENCE_MODELS[kind].model_fields["timeout"].default)
+            for kind in TIMED_PERSISTENCE
+        },
         "ports_text": ",".join(str(p) for p in ports) if isinstance(ports, list) else ports,
         "modes": MODES,
         "schedulers": SCHEDULERS,
