@@ -270,3 +270,40 @@ def test_the_wizard_legend_claims_no_mode_the_select_may_change(tmp_path: Path) 
             # the other services' legends still say their mode
             web = re.search(r'<fieldset id="service-web"><legend>([^<]*)</legend>', page)
             assert web is not None and " · l" in web[1]
+
+
+WEB = """version: 1
+node:
+  webui: {listen: "127.10.11.9:9443"}
+virtual_services:
+  - label: Web
+    vip: 127.10.11.30
+    ports: [8080]
+    mode: l7-http
+    persistence: {type: http-cookie, cookie: RADIOLOGY, max_age: 600}
+    health_check:
+      type: all
+      interval: 10.0
+      checks:
+        - {type: http, path: /a, expect: OK}
+        - {type: connect, port: 8443}
+    passive: {consecutive_failures: 4}
+    real_servers:
+      - {label: Srv1, address: 127.10.11.11, port: 18081}
+"""
+
+
+def test_a_save_keeps_a_check_and_persistence_the_form_cannot_edit(tmp_path: Path) -> None:
+    """An `all` check (its sub-checks) and cookie persistence (its cookie name): a Save that
+    changes another field leaves them as they were."""
+    with web_client(tmp_path, WEB) as (client, process):
+        login(client)
+        before, revision = service_data(process), process.revision
+        form = form_on(client, "/services/Web", "service-form")
+        assert form.fields["health_check.type"] == "all"
+        r = client.post("/services/Web", data=form.fields, follow_redirects=False)
+        assert r.status_code == 303 and "done=unchanged" in r.headers["location"], r.text
+        assert process.revision == revision
+        r = client.post("/services/Web", data={**form.fields, "scheduler": "lc"})
+        assert r.status_code == 200 and process.revision == revision + 1
+        assert service_data(process) == {**before, "scheduler": "lc"}

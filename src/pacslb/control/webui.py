@@ -65,7 +65,7 @@ PERSISTENCE = list(PERSISTENCE_MODELS)
 TIMED_PERSISTENCE = [
     kind for kind, model in PERSISTENCE_MODELS.items() if "timeout" in model.model_fields
 ]
-CHECKS = ["connect", "http", "dicom-echo", "external", "none"]
+CHECKS = [model.model_fields["type"].default for model in get_args(get_args(c.HealthCheck)[0])]
 LOG_PAGE = 100  # events on one page of the log
 
 
