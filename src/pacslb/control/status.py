@@ -149,14 +149,14 @@ def dicom_text(svc: dict[str, Any]) -> list[str]:
         f"  associations: {t['associations']} opened, {t['assoc_active']} active, "
         f"{t['assoc_rejected']} rejected ({refused['rejected']} before any server), "
         f"{t['assoc_aborted']} aborted; {t['pdata_pdus']} P-DATA PDUs, "
-        f"{_size(t['bytes_in'] + t['bytes_out'])}, mean {_seconds(t['mean_seconds'])}"
+        f"{byte_size(t['bytes_in'] + t['bytes_out'])}, mean {_seconds(t['mean_seconds'])}"
     ]
     for ae in dicom["calling_aes"]:
         lines.append(
             f"    calling AE {ae['calling_ae']:<16} {ae['associations']} opened, "
             f"{ae['assoc_active']} active, {ae['assoc_rejected']} rejected, "
             f"{ae['assoc_aborted']} aborted, {ae['pdata_pdus']} P-DATA, "
-            f"{_size(ae['bytes_in'] + ae['bytes_out'])}, mean {_seconds(ae['mean_seconds'])}"
+            f"{byte_size(ae['bytes_in'] + ae['bytes_out'])}, mean {_seconds(ae['mean_seconds'])}"
         )
     return lines
 
@@ -171,7 +171,9 @@ def dicom_server_text(rs: dict[str, Any]) -> str:
     return f" {held} ({d['associations']} opened, {d['assoc_aborted']} aborted)"
 
 
-def _size(n: float) -> str:
+def byte_size(n: float) -> str:
+    """A byte count as an operator reads it (`1.2 MB`): `pacslb status` and the WebUI's
+    `size` filter alike."""
     unit = "B"
     for bigger in ("kB", "MB", "GB"):
         if n < 1000:

@@ -11,13 +11,14 @@ import re
 import secrets
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
+from pacslb import config as c
 from pacslb.control.api import (
     Admin,
     Reader,
@@ -38,6 +39,7 @@ from pacslb.control.auth import (
 )
 from pacslb.control.doctor import reach
 from pacslb.control.events import EVENT_KINDS
+from pacslb.control.status import byte_size
 from pacslb.control.store import ConfigConflict, HandEdited, StorageError
 from pacslb.control.web import WEBUI_DIR
 from pacslb.core.auth import Role
@@ -51,10 +53,19 @@ if TYPE_CHECKING:
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=str(WEBUI_DIR / "templates"))
-MODES = ["l7-http", "l7-tcp", "l4-dr", "l4-nat", "l4-snat"]
-SCHEDULERS = ["wlc", "wrr", "lc", "rr", "sh"]
-PERSISTENCE = ["none", "source-ip", "http-cookie"]
-CHECKS = ["connect", "http", "dicom-echo", "external", "none"]
+# The choices come from the config model itself: a mode or persistence type added there is
+# offered here too (a form that lacks the service's own value would save another one).
+MODES = [mode.value for mode in c.Mode]
+SCHEDULERS = [name.value for name in c.SchedulerName]
+PERSISTENCE_MODELS = {
+    model.model_fields["type"].default: model for model in get_args(get_args(c.Persistence)[0])
+}
+PERSISTENCE = list(PERSISTENCE_MODELS)
+# Persistence types with a timeout (source-ip, calling-ae): the form's one timeout field.
+TIMED_PERSISTENCE = [
+    kind for kind, model in PERSISTENCE_MODELS.items() if "timeout" in model.model_fields
+]
+CHECKS = [model.model_fields["type"].default for model in get_args(get_args(c.HealthCheck)[0])]
 LOG_PAGE = 100  # events on one page of the log
 
 
@@ -78,6 +89,7 @@ def when(value: Any) -> str:
 
 
 templates.env.filters["when"] = when
+templates.env.filters["size"] = byte_size  # as `pacslb status` writes byte counts
 
 # What a redirect after a change says on the page it lands on (`?done=...`): fixed sentences,
 # so that a link cannot make the WebUI say anything else; names are filled in escaped.
@@ -313,26 +325,31 @@ CHECK_KIND_FIELDS = {
     "called_ae": "dicom-echo",
     "calling_ae": "dicom-echo",
 }
-TEXT_FIELDS = {"called_ae", "calling_ae"}  # an AE title "1234" stays text
+TEXT_FIELDS = {"called_ae", "calling_ae", "ae_title"}  # an AE title "1234" stays text
 SERVER_FIELDS = ["label", "address", "port", "weight", "min_connections", "max_connections"]
+DICOM_SERVER_FIELDS = ["ae_title"]  # on the form of an l7-dicom service's real server only
 
 
 def service_from_form(old: dict[str, Any], form: dict[str, str]) -> dict[str, Any]:
+    """The service as the form leaves it: the existing service's data (every setting the form
+    does not show: dicom, source, tls, timeouts, passive, ...) with only the form's fields laid
+    over it. A field the form does not send is left as it is."""
     svc = dict(old)
     for key in SERVICE_FIELDS:
         _put(svc, key, form.get(key))
     if isinstance(svc.get("ports"), int):
         svc["ports"] = [svc["ports"]]
-    kind = form.get("persistence.type", "none")
     persistence = dict(old.get("persistence", {}))
+    kind = form.get("persistence.type", persistence.get("type", "none"))
     if persistence.get("type", "none") != kind:
         persistence = {}
     persistence["type"] = kind
-    if kind == "source-ip":
+    if kind in TIMED_PERSISTENCE:
         _put(persistence, "timeout", form.get("persistence.timeout"))
-    svc["persistence"] = persistence
-    kind = form.get("health_check.type", "connect")
+    if persistence != {"type": "none"} or "persistence" in old:
+        svc["persistence"] = persistence
     check = dict(old.get("health_check", {}))
+    kind = form.get("health_check.type", check.get("type", "connect"))
     if check.get("type", "connect") != kind:
         check = {}
     check["type"] = kind
@@ -346,8 +363,8 @@ def service_from_form(old: dict[str, Any], form: dict[str, str]) -> dict[str, An
 
 
 def server_from_form(old: dict[str, Any], form: dict[str, str]) -> dict[str, Any]:
-    rs = dict(old)
-    for key in SERVER_FIELDS:
+    rs = dict(old)  # what the form does not show (reencrypt, ...) stays as it is
+    for key in SERVER_FIELDS + DICOM_SERVER_FIELDS:
         _put(rs, key, form.get(key))
     return rs
 
@@ -377,10 +394,28 @@ def _service_index(process: ControlProcess, label: str) -> int:
     raise HTTPException(404, f"no virtual service {label!r}")
 
 
+def dicom_settings(svc: dict[str, Any]) -> c.DicomSettings | None:
+    """An l7-dicom service's DICOM settings with the defaults filled in (the page shows them
+    read-only); None for another mode, or settings too broken to read (the form's problems
+    say why)."""
+    if svc.get("mode") != c.Mode.L7_DICOM.value:
+        return None
+    try:
+        return c.DicomSettings.model_validate(svc.get("dicom") or {})
+    except ValueError:
+        return None
+
+
 def _form_context(svc: dict[str, Any]) -> dict[str, Any]:
     ports = svc.get("ports", [])
     return {
         "svc": svc,
+        "dicom": dicom_settings(svc),
+        "timed_persistence": TIMED_PERSISTENCE,
+        "timeout_defaults": {  # each type's own default timeout, as the model has it
+            kind: str(PERSISTENCE_MODELS[kind].model_fields["timeout"].default)
+            for kind in TIMED_PERSISTENCE
+        },
         "ports_text": ",".join(str(p) for p in ports) if isinstance(ports, list) else ports,
         "modes": MODES,
         "schedulers": SCHEDULERS,
@@ -533,6 +568,7 @@ async def edit_server(request: Request, label: str, server: str, who: Reader) ->
         rs=rs or {},
         new=rs is None,
         live=figures,
+        dicom=svc.get("mode") == c.Mode.L7_DICOM.value,
     )
 
 
@@ -542,13 +578,15 @@ async def save_server(request: Request, label: str, server: str, who: Admin) -> 
     process = process_of(request)
     index = _service_index(process, label)
     data = dump_data(process.config)
-    servers = data["virtual_services"][index].setdefault("real_servers", [])
+    service = data["virtual_services"][index]
+    servers = service.setdefault("real_servers", [])
+    dicom = service.get("mode") == c.Mode.L7_DICOM.value  # the form has the AE title field
     at = next((i for i, r in enumerate(servers) if r["label"] == server), None)
     if at is None and server != "new":
         raise HTTPException(404, f"{label} has no real server {server!r}")
     if form.get("delete"):
         rs = servers.pop(at or 0)
-        context = {"nav": "overview", "label": label, "rs": rs, "new": False}
+        context = {"nav": "overview", "label": label, "rs": rs, "new": False, "dicom": dicom}
         comment = f"delete {label}/{server}"
         done = done_url(f"/services/{label}", "deleted", label, server)
         return await _apply_form(request, who, data, comment, "", "server.html", context, done)
@@ -558,7 +596,7 @@ async def save_server(request: Request, label: str, server: str, who: Admin) -> 
         at = len(servers) - 1
     else:
         servers[at] = rs
-    context = {"nav": "overview", "label": label, "rs": rs, "new": server == "new"}
+    context = {"nav": "overview", "label": label, "rs": rs, "new": server == "new", "dicom": dicom}
     prefix = f"virtual_services[{index}].real_servers[{at}]"
     comment = f"{'add' if server == 'new' else 'change'} real server {label}/{rs.get('label')}"
     done = done_url(

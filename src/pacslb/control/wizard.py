@@ -68,6 +68,18 @@ async def choose(request: Request, who: Admin) -> Response:
     return page(request, who, "wizard.html", titles=w.VARIANT_TITLES, **_context(process))
 
 
+def dicom_mode_words(variant: str, mode: str, title: str) -> dict[str, str]:
+    """The DICOM service's legend and line while its mode is the operator's choice on the
+    page (server-side words, no script): what each choice gives, from the profile itself."""
+    chosen = mckesson.services(variant, {}, {}, dicom_mode="l7-dicom")[0]
+    persistence = chosen.get("persistence", {})
+    other = (
+        f"{chosen['mode']}: the proxy reads the association, {persistence.get('type', 'no')} "
+        f"persistence{' ' + str(persistence['timeout']) + ' s' if 'timeout' in persistence else ''}"
+    )
+    return {"mode": "mode as chosen below", "title": f"{mode} (the variant's): {title}; {other}"}
+
+
 def _addresses_page(
     request: Request, who: Principal, form: w.WizardForm, status: int = 200, **more: Any
 ) -> Response:
@@ -80,6 +92,9 @@ def _addresses_page(
         | {"rows": [w.rip_field(spec.key, r) for r in range(1, w.ROWS + 1)]}
         for spec, svc in zip(mckesson.SERVICES, shape, strict=True)
     ]
+    for service in services:
+        if service["key"] == "dicom":  # its Mode select may change the mode: claim none
+            service |= dicom_mode_words(form.variant, service["mode"], service["title"])
     context = _context(process, services=services, form=form, values=form.fields())
     context |= {"variant_title": w.VARIANT_TITLES[form.variant], "checks": w.DICOM_CHECKS}
     context |= {"dicom_modes": w.DICOM_MODES}
