@@ -277,6 +277,24 @@ def test_doctor_names_a_removed_route_and_its_fix_puts_it_back(estate: Estate) -
     c.close()
 
 
+def test_doctor_names_a_transparent_server_whose_gateway_is_not_the_lb(estate: Estate) -> None:
+    """Its health checks (from the LB's own address) pass, so only the route-back probe can
+    tell that every transparent connection to it would time out."""
+    rs2 = estate.topo.hosts["rs2"]
+    rs2.run("ip", "route", "replace", "default", "via", "198.18.2.254")  # not the LB
+    try:
+        found = estate.doctor()
+        bad = found[("nat-route", "Tcp/rs2 (198.18.2.12)")]
+        assert bad["level"] == "problem", bad
+        assert "transparent connections (source: client) to it time out" in bad["message"]
+        assert bad["fix"].startswith(f"on rs2: make {GATEWAY} its default gateway")
+        assert found[("nat-route", "Tcp/rs1 (198.18.2.11)")]["level"] == "ok"
+        assert found[("nat-route", "Tcp6")]["level"] == "skipped"  # IPv4 only
+    finally:
+        rs2.run("ip", "route", "replace", "default", "via", GATEWAY)
+    assert estate.doctor()[("nat-route", "Tcp/rs2 (198.18.2.12)")]["level"] == "ok"
+
+
 def test_the_rules_go_with_the_last_transparent_service(estate: Estate) -> None:
     lb = estate.lb
 

@@ -562,7 +562,9 @@ def _nat_route_back(
     clients. If only the first is answered on the interface toward the server, that route does
     not go through the load balancer, and NAT connections will hang: the server names itself."""
     if not probe.ipv4:
-        return [Finding("nat-route", Level.SKIPPED, probe.service, "the NAT probe is IPv4 only")]
+        return [
+            Finding("nat-route", Level.SKIPPED, probe.service, "the route-back probe is IPv4 only")
+        ]
     if not root:
         return [Finding("nat-route", Level.SKIPPED, probe.service, "the NAT probe needs root")]
     out: list[Finding] = []
@@ -598,7 +600,10 @@ def _nat_route_back(
     for device in sorted({r.device for _, _, r in hops.values()}):
         here = {a: v for a, v in hops.items() if v[2].device == device}
         vip = ipaddress.ip_address(probe.vip)
-        client = CLIENT_STAND_IN if any(vip in n for n in _networks_on(host, device)) else probe.vip
+        # A VIP in the servers' own subnet would be answered directly whatever their gateway;
+        # an l7 service listening on 0.0.0.0 has no VIP to send from.
+        beside = vip.is_unspecified or any(vip in n for n in _networks_on(host, device))
+        client = CLIENT_STAND_IN if beside else probe.vip
         syns: dict[tuple[str, str], Syn] = {}
         for address, (label, hop, where) in here.items():
             if hop not in macs:
