@@ -31,25 +31,40 @@ class TproxyRules:
         """Make the host hold exactly the return path for the IP versions `wanted`; what was
         done, in words (empty when nothing changed)."""
         done: list[str] = []
+        kept: frozenset[int] = frozenset()  # versions whose policy rule an earlier run left
         if self.applied is None:
-            # First look: start from a clean slate when anything is wanted or an earlier
-            # run left its rules, so that what is there is exactly what this run made.
-            if wanted or self._left_behind():
+            # First look. What an earlier run left is either taken over as it is or removed:
+            # never removed and then made again, since a control process restarted under a
+            # kept data plane (`stop --keep-data-plane`) has transparent connections open,
+            # and a reply that met no rule in between would be forwarded to the client,
+            # whose RST then cuts the server's side (a DICOM transfer lost).
+            left = self._left_behind()
+            if wanted:
+                kept = left & wanted
+                for version in sorted(left - wanted):
+                    for step in (tproxy.rule_step(version), tproxy.route_step(version)):
+                        self._remove(step)
+            elif left:
                 self._clean()
-                if not wanted:
-                    done.append("removed the transparent-mode rules an earlier run left")
+                done.append("removed the transparent-mode rules an earlier run left")
             self.applied = frozenset()
         if wanted == self.applied:
             return done
         undo: list[Callable[[], None]] = []
         try:
             if wanted and not self.applied:
+                # One transaction (declare, delete, create): a table already there is
+                # replaced without a moment in which replies go unmarked.
                 self._nft().run(tproxy.nft_script(True))
                 undo.append(self._drop_table)
                 done.append(f"added nftables table inet {tproxy.TABLE} (transparent replies)")
             for version in sorted(wanted - self.applied):
+                # `route replace` is atomic; the rule is left as it is when it is ours already.
                 for step in (tproxy.route_step(version), tproxy.rule_step(version)):
-                    self._remove(step)  # a leftover of an earlier run: made anew, not doubled
+                    if step.add[1] == "rule":
+                        if version in kept:
+                            continue
+                        self._remove(step)  # a leftover of another shape: not doubled
                     self.host.ip(*step.add)
                     undo.append(functools.partial(self._remove, step))
                     done.append(step.what)
@@ -81,13 +96,15 @@ class TproxyRules:
         with contextlib.suppress(EngineError):  # absent: fine
             self.host.ip(*step.remove)
 
-    def _left_behind(self) -> bool:
-        """Our policy rule is there (from an earlier run): cheap to ask, no root needed."""
+    def _left_behind(self) -> frozenset[int]:
+        """The IP versions whose policy rule is there (from an earlier run): cheap to ask, no
+        root needed."""
+        found = set()
         for version in (4, 6):
             with contextlib.suppress(EngineError):
                 if tproxy.has_rule(self.host.ip(f"-{version}", "rule", "show")):
-                    return True
-        return False
+                    found.add(version)
+        return frozenset(found)
 
     def _clean(self) -> None:
         """Remove whatever of ours is there (both versions, and the table)."""

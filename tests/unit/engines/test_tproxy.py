@@ -37,9 +37,11 @@ class Host:
         self.routes: dict[str, set[tuple[str, ...]]] = {"-4": set(), "-6": set()}
         self.fail_on = fail_on
         self.calls = 0
+        self.log: list[str] = []
 
     def ip(self, *args: str) -> Any:
         self.calls += 1
+        self.log.append(" ".join(args))
         fam, kind, verb = args[0], args[1], args[2]
         if self.fail_on and self.fail_on in " ".join(args):
             raise EngineError(f"ip {' '.join(args)}: RTNETLINK answers: Operation not permitted")
@@ -123,6 +125,22 @@ def test_rules_an_earlier_run_left_are_removed_without_a_transparent_service() -
     assert not nft.table and not host.rules["-4"] and not host.routes["-4"]
 
 
+def test_a_restart_under_kept_connections_takes_the_rules_over_without_a_gap() -> None:
+    """A control process restarted under a kept data plane finds its rules in place. Deleting
+    them before making them again would leave a moment in which a reply to an open transparent
+    connection is forwarded to the client (whose RST cuts the server's side)."""
+    nft, host = Nft(), Host()
+    TproxyRules(lambda: nft, host).apply(frozenset({4, 6}))  # type: ignore[arg-type,return-value]
+    host.log.clear()
+    restarted = TproxyRules(lambda: nft, host)  # type: ignore[arg-type,return-value]
+    restarted.apply(frozenset({4}))  # IPv6 no longer wanted: that one goes
+    assert not [call for call in host.log if call.startswith("-4") and " del" in call], host.log
+    assert not [call for call in host.log if "flush" in call and call.startswith("-4")]
+    assert host.rules["-4"] and host.routes["-4"] and nft.table
+    assert not host.rules["-6"] and not host.routes["-6"]
+    assert restarted.apply(frozenset({4})) == []
+
+
 def test_without_transparent_services_nftables_is_never_touched() -> None:
     def no_nft() -> Nft:
         raise AssertionError("nftables asked for without a transparent service")
@@ -163,9 +181,8 @@ def test_a_failed_return_path_fails_the_apply_but_not_the_layer4_services(tmp_pa
     asyncio.run(scenario())
     # the table was made and taken back; the l4-nat service's table went in all the same
     assert any("add table ip pacslb" in s for s in nft.scripts), nft.scripts
-    # (a clean slate at the first look, then made, then undone)
+    # (made, then undone: nothing was left to clean at the first look)
     assert [s for s in nft.scripts if tproxy.TABLE in s] == [
-        tproxy.nft_script(False),
         tproxy.nft_script(True),
         tproxy.nft_script(False),
     ]
