@@ -310,8 +310,17 @@ def test_the_rules_go_with_the_last_transparent_service(estate: Estate) -> None:
         return out
 
     assert left() == ["ip -4 rule", "ip -4 route", "ip -6 rule", "ip -6 route", "nft table"]
+    held = Client(estate.client, VIP, 80)  # a transparent connection open across the change
+    assert len(held.open(2)) == 2
     estate.run.write(config(source="auto"))
     estate.run.cli("reload")
+    # Its return path stays while it lasts: it goes on working (not left hanging).
+    wait_until(lambda: "transparent connection(s) finish" in estate.run.log(), 10, "kept", step=0.1)
+    assert held.ping(within=3) == ["ok", "ok"]
+    assert {"ip -4 rule", "ip -4 route", "nft table"} <= set(left())
+    held.close()
+    # (l7-http's idle pooled upstreams from the clients' addresses are closed at once too:
+    # with the source changed they are never reused)
     deadline = time.monotonic() + 10
     while left() and time.monotonic() < deadline:
         time.sleep(0.1)

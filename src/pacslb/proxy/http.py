@@ -238,7 +238,7 @@ class HttpListener:
         for client in [c for c in self.clients if c.deadline <= now]:
             client.timed_out()
         runtime = self.runtime
-        for up in self.pool.expire(now, lambda key: _gone(runtime, key[0])):
+        for up in self.pool.expire(now, lambda key: _gone(runtime, key[0]) or _stale(runtime, key)):
             up.pooled = False
             up.close()
         if self.closing and not self.clients and not self._pending:
@@ -272,6 +272,19 @@ def _handed_over(task: asyncio.Task[Any], client: ClientConnection) -> None:
     if task.cancelled() or exc is not None:
         log.info("client lost while handed to uvloop: %r", exc)
         client.connection_lost(exc if isinstance(exc, Exception) else None)
+
+
+def _stale(runtime: ServiceRuntime, key: Key) -> bool:
+    """An idle connection from a source the service no longer uses (its `source:` changed):
+    never reused, so closed at once (a transparent one also holds the return path, which
+    stays while any transparent connection is open: engines/tproxy.py)."""
+    bind = key[4]
+    if not bind:
+        return False
+    service = runtime.service
+    if service.source == "client":
+        return False
+    return bind != (service.vip if service.source == "vip" else service.source)
 
 
 def _gone(runtime: ServiceRuntime, label: str) -> bool:
