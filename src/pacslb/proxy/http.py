@@ -65,7 +65,11 @@ class HttpListener:
         self.runtime = runtime  # may be swapped by the caller: new requests use the current one
         self.vip_port = vip_port
         self.tls = tls
-        self.pool: IdlePool[Key, Upstream] = IdlePool(POOL_MAX_IDLE, POOL_IDLE_TIMEOUT)
+        # Bounded per real server (label, address, port, TLS), whatever the source address:
+        # with source: client each client address has its own pooled connections.
+        self.pool: IdlePool[Key, Upstream] = IdlePool(
+            POOL_MAX_IDLE, POOL_IDLE_TIMEOUT, group=lambda key: key[:4], evicted=_close_idle
+        )
         # the service's connection budget in this worker, shared by its listeners; a client
         # counts from connection_made to connection_lost (ClientConnection takes and gives)
         self.budget = budget if budget is not None else ServiceBudget(runtime.service.label)
@@ -272,6 +276,12 @@ def _handed_over(task: asyncio.Task[Any], client: ClientConnection) -> None:
     if task.cancelled() or exc is not None:
         log.info("client lost while handed to uvloop: %r", exc)
         client.connection_lost(exc if isinstance(exc, Exception) else None)
+
+
+def _close_idle(up: Upstream) -> None:
+    """An idle pooled upstream that made room for a newer one (see IdlePool's group)."""
+    up.pooled = False
+    up.close()
 
 
 def _stale(runtime: ServiceRuntime, key: Key) -> bool:
