@@ -295,6 +295,23 @@ def test_doctor_names_a_transparent_server_whose_gateway_is_not_the_lb(estate: E
     assert estate.doctor()[("nat-route", "Tcp/rs2 (198.18.2.12)")]["level"] == "ok"
 
 
+def test_a_client_on_the_servers_own_subnet_is_connected_from_the_lb(estate: Estate) -> None:
+    """Hairpin: rs2 as a client of the VIP (a RIS beside the archives). From its own address
+    the server would answer it directly and the connection would time out on every server;
+    the proxy connects it from its own address instead, at once, and says so once."""
+    c = Client(estate.topo.hosts["rs2"], VIP, 80)
+    try:
+        started = time.monotonic()
+        assert [c.peer() for _ in range(2)] == [LB_INSIDE] * 2
+        assert time.monotonic() - started < 2.0  # no connect timeout
+    finally:
+        c.close()
+    wait_until(lambda: "own subnet" in estate.run.log(), 5, "the hairpin event", step=0.1)
+    c = Client(estate.client, VIP, 80)
+    assert c.peer() == CLIENT  # other clients stay transparent
+    c.close()
+
+
 def test_the_rules_go_with_the_last_transparent_service(estate: Estate) -> None:
     lb = estate.lb
 

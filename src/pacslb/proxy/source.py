@@ -11,6 +11,12 @@
   replies come back to this socket only through the policy routing and the nftables marking
   that engines/tproxy.py installs (docs/transparent.md). Needs CAP_NET_ADMIN.
 
+A client on a real server's own subnet (hairpin: a RIS server sending to the archive's VIP
+from the archives' VLAN) cannot be transparent either: the server would answer it directly,
+bypassing the load balancer, and the connection would time out. Such a connection takes the
+load balancer's own address, said once per service (the subnets are this host's, read at
+each change of the transparent services' servers: see `segments_for`).
+
 A client of another family than the server (an IPv4 client on a dual-stack VIP in front of an
 IPv6 server) cannot be transparent: that connection takes the kernel's choice and the service
 says so once in the log (core/validate.py already refuses the configurations where every
@@ -25,18 +31,25 @@ import ipaddress
 import logging
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from pacslb.core.plan import PlanService
+from pacslb.proxy import notices
 
 __all__ = [
     "SourceError",
     "bind_address",
     "bind_failed",
+    "host_networks",
     "open_upstream",
+    "segments_for",
+    "set_segments",
+    "transparent_servers",
     "upstream_socket",
 ]
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +60,8 @@ IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 _SOCK_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
 
 _warned: set[tuple[str, str]] = set()  # (service, what) already said in this process
+# transparent services' real server address -> this host's subnet it is on (set_segments)
+_segments: dict[str, Network] = {}
 
 
 def bind_address(service: PlanService, client_ip: str, server: str) -> str:
@@ -56,6 +71,16 @@ def bind_address(service: PlanService, client_ip: str, server: str) -> str:
         return ""
     if source == "client":
         address = _unmapped(client_ip)
+        segment = _segments.get(server)
+        if segment is not None and ipaddress.ip_address(address) in segment:
+            _warn_once(
+                service.label,
+                "hairpin",
+                f"{service.label}: client {address} is on real server {server}'s own subnet "
+                f"({segment}), which would answer it directly, not through the load balancer: "
+                "such clients' connections take the load balancer's own address",
+            )
+            return ""
     elif source == "vip":
         address = service.vip
     else:
@@ -70,6 +95,45 @@ def bind_address(service: PlanService, client_ip: str, server: str) -> str:
         )
         return ""
     return address
+
+
+def transparent_servers(services: Iterable[PlanService]) -> tuple[str, ...]:
+    """The real server (and fallback) addresses of the transparent services, sorted."""
+    out: set[str] = set()
+    for svc in services:
+        if svc.source == "client" and not svc.mode.is_kernel:
+            out.update(rs.address for rs in svc.real_servers)
+            if svc.fallback is not None:
+                out.add(svc.fallback.address)
+    return tuple(sorted(out))
+
+
+def segments_for(servers: Iterable[str], networks: Iterable[Network]) -> dict[str, Network]:
+    """Each server address -> the narrowest of this host's subnets holding it (a server
+    behind a router is on none: its clients cannot be told apart from here)."""
+    nets = sorted(networks, key=lambda n: n.prefixlen, reverse=True)
+    out: dict[str, Network] = {}
+    for server in servers:
+        address = ipaddress.ip_address(server)
+        found = next((n for n in nets if n.version == address.version and address in n), None)
+        if found is not None and found.prefixlen < found.max_prefixlen:
+            out[server] = found
+    return out
+
+
+def set_segments(segments: dict[str, Network]) -> None:
+    global _segments
+    _segments = segments
+
+
+def host_networks(listing: list[dict[str, Any]]) -> list[Network]:
+    """This host's subnets from `ip -j addr show`."""
+    out: list[Network] = []
+    for link in listing:
+        for a in link.get("addr_info", []):
+            with contextlib.suppress(KeyError, ValueError):
+                out.append(ipaddress.ip_network(f"{a['local']}/{a['prefixlen']}", strict=False))
+    return out
 
 
 def upstream_socket(server: str, bind: str, transparent: bool) -> socket.socket:
@@ -150,9 +214,12 @@ def bind_failed(service: str, bind: str, exc: OSError) -> None:
 
 
 def _warn_once(service: str, what: str, message: str) -> None:
+    """In the worker's log and, as an event, in the control process's (proxy/notices.py):
+    an operator paged about clients that time out must find why in `pacslb events`."""
     if (service, what) not in _warned:
         _warned.add((service, what))
         log.warning("%s", message)
+        notices.notice(message, service=service, key=f"source {service} {what}")
 
 
 def _unmapped(address: str) -> str:
