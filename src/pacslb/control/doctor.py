@@ -259,6 +259,22 @@ def _dry_runs(config: c.Config | None, host: Host, root: bool) -> list[Finding]:
             out.append(
                 Finding(check, Level.PROBLEM, HOST, f"the kernel refuses {what}: {error}", fix)
             )
+    if config is not None and transparent_versions(config):
+        script = tproxy.nft_script(True).replace(tproxy.TABLE, CHECK_TABLE)
+        error = _nft_check(script.split("\n", 2)[2])  # the table's definition alone
+        what = "nftables' socket expression (transparent mode's marking)"
+        if error is None:
+            out.append(Finding("tproxy-kernel", Level.OK, HOST, f"the kernel accepts {what}"))
+        else:
+            out.append(
+                Finding(
+                    "tproxy-kernel",
+                    Level.PROBLEM,
+                    HOST,
+                    f"the kernel refuses {what}: {error}; source: client services cannot work",
+                    "a kernel with CONFIG_NFT_SOCKET (modprobe nft_socket), or source: auto",
+                )
+            )
     if config is not None and nft.kernel_services(build_plan(config)):
         out.append(_config_dry_run(config, host))
     return out

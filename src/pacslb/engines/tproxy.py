@@ -48,7 +48,10 @@ class TproxyRules:
                     done.append(f"added nftables table inet {tproxy.TABLE} (transparent replies)")
                 self._add(wanted - self.applied, done)
         except EngineError as exc:
-            raise EngineError(f"transparent mode (source: client): {exc}") from exc
+            raise EngineError(
+                f"transparent mode (source: client): {exc} (needs root, and a kernel with "
+                "nftables' socket expression: `pacslb doctor` checks both)"
+            ) from exc
         kept_open: set[int] = set()
         for version in sorted(self.applied - wanted):
             # A removed service's (or a service's that left source: client) connections
