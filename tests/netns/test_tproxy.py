@@ -265,6 +265,7 @@ def test_doctor_names_a_removed_route_and_its_fix_puts_it_back(estate: Estate) -
     before = estate.doctor()
     assert before[("tproxy-route", "IPv4 (Tcp, Web, Dicom)")]["level"] == "ok"
     assert before[("tproxy-nft", "this host")]["level"] == "ok"
+    assert before[("tproxy-kernel", "this host")]["level"] == "ok"  # the socket expression
     estate.lb.run("ip", "-4", "route", "flush", "table", "21584")
     found = estate.doctor()[("tproxy-route", "IPv4 (Tcp, Web, Dicom)")]
     assert found["level"] == "problem" and "local route" in found["message"], found
@@ -310,6 +311,26 @@ def test_a_client_on_the_servers_own_subnet_is_connected_from_the_lb(estate: Est
     c = Client(estate.client, VIP, 80)
     assert c.peer() == CLIENT  # other clients stay transparent
     c.close()
+
+
+def test_source_ports_running_out_is_the_sources_fault_not_the_servers(estate: Estate) -> None:
+    """A fixed source has a port range per server (IP_BIND_ADDRESS_NO_PORT). When it is used
+    up the connect fails with EADDRNOTAVAIL at once: the client is reset and the event names
+    the cause; the servers, which did nothing wrong, get no connect failure (passive health)."""
+    lb = estate.lb
+    before = lb.run("sysctl", "-n", "net.ipv4.ip_local_port_range").split()
+    lb.run("sysctl", "-w", "net.ipv4.ip_local_port_range=40000 40001")  # two ports a server
+    held = Client(estate.client, VIP, 92)  # TcpFixed: source 198.18.1.2, rs1 and rs2
+    try:
+        got = held.open(6)
+        assert sorted(n for n in got if not n.startswith("error")) == ["rs1"] * 2 + ["rs2"] * 2
+        assert len([n for n in got if n.startswith("error")]) == 2, got
+    finally:
+        held.close()
+        lb.run("sysctl", "-w", f"net.ipv4.ip_local_port_range={before[0]} {before[1]}")
+    for name in ("rs1", "rs2"):
+        assert estate.run.server("TcpFixed", name)["connections"]["connect_failures"] == 0
+    wait_until(lambda: "every source port" in estate.run.log(), 5, "the event", step=0.1)
 
 
 def test_the_rules_go_with_the_last_transparent_service(estate: Estate) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import logging
 import socket
@@ -194,7 +195,12 @@ async def open_upstream(
     except OSError as exc:
         raise SourceError(exc) from exc
     try:
-        await loop.sock_connect(sock, target)
+        try:
+            await loop.sock_connect(sock, target)
+        except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL:  # no source port left: not the server's fault
+                raise SourceError(exc) from exc
+            raise
         return await loop.create_connection(
             factory, sock=sock, ssl=tls, server_hostname=target[0] if tls else None
         )
@@ -210,6 +216,11 @@ def bind_failed(service: str, bind: str, exc: OSError) -> None:
     hint = ""
     if isinstance(exc, PermissionError):
         hint = " (source: client needs root or CAP_NET_ADMIN for IP_TRANSPARENT)"
+    elif exc.errno == errno.EADDRNOTAVAIL:
+        hint = (
+            " (the address is not on this host, or every source port towards that server is "
+            "in use: see net.ipv4.ip_local_port_range)"
+        )
     _warn_once(service, f"bind {what}", f"{service}: cannot bind to {bind}: {what}{hint}")
 
 

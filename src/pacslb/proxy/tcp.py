@@ -625,6 +625,12 @@ class _Connection:
             if err == 0:
                 self._relay()
                 return
+            if err == errno.EADDRNOTAVAIL and bind:
+                # No source port left from `bind` to this server: the source's fault, not the
+                # server's (no passive health), and another server would not fare better.
+                bind_failed(service.label, bind, OSError(err, os.strerror(err)))
+                self._close(reset=True)
+                return
             if err in (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY):
                 self._connecting = True
                 self.loop.add_writer(server.fileno(), self._connected)
