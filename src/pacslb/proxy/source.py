@@ -72,6 +72,10 @@ def bind_address(service: PlanService, client_ip: str, server: str) -> str:
         return ""
     if source == "client":
         address = _unmapped(client_ip)
+        if _loopback(address) and not _loopback(server):
+            # A client on this host (loopback): its address cannot leave the host (connect
+            # fails with EINVAL, charged to the server), and this host is what it is anyway.
+            return ""
         segment = _segments.get(server)
         if segment is not None and ipaddress.ip_address(address) in segment:
             _warn_once(
@@ -231,6 +235,10 @@ def _warn_once(service: str, what: str, message: str) -> None:
         _warned.add((service, what))
         log.warning("%s", message)
         notices.notice(message, service=service, key=f"source {service} {what}")
+
+
+def _loopback(address: str) -> bool:
+    return address.startswith("127.") or address == "::1"
 
 
 def _unmapped(address: str) -> str:

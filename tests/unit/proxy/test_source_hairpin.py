@@ -68,3 +68,12 @@ def test_a_hairpin_client_takes_the_lbs_address_and_is_said_once() -> None:
     assert source.bind_address(svc, "10.10.0.50", "172.16.5.5") == "10.10.0.50"  # unknowable
     said = [n["message"] for n in notices.take()]
     assert len(said) == 1 and "client 10.10.0.50 is on real server 10.10.0.200's own" in said[0]
+
+
+def test_a_client_on_this_host_over_loopback_takes_the_lbs_address() -> None:
+    """Bound to 127.0.0.1, a connection to a real server fails with EINVAL (counted against
+    the server): a local client's connections take the kernel's choice."""
+    svc = service()
+    assert source.bind_address(svc, "127.0.0.1", "10.10.0.200") == ""
+    assert source.bind_address(svc, "::ffff:127.0.0.1", "10.10.0.200") == ""
+    assert source.bind_address(svc, "192.168.85.2", "10.10.0.200") == "192.168.85.2"  # its own
