@@ -35,6 +35,7 @@ from pacslb.core.doctor import (
     TproxyState,
     arp_findings,
     dr_probes,
+    ha_gateway_findings,
     nat_probes,
     nat_route_finding,
     needs_forwarding,
@@ -104,6 +105,7 @@ def run(config: c.Config | None, host: Host | None = None) -> list[Finding]:
         findings += _transparent(config, host, root)
         for probe in dr_probes(config):
             findings += _direct_routing(probe, host, root)
+        findings += ha_gateway_findings(config)
         gateways = floating_gateways(config)
         for nat in nat_probes(config):
             findings += _nat_route_back(nat, host, root, gateways)

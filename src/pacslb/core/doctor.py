@@ -15,7 +15,7 @@ from enum import StrEnum
 from typing import Any
 
 from pacslb import config as c
-from pacslb.core import tproxy
+from pacslb.core import realserver, tproxy
 from pacslb.core.realserver import fix_command
 
 HOST = "this host"
@@ -223,6 +223,35 @@ def tproxy_findings(wanted: Mapping[int, list[str]], state: TproxyState) -> list
                     step.what,
                 )
             )
+    return out
+
+
+def ha_gateway_findings(config: c.Config) -> list[Finding]:
+    """In an HA pair, each real server whose replies must come back through the load balancer
+    (l4-nat, transparent l7) needs a floating gateway on its subnet (node.ha.gateways): a
+    node's own address as its gateway holds only until the other node takes over, after which
+    the replies go to the passive node and every connection hangs."""
+    ha = config.node.ha
+    if ha is None or not ha.enabled:
+        return []
+    floating = realserver.floating_gateways(config)
+    out = []
+    for server in realserver.nat_servers(config):
+        subject = f"{server.what()} {'/'.join(server.labels)} ({server.address})"
+        if server.address in floating:
+            continue
+        out.append(
+            Finding(
+                "ha-gateway",
+                Level.PROBLEM,
+                subject,
+                "no floating gateway (node.ha.gateways) on this server's subnet: its replies "
+                "to clients must reach whichever node is active, so its default gateway must "
+                "be an address that moves with the active role",
+                "add the subnet's gateway address to node.ha.gateways, then point the server "
+                "at it (pacslb realserver --config FILE)",
+            )
+        )
     return out
 
 
