@@ -69,7 +69,8 @@ class TproxyRules:
                 self._remove(step)
             done.append(f"removed the IPv{version} policy rule and route of transparent mode")
         if not wanted and self.applied and not kept_open:
-            self._drop_table()
+            with contextlib.suppress(EngineError):  # absent (or no root to ask): fine
+                self._drop_table()
             done.append(f"deleted nftables table inet {tproxy.TABLE}")
         self.lingering = frozenset(kept_open)
         self.applied = wanted | self.lingering
@@ -84,7 +85,8 @@ class TproxyRules:
         left = self._left_behind()
         if not left:
             return frozenset()
-        self._nft().run(tproxy.nft_script(True))  # atomic: made sure of, not removed first
+        if wanted:  # atomic: made sure of, not removed first
+            self._nft().run(tproxy.nft_script(True))
         for version in sorted(left & wanted):
             self.host.ip(*tproxy.route_step(version).add)  # `route replace`: atomic
         versions = "/".join(map(str, sorted(left)))

@@ -247,3 +247,17 @@ def test_a_failed_return_path_fails_the_apply_but_not_the_layer4_services(tmp_pa
         tproxy.nft_script(True),
         tproxy.nft_script(False),
     ]
+
+
+def test_leftovers_without_root_to_remove_them_do_not_fail_a_layer7_only_apply() -> None:
+    """An l7-only config run without root after an earlier run left the rules: what cannot be
+    removed stays (as before), the apply does not fail on it."""
+
+    class NoRoot(Nft):
+        def run(self, script: str) -> str:
+            raise EngineError("Operation not permitted (you must be root)")
+
+    nft, host = NoRoot(), Host()
+    host.rules["-4"].add(("fwmark", "0x80000000/0x80000000"))
+    done = make(nft, host).apply(frozenset())
+    assert done[0] == "took over the IPv4 transparent-mode rules an earlier run left"
