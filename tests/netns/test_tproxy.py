@@ -333,6 +333,34 @@ def test_source_ports_running_out_is_the_sources_fault_not_the_servers(estate: E
     wait_until(lambda: "every source port" in estate.run.log(), 5, "the event", step=0.1)
 
 
+def test_a_restart_under_a_kept_data_plane_never_takes_the_return_path_away(
+    estate: Estate,
+) -> None:
+    """`stop --keep-data-plane`, then start: the transparent connections the kept workers hold
+    go on, and the policy rule is taken over, never deleted and made again (a reply in such a
+    gap would be forwarded to the client, whose RST cuts the server's side)."""
+    held = Client(estate.client, VIP, 80)
+    monitor_log = estate.tmp / "ip-monitor-rule.log"
+    with open(monitor_log, "wb") as out:
+        monitor = estate.lb.popen(["ip", "monitor", "rule"], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        assert len(held.open(2)) == 2
+        marker = len((estate.tmp / "run.log").read_bytes())
+        estate.run.cli("stop", "--keep-data-plane")
+        assert estate.run.proc is not None
+        estate.run.proc.wait(15)
+        estate.run.start()
+        assert held.ping(within=3) == ["ok", "ok"]
+        time.sleep(0.3)  # the monitor's lines are written
+    finally:
+        monitor.terminate()
+        monitor.wait(5)
+        held.close()
+    assert "Deleted" not in monitor_log.read_text(), monitor_log.read_text()
+    restarted = (estate.tmp / "run.log").read_bytes()[marker:].decode(errors="replace")
+    assert "took over the IPv4/6 transparent-mode rules an earlier run left" in restarted
+
+
 def test_the_rules_go_with_the_last_transparent_service(estate: Estate) -> None:
     lb = estate.lb
 
