@@ -169,11 +169,17 @@ def _transparent(config: c.Config, host: Host, root: bool) -> list[Finding]:
 
 def _root(config: c.Config | None, root: bool) -> Finding:
     if root:
-        return Finding("root", Level.OK, HOST, "running as root (layer 4 modes need it)")
+        return Finding(
+            "root", Level.OK, HOST, "running as root (layer 4 modes and source: client need it)"
+        )
     if config is None:
-        return Finding("root", Level.WARNING, HOST, "not root: the layer 4 modes need it")
+        return Finding(
+            "root", Level.WARNING, HOST, "not root: the layer 4 modes and source: client need it"
+        )
     if not needs_root(config):
-        return Finding("root", Level.OK, HOST, "not root; no layer 4 service needs it")
+        return Finding(
+            "root", Level.OK, HOST, "not root; no layer 4 or source: client service needs it"
+        )
     return Finding(
         "root",
         Level.PROBLEM,
