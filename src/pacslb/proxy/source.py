@@ -47,6 +47,7 @@ __all__ = [
     "segments_for",
     "set_segments",
     "transparent_servers",
+    "transparent_timed_out",
     "upstream_socket",
 ]
 
@@ -226,6 +227,19 @@ def bind_failed(service: str, bind: str, exc: OSError) -> None:
             "in use: see net.ipv4.ip_local_port_range)"
         )
     _warn_once(service, f"bind {what}", f"{service}: cannot bind to {bind}: {what}{hint}")
+
+
+def transparent_timed_out(service: str, server: str) -> None:
+    """A connect from a client's address timed out: the usual cause is a server whose replies
+    bypass the load balancer (its gateway), which its health checks, sent from the load
+    balancer's own address, cannot show. Said once per service and server."""
+    _warn_once(
+        service,
+        f"timeout {server}",
+        f"{service}: a transparent connect (source: client) to {server} timed out: if it "
+        "recurs, the server's replies to clients may not come back through the load balancer "
+        "(its default gateway); `pacslb doctor` probes that (nat-route)",
+    )
 
 
 def _warn_once(service: str, what: str, message: str) -> None:

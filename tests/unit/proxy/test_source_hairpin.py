@@ -77,3 +77,12 @@ def test_a_client_on_this_host_over_loopback_takes_the_lbs_address() -> None:
     assert source.bind_address(svc, "127.0.0.1", "10.10.0.200") == ""
     assert source.bind_address(svc, "::ffff:127.0.0.1", "10.10.0.200") == ""
     assert source.bind_address(svc, "192.168.85.2", "10.10.0.200") == "192.168.85.2"  # its own
+
+
+def test_a_transparent_connect_timeout_points_at_the_gateway_once_per_server() -> None:
+    for _ in range(3):
+        source.transparent_timed_out("Dicom", "Pacs1")
+    source.transparent_timed_out("Dicom", "Pacs2")
+    said = [n["message"] for n in notices.take()]
+    assert len(said) == 2 and all("(its default gateway)" in m for m in said)
+    assert "pacslb doctor" in said[0] and "to Pacs1 timed out" in said[0]
