@@ -18,13 +18,14 @@ class IdlePool(Generic[K, T]):
     upstream is pooled per client address (proxy/http_states.py Key), so a thousand
     workstations would make a thousand keys of up to `max_idle` each. With a group, all the
     keys of a group hold at most `max_idle` together, the oldest idle one making room (handed
-    to `evicted`, to close) for the newest."""
+    to `evicted`, to close) for the newest. A key whose group is None is bounded alone (and
+    costs no bookkeeping: the default source's keys, one a server)."""
 
     def __init__(
         self,
         max_idle: int,
         timeout: float,
-        group: Callable[[K], Hashable] | None = None,
+        group: Callable[[K], Hashable | None] | None = None,
         evicted: Callable[[T], None] = lambda item: None,
     ) -> None:
         self.max_idle = max_idle
@@ -49,8 +50,9 @@ class IdlePool(Generic[K, T]):
             idle = self._idle[key] = []
         elif len(idle) >= self.max_idle:
             return False
-        if self._group is not None:
-            ages = self._ages.setdefault(self._group(key), {})
+        group = self._group(key) if self._group is not None else None
+        if group is not None:
+            ages = self._ages.setdefault(group, {})
             if len(ages) >= self.max_idle:
                 self._evict(ages)
                 idle = self._idle.setdefault(key, idle)  # (the oldest may have been its own)
@@ -91,12 +93,13 @@ class IdlePool(Generic[K, T]):
         return sum(len(idle) for idle in self._idle.values())
 
     def _forget(self, key: K, item: T) -> None:
-        if self._group is not None:
-            ages = self._ages.get(self._group(key))
+        group = self._group(key) if self._group is not None else None
+        if group is not None:
+            ages = self._ages.get(group)
             if ages is not None:
                 ages.pop(id(item), None)
                 if not ages:
-                    del self._ages[self._group(key)]
+                    del self._ages[group]
 
     def _evict(self, ages: dict[int, K]) -> None:
         """Take the oldest idle item of a full group out and hand it to `evicted`."""

@@ -66,9 +66,13 @@ class HttpListener:
         self.vip_port = vip_port
         self.tls = tls
         # Bounded per real server (label, address, port, TLS), whatever the source address:
-        # with source: client each client address has its own pooled connections.
+        # with source: client each client address has its own pooled connections. (Keys
+        # without a bound source are one a server: bounded alone, at no extra cost.)
         self.pool: IdlePool[Key, Upstream] = IdlePool(
-            POOL_MAX_IDLE, POOL_IDLE_TIMEOUT, group=lambda key: key[:4], evicted=_close_idle
+            POOL_MAX_IDLE,
+            POOL_IDLE_TIMEOUT,
+            group=lambda key: key[:4] if key[4] else None,
+            evicted=_close_idle,
         )
         # the service's connection budget in this worker, shared by its listeners; a client
         # counts from connection_made to connection_lost (ClientConnection takes and gives)

@@ -38,3 +38,13 @@ def test_keys_of_one_group_share_its_bound_and_the_oldest_makes_room() -> None:
     assert closed[-1] == "c3-up" and pool.get(("rs1", "c3")) == "c3-second"
     assert sorted(pool.expire(now=100.0)) == ["c4-up", "c6-up", "rs2-up"] and len(pool) == 0
     assert pool.put(("rs1", "c7"), "c7-up", now=101.0) and closed[-1] == "c3-up"
+
+
+def test_keys_without_a_group_are_bounded_alone() -> None:
+    pool: IdlePool[tuple[str, str], str] = IdlePool(
+        max_idle=1, timeout=30.0, group=lambda key: key[0] if key[1] else None
+    )
+    assert pool.put(("rs1", ""), "auto-up", now=0.0)
+    assert pool.put(("rs1", "c1"), "c1-up", now=1.0)  # its group (rs1) holds only c1-up
+    assert not pool.put(("rs1", ""), "auto-2", now=2.0)  # the key itself is full
+    assert pool.get(("rs1", "")) == "auto-up" and pool.get(("rs1", "c1")) == "c1-up"
