@@ -78,7 +78,7 @@ def bind_address(service: PlanService, client_ip: str, server: str) -> str:
             # fails with EINVAL, charged to the server), and this host is what it is anyway.
             return ""
         segment = _segments.get(server)
-        if segment is not None and ipaddress.ip_address(address) in segment:
+        if segment is not None and _on(address, server, segment):
             _warn_once(
                 service.label,
                 "hairpin",
@@ -130,6 +130,22 @@ def segments_for(servers: Iterable[str], networks: Iterable[Network]) -> dict[st
 def set_segments(segments: dict[str, Network]) -> None:
     global _segments
     _segments = segments
+    _hairpins.clear()
+
+
+# (client, server) -> whether the client is on the server's subnet: parsing the address costs
+# microseconds, on every request of a keep-alive connection; bounded (cleared when full).
+_hairpins: dict[tuple[str, str], bool] = {}
+MAX_HAIRPINS = 8192
+
+
+def _on(address: str, server: str, segment: Network) -> bool:
+    known = _hairpins.get((address, server))
+    if known is None:
+        if len(_hairpins) >= MAX_HAIRPINS:
+            _hairpins.clear()
+        known = _hairpins[(address, server)] = ipaddress.ip_address(address) in segment
+    return known
 
 
 def host_networks(listing: list[dict[str, Any]]) -> list[Network]:
