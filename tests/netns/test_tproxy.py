@@ -265,6 +265,7 @@ def test_doctor_names_a_removed_route_and_its_fix_puts_it_back(estate: Estate) -
     before = estate.doctor()
     assert before[("tproxy-route", "IPv4 (Tcp, Web, Dicom)")]["level"] == "ok"
     assert before[("tproxy-nft", "this host")]["level"] == "ok"
+    assert before[("tproxy-kernel", "this host")]["level"] == "ok"  # the socket expression
     estate.lb.run("ip", "-4", "route", "flush", "table", "21584")
     found = estate.doctor()[("tproxy-route", "IPv4 (Tcp, Web, Dicom)")]
     assert found["level"] == "problem" and "local route" in found["message"], found
@@ -275,6 +276,89 @@ def test_doctor_names_a_removed_route_and_its_fix_puts_it_back(estate: Estate) -
     c = Client(estate.client, VIP, 80)
     assert c.peer() == CLIENT
     c.close()
+
+
+def test_doctor_names_a_transparent_server_whose_gateway_is_not_the_lb(estate: Estate) -> None:
+    """Its health checks (from the LB's own address) pass, so only the route-back probe can
+    tell that every transparent connection to it would time out."""
+    rs2 = estate.topo.hosts["rs2"]
+    rs2.run("ip", "route", "replace", "default", "via", "198.18.2.254")  # not the LB
+    try:
+        found = estate.doctor()
+        bad = found[("nat-route", "Tcp/rs2 (198.18.2.12)")]
+        assert bad["level"] == "problem", bad
+        assert "transparent connections (source: client) to it time out" in bad["message"]
+        assert bad["fix"].startswith(f"on rs2: make {GATEWAY} its default gateway")
+        assert found[("nat-route", "Tcp/rs1 (198.18.2.11)")]["level"] == "ok"
+        assert found[("nat-route", "Tcp6")]["level"] == "skipped"  # IPv4 only
+    finally:
+        rs2.run("ip", "route", "replace", "default", "via", GATEWAY)
+    assert estate.doctor()[("nat-route", "Tcp/rs2 (198.18.2.12)")]["level"] == "ok"
+
+
+def test_a_client_on_the_servers_own_subnet_is_connected_from_the_lb(estate: Estate) -> None:
+    """Hairpin: rs2 as a client of the VIP (a RIS beside the archives). From its own address
+    the server would answer it directly and the connection would time out on every server;
+    the proxy connects it from its own address instead, at once, and says so once."""
+    c = Client(estate.topo.hosts["rs2"], VIP, 80)
+    try:
+        started = time.monotonic()
+        assert [c.peer() for _ in range(2)] == [LB_INSIDE] * 2
+        assert time.monotonic() - started < 2.0  # no connect timeout
+    finally:
+        c.close()
+    wait_until(lambda: "own subnet" in estate.run.log(), 5, "the hairpin event", step=0.1)
+    c = Client(estate.client, VIP, 80)
+    assert c.peer() == CLIENT  # other clients stay transparent
+    c.close()
+
+
+def test_source_ports_running_out_is_the_sources_fault_not_the_servers(estate: Estate) -> None:
+    """A fixed source has a port range per server (IP_BIND_ADDRESS_NO_PORT). When it is used
+    up the connect fails with EADDRNOTAVAIL at once: the client is reset and the event names
+    the cause; the servers, which did nothing wrong, get no connect failure (passive health)."""
+    lb = estate.lb
+    before = lb.run("sysctl", "-n", "net.ipv4.ip_local_port_range").split()
+    lb.run("sysctl", "-w", "net.ipv4.ip_local_port_range=40000 40001")  # two ports a server
+    held = Client(estate.client, VIP, 92)  # TcpFixed: source 198.18.1.2, rs1 and rs2
+    try:
+        got = held.open(6)
+        assert sorted(n for n in got if not n.startswith("error")) == ["rs1"] * 2 + ["rs2"] * 2
+        assert len([n for n in got if n.startswith("error")]) == 2, got
+    finally:
+        held.close()
+        lb.run("sysctl", "-w", f"net.ipv4.ip_local_port_range={before[0]} {before[1]}")
+    for name in ("rs1", "rs2"):
+        assert estate.run.server("TcpFixed", name)["connections"]["connect_failures"] == 0
+    wait_until(lambda: "every source port" in estate.run.log(), 5, "the event", step=0.1)
+
+
+def test_a_restart_under_a_kept_data_plane_never_takes_the_return_path_away(
+    estate: Estate,
+) -> None:
+    """`stop --keep-data-plane`, then start: the transparent connections the kept workers hold
+    go on, and the policy rule is taken over, never deleted and made again (a reply in such a
+    gap would be forwarded to the client, whose RST cuts the server's side)."""
+    held = Client(estate.client, VIP, 80)
+    monitor_log = estate.tmp / "ip-monitor-rule.log"
+    with open(monitor_log, "wb") as out:
+        monitor = estate.lb.popen(["ip", "monitor", "rule"], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        assert len(held.open(2)) == 2
+        marker = len((estate.tmp / "run.log").read_bytes())
+        estate.run.cli("stop", "--keep-data-plane")
+        assert estate.run.proc is not None
+        estate.run.proc.wait(15)
+        estate.run.start()
+        assert held.ping(within=3) == ["ok", "ok"]
+        time.sleep(0.3)  # the monitor's lines are written
+    finally:
+        monitor.terminate()
+        monitor.wait(5)
+        held.close()
+    assert "Deleted" not in monitor_log.read_text(), monitor_log.read_text()
+    restarted = (estate.tmp / "run.log").read_bytes()[marker:].decode(errors="replace")
+    assert "took over the IPv4/6 transparent-mode rules an earlier run left" in restarted
 
 
 def test_the_rules_go_with_the_last_transparent_service(estate: Estate) -> None:
@@ -292,8 +376,17 @@ def test_the_rules_go_with_the_last_transparent_service(estate: Estate) -> None:
         return out
 
     assert left() == ["ip -4 rule", "ip -4 route", "ip -6 rule", "ip -6 route", "nft table"]
+    held = Client(estate.client, VIP, 80)  # a transparent connection open across the change
+    assert len(held.open(2)) == 2
     estate.run.write(config(source="auto"))
     estate.run.cli("reload")
+    # Its return path stays while it lasts: it goes on working (not left hanging).
+    wait_until(lambda: "transparent connection(s) finish" in estate.run.log(), 10, "kept", step=0.1)
+    assert held.ping(within=3) == ["ok", "ok"]
+    assert {"ip -4 rule", "ip -4 route", "nft table"} <= set(left())
+    held.close()
+    # (l7-http's idle pooled upstreams from the clients' addresses are closed at once too:
+    # with the source changed they are never reused)
     deadline = time.monotonic() + 10
     while left() and time.monotonic() < deadline:
         time.sleep(0.1)

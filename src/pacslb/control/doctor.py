@@ -35,6 +35,7 @@ from pacslb.core.doctor import (
     TproxyState,
     arp_findings,
     dr_probes,
+    ha_gateway_findings,
     nat_probes,
     nat_route_finding,
     needs_forwarding,
@@ -104,6 +105,7 @@ def run(config: c.Config | None, host: Host | None = None) -> list[Finding]:
         findings += _transparent(config, host, root)
         for probe in dr_probes(config):
             findings += _direct_routing(probe, host, root)
+        findings += ha_gateway_findings(config)
         gateways = floating_gateways(config)
         for nat in nat_probes(config):
             findings += _nat_route_back(nat, host, root, gateways)
@@ -167,11 +169,17 @@ def _transparent(config: c.Config, host: Host, root: bool) -> list[Finding]:
 
 def _root(config: c.Config | None, root: bool) -> Finding:
     if root:
-        return Finding("root", Level.OK, HOST, "running as root (layer 4 modes need it)")
+        return Finding(
+            "root", Level.OK, HOST, "running as root (layer 4 modes and source: client need it)"
+        )
     if config is None:
-        return Finding("root", Level.WARNING, HOST, "not root: the layer 4 modes need it")
+        return Finding(
+            "root", Level.WARNING, HOST, "not root: the layer 4 modes and source: client need it"
+        )
     if not needs_root(config):
-        return Finding("root", Level.OK, HOST, "not root; no layer 4 service needs it")
+        return Finding(
+            "root", Level.OK, HOST, "not root; no layer 4 or source: client service needs it"
+        )
     return Finding(
         "root",
         Level.PROBLEM,
@@ -258,6 +266,22 @@ def _dry_runs(config: c.Config | None, host: Host, root: bool) -> list[Finding]:
         else:
             out.append(
                 Finding(check, Level.PROBLEM, HOST, f"the kernel refuses {what}: {error}", fix)
+            )
+    if config is not None and transparent_versions(config):
+        script = tproxy.nft_script(True).replace(tproxy.TABLE, CHECK_TABLE)
+        error = _nft_check(script.split("\n", 2)[2])  # the table's definition alone
+        what = "nftables' socket expression (transparent mode's marking)"
+        if error is None:
+            out.append(Finding("tproxy-kernel", Level.OK, HOST, f"the kernel accepts {what}"))
+        else:
+            out.append(
+                Finding(
+                    "tproxy-kernel",
+                    Level.PROBLEM,
+                    HOST,
+                    f"the kernel refuses {what}: {error}; source: client services cannot work",
+                    "a kernel with CONFIG_NFT_SOCKET (modprobe nft_socket), or source: auto",
+                )
             )
     if config is not None and nft.kernel_services(build_plan(config)):
         out.append(_config_dry_run(config, host))
@@ -562,7 +586,9 @@ def _nat_route_back(
     clients. If only the first is answered on the interface toward the server, that route does
     not go through the load balancer, and NAT connections will hang: the server names itself."""
     if not probe.ipv4:
-        return [Finding("nat-route", Level.SKIPPED, probe.service, "the NAT probe is IPv4 only")]
+        return [
+            Finding("nat-route", Level.SKIPPED, probe.service, "the route-back probe is IPv4 only")
+        ]
     if not root:
         return [Finding("nat-route", Level.SKIPPED, probe.service, "the NAT probe needs root")]
     out: list[Finding] = []
@@ -598,7 +624,10 @@ def _nat_route_back(
     for device in sorted({r.device for _, _, r in hops.values()}):
         here = {a: v for a, v in hops.items() if v[2].device == device}
         vip = ipaddress.ip_address(probe.vip)
-        client = CLIENT_STAND_IN if any(vip in n for n in _networks_on(host, device)) else probe.vip
+        # A VIP in the servers' own subnet would be answered directly whatever their gateway;
+        # an l7 service listening on 0.0.0.0 has no VIP to send from.
+        beside = vip.is_unspecified or any(vip in n for n in _networks_on(host, device))
+        client = CLIENT_STAND_IN if beside else probe.vip
         syns: dict[tuple[str, str], Syn] = {}
         for address, (label, hop, where) in here.items():
             if hop not in macs:

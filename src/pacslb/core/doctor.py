@@ -15,7 +15,7 @@ from enum import StrEnum
 from typing import Any
 
 from pacslb import config as c
-from pacslb.core import tproxy
+from pacslb.core import realserver, tproxy
 from pacslb.core.realserver import fix_command
 
 HOST = "this host"
@@ -69,30 +69,40 @@ def dr_probes(config: c.Config) -> list[DrProbe]:
 
 @dataclass(frozen=True, slots=True)
 class NatProbe:
-    """What to probe for one l4-nat service: its VIP and its real servers with the port the
-    translated connections go to."""
+    """What to probe for one service whose real servers must answer clients through the load
+    balancer: an l4-nat service (its VIP, its servers with the port the translated
+    connections go to), or a transparent l7 one (`source: client`: the proxy connects from
+    the client's address). Either way their default gateway must be the load balancer."""
 
     service: str
     vip: str
     servers: tuple[tuple[str, str, int], ...]  # (label, address, port)
+    transparent: bool = False  # an l7 service with source: client
 
     @property
     def ipv4(self) -> bool:
-        return ipaddress.ip_address(self.vip).version == 4
+        return ipaddress.ip_address(self.vip).version == 4 and all(
+            ipaddress.ip_address(a).version == 4 for _, a, _ in self.servers
+        )
 
     def subject(self, label: str, address: str) -> str:
         return f"{self.service}/{label} ({address})"
 
 
 def nat_probes(config: c.Config) -> list[NatProbe]:
+    """The services whose servers' route back to clients doctor probes: l4-nat, and l7 with
+    `source: client` (a server whose gateway is not the load balancer passes every health
+    check, which come from the load balancer's own address, yet each transparent connection
+    to it times out)."""
     return [
         NatProbe(
             svc.label,
             str(svc.vip),
             tuple((rs.label, str(rs.address), rs.port or svc.ports[0]) for rs in svc.real_servers),
+            transparent=svc.mode is not c.Mode.L4_NAT,
         )
         for svc in config.virtual_services
-        if svc.mode is c.Mode.L4_NAT
+        if svc.mode is c.Mode.L4_NAT or (not svc.mode.is_kernel and svc.source == "client")
     ]
 
 
@@ -213,6 +223,35 @@ def tproxy_findings(wanted: Mapping[int, list[str]], state: TproxyState) -> list
                     step.what,
                 )
             )
+    return out
+
+
+def ha_gateway_findings(config: c.Config) -> list[Finding]:
+    """In an HA pair, each real server whose replies must come back through the load balancer
+    (l4-nat, transparent l7) needs a floating gateway on its subnet (node.ha.gateways): a
+    node's own address as its gateway holds only until the other node takes over, after which
+    the replies go to the passive node and every connection hangs."""
+    ha = config.node.ha
+    if ha is None or not ha.enabled:
+        return []
+    floating = realserver.floating_gateways(config)
+    out = []
+    for server in realserver.nat_servers(config):
+        subject = f"{server.what()} {'/'.join(server.labels)} ({server.address})"
+        if server.address in floating:
+            continue
+        out.append(
+            Finding(
+                "ha-gateway",
+                Level.PROBLEM,
+                subject,
+                "no floating gateway (node.ha.gateways) on this server's subnet: its replies "
+                "to clients must reach whichever node is active, so its default gateway must "
+                "be an address that moves with the active role",
+                "add the subnet's gateway address to node.ha.gateways, then point the server "
+                "at it (pacslb realserver --config FILE)",
+            )
+        )
     return out
 
 
@@ -377,7 +416,7 @@ def nat_route_finding(
             f"answers this host directly but its reply to an address off its segment ({client}) "
             "does not "
             f"come back through the load balancer on {reach.device}: its default gateway is not "
-            "the load balancer, so NAT connections will hang after the client's SYN",
+            f"the load balancer, so {_hangs(probe)}",
             fix,
         )
     return Finding(
@@ -388,6 +427,16 @@ def nat_route_finding(
         "drops it): whether its replies come back through the load balancer is unknown",
         "check that the server is up and the port is open, then run doctor again",
     )
+
+
+def _hangs(probe: NatProbe) -> str:
+    if probe.transparent:
+        return (
+            "transparent connections (source: client) to it time out, though its health "
+            "checks (from the load balancer's own address) pass, and clients wait the connect "
+            "timeout before another server is tried"
+        )
+    return "NAT connections will hang after the client's SYN"
 
 
 def _port_of(probe: NatProbe, address: str) -> int:

@@ -129,3 +129,38 @@ def has_route(routes: list[dict[str, object]], version: int) -> bool:
 def has_marking(listing: str) -> bool:
     """Whether `nft list table inet pacslb_tproxy` shows the marking rule."""
     return "socket transparent 1" in listing and f"{MARK:#x}" in listing
+
+
+# /proc/net/tcp states that still need replies delivered: all but LISTEN (0A), TIME_WAIT (06)
+# and CLOSE (07).
+_DONE_STATES = frozenset({"06", "07", "0A"})
+
+
+def foreign_sockets(proc_net_tcp: str, local: set[str]) -> int:
+    """How many TCP sockets in a /proc/net/tcp or tcp6 listing are bound to an address that
+    is not one of this host's (`local`): the proxy's transparent upstream connections, still
+    open. Their replies need the return path: it stays until they are gone."""
+    count = 0
+    for line in proc_net_tcp.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 4 or fields[3] in _DONE_STATES:
+            continue
+        address = _proc_address(fields[1].rsplit(":", 1)[0])
+        if address is not None and address not in local:
+            count += 1
+    return count
+
+
+def _proc_address(hexed: str) -> str | None:
+    """An address as /proc/net/tcp{,6} writes it: 32-bit words in host (little-endian) order."""
+    try:
+        raw = bytes.fromhex(hexed)
+    except ValueError:
+        return None
+    if len(raw) not in (4, 16):
+        return None
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    address = ipaddress.ip_address(words)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)

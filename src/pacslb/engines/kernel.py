@@ -35,6 +35,7 @@ from pacslb.engines.tproxy import TproxyRules
 from pacslb.errors import EngineError
 
 POLL_INTERVAL = 1.0
+LINGER_CHECK = 2.0  # seconds between looks at transparent connections finishing (tproxy)
 FACTS_EVERY = 10  # polls between re-reading the real servers' MACs
 _DECLARATION = re.compile(r"^\t(chain|set|map|counter|ct timeout) (\S+) \{$", re.MULTILINE)
 
@@ -73,6 +74,7 @@ class KernelEngine:
         self._counters: dict[ServerKey, Counters] = {}
         self._lock = asyncio.Lock()
         self._poller: asyncio.Task[None] | None = None
+        self._lingering: asyncio.Task[None] | None = None  # see _linger()
         self._addresses_file = state_dir / "kernel-addresses.json"
         self.last_update_ms = 0.0  # how long the last nftables transaction took
         self._where: tuple[Any, ...] | None = None  # the addresses the facts were read for
@@ -99,7 +101,27 @@ class KernelEngine:
         except EngineError:
             await self._apply_layer4(plan, refresh_facts)
             raise
+        finally:
+            if self.tproxy.lingering and self._lingering is None:
+                self._lingering = asyncio.get_running_loop().create_task(self._linger())
         await self._apply_layer4(plan, refresh_facts)
+
+    async def _linger(self) -> None:
+        """While a return path no service wants any more is kept for the transparent
+        connections that still finish on it, look again now and then; it goes with the last."""
+        try:
+            while self.tproxy.lingering:
+                await asyncio.sleep(LINGER_CHECK)
+                async with self._lock:
+                    wanted = tproxy.families(self._plan) if self._plan is not None else frozenset()
+                    try:
+                        done = await asyncio.to_thread(self.tproxy.apply, wanted)
+                    except EngineError as exc:
+                        done = [f"transparent mode's return path: {exc}"]
+                for line in done:
+                    self.notify(line)
+        finally:
+            self._lingering = None
 
     async def _apply_layer4(self, plan: Plan, refresh_facts: bool) -> None:
         services = nft.kernel_services(plan)
@@ -512,11 +534,12 @@ class KernelEngine:
     async def close(self, keep_running: bool = False) -> None:
         """Stop counting; the tables stay either way, so forwarding goes on while pacslb is
         stopped (`pacslb teardown` removes them)."""
-        if self._poller is not None:
-            self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
-            self._poller = None
+        for task in (self._poller, self._lingering):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._poller = self._lingering = None
 
 
 def _stand_in_mac(server_id: int) -> str:

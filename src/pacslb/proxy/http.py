@@ -65,7 +65,15 @@ class HttpListener:
         self.runtime = runtime  # may be swapped by the caller: new requests use the current one
         self.vip_port = vip_port
         self.tls = tls
-        self.pool: IdlePool[Key, Upstream] = IdlePool(POOL_MAX_IDLE, POOL_IDLE_TIMEOUT)
+        # Bounded per real server (label, address, port, TLS), whatever the source address:
+        # with source: client each client address has its own pooled connections. (Keys
+        # without a bound source are one a server: bounded alone, at no extra cost.)
+        self.pool: IdlePool[Key, Upstream] = IdlePool(
+            POOL_MAX_IDLE,
+            POOL_IDLE_TIMEOUT,
+            group=lambda key: key[:4] if key[4] else None,
+            evicted=_close_idle,
+        )
         # the service's connection budget in this worker, shared by its listeners; a client
         # counts from connection_made to connection_lost (ClientConnection takes and gives)
         self.budget = budget if budget is not None else ServiceBudget(runtime.service.label)
@@ -238,7 +246,7 @@ class HttpListener:
         for client in [c for c in self.clients if c.deadline <= now]:
             client.timed_out()
         runtime = self.runtime
-        for up in self.pool.expire(now, lambda key: _gone(runtime, key[0])):
+        for up in self.pool.expire(now, lambda key: _gone(runtime, key[0]) or _stale(runtime, key)):
             up.pooled = False
             up.close()
         if self.closing and not self.clients and not self._pending:
@@ -272,6 +280,25 @@ def _handed_over(task: asyncio.Task[Any], client: ClientConnection) -> None:
     if task.cancelled() or exc is not None:
         log.info("client lost while handed to uvloop: %r", exc)
         client.connection_lost(exc if isinstance(exc, Exception) else None)
+
+
+def _close_idle(up: Upstream) -> None:
+    """An idle pooled upstream that made room for a newer one (see IdlePool's group)."""
+    up.pooled = False
+    up.close()
+
+
+def _stale(runtime: ServiceRuntime, key: Key) -> bool:
+    """An idle connection from a source the service no longer uses (its `source:` changed):
+    never reused, so closed at once (a transparent one also holds the return path, which
+    stays while any transparent connection is open: engines/tproxy.py)."""
+    bind = key[4]
+    if not bind:
+        return False
+    service = runtime.service
+    if service.source == "client":
+        return False
+    return bind != (service.vip if service.source == "vip" else service.source)
 
 
 def _gone(runtime: ServiceRuntime, label: str) -> bool:

@@ -40,7 +40,13 @@ from pacslb.proxy.http_states import (
 )
 from pacslb.proxy.http_upstream import Upstream
 from pacslb.proxy.runtime import FALLBACK, NO_SERVER, ServerStats
-from pacslb.proxy.source import SourceError, bind_address, bind_failed, open_upstream
+from pacslb.proxy.source import (
+    SourceError,
+    bind_address,
+    bind_failed,
+    open_upstream,
+    transparent_timed_out,
+)
 from pacslb.proxy.tls import upstream_tls
 
 if TYPE_CHECKING:
@@ -396,6 +402,8 @@ class ClientConnection(asyncio.Protocol):
             self.connecting = None
             if self.state != C_CONNECT or self.req is None:
                 return
+            if isinstance(exc, TimeoutError) and bind and runtime.service.source == "client":
+                transparent_timed_out(runtime.service.label, label)
             # Nothing was sent: always safe to try the next server (DESIGN §8).
             if label != FALLBACK:
                 runtime.connect_failed(label, f"connect: {exc or 'timed out'}")

@@ -39,7 +39,9 @@ import os
 import signal
 import socket
 import ssl
+import subprocess
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -47,7 +49,7 @@ from typing import Any, Protocol
 from pacslb.config import Mode
 from pacslb.core.budget import connection_budgets, service_needs
 from pacslb.core.plan import Plan, PlanService, plan_from_dict
-from pacslb.proxy import notices, sticky_share
+from pacslb.proxy import notices, source, sticky_share
 from pacslb.proxy.budget import (
     TRIM_INTERVAL,
     FloodTrimmer,
@@ -124,6 +126,30 @@ class ProxyProcess:
         self.sockets: dict[tuple[str, int], socket.socket] = {}  # each listener's socket
         self._steered: dict[tuple[str, int], tuple[int, int, int | None]] = {}
         self.pending_sticky: list[sticky_share.SharedEntry] = []  # learnt before their service
+        self._segments_for: tuple[str, ...] = ()  # transparent servers the subnets are for
+
+    async def _hairpin(self, services: Iterable[PlanService]) -> None:
+        """Which subnet of this host each transparent service's server is on (proxy/source.py:
+        a client on it is not transparent), looked up when those servers change."""
+        servers = source.transparent_servers(services)
+        if servers == self._segments_for:
+            return
+        self._segments_for = servers
+        networks: list[source.Network] = []
+        if servers:
+            try:
+                done = await asyncio.to_thread(
+                    subprocess.run,
+                    ["ip", "-j", "addr", "show"],
+                    capture_output=True,
+                    text=True,
+                    timeout=5,
+                    check=True,
+                )
+                networks = source.host_networks(json.loads(done.stdout))
+            except (OSError, subprocess.SubprocessError, ValueError) as exc:
+                notices.notice(f"cannot read this host's subnets (hairpin clients): {exc}")
+        source.set_segments(source.segments_for(servers, networks))
 
     def _update_budgets(self, plan: Plan) -> None:
         """Each l7 service's connection budget in this worker (core.budget). The control
@@ -149,6 +175,7 @@ class ProxyProcess:
         is reported, so one bad VIP never freezes the others."""
         services = {s.label: s for s in plan.services if not s.mode.is_kernel}
         wanted = wanted_listeners(plan)
+        await self._hairpin(services.values())
         runtimes = {
             label: self.runtimes.get(label) or ServiceRuntime(svc)
             for label, svc in services.items()

@@ -11,6 +11,12 @@
   replies come back to this socket only through the policy routing and the nftables marking
   that engines/tproxy.py installs (docs/transparent.md). Needs CAP_NET_ADMIN.
 
+A client on a real server's own subnet (hairpin: a RIS server sending to the archive's VIP
+from the archives' VLAN) cannot be transparent either: the server would answer it directly,
+bypassing the load balancer, and the connection would time out. Such a connection takes the
+load balancer's own address, said once per service (the subnets are this host's, read at
+each change of the transparent services' servers: see `segments_for`).
+
 A client of another family than the server (an IPv4 client on a dual-stack VIP in front of an
 IPv6 server) cannot be transparent: that connection takes the kernel's choice and the service
 says so once in the log (core/validate.py already refuses the configurations where every
@@ -21,22 +27,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import logging
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from pacslb.core.plan import PlanService
+from pacslb.proxy import notices
 
 __all__ = [
     "SourceError",
     "bind_address",
     "bind_failed",
+    "host_networks",
     "open_upstream",
+    "segments_for",
+    "set_segments",
+    "transparent_servers",
+    "transparent_timed_out",
     "upstream_socket",
 ]
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +62,8 @@ IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 _SOCK_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
 
 _warned: set[tuple[str, str]] = set()  # (service, what) already said in this process
+# transparent services' real server address -> this host's subnet it is on (set_segments)
+_segments: dict[str, Network] = {}
 
 
 def bind_address(service: PlanService, client_ip: str, server: str) -> str:
@@ -56,6 +73,20 @@ def bind_address(service: PlanService, client_ip: str, server: str) -> str:
         return ""
     if source == "client":
         address = _unmapped(client_ip)
+        if _loopback(address) and not _loopback(server):
+            # A client on this host (loopback): its address cannot leave the host (connect
+            # fails with EINVAL, charged to the server), and this host is what it is anyway.
+            return ""
+        segment = _segments.get(server)
+        if segment is not None and _on(address, server, segment):
+            _warn_once(
+                service.label,
+                "hairpin",
+                f"{service.label}: client {address} is on real server {server}'s own subnet "
+                f"({segment}), which would answer it directly, not through the load balancer: "
+                "such clients' connections take the load balancer's own address",
+            )
+            return ""
     elif source == "vip":
         address = service.vip
     else:
@@ -70,6 +101,61 @@ def bind_address(service: PlanService, client_ip: str, server: str) -> str:
         )
         return ""
     return address
+
+
+def transparent_servers(services: Iterable[PlanService]) -> tuple[str, ...]:
+    """The real server (and fallback) addresses of the transparent services, sorted."""
+    out: set[str] = set()
+    for svc in services:
+        if svc.source == "client" and not svc.mode.is_kernel:
+            out.update(rs.address for rs in svc.real_servers)
+            if svc.fallback is not None:
+                out.add(svc.fallback.address)
+    return tuple(sorted(out))
+
+
+def segments_for(servers: Iterable[str], networks: Iterable[Network]) -> dict[str, Network]:
+    """Each server address -> the narrowest of this host's subnets holding it (a server
+    behind a router is on none: its clients cannot be told apart from here)."""
+    nets = sorted(networks, key=lambda n: n.prefixlen, reverse=True)
+    out: dict[str, Network] = {}
+    for server in servers:
+        address = ipaddress.ip_address(server)
+        found = next((n for n in nets if n.version == address.version and address in n), None)
+        if found is not None and found.prefixlen < found.max_prefixlen:
+            out[server] = found
+    return out
+
+
+def set_segments(segments: dict[str, Network]) -> None:
+    global _segments
+    _segments = segments
+    _hairpins.clear()
+
+
+# (client, server) -> whether the client is on the server's subnet: parsing the address costs
+# microseconds, on every request of a keep-alive connection; bounded (cleared when full).
+_hairpins: dict[tuple[str, str], bool] = {}
+MAX_HAIRPINS = 8192
+
+
+def _on(address: str, server: str, segment: Network) -> bool:
+    known = _hairpins.get((address, server))
+    if known is None:
+        if len(_hairpins) >= MAX_HAIRPINS:
+            _hairpins.clear()
+        known = _hairpins[(address, server)] = ipaddress.ip_address(address) in segment
+    return known
+
+
+def host_networks(listing: list[dict[str, Any]]) -> list[Network]:
+    """This host's subnets from `ip -j addr show`."""
+    out: list[Network] = []
+    for link in listing:
+        for a in link.get("addr_info", []):
+            with contextlib.suppress(KeyError, ValueError):
+                out.append(ipaddress.ip_network(f"{a['local']}/{a['prefixlen']}", strict=False))
+    return out
 
 
 def upstream_socket(server: str, bind: str, transparent: bool) -> socket.socket:
@@ -130,7 +216,12 @@ async def open_upstream(
     except OSError as exc:
         raise SourceError(exc) from exc
     try:
-        await loop.sock_connect(sock, target)
+        try:
+            await loop.sock_connect(sock, target)
+        except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL:  # no source port left: not the server's fault
+                raise SourceError(exc) from exc
+            raise
         return await loop.create_connection(
             factory, sock=sock, ssl=tls, server_hostname=target[0] if tls else None
         )
@@ -146,13 +237,38 @@ def bind_failed(service: str, bind: str, exc: OSError) -> None:
     hint = ""
     if isinstance(exc, PermissionError):
         hint = " (source: client needs root or CAP_NET_ADMIN for IP_TRANSPARENT)"
+    elif exc.errno == errno.EADDRNOTAVAIL:
+        hint = (
+            " (the address is not on this host, or every source port towards that server is "
+            "in use: see net.ipv4.ip_local_port_range)"
+        )
     _warn_once(service, f"bind {what}", f"{service}: cannot bind to {bind}: {what}{hint}")
 
 
+def transparent_timed_out(service: str, server: str) -> None:
+    """A connect from a client's address timed out: the usual cause is a server whose replies
+    bypass the load balancer (its gateway), which its health checks, sent from the load
+    balancer's own address, cannot show. Said once per service and server."""
+    _warn_once(
+        service,
+        f"timeout {server}",
+        f"{service}: a transparent connect (source: client) to {server} timed out: if it "
+        "recurs, the server's replies to clients may not come back through the load balancer "
+        "(its default gateway); `pacslb doctor` probes that (nat-route)",
+    )
+
+
 def _warn_once(service: str, what: str, message: str) -> None:
+    """In the worker's log and, as an event, in the control process's (proxy/notices.py):
+    an operator paged about clients that time out must find why in `pacslb events`."""
     if (service, what) not in _warned:
         _warned.add((service, what))
         log.warning("%s", message)
+        notices.notice(message, service=service, key=f"source {service} {what}")
+
+
+def _loopback(address: str) -> bool:
+    return address.startswith("127.") or address == "::1"
 
 
 def _unmapped(address: str) -> str:

@@ -37,7 +37,12 @@ import time
 
 from pacslb.proxy.budget import ServiceBudget, out_of_descriptors
 from pacslb.proxy.runtime import FALLBACK, ServerStats, ServiceRuntime
-from pacslb.proxy.source import bind_address, bind_failed, upstream_socket
+from pacslb.proxy.source import (
+    bind_address,
+    bind_failed,
+    transparent_timed_out,
+    upstream_socket,
+)
 
 __all__ = ["HAVE_SPLICE", "KEEPALIVE", "TcpListener"]
 
@@ -625,6 +630,12 @@ class _Connection:
             if err == 0:
                 self._relay()
                 return
+            if err == errno.EADDRNOTAVAIL and bind:
+                # No source port left from `bind` to this server: the source's fault, not the
+                # server's (no passive health), and another server would not fare better.
+                bind_failed(service.label, bind, OSError(err, os.strerror(err)))
+                self._close(reset=True)
+                return
             if err in (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY):
                 self._connecting = True
                 self.loop.add_writer(server.fileno(), self._connected)
@@ -658,6 +669,8 @@ class _Connection:
     def _connect_timeout(self) -> None:
         self._connect_timer = None
         try:
+            if self.runtime.service.source == "client" and self.label is not None:
+                transparent_timed_out(self.runtime.service.label, self.label)
             self._stop_connecting()
             self._attempt_failed("timed out")
             self._next()

@@ -99,6 +99,29 @@ def test_nat_probes_come_from_l4_nat_services_with_the_translated_port() -> None
     assert d.nat_probes(config) == [NAT]
 
 
+def test_transparent_l7_services_are_probed_like_nat_ones_and_said_so() -> None:
+    """source: client needs the same route back as l4-nat; health checks (from the LB's own
+    address) cannot see a server whose gateway is wrong, so doctor must probe it."""
+    config = load_data(
+        {
+            "virtual_services": [
+                {"label": "Dicom", "vip": "192.168.85.30", "ports": [104], "mode": "l7-tcp",
+                 "source": "client",
+                 "real_servers": [{"label": "Pacs1", "address": "10.10.0.200"}]},
+                {"label": "Auto", "vip": "192.168.85.31", "ports": [80], "mode": "l7-http",
+                 "real_servers": [{"label": "Web1", "address": "10.10.0.201"}]},
+            ]
+        }
+    )  # fmt: skip
+    probe = d.NatProbe("Dicom", "192.168.85.30", (("Pacs1", "10.10.0.200", 104),), True)
+    assert d.nat_probes(config) == [probe]
+    found = d.nat_route_finding(probe, "Pacs1", "10.10.0.200", ON_LINK, True, False, probe.vip)
+    assert found.level is d.Level.PROBLEM
+    assert "transparent connections (source: client) to it time out" in found.message
+    assert "NAT" not in found.message
+    assert found.fix.startswith("on Pacs1: make 10.10.0.1 its default gateway")
+
+
 def test_a_nat_server_whose_reply_bypasses_the_lb_is_named_with_the_gateway_to_set() -> None:
     found = d.nat_route_finding(NAT, "Mgr2", "10.10.0.211", ON_LINK, True, False, NAT.vip)
     assert (found.level, found.subject) == (d.Level.PROBLEM, "Web/Mgr2 (10.10.0.211)")

@@ -109,3 +109,28 @@ def test_an_ha_pair_points_transparent_servers_at_the_floating_gateway() -> None
     }
     cfg = config(service("Archive", "l7-tcp", "client", "198.18.2.11"), ha=ha)
     assert realserver.floating_gateways(cfg) == {"198.18.2.11": "198.18.2.1"}
+
+
+def test_an_ha_pair_without_a_floating_gateway_on_a_servers_subnet_is_a_problem() -> None:
+    """A node's own address as the gateway works until the other node takes over: then the
+    replies go to the passive node and every transparent connection hangs."""
+    from pacslb.core.doctor import ha_gateway_findings
+
+    ha = {
+        "enabled": True,
+        "peer": "198.18.1.3",
+        "interface": "eth0",
+        "secret": "a-shared-secret-of-the-pair",
+        "gateways": [{"address": "198.18.2.1/24", "interface": "eth1"}],
+    }
+    cfg = config(
+        service("Archive", "l7-tcp", "client", "198.18.2.11"),
+        service("Remote", "l7-tcp", "client", "198.18.3.11"),  # no floating gateway there
+        service("Web", "l7-http", "auto", "198.18.4.12"),  # needs none
+        ha=ha,
+    )
+    [found] = ha_gateway_findings(cfg)
+    assert found.level is Level.PROBLEM and found.check == "ha-gateway"
+    assert found.subject == "transparent l7 (Remote) rs0 (198.18.3.11)"
+    assert "node.ha.gateways" in found.fix
+    assert ha_gateway_findings(config(service("Remote", "l7-tcp", "client", "198.18.3.11"))) == []
