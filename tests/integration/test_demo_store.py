@@ -1,7 +1,8 @@
 """dcmtk's storescu through the demo's l7-dicom VIP, as docs/dicom.md invites: synthetic CT
 images are acknowledged by the demo's archives (core/dicom_scp.py, which count and drop them);
 a drain during a store lets it finish while new associations go to the other archive; a halt
-during a store ends it with A-ABORT, which storescu reports, and the event says "halted".
+during a store ends it with A-ABORT, which storescu reports, and the event says "halted". Each
+demo archive has its own AE title, routed to it.
 
 The whole demo runs in 127.10.13.0/24 (`--net`): VIPs .30-.50, real servers .1-.10, the WebUI
 on .200. It binds the guide's ports, so it needs root (CI is root)."""
@@ -54,6 +55,13 @@ def storescu(study: list[Path], *options: str) -> subprocess.Popen[str]:
     argv += [VIP, "4000", *map(str, study)]
     return subprocess.Popen(
         argv, env=DCMTK_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def echo(calling: str, called: str) -> subprocess.CompletedProcess[str]:
+    argv = ["/usr/bin/echoscu", "-aet", calling, "-aec", called, VIP, "4000"]
+    return subprocess.run(
+        argv, env=DCMTK_ENV, capture_output=True, text=True, timeout=30, check=False
     )
 
 
@@ -112,6 +120,21 @@ def test_storescu_through_the_demo_then_drain_and_halt_as_the_docs_say(
     assert proc.returncode == 0, out
     assert out.count(ACK) == len(study), out
 
+    # AE routing: each archive has its own title, and a modality calling it gets that one.
+    before = dicom_of(demo)
+    for called in ("DICOM_SRV2", "DICOM_SRV2", "DICOM_SRV1"):
+        done = echo("ROUTED", called)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    def routed() -> bool:
+        now = dicom_of(demo)
+        opened = {
+            label: now[label]["associations"] - before[label]["associations"] for label in now
+        }
+        return opened == {"Radiology_DICOM_Srv1": 1, "Radiology_DICOM_Srv2": 2}
+
+    wait_until(routed, 5, "each echo on the archive it called", step=0.1)
+
     # Drain during a store: the association it holds runs on until storescu releases it.
     proc = storescu(study, "--repeat", "3")
     try:
@@ -121,11 +144,8 @@ def test_storescu_through_the_demo_then_drain_and_halt_as_the_docs_say(
         other = next(label for label in dicom_of(demo) if label != busy)
         opened = dicom_of(demo)[other]["associations"]
         assert cli(demo, "drain", SERVICE, busy).returncode == 0
-        echo = subprocess.run(
-            ["/usr/bin/echoscu", "-aet", "MODALITY1", VIP, "4000"],
-            env=DCMTK_ENV, capture_output=True, text=True, timeout=30, check=False,
-        )  # fmt: skip
-        assert echo.returncode == 0, echo.stdout + echo.stderr
+        done = echo("MODALITY1", "ANY-SCP")
+        assert done.returncode == 0, done.stdout + done.stderr
         wait_until(
             lambda: dicom_of(demo)[other]["associations"] > opened, 5, "the echo elsewhere", 0.1
         )

@@ -27,6 +27,7 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pacslb.config import Config
 from pacslb.core import certs
@@ -80,7 +81,20 @@ def config_text(
     )
     for service in data["virtual_services"]:
         service["health_check"].update(DEMO_CHECK)
+        if service["mode"] == "l7-dicom":
+            _route_by_called_ae(service)
     return mckesson.render(data, "proxy", examples)
+
+
+def _route_by_called_ae(service: dict[str, Any]) -> None:
+    """Give each demo archive its own AE title and route by it, so that AE routing can be
+    tried (`echoscu -aec DICOM_SRV2` always reaches Radiology_DICOM_Srv2); any other called AE
+    is balanced over both, as before."""
+    routes = []
+    for i, rs in enumerate(service["real_servers"], start=1):
+        rs["ae_title"] = f"DICOM_SRV{i}"
+        routes.append({"called_ae": rs["ae_title"], "real_servers": [rs["label"]]})
+    service["dicom"] = {"routes": routes, "unknown_called_ae": "any"}
 
 
 @dataclass
