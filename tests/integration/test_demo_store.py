@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.integration.dicom_proxy_support import write_ct_series
+from tests.integration.dicom_proxy_support import associate_rq, read_pdu, write_ct_series
 from tests.peers.procs import running, stop, wait_until
 
 pytestmark = [
@@ -119,6 +120,19 @@ def test_storescu_through_the_demo_then_drain_and_halt_as_the_docs_say(
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
     assert out.count(ACK) == len(study), out
+
+    # Peers that hang or lie, straight at an archive, do not hurt it: it answers the rest.
+    rq = associate_rq(b"DICOM_SRV1", b"LIAR")
+    with socket.create_connection((f"{NET}.1", 4000), timeout=5) as hung:
+        hung.sendall(rq + b"\x04\x00" + (60000).to_bytes(4, "big") + b"\0" * 100)  # then quiet
+        with socket.create_connection((f"{NET}.1", 4000), timeout=5) as liar:
+            liar.sendall(rq)
+            assert (read_pdu(liar) or (0,))[0] == 0x02  # A-ASSOCIATE-AC
+            liar.sendall(b"\x04\x00\x00\x00\x00\x06" + (9999).to_bytes(4, "big") + b"\x01\x03")
+            assert read_pdu(liar) == (0x07, bytes([0, 0, 2, 0]))  # A-ABORT, then closed
+            assert read_pdu(liar) is None
+        done = echo("MODALITY1", "DICOM_SRV1")
+        assert done.returncode == 0, done.stdout + done.stderr
 
     # AE routing: each archive has its own title, and a modality calling it gets that one.
     before = dicom_of(demo)
