@@ -404,9 +404,10 @@ def _show(value: Any, name: str = "") -> str:
         return _show_persistence(value)
     if isinstance(value, PlanEndpoint):
         return value.address + (f":{value.port}" if value.port is not None else "")
+    if isinstance(value, PlanCertificate):
+        return value.certificate  # (its key's path follows it; the certificate names it)
     if isinstance(value, PlanTls):
-        names = " ".join(cert.certificate for cert in value.certificates)
-        return f"{names} on ports {_show(value.ports)}"
+        return f"{_show(value.certificates)} on ports {_show(value.ports)}"
     if name == "routes" or isinstance(value, PlanDicom):
         routes = value if name == "routes" else value.routes
         shown = " ".join(f"{ae}→{','.join(labels) or 'any'}" for ae, labels in routes)

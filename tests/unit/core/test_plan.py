@@ -245,7 +245,7 @@ def test_every_field_change_reads_without_python_reprs() -> None:
 def test_a_nested_change_names_only_what_changed() -> None:
     from dataclasses import replace
 
-    from pacslb.core.plan import PlanDicom, PlanPersistence
+    from pacslb.core.plan import PlanCertificate, PlanDicom, PlanPersistence, PlanTls
 
     plan = build_plan(config())
     (svc,) = plan.services
@@ -261,3 +261,8 @@ def test_a_nested_change_names_only_what_changed() -> None:
         "persistence timeout 3600 s -> 60 s, "
         "dicom routes PACS1→A,B -> PACS1→A PACS2→any, drain_limit 3600 s -> 60 s"
     )
+
+    tls = PlanTls((PlanCertificate("/etc/a.pem", "/etc/a.key"),), (443,))
+    more = replace(tls, certificates=(*tls.certificates, PlanCertificate("/etc/b.pem", None)))
+    (change,) = diff_plans(Plan(1, (replace(svc, tls=tls),)), Plan(2, (replace(svc, tls=more),)))
+    assert change.detail == "tls certificates /etc/a.pem -> /etc/a.pem,/etc/b.pem"
