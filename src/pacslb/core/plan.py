@@ -8,7 +8,8 @@ form for the proxy process, and two Plans can be diffed for logs and incremental
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields, is_dataclass, replace
+from enum import Enum
 from functools import cache
 from typing import Any
 
@@ -360,20 +361,76 @@ class PlanChange:
 
 
 def _field_changes(old: Any, new: Any, skip: tuple[str, ...] = ()) -> str:
+    """Each differing field as `name old -> new`; a nested value of the same shape (timeouts,
+    the same persistence kind, DICOM settings on both sides) as its own differing fields."""
     parts = []
     for f in fields(old):
         if f.name in skip:
             continue
         a, b = getattr(old, f.name), getattr(new, f.name)
-        if a != b:
-            parts.append(f"{f.name} {_show(a)} -> {_show(b)}")
+        if a == b:
+            continue
+        if _same_shape(a, b):
+            parts.append(f"{f.name} {_field_changes(a, b)}")
+        else:
+            parts.append(f"{f.name} {_show(a, f.name)} -> {_show(b, f.name)}")
     return ", ".join(parts)
 
 
-def _show(value: Any) -> str:
-    if isinstance(value, tuple) and all(isinstance(v, int) for v in value):
-        return ",".join(str(v) for v in value)
+def _same_shape(a: Any, b: Any) -> bool:
+    if isinstance(a, PlanPersistence) and isinstance(b, PlanPersistence):
+        return a.kind == b.kind
+    return is_dataclass(a) and type(a) is type(b) and not isinstance(a, PlanEndpoint)
+
+
+# Fields counted in seconds, so that a change reads "idle 900 s -> 1800 s".
+_SECONDS = frozenset(
+    {"timeout", "connect", "idle", "http_request", "http_keepalive", "http_response"}
+    | {"ejection", "max_ejection", "request_timeout", "drain_limit", "cookie_max_age"}
+)
+
+
+def _show(value: Any, name: str = "") -> str:
+    """A Plan value as an operator reads it: no dataclass reprs, None as "none"."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, Enum):
+        return str(value.value)
+    if isinstance(value, int | float):
+        return f"{value:g} s" if name in _SECONDS else f"{value:g}"
+    if isinstance(value, PlanPersistence):
+        return _show_persistence(value)
+    if isinstance(value, PlanEndpoint):
+        return value.address + (f":{value.port}" if value.port is not None else "")
+    if isinstance(value, PlanCertificate):
+        return value.certificate  # (its key's path follows it; the certificate names it)
+    if isinstance(value, PlanTls):
+        return f"{_show(value.certificates)} on ports {_show(value.ports)}"
+    if name == "routes" or isinstance(value, PlanDicom):
+        routes = value if name == "routes" else value.routes
+        shown = " ".join(f"{ae}→{','.join(labels) or 'any'}" for ae, labels in routes)
+        if name == "routes":
+            return shown or "none"
+        unknown = ", unknown called AE any" if value.unknown_called_ae == "any" else ""
+        return f"routes {shown or 'none'}{unknown}"
+    if is_dataclass(value) and not isinstance(value, type):
+        return ", ".join(f"{f.name} {_show(getattr(value, f.name), f.name)}" for f in fields(value))
+    if isinstance(value, tuple):
+        return ",".join(_show(v) for v in value)
     return str(value)
+
+
+def _show_persistence(p: PlanPersistence) -> str:
+    if p.kind == "source-ip":
+        return f"source-ip {p.timeout} s /{p.granularity} /{p.granularity_v6}"
+    if p.kind == "http-cookie":
+        age = f" max-age {p.cookie_max_age} s" if p.cookie_max_age is not None else ""
+        return f"http-cookie {p.cookie}{age}"
+    if p.kind == "calling-ae":
+        return f"calling-ae {p.timeout} s"
+    return p.kind
 
 
 def diff_plans(old: Plan, new: Plan) -> tuple[PlanChange, ...]:

@@ -4,11 +4,11 @@ Ten small real servers on 127.0.1.1-10 answer the guide's health-check URLs with
 text (`srvPACS OK`, `OK`) and a page naming themselves, so a browser or curl pointed at a VIP shows
 which server answered. The DICOM service runs in l7-dicom (the profile's `--dicom-mode
 l7-dicom`: the proxy reads each A-ASSOCIATE-RQ, keeps a modality on one server by its calling AE
-title, checks with C-ECHO); its real servers answer DICOM C-ECHO on 4000 and 5000 (a
-Verification SCP: `echoscu` works through the VIP; they store nothing); the Cardiology ones
-answer HTTP on 80 and HTTPS on 443 with a self-signed
-demo certificate. Everything binds to 127.0.0.0/8 only (`--net 127.X.Y` moves the whole demo
-to one /24: VIPs .30-.50, real servers .1-.10).
+title, checks with C-ECHO); its real servers answer DICOM C-ECHO and C-STORE on 4000 and 5000
+(`echoscu` and `storescu` work through the VIP; images are counted, never written); the
+Cardiology ones answer HTTP on 80 and HTTPS on 443 with a self-signed demo certificate.
+Everything binds to 127.0.0.0/8 only (`--net 127.X.Y` moves the whole demo to one /24: VIPs
+.30-.50, real servers .1-.10).
 
 Failure on demand (`pacslb demo --fail SERVER`, the API's /api/v1/demo, the System Overview's
 Fail button): a failing web server answers its check URL (and /) with 503, as a broken
@@ -27,10 +27,11 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pacslb.config import Config
 from pacslb.core import certs
-from pacslb.core.dicom_scp import VerificationResponder
+from pacslb.core.dicom_scp import ScpResponder
 from pacslb.engines.base import Engine
 from pacslb.errors import PacslbError
 from pacslb.profiles import mckesson
@@ -50,6 +51,7 @@ CHECK_TEXT = {
 }
 # Quick enough to watch: a failure shows within fall x interval = 4 s, a recovery in rise x 2 s.
 DEMO_CHECK = {"interval": 2, "timeout": 1, "rise": 2, "fall": 2}
+DICOM_IDLE = 60  # seconds a demo DICOM server waits on a quiet peer (a modality's own timeout)
 
 
 def addresses(net: str | None = None) -> tuple[dict[str, str], dict[str, list[str]]]:
@@ -79,7 +81,20 @@ def config_text(
     )
     for service in data["virtual_services"]:
         service["health_check"].update(DEMO_CHECK)
+        if service["mode"] == "l7-dicom":
+            _route_by_called_ae(service)
     return mckesson.render(data, "proxy", examples)
+
+
+def _route_by_called_ae(service: dict[str, Any]) -> None:
+    """Give each demo archive its own AE title and route by it, so that AE routing can be
+    tried (`echoscu -aec DICOM_SRV2` always reaches Radiology_DICOM_Srv2); any other called AE
+    is balanced over both, as before."""
+    routes = []
+    for i, rs in enumerate(service["real_servers"], start=1):
+        rs["ae_title"] = f"DICOM_SRV{i}"
+        routes.append({"called_ae": rs["ae_title"], "real_servers": [rs["label"]]})
+    service["dicom"] = {"routes": routes, "unknown_called_ae": "any"}
 
 
 @dataclass
@@ -92,6 +107,8 @@ class DemoServer:
     ports: tuple[int, ...] = ()
     failing: bool = False
     listeners: list[asyncio.AbstractServer] = field(default_factory=list)
+    stored: int = 0  # DICOM: images received by C-STORE (counted; the data is dropped)
+    bytes_stored: int = 0
 
     async def http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError, asyncio.IncompleteReadError, TimeoutError):
@@ -117,16 +134,23 @@ class DemoServer:
         writer.close()
 
     async def dicom(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """A Verification SCP: answers C-ECHO (echoscu, dicom-echo checks); not a store."""
-        responder = VerificationResponder()
+        """A Verification and Storage SCP (core/dicom_scp.py): answers C-ECHO and C-STORE,
+        counts what it is sent and keeps nothing. A peer that goes quiet, or stops reading
+        our answers, is dropped after DICOM_IDLE seconds."""
+        responder = ScpResponder()
         with contextlib.suppress(OSError, TimeoutError):
             while not responder.done:
-                async with asyncio.timeout(60):
+                async with asyncio.timeout(DICOM_IDLE):
                     data = await reader.read(65536)
                 if not data:
                     break
-                writer.write(responder.receive_data(data))
-                await writer.drain()
+                answer = responder.receive_data(data)
+                if answer:
+                    writer.write(answer)
+                    async with asyncio.timeout(DICOM_IDLE):
+                        await writer.drain()
+        self.stored += responder.stored
+        self.bytes_stored += responder.bytes_stored
         writer.close()
 
 

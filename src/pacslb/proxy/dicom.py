@@ -324,9 +324,10 @@ class DicomConnection(_Connection):
         down.cut()
         self._linger_timer = self.loop.call_later(CUT_GRACE, self._close, True)
 
-    def abort(self) -> None:
-        """Halt, removal, idle timeout: an A-ABORT at a PDU boundary rather than a reset."""
-        self.cut("the real server was halted or removed, or the association was idle too long")
+    def abort(self, reason: str = "") -> None:
+        """Halt, removal, idle timeout, shutdown: an A-ABORT at a PDU boundary rather than a
+        reset; `reason` (runtime.HALTED, "idle for 900 s", ...) is what the event says."""
+        self.cut(reason or "reason not given")
 
     # --- refusing --------------------------------------------------------------------------
 

@@ -45,7 +45,7 @@ from pacslb.core.plan import PlanDicom
 from pacslb.proxy.budget import ServiceBudget, out_of_descriptors
 from pacslb.proxy.dicom import route
 from pacslb.proxy.notices import notice
-from pacslb.proxy.runtime import NO_SERVER, ServerStats, ServiceRuntime
+from pacslb.proxy.runtime import NO_SERVER, STOPPING, ServerStats, ServiceRuntime
 from pacslb.proxy.tcp import (
     ACCEPT_BATCH,
     ACCEPT_PAUSE,
@@ -146,7 +146,7 @@ class DicomTlsListener:
         """End every association with A-ABORT (process shutdown); returns how many."""
         found = list(self.associations)
         for assoc in found:
-            assoc.abort()
+            assoc.abort(STOPPING)
         for task in list(self._handshakes):
             task.cancel()
         return len(found)
@@ -511,12 +511,13 @@ class _Association:
 
     # --- ending ---------------------------------------------------------------------------
 
-    def abort(self, reason: str = "the real server was halted or removed") -> None:
+    def abort(self, reason: str = "") -> None:
         """Halt, removal, drain cap, idle: A-ABORT (PS3.8 §9.3.8, source 2 service-provider) to
         each side whose direction is between two PDUs, then close; a side inside a PDU is
         reset (an A-ABORT there would be garbage); a reset too if it does not flush in time."""
         if self.ended:
             return
+        reason = reason or "reason not given"
         if self.server is None:
             self.refuse(ABORT_NOT_SPECIFIED, "cut", reason)  # not relaying yet
             return

@@ -186,8 +186,9 @@ class ClientConnection(asyncio.Protocol):
 
     # --- closing and timeouts ----------------------------------------------------------------
 
-    def abort(self) -> None:
-        """Close now: the server was halted, or the exchange broke mid-response."""
+    def abort(self, reason: str = "") -> None:
+        """Close now: the server was halted, or the exchange broke mid-response (`reason` is
+        unused: a reset says nothing to an HTTP client)."""
         if self.state != C_CLOSED:
             self.state = C_CLOSED
             self.transport.abort()

@@ -27,10 +27,16 @@ from pacslb.proxy.notices import notice
 
 log = logging.getLogger(__name__)
 
+# Why connections are cut, as the events say it (l7-dicom words its A-ABORT with these).
+HALTED = "the real server was halted"
+REMOVED = "the real server was removed"
+STOPPING = "the proxy is stopping"
+
 
 class Closable(Protocol):
-    def abort(self) -> None:
-        """Close the connection now (halt)."""
+    def abort(self, reason: str = "") -> None:
+        """Close the connection now; `reason` (e.g. "the real server was halted") is what a
+        protocol that can say why (l7-dicom's A-ABORT event) reports."""
 
 
 @dataclass
@@ -216,14 +222,14 @@ class ServiceRuntime:
             if not rs.keeps_existing:
                 self.balancer.server_lost(rs.label)
             if rs.admin is AdminState.HALT:
-                self.close_server(rs.label)
+                self.close_server(rs.label, HALTED)
         for label in [k for k in self.connections if k not in self._servers and k != FALLBACK]:
-            self.close_server(label)  # removed from the config: nothing more goes there
+            self.close_server(label, REMOVED)  # removed from the config: nothing more goes there
 
-    def close_server(self, label: str) -> int:
+    def close_server(self, label: str, reason: str) -> int:
         conns = self.connections.pop(label, set())
         for conn in list(conns):
-            conn.abort()
+            conn.abort(reason)
         return len(conns)
 
     # --- decisions -----------------------------------------------------------------------

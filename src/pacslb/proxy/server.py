@@ -56,7 +56,7 @@ from pacslb.proxy.budget import (
     ServiceBudget,
     raise_descriptor_limit,
 )
-from pacslb.proxy.runtime import ServiceRuntime
+from pacslb.proxy.runtime import STOPPING, ServiceRuntime
 from pacslb.proxy.steering import steer
 
 IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
@@ -299,7 +299,7 @@ class ProxyProcess:
         self.listeners.clear()
         for runtime in self.runtimes.values():
             for server in list(runtime.connections):
-                runtime.close_server(server)
+                runtime.close_server(server, STOPPING)
 
 
 class ProxyControl:

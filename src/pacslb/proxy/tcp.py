@@ -36,7 +36,7 @@ import sys
 import time
 
 from pacslb.proxy.budget import ServiceBudget, out_of_descriptors
-from pacslb.proxy.runtime import FALLBACK, ServerStats, ServiceRuntime
+from pacslb.proxy.runtime import FALLBACK, STOPPING, ServerStats, ServiceRuntime
 from pacslb.proxy.source import (
     bind_address,
     bind_failed,
@@ -167,7 +167,7 @@ class TcpListener:
         """Reset every connection of this listener (process shutdown); returns how many."""
         conns = list(self.connections)
         for conn in conns:
-            conn.abort()
+            conn.abort(STOPPING)
         return len(conns)
 
     # --- accepting -------------------------------------------------------------------------
@@ -255,7 +255,7 @@ class TcpListener:
                     conn.last_active = now
                 elif now - conn.last_active >= idle:
                     log.debug("idle timeout after %.1f s: %s", idle, conn)
-                    conn.abort()
+                    conn.abort(f"idle for {idle:g} s")
         finally:
             if not self._closed or self.connections:
                 self._schedule_sweep()
@@ -732,8 +732,10 @@ class _Connection:
             self.server_failed(f"{exc.strerror or exc} before sending a byte")
         self._close(reset=True)
 
-    def abort(self) -> None:
-        """Close both sockets now with a reset (halt, idle timeout, shutdown)."""
+    def abort(self, reason: str = "") -> None:
+        """Close both sockets now with a reset (halt, idle timeout, shutdown): a byte stream
+        has no way to say why, so `reason` is only logged."""
+        log.debug("resetting %r: %s", self, reason)
         self._close(reset=True)
 
     def _close(self, reset: bool) -> None:

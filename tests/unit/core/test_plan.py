@@ -156,3 +156,113 @@ def test_drained_when_no_connection_is_left_or_the_cap_passes() -> None:
     assert drained(leaving, {key2: 3}, now=60.0, settle=2.5)[key2] == (
         "drain cap of 60 s passed: 3 connections cut"
     )
+
+
+# --- how a change reads ----------------------------------------------------------------------
+
+
+def test_every_field_change_reads_without_python_reprs() -> None:
+    """Each PlanService and PlanRealServer field, changed alone, words the change as an
+    operator reads it: no dataclass repr, no None/True/False."""
+    from dataclasses import fields, replace
+
+    from pacslb.config import SchedulerName
+    from pacslb.core.plan import (
+        PlanCertificate,
+        PlanDicom,
+        PlanEndpoint,
+        PlanPassive,
+        PlanPersistence,
+        PlanRealServer,
+        PlanService,
+        PlanTimeouts,
+        PlanTls,
+    )
+
+    rs = PlanRealServer("A", "127.0.1.1", 104, 100, 100)
+    other_rs = {
+        "address": "127.0.1.2",
+        "port": None,
+        "weight": 50,
+        "effective_weight": 0,
+        "admin": AdminState.HALT,
+        "health": Health.DOWN,
+        "min_connections": 2,
+        "max_connections": 9,
+        "reencrypt": True,
+        "ae_title": "ARCHIVE_A",
+    }
+    timeouts = PlanTimeouts(5.0, 900.0, 30.0, 60.0)
+    svc = PlanService(
+        "PACS", "127.0.0.30", (104,), "tcp", Mode.L7_DICOM, SchedulerName.WLC,
+        PlanPersistence("calling-ae", 3600), timeouts, (rs,),
+        dicom=PlanDicom(routes=(("PACS1", ("A", "B")),)),
+    )  # fmt: skip
+    other_svc = {
+        "vip": "127.0.0.31",
+        "ports": (104, 11112),
+        "protocol": "udp",
+        "mode": Mode.L7_TCP,
+        "scheduler": SchedulerName.RR,
+        "persistence": PlanPersistence(),
+        "timeouts": replace(timeouts, idle=1800.0),
+        "fallback": PlanEndpoint("127.0.0.99", 4000),
+        "tls": PlanTls((PlanCertificate("/etc/pacslb/pacs.pem", None),), (2762,)),
+        "passive": PlanPassive(consecutive_failures=0),
+        "max_connections": 500,
+        "source": "vip",
+        "dicom": None,
+    }
+    assert set(other_rs) == {f.name for f in fields(PlanRealServer)} - {"label"}
+    assert set(other_svc) == {f.name for f in fields(PlanService)} - {"label", "real_servers"}
+
+    def detail(old: Any, new: Any) -> str:
+        (change,) = diff_plans(Plan(1, (old,)), Plan(2, (new,)))
+        return change.detail
+
+    said = {}
+    for name, value in other_svc.items():
+        said[name] = detail(svc, replace(svc, **{name: value}))
+    for name, value in other_rs.items():
+        said[name] = detail(svc, replace(svc, real_servers=(replace(rs, **{name: value}),)))
+    for name, text in said.items():
+        assert text.startswith(name + " "), text
+        for python in ("Plan", "=", "None", "True", "False", "(", "'"):
+            assert python not in text, text
+    assert said["persistence"] == "persistence calling-ae 3600 s -> none"
+    assert said["dicom"] == "dicom routes PACS1→A,B -> none"
+    assert said["timeouts"] == "timeouts idle 900 s -> 1800 s"
+    assert said["ports"] == "ports 104 -> 104,11112"
+    assert said["fallback"] == "fallback none -> 127.0.0.99:4000"
+    assert said["tls"] == "tls none -> /etc/pacslb/pacs.pem on ports 2762"
+    assert said["passive"] == "passive consecutive_failures 5 -> 0"
+    assert said["port"] == "port 104 -> none"
+    assert said["reencrypt"] == "reencrypt off -> on"
+    assert said["ae_title"] == "ae_title none -> ARCHIVE_A"
+    assert said["admin"] == "admin online -> halt"
+
+
+def test_a_nested_change_names_only_what_changed() -> None:
+    from dataclasses import replace
+
+    from pacslb.core.plan import PlanCertificate, PlanDicom, PlanPersistence, PlanTls
+
+    plan = build_plan(config())
+    (svc,) = plan.services
+    dicom = PlanDicom(routes=(("PACS1", ("A", "B")),))
+    before = replace(svc, persistence=PlanPersistence("calling-ae", 3600), dicom=dicom)
+    after = replace(
+        svc,
+        persistence=PlanPersistence("calling-ae", 60),
+        dicom=replace(dicom, routes=(("PACS1", ("A",)), ("PACS2", ())), drain_limit=60.0),
+    )
+    (change,) = diff_plans(Plan(1, (before,)), Plan(2, (after,)))
+    assert change.detail == (
+        "persistence timeout 3600 s -> 60 s, "
+        "dicom routes PACS1→A,B -> PACS1→A PACS2→any, drain_limit 3600 s -> 60 s"
+    )
+
+    tls = PlanTls((PlanCertificate("/etc/a.pem", "/etc/a.key"),), (443,))
+    more = replace(tls, certificates=(*tls.certificates, PlanCertificate("/etc/b.pem", None)))
+    (change,) = diff_plans(Plan(1, (replace(svc, tls=tls),)), Plan(2, (replace(svc, tls=more),)))
+    assert change.detail == "tls certificates /etc/a.pem -> /etc/a.pem,/etc/b.pem"

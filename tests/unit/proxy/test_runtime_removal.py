@@ -14,9 +14,10 @@ from pacslb.proxy.runtime import ServiceRuntime
 class Conn:
     def __init__(self) -> None:
         self.aborted = False
+        self.why = ""
 
-    def abort(self) -> None:
-        self.aborted = True
+    def abort(self, reason: str = "") -> None:
+        self.aborted, self.why = True, reason
 
 
 def config(*labels: str) -> Any:
@@ -56,4 +57,4 @@ def test_removing_keeps_connections_moves_clients_and_the_cap_cuts() -> None:
     late = Conn()
     runtime.opened("Srv1", late)  # (as if it were still open at the cap)
     runtime.update(build_plan(new).services[0])  # gone from the Plan: the cap cuts it
-    assert late.aborted
+    assert late.aborted and late.why == "the real server was removed"  # as the event says
