@@ -119,12 +119,13 @@ def test_a_hanging_or_refusing_relay_delays_no_health_check(tmp_path: Path, rela
     # Health checks went on as before: each flapping server was seen down several times...
     assert len(downs) >= 2 * len(flapping), len(downs)
     # ...and the measured server's probes kept their rhythm: the same median and count, all
-    # but the worst interval within the calm phase's spread plus 50 ms, and even the worst
+    # but the worst interval within the calm phase's spread plus 250 ms, and even the worst
     # (one scheduling hiccup of a shared 2-core machine) far below the relay's 2 s timeout,
-    # which is what a loop stalled behind the relay would show.
+    # which is what a loop stalled behind the relay would show. (Plus 50 ms failed once in a
+    # full suite run beside a benchmark: 132 ms; a stall would be 2,000 ms.)
     assert abs(statistics.median(storm) - statistics.median(calm)) < 0.1 * INTERVAL
     second_worst = sorted(abs(i - INTERVAL) for i in storm)[-2]
-    assert second_worst <= calm_spread + 0.05, (calm_spread, second_worst)
+    assert second_worst <= calm_spread + 0.25, (calm_spread, second_worst)
     assert storm_spread < SMTP_TIMEOUT / 4, (calm_spread, storm_spread)
     assert len(storm) >= 0.8 * len(calm), (len(calm), len(storm))
     assert stop_seconds < SMTP_TIMEOUT + 3.0, stop_seconds

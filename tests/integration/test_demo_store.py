@@ -147,7 +147,7 @@ def test_storescu_through_the_demo_then_drain_and_halt_as_the_docs_say(
         }
         return opened == {"Radiology_DICOM_Srv1": 1, "Radiology_DICOM_Srv2": 2}
 
-    wait_until(routed, 5, "each echo on the archive it called", step=0.1)
+    wait_until(routed, 20, "each echo on the archive it called", step=0.1)  # counters: sampled
 
     # Drain during a store: the association it holds runs on until storescu releases it.
     proc = storescu(study, "--repeat", "3")
