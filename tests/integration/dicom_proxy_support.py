@@ -2,8 +2,8 @@
 this process (a uvloop loop on a thread, as test_tcp_proxy.py does), and real DICOM peers
 (dcmtk storescp / dcmqrscp / storescu / echoscu by full path with TCP_NODELAY=1).
 
-Addresses: this helper's loopback block 127.10.4.0/24 only. dcmtk's SCPs cannot bind one
-address, so they listen on every address of a free port and are called on 127.10.4.x.
+Addresses: the l7-dicom tests' loopback block 127.10.20.0/24 only. dcmtk's SCPs cannot bind one
+address, so they listen on every address of a free port and are called on 127.10.20.x.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ STORESCU = "/usr/bin/storescu"
 ECHOSCU = "/usr/bin/echoscu"
 DCMQRSCP = "/usr/bin/dcmqrscp"
 DCMTK_ENV = {"TCP_NODELAY": "1"}  # dcmtk 3.6.7 leaves Nagle on otherwise (research/dicom.md)
-PEER = "127.10.4.1"  # where the archives are called
+PEER = "127.10.20.1"  # where the archives are called
 
 
 def free_port() -> int:

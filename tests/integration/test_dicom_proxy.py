@@ -35,7 +35,7 @@ from pacslb.proxy.runtime import NO_SERVER
 
 pytestmark = pytest.mark.timeout(120)
 
-VIP = "127.10.4.10"
+VIP = "127.10.20.10"
 
 
 @pytest.fixture(scope="module")

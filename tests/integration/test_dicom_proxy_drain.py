@@ -37,7 +37,7 @@ from pacslb.proxy import notices
 
 pytestmark = pytest.mark.timeout(180)
 
-VIP = "127.10.4.12"
+VIP = "127.10.20.12"
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from tests.peers.procs import running
 
 pytestmark = pytest.mark.timeout(120)
 
-VIP = "127.10.4.13"
+VIP = "127.10.20.13"
 
 
 def worker(state: Path, cmd: str) -> Any:

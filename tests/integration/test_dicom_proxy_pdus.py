@@ -23,7 +23,7 @@ from pacslb.proxy import dicom_pumps
 
 pytestmark = pytest.mark.timeout(60)
 
-VIP = "127.10.4.14"
+VIP = "127.10.20.14"
 
 
 def pdu(kind: int, body: bytes) -> bytes:

@@ -27,7 +27,7 @@ from pacslb.proxy.runtime import NO_SERVER
 
 pytestmark = pytest.mark.timeout(120)
 
-VIP = "127.10.4.11"
+VIP = "127.10.20.11"
 A_ABORT, A_ASSOCIATE_RJ = 0x07, 0x03
 
 
