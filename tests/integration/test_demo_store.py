@@ -4,7 +4,7 @@ a drain during a store lets it finish while new associations go to the other arc
 during a store ends it with A-ABORT, which storescu reports, and the event says "halted". Each
 demo archive has its own AE title, routed to it.
 
-The whole demo runs in 127.10.13.0/24 (`--net`): VIPs .30-.50, real servers .1-.10, the WebUI
+The whole demo runs in 127.10.21.0/24 (`--net`): VIPs .30-.50, real servers .1-.10, the WebUI
 on .200. It binds the guide's ports, so it needs root (CI is root)."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ pytestmark = [
     ),
     pytest.mark.timeout(180),
 ]
-NET, WEB = "127.10.13", ("127.10.13.200", 26443)
+NET, WEB = "127.10.21", ("127.10.21.200", 26443)
 VIP = f"{NET}.30"
 SERVICE = "McK-Radiology_DICOM"
 CLI = [sys.executable, "-m", "pacslb.cli"]
@@ -135,7 +136,18 @@ def test_storescu_through_the_demo_then_drain_and_halt_as_the_docs_say(
         assert done.returncode == 0, done.stdout + done.stderr
 
     # AE routing: each archive has its own title, and a modality calling it gets that one.
-    before = dicom_of(demo)
+    # The counters are the workers', read once a second: start from a reading that has
+    # caught up with the associations above (two equal readings over a sample), or the echo
+    # just before would be counted as one of these.
+    readings = [dicom_of(demo)]
+
+    def settled() -> bool:
+        time.sleep(1.2)
+        readings.append(dicom_of(demo))
+        return readings[-1] == readings[-2]
+
+    wait_until(settled, 20, "the DICOM counters to settle", step=0)
+    before = readings[-1]
     for called in ("DICOM_SRV2", "DICOM_SRV2", "DICOM_SRV1"):
         done = echo("ROUTED", called)
         assert done.returncode == 0, done.stdout + done.stderr
