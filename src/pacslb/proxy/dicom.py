@@ -44,7 +44,7 @@ from pacslb.core.dicom_assoc import (
 from pacslb.core.plan import PlanDicom
 from pacslb.proxy.dicom_pumps import DicomCopyPump, DicomPump
 from pacslb.proxy.notices import notice
-from pacslb.proxy.runtime import FALLBACK, NO_SERVER, ServerStats
+from pacslb.proxy.runtime import FALLBACK, NO_SERVER, ServerStats, ServiceRuntime
 from pacslb.proxy.tcp import (
     _INHERITS_OPTIONS,
     MAX_TRIES,
@@ -53,7 +53,7 @@ from pacslb.proxy.tcp import (
     _set_options,
 )
 
-__all__ = ["DicomListener", "route"]
+__all__ = ["DicomListener", "report_refusal", "route"]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,31 @@ def route(dicom: PlanDicom, rq: AssociateRequest) -> tuple[str, ...] | Reject:
     """The servers this association may go to (() = any), or the refusal."""
     allowed = dicom.servers_for(rq.called_ae)
     return REJECT_CALLED_AE_UNKNOWN if allowed is None else allowed
+
+
+def report_refusal(
+    runtime: ServiceRuntime,
+    ae_stats: ServerStats | None,
+    answer: Reject | Abort,
+    kind: str,
+    message: str,
+    client: str,
+) -> None:
+    """Count and report an association refused before any real server took it (plaintext and
+    TLS listeners alike): on the service's no-server row and the calling AE's, and as a notice
+    rate-limited per kind of refusal."""
+    service = runtime.service.label
+    verb = "rejected" if isinstance(answer, Reject) else "aborted"
+    text = f"association {verb} ({answer.text}): {message}"
+    log.info("%s: %s, client %s", service, text, client)
+    notice(text, service, key=f"dicom-{kind}/{service}")
+    for stats in (runtime.stats.setdefault(NO_SERVER, ServerStats()), ae_stats):
+        if stats is None:
+            continue
+        if isinstance(answer, Reject):
+            stats.assoc_rejected += 1
+        else:
+            stats.assoc_aborted += 1
 
 
 class DicomListener(TcpListener):
@@ -338,18 +363,7 @@ class DicomConnection(_Connection):
         if self.closed:
             return
         self._stop_reading_request()
-        service = self.runtime.service.label
-        verb = "rejected" if isinstance(answer, Reject) else "aborted"
-        text = f"association {verb} ({answer.text}): {message}"
-        log.info("%s: %s, client %s", service, text, self.client_ip)
-        notice(text, service, key=f"dicom-{kind}/{service}")
-        for stats in (self.runtime.stats.setdefault(NO_SERVER, ServerStats()), self.ae_stats):
-            if stats is None:
-                continue
-            if isinstance(answer, Reject):
-                stats.assoc_rejected += 1
-            else:
-                stats.assoc_aborted += 1
+        report_refusal(self.runtime, self.ae_stats, answer, kind, message, self.client_ip)
         with contextlib.suppress(OSError):
             self.client.send(answer.pdu())
         self._stop_connecting()

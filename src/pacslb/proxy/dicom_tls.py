@@ -43,9 +43,9 @@ from pacslb.core.dicom_assoc import (
 )
 from pacslb.core.plan import PlanDicom
 from pacslb.proxy.budget import ServiceBudget, out_of_descriptors
-from pacslb.proxy.dicom import route
+from pacslb.proxy.dicom import report_refusal, route
 from pacslb.proxy.notices import notice
-from pacslb.proxy.runtime import NO_SERVER, STOPPING, ServerStats, ServiceRuntime
+from pacslb.proxy.runtime import STOPPING, ServerStats, ServiceRuntime
 from pacslb.proxy.tcp import (
     ACCEPT_BATCH,
     ACCEPT_PAUSE,
@@ -441,18 +441,8 @@ class _Association:
         nothing reached a real server."""
         if self.ended:
             return
-        service = self.runtime.service.label
-        verb = "rejected" if isinstance(answer, Reject) else "aborted"
-        text = f"association {verb} ({answer.text}): {message}"
-        log.info("%s: %s, TLS client %s", service, text, self.client_ip)
-        notice(text, service, key=f"dicom-{kind}/{service}")
-        for stats in (self.runtime.stats.setdefault(NO_SERVER, ServerStats()), self.ae_stats):
-            if stats is None:
-                continue
-            if isinstance(answer, Reject):
-                stats.assoc_rejected += 1
-            else:
-                stats.assoc_aborted += 1
+        client = f"{self.client_ip} (TLS)"
+        report_refusal(self.runtime, self.ae_stats, answer, kind, message, client)
         if self.client is not None and not self.client.is_closing():
             self.client.write(answer.pdu())
             self.client.close()  # once the answer has left
